@@ -1,0 +1,42 @@
+"""bertetl: stream Parquet text tables through BERT encoders, atomically.
+
+Public API: `enrich()`, `train()`, `EngineConfig`, `TrainConfig`, and the errors. Heavy
+libraries (torch, transformers) load only when a model is set up.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from bertetl.config import EngineConfig, TrainConfig
+from bertetl.errors import BertEtlError, CommitError, FilesFailedError, InputError, ModelError
+
+if TYPE_CHECKING:
+    from bertetl.pipeline import EnrichReport
+    from bertetl.train import TrainReport
+
+__all__ = [
+    "BertEtlError",
+    "CommitError",
+    "EngineConfig",
+    "FilesFailedError",
+    "InputError",
+    "ModelError",
+    "TrainConfig",
+    "enrich",
+    "train",
+]
+
+
+def enrich(source: str, dest: str, config: EngineConfig, **kwargs: Any) -> EnrichReport:
+    """Enrich every Parquet file under `source` into `dest`; see `bertetl.pipeline.enrich`."""
+    from bertetl.pipeline import enrich as run
+
+    return run(source, dest, config, **kwargs)
+
+
+def train(table: str, model_out: str, config: TrainConfig) -> TrainReport:
+    """Fine-tune a classifier; see `bertetl.train.train`."""
+    from bertetl.train import train as run
+
+    return run(table, model_out, config)

@@ -1,0 +1,216 @@
+"""The `bertetl` command: parse options into the config models, call the engine, print."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+
+from bertetl.config import Device, DType, EngineConfig, TrainConfig
+from bertetl.errors import BertEtlError, FilesFailedError
+
+app = typer.Typer(
+    help="Stream Parquet text tables through BERT encoders: embeddings and classifications.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _help(model: type, name: str) -> str:
+    return model.model_fields[name].description or ""
+
+
+def _default(model: type, name: str) -> Any:
+    return model.model_fields[name].default
+
+
+def _fail(message: str, debug: bool, code: int = 1) -> None:
+    if debug:
+        raise
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _config(model: type, debug: bool, **values: Any) -> Any:
+    try:
+        return model(**{k: v for k, v in values.items() if v is not None})
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        _fail(f"{where}: {first['msg']}" if where else first["msg"], debug, code=2)
+
+
+def _setup_logging(debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@app.command()
+def enrich(
+    source: Annotated[
+        str, typer.Argument(help="Parquet file, directory (hive folders kept) or glob.")
+    ],
+    dest: Annotated[
+        str, typer.Argument(help="Output directory (or .parquet file for one input file).")
+    ],
+    text_column: Annotated[str, typer.Option(help=_help(EngineConfig, "text_column"))],
+    embed_model: Annotated[
+        str | None, typer.Option(help=_help(EngineConfig, "embed_model"))
+    ] = None,
+    classify_model: Annotated[
+        str | None, typer.Option(help=_help(EngineConfig, "classify_model"))
+    ] = None,
+    device: Annotated[Device, typer.Option(help=_help(EngineConfig, "device"))] = _default(
+        EngineConfig, "device"
+    ),
+    dtype: Annotated[DType, typer.Option(help=_help(EngineConfig, "dtype"))] = _default(
+        EngineConfig, "dtype"
+    ),
+    batch_tokens: Annotated[int, typer.Option(help=_help(EngineConfig, "batch_tokens"))] = _default(
+        EngineConfig, "batch_tokens"
+    ),
+    max_batch_rows: Annotated[
+        int, typer.Option(help=_help(EngineConfig, "max_batch_rows"))
+    ] = _default(EngineConfig, "max_batch_rows"),
+    max_length: Annotated[int | None, typer.Option(help=_help(EngineConfig, "max_length"))] = None,
+    prefix: Annotated[str, typer.Option(help=_help(EngineConfig, "prefix"))] = "",
+    window_rows: Annotated[int, typer.Option(help=_help(EngineConfig, "window_rows"))] = _default(
+        EngineConfig, "window_rows"
+    ),
+    scores: Annotated[
+        bool, typer.Option("--scores", help=_help(EngineConfig, "include_scores"))
+    ] = False,
+    threshold: Annotated[
+        float, typer.Option(help=_help(EngineConfig, "multi_label_threshold"))
+    ] = _default(EngineConfig, "multi_label_threshold"),
+    report: Annotated[
+        Path | None, typer.Option(help="Also write the run's report (counters, files) as JSON.")
+    ] = None,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks on errors.")] = False,
+) -> None:
+    """Add embedding and/or classification columns to every row of SOURCE, written to DEST.
+
+    Output keeps every input column (values, types, row order) and appends `embedding`,
+    `label`, `score` (`scores`, `labels` when asked / multi-label) and `enrich_error`, which
+    says why a row was not encoded (null, empty or whitespace-only text). Texts longer than
+    the model's limit are truncated. Each output file is committed atomically.
+    """
+    _setup_logging(debug)
+    config = _config(
+        EngineConfig,
+        debug,
+        text_column=text_column,
+        embed_model=embed_model,
+        classify_model=classify_model,
+        device=device,
+        dtype=dtype,
+        batch_tokens=batch_tokens,
+        max_batch_rows=max_batch_rows,
+        max_length=max_length,
+        prefix=prefix,
+        window_rows=window_rows,
+        include_scores=scores,
+        multi_label_threshold=threshold,
+    )
+    from bertetl.pipeline import enrich as run
+
+    try:
+        result = run(source, dest, config)
+    except FilesFailedError as e:
+        if e.report is not None:
+            _print_report(e.report, dest, report)
+        for path, cause in e.failures.items():
+            typer.echo(f"failed: {path}: {cause}", err=True)
+        _fail(str(e), debug)
+    except BertEtlError as e:
+        _fail(str(e), debug)
+    else:
+        _print_report(result, dest, report)
+
+
+def _print_report(result: Any, dest: str, report_path: Path | None) -> None:
+    done = [f for f in result.files if f.error is None]
+    typer.echo(
+        f"enriched {result.rows} rows from {len(done)} file(s) in {result.seconds:.1f}s "
+        f"({result.rows_per_second:.0f} rows/s) into {dest}; "
+        f"{result.rows_failed} row(s) with enrich_error, {result.truncated_rows} truncated"
+    )
+    if report_path is not None:
+        report_path.write_text(json.dumps(result.to_dict(), indent=2))
+
+
+@app.command()
+def train(
+    table: Annotated[str, typer.Argument(help="Labelled Parquet file, directory or glob.")],
+    model_out: Annotated[str, typer.Argument(help="Directory to write the fine-tuned model to.")],
+    text_column: Annotated[str, typer.Option(help="Column holding the text.")],
+    label_column: Annotated[str, typer.Option(help="Column holding the label (any type).")],
+    base_model: Annotated[str, typer.Option(help=_help(TrainConfig, "base_model"))] = _default(
+        TrainConfig, "base_model"
+    ),
+    epochs: Annotated[float, typer.Option(help=_help(TrainConfig, "epochs"))] = _default(
+        TrainConfig, "epochs"
+    ),
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = _default(
+        TrainConfig, "batch_size"
+    ),
+    learning_rate: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = _default(
+        TrainConfig, "learning_rate"
+    ),
+    max_length: Annotated[int, typer.Option(help=_help(TrainConfig, "max_length"))] = _default(
+        TrainConfig, "max_length"
+    ),
+    eval_fraction: Annotated[
+        float, typer.Option(help=_help(TrainConfig, "eval_fraction"))
+    ] = _default(TrainConfig, "eval_fraction"),
+    max_rows: Annotated[int | None, typer.Option(help=_help(TrainConfig, "max_rows"))] = None,
+    seed: Annotated[int, typer.Option(help="Seed for the split, sampling and init.")] = 0,
+    device: Annotated[Device, typer.Option(help="auto = cuda when present, else cpu.")] = "auto",
+    debug: Annotated[bool, typer.Option(help="Show tracebacks on errors.")] = False,
+) -> None:
+    """Fine-tune a sequence classifier on TABLE and save it to MODEL_OUT.
+
+    Holds out a stratified split, reports accuracy and macro-F1 on it, and saves a standard
+    Hugging Face model dir (safetensors, tokenizer, id2label) that `enrich --classify-model`
+    loads.
+    """
+    _setup_logging(debug)
+    config = _config(
+        TrainConfig,
+        debug,
+        text_column=text_column,
+        label_column=label_column,
+        base_model=base_model,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        max_length=max_length,
+        eval_fraction=eval_fraction,
+        max_rows=max_rows,
+        seed=seed,
+        device=device,
+    )
+    from bertetl.train import train as run
+
+    try:
+        result = run(table, model_out, config)
+    except BertEtlError as e:
+        _fail(str(e), debug)
+    typer.echo(
+        f"trained on {result.train_rows} rows in {result.seconds:.0f}s; held-out "
+        f"({result.eval_rows} rows): accuracy {result.accuracy:.3f}, macro-F1 "
+        f"{result.macro_f1:.3f}; saved to {model_out}"
+    )
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,72 @@
+"""Pydantic config models: one source of defaults for the CLI, the Python API and flows."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Device = Literal["auto", "cpu", "cuda"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+class EngineConfig(BaseModel):
+    """What to enrich and how: text column, models, device and batching limits."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    text_column: str = Field(description="Column holding the text to encode.")
+    embed_model: str | None = Field(
+        None, description="Embedding model: a local model dir or the alias 'minilm'."
+    )
+    classify_model: str | None = Field(
+        None, description="Sequence-classification model: a local model dir."
+    )
+    device: Device = Field("auto", description="auto = cuda when present, else cpu.")
+    dtype: DType = Field(
+        "auto",
+        description="auto = bfloat16 on GPUs that support it, float16 on others, fp32 on CPU.",
+    )
+    batch_tokens: int = Field(
+        8192, gt=0, description="Padded tokens per model batch (longest row x rows)."
+    )
+    max_batch_rows: int = Field(256, gt=0, description="Row cap per model batch.")
+    max_length: int | None = Field(
+        None,
+        gt=1,
+        description="Truncate texts to this many tokens (default: the model's max_seq_length).",
+    )
+    prefix: str = Field("", description="Prefix for every added column, e.g. 'minilm_'.")
+    window_rows: int = Field(
+        4096, gt=0, description="Rows read at a time; batches are length-sorted within it."
+    )
+    include_scores: bool = Field(False, description="Add 'scores': every label's probability.")
+    multi_label_threshold: float = Field(
+        0.5, ge=0.0, le=1.0, description="Probability above which a multi-label label is kept."
+    )
+
+    @model_validator(mode="after")
+    def _needs_a_model(self) -> EngineConfig:
+        if not self.embed_model and not self.classify_model:
+            raise ValueError("give at least one of embed_model / classify_model")
+        return self
+
+
+class TrainConfig(BaseModel):
+    """Fine-tuning a sequence classifier from a labelled Parquet table."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    text_column: str
+    label_column: str
+    base_model: str = Field("minilm", description="Local model dir or the alias 'minilm'.")
+    epochs: float = Field(2.0, gt=0, description="Passes over the training split.")
+    batch_size: int = Field(32, gt=0)
+    learning_rate: float = Field(1e-4, gt=0)
+    max_length: int = Field(128, gt=1, description="Truncate training texts to this many tokens.")
+    eval_fraction: float = Field(0.2, gt=0, lt=1, description="Held-out share, per label.")
+    max_rows: int | None = Field(
+        None, gt=0, description="Sample at most this many rows (stratified) to bound time."
+    )
+    seed: int = 0
+    device: Device = "auto"

@@ -1,0 +1,301 @@
+"""Embedding and classification forward passes: device, dtype, pooling, OOM splitting."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from bertetl.batching import pad_batch, plan_batches
+from bertetl.errors import ModelError
+from bertetl.models import PoolingSpec, read_pooling
+from bertetl.schema import LABEL, LABELS, SCORE, SCORES, classify_fields, embedding_field
+from bertetl.stage import StageCounters
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str) -> Any:
+    """`auto` = cuda when available, else cpu; `cuda` without a GPU is an error."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("--device cuda was asked for, but no CUDA device is available")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: Any) -> Any:
+    """`auto` = bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU."""
+    import torch
+
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_model(model_dir: Path, kind: str, device: Any, dtype: Any) -> Any:
+    """Load a local model (safetensors only, no remote code) with SDPA attention, in eval mode."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    cls = (
+        transformers.AutoModelForSequenceClassification
+        if kind == "classify"
+        else transformers.AutoModel
+    )
+    kwargs = dict(local_files_only=True, use_safetensors=True, trust_remote_code=False, dtype=dtype)
+    try:
+        try:
+            model = cls.from_pretrained(model_dir, attn_implementation="sdpa", **kwargs)
+        except ValueError as e:
+            if "sdpa" not in str(e).lower():
+                raise
+            model = cls.from_pretrained(model_dir, attn_implementation="eager", **kwargs)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelError(f"cannot load model {model_dir}: {e}") from e
+    return model.to(device).eval()
+
+
+class EncoderStage:
+    """Shared machinery of the model stages: token-budget batches through one model.
+
+    Subclasses say how a forward pass becomes per-row outputs (`_forward`) and how those
+    become Arrow columns (`_columns`). The model loads in `setup()`, never at import.
+    """
+
+    name = "infer"
+    kind = "embed"
+
+    def __init__(
+        self,
+        model_dir: Path,
+        tokens_column: str,
+        pad_token_id: int,
+        prefix: str = "",
+        device: str = "auto",
+        dtype: str = "auto",
+        batch_tokens: int = 8192,
+        max_batch_rows: int = 256,
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        self.tokens_column = tokens_column
+        self.pad_token_id = pad_token_id
+        self.prefix = prefix
+        self.device_name = device
+        self.dtype_name = dtype
+        self.token_budget = batch_tokens
+        self.max_batch_rows = max_batch_rows
+        self.counters = StageCounters()
+        self.oom_splits = 0
+        self.model: Any = None
+        self.device: Any = None
+
+    @property
+    def requires(self) -> tuple[str, ...]:
+        return (self.tokens_column,)
+
+    @property
+    def produces(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.fields())
+
+    def fields(self) -> list[pa.Field]:
+        raise NotImplementedError
+
+    def setup(self) -> None:
+        self.device = resolve_device(self.device_name)
+        self.model = load_model(
+            self.model_dir, self.kind, self.device, resolve_dtype(self.dtype_name, self.device)
+        )
+
+    def teardown(self) -> None:
+        self.model = None
+        if self.device is not None and self.device.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def _forward(self, input_ids: Any, attention_mask: Any) -> Any:
+        raise NotImplementedError
+
+    def _columns(self, outputs: np.ndarray, missing: np.ndarray) -> list[pa.Array]:
+        raise NotImplementedError
+
+    def _run_rows(self, offsets: np.ndarray, values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Forward one batch; on CUDA out-of-memory halve the token budget and split it."""
+        import torch
+
+        ids, mask = pad_batch(offsets, values, rows, self.pad_token_id)
+        try:
+            with torch.inference_mode():
+                input_ids = torch.from_numpy(ids).to(self.device, non_blocking=True)
+                attention_mask = torch.from_numpy(mask).to(self.device, non_blocking=True)
+                out = self._forward(input_ids, attention_mask).float().cpu().numpy()
+        except torch.OutOfMemoryError:
+            if len(rows) == 1:
+                raise
+            self.oom_splits += 1
+            self.token_budget = max(1, self.token_budget // 2)
+            log.warning("out of memory on %d rows x %d tokens; splitting", len(rows), ids.shape[1])
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            half = len(rows) // 2
+            return np.concatenate(
+                [
+                    self._run_rows(offsets, values, rows[:half]),
+                    self._run_rows(offsets, values, rows[half:]),
+                ]
+            )
+        self.counters.batches += 1
+        self.counters.real_tokens += int(mask.sum())
+        self.counters.padded_tokens += int(mask.size)
+        return out
+
+    def __call__(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            started = time.perf_counter()
+            tokens = batch.column(self.tokens_column)
+            offsets = tokens.offsets.to_numpy()
+            values = tokens.values.to_numpy()
+            lengths = np.diff(offsets)
+            outputs: np.ndarray | None = None
+            for rows in plan_batches(lengths, self.token_budget, self.max_batch_rows):
+                result = self._run_rows(offsets, values, rows)
+                if outputs is None:
+                    outputs = np.zeros((batch.num_rows, result.shape[1]), dtype=np.float32)
+                outputs[rows] = result
+            if outputs is None:
+                outputs = np.zeros((batch.num_rows, self.width), dtype=np.float32)
+            for field, column in zip(self.fields(), self._columns(outputs, lengths == 0)):
+                batch = batch.append_column(field, column)
+            self.counters.rows += batch.num_rows
+            self.counters.seconds += time.perf_counter() - started
+            yield batch
+
+    @property
+    def width(self) -> int:
+        raise NotImplementedError
+
+
+def pool(hidden: Any, attention_mask: Any, spec: PoolingSpec) -> Any:
+    """Sentence vector from token vectors, as sentence-transformers' Pooling + Normalize do."""
+    import torch
+
+    hidden = hidden.float()
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    if spec.mode == "cls":
+        pooled = hidden[:, 0]
+    elif spec.mode == "max":
+        pooled = hidden.masked_fill(mask == 0, -1e9).max(dim=1).values
+    else:
+        summed = (hidden * mask).sum(dim=1)
+        counts = mask.sum(dim=1).clamp(min=1e-9)
+        pooled = summed / (counts if spec.mode == "mean" else torch.sqrt(counts))
+    if spec.normalize:
+        pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+    return pooled
+
+
+class EmbedStage(EncoderStage):
+    """Appends `embedding` (fixed_size_list<float32, dim>) pooled as the model's config says."""
+
+    name = "embed"
+    kind = "embed"
+
+    def setup(self) -> None:
+        self.pooling = read_pooling(self.model_dir)
+        super().setup()
+
+    @property
+    def width(self) -> int:
+        return int(self._dim())
+
+    def _dim(self) -> int:
+        if self.model is not None:
+            return int(self.model.config.hidden_size)
+        config = json.loads((self.model_dir / "config.json").read_text())
+        return int(config["hidden_size"])
+
+    def fields(self) -> list[pa.Field]:
+        return [embedding_field(self.prefix, self._dim())]
+
+    def _forward(self, input_ids: Any, attention_mask: Any) -> Any:
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return pool(hidden, attention_mask, self.pooling)
+
+    def _columns(self, outputs: np.ndarray, missing: np.ndarray) -> list[pa.Array]:
+        values = pa.array(outputs.reshape(-1))
+        return [pa.FixedSizeListArray.from_arrays(values, outputs.shape[1], mask=pa.array(missing))]
+
+
+class ClassifyStage(EncoderStage):
+    """Appends `label`, `score` and optionally `scores`; multi-label models add `labels`."""
+
+    name = "classify"
+    kind = "classify"
+
+    def __init__(
+        self, *args: Any, include_scores: bool = False, threshold: float = 0.5, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.include_scores = include_scores
+        self.threshold = threshold
+        config = json.loads((self.model_dir / "config.json").read_text())
+        architectures = config.get("architectures") or []
+        if not any(a.endswith("ForSequenceClassification") for a in architectures):
+            raise ModelError(
+                f"{self.model_dir} is not a sequence-classification model "
+                f"(architectures: {architectures or 'none'}); give one trained with a "
+                "classification head, e.g. by `bertetl train`"
+            )
+        id2label = config.get("id2label") or {}
+        self.labels = [str(id2label.get(str(i), i)) for i in range(len(id2label))]
+        self.multi_label = config.get("problem_type") == "multi_label_classification"
+        self.label_counts: dict[str, int] = {}
+
+    @property
+    def width(self) -> int:
+        return len(self.labels)
+
+    def fields(self) -> list[pa.Field]:
+        return classify_fields(self.prefix, self.labels, self.multi_label, self.include_scores)
+
+    def _forward(self, input_ids: Any, attention_mask: Any) -> Any:
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+        return logits.sigmoid() if self.multi_label else logits.softmax(dim=-1)
+
+    def _columns(self, outputs: np.ndarray, missing: np.ndarray) -> list[pa.Array]:
+        names = pa.array(self.labels, pa.string())
+        best = outputs.argmax(axis=1)
+        mask = pa.array(missing)
+        label = names.take(pa.array(best, mask=missing))
+        for value, count in pc.value_counts(label).to_pylist():
+            if value is not None:
+                self.label_counts[value] = self.label_counts.get(value, 0) + count
+        columns = {
+            LABEL: label,
+            SCORE: pa.array(outputs.max(axis=1).astype(np.float32), mask=missing),
+        }
+        if self.include_scores:
+            flat = pa.array(outputs.reshape(-1).astype(np.float32))
+            columns[SCORES] = pa.FixedSizeListArray.from_arrays(flat, len(self.labels), mask=mask)
+        if self.multi_label:
+            hits = (outputs >= self.threshold) & ~missing[:, None]
+            row, col = np.nonzero(hits)
+            offsets = np.zeros(len(outputs) + 1, dtype=np.int32)
+            np.cumsum(np.bincount(row, minlength=len(outputs)), out=offsets[1:])
+            columns[LABELS] = pa.ListArray.from_arrays(
+                pa.array(offsets), names.take(pa.array(col)), mask=mask
+            )
+        return [columns[f.name.removeprefix(self.prefix)] for f in self.fields()]

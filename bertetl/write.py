@@ -1,0 +1,102 @@
+"""Atomic Parquet output: write to a hidden temp file beside the target, fsync, rename."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from types import TracebackType
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bertetl.errors import CommitError
+
+TEMP_SUFFIX = ".bertetl-tmp"
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ParquetSink:
+    """One output file with an explicit schema: `open()` → `write()`… → `commit()` / `abort()`.
+
+    Data goes to `.<name>.<random>.bertetl-tmp` in the target's folder (hidden from Arrow,
+    Spark and polars readers, which skip names starting with `.`); `commit()` fsyncs it and
+    renames it over the target, so readers see the old file or the whole new one, never a part.
+    Used as a context manager it commits on success and aborts on an exception.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], schema: pa.Schema, compression: str = "zstd"):
+        self.path = Path(path)
+        self.schema = schema
+        self.compression = compression
+        self.temp_path = self.path.parent / f".{self.path.name}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
+        self.rows = 0
+        self._writer: pq.ParquetWriter | None = None
+
+    def open(self) -> ParquetSink:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(
+                self.temp_path, self.schema, compression=self.compression
+            )
+        except OSError as e:
+            raise CommitError(f"cannot create output {self.temp_path}: {e}") from e
+        return self
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if self._writer is None:
+            raise CommitError(f"output {self.path} is not open")
+        if batch.schema != self.schema:
+            batch = pa.RecordBatch.from_arrays(batch.columns, schema=self.schema)
+        try:
+            self._writer.write_batch(batch)
+        except OSError as e:
+            raise CommitError(f"cannot write output {self.temp_path}: {e}") from e
+        self.rows += batch.num_rows
+
+    def commit(self) -> None:
+        """Close, fsync and atomically rename the temp file onto the target."""
+        if self._writer is None:
+            raise CommitError(f"output {self.path} is not open")
+        try:
+            self._writer.close()
+            self._writer = None
+            with open(self.temp_path, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(self.temp_path, self.path)
+            fsync_dir(self.path.parent)
+        except OSError as e:
+            self.abort()
+            raise CommitError(f"cannot commit output {self.path}: {e}") from e
+
+    def abort(self) -> None:
+        """Drop everything written; the target (and any earlier version of it) is untouched."""
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except (OSError, pa.ArrowException):
+                pass  # the temp file is removed below either way
+            self._writer = None
+        self.temp_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> ParquetSink:
+        return self.open()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
