@@ -26,8 +26,9 @@ def _help(model: type, name: str) -> str:
     return model.model_fields[name].description or ""
 
 
-def _default(model: type, name: str) -> Any:
-    return model.model_fields[name].default
+#: Defaults live on the config models; the CLI reads them from there.
+ENGINE = {name: info.default for name, info in EngineConfig.model_fields.items()}
+TRAIN = {name: info.default for name, info in TrainConfig.model_fields.items()}
 
 
 def _fail(message: str, debug: bool, code: int = 1) -> None:
@@ -57,7 +58,7 @@ def _setup_logging(debug: bool) -> None:
 @app.command()
 def enrich(
     source: Annotated[
-        str, typer.Argument(help="Parquet file, directory (hive folders kept) or glob.")
+        str, typer.Argument(help="Parquet file, directory (hive folders kept), or glob.")
     ],
     dest: Annotated[
         str, typer.Argument(help="Output directory (or .parquet file for one input file).")
@@ -69,29 +70,25 @@ def enrich(
     classify_model: Annotated[
         str | None, typer.Option(help=_help(EngineConfig, "classify_model"))
     ] = None,
-    device: Annotated[Device, typer.Option(help=_help(EngineConfig, "device"))] = _default(
-        EngineConfig, "device"
-    ),
-    dtype: Annotated[DType, typer.Option(help=_help(EngineConfig, "dtype"))] = _default(
-        EngineConfig, "dtype"
-    ),
-    batch_tokens: Annotated[int, typer.Option(help=_help(EngineConfig, "batch_tokens"))] = _default(
-        EngineConfig, "batch_tokens"
-    ),
+    device: Annotated[Device, typer.Option(help=_help(EngineConfig, "device"))] = ENGINE["device"],
+    dtype: Annotated[DType, typer.Option(help=_help(EngineConfig, "dtype"))] = ENGINE["dtype"],
+    batch_tokens: Annotated[int, typer.Option(help=_help(EngineConfig, "batch_tokens"))] = ENGINE[
+        "batch_tokens"
+    ],
     max_batch_rows: Annotated[
         int, typer.Option(help=_help(EngineConfig, "max_batch_rows"))
-    ] = _default(EngineConfig, "max_batch_rows"),
+    ] = ENGINE["max_batch_rows"],
     max_length: Annotated[int | None, typer.Option(help=_help(EngineConfig, "max_length"))] = None,
     prefix: Annotated[str, typer.Option(help=_help(EngineConfig, "prefix"))] = "",
-    window_rows: Annotated[int, typer.Option(help=_help(EngineConfig, "window_rows"))] = _default(
-        EngineConfig, "window_rows"
-    ),
+    window_rows: Annotated[int, typer.Option(help=_help(EngineConfig, "window_rows"))] = ENGINE[
+        "window_rows"
+    ],
     scores: Annotated[
         bool, typer.Option("--scores", help=_help(EngineConfig, "include_scores"))
     ] = False,
     threshold: Annotated[
         float, typer.Option(help=_help(EngineConfig, "multi_label_threshold"))
-    ] = _default(EngineConfig, "multi_label_threshold"),
+    ] = ENGINE["multi_label_threshold"],
     report: Annotated[
         Path | None, typer.Option(help="Also write the run's report (counters, files) as JSON.")
     ] = None,
@@ -154,24 +151,20 @@ def train(
     model_out: Annotated[str, typer.Argument(help="Directory to write the fine-tuned model to.")],
     text_column: Annotated[str, typer.Option(help="Column holding the text.")],
     label_column: Annotated[str, typer.Option(help="Column holding the label (any type).")],
-    base_model: Annotated[str, typer.Option(help=_help(TrainConfig, "base_model"))] = _default(
-        TrainConfig, "base_model"
-    ),
-    epochs: Annotated[float, typer.Option(help=_help(TrainConfig, "epochs"))] = _default(
-        TrainConfig, "epochs"
-    ),
-    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = _default(
-        TrainConfig, "batch_size"
-    ),
-    learning_rate: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = _default(
-        TrainConfig, "learning_rate"
-    ),
-    max_length: Annotated[int, typer.Option(help=_help(TrainConfig, "max_length"))] = _default(
-        TrainConfig, "max_length"
-    ),
-    eval_fraction: Annotated[
-        float, typer.Option(help=_help(TrainConfig, "eval_fraction"))
-    ] = _default(TrainConfig, "eval_fraction"),
+    base_model: Annotated[str, typer.Option(help=_help(TrainConfig, "base_model"))] = TRAIN[
+        "base_model"
+    ],
+    epochs: Annotated[float, typer.Option(help=_help(TrainConfig, "epochs"))] = TRAIN["epochs"],
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = TRAIN["batch_size"],
+    learning_rate: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = TRAIN[
+        "learning_rate"
+    ],
+    max_length: Annotated[int, typer.Option(help=_help(TrainConfig, "max_length"))] = TRAIN[
+        "max_length"
+    ],
+    eval_fraction: Annotated[float, typer.Option(help=_help(TrainConfig, "eval_fraction"))] = TRAIN[
+        "eval_fraction"
+    ],
     max_rows: Annotated[int | None, typer.Option(help=_help(TrainConfig, "max_rows"))] = None,
     seed: Annotated[int, typer.Option(help="Seed for the split, sampling and init.")] = 0,
     device: Annotated[Device, typer.Option(help="auto = cuda when present, else cpu.")] = "auto",

@@ -177,7 +177,9 @@ class EncoderStage:
                 outputs[rows] = result
             if outputs is None:
                 outputs = np.zeros((batch.num_rows, self.width), dtype=np.float32)
-            for field, column in zip(self.fields(), self._columns(outputs, lengths == 0)):
+            for field, column in zip(
+                self.fields(), self._columns(outputs, lengths == 0), strict=True
+            ):
                 batch = batch.append_column(field, column)
             self.counters.rows += batch.num_rows
             self.counters.seconds += time.perf_counter() - started

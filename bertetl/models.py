@@ -59,7 +59,7 @@ class PoolingSpec:
 
 
 def read_pooling(model_dir: Path) -> PoolingSpec:
-    """Pooling from `modules.json` + `1_Pooling/config.json` + `Normalize`; mean pooling if absent."""
+    """Pooling from `modules.json`, `1_Pooling/config.json` and `Normalize`; else mean."""
     modules_file = model_dir / "modules.json"
     if not modules_file.is_file():
         return PoolingSpec()
