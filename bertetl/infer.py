@@ -282,7 +282,10 @@ class ClassifyStage(EncoderStage):
         best = outputs.argmax(axis=1)
         mask = pa.array(missing)
         label = names.take(pa.array(best, mask=missing))
-        for value, count in pc.value_counts(label).to_pylist():
+        counts = pc.value_counts(label)
+        for value, count in zip(
+            counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True
+        ):
             if value is not None:
                 self.label_counts[value] = self.label_counts.get(value, 0) + count
         columns = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,10 +97,26 @@ def read_pooling(model_dir: Path) -> PoolingSpec:
     return PoolingSpec(mode=mode, normalize=normalize)
 
 
-def read_max_seq_length(model_dir: Path) -> int | None:
-    """`max_seq_length` from sentence-transformers' `sentence_bert_config.json`, if present."""
-    cfg_file = model_dir / "sentence_bert_config.json"
-    if cfg_file.is_file():
-        value = json.loads(cfg_file.read_text()).get("max_seq_length")
-        return int(value) if value else None
-    return None
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def max_length_for(model_dir: Path, requested: int | None = None) -> int:
+    """Tokens a text is truncated to: `requested`, else sentence-transformers'
+    `max_seq_length`, else the tokenizer's `model_max_length`; never above the model's
+    position limit."""
+    limit = int(_json(model_dir / "config.json").get("max_position_embeddings") or 512)
+    default = _json(model_dir / "sentence_bert_config.json").get("max_seq_length") or _json(
+        model_dir / "tokenizer_config.json"
+    ).get("model_max_length")
+    length = requested or (int(default) if default and int(default) < 10**6 else limit)
+    return min(length, limit)
+
+
+def tokenizer_key(model_dir: Path, max_length: int) -> str:
+    """Same key = same token ids: a hash of the tokenizer files and the max length."""
+    digest = hashlib.sha1(str(max_length).encode())
+    for name in (*TOKENIZER_FILES, "tokenizer_config.json", "special_tokens_map.json"):
+        if (model_dir / name).is_file():
+            digest.update(name.encode() + (model_dir / name).read_bytes())
+    return digest.hexdigest()[:12]

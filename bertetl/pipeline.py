@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -16,7 +15,7 @@ import pyarrow as pa
 from bertetl.config import EngineConfig
 from bertetl.errors import FilesFailedError, InputError
 from bertetl.infer import ClassifyStage, EmbedStage, EncoderStage
-from bertetl.models import resolve_model_dir
+from bertetl.models import max_length_for, resolve_model_dir, tokenizer_key
 from bertetl.read import SourceFile, check_text_column, discover, read_schema, stream
 from bertetl.schema import LABEL, TOKENS_PREFIX, error_field, output_schema
 from bertetl.stage import Stage, StageCounters
@@ -114,11 +113,17 @@ class Pipeline:
             if not spec:
                 continue
             model_dir = resolve_model_dir(spec)
-            key = hashlib.sha1(str(model_dir.resolve()).encode()).hexdigest()[:12]
-            tokenizer = TokenizeStage(
-                model_dir, config.text_column, self.validate.error_column, key, config.max_length
+            key = tokenizer_key(model_dir, max_length_for(model_dir, config.max_length))
+            tokenizer = self.tokenizers.setdefault(
+                key,
+                TokenizeStage(
+                    model_dir,
+                    config.text_column,
+                    self.validate.error_column,
+                    key,
+                    config.max_length,
+                ),
             )
-            self.tokenizers[key] = tokenizer
             stage_cls = EmbedStage if kind == "embed" else ClassifyStage
             extra = (
                 {"include_scores": config.include_scores, "threshold": config.multi_label_threshold}

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bertetl.models import read_max_seq_length
+from bertetl.models import max_length_for
 from bertetl.schema import ENRICH_ERROR, TOKENS_PREFIX
 from bertetl.stage import StageCounters
 
@@ -102,8 +102,7 @@ class TokenizeStage:
         self.text_column = text_column
         self.error_column = error_column
         self.tokens_column = TOKENS_PREFIX + tokens_key
-        self.requested_max_length = max_length
-        self.max_length: int | None = None
+        self.max_length = max_length_for(self.model_dir, max_length)
         self.truncated_rows = 0
         self.counters = StageCounters()
         self._tokenizer = None
@@ -121,7 +120,7 @@ class TokenizeStage:
         return int(self._tokenizer.pad_token_id or 0)
 
     def setup(self) -> None:
-        from transformers import AutoConfig, AutoTokenizer
+        from transformers import AutoTokenizer
 
         from bertetl.errors import ModelError
 
@@ -129,16 +128,10 @@ class TokenizeStage:
             tokenizer = AutoTokenizer.from_pretrained(
                 self.model_dir, local_files_only=True, trust_remote_code=False
             )
-            config = AutoConfig.from_pretrained(
-                self.model_dir, local_files_only=True, trust_remote_code=False
-            )
         except (OSError, ValueError) as e:
             raise ModelError(f"cannot load the tokenizer of {self.model_dir}: {e}") from e
         if not tokenizer.is_fast:
             raise ModelError(f"{self.model_dir}: no fast tokenizer (tokenizer.json) could be built")
-        limit = getattr(config, "max_position_embeddings", None) or 512
-        default = read_max_seq_length(self.model_dir) or min(tokenizer.model_max_length, limit)
-        self.max_length = min(self.requested_max_length or default, limit)
         self._tokenizer = tokenizer
 
     def teardown(self) -> None:

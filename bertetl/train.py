@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from bertetl.config import TrainConfig
 from bertetl.errors import InputError
 from bertetl.infer import resolve_device
-from bertetl.models import resolve_model_dir
+from bertetl.models import max_length_for, resolve_model_dir
 from bertetl.read import check_text_column, discover, read_schema
 from bertetl.tokenize import as_plain_text, text_problems
 
@@ -76,7 +76,7 @@ def load_examples(table_path: str, config: TrainConfig) -> tuple[list[str], np.n
             f"{table_path}: label column {config.label_column!r} needs at least two distinct "
             f"labels, found {names}"
         )
-    ids = pc.index_in(table.column("label"), pa.array(names)).to_numpy()
+    ids = pc.index_in(table.column("label"), pa.array(names)).to_numpy().astype(np.int64)
     return table.column("text").to_pylist(), ids, names
 
 
@@ -129,6 +129,8 @@ def train(table_path: str, model_out: str, config: TrainConfig) -> TrainReport:
     base = resolve_model_dir(config.base_model)
     device = resolve_device(config.device)
     tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
+    # enrich truncates where the base model does (MiniLM: 256), not at the training length
+    tokenizer.model_max_length = max_length_for(base)
     model = AutoModelForSequenceClassification.from_pretrained(
         base,
         num_labels=len(names),

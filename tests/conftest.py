@@ -1,0 +1,184 @@
+"""Shared fixtures: a tiny random BERT (embedding, classifier, multi-label) and table factories."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+CORPUS = [
+    "the quick brown fox jumps over the lazy dog",
+    "a movie that was good and fun and lovely",
+    "a terrible boring bad film with awful acting",
+    "data teams keep text in parquet tables of reviews tickets and articles",
+    "embedding columns and classification columns are added to every row",
+    "unicode text café naïve 東京 emoji 🙂 mixed with ascii words",
+    "short",
+    "numbers 123 456 and punctuation ! ? , .",
+]
+
+#: Texts of varied length for parity tests (some longer than the tiny models' limits).
+TEXTS = [
+    "hello",
+    "the quick brown fox jumps over the lazy dog",
+    "a movie that was good",
+    " ".join(CORPUS),
+    "café 東京 🙂",
+    "bad " * 80,
+    "good and lovely fun " * 3,
+    "x",
+    "reviews tickets articles logs " * 10,
+    "numbers 123 456",
+]
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def _build_tokenizer(path: Path) -> None:
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers.trainers import WordPieceTrainer
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(
+        CORPUS * 5, WordPieceTrainer(vocab_size=300, special_tokens=SPECIAL_TOKENS)
+    )
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    tok.decoder = decoders.WordPiece()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=128,
+    )
+    fast.save_pretrained(path)
+
+
+def _tiny_config(vocab_size: int, **kwargs: object):
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        initializer_range=0.5,
+        **kwargs,
+    )
+
+
+def _vocab_size(path: Path) -> int:
+    return len(json.loads((path / "tokenizer.json").read_text())["model"]["vocab"])
+
+
+@pytest.fixture(scope="session")
+def tiny_embed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 2-layer BERT with sentence-transformers mean pooling + Normalize, max 48 tokens."""
+    import torch
+    from transformers import BertModel
+
+    path = tmp_path_factory.mktemp("tiny-embed")
+    _build_tokenizer(path)
+    torch.manual_seed(0)
+    BertModel(_tiny_config(_vocab_size(path))).save_pretrained(path)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {
+            "idx": 1,
+            "name": "1",
+            "path": "1_Pooling",
+            "type": "sentence_transformers.models.Pooling",
+        },
+        {
+            "idx": 2,
+            "name": "2",
+            "path": "2_Normalize",
+            "type": "sentence_transformers.models.Normalize",
+        },
+    ]
+    (path / "modules.json").write_text(json.dumps(modules))
+    (path / "1_Pooling").mkdir()
+    (path / "1_Pooling" / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True})
+    )
+    (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 48}))
+    return path
+
+
+def _classifier(path: Path, labels: list[str], seed: int, **kwargs: object) -> Path:
+    import torch
+    from transformers import BertForSequenceClassification
+
+    _build_tokenizer(path)
+    torch.manual_seed(seed)
+    config = _tiny_config(
+        _vocab_size(path),
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        **kwargs,
+    )
+    BertForSequenceClassification(config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 3-label single-label classifier."""
+    return _classifier(tmp_path_factory.mktemp("tiny-cls"), ["negative", "neutral", "positive"], 1)
+
+
+@pytest.fixture(scope="session")
+def tiny_multilabel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 4-label multi-label classifier."""
+    return _classifier(
+        tmp_path_factory.mktemp("tiny-multi"),
+        ["billing", "bug", "praise", "urgent"],
+        2,
+        problem_type="multi_label_classification",
+    )
+
+
+@pytest.fixture
+def write_table(tmp_path: Path) -> Callable[..., Path]:
+    """Write a pyarrow table (or a dict of columns) as Parquet under tmp_path; returns the path."""
+
+    def write(data: pa.Table | dict, relative: str = "src/part-0.parquet", **kwargs) -> Path:
+        table = data if isinstance(data, pa.Table) else pa.table(data)
+        path = tmp_path / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, path, **kwargs)
+        return path
+
+    return write
+
+
+@pytest.fixture
+def text_table() -> pa.Table:
+    """Varied texts with an id, a numeric column, a nested column and a timestamp."""
+    n = len(TEXTS)
+    return pa.table(
+        {
+            "id": pa.array(range(n), pa.int64()),
+            "text": pa.array(TEXTS, pa.string()),
+            "rating": pa.array([i * 0.5 for i in range(n)], pa.float64()),
+            "tags": pa.array([[f"t{i}"] * (i % 3) for i in range(n)], pa.list_(pa.string())),
+            "ts": pa.array(range(n), pa.timestamp("ms")),
+        }
+    )

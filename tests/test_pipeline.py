@@ -1,0 +1,249 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from bertetl.config import EngineConfig
+from bertetl.errors import FilesFailedError, InputError
+from bertetl.pipeline import enrich
+from tests.conftest import TEXTS
+from tests.reference import cosine, reference_embeddings, reference_probabilities
+
+
+def _embeddings(table: pa.Table, column: str = "embedding") -> np.ndarray:
+    return np.array(table.column(column).to_pylist(), dtype=np.float32)
+
+
+@pytest.mark.parametrize(
+    "batch_tokens,max_batch_rows,window_rows",
+    [(8192, 256, 4096), (64, 3, 4), (1, 1, 1), (200, 100, 7)],
+)
+def test_embeddings_match_plain_transformers(
+    tiny_embed_dir: Path,
+    write_table,
+    tmp_path: Path,
+    text_table: pa.Table,
+    batch_tokens: int,
+    max_batch_rows: int,
+    window_rows: int,
+) -> None:
+    src = write_table(text_table)
+    config = EngineConfig(
+        text_column="text",
+        embed_model=str(tiny_embed_dir),
+        device="cpu",
+        batch_tokens=batch_tokens,
+        max_batch_rows=max_batch_rows,
+        window_rows=window_rows,
+    )
+    enrich(src, tmp_path / "out", config)
+    out = pq.read_table(tmp_path / "out" / src.name)
+    expected = reference_embeddings(tiny_embed_dir, TEXTS, max_length=48)
+    assert cosine(_embeddings(out), expected).min() >= 0.9999
+    assert out.column("enrich_error").null_count == len(TEXTS)
+
+
+def test_original_columns_rows_and_order_preserved(
+    tiny_embed_dir: Path, write_table, tmp_path: Path, text_table: pa.Table
+) -> None:
+    table = text_table.append_column("category", pa.array(["a", "b"] * 5).dictionary_encode())
+    src = write_table(table)
+    enrich(src, tmp_path / "out", EngineConfig(text_column="text", embed_model=str(tiny_embed_dir)))
+    out = pq.read_table(tmp_path / "out" / src.name)
+    original = pq.read_table(src)
+    assert out.schema.names[: original.num_columns] == original.schema.names
+    assert out.select(original.schema.names).equals(original)
+    assert out.schema.names[original.num_columns :] == ["embedding", "enrich_error"]
+    assert out.schema.field("embedding").type == pa.list_(pa.float32(), 32)
+
+
+def test_classifier_labels_match_argmax_and_scores(
+    tiny_classifier_dir: Path, write_table, tmp_path: Path, text_table: pa.Table
+) -> None:
+    src = write_table(text_table)
+    config = EngineConfig(
+        text_column="text",
+        classify_model=str(tiny_classifier_dir),
+        include_scores=True,
+        batch_tokens=100,
+    )
+    enrich(src, tmp_path / "out", config)
+    out = pq.read_table(tmp_path / "out" / src.name)
+    probs = reference_probabilities(tiny_classifier_dir, TEXTS, max_length=128)
+    names = ["negative", "neutral", "positive"]
+    assert out.column("label").to_pylist() == [names[i] for i in probs.argmax(1)]
+    np.testing.assert_allclose(out.column("score").to_numpy(), probs.max(1), atol=1e-5)
+    np.testing.assert_allclose(np.array(out.column("scores").to_pylist()), probs, atol=1e-5)
+    assert out.schema.field("score").type == pa.float32()
+
+
+def test_multi_label_labels_above_threshold(
+    tiny_multilabel_dir: Path, write_table, tmp_path: Path, text_table: pa.Table
+) -> None:
+    src = write_table(text_table)
+    config = EngineConfig(
+        text_column="text", classify_model=str(tiny_multilabel_dir), multi_label_threshold=0.5
+    )
+    enrich(src, tmp_path / "out", config)
+    out = pq.read_table(tmp_path / "out" / src.name)
+    probs = reference_probabilities(tiny_multilabel_dir, TEXTS, 128, multi_label=True)
+    names = ["billing", "bug", "praise", "urgent"]
+    expected = [[names[j] for j in np.flatnonzero(row >= 0.5)] for row in probs]
+    assert out.column("labels").to_pylist() == expected
+    assert any(len(labels) > 1 for labels in expected)
+    assert out.schema.field("labels").type == pa.list_(pa.string())
+
+
+def test_embed_and_classify_in_one_pass_with_prefix(
+    tiny_embed_dir: Path,
+    tiny_classifier_dir: Path,
+    write_table,
+    tmp_path: Path,
+    text_table: pa.Table,
+) -> None:
+    src = write_table(text_table)
+    config = EngineConfig(
+        text_column="text",
+        embed_model=str(tiny_embed_dir),
+        classify_model=str(tiny_classifier_dir),
+        prefix="m1_",
+    )
+    report = enrich(src, tmp_path / "out", config)
+    out = pq.read_table(tmp_path / "out" / src.name)
+    assert out.schema.names[-4:] == ["m1_embedding", "m1_label", "m1_score", "m1_enrich_error"]
+    assert report.rows == len(TEXTS)
+    # a second model enriches the enriched table under another prefix
+    enrich(tmp_path / "out", tmp_path / "out2", config.model_copy(update={"prefix": "m2_"}))
+    twice = pq.read_table(tmp_path / "out2" / src.name)
+    assert twice.select(out.schema.names).equals(out)
+    np.testing.assert_allclose(
+        _embeddings(twice, "m2_embedding"), _embeddings(out, "m1_embedding"), atol=1e-6
+    )
+
+
+def test_prefix_clash_is_refused_before_model_work(
+    tiny_embed_dir: Path, write_table, tmp_path: Path
+) -> None:
+    src = write_table({"text": ["a"], "embedding": [1.0]})
+    with pytest.raises(InputError, match=r"already exist.*--prefix"):
+        enrich(
+            src, tmp_path / "out", EngineConfig(text_column="text", embed_model=str(tiny_embed_dir))
+        )
+
+
+def test_bad_rows_are_kept_with_enrich_error(
+    tiny_embed_dir: Path, tiny_classifier_dir: Path, write_table, tmp_path: Path
+) -> None:
+    texts = ["fine text", None, "", "   \n\t", "word " * 1000, "\x00\x01 control", "東京"]
+    src = write_table({"id": list(range(len(texts))), "text": pa.array(texts, pa.large_string())})
+    config = EngineConfig(
+        text_column="text", embed_model=str(tiny_embed_dir), classify_model=str(tiny_classifier_dir)
+    )
+    report = enrich(src, tmp_path / "out", config)
+    out = pq.read_table(tmp_path / "out" / src.name)
+    assert out.column("id").to_pylist() == list(range(len(texts)))
+    assert out.column("enrich_error").to_pylist() == [
+        None,
+        "text is null",
+        "text is empty",
+        "text is whitespace-only",
+        None,
+        None,
+        None,
+    ]
+    for column in ["embedding", "label", "score"]:
+        assert out.column(column).is_null().to_pylist() == [
+            False,
+            True,
+            True,
+            True,
+            False,
+            False,
+            False,
+        ]
+    long_text = reference_embeddings(tiny_embed_dir, [texts[4]], max_length=48)
+    assert cosine(_embeddings(out.slice(4, 1)), long_text)[0] >= 0.9999
+    assert report.rows_failed == 3 and report.truncated_rows >= 1
+
+
+def test_partitioned_layout_is_mirrored(tiny_embed_dir: Path, write_table, tmp_path: Path) -> None:
+    for i, date in enumerate(["2026-11-01", "2026-11-02", "2026-11-03"]):
+        write_table({"id": [i, i + 10], "text": ["a day", "b"]}, f"src/date={date}/part-0.parquet")
+    enrich(
+        tmp_path / "src",
+        tmp_path / "out",
+        EngineConfig(text_column="text", embed_model=str(tiny_embed_dir)),
+    )
+    files = sorted(
+        p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*")
+    )
+    assert files == [
+        "date=2026-11-01",
+        "date=2026-11-01/part-0.parquet",
+        "date=2026-11-02",
+        "date=2026-11-02/part-0.parquet",
+        "date=2026-11-03",
+        "date=2026-11-03/part-0.parquet",
+    ]
+    table = pq.read_table(tmp_path / "out")  # hive partitions come back as a column
+    assert sorted(
+        zip(table.column("date").to_pylist(), table.column("id").to_pylist(), strict=True)
+    ) == [
+        ("2026-11-01", 0),
+        ("2026-11-01", 10),
+        ("2026-11-02", 1),
+        ("2026-11-02", 11),
+        ("2026-11-03", 2),
+        ("2026-11-03", 12),
+    ]
+
+
+def test_unreadable_files_fail_alone(tiny_embed_dir: Path, write_table, tmp_path: Path) -> None:
+    write_table({"text": ["good one"]}, "src/a.parquet")
+    good = write_table({"text": ["good two"] * 5000}, "src/c.parquet")
+    truncated = tmp_path / "src" / "b.parquet"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    (tmp_path / "src" / "notes.parquet").write_text("this is not parquet")
+    with pytest.raises(FilesFailedError) as info:
+        enrich(
+            tmp_path / "src",
+            tmp_path / "out",
+            EngineConfig(text_column="text", embed_model=str(tiny_embed_dir)),
+        )
+    assert set(info.value.failures) == {str(truncated), str(tmp_path / "src" / "notes.parquet")}
+    assert "b.parquet" in str(info.value)
+    outputs = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert outputs == ["a.parquet", "c.parquet"]
+    assert pq.read_table(tmp_path / "out" / "c.parquet").num_rows == 5000
+
+
+def test_missing_text_column_everywhere_fails_before_models(write_table, tmp_path: Path) -> None:
+    src = write_table({"body": ["x"]})
+    config = EngineConfig(text_column="text", embed_model=str(tmp_path / "no-such-model"))
+    with pytest.raises(InputError, match="'text' not found; columns are: body"):
+        enrich(src, tmp_path / "out", config)
+    assert not (tmp_path / "out").exists()
+
+
+def test_single_file_to_parquet_dest(tiny_embed_dir: Path, write_table, tmp_path: Path) -> None:
+    src = write_table({"text": ["a", "b"]})
+    enrich(
+        src,
+        tmp_path / "result.parquet",
+        EngineConfig(text_column="text", embed_model=str(tiny_embed_dir)),
+    )
+    assert pq.read_table(tmp_path / "result.parquet").num_rows == 2
+
+
+def test_dest_inside_source_is_refused(tiny_embed_dir: Path, write_table, tmp_path: Path) -> None:
+    write_table({"text": ["a"]})
+    with pytest.raises(InputError, match="inside SOURCE"):
+        enrich(
+            tmp_path / "src",
+            tmp_path / "src" / "out",
+            EngineConfig(text_column="text", embed_model=str(tiny_embed_dir)),
+        )
