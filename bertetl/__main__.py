@@ -1,0 +1,5 @@
+"""`python -m bertetl` runs the CLI."""
+
+from bertetl.cli import app
+
+app()
