@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
+import pyarrow as pa
 import typer
 from pydantic import ValidationError
 
@@ -31,10 +32,14 @@ ENGINE = {name: info.default for name, info in EngineConfig.model_fields.items()
 TRAIN = {name: info.default for name, info in TrainConfig.model_fields.items()}
 
 
+#: Errors from libraries that reach the CLI as one line rather than a traceback.
+SYSTEM_ERRORS = (OSError, pa.ArrowException)
+
+
 def _fail(message: str, debug: bool, code: int = 1) -> None:
     if debug:
         raise
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {' '.join(message.split())}", err=True)
     raise typer.Exit(code)
 
 
@@ -122,16 +127,15 @@ def enrich(
 
     try:
         result = run(source, dest, config)
+        _print_report(result, dest, report)
     except FilesFailedError as e:
         if e.report is not None:
             _print_report(e.report, dest, report)
-        for path, cause in e.failures.items():
-            typer.echo(f"failed: {path}: {cause}", err=True)
         _fail(str(e), debug)
     except BertEtlError as e:
         _fail(str(e), debug)
-    else:
-        _print_report(result, dest, report)
+    except SYSTEM_ERRORS as e:
+        _fail(f"{type(e).__name__}: {e}", debug)
 
 
 def _print_report(result: Any, dest: str, report_path: Path | None) -> None:
@@ -142,6 +146,7 @@ def _print_report(result: Any, dest: str, report_path: Path | None) -> None:
         f"{result.rows_failed} row(s) with enrich_error, {result.truncated_rows} truncated"
     )
     if report_path is not None:
+        report_path.parent.mkdir(parents=True, exist_ok=True)
         report_path.write_text(json.dumps(result.to_dict(), indent=2))
 
 
@@ -198,6 +203,8 @@ def train(
         result = run(table, model_out, config)
     except BertEtlError as e:
         _fail(str(e), debug)
+    except SYSTEM_ERRORS as e:
+        _fail(f"{type(e).__name__}: {e}", debug)
     typer.echo(
         f"trained on {result.train_rows} rows in {result.seconds:.0f}s; held-out "
         f"({result.eval_rows} rows): accuracy {result.accuracy:.3f}, macro-F1 "

@@ -25,6 +25,7 @@ class FilesFailedError(BertEtlError):
     def __init__(self, failures: dict[str, str], report: object = None) -> None:
         self.failures = dict(failures)
         self.report = report
-        first = next(iter(self.failures.items()))
-        more = f" (and {len(self.failures) - 1} more file(s))" if len(self.failures) > 1 else ""
-        super().__init__(f"{first[1]}{more}; every other file was committed")
+        cause = next(iter(self.failures.values()))
+        count = len(self.failures)
+        more = f" (and {count - 1} more failed file(s); the report lists all)" if count > 1 else ""
+        super().__init__(f"{cause}{more}; files that did not fail were committed")

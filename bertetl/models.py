@@ -114,9 +114,15 @@ def max_length_for(model_dir: Path, requested: int | None = None) -> int:
 
 
 def tokenizer_key(model_dir: Path, max_length: int) -> str:
-    """Same key = same token ids: a hash of the tokenizer files and the max length."""
+    """Same key = same token ids: the parts of `tokenizer.json` that produce ids (vocab,
+    normalizer, pre-tokenizer, post-processor) and the max length; else the vocab files."""
     digest = hashlib.sha1(str(max_length).encode())
-    for name in (*TOKENIZER_FILES, "tokenizer_config.json", "special_tokens_map.json"):
-        if (model_dir / name).is_file():
-            digest.update(name.encode() + (model_dir / name).read_bytes())
+    spec = _json(model_dir / "tokenizer.json")
+    if spec:
+        parts = {k: spec.get(k) for k in ("model", "normalizer", "pre_tokenizer", "post_processor")}
+        digest.update(json.dumps(parts, sort_keys=True).encode())
+    else:
+        for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+            if (model_dir / name).is_file():
+                digest.update(name.encode() + (model_dir / name).read_bytes())
     return digest.hexdigest()[:12]

@@ -16,7 +16,14 @@ from bertetl.config import EngineConfig
 from bertetl.errors import FilesFailedError, InputError
 from bertetl.infer import ClassifyStage, EmbedStage, EncoderStage
 from bertetl.models import max_length_for, resolve_model_dir, tokenizer_key
-from bertetl.read import SourceFile, check_text_column, discover, read_schema, stream
+from bertetl.read import (
+    SourceFile,
+    check_text_column,
+    discover,
+    read_schema,
+    source_root,
+    stream,
+)
 from bertetl.schema import LABEL, TOKENS_PREFIX, error_field, output_schema
 from bertetl.stage import Stage, StageCounters
 from bertetl.tokenize import TokenizeStage, ValidateTextStage
@@ -96,7 +103,11 @@ def _check_paths(files: list[SourceFile], source: str, dest: str) -> None:
     for file in files:
         if Path(file.path).resolve() == dest_path(file, source, dest).resolve():
             raise InputError(f"output {dest} would overwrite input {file.path}; pick another DEST")
-    if os.path.isdir(source) and dest_real.is_relative_to(Path(source).resolve()):
+        if Path(file.path).resolve().is_relative_to(dest_real):
+            raise InputError(
+                f"input {file.path} lies inside DEST {dest}; pick a DEST outside the source"
+            )
+    if not os.path.isfile(source) and dest_real.is_relative_to(source_root(source).resolve()):
         raise InputError(f"DEST {dest} lies inside SOURCE {source}; pick a DEST outside it")
 
 
@@ -247,8 +258,11 @@ def enrich(
     if not schemas:
         raise preflight_errors[0]
     pipeline = Pipeline(config)
-    for schema in schemas.values():
-        pipeline.output_schema(schema)  # name clashes fail before any model loads
+    for path, schema in schemas.items():
+        try:
+            pipeline.output_schema(schema)  # name clashes fail before any model loads
+        except InputError as e:
+            raise InputError(f"{path}: {e}") from e
     pipeline.setup()
     try:
         for file in files:
@@ -266,7 +280,7 @@ def enrich(
         report.oom_splits += model.oom_splits
         if isinstance(model, ClassifyStage):
             report.label_counts[model.prefix + LABEL] = dict(sorted(model.label_counts.items()))
-    report.truncated_rows = sum(t.truncated_rows for t in pipeline.tokenizers.values())
+    report.truncated_rows = max(t.truncated_rows for t in pipeline.tokenizers.values())
     report.files.sort(key=lambda f: f.source)
     report.seconds = time.perf_counter() - started
     if raise_on_failure and report.failures:

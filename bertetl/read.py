@@ -41,36 +41,46 @@ def _hive_keys(relative: str) -> dict[str, str]:
     return keys
 
 
-def discover(source: str | os.PathLike[str]) -> list[SourceFile]:
-    """List the files of a Parquet file, a directory (recursively) or a glob, sorted.
-
-    Files and folders whose names start with `_` or `.` are skipped, as Arrow and Spark do.
-    Hive folders (`date=2026-11-01/`) become the file's partition keys.
-    """
+def source_root(source: str | os.PathLike[str]) -> Path:
+    """The folder that output paths mirror: a directory itself, a file's folder, or a glob's
+    fixed prefix, moved up past hive `key=value` folders so partition folders are kept."""
     source = os.fspath(source)
-    if GLOB_CHARS & set(source):
+    if os.path.exists(source):
+        root = Path(source) if os.path.isdir(source) else Path(source).parent
+    elif GLOB_CHARS & set(source):
         parts = Path(source).parts
         cut = next(i for i, p in enumerate(parts) if GLOB_CHARS & set(p))
         root = Path(*parts[:cut]) if cut else Path(".")
-        paths = [Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file()]
-    elif os.path.isdir(source):
-        root = Path(source)
-        paths = [
-            Path(dirpath) / name
-            for dirpath, dirnames, names in os.walk(source)
-            for name in names
-            if not _hidden(name)
-            and not any(_hidden(d) for d in Path(dirpath).relative_to(root).parts)
-        ]
-    elif os.path.isfile(source):
-        root = Path(source).parent
-        paths = [Path(source)]
     else:
         raise InputError(f"source {source} does not exist")
+    while "=" in root.name:
+        root = root.parent
+    return root
+
+
+def discover(source: str | os.PathLike[str]) -> list[SourceFile]:
+    """List the files of a Parquet file, a directory (recursively) or a glob, sorted.
+
+    Files and folders whose names start with `_` or `.` are skipped, as Arrow and Spark do
+    (a file named explicitly is always taken). Hive folders (`date=2026-11-01/`) become the
+    file's partition keys, also when SOURCE is a file or folder inside a partition.
+    """
+    source = os.fspath(source)
+    root = source_root(source)
+    if os.path.isfile(source):
+        paths = [Path(source)]
+    elif os.path.isdir(source):
+        paths = [
+            Path(dirpath) / name
+            for dirpath, _, names in os.walk(source, followlinks=True)
+            for name in names
+        ]
+    else:
+        paths = [Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file()]
     files = []
     for path in sorted(paths):
         relative = path.relative_to(root).as_posix()
-        if any(_hidden(p) for p in PurePosixPath(relative).parts):
+        if not os.path.isfile(source) and any(_hidden(p) for p in PurePosixPath(relative).parts):
             continue
         files.append(SourceFile(str(path), relative, _hive_keys(relative)))
     if not files:

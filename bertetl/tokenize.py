@@ -139,13 +139,15 @@ class TokenizeStage:
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         """Token ids of each text, special tokens added, truncated at `max_length`."""
-        return self._tokenizer(
+        encoded = self._tokenizer(
             texts,
             truncation=True,
             max_length=self.max_length,
             return_attention_mask=False,
             return_token_type_ids=False,
-        )["input_ids"]
+        )
+        self.truncated_rows += sum(1 for e in encoded.encodings if e.overflowing)
+        return encoded["input_ids"]
 
     def __call__(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
@@ -161,7 +163,6 @@ class TokenizeStage:
             np.cumsum(lengths, out=offsets[1:])
             values = np.fromiter(chain.from_iterable(ids), dtype=np.int32, count=int(offsets[-1]))
             tokens = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
-            self.truncated_rows += int((lengths >= self.max_length).sum())
             self.counters.rows += batch.num_rows
             self.counters.batches += 1
             self.counters.real_tokens += int(offsets[-1])

@@ -53,6 +53,22 @@ def macro_f1(truth: np.ndarray, predicted: np.ndarray, n_labels: int) -> float:
     return float(np.mean(scores)) if scores else 0.0
 
 
+def check_model_out(model_out: str, table_path: str) -> Path:
+    """Refuse a MODEL_OUT that would replace anything but an earlier bertetl model."""
+    out = Path(model_out).resolve()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"MODEL_OUT {model_out} is a file; give a folder for the model")
+    if out.is_dir() and any(out.iterdir()) and not (out / METRICS_FILE).is_file():
+        raise InputError(
+            f"MODEL_OUT {model_out} is a non-empty folder that holds no bertetl model "
+            "(no training_metrics.json); give a new or empty folder"
+        )
+    for file in discover(table_path):
+        if Path(file.path).resolve().is_relative_to(out):
+            raise InputError(f"MODEL_OUT {model_out} holds the training table {file.path}")
+    return out
+
+
 def load_examples(table_path: str, config: TrainConfig) -> tuple[list[str], np.ndarray, list[str]]:
     """Texts, integer labels and label names from every file of a table; unusable rows dropped."""
     tables = []
@@ -64,9 +80,27 @@ def load_examples(table_path: str, config: TrainConfig) -> tuple[list[str], np.n
                 f"{file.path}: label column {config.label_column!r} not found; "
                 f"columns are: {', '.join(schema.names)}"
             )
-        table = pq.read_table(file.path, columns=[config.text_column, config.label_column])
+        label_type = schema.field(config.label_column).type
+        if not (
+            pa.types.is_string(label_type)
+            or pa.types.is_large_string(label_type)
+            or pa.types.is_integer(label_type)
+            or pa.types.is_boolean(label_type)
+            or pa.types.is_dictionary(label_type)
+        ):
+            raise InputError(
+                f"{file.path}: label column {config.label_column!r} has type {label_type}; "
+                "expected strings, integers, booleans or a dictionary of them"
+            )
+        try:
+            table = pq.read_table(file.path, columns=[config.text_column, config.label_column])
+        except (pa.ArrowException, OSError) as e:
+            raise InputError(f"cannot read Parquet file {file.path}: {e}") from e
         text = as_plain_text(table.column(config.text_column))
-        label = pc.cast(table.column(config.label_column).combine_chunks(), pa.string())
+        label = table.column(config.label_column).combine_chunks()
+        if pa.types.is_dictionary(label.type):
+            label = label.dictionary_decode()
+        label = pc.cast(label, pa.string())
         keep = pc.and_(pc.is_null(text_problems(text)), pc.is_valid(label))
         tables.append(pa.table({"text": text, "label": label}).filter(keep))
     table = pa.concat_tables(tables)
@@ -122,6 +156,7 @@ def train(table_path: str, model_out: str, config: TrainConfig) -> TrainReport:
     transformers.utils.logging.disable_progress_bar()
     started = time.perf_counter()
     torch.manual_seed(config.seed)
+    out = check_model_out(model_out, table_path)
     texts, labels, names = load_examples(table_path, config)
     train_rows, eval_rows = stratified_split(
         labels, config.eval_fraction, config.max_rows, config.seed
@@ -189,13 +224,16 @@ def train(table_path: str, model_out: str, config: TrainConfig) -> TrainReport:
         seconds=round(time.perf_counter() - started, 1),
         base_model=str(base),
     )
-    out = Path(model_out)
     staging = out.parent / f".{out.name}.{os.getpid()}.bertetl-tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging, safe_serialization=True)
-    tokenizer.save_pretrained(staging)
-    (staging / METRICS_FILE).write_text(json.dumps(asdict(report), indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(staging, out)
+    previous = out.parent / f".{out.name}.{os.getpid()}.bertetl-old"
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        (staging / METRICS_FILE).write_text(json.dumps(asdict(report), indent=2))
+        if out.exists():
+            os.replace(out, previous)
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(previous, ignore_errors=True)
     return report

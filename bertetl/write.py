@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from pathlib import Path
@@ -13,6 +14,8 @@ import pyarrow.parquet as pq
 from bertetl.errors import CommitError
 
 TEMP_SUFFIX = ".bertetl-tmp"
+
+log = logging.getLogger(__name__)
 
 
 def fsync_dir(path: Path) -> None:
@@ -72,10 +75,13 @@ class ParquetSink:
             with open(self.temp_path, "rb") as handle:
                 os.fsync(handle.fileno())
             os.replace(self.temp_path, self.path)
-            fsync_dir(self.path.parent)
         except OSError as e:
             self.abort()
             raise CommitError(f"cannot commit output {self.path}: {e}") from e
+        try:
+            fsync_dir(self.path.parent)
+        except OSError as e:  # the file is complete and in place; only durability is in doubt
+            log.warning("committed %s but could not fsync its folder: %s", self.path, e)
 
     def abort(self) -> None:
         """Drop everything written; the target (and any earlier version of it) is untouched."""

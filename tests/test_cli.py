@@ -169,3 +169,28 @@ def test_dictionary_text_column_via_cli(tiny_embed_dir, write_table, tmp_path) -
     emb = np.array(out.column("embedding").to_pylist())
     np.testing.assert_allclose(emb[0], emb[2], atol=1e-5)
     assert not np.allclose(emb[0], emb[1], atol=1e-3)
+
+
+def test_several_failed_files_give_one_line(tiny_embed_dir, write_table, tmp_path) -> None:
+    write_table({"text": ["x"]}, "src/good.parquet")
+    (tmp_path / "src" / "bad1.parquet").write_bytes(b"PAR1 truncated")
+    (tmp_path / "src" / "bad2.parquet").write_bytes(b"nonsense")
+    run = bertetl(
+        "enrich",
+        str(tmp_path / "src"),
+        str(tmp_path / "out"),
+        "--text-column",
+        "text",
+        "--embed-model",
+        str(tiny_embed_dir),
+        "--report",
+        str(tmp_path / "new" / "r.json"),
+    )
+    assert run.returncode == 1
+    assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert "bad1.parquet" in run.stderr and "1 more failed file" in run.stderr
+    report = json.loads((tmp_path / "new" / "r.json").read_text())
+    assert set(report["failures"]) == {
+        str(tmp_path / "src" / "bad1.parquet"),
+        str(tmp_path / "src" / "bad2.parquet"),
+    }

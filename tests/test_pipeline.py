@@ -167,7 +167,7 @@ def test_bad_rows_are_kept_with_enrich_error(
         ]
     long_text = reference_embeddings(tiny_embed_dir, [texts[4]], max_length=48)
     assert cosine(_embeddings(out.slice(4, 1)), long_text)[0] >= 0.9999
-    assert report.rows_failed == 3 and report.truncated_rows >= 1
+    assert report.rows_failed == 3 and report.truncated_rows == 1
 
 
 def test_partitioned_layout_is_mirrored(tiny_embed_dir: Path, write_table, tmp_path: Path) -> None:
@@ -247,3 +247,71 @@ def test_dest_inside_source_is_refused(tiny_embed_dir: Path, write_table, tmp_pa
             tmp_path / "src" / "out",
             EngineConfig(text_column="text", embed_model=str(tiny_embed_dir)),
         )
+
+
+def test_empty_file_and_all_invalid_window(
+    tiny_embed_dir: Path, write_table, tmp_path: Path
+) -> None:
+    empty = pa.table({"id": pa.array([], pa.int64()), "text": pa.array([], pa.string())})
+    write_table(empty, "src/empty.parquet")
+    write_table({"id": [1, 2], "text": [None, " "]}, "src/blank.parquet")
+    config = EngineConfig(text_column="text", embed_model=str(tiny_embed_dir))
+    report = enrich(tmp_path / "src", tmp_path / "out", config)
+    assert pq.read_table(tmp_path / "out" / "empty.parquet").num_rows == 0
+    assert pq.read_table(tmp_path / "out" / "empty.parquet").schema.names == [
+        "id",
+        "text",
+        "embedding",
+        "enrich_error",
+    ]
+    blank = pq.read_table(tmp_path / "out" / "blank.parquet")
+    assert blank.column("embedding").null_count == 2
+    assert blank.column("enrich_error").to_pylist() == ["text is null", "text is whitespace-only"]
+    assert report.rows == 2 and report.rows_failed == 2
+
+
+def test_schema_drift_between_files_keeps_each_files_schema(
+    tiny_embed_dir: Path, write_table, tmp_path: Path
+) -> None:
+    write_table(pa.table({"text": pa.array(["a"], pa.string())}), "src/a.parquet")
+    write_table(
+        pa.table({"text": pa.array(["b"], pa.large_string()), "extra": [1]}), "src/b.parquet"
+    )
+    enrich(
+        tmp_path / "src",
+        tmp_path / "out",
+        EngineConfig(text_column="text", embed_model=str(tiny_embed_dir)),
+    )
+    a = pq.read_schema(tmp_path / "out" / "a.parquet")
+    b = pq.read_schema(tmp_path / "out" / "b.parquet")
+    assert a.names == ["text", "embedding", "enrich_error"] and a.field("text").type == pa.string()
+    assert b.names == ["text", "extra", "embedding", "enrich_error"]
+    assert b.field("text").type == pa.large_string()
+
+
+def test_partitions_enriched_one_at_a_time_do_not_overwrite_each_other(
+    tiny_embed_dir: Path, write_table, tmp_path: Path
+) -> None:
+    config = EngineConfig(text_column="text", embed_model=str(tiny_embed_dir))
+    for date in ["2026-11-01", "2026-11-02"]:
+        path = write_table({"text": [date]}, f"src/date={date}/part-0.parquet")
+        enrich(path, tmp_path / "out", config)
+    table = pq.read_table(tmp_path / "out")
+    assert sorted(table.column("date").to_pylist()) == ["2026-11-01", "2026-11-02"]
+    assert sorted(table.column("text").to_pylist()) == ["2026-11-01", "2026-11-02"]
+
+
+def test_glob_dest_inside_source_is_refused(
+    tiny_embed_dir: Path, write_table, tmp_path: Path
+) -> None:
+    write_table({"text": ["a"]}, "src/a/x.parquet")
+    config = EngineConfig(text_column="text", embed_model=str(tiny_embed_dir))
+    with pytest.raises(InputError, match="inside SOURCE"):
+        enrich(str(tmp_path / "src" / "**" / "*.parquet"), tmp_path / "src" / "out", config)
+
+
+def test_column_clash_names_the_file(tiny_embed_dir: Path, write_table, tmp_path: Path) -> None:
+    path = write_table({"text": ["a"], "enrich_error": ["x"]})
+    config = EngineConfig(text_column="text", embed_model=str(tiny_embed_dir))
+    with pytest.raises(InputError, match=f"{path}: output column"):
+        enrich(path, tmp_path / "out", config)

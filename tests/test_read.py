@@ -81,3 +81,19 @@ def test_unreadable_file_is_named(tmp_path: Path) -> None:
         read_schema(file)
     with pytest.raises(InputError, match=r"broken\.parquet"):
         list(stream(file, 10))
+
+
+def test_file_or_folder_inside_a_partition_keeps_its_partition(write_table, tmp_path: Path) -> None:
+    write_table({"text": ["a"]}, "src/date=2026-11-01/part-0.parquet")
+    (one,) = discover(tmp_path / "src" / "date=2026-11-01" / "part-0.parquet")
+    assert one.relative == "date=2026-11-01/part-0.parquet"
+    assert one.partition == {"date": "2026-11-01"}
+    (same,) = discover(tmp_path / "src" / "date=2026-11-01")
+    assert same == one
+
+
+def test_explicit_hidden_name_and_literal_brackets(write_table, tmp_path: Path) -> None:
+    path = write_table({"text": ["a"]}, "src/_f.parquet")
+    assert [f.relative for f in discover(path)] == ["_f.parquet"]
+    bracket = write_table({"text": ["a"]}, "src/[x].parquet")
+    assert [f.path for f in discover(bracket)] == [str(bracket)]

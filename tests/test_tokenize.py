@@ -46,5 +46,7 @@ def test_max_length_comes_from_sentence_bert_config(tiny_embed_dir: Path) -> Non
 
 
 def test_max_length_option_overrides(tiny_embed_dir: Path) -> None:
-    tokens, _ = _tokenize(tiny_embed_dir, ["word " * 500], max_length=10)
+    tokens, stage = _tokenize(tiny_embed_dir, ["word " * 500, "the fox"], max_length=10)
     assert len(tokens[0]) == 10
+    fits_exactly = _tokenize(tiny_embed_dir, ["the fox"], max_length=len(tokens[1]))[1]
+    assert stage.truncated_rows == 1 and fits_exactly.truncated_rows == 0

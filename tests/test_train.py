@@ -95,3 +95,39 @@ def test_missing_label_column_lists_columns(tiny_base_dir: Path, write_table, tm
     )
     with pytest.raises(InputError, match="'sentiment' not found; columns are: text, y"):
         train(str(table), str(tmp_path / "model"), config)
+
+
+def test_model_out_that_is_not_a_model_is_refused(
+    tiny_base_dir: Path, write_table, tmp_path
+) -> None:
+    table = write_table(_reviews(40, seed=0), "data/t.parquet")
+    config = TrainConfig(
+        text_column="text", label_column="sentiment", base_model=str(tiny_base_dir)
+    )
+    with pytest.raises(InputError, match="holds no bertetl model"):
+        train(str(table), str(tmp_path / "data"), config)
+    assert table.is_file()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="is a file"):
+        train(str(table), str(tmp_path / "file"), config)
+
+
+def test_retraining_replaces_an_earlier_model(tiny_base_dir: Path, write_table, tmp_path) -> None:
+    table = write_table(_reviews(40, seed=0), "data/t.parquet")
+    config = TrainConfig(
+        text_column="text", label_column="sentiment", base_model=str(tiny_base_dir), epochs=1
+    )
+    train(str(table), str(tmp_path / "model"), config)
+    first = (tmp_path / "model" / "model.safetensors").read_bytes()
+    train(str(table), str(tmp_path / "model"), config.model_copy(update={"seed": 1}))
+    assert (tmp_path / "model" / "model.safetensors").read_bytes() != first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "model"]
+
+
+def test_list_label_column_is_refused(tiny_base_dir: Path, write_table, tmp_path) -> None:
+    table = write_table({"text": ["a", "b"], "sentiment": [["x"], ["y"]]})
+    config = TrainConfig(
+        text_column="text", label_column="sentiment", base_model=str(tiny_base_dir)
+    )
+    with pytest.raises(InputError, match="has type list<element: string>"):
+        train(str(table), str(tmp_path / "model"), config)
