@@ -212,5 +212,71 @@ def train(
     )
 
 
+@app.command()
+def bench(
+    models: Annotated[
+        str, typer.Option(help="Comma-separated: minilm, bert-base (random weights) or model dirs.")
+    ] = "minilm",
+    inputs: Annotated[
+        str,
+        typer.Option(help="Comma-separated input sets: reviews (real), synthetic (length mix)."),
+    ] = "reviews,synthetic",
+    systems: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated: pipeline, sentence-transformers, engine-model, engine-e2e."
+        ),
+    ] = "pipeline,sentence-transformers,engine-model,engine-e2e",
+    rows: Annotated[int, typer.Option(help="Texts per input set.")] = 1000,
+    repeats: Annotated[int, typer.Option(help="Timed repetitions (median reported).")] = 3,
+    device: Annotated[Device, typer.Option(help="auto = cuda when present, else cpu.")] = "auto",
+    dtype: Annotated[DType, typer.Option(help=_help(EngineConfig, "dtype"))] = "auto",
+    batch_tokens: Annotated[int, typer.Option(help=_help(EngineConfig, "batch_tokens"))] = ENGINE[
+        "batch_tokens"
+    ],
+    memory: Annotated[
+        str | None,
+        typer.Option(
+            help="Instead: peak RSS of end-to-end runs at these row counts, e.g. 100000,1000000."
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Write the results as JSON here.")] = Path("bench.json"),
+    debug: Annotated[bool, typer.Option(help="Show tracebacks on errors.")] = False,
+) -> None:
+    """Benchmark the engine against transformers' pipeline and sentence-transformers.
+
+    Runs every system on the same texts in its own process and prints rows/s, tokens/s,
+    padding waste, ratios to each baseline, peak RSS and, on GPU, peak GPU memory and MFU.
+    """
+    from bertetl.bench import BenchConfig, format_table, memory_check, run_bench
+
+    def split(value: str) -> list[str]:
+        return [v.strip() for v in value.split(",") if v.strip()]
+
+    if memory:
+        result = memory_check([int(v) for v in split(memory)])
+        out.write_text(json.dumps(result, indent=2))
+        typer.echo(json.dumps(result, indent=2))
+        return
+    config = _config(
+        BenchConfig,
+        debug,
+        models=split(models),
+        inputs=split(inputs),
+        systems=split(systems),
+        rows=rows,
+        repeats=repeats,
+        device=device,
+        dtype=dtype,
+        batch_tokens=batch_tokens,
+    )
+    result = run_bench(config)
+    out.write_text(json.dumps(result, indent=2))
+    typer.echo(format_table(result))
+    typer.echo(f"results written to {out}")
+    if result["errors"]:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from bertetl.bench import BenchConfig, format_table, forward_flops, run_bench
+from bertetl.corpus import length_mix
+
+
+def test_forward_flops_counts_matmuls_and_attention() -> None:
+    config = SimpleNamespace(num_hidden_layers=2, hidden_size=8)
+    lengths = np.array([3, 5])
+    assert forward_flops(config, lengths, non_embedding_params=100) == (
+        2 * 100 * 8 + 4 * 2 * 8 * (9 + 25)
+    )
+
+
+def test_length_mix_has_three_length_classes() -> None:
+    texts = length_mix(30, ["a", "b", "c"], seed=1)
+    words = sorted(len(t.split()) for t in texts)
+    assert len(texts) == 30
+    assert words[0] >= 5 and words[9] <= 15 and 50 <= words[10] <= 120 and words[-1] >= 550
+
+
+def test_bench_runs_systems_in_one_report(tiny_embed_dir: Path, tmp_path: Path) -> None:
+    config = BenchConfig(
+        models=[str(tiny_embed_dir)],
+        inputs=["reviews"],
+        rows=40,
+        repeats=2,
+        systems=["sentence-transformers", "engine-model", "engine-e2e"],
+        device="cpu",
+        workdir=str(tmp_path),
+    )
+    report = run_bench(config)
+    assert report["errors"] == []
+    by_system = {r["system"]: r for r in report["results"]}
+    assert set(by_system) == {"sentence-transformers", "engine-model", "engine-e2e"}
+    e2e = by_system["engine-e2e"]
+    assert e2e["rows"] == 40 and len(e2e["seconds"]) == 2
+    assert e2e["real_tokens"] == by_system["engine-model"]["real_tokens"] > 40
+    assert e2e["x_sentence-transformers"] > 0 and 0 <= e2e["padding_waste"] < 1
+    assert e2e["share_of_model_only"] > 0
+    assert "engine-e2e" in format_table(report)
