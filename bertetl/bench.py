@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bertetl.config import Device, DType
 
-SYSTEMS = ("pipeline", "sentence-transformers", "engine-model", "engine-e2e")
+SYSTEMS = ("pipeline", "sentence-transformers", "engine-model", "engine-e2e", "engine-e2e-int8")
 BASELINE_BATCH = 32
 #: Dense bf16 tensor-core peaks (FLOP/s) for MFU, by device-name substring.
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L4": 121e12}
@@ -42,7 +42,9 @@ class BenchConfig(BaseModel):
 
     models: list[str] = Field(["minilm"], description="minilm, bert-base (random) or model dirs.")
     inputs: list[str] = Field(["reviews", "synthetic"], description="reviews and/or synthetic.")
-    systems: list[str] = Field(list(SYSTEMS), description="Which systems to run.")
+    systems: list[str] = Field(
+        [s for s in SYSTEMS if s != "engine-e2e-int8"], description="Which systems to run."
+    )
     rows: int = Field(1000, gt=0, description="Texts per input set.")
     repeats: int = Field(3, gt=0, description="Timed repetitions; the median is reported.")
     device: Device = "auto"
@@ -201,8 +203,10 @@ def _run_system(system: str, model_name: str, inputs: str, config: BenchConfig, 
     make_run(texts[:64], **setup)()  # warm-up
     before = model.counters.padded_tokens
     result.seconds = _timed(make_run(texts, **setup), config.repeats, device)
-    if system.startswith("engine"):
+    if system in ("engine-model", "engine-e2e"):
         result.padded_tokens = (model.counters.padded_tokens - before) // config.repeats
+    if system == "engine-e2e-int8":
+        result.extra = int8_cosine(texts, pipeline)
     elif system == "pipeline":  # batches of 32 in input order, padded to their longest
         chunks = np.array_split(lengths, max(1, -(-len(lengths) // BASELINE_BATCH)))
         result.padded_tokens = int(sum(len(c) * c.max() for c in chunks))
@@ -277,11 +281,41 @@ def _engine_e2e_run(texts: list[str], pipeline: Any, workdir: Path, **_: Any) ->
     return lambda: pipeline.run_file(file, out, schema)
 
 
+def _engine_int8_run(texts: list[str], pipeline: Any, **kwargs: Any) -> Callable[[], None]:
+    """The engine end to end with dynamic int8 quantization (CPU)."""
+    from bertetl.pipeline import Pipeline
+
+    quantized = Pipeline(pipeline.config.model_copy(update={"quantize": "int8"}))
+    quantized.setup()
+    return _engine_e2e_run(texts, quantized, **kwargs)
+
+
+def int8_cosine(texts: list[str], pipeline: Any) -> dict[str, float]:
+    """Cosine of int8 embeddings to the fp32 ones, on the same texts."""
+    from bertetl.pipeline import Pipeline
+
+    quantized = Pipeline(pipeline.config.model_copy(update={"quantize": "int8"}))
+    quantized.setup()
+    batch = pa.RecordBatch.from_pydict({"text": texts})
+    vectors = []
+    for engine in (pipeline, quantized):
+        (out,) = engine.transform([batch])
+        column = out.column(engine.models[0].fields()[0].name)
+        vectors.append(column.values.to_numpy().reshape(len(texts), -1))
+    a, b = vectors
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return {
+        "int8_cosine_min": round(float(cos.min()), 5),
+        "int8_cosine_mean": round(float(cos.mean()), 5),
+    }
+
+
 _SYSTEMS: dict[str, Callable[..., Callable[[], None]]] = {
     "pipeline": _pipeline_run,
     "sentence-transformers": _sentence_transformers_run,
     "engine-model": _engine_model_run,
     "engine-e2e": _engine_e2e_run,
+    "engine-e2e-int8": _engine_int8_run,
 }
 
 
@@ -351,7 +385,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
                     for base in ("pipeline", "sentence-transformers"):
                         if base in rates:
                             row[f"x_{base}"] = round(row["rows_per_s"] / rates[base], 2)
-                    if "engine-model" in rates and row["system"] == "engine-e2e":
+                    if "engine-model" in rates and row["system"] != "engine-model":
                         row["share_of_model_only"] = round(
                             row["rows_per_s"] / rates["engine-model"], 3
                         )

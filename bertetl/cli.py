@@ -12,7 +12,7 @@ import pyarrow as pa
 import typer
 from pydantic import ValidationError
 
-from bertetl.config import Device, DType, EngineConfig, TrainConfig
+from bertetl.config import Device, DType, EngineConfig, Quantize, TrainConfig
 from bertetl.errors import BertEtlError, FilesFailedError
 
 app = typer.Typer(
@@ -77,6 +77,9 @@ def enrich(
     ] = None,
     device: Annotated[Device, typer.Option(help=_help(EngineConfig, "device"))] = ENGINE["device"],
     dtype: Annotated[DType, typer.Option(help=_help(EngineConfig, "dtype"))] = ENGINE["dtype"],
+    quantize: Annotated[Quantize, typer.Option(help=_help(EngineConfig, "quantize"))] = ENGINE[
+        "quantize"
+    ],
     batch_tokens: Annotated[int, typer.Option(help=_help(EngineConfig, "batch_tokens"))] = ENGINE[
         "batch_tokens"
     ],
@@ -115,6 +118,7 @@ def enrich(
         classify_model=classify_model,
         device=device,
         dtype=dtype,
+        quantize=quantize,
         batch_tokens=batch_tokens,
         max_batch_rows=max_batch_rows,
         max_length=max_length,

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
+Quantize = Literal["none", "int8"]
 
 
 class EngineConfig(BaseModel):
@@ -26,6 +27,9 @@ class EngineConfig(BaseModel):
     dtype: DType = Field(
         "auto",
         description="auto = bfloat16 on GPUs that support it, float16 on others, fp32 on CPU.",
+    )
+    quantize: Quantize = Field(
+        "none", description="int8: dynamic int8 quantization of Linear layers (CPU only)."
     )
     batch_tokens: int = Field(
         8192, gt=0, description="Padded tokens per model batch (longest row x rows)."

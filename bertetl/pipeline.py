@@ -149,6 +149,7 @@ class Pipeline:
                     prefix=config.prefix,
                     device=config.device,
                     dtype=config.dtype,
+                    quantize=config.quantize,
                     batch_tokens=config.batch_tokens,
                     max_batch_rows=config.max_batch_rows,
                     **extra,

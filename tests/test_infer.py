@@ -75,3 +75,21 @@ def test_base_model_as_classifier_is_refused(tiny_embed_dir: Path, write_table, 
             tmp_path / "out",
             EngineConfig(text_column="text", classify_model=str(tiny_embed_dir)),
         )
+
+
+def test_int8_quantization_stays_close_to_fp32(write_table, tmp_path) -> None:
+    texts = [
+        "A gripping, beautifully shot thriller.",
+        "Dull and far too long; the jokes land with a thud.",
+        "The cast is great but the script lets them down in the final act.",
+        "tickets: login fails with error 500 after password reset",
+    ]
+    src = write_table({"text": texts})
+    base = EngineConfig(text_column="text", embed_model="minilm", device="cpu")
+    enrich(src, tmp_path / "fp32", base)
+    enrich(src, tmp_path / "int8", base.model_copy(update={"quantize": "int8"}))
+    fp32 = np.array(pq.read_table(tmp_path / "fp32" / src.name).column("embedding").to_pylist())
+    int8 = np.array(pq.read_table(tmp_path / "int8" / src.name).column("embedding").to_pylist())
+    cosine = (fp32 * int8).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(int8, axis=1)
+    assert cosine.min() >= 0.95
+    assert not np.allclose(fp32, int8, atol=1e-4), "quantization changed nothing"
