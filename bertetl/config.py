@@ -44,6 +44,9 @@ class EngineConfig(BaseModel):
     window_rows: int = Field(
         4096, gt=0, description="Rows read at a time; batches are length-sorted within it."
     )
+    prefetch_windows: int = Field(
+        2, ge=0, description="Windows read and tokenized ahead in a thread (0: no thread)."
+    )
     include_scores: bool = Field(False, description="Add 'scores': every label's probability.")
     multi_label_threshold: float = Field(
         0.5, ge=0.0, le=1.0, description="Probability above which a multi-label label is kept."

@@ -16,6 +16,7 @@ from bertetl.config import EngineConfig
 from bertetl.errors import FilesFailedError, InputError
 from bertetl.infer import ClassifyStage, EmbedStage, EncoderStage
 from bertetl.models import max_length_for, resolve_model_dir, tokenizer_key
+from bertetl.overlap import prefetch
 from bertetl.read import (
     SourceFile,
     check_text_column,
@@ -190,9 +191,17 @@ class Pipeline:
         return output_schema(input_schema, self.added_fields())
 
     def transform(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        """Thread the stages over a stream of batches; yields the enriched batches in order."""
+        """Thread the stages over a stream of batches; yields the enriched batches in order.
+
+        Reading, validation and tokenization run in a background thread, at most
+        `prefetch_windows` windows ahead of the models.
+        """
         stream_: Iterable[pa.RecordBatch] = batches
-        for stage in self.stages:
+        for stage in [self.validate, *self.tokenizers.values()]:
+            stream_ = stage(stream_)
+        if self.config.prefetch_windows:
+            stream_ = prefetch(stream_, self.config.prefetch_windows)
+        for stage in self.models:
             stream_ = stage(stream_)
         error_column = self.validate.error_column
         for batch in stream_:
