@@ -163,6 +163,15 @@ class EncoderStage:
     def _columns(self, outputs: np.ndarray, missing: np.ndarray) -> list[pa.Array]:
         raise NotImplementedError
 
+    def _to_device(self, array: np.ndarray) -> Any:
+        """Host array to the model's device; via pinned memory and an async copy on CUDA."""
+        import torch
+
+        tensor = torch.from_numpy(array)
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor
+
     def _run_rows(self, offsets: np.ndarray, values: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Forward one batch; on CUDA out-of-memory halve the token budget and split it."""
         import torch
@@ -170,8 +179,7 @@ class EncoderStage:
         ids, mask = pad_batch(offsets, values, rows, self.pad_token_id)
         try:
             with torch.inference_mode():
-                input_ids = torch.from_numpy(ids).to(self.device, non_blocking=True)
-                attention_mask = torch.from_numpy(mask).to(self.device, non_blocking=True)
+                input_ids, attention_mask = (self._to_device(a) for a in (ids, mask))
                 out = self._forward(input_ids, attention_mask).float().cpu().numpy()
         except torch.OutOfMemoryError:
             if len(rows) == 1:
