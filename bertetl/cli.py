@@ -43,13 +43,20 @@ def _fail(message: str, debug: bool, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+#: Config fields whose CLI option is not simply `--field-name`.
+OPTION_NAMES = {"include_scores": "--scores", "multi_label_threshold": "--threshold"}
+
+
 def _config(model: type, debug: bool, **values: Any) -> Any:
     try:
         return model(**{k: v for k, v in values.items() if v is not None})
     except ValidationError as e:
         first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        _fail(f"{where}: {first['msg']}" if where else first["msg"], debug, code=2)
+        message = first["msg"].removeprefix("Value error, ")
+        if first["loc"]:
+            name = str(first["loc"][0])
+            message = f"{OPTION_NAMES.get(name, '--' + name.replace('_', '-'))}: {message}"
+        _fail(message, debug, code=2)
 
 
 def _setup_logging(debug: bool) -> None:
@@ -183,7 +190,8 @@ def train(
 
     Holds out a stratified split, reports accuracy and macro-F1 on it, and saves a standard
     Hugging Face model dir (safetensors, tokenizer, id2label) that `enrich --classify-model`
-    loads.
+    loads. MODEL_OUT must be new, empty, or an earlier `bertetl train` output, which is
+    replaced (atomically, once the new model is saved); any other folder is refused.
     """
     _setup_logging(debug)
     config = _config(

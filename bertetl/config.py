@@ -55,7 +55,10 @@ class EngineConfig(BaseModel):
     @model_validator(mode="after")
     def _needs_a_model(self) -> EngineConfig:
         if not self.embed_model and not self.classify_model:
-            raise ValueError("give at least one of embed_model / classify_model")
+            raise ValueError(
+                "give at least one of --embed-model / --classify-model "
+                "(embed_model / classify_model)"
+            )
         return self
 
 

@@ -102,7 +102,27 @@ def test_needs_a_model(write_table, tmp_path) -> None:
     src = write_table({"text": ["x"]})
     run = bertetl("enrich", str(src), str(tmp_path / "out"), "--text-column", "text")
     assert run.returncode == 2
-    assert "at least one of embed_model / classify_model" in run.stderr
+    assert run.stderr.strip() == (
+        "error: give at least one of --embed-model / --classify-model "
+        "(embed_model / classify_model)"
+    )
+
+
+def test_bad_option_value_names_the_flag(tiny_embed_dir, write_table, tmp_path) -> None:
+    src = write_table({"text": ["x"]})
+    run = bertetl(
+        "enrich",
+        str(src),
+        str(tmp_path / "out"),
+        "--text-column",
+        "text",
+        "--embed-model",
+        str(tiny_embed_dir),
+        "--batch-tokens",
+        "0",
+    )
+    assert run.returncode == 2
+    assert run.stderr.strip() == "error: --batch-tokens: Input should be greater than 0"
 
 
 def test_failed_file_exits_non_zero_and_names_it(tiny_embed_dir, write_table, tmp_path) -> None:
