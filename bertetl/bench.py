@@ -45,11 +45,11 @@ class BenchConfig(BaseModel):
     systems: list[str] = Field(
         [s for s in SYSTEMS if s != "engine-e2e-int8"], description="Which systems to run."
     )
-    rows: int = Field(1000, gt=0, description="Texts per input set.")
+    rows: int = Field(600, gt=0, description="Texts per input set.")
     repeats: int = Field(3, gt=0, description="Timed repetitions; the median is reported.")
     device: Device = "auto"
     dtype: DType = "auto"
-    batch_tokens: int = Field(8192, gt=0)
+    batch_tokens: int | None = Field(None, gt=0, description="Default: the engine's.")
     max_batch_rows: int = Field(256, gt=0)
     workdir: str | None = Field(None, description="Scratch folder (default: a temp dir).")
 

@@ -87,9 +87,9 @@ def enrich(
     quantize: Annotated[Quantize, typer.Option(help=_help(EngineConfig, "quantize"))] = ENGINE[
         "quantize"
     ],
-    batch_tokens: Annotated[int, typer.Option(help=_help(EngineConfig, "batch_tokens"))] = ENGINE[
-        "batch_tokens"
-    ],
+    batch_tokens: Annotated[
+        int | None, typer.Option(help=_help(EngineConfig, "batch_tokens"))
+    ] = None,
     max_batch_rows: Annotated[
         int, typer.Option(help=_help(EngineConfig, "max_batch_rows"))
     ] = ENGINE["max_batch_rows"],
@@ -239,13 +239,13 @@ def bench(
             help="Comma-separated: pipeline, sentence-transformers, engine-model, engine-e2e."
         ),
     ] = "pipeline,sentence-transformers,engine-model,engine-e2e",
-    rows: Annotated[int, typer.Option(help="Texts per input set.")] = 1000,
+    rows: Annotated[int, typer.Option(help="Texts per input set.")] = 600,
     repeats: Annotated[int, typer.Option(help="Timed repetitions (median reported).")] = 3,
     device: Annotated[Device, typer.Option(help="auto = cuda when present, else cpu.")] = "auto",
     dtype: Annotated[DType, typer.Option(help=_help(EngineConfig, "dtype"))] = "auto",
-    batch_tokens: Annotated[int, typer.Option(help=_help(EngineConfig, "batch_tokens"))] = ENGINE[
-        "batch_tokens"
-    ],
+    batch_tokens: Annotated[
+        int | None, typer.Option(help=_help(EngineConfig, "batch_tokens"))
+    ] = None,
     memory: Annotated[
         str | None,
         typer.Option(

@@ -31,8 +31,11 @@ class EngineConfig(BaseModel):
     quantize: Quantize = Field(
         "none", description="int8: dynamic int8 quantization of Linear layers (CPU only)."
     )
-    batch_tokens: int = Field(
-        8192, gt=0, description="Padded tokens per model batch (longest row x rows)."
+    batch_tokens: int | None = Field(
+        None,
+        gt=0,
+        description="Padded tokens per model batch (longest row x rows); "
+        "default 4096 on CPU, 32768 on GPU.",
     )
     max_batch_rows: int = Field(256, gt=0, description="Row cap per model batch.")
     max_length: int | None = Field(

@@ -33,6 +33,11 @@ def resolve_device(device: str) -> Any:
     return torch.device(device)
 
 
+#: Default token budgets: CPU batches stay small (cache-friendly, less padding; measured on
+#: MiniLM, 2 cores: 4096 gives 79 rows/s, 8192 65, 16384 61); GPUs need large ones to fill.
+DEFAULT_BATCH_TOKENS = {"cpu": 4096, "cuda": 32768}
+
+
 def resolve_dtype(dtype: str, device: Any) -> Any:
     """`auto` = bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU."""
     import torch
@@ -112,7 +117,7 @@ class EncoderStage:
         device: str = "auto",
         dtype: str = "auto",
         quantize: str = "none",
-        batch_tokens: int = 8192,
+        batch_tokens: int | None = None,
         max_batch_rows: int = 256,
     ) -> None:
         self.model_dir = Path(model_dir)
@@ -142,6 +147,8 @@ class EncoderStage:
 
     def setup(self) -> None:
         self.device = resolve_device(self.device_name)
+        if self.token_budget is None:
+            self.token_budget = DEFAULT_BATCH_TOKENS.get(self.device.type, 4096)
         if self.quantize == "int8" and self.device.type != "cpu":
             raise ModelError("--quantize int8 runs on the CPU only; use --device cpu")
         self.model = load_model(
