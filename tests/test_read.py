@@ -97,3 +97,32 @@ def test_explicit_hidden_name_and_literal_brackets(write_table, tmp_path: Path) 
     assert [f.relative for f in discover(path)] == ["_f.parquet"]
     bracket = write_table({"text": ["a"]}, "src/[x].parquet")
     assert [f.path for f in discover(bracket)] == [str(bracket)]
+
+
+STREAM_PEAK = """
+import sys, time, pyarrow as pa
+from bertetl.read import SourceFile, stream
+for batch in stream(SourceFile(sys.argv[1], "f.parquet"), 1000):
+    time.sleep(0.002)  # a slow consumer, as the model is: no read-ahead may pile up
+print(pa.default_memory_pool().max_memory())
+"""
+
+
+def test_stream_memory_does_not_grow_with_file_size(write_table, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    peaks = []
+    for rows in (20_000, 300_000):
+        text = pa.array([f"row {i} " + "words " * (i % 50) for i in range(rows)])
+        path = write_table(
+            {"id": list(range(rows)), "text": text}, f"{rows}.parquet", row_group_size=5000
+        )
+        run = subprocess.run(
+            [sys.executable, "-c", STREAM_PEAK, str(path)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        peaks.append(int(run.stdout))
+    assert peaks[1] < 1.5 * peaks[0], peaks
