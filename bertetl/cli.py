@@ -94,6 +94,7 @@ def enrich(
         int, typer.Option(help=_help(EngineConfig, "max_batch_rows"))
     ] = ENGINE["max_batch_rows"],
     max_length: Annotated[int | None, typer.Option(help=_help(EngineConfig, "max_length"))] = None,
+    workers: Annotated[int | None, typer.Option(help=_help(EngineConfig, "workers"))] = None,
     prefix: Annotated[str, typer.Option(help=_help(EngineConfig, "prefix"))] = "",
     window_rows: Annotated[int, typer.Option(help=_help(EngineConfig, "window_rows"))] = ENGINE[
         "window_rows"
@@ -131,6 +132,7 @@ def enrich(
         max_length=max_length,
         prefix=prefix,
         window_rows=window_rows,
+        workers=workers,
         include_scores=scores,
         multi_label_threshold=threshold,
     )

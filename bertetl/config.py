@@ -47,6 +47,12 @@ class EngineConfig(BaseModel):
     window_rows: int = Field(
         4096, gt=0, description="Rows read at a time; batches are length-sorted within it."
     )
+    workers: int | None = Field(
+        None,
+        gt=0,
+        description="Processes, each with its own model copy and a share of the files; "
+        "default one per visible GPU on CUDA, else 1.",
+    )
     prefetch_windows: int = Field(
         2, ge=0, description="Windows read and tokenized ahead in a thread (0: no thread)."
     )

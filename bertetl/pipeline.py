@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +74,19 @@ class EnrichReport:
     @property
     def rows_per_second(self) -> float:
         return self.rows / self.seconds if self.seconds else 0.0
+
+    def merge(self, other: EnrichReport) -> None:
+        """Add another report's files and counters (a worker's part of the run)."""
+        self.files.extend(other.files)
+        for name, counters in other.stages.items():
+            self.stages.setdefault(name, StageCounters()).add(counters)
+        for column, counts in other.label_counts.items():
+            merged = self.label_counts.setdefault(column, {})
+            for label, count in counts.items():
+                merged[label] = merged.get(label, 0) + count
+            self.label_counts[column] = dict(sorted(merged.items()))
+        self.truncated_rows += other.truncated_rows
+        self.oom_splits += other.oom_splits
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -237,6 +252,63 @@ class Pipeline:
         return result
 
 
+Job = tuple[SourceFile, Path, pa.Schema]
+
+
+def resolve_workers(config: EngineConfig) -> int:
+    """`workers`, else one per visible GPU when running on CUDA, else 1."""
+    if config.workers:
+        return config.workers
+    if config.device == "cpu":
+        return 1
+    import torch
+
+    return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
+
+
+def _pin_worker(index: int, count: int) -> None:
+    """Worker `index` of `count` takes GPU `index` (round robin), or its share of CPU threads."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(index % torch.cuda.device_count())
+    else:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // count))
+
+
+def run_jobs(
+    config: EngineConfig,
+    jobs: list[Job],
+    worker: tuple[int, int] | None = None,
+    on_file_done: Callable[[FileResult], None] | None = None,
+) -> EnrichReport:
+    """Enrich `jobs` (file, target, schema) with one pipeline in this process.
+
+    `worker=(index, count)` marks a worker process: it pins a GPU or a share of CPU threads.
+    """
+    if worker is not None:
+        _pin_worker(*worker)
+    pipeline = Pipeline(config)
+    pipeline.setup()
+    report = EnrichReport()
+    try:
+        for file, target, schema in jobs:
+            result = pipeline.run_file(file, target, schema)
+            report.files.append(result)
+            if on_file_done is not None:
+                on_file_done(result)
+    finally:
+        pipeline.teardown()
+    for stage in pipeline.stages:
+        report.stages.setdefault(stage.name, StageCounters()).add(stage.counters)
+    for model in pipeline.models:
+        report.oom_splits += model.oom_splits
+        if isinstance(model, ClassifyStage):
+            report.label_counts[model.prefix + LABEL] = dict(sorted(model.label_counts.items()))
+    report.truncated_rows = max(t.truncated_rows for t in pipeline.tokenizers.values())
+    return report
+
+
 def enrich(
     source: str | os.PathLike[str],
     dest: str | os.PathLike[str],
@@ -273,24 +345,27 @@ def enrich(
             pipeline.output_schema(schema)  # name clashes fail before any model loads
         except InputError as e:
             raise InputError(f"{path}: {e}") from e
-    pipeline.setup()
-    try:
-        for file in files:
-            if file.path not in schemas:
-                continue
-            result = pipeline.run_file(file, dest_path(file, source, dest), schemas[file.path])
-            report.files.append(result)
-            if on_file_done is not None:
-                on_file_done(result)
-    finally:
-        pipeline.teardown()
-    for stage in pipeline.stages:
-        report.stages.setdefault(stage.name, StageCounters()).add(stage.counters)
-    for model in pipeline.models:
-        report.oom_splits += model.oom_splits
-        if isinstance(model, ClassifyStage):
-            report.label_counts[model.prefix + LABEL] = dict(sorted(model.label_counts.items()))
-    report.truncated_rows = max(t.truncated_rows for t in pipeline.tokenizers.values())
+    jobs = [
+        (file, dest_path(file, source, dest), schemas[file.path])
+        for file in files
+        if file.path in schemas
+    ]
+    workers = min(resolve_workers(config), len(jobs))
+    if workers <= 1:
+        report.merge(run_jobs(config, jobs, on_file_done=on_file_done))
+    else:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            futures = [
+                pool.submit(run_jobs, config, jobs[i::workers], (i, workers))
+                for i in range(workers)
+            ]
+            for future in as_completed(futures):
+                part = future.result()
+                report.merge(part)
+                for result in part.files:
+                    if on_file_done is not None:
+                        on_file_done(result)
     report.files.sort(key=lambda f: f.source)
     report.seconds = time.perf_counter() - started
     if raise_on_failure and report.failures:

@@ -17,6 +17,7 @@ from bertetl.schema import is_text_type
 
 GLOB_CHARS = set("*?[")
 
+
 @dataclass(frozen=True)
 class SourceFile:
     """One input file: where it is, where it sits under the source root, its hive keys."""

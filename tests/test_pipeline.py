@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -315,3 +316,30 @@ def test_column_clash_names_the_file(tiny_embed_dir: Path, write_table, tmp_path
     config = EngineConfig(text_column="text", embed_model=str(tiny_embed_dir))
     with pytest.raises(InputError, match=f"{path}: output column"):
         enrich(path, tmp_path / "out", config)
+
+
+def test_two_worker_processes_match_one(
+    tiny_embed_dir: Path, tiny_classifier_dir: Path, write_table, tmp_path: Path
+) -> None:
+    for i in range(4):
+        write_table(
+            {"id": [i, i + 10, i + 20], "text": [f"text {i}", None, TEXTS[i]]},
+            f"src/date=2026-11-0{i + 1}/part-0.parquet",
+        )
+    config = EngineConfig(
+        text_column="text",
+        embed_model=str(tiny_embed_dir),
+        classify_model=str(tiny_classifier_dir),
+        device="cpu",
+    )
+    one = enrich(tmp_path / "src", tmp_path / "one", config)
+    two = enrich(tmp_path / "src", tmp_path / "two", config.model_copy(update={"workers": 2}))
+    assert two.rows == one.rows == 12 and two.rows_failed == one.rows_failed == 4
+    assert two.label_counts == one.label_counts
+    assert two.stages["embed"].real_tokens == one.stages["embed"].real_tokens
+    a, b = pq.read_table(tmp_path / "one"), pq.read_table(tmp_path / "two")
+    assert a.drop_columns(["embedding", "score"]).equals(b.drop_columns(["embedding", "score"]))
+    embedded = pc.is_valid(a.column("embedding"))
+    np.testing.assert_allclose(
+        _embeddings(a.filter(embedded)), _embeddings(b.filter(embedded)), atol=1e-5
+    )
