@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -41,6 +43,17 @@ def _fail(message: str, debug: bool, code: int = 1) -> None:
         raise
     typer.echo(f"error: {' '.join(message.split())}", err=True)
     raise typer.Exit(code)
+
+
+@contextmanager
+def _user_errors(debug: bool) -> Iterator[None]:
+    """Turn bertetl's errors and I/O or Arrow errors into one line on stderr and exit 1."""
+    try:
+        yield
+    except BertEtlError as e:
+        _fail(str(e), debug)
+    except SYSTEM_ERRORS as e:
+        _fail(f"{type(e).__name__}: {e}", debug)
 
 
 #: Config fields whose CLI option is not simply `--field-name`.
@@ -138,17 +151,14 @@ def enrich(
     )
     from bertetl.pipeline import enrich as run
 
-    try:
-        result = run(source, dest, config)
+    with _user_errors(debug):
+        try:
+            result = run(source, dest, config)
+        except FilesFailedError as e:
+            if e.report is not None:
+                _print_report(e.report, dest, report)
+            raise
         _print_report(result, dest, report)
-    except FilesFailedError as e:
-        if e.report is not None:
-            _print_report(e.report, dest, report)
-        _fail(str(e), debug)
-    except BertEtlError as e:
-        _fail(str(e), debug)
-    except SYSTEM_ERRORS as e:
-        _fail(f"{type(e).__name__}: {e}", debug)
 
 
 def _print_report(result: Any, dest: str, report_path: Path | None) -> None:
@@ -213,12 +223,8 @@ def train(
     )
     from bertetl.train import train as run
 
-    try:
+    with _user_errors(debug):
         result = run(table, model_out, config)
-    except BertEtlError as e:
-        _fail(str(e), debug)
-    except SYSTEM_ERRORS as e:
-        _fail(f"{type(e).__name__}: {e}", debug)
     typer.echo(
         f"trained on {result.train_rows} rows in {result.seconds:.0f}s; held-out "
         f"({result.eval_rows} rows): accuracy {result.accuracy:.3f}, macro-F1 "
@@ -268,8 +274,9 @@ def bench(
         return [v.strip() for v in value.split(",") if v.strip()]
 
     if memory:
-        result = memory_check([int(v) for v in split(memory)])
-        out.write_text(json.dumps(result, indent=2))
+        with _user_errors(debug):
+            result = memory_check([int(v) for v in split(memory)])
+            out.write_text(json.dumps(result, indent=2))
         typer.echo(json.dumps(result, indent=2))
         return
     config = _config(
@@ -284,8 +291,9 @@ def bench(
         dtype=dtype,
         batch_tokens=batch_tokens,
     )
-    result = run_bench(config)
-    out.write_text(json.dumps(result, indent=2))
+    with _user_errors(debug):
+        result = run_bench(config)
+        out.write_text(json.dumps(result, indent=2))
     typer.echo(format_table(result))
     typer.echo(f"results written to {out}")
     if result["errors"]:
