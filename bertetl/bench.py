@@ -40,7 +40,11 @@ class BenchConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    models: list[str] = Field(["minilm"], description="minilm, bert-base (random) or model dirs.")
+    models: list[str] = Field(
+        ["minilm"],
+        description="minilm, bert-base (random), embedding model dirs, or classify:DIR for a "
+        "sequence classifier (compared with the text-classification pipeline).",
+    )
     inputs: list[str] = Field(["reviews", "synthetic"], description="reviews and/or synthetic.")
     systems: list[str] = Field(
         [s for s in SYSTEMS if s != "engine-e2e-int8"], description="Which systems to run."
@@ -164,14 +168,15 @@ def _run_system(system: str, model_name: str, inputs: str, config: BenchConfig, 
     from bertetl.models import max_length_for
     from bertetl.pipeline import Pipeline
 
-    model_dir = _model_dir(model_name, workdir)
+    task, name = split_task(model_name)
+    model_dir = _model_dir(name, workdir)
     max_length = max_length_for(model_dir)
     texts = _texts(inputs, config.rows)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     engine_config = EngineConfig(
         text_column="text",
-        embed_model=str(model_dir),
+        **{f"{task}_model": str(model_dir)},
         device=config.device,
         dtype=config.dtype,
         batch_tokens=config.batch_tokens,
@@ -182,7 +187,7 @@ def _run_system(system: str, model_name: str, inputs: str, config: BenchConfig, 
     tokenizer = next(iter(pipeline.tokenizers.values()))
     lengths = np.array([len(ids) for ids in tokenizer.encode(texts)])
     model = pipeline.models[0]
-    embedding_params = sum(p.numel() for p in model.model.embeddings.parameters())
+    embedding_params = sum(p.numel() for p in model.model.base_model.embeddings.parameters())
     params = sum(p.numel() for p in model.model.parameters()) - embedding_params
     result = Result(system, model_name, inputs, len(texts), int(lengths.sum()), [])
     result.flops = forward_flops(model.model.config, lengths, params)
@@ -193,6 +198,7 @@ def _run_system(system: str, model_name: str, inputs: str, config: BenchConfig, 
     if make_run is None:
         raise ValueError(f"unknown system {system!r} ({', '.join(SYSTEMS)})")
     setup = dict(
+        task=task,
         pipeline=pipeline,
         model_dir=model_dir,
         max_length=max_length,
@@ -206,7 +212,7 @@ def _run_system(system: str, model_name: str, inputs: str, config: BenchConfig, 
     if system in ("engine-model", "engine-e2e"):
         result.padded_tokens = (model.counters.padded_tokens - before) // config.repeats
     if system == "engine-e2e-int8":
-        result.extra = int8_cosine(texts, pipeline)
+        result.extra = int8_agreement(texts, pipeline)
     elif system == "pipeline":  # batches of 32 in input order, padded to their longest
         chunks = np.array_split(lengths, max(1, -(-len(lengths) // BASELINE_BATCH)))
         result.padded_tokens = int(sum(len(c) * c.max() for c in chunks))
@@ -216,12 +222,33 @@ def _run_system(system: str, model_name: str, inputs: str, config: BenchConfig, 
     return result
 
 
+def split_task(model: str) -> tuple[str, str]:
+    """`classify:DIR` benchmarks a classifier; anything else an embedding model."""
+    if model.startswith("classify:"):
+        return "classify", model.removeprefix("classify:")
+    return "embed", model
+
+
 def _pipeline_run(
-    texts: list[str], model_dir: Path, max_length: int, device: Any, dtype: Any, **_: Any
+    texts: list[str],
+    model_dir: Path,
+    max_length: int,
+    device: Any,
+    dtype: Any,
+    task: str = "embed",
+    **_: Any,
 ) -> Callable[[], None]:
-    """transformers' feature-extraction pipeline, batch 32, plus the user's mean pooling."""
+    """transformers' pipeline, batch 32: feature-extraction plus the user's mean pooling, or
+    text-classification."""
     from transformers import pipeline as hf_pipeline
 
+    if task == "classify":
+        classifier = hf_pipeline(
+            "text-classification", model=str(model_dir), device=device, dtype=dtype
+        )
+        return lambda: classifier(
+            texts, batch_size=BASELINE_BATCH, truncation=True, max_length=max_length
+        )
     pipe = hf_pipeline("feature-extraction", model=str(model_dir), device=device, dtype=dtype)
 
     def run() -> None:
@@ -290,19 +317,22 @@ def _engine_int8_run(texts: list[str], pipeline: Any, **kwargs: Any) -> Callable
     return _engine_e2e_run(texts, quantized, **kwargs)
 
 
-def int8_cosine(texts: list[str], pipeline: Any) -> dict[str, float]:
-    """Cosine of int8 embeddings to the fp32 ones, on the same texts."""
+def int8_agreement(texts: list[str], pipeline: Any) -> dict[str, float]:
+    """How close int8 outputs are to fp32 on the same texts: embedding cosine, or the share
+    of identical labels for a classifier."""
     from bertetl.pipeline import Pipeline
 
     quantized = Pipeline(pipeline.config.model_copy(update={"quantize": "int8"}))
     quantized.setup()
     batch = pa.RecordBatch.from_pydict({"text": texts})
-    vectors = []
+    outputs = []
     for engine in (pipeline, quantized):
         (out,) = engine.transform([batch])
-        column = out.column(engine.models[0].fields()[0].name)
-        vectors.append(column.values.to_numpy().reshape(len(texts), -1))
-    a, b = vectors
+        outputs.append(out.column(engine.models[0].fields()[0].name))
+    if not pa.types.is_fixed_size_list(outputs[0].type):
+        same = np.array(outputs[0].to_pylist()) == np.array(outputs[1].to_pylist())
+        return {"int8_label_agreement": round(float(same.mean()), 5)}
+    a, b = (column.values.to_numpy().reshape(len(texts), -1) for column in outputs)
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     return {
         "int8_cosine_min": round(float(cos.min()), 5),
@@ -373,6 +403,8 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     for model_name in config.models:
         for inputs in config.inputs:
             for system in config.systems:
+                if split_task(model_name)[0] == "classify" and system == "sentence-transformers":
+                    continue  # sentence-transformers has no classification counterpart
                 outcome = _isolated(system, model_name, inputs, config, workdir)
                 if isinstance(outcome, str):
                     errors.append(f"{system} / {model_name} / {inputs}: {outcome}")

@@ -235,7 +235,11 @@ def train(
 @app.command()
 def bench(
     models: Annotated[
-        str, typer.Option(help="Comma-separated: minilm, bert-base (random weights) or model dirs.")
+        str,
+        typer.Option(
+            help="Comma-separated: minilm, bert-base (random weights), embedding model dirs, "
+            "or classify:DIR for a classifier."
+        ),
     ] = "minilm",
     inputs: Annotated[
         str,

@@ -44,3 +44,23 @@ def test_bench_runs_systems_in_one_report(tiny_embed_dir: Path, tmp_path: Path) 
     assert e2e["x_sentence-transformers"] > 0 and 0 <= e2e["padding_waste"] < 1
     assert e2e["share_of_model_only"] > 0
     assert "engine-e2e" in format_table(report)
+
+
+def test_bench_classifier_against_the_text_classification_pipeline(
+    tiny_classifier_dir: Path, tmp_path: Path
+) -> None:
+    config = BenchConfig(
+        models=[f"classify:{tiny_classifier_dir}"],
+        inputs=["synthetic"],
+        rows=30,
+        repeats=1,
+        systems=["pipeline", "sentence-transformers", "engine-e2e-int8"],
+        device="cpu",
+        workdir=str(tmp_path),
+    )
+    report = run_bench(config)
+    assert report["errors"] == []
+    by_system = {r["system"]: r for r in report["results"]}
+    assert set(by_system) == {"pipeline", "engine-e2e-int8"}  # no s-t counterpart
+    assert 0.0 <= by_system["engine-e2e-int8"]["int8_label_agreement"] <= 1.0
+    assert by_system["engine-e2e-int8"]["x_pipeline"] > 0
