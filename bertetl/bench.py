@@ -45,7 +45,10 @@ class BenchConfig(BaseModel):
         description="minilm, bert-base (random), embedding model dirs, or classify:DIR for a "
         "sequence classifier (compared with the text-classification pipeline).",
     )
-    inputs: list[str] = Field(["reviews", "synthetic"], description="reviews and/or synthetic.")
+    inputs: list[str] = Field(
+        ["reviews", "synthetic"],
+        description="reviews, synthetic, or PATH.parquet[:COLUMN] (your own texts).",
+    )
     systems: list[str] = Field(
         [s for s in SYSTEMS if s != "engine-e2e-int8"], description="Which systems to run."
     )
@@ -98,15 +101,22 @@ class Result:
 
 
 def _texts(inputs: str, rows: int) -> list[str]:
+    """`reviews`, `synthetic`, or `PATH.parquet[:COLUMN]` (default column `text`): your own
+    texts, non-blank ones, cycled to `rows`."""
     from bertetl.corpus import length_mix, rotten_tomatoes
 
+    if inputs not in ("reviews", "synthetic"):
+        path, _, column = inputs.partition(":")
+        if not path.endswith(".parquet"):
+            raise ValueError(f"unknown input set {inputs!r} (reviews, synthetic, FILE.parquet)")
+        texts = pq.read_table(path, columns=[column or "text"]).column(0).to_pylist()
+        own = [t for t in texts if t and t.strip()]
+        return [own[i % len(own)] for i in range(rows)]
     reviews = [t for t in rotten_tomatoes().column("text").to_pylist() if t and t.strip()]
     if inputs == "reviews":
         return [reviews[i % len(reviews)] for i in range(rows)]
-    if inputs == "synthetic":
-        vocabulary = sorted({w for t in reviews[:3000] for w in t.split()})
-        return length_mix(rows, vocabulary)
-    raise ValueError(f"unknown input set {inputs!r} (reviews, synthetic)")
+    vocabulary = sorted({w for t in reviews[:3000] for w in t.split()})
+    return length_mix(rows, vocabulary)
 
 
 def _model_dir(name: str, workdir: Path) -> Path:

@@ -243,7 +243,10 @@ def bench(
     ] = "minilm",
     inputs: Annotated[
         str,
-        typer.Option(help="Comma-separated input sets: reviews (real), synthetic (length mix)."),
+        typer.Option(
+            help="Comma-separated input sets: reviews (real), synthetic (length mix), "
+            "or PATH.parquet[:COLUMN] (your own texts)."
+        ),
     ] = "reviews,synthetic",
     systems: Annotated[
         str,
