@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -16,15 +17,17 @@ def bertetl(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+def enrich_cli(source: Path, dest: Path, *options: str) -> subprocess.CompletedProcess:
+    """`bertetl enrich SOURCE DEST --text-column text OPTIONS...`"""
+    return bertetl("enrich", str(source), str(dest), "--text-column", "text", *options)
+
+
 def test_enrich_end_to_end(tiny_embed_dir, tiny_classifier_dir, write_table, tmp_path) -> None:
     src = write_table({"id": [1, 2, 3], "text": ["good", None, "bad film"]})
     report = tmp_path / "report.json"
-    run = bertetl(
-        "enrich",
-        str(src),
-        str(tmp_path / "out"),
-        "--text-column",
-        "text",
+    run = enrich_cli(
+        src,
+        tmp_path / "out",
         "--embed-model",
         str(tiny_embed_dir),
         "--classify-model",
@@ -68,12 +71,9 @@ def test_bad_column_is_one_line_non_zero(
     tiny_embed_dir, write_table, tmp_path, table, expected
 ) -> None:
     src = write_table(table)
-    run = bertetl(
-        "enrich",
-        str(src),
-        str(tmp_path / "out"),
-        "--text-column",
-        "text",
+    run = enrich_cli(
+        src,
+        tmp_path / "out",
         "--embed-model",
         str(tiny_embed_dir),
     )
@@ -85,12 +85,9 @@ def test_bad_column_is_one_line_non_zero(
 
 def test_missing_model_dir_is_named(write_table, tmp_path) -> None:
     src = write_table({"text": ["x"]})
-    run = bertetl(
-        "enrich",
-        str(src),
-        str(tmp_path / "out"),
-        "--text-column",
-        "text",
+    run = enrich_cli(
+        src,
+        tmp_path / "out",
         "--embed-model",
         str(tmp_path / "no-model"),
     )
@@ -100,7 +97,7 @@ def test_missing_model_dir_is_named(write_table, tmp_path) -> None:
 
 def test_needs_a_model(write_table, tmp_path) -> None:
     src = write_table({"text": ["x"]})
-    run = bertetl("enrich", str(src), str(tmp_path / "out"), "--text-column", "text")
+    run = enrich_cli(src, tmp_path / "out")
     assert run.returncode == 2
     assert run.stderr.strip() == (
         "error: give at least one of --embed-model / --classify-model "
@@ -110,12 +107,9 @@ def test_needs_a_model(write_table, tmp_path) -> None:
 
 def test_bad_option_value_names_the_flag(tiny_embed_dir, write_table, tmp_path) -> None:
     src = write_table({"text": ["x"]})
-    run = bertetl(
-        "enrich",
-        str(src),
-        str(tmp_path / "out"),
-        "--text-column",
-        "text",
+    run = enrich_cli(
+        src,
+        tmp_path / "out",
         "--embed-model",
         str(tiny_embed_dir),
         "--batch-tokens",
@@ -128,12 +122,9 @@ def test_bad_option_value_names_the_flag(tiny_embed_dir, write_table, tmp_path) 
 def test_failed_file_exits_non_zero_and_names_it(tiny_embed_dir, write_table, tmp_path) -> None:
     write_table({"text": ["x"]}, "src/good.parquet")
     (tmp_path / "src" / "bad.parquet").write_bytes(b"PAR1 truncated")
-    run = bertetl(
-        "enrich",
-        str(tmp_path / "src"),
-        str(tmp_path / "out"),
-        "--text-column",
-        "text",
+    run = enrich_cli(
+        tmp_path / "src",
+        tmp_path / "out",
         "--embed-model",
         str(tiny_embed_dir),
     )
@@ -174,12 +165,9 @@ def test_help_explains_every_option(command: str, options: list[str]) -> None:
 
 def test_dictionary_text_column_via_cli(tiny_embed_dir, write_table, tmp_path) -> None:
     src = write_table(pa.table({"text": pa.array(["a", "b", "a"]).dictionary_encode()}))
-    run = bertetl(
-        "enrich",
-        str(src),
-        str(tmp_path / "out"),
-        "--text-column",
-        "text",
+    run = enrich_cli(
+        src,
+        tmp_path / "out",
         "--embed-model",
         str(tiny_embed_dir),
     )
@@ -195,12 +183,9 @@ def test_several_failed_files_give_one_line(tiny_embed_dir, write_table, tmp_pat
     write_table({"text": ["x"]}, "src/good.parquet")
     (tmp_path / "src" / "bad1.parquet").write_bytes(b"PAR1 truncated")
     (tmp_path / "src" / "bad2.parquet").write_bytes(b"nonsense")
-    run = bertetl(
-        "enrich",
-        str(tmp_path / "src"),
-        str(tmp_path / "out"),
-        "--text-column",
-        "text",
+    run = enrich_cli(
+        tmp_path / "src",
+        tmp_path / "out",
         "--embed-model",
         str(tiny_embed_dir),
         "--report",
