@@ -112,7 +112,6 @@ class EncoderStage:
         self,
         model_dir: Path,
         tokens_column: str,
-        pad_token_id: int,
         prefix: str = "",
         device: str = "auto",
         dtype: str = "auto",
@@ -122,7 +121,7 @@ class EncoderStage:
     ) -> None:
         self.model_dir = Path(model_dir)
         self.tokens_column = tokens_column
-        self.pad_token_id = pad_token_id
+        self.pad_token_id = 0  # from the model's config in setup(); masked out either way
         self.prefix = prefix
         self.device_name = device
         self.dtype_name = dtype
@@ -154,6 +153,7 @@ class EncoderStage:
         self.model = load_model(
             self.model_dir, self.kind, self.device, resolve_dtype(self.dtype_name, self.device)
         )
+        self.pad_token_id = int(getattr(self.model.config, "pad_token_id", None) or 0)
         if self.quantize == "int8":
             self.model = quantize_int8(self.model)
 

@@ -141,16 +141,15 @@ class Pipeline:
                 continue
             model_dir = resolve_model_dir(spec)
             key = tokenizer_key(model_dir, max_length_for(model_dir, config.max_length))
-            tokenizer = self.tokenizers.setdefault(
-                key,
-                TokenizeStage(
+            if key not in self.tokenizers:  # models with the same tokenizer share its tokens
+                self.tokenizers[key] = TokenizeStage(
                     model_dir,
                     config.text_column,
                     self.validate.error_column,
                     key,
                     config.max_length,
-                ),
-            )
+                )
+            tokenizer = self.tokenizers[key]
             stage_cls = EmbedStage if kind == "embed" else ClassifyStage
             extra = (
                 {"include_scores": config.include_scores, "threshold": config.multi_label_threshold}
@@ -161,7 +160,6 @@ class Pipeline:
                 stage_cls(
                     model_dir,
                     tokenizer.tokens_column,
-                    pad_token_id=0,
                     prefix=config.prefix,
                     device=config.device,
                     dtype=config.dtype,
@@ -189,11 +187,6 @@ class Pipeline:
         for tokenizer in self.tokenizers.values():
             tokenizer.setup()
         for model in self.models:
-            model.pad_token_id = next(
-                t.pad_token_id
-                for t in self.tokenizers.values()
-                if t.tokens_column == model.tokens_column
-            )
             model.setup()
         self._ready = True
 

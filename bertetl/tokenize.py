@@ -115,10 +115,6 @@ class TokenizeStage:
     def produces(self) -> tuple[str, ...]:
         return (self.tokens_column,)
 
-    @property
-    def pad_token_id(self) -> int:
-        return int(self._tokenizer.pad_token_id or 0)
-
     def setup(self) -> None:
         from transformers import AutoTokenizer
 
