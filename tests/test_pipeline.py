@@ -343,3 +343,26 @@ def test_two_worker_processes_match_one(
     np.testing.assert_allclose(
         _embeddings(a.filter(embedded)), _embeddings(b.filter(embedded)), atol=1e-5
     )
+
+
+def test_models_with_the_same_tokenizer_share_one_tokenization(
+    tiny_embed_dir: Path, tiny_classifier_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from bertetl.pipeline import Pipeline
+
+    # the fixtures' WordPiece vocabs are trained separately, so their ids differ: two passes
+    both = {"embed_model": str(tiny_embed_dir), "classify_model": str(tiny_classifier_dir)}
+    assert len(Pipeline(EngineConfig(text_column="text", max_length=32, **both)).tokenizers) == 2
+    # a classifier carrying the embedding model's tokenizer (as a fine-tune of it does)
+    classifier = tmp_path / "cls"
+    shutil.copytree(tiny_classifier_dir, classifier)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_embed_dir / name, classifier / name)
+    same = {"embed_model": str(tiny_embed_dir), "classify_model": str(classifier)}
+    shared = Pipeline(EngineConfig(text_column="text", max_length=32, **same))
+    assert len(shared.tokenizers) == 1
+    assert shared.models[0].tokens_column == shared.models[1].tokens_column
+    # but not when their max lengths differ (48 from sentence_bert_config vs 128)
+    assert len(Pipeline(EngineConfig(text_column="text", **same)).tokenizers) == 2
