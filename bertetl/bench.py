@@ -175,12 +175,10 @@ def _run_system(system: str, model_name: str, inputs: str, config: BenchConfig, 
 
     from bertetl.config import EngineConfig
     from bertetl.infer import resolve_device, resolve_dtype
-    from bertetl.models import max_length_for
     from bertetl.pipeline import Pipeline
 
     task, name = split_task(model_name)
     model_dir = _model_dir(name, workdir)
-    max_length = max_length_for(model_dir)
     texts = _texts(inputs, config.rows)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
@@ -193,14 +191,15 @@ def _run_system(system: str, model_name: str, inputs: str, config: BenchConfig, 
         max_batch_rows=config.max_batch_rows,
     )
     pipeline = Pipeline(engine_config)
-    pipeline.setup()  # tokenizer and model for counting tokens (and for the engine systems)
     tokenizer = next(iter(pipeline.tokenizers.values()))
+    if system.startswith("engine"):
+        pipeline.setup()
+    else:  # a baseline process holds only the baseline's model, so its peak RSS is its own
+        tokenizer.setup()
     lengths = np.array([len(ids) for ids in tokenizer.encode(texts)])
-    model = pipeline.models[0]
-    embedding_params = sum(p.numel() for p in model.model.base_model.embeddings.parameters())
-    params = sum(p.numel() for p in model.model.parameters()) - embedding_params
+    model_config, params = _model_size(model_dir, task)
     result = Result(system, model_name, inputs, len(texts), int(lengths.sum()), [])
-    result.flops = forward_flops(model.model.config, lengths, params)
+    result.flops = forward_flops(model_config, lengths, params)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
@@ -211,12 +210,13 @@ def _run_system(system: str, model_name: str, inputs: str, config: BenchConfig, 
         task=task,
         pipeline=pipeline,
         model_dir=model_dir,
-        max_length=max_length,
+        max_length=tokenizer.max_length,
         device=device,
         dtype=dtype,
         workdir=workdir,
     )
     make_run(texts[:64], **setup)()  # warm-up
+    model = pipeline.models[0]
     before = model.counters.padded_tokens
     result.seconds = _timed(make_run(texts, **setup), config.repeats, device)
     if system in ("engine-model", "engine-e2e"):
@@ -230,6 +230,20 @@ def _run_system(system: str, model_name: str, inputs: str, config: BenchConfig, 
     if device.type == "cuda":
         result.peak_gpu_mb = torch.cuda.max_memory_allocated() / 2**20
     return result
+
+
+def _model_size(model_dir: Path, task: str) -> tuple[Any, int]:
+    """The model's config and its non-embedding parameter count, built on the meta device
+    (no weights loaded, no memory used)."""
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    cls = AutoModelForSequenceClassification if task == "classify" else AutoModel
+    with torch.device("meta"):
+        model = cls.from_config(config)
+    embedding = sum(p.numel() for p in model.base_model.embeddings.parameters())
+    return config, sum(p.numel() for p in model.parameters()) - embedding
 
 
 def split_task(model: str) -> tuple[str, str]:
