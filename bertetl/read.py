@@ -95,14 +95,19 @@ def read_schema(file: SourceFile) -> pa.Schema:
         raise InputError(f"cannot read Parquet file {file.path}: {e}") from e
 
 
-def check_text_column(file: SourceFile, schema: pa.Schema, text_column: str) -> None:
-    """Fail with the column list when the text column is missing, or its type when not text."""
-    if text_column not in schema.names:
+def require_column(file: SourceFile, schema: pa.Schema, column: str, role: str) -> pa.DataType:
+    """The column's type; a missing column fails with the list of the columns that exist."""
+    if column not in schema.names:
         raise InputError(
-            f"{file.path}: text column {text_column!r} not found; "
+            f"{file.path}: {role} column {column!r} not found; "
             f"columns are: {', '.join(schema.names)}"
         )
-    dtype = schema.field(text_column).type
+    return schema.field(column).type
+
+
+def check_text_column(file: SourceFile, schema: pa.Schema, text_column: str) -> None:
+    """Fail with the column list when the text column is missing, or its type when not text."""
+    dtype = require_column(file, schema, text_column, "text")
     if not is_text_type(dtype):
         raise InputError(
             f"{file.path}: text column {text_column!r} has type {dtype}, "

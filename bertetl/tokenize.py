@@ -21,7 +21,7 @@ BLANK_TEXT = "text is whitespace-only"
 
 
 def as_plain_text(column: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """A string/large_string/dictionary column as a plain (large_)string array."""
+    """One contiguous array with dictionaries decoded (a text column becomes (large_)string)."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     if pa.types.is_dictionary(column.type):

@@ -19,7 +19,7 @@ from bertetl.config import TrainConfig
 from bertetl.errors import InputError
 from bertetl.infer import resolve_device
 from bertetl.models import max_length_for, resolve_model_dir
-from bertetl.read import check_text_column, discover, read_schema
+from bertetl.read import SourceFile, check_text_column, discover, read_schema, require_column
 from bertetl.tokenize import as_plain_text, text_problems
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def macro_f1(truth: np.ndarray, predicted: np.ndarray, n_labels: int) -> float:
     return float(np.mean(scores)) if scores else 0.0
 
 
-def check_model_out(model_out: str, table_path: str) -> Path:
+def check_model_out(model_out: str, files: list[SourceFile]) -> Path:
     """Refuse a MODEL_OUT that would replace anything but an earlier bertetl model."""
     out = Path(model_out).resolve()
     if out.exists() and not out.is_dir():
@@ -63,24 +63,21 @@ def check_model_out(model_out: str, table_path: str) -> Path:
             f"MODEL_OUT {model_out} is a non-empty folder that holds no bertetl model "
             "(no training_metrics.json); give a new or empty folder"
         )
-    for file in discover(table_path):
+    for file in files:
         if Path(file.path).resolve().is_relative_to(out):
             raise InputError(f"MODEL_OUT {model_out} holds the training table {file.path}")
     return out
 
 
-def load_examples(table_path: str, config: TrainConfig) -> tuple[list[str], np.ndarray, list[str]]:
+def load_examples(
+    table_path: str, files: list[SourceFile], config: TrainConfig
+) -> tuple[list[str], np.ndarray, list[str]]:
     """Texts, integer labels and label names from every file of a table; unusable rows dropped."""
     tables = []
-    for file in discover(table_path):
+    for file in files:
         schema = read_schema(file)
         check_text_column(file, schema, config.text_column)
-        if config.label_column not in schema.names:
-            raise InputError(
-                f"{file.path}: label column {config.label_column!r} not found; "
-                f"columns are: {', '.join(schema.names)}"
-            )
-        label_type = schema.field(config.label_column).type
+        label_type = require_column(file, schema, config.label_column, "label")
         if not (
             pa.types.is_string(label_type)
             or pa.types.is_large_string(label_type)
@@ -97,10 +94,7 @@ def load_examples(table_path: str, config: TrainConfig) -> tuple[list[str], np.n
         except (pa.ArrowException, OSError) as e:
             raise InputError(f"cannot read Parquet file {file.path}: {e}") from e
         text = as_plain_text(table.column(config.text_column))
-        label = table.column(config.label_column).combine_chunks()
-        if pa.types.is_dictionary(label.type):
-            label = label.dictionary_decode()
-        label = pc.cast(label, pa.string())
+        label = pc.cast(as_plain_text(table.column(config.label_column)), pa.string())
         keep = pc.and_(pc.is_null(text_problems(text)), pc.is_valid(label))
         tables.append(pa.table({"text": text, "label": label}).filter(keep))
     table = pa.concat_tables(tables)
@@ -156,8 +150,9 @@ def train(table_path: str, model_out: str, config: TrainConfig) -> TrainReport:
     transformers.utils.logging.disable_progress_bar()
     started = time.perf_counter()
     torch.manual_seed(config.seed)
-    out = check_model_out(model_out, table_path)
-    texts, labels, names = load_examples(table_path, config)
+    files = discover(table_path)
+    out = check_model_out(model_out, files)
+    texts, labels, names = load_examples(table_path, files, config)
     train_rows, eval_rows = stratified_split(
         labels, config.eval_fraction, config.max_rows, config.seed
     )
