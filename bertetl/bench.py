@@ -172,11 +172,14 @@ def _timed(run: Callable[[], Any], repeats: int, device: Any) -> list[float]:
 
 def _run_system(system: str, model_name: str, inputs: str, config: BenchConfig, workdir: Path):
     import torch
+    import transformers
 
     from bertetl.config import EngineConfig
     from bertetl.infer import resolve_device, resolve_dtype
     from bertetl.pipeline import Pipeline
 
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
     task, name = split_task(model_name)
     model_dir = _model_dir(name, workdir)
     texts = _texts(inputs, config.rows)

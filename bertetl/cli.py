@@ -14,6 +14,7 @@ import pyarrow as pa
 import typer
 from pydantic import ValidationError
 
+from bertetl.bench import BenchConfig
 from bertetl.config import Device, DType, EngineConfig, Quantize, TrainConfig
 from bertetl.errors import BertEtlError, FilesFailedError
 
@@ -32,6 +33,7 @@ def _help(model: type, name: str) -> str:
 #: Defaults live on the config models; the CLI reads them from there.
 ENGINE = {name: info.default for name, info in EngineConfig.model_fields.items()}
 TRAIN = {name: info.default for name, info in TrainConfig.model_fields.items()}
+BENCH = {name: info.default for name, info in BenchConfig.model_fields.items()}
 
 
 #: Errors from libraries that reach the CLI as one line rather than a traceback.
@@ -240,24 +242,25 @@ def bench(
             help="Comma-separated: minilm, bert-base (random weights), embedding model dirs, "
             "or classify:DIR for a classifier."
         ),
-    ] = "minilm",
+    ] = ",".join(BENCH["models"]),
     inputs: Annotated[
         str,
         typer.Option(
             help="Comma-separated input sets: reviews (real), synthetic (length mix), "
             "or PATH.parquet[:COLUMN] (your own texts)."
         ),
-    ] = "reviews,synthetic",
+    ] = ",".join(BENCH["inputs"]),
     systems: Annotated[
         str,
         typer.Option(
-            help="Comma-separated: pipeline, sentence-transformers, engine-model, engine-e2e."
+            help="Comma-separated: pipeline, sentence-transformers, engine-model, engine-e2e, "
+            "engine-e2e-int8 (CPU; reports its agreement with fp32)."
         ),
-    ] = "pipeline,sentence-transformers,engine-model,engine-e2e",
-    rows: Annotated[int, typer.Option(help="Texts per input set.")] = 600,
-    repeats: Annotated[int, typer.Option(help="Timed repetitions (median reported).")] = 3,
-    device: Annotated[Device, typer.Option(help="auto = cuda when present, else cpu.")] = "auto",
-    dtype: Annotated[DType, typer.Option(help=_help(EngineConfig, "dtype"))] = "auto",
+    ] = ",".join(BENCH["systems"]),
+    rows: Annotated[int, typer.Option(help=_help(BenchConfig, "rows"))] = BENCH["rows"],
+    repeats: Annotated[int, typer.Option(help=_help(BenchConfig, "repeats"))] = BENCH["repeats"],
+    device: Annotated[Device, typer.Option(help=_help(EngineConfig, "device"))] = BENCH["device"],
+    dtype: Annotated[DType, typer.Option(help=_help(EngineConfig, "dtype"))] = BENCH["dtype"],
     batch_tokens: Annotated[
         int | None, typer.Option(help=_help(EngineConfig, "batch_tokens"))
     ] = None,
@@ -275,7 +278,7 @@ def bench(
     Runs every system on the same texts in its own process and prints rows/s, tokens/s,
     padding waste, ratios to each baseline, peak RSS and, on GPU, peak GPU memory and MFU.
     """
-    from bertetl.bench import BenchConfig, format_table, memory_check, run_bench
+    from bertetl.bench import format_table, memory_check, run_bench
 
     def split(value: str) -> list[str]:
         return [v.strip() for v in value.split(",") if v.strip()]
@@ -305,7 +308,3 @@ def bench(
     typer.echo(f"results written to {out}")
     if result["errors"]:
         raise typer.Exit(1)
-
-
-def main() -> None:
-    app()
