@@ -27,6 +27,7 @@ from bertetl.read import (
     source_root,
     stream,
 )
+from bertetl.reuse import ReuseIndex, transform_with_reuse
 from bertetl.schema import LABEL, TOKENS_PREFIX, error_field, output_schema
 from bertetl.stage import Stage, StageCounters
 from bertetl.tokenize import TokenizeStage, ValidateTextStage
@@ -43,6 +44,7 @@ class FileResult:
     dest: str | None
     rows: int = 0
     rows_failed: int = 0
+    rows_reused: int = 0
     seconds: float = 0.0
     error: str | None = None
 
@@ -222,15 +224,39 @@ class Pipeline:
                 error_field(self.config.prefix), batch.column(error_column)
             )
 
-    def run_file(self, file: SourceFile, target: Path, schema: pa.Schema) -> FileResult:
-        """Enrich one file into `target`, atomically; read failures are recorded, not raised."""
+    def run_file(
+        self,
+        file: SourceFile,
+        target: Path,
+        schema: pa.Schema,
+        row_groups: list[int] | None = None,
+        reuse: ReuseIndex | None = None,
+        on_batch: Callable[[pa.RecordBatch], None] | None = None,
+    ) -> FileResult:
+        """Enrich one file (or some of its row groups) into `target`, atomically.
+
+        Rows whose text is in `reuse` take their earlier outputs instead of the models.
+        `on_batch` sees each output batch before it is written. Read failures are recorded
+        in the result, not raised.
+        """
         started = time.perf_counter()
         result = FileResult(file.path, str(target))
-        sink = ParquetSink(target, self.output_schema(schema))
+        output = self.output_schema(schema)
+        sink = ParquetSink(target, output)
         error_name = error_field(self.config.prefix).name
+        counts: dict[str, int] = {}
+        batches = stream(file, self.config.window_rows, row_groups)
+        if reuse is None:
+            enriched = self.transform(batches)
+        else:
+            enriched = transform_with_reuse(
+                self.transform, batches, reuse, self.config.text_column, output, counts
+            )
         sink.open()
         try:
-            for batch in self.transform(stream(file, self.config.window_rows)):
+            for batch in enriched:
+                if on_batch is not None:
+                    on_batch(batch)
                 sink.write(batch)
                 result.rows_failed += batch.num_rows - batch.column(error_name).null_count
             sink.commit()
@@ -241,6 +267,7 @@ class Pipeline:
             sink.abort()
             raise
         result.rows = sink.rows
+        result.rows_reused = counts.get("reused", 0)
         result.seconds = time.perf_counter() - started
         return result
 

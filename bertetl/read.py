@@ -115,8 +115,11 @@ def check_text_column(file: SourceFile, schema: pa.Schema, text_column: str) -> 
         )
 
 
-def stream(file: SourceFile, batch_rows: int) -> Iterator[pa.RecordBatch]:
-    """Stream one file's record batches, every physical column, at most `batch_rows` rows each.
+def stream(
+    file: SourceFile, batch_rows: int, row_groups: list[int] | None = None
+) -> Iterator[pa.RecordBatch]:
+    """Stream one file's record batches (all its row groups, or `row_groups`), every physical
+    column, at most `batch_rows` rows each.
 
     Memory is bounded by the batch size (one row group is decoded at a time), never by the
     file size. Read failures are raised as `InputError` naming the file.
@@ -128,7 +131,10 @@ def stream(file: SourceFile, batch_rows: int) -> Iterator[pa.RecordBatch]:
     """
     try:
         with pq.ParquetFile(file.path, pre_buffer=False) as parquet:
-            for batch in parquet.iter_batches(batch_size=batch_rows, use_threads=True):
+            batches = parquet.iter_batches(
+                batch_size=batch_rows, row_groups=row_groups, use_threads=True
+            )
+            for batch in batches:
                 if batch.num_rows:
                     yield batch
     except (pa.ArrowException, OSError) as e:

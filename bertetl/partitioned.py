@@ -1,0 +1,260 @@
+"""Enrich a partitioned table partition by partition: plan, skip, reuse rows, commit atomically.
+
+The engine side of the backfill and incremental flows, usable without Prefect:
+`plan_partitions()` compares each source partition with the manifest committed under DEST
+(`sql/partitions_to_run.sql` decides), and `enrich_partition()` enriches one partition into
+a staged folder, writes its manifest last and swaps it in.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from bertetl.commit import STAGING_DIR, staged_folder, swap_in
+from bertetl.config import EngineConfig
+from bertetl.errors import CommitError, InputError
+from bertetl.manifest import (
+    MANIFEST_NAME,
+    FileFingerprint,
+    Manifest,
+    config_hash,
+    fingerprint_file,
+    inputs_fingerprint,
+    model_fingerprint,
+    read_manifest,
+    write_manifest,
+)
+from bertetl.models import resolve_model_dir
+from bertetl.partitions import Partition, dest_folder, list_partitions
+from bertetl.pipeline import Pipeline
+from bertetl.read import check_text_column, read_schema
+from bertetl.reuse import ReuseIndex
+from bertetl.schema import LABEL
+from bertetl.sql import run_query
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PartitionPlan:
+    """One partition's planned action ('enrich', 'skip', 'orphan') and why."""
+
+    column: str
+    value: str
+    action: str
+    reason: str
+    partition: Partition | None = None
+    inputs: tuple[FileFingerprint, ...] = ()
+    previous: Manifest | None = None
+
+    @property
+    def rows(self) -> int:
+        """Rows in the partition's input files (from their footers)."""
+        import pyarrow.parquet as pq
+
+        if self.partition is None:
+            return 0
+        return sum(pq.read_metadata(f.path).num_rows for f in self.partition.files)
+
+
+@dataclass
+class Plan:
+    """What a run over a partitioned source will do."""
+
+    models: dict[str, str]
+    config_hash: str
+    partitions: list[PartitionPlan] = field(default_factory=list)
+
+    def by_action(self, action: str) -> list[PartitionPlan]:
+        return [p for p in self.partitions if p.action == action]
+
+
+def model_fingerprints(config: EngineConfig) -> dict[str, str]:
+    """Fingerprints of the configured models, by role (`embed`, `classify`)."""
+    specs = {"embed": config.embed_model, "classify": config.classify_model}
+    return {
+        role: model_fingerprint(resolve_model_dir(spec)) for role, spec in specs.items() if spec
+    }
+
+
+def _committed_manifests(dest: Path, column: str) -> dict[str, Manifest]:
+    found: dict[str, Manifest] = {}
+    if not dest.is_dir():
+        return found
+    for path in sorted(dest.rglob(MANIFEST_NAME)):
+        if STAGING_DIR in path.relative_to(dest).parts:
+            continue
+        manifest = read_manifest(path.parent)
+        if manifest is not None and manifest.partition_column == column:
+            found[manifest.partition] = manifest
+    return found
+
+
+def plan_partitions(
+    source: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    column: str,
+    config: EngineConfig,
+    start: str | None = None,
+    end: str | None = None,
+    force: bool = False,
+) -> Plan:
+    """Compare the source's partitions in [start, end] with DEST's manifests.
+
+    Input files are fingerprinted by size, mtime and SHA-256 (re-hashed only when size or
+    mtime moved since the manifest), so a touched but identical file is not re-enriched.
+    """
+    models = model_fingerprints(config)
+    plan = Plan(models, config_hash(config, models))
+    partitions = {p.value: p for p in list_partitions(source, column, start, end)}
+    committed = {
+        value: manifest
+        for value, manifest in _committed_manifests(Path(dest), column).items()
+        if (start is None or value >= start) and (end is None or value <= end)
+    }
+    inputs: dict[str, tuple[FileFingerprint, ...]] = {}
+    for value, partition in partitions.items():
+        known = {f.relative: f for f in committed[value].inputs} if value in committed else {}
+        inputs[value] = tuple(
+            fingerprint_file(f.path, partition.relative(f), known.get(partition.relative(f)))
+            for f in partition.files
+        )
+    source_table = pl.DataFrame(
+        {
+            "partition": list(partitions),
+            "input_fingerprint": [inputs_fingerprint(list(inputs[v])) for v in partitions],
+        },
+        schema={"partition": pl.String, "input_fingerprint": pl.String},
+    )
+    manifest_table = pl.DataFrame(
+        {
+            "partition": list(committed),
+            "input_fingerprint": [m.input_fingerprint for m in committed.values()],
+            "config_hash": [m.config_hash for m in committed.values()],
+        },
+        schema={"partition": pl.String, "input_fingerprint": pl.String, "config_hash": pl.String},
+    )
+    decided = run_query(
+        "partitions_to_run",
+        {"source": source_table, "manifests": manifest_table},
+        {"config_hash": plan.config_hash, "force": force},
+    )
+    for row in decided.iter_rows(named=True):
+        value = row["partition"]
+        plan.partitions.append(
+            PartitionPlan(
+                column,
+                value,
+                row["action"],
+                row["reason"],
+                partitions.get(value),
+                inputs.get(value, ()),
+                committed.get(value),
+            )
+        )
+    return plan
+
+
+def _count_labels(batch: pa.RecordBatch, columns: list[str], counts: dict[str, dict[str, int]]):
+    for column in columns:
+        tally = counts.setdefault(column, {})
+        for item in pc.value_counts(batch.column(column)).to_pylist():
+            if item["values"] is not None:
+                tally[item["values"]] = tally.get(item["values"], 0) + item["counts"]
+
+
+def enrich_partition(
+    pipeline: Pipeline,
+    item: PartitionPlan,
+    dest: str | os.PathLike[str],
+    plan: Plan,
+    reuse: bool = True,
+    on_rows: Callable[[int], None] | None = None,
+) -> Manifest:
+    """Enrich one planned partition into DEST and commit it atomically with its manifest.
+
+    With `reuse`, rows whose text is unchanged since the partition's last commit (same model
+    and config) take their earlier outputs. Any file failing fails the whole partition
+    (`InputError`), leaving the committed version untouched. `on_rows(n)` reports progress.
+    """
+    partition = item.partition
+    if partition is None:
+        raise InputError(f"partition {item.column}={item.value} has no source files")
+    started_at = datetime.now(UTC)
+    started = time.perf_counter()
+    target = dest_folder(dest, partition)
+    config = pipeline.config
+    schemas = {}
+    for file in partition.files:
+        schema = read_schema(file)
+        check_text_column(file, schema, config.text_column)
+        try:
+            pipeline.output_schema(schema)
+        except InputError as e:
+            raise InputError(f"{file.path}: {e}") from e
+        schemas[file.path] = schema
+    manifest = Manifest(
+        partition_column=partition.column,
+        partition=partition.value,
+        inputs=list(item.inputs),
+        models=plan.models,
+        config_hash=plan.config_hash,
+        started=started_at.isoformat(),
+    )
+    label_columns = [f.name for f in pipeline.added_fields() if f.name == config.prefix + LABEL]
+    error_column = pipeline.validate.error_column
+
+    def on_batch(batch: pa.RecordBatch) -> None:
+        _count_labels(batch, label_columns, manifest.label_counts)
+        if on_rows is not None:
+            on_rows(batch.num_rows)
+
+    with staged_folder(dest) as staged, staged_folder(dest) as scratch:
+        index = None
+        previous = item.previous
+        if reuse and previous is not None and previous.config_hash == plan.config_hash:
+            index = ReuseIndex.build(
+                (target / name for name in previous.outputs),
+                config.text_column,
+                pipeline.added_fields(),
+                error_column,
+                scratch,
+            )
+            if index is not None:
+                log.info("%s: %d earlier rows can be reused", partition.folder, len(index))
+        for file in partition.files:
+            relative = partition.relative(file)
+            result = pipeline.run_file(
+                file, staged / relative, schemas[file.path], reuse=index, on_batch=on_batch
+            )
+            if result.error is not None:
+                raise InputError(f"partition {partition.folder} failed: {result.error}")
+            manifest.rows_out += result.rows
+            manifest.rows_failed += result.rows_failed
+            manifest.rows_reused += result.rows_reused
+            manifest.outputs.append(relative)
+        manifest.rows_in = item.rows
+        if manifest.rows_out != manifest.rows_in:
+            raise CommitError(
+                f"partition {partition.folder}: {manifest.rows_in} rows in but "
+                f"{manifest.rows_out} written; not committed"
+            )
+        manifest.rows_inferred = manifest.rows_out - manifest.rows_reused - manifest.rows_failed
+        manifest.label_counts = {
+            k: dict(sorted(v.items())) for k, v in manifest.label_counts.items()
+        }
+        manifest.finished = datetime.now(UTC).isoformat()
+        manifest.seconds = round(time.perf_counter() - started, 3)
+        write_manifest(staged, manifest)
+        swap_in(staged, target)
+    return manifest

@@ -1,0 +1,33 @@
+-- Which partitions a backfill or incremental run enriches, and why.
+--
+-- Tables (built by bertetl.partitioned.plan_partitions):
+--   source    (partition, input_fingerprint)            one row per source partition in range
+--   manifests (partition, input_fingerprint, config_hash) the committed partitions under DEST
+--   params    (config_hash, force)                       this run's model+config hash, --force
+--
+-- One row per partition found in either table, in partition order:
+--   action: 'enrich' | 'skip' | 'orphan' (committed output whose source partition is gone;
+--           reported, never deleted)
+--   reason: why
+SELECT
+    COALESCE(s.partition, m.partition) AS partition,
+    CASE
+        WHEN s.partition IS NULL THEN 'orphan'
+        WHEN m.partition IS NULL THEN 'enrich'
+        WHEN p.force THEN 'enrich'
+        WHEN m.config_hash <> p.config_hash THEN 'enrich'
+        WHEN m.input_fingerprint <> s.input_fingerprint THEN 'enrich'
+        ELSE 'skip'
+    END AS action,
+    CASE
+        WHEN s.partition IS NULL THEN 'source partition removed'
+        WHEN m.partition IS NULL THEN 'new'
+        WHEN p.force THEN 'forced'
+        WHEN m.config_hash <> p.config_hash THEN 'model or config changed'
+        WHEN m.input_fingerprint <> s.input_fingerprint THEN 'input changed'
+        ELSE 'unchanged'
+    END AS reason
+FROM source AS s
+FULL JOIN manifests AS m ON s.partition = m.partition
+CROSS JOIN params AS p
+ORDER BY partition
