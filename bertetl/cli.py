@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from bertetl.bench import BenchConfig
 from bertetl.config import Device, DType, EngineConfig, Quantize, TrainConfig
-from bertetl.errors import BertEtlError, FilesFailedError
+from bertetl.errors import BertEtlError, FilesFailedError, PartitionsFailedError
 
 app = typer.Typer(
     help="Stream Parquet text tables through BERT encoders: embeddings and classifications.",
@@ -80,6 +80,34 @@ def _setup_logging(debug: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Prefect's API calls, one per log
+
+
+# Engine options, shared by every command that enriches (enrich, backfill, incremental).
+TextColumn = Annotated[str, typer.Option(help=_help(EngineConfig, "text_column"))]
+EmbedModel = Annotated[str | None, typer.Option(help=_help(EngineConfig, "embed_model"))]
+ClassifyModel = Annotated[str | None, typer.Option(help=_help(EngineConfig, "classify_model"))]
+DeviceOpt = Annotated[Device, typer.Option(help=_help(EngineConfig, "device"))]
+DTypeOpt = Annotated[DType, typer.Option(help=_help(EngineConfig, "dtype"))]
+QuantizeOpt = Annotated[Quantize, typer.Option(help=_help(EngineConfig, "quantize"))]
+BatchTokens = Annotated[int | None, typer.Option(help=_help(EngineConfig, "batch_tokens"))]
+MaxBatchRows = Annotated[int, typer.Option(help=_help(EngineConfig, "max_batch_rows"))]
+MaxLength = Annotated[int | None, typer.Option(help=_help(EngineConfig, "max_length"))]
+Workers = Annotated[int | None, typer.Option(help=_help(EngineConfig, "workers"))]
+Prefix = Annotated[str, typer.Option(help=_help(EngineConfig, "prefix"))]
+WindowRows = Annotated[int, typer.Option(help=_help(EngineConfig, "window_rows"))]
+Scores = Annotated[bool, typer.Option("--scores", help=_help(EngineConfig, "include_scores"))]
+Threshold = Annotated[float, typer.Option(help=_help(EngineConfig, "multi_label_threshold"))]
+Debug = Annotated[bool, typer.Option(help="Show tracebacks on errors.")]
+
+
+def _engine_config(debug: bool, options: dict[str, Any]) -> EngineConfig:
+    """The EngineConfig from a command's engine options (its locals)."""
+    renamed = {"scores": "include_scores", "threshold": "multi_label_threshold"}
+    values = {renamed.get(k, k): v for k, v in options.items()}
+    return _config(
+        EngineConfig, debug, **{k: v for k, v in values.items() if k in EngineConfig.model_fields}
+    )
 
 
 @app.command()
@@ -90,40 +118,24 @@ def enrich(
     dest: Annotated[
         str, typer.Argument(help="Output directory (or .parquet file for one input file).")
     ],
-    text_column: Annotated[str, typer.Option(help=_help(EngineConfig, "text_column"))],
-    embed_model: Annotated[
-        str | None, typer.Option(help=_help(EngineConfig, "embed_model"))
-    ] = None,
-    classify_model: Annotated[
-        str | None, typer.Option(help=_help(EngineConfig, "classify_model"))
-    ] = None,
-    device: Annotated[Device, typer.Option(help=_help(EngineConfig, "device"))] = ENGINE["device"],
-    dtype: Annotated[DType, typer.Option(help=_help(EngineConfig, "dtype"))] = ENGINE["dtype"],
-    quantize: Annotated[Quantize, typer.Option(help=_help(EngineConfig, "quantize"))] = ENGINE[
-        "quantize"
-    ],
-    batch_tokens: Annotated[
-        int | None, typer.Option(help=_help(EngineConfig, "batch_tokens"))
-    ] = None,
-    max_batch_rows: Annotated[
-        int, typer.Option(help=_help(EngineConfig, "max_batch_rows"))
-    ] = ENGINE["max_batch_rows"],
-    max_length: Annotated[int | None, typer.Option(help=_help(EngineConfig, "max_length"))] = None,
-    workers: Annotated[int | None, typer.Option(help=_help(EngineConfig, "workers"))] = None,
-    prefix: Annotated[str, typer.Option(help=_help(EngineConfig, "prefix"))] = "",
-    window_rows: Annotated[int, typer.Option(help=_help(EngineConfig, "window_rows"))] = ENGINE[
-        "window_rows"
-    ],
-    scores: Annotated[
-        bool, typer.Option("--scores", help=_help(EngineConfig, "include_scores"))
-    ] = False,
-    threshold: Annotated[
-        float, typer.Option(help=_help(EngineConfig, "multi_label_threshold"))
-    ] = ENGINE["multi_label_threshold"],
+    text_column: TextColumn,
+    embed_model: EmbedModel = None,
+    classify_model: ClassifyModel = None,
+    device: DeviceOpt = ENGINE["device"],
+    dtype: DTypeOpt = ENGINE["dtype"],
+    quantize: QuantizeOpt = ENGINE["quantize"],
+    batch_tokens: BatchTokens = None,
+    max_batch_rows: MaxBatchRows = ENGINE["max_batch_rows"],
+    max_length: MaxLength = None,
+    workers: Workers = None,
+    prefix: Prefix = ENGINE["prefix"],
+    window_rows: WindowRows = ENGINE["window_rows"],
+    scores: Scores = ENGINE["include_scores"],
+    threshold: Threshold = ENGINE["multi_label_threshold"],
     report: Annotated[
         Path | None, typer.Option(help="Also write the run's report (counters, files) as JSON.")
     ] = None,
-    debug: Annotated[bool, typer.Option(help="Show tracebacks on errors.")] = False,
+    debug: Debug = False,
 ) -> None:
     """Add embedding and/or classification columns to every row of SOURCE, written to DEST.
 
@@ -133,24 +145,7 @@ def enrich(
     the model's limit are truncated. Each output file is committed atomically.
     """
     _setup_logging(debug)
-    config = _config(
-        EngineConfig,
-        debug,
-        text_column=text_column,
-        embed_model=embed_model,
-        classify_model=classify_model,
-        device=device,
-        dtype=dtype,
-        quantize=quantize,
-        batch_tokens=batch_tokens,
-        max_batch_rows=max_batch_rows,
-        max_length=max_length,
-        prefix=prefix,
-        window_rows=window_rows,
-        workers=workers,
-        include_scores=scores,
-        multi_label_threshold=threshold,
-    )
+    config = _engine_config(debug, locals())
     from bertetl.pipeline import enrich as run
 
     with _user_errors(debug):
@@ -161,6 +156,135 @@ def enrich(
                 _print_report(e.report, dest, report)
             raise
         _print_report(result, dest, report)
+
+
+PartitionColumn = Annotated[str, typer.Option(help="Hive partition key, e.g. date.")]
+Reuse = Annotated[
+    bool, typer.Option(help="Rows with unchanged text take their earlier outputs (same model).")
+]
+Force = Annotated[bool, typer.Option(help="Re-enrich partitions even when unchanged.")]
+Retries = Annotated[int, typer.Option(help="Retries of a partition on transient I/O errors.")]
+
+
+def _run_partitioned(kind: str, options: dict[str, Any]) -> None:
+    """Run the backfill or incremental flow in Prefect's local mode and print its summary."""
+    debug = options["debug"]
+    _quiet_prefect_defaults()
+    config = _engine_config(debug, options)
+    from flows.params import BackfillParams, IncrementalParams, RunOptions
+
+    run = RunOptions(retries=options["retries"], progress_bar=sys.stderr.isatty())
+    common = {
+        "source": options["source"],
+        "dest": options["dest"],
+        "partition_column": options["partition_column"],
+        "engine": config,
+        "reuse": options["reuse"],
+        "force": options["force"],
+        "run": run,
+    }
+    with _user_errors(debug):
+        if kind == "backfill":
+            from flows.partitioned import backfill_flow as flow_fn
+
+            params: Any = BackfillParams(**common, start=options["start"], end=options["end"])
+        else:
+            from flows.partitioned import incremental_flow as flow_fn
+
+            params = IncrementalParams(**common)
+        try:
+            rows = flow_fn(params)
+        except PartitionsFailedError as e:
+            typer.echo(f"{kind}: {len(e.failures)} partition(s) failed", err=True)
+            raise
+    committed = [r for r in rows if r["status"] == "committed"]
+    typer.echo(
+        f"{kind}: {len(committed)} partition(s) committed, "
+        f"{sum(r['status'] == 'skipped' for r in rows)} unchanged; "
+        f"{sum(r['rows'] for r in committed)} rows written "
+        f"({sum(r['inferred'] for r in committed)} inferred, "
+        f"{sum(r['reused'] for r in committed)} reused, "
+        f"{sum(r['failed'] for r in committed)} with enrich_error) into {options['dest']}"
+    )
+
+
+def _quiet_prefect_defaults() -> None:
+    """Local mode needs no server; keep Prefect from phoning home (no network here)."""
+    import os
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+@app.command()
+def backfill(
+    source: Annotated[str, typer.Argument(help="Partitioned source folder (SOURCE/COL=VALUE/).")],
+    dest: Annotated[str, typer.Argument(help="Output folder; partitions mirror the source.")],
+    partition_column: PartitionColumn,
+    text_column: TextColumn,
+    start: Annotated[
+        str | None, typer.Option(help="First partition value (inclusive; compared as strings).")
+    ] = None,
+    end: Annotated[
+        str | None, typer.Option(help="Last partition value (inclusive; compared as strings).")
+    ] = None,
+    embed_model: EmbedModel = None,
+    classify_model: ClassifyModel = None,
+    device: DeviceOpt = ENGINE["device"],
+    dtype: DTypeOpt = ENGINE["dtype"],
+    quantize: QuantizeOpt = ENGINE["quantize"],
+    batch_tokens: BatchTokens = None,
+    max_batch_rows: MaxBatchRows = ENGINE["max_batch_rows"],
+    max_length: MaxLength = None,
+    prefix: Prefix = ENGINE["prefix"],
+    window_rows: WindowRows = ENGINE["window_rows"],
+    scores: Scores = ENGINE["include_scores"],
+    threshold: Threshold = ENGINE["multi_label_threshold"],
+    reuse: Reuse = True,
+    force: Force = False,
+    retries: Retries = 3,
+    debug: Debug = False,
+) -> None:
+    """Enrich the partitions of SOURCE between --start and --end into DEST (Prefect flow).
+
+    Each partition is committed atomically with a `_manifest.json`; a partition whose
+    manifest matches its current input, model and config is skipped, so a rerun after a
+    failure or a kill finishes what is missing and duplicates nothing.
+    """
+    _setup_logging(debug)
+    _run_partitioned("backfill", locals())
+
+
+@app.command()
+def incremental(
+    source: Annotated[str, typer.Argument(help="Partitioned source folder (SOURCE/COL=VALUE/).")],
+    dest: Annotated[str, typer.Argument(help="Output folder; partitions mirror the source.")],
+    partition_column: PartitionColumn,
+    text_column: TextColumn,
+    embed_model: EmbedModel = None,
+    classify_model: ClassifyModel = None,
+    device: DeviceOpt = ENGINE["device"],
+    dtype: DTypeOpt = ENGINE["dtype"],
+    quantize: QuantizeOpt = ENGINE["quantize"],
+    batch_tokens: BatchTokens = None,
+    max_batch_rows: MaxBatchRows = ENGINE["max_batch_rows"],
+    max_length: MaxLength = None,
+    prefix: Prefix = ENGINE["prefix"],
+    window_rows: WindowRows = ENGINE["window_rows"],
+    scores: Scores = ENGINE["include_scores"],
+    threshold: Threshold = ENGINE["multi_label_threshold"],
+    reuse: Reuse = True,
+    force: Force = False,
+    retries: Retries = 3,
+    debug: Debug = False,
+) -> None:
+    """Enrich every new or changed partition of SOURCE into DEST (the nightly run).
+
+    Inside a changed partition, rows whose text is unchanged (same model and config) reuse
+    their earlier outputs, so editing 3 rows costs 3 inferences; each partition's manifest
+    records rows_inferred and rows_reused.
+    """
+    _setup_logging(debug)
+    _run_partitioned("incremental", locals())
 
 
 def _print_report(result: Any, dest: str, report_path: Path | None) -> None:

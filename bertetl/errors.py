@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class BertEtlError(Exception):
     """Base of all errors bertetl reports to users; the message says what to do."""
@@ -29,3 +31,48 @@ class FilesFailedError(BertEtlError):
         count = len(self.failures)
         more = f" (and {count - 1} more failed file(s); the report lists all)" if count > 1 else ""
         super().__init__(f"{cause}{more}; files that did not fail were committed")
+
+
+class PartitionsFailedError(BertEtlError):
+    """Some partitions (or chunks) failed after their retries; the others were committed."""
+
+    def __init__(self, failures: dict[str, str]) -> None:
+        self.failures = dict(failures)
+        first, cause = next(iter(self.failures.items()))
+        count = len(self.failures)
+        more = f" (and {count - 1} more; the run summary lists all)" if count > 1 else ""
+        super().__init__(f"{first} failed: {cause}{more}; every other partition was committed")
+
+
+#: errno values worth retrying: the storage or network may recover on its own.
+TRANSIENT_ERRNOS = frozenset(
+    {
+        errno.EIO,
+        errno.EAGAIN,
+        errno.EBUSY,
+        errno.EINTR,
+        errno.ETIMEDOUT,
+        errno.ESTALE,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.ECONNREFUSED,
+        errno.ENETDOWN,
+        errno.ENETUNREACH,
+        errno.EHOSTUNREACH,
+    }
+)
+
+
+def is_transient(error: BaseException) -> bool:
+    """True when `error` (or what caused it) is an I/O failure that may pass on a retry; a
+    corrupt file, a schema problem or a missing model is permanent."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, TimeoutError | ConnectionError):
+            return True
+        if isinstance(current, OSError) and current.errno in TRANSIENT_ERRNOS:
+            return True
+        current = current.__cause__ or current.__context__
+    return False

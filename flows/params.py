@@ -1,0 +1,60 @@
+"""Flow parameters: typed pydantic models, so a deployment shows a proper form in the UI."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bertetl.config import EngineConfig
+
+
+class RunOptions(BaseModel):
+    """How a flow runs: retries and terminal progress."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    retries: int = Field(3, ge=0, description="Retries of a chunk or partition on I/O errors.")
+    retry_delay_seconds: float = Field(
+        2.0, ge=0, description="First retry delay; doubles on each retry, with jitter."
+    )
+    progress_bar: bool = Field(False, description="Draw a rich progress bar on the terminal.")
+
+
+class EnrichParams(BaseModel):
+    """An analyst-triggered run: one SOURCE into one DEST."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: str = Field(description="Parquet file, folder or glob.")
+    dest: str = Field(description="Output folder (or .parquet file for a single input file).")
+    engine: EngineConfig
+    chunk_rows: int = Field(
+        1_000_000, gt=0, description="Files with more rows are cut into row-group chunks."
+    )
+    run: RunOptions = RunOptions()
+
+
+class PartitionedParams(BaseModel):
+    """A run over a hive-partitioned SOURCE (`SOURCE/date=2026-11-01/...`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: str = Field(description="Partitioned source folder.")
+    dest: str = Field(description="Output folder; partitions mirror the source's.")
+    partition_column: str = Field(description="Hive partition key, e.g. 'date'.")
+    engine: EngineConfig
+    reuse: bool = Field(
+        True, description="Rows with unchanged text take their earlier outputs (same model)."
+    )
+    force: bool = Field(False, description="Re-enrich partitions even when unchanged.")
+    run: RunOptions = RunOptions()
+
+
+class BackfillParams(PartitionedParams):
+    """Partitions with start <= value <= end (compared as strings: ISO dates sort)."""
+
+    start: str | None = Field(None, description="First partition value (inclusive).")
+    end: str | None = Field(None, description="Last partition value (inclusive).")
+
+
+class IncrementalParams(PartitionedParams):
+    """Every partition that is new or whose input, model or config changed."""

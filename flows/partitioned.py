@@ -1,0 +1,105 @@
+"""The backfill and incremental flows: plan partitions, enrich each as a retried task."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from bertetl.commit import DestinationLock, clean_staging
+from bertetl.errors import PartitionsFailedError
+from bertetl.partitioned import plan_partitions
+from bertetl.pipeline import Pipeline
+from flows.params import BackfillParams, IncrementalParams, PartitionedParams
+from flows.progress import RunProgress
+from flows.summary import partition_row, publish
+from flows.tasks import enrich_partition_task, with_retries
+
+
+def run_partitioned(
+    params: PartitionedParams, title: str, start: str | None = None, end: str | None = None
+) -> list[dict[str, Any]]:
+    """Plan, then enrich the partitions that need it; returns the summary rows.
+
+    Holds DEST's lock for the whole run. A partition that fails after its retries is named
+    in the summary and the flow fails at the end, after every other partition committed.
+    """
+    logger = get_run_logger()
+    with DestinationLock(params.dest):
+        removed = clean_staging(params.dest)
+        if removed:
+            logger.info("removed %d staged partition(s) left by an interrupted run", removed)
+        plan = plan_partitions(
+            params.source,
+            params.dest,
+            params.partition_column,
+            params.engine,
+            start=start,
+            end=end,
+            force=params.force,
+        )
+        todo = plan.by_action("enrich")
+        rows: list[dict[str, Any]] = []
+        for item in plan.partitions:
+            if item.action == "skip":
+                rows.append(partition_row(item.value, "skipped", item.reason, item.previous))
+            elif item.action == "orphan":
+                logger.warning(
+                    "%s=%s: committed output has no source partition any more; left as is",
+                    item.column,
+                    item.value,
+                )
+                rows.append(partition_row(item.value, "orphan", item.reason, item.previous))
+        logger.info(
+            "%d partition(s) to enrich, %d unchanged",
+            len(todo),
+            len(plan.by_action("skip")),
+        )
+        progress = RunProgress(
+            sum(item.rows for item in todo), title, logger, bar=params.run.progress_bar
+        )
+        failures: dict[str, str] = {}
+        if todo:
+            pipeline = Pipeline(params.engine)
+            pipeline.setup()
+            task = with_retries(enrich_partition_task, params.run)
+            try:
+                for item in todo:
+                    name = f"{item.column}={item.value}"
+                    try:
+                        manifest = task(pipeline, item, params.dest, plan, params.reuse, progress)
+                    except Exception as e:
+                        failures[name] = str(e)
+                        logger.error("%s failed: %s", name, e)
+                        rows.append(partition_row(item.value, "failed", str(e)))
+                        continue
+                    logger.info(
+                        "%s committed: %d rows (%d inferred, %d reused, %d with enrich_error)",
+                        name,
+                        manifest.rows_out,
+                        manifest.rows_inferred,
+                        manifest.rows_reused,
+                        manifest.rows_failed,
+                    )
+                    rows.append(partition_row(item.value, "committed", item.reason, manifest))
+            finally:
+                pipeline.teardown()
+        progress.finish()
+    rows.sort(key=lambda r: r["partition"])
+    publish(title, rows, failures)
+    if failures:
+        raise PartitionsFailedError(failures)
+    return rows
+
+
+@flow(name="bertetl-backfill")
+def backfill_flow(params: BackfillParams) -> list[dict[str, Any]]:
+    """Enrich the partitions in [start, end]; committed, unchanged partitions are skipped."""
+    title = f"backfill {params.source} -> {params.dest} ({params.start} .. {params.end})"
+    return run_partitioned(params, title, params.start, params.end)
+
+
+@flow(name="bertetl-incremental")
+def incremental_flow(params: IncrementalParams) -> list[dict[str, Any]]:
+    """Enrich every new or changed partition; unchanged rows reuse their earlier outputs."""
+    return run_partitioned(params, f"incremental {params.source} -> {params.dest}")

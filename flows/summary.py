@@ -1,0 +1,57 @@
+"""The end-of-run report: a Prefect table artifact and a markdown artifact."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+
+def _labels(counts: dict[str, dict[str, int]]) -> str:
+    return "; ".join(
+        ", ".join(f"{label}: {n}" for label, n in tally.items()) for tally in counts.values()
+    )
+
+
+def partition_row(value: str, status: str, reason: str, manifest: Any = None) -> dict[str, Any]:
+    """One summary row; figures come from the partition's manifest when it was committed."""
+    row: dict[str, Any] = {
+        "partition": value,
+        "status": status,
+        "reason": reason,
+        "rows": 0,
+        "inferred": 0,
+        "reused": 0,
+        "failed": 0,
+        "seconds": 0.0,
+        "labels": "",
+    }
+    if manifest is not None:
+        row.update(
+            rows=manifest.rows_out,
+            inferred=manifest.rows_inferred,
+            reused=manifest.rows_reused,
+            failed=manifest.rows_failed,
+            seconds=manifest.seconds,
+            labels=_labels(manifest.label_counts),
+        )
+    return row
+
+
+def publish(title: str, rows: list[dict[str, Any]], failures: dict[str, str]) -> None:
+    """Create the summary table artifact and a markdown artifact naming any failures."""
+    create_table_artifact(rows, key="bertetl-summary", description=title)
+    totals = {k: sum(r[k] for r in rows) for k in ("rows", "inferred", "reused", "failed")}
+    lines = [
+        f"# {title}",
+        "",
+        f"- committed: {sum(r['status'] == 'committed' for r in rows)}",
+        f"- skipped (unchanged): {sum(r['status'] == 'skipped' for r in rows)}",
+        f"- failed: {len(failures)}",
+        f"- rows written: {totals['rows']:,} (inferred {totals['inferred']:,}, "
+        f"reused {totals['reused']:,}, with enrich_error {totals['failed']:,})",
+    ]
+    if failures:
+        lines += ["", "## Failures", ""]
+        lines += [f"- `{name}`: {cause}" for name, cause in failures.items()]
+    create_markdown_artifact("\n".join(lines), key="bertetl-report", description=title)

@@ -1,0 +1,109 @@
+"""Prefect tasks: thin wrappers that call the engine for one partition or chunk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from bertetl.chunks import Chunk
+from bertetl.errors import InputError, is_transient
+from bertetl.manifest import Manifest
+from bertetl.partitioned import PartitionPlan, Plan, enrich_partition
+from bertetl.pipeline import FileResult, Pipeline
+from flows.params import RunOptions
+from flows.progress import RunProgress
+
+
+def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry I/O failures that may pass (EIO, timeouts, a flaky filesystem), not permanent
+    ones (a corrupt file, a schema problem): those fail their partition at once."""
+    error = state.data if isinstance(state.data, BaseException) else None
+    if error is None:
+        try:
+            result = state.result(raise_on_failure=False)
+        except Exception as e:  # the result could not be read back: judge by that error
+            result = e
+        error = result if isinstance(result, BaseException) else None
+    return error is not None and is_transient(error)
+
+
+def with_retries(task_fn: Any, run: RunOptions) -> Any:
+    """The task with the run's retry count and exponential backoff with jitter."""
+    return task_fn.with_options(
+        retries=run.retries,
+        retry_delay_seconds=exponential_backoff(backoff_factor=run.retry_delay_seconds)
+        if run.retry_delay_seconds
+        else 0,
+        retry_jitter_factor=0.5,
+    )
+
+
+class _Counted:
+    """Progress rows of one attempt, taken back if the attempt fails (a retry redoes them)."""
+
+    def __init__(self, progress: RunProgress) -> None:
+        self.progress = progress
+        self.rows = 0
+
+    def __call__(self, rows: int) -> None:
+        self.rows += rows
+        self.progress.advance(rows)
+
+    def undo(self) -> None:
+        self.progress.advance(-self.rows)
+        self.rows = 0
+
+
+@task(
+    name="enrich-partition",
+    task_run_name="enrich {item.column}={item.value}",
+    cache_policy=NO_CACHE,
+    retry_condition_fn=retry_transient,
+)
+def enrich_partition_task(
+    pipeline: Pipeline,
+    item: PartitionPlan,
+    dest: str,
+    plan: Plan,
+    reuse: bool,
+    progress: RunProgress,
+) -> Manifest:
+    """Enrich and commit one partition (all or nothing)."""
+    counted = _Counted(progress)
+    try:
+        return enrich_partition(pipeline, item, dest, plan, reuse=reuse, on_rows=counted)
+    except BaseException:
+        counted.undo()
+        raise
+
+
+@task(
+    name="enrich-chunk",
+    task_run_name="enrich {chunk.file.relative} part {chunk.part}",
+    cache_policy=NO_CACHE,
+    retry_condition_fn=retry_transient,
+)
+def enrich_chunk_task(
+    pipeline: Pipeline, chunk: Chunk, staging: Path, progress: RunProgress
+) -> FileResult:
+    """Enrich one chunk: a whole file into its output, or a part of a big file."""
+    counted = _Counted(progress)
+    target = chunk.target if chunk.parts == 1 else chunk.part_path(staging)
+    try:
+        result = pipeline.run_file(
+            chunk.file,
+            target,
+            chunk.schema,
+            row_groups=list(chunk.row_groups) if chunk.row_groups is not None else None,
+            on_batch=lambda batch: counted(batch.num_rows),
+        )
+        if result.error is not None:
+            raise InputError(result.error)
+        return result
+    except BaseException:
+        counted.undo()
+        raise
