@@ -195,3 +195,48 @@ def text_table() -> pa.Table:
             "ts": pa.array(range(n), pa.timestamp("ms")),
         }
     )
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect API (SQLite) for every flow test of the session."""
+    import os
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def partition_texts(day: int, rows: int) -> list[str | None]:
+    """Distinct texts for one partition, with a null and a blank row among them."""
+    texts: list[str | None] = [
+        f"{TEXTS[(i + day) % len(TEXTS)]} day {day} row {i}" for i in range(rows)
+    ]
+    texts[3] = None
+    texts[7] = "   "
+    return texts
+
+
+@pytest.fixture
+def partitioned_source(tmp_path: Path) -> Callable[..., Path]:
+    """Write a hive-partitioned table `src/date=2026-01-0D/part-K.parquet`; returns `src`."""
+
+    def write(days: int = 5, rows: int = 24, files_per_day: int = 1) -> Path:
+        root = tmp_path / "src"
+        for day in range(1, days + 1):
+            folder = root / f"date=2026-01-{day:02d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            texts = partition_texts(day, rows)
+            share = -(-rows // files_per_day)
+            for part in range(files_per_day):
+                chunk = texts[part * share : (part + 1) * share]
+                ids = list(range(part * share, part * share + len(chunk)))
+                table = pa.table(
+                    {"id": pa.array(ids, pa.int64()), "text": pa.array(chunk, pa.string())}
+                )
+                pq.write_table(table, folder / f"part-{part}.parquet", row_group_size=10)
+        return root
+
+    return write
