@@ -59,12 +59,17 @@ class PartitionPlan:
 
     @property
     def rows(self) -> int:
-        """Rows in the partition's input files (from their footers)."""
+        """Rows in the partition's input files, from their footers (an unreadable footer
+        counts 0 here; enriching the partition then fails naming the file)."""
         import pyarrow.parquet as pq
 
-        if self.partition is None:
-            return 0
-        return sum(pq.read_metadata(f.path).num_rows for f in self.partition.files)
+        total = 0
+        for file in self.partition.files if self.partition is not None else ():
+            try:
+                total += pq.read_metadata(file.path).num_rows
+            except (pa.ArrowException, OSError):
+                continue
+        return total
 
 
 @dataclass

@@ -15,6 +15,7 @@ from bertetl.errors import InputError
 from bertetl.manifest import read_manifest
 from bertetl.partitioned import enrich_partition, plan_partitions
 from bertetl.pipeline import Pipeline, enrich
+from tests.outputs import assert_same_output, data_files, edit_rows
 
 
 @pytest.fixture
@@ -36,53 +37,6 @@ def run_all(pipeline: Pipeline, src: Path, dest: Path, **plan_options) -> dict[s
     return {
         item.value: enrich_partition(pipeline, item, dest, plan)
         for item in plan.by_action("enrich")
-    }
-
-
-def vectors(table: pa.Table) -> np.ndarray:
-    """Embeddings as a matrix, NaN rows where the embedding is null."""
-    column = table.column("embedding")
-    width = column.type.list_size
-    return np.array(
-        [v if v is not None else [np.nan] * width for v in column.to_pylist()], dtype=float
-    )
-
-
-def assert_same_output(dest: Path, reference: Path) -> int:
-    """Every data file under `reference` has an equal file under `dest` (embeddings to
-    float rounding); no other data files exist. Returns the rows compared."""
-    ref_files = sorted(p.relative_to(reference) for p in reference.rglob("*.parquet"))
-    out_files = sorted(
-        p.relative_to(dest)
-        for p in dest.rglob("*.parquet")
-        if not any(part.startswith((".", "_")) for part in p.relative_to(dest).parts)
-    )
-    assert out_files == ref_files
-    rows = 0
-    for relative in ref_files:
-        expected, actual = pq.read_table(reference / relative), pq.read_table(dest / relative)
-        assert actual.schema.equals(expected.schema)
-        assert actual.drop_columns(["embedding"]).equals(expected.drop_columns(["embedding"]))
-        np.testing.assert_allclose(vectors(actual), vectors(expected), atol=1e-5)
-        rows += actual.num_rows
-    return rows
-
-
-def edit_rows(path: Path, rows: list[int]) -> None:
-    table = pq.read_table(path)
-    texts = table.column("text").to_pylist()
-    for row in rows:
-        texts[row] = f"edited text for row {row}"
-    table = table.set_column(table.schema.get_field_index("text"), "text", pa.array(texts))
-    pq.write_table(table, path, row_group_size=10)
-
-
-def data_files(dest: Path) -> dict[str, tuple[int, int]]:
-    """Inode and mtime of each committed data file (a rewrite changes them)."""
-    return {
-        str(p.relative_to(dest)): (p.stat().st_ino, p.stat().st_mtime_ns)
-        for p in dest.rglob("*.parquet")
-        if ".bertetl-staging" not in p.parts
     }
 
 

@@ -1,0 +1,213 @@
+"""The backfill and incremental flows under a Prefect test API: skip, reuse, failures,
+retries, progress, and kill-and-resume in a real process."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bertetl.config import EngineConfig
+from bertetl.errors import PartitionsFailedError
+from bertetl.infer import EmbedStage
+from bertetl.manifest import read_manifest
+from bertetl.pipeline import enrich
+from flows.params import BackfillParams, IncrementalParams, RunOptions
+from flows.partitioned import backfill_flow, incremental_flow
+from tests.outputs import assert_same_output, data_files, edit_rows
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+FAST = RunOptions(retries=2, retry_delay_seconds=0)
+
+
+@pytest.fixture
+def config(tiny_embed_dir: Path) -> EngineConfig:
+    return EngineConfig(text_column="text", embed_model=str(tiny_embed_dir))
+
+
+def backfill(src: Path, dest: Path, config: EngineConfig, **options) -> BackfillParams:
+    return BackfillParams(
+        source=str(src), dest=str(dest), partition_column="date", engine=config, run=FAST, **options
+    )
+
+
+def artifacts(flow_run_id, key: str) -> list[dict]:
+    """The flow run's artifacts with `key`, read through the REST API."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    body = {
+        "artifacts": {"key": {"any_": [key]}, "flow_run_id": {"any_": [str(flow_run_id)]}},
+        "limit": 50,
+        "offset": 0,
+        "sort": "CREATED_DESC",
+    }
+    response = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/filter", json=body, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def test_backfill_then_rerun_skips_then_edit_reuses(
+    config, partitioned_source, tmp_path: Path
+) -> None:
+    src, dest = partitioned_source(days=5), tmp_path / "dest"
+    state = backfill_flow(backfill(src, dest, config), return_state=True)
+    assert state.is_completed()
+    rows = state.result()
+    assert [r["status"] for r in rows] == ["committed"] * 5
+    enrich(src, tmp_path / "reference", config)
+    assert assert_same_output(dest, tmp_path / "reference") == 5 * 24
+
+    run_id = state.state_details.flow_run_id
+    (progress,) = artifacts(run_id, "bertetl-progress")
+    assert progress["type"] == "progress" and float(progress["data"]) == 100.0
+    (summary,) = artifacts(run_id, "bertetl-summary")
+    assert summary["type"] == "table" and "2026-01-05" in summary["data"]
+
+    before = data_files(dest)
+    rows = incremental_flow(
+        IncrementalParams(
+            source=str(src), dest=str(dest), partition_column="date", engine=config, run=FAST
+        )
+    )
+    assert [r["status"] for r in rows] == ["skipped"] * 5
+    assert data_files(dest) == before  # nothing rewritten
+
+    edit_rows(src / "date=2026-01-03" / "part-0.parquet", [0, 1, 2])
+    rows = incremental_flow(
+        IncrementalParams(
+            source=str(src), dest=str(dest), partition_column="date", engine=config, run=FAST
+        )
+    )
+    changed = [r for r in rows if r["status"] == "committed"]
+    assert [r["partition"] for r in changed] == ["2026-01-03"]
+    manifest = read_manifest(dest / "date=2026-01-03")
+    assert (manifest.rows_inferred, manifest.rows_reused, manifest.rows_failed) == (3, 19, 2)
+    after = data_files(dest)
+    assert {k for k in after if after[k] != before[k]} == {"date=2026-01-03/part-0.parquet"}
+    enrich(src, tmp_path / "reference-edited", config)
+    assert_same_output(dest, tmp_path / "reference-edited")
+
+
+def test_corrupt_file_fails_only_its_partition(config, partitioned_source, tmp_path: Path) -> None:
+    src, dest = partitioned_source(days=4), tmp_path / "dest"
+    (src / "date=2026-01-02" / "part-0.parquet").write_bytes(b"not parquet at all")
+    state = backfill_flow(backfill(src, dest, config), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(PartitionsFailedError, match="date=2026-01-02"):
+        state.result()
+    committed = sorted(p.parent.name for p in dest.glob("*/_manifest.json"))
+    assert committed == ["date=2026-01-01", "date=2026-01-03", "date=2026-01-04"]
+    assert not (dest / "date=2026-01-02").exists()
+    (report,) = artifacts(state.state_details.flow_run_id, "bertetl-report")
+    assert "date=2026-01-02" in report["data"] and "part-0.parquet" in report["data"]
+
+
+def test_transient_io_errors_are_retried_permanent_ones_are_not(
+    config, partitioned_source, tmp_path: Path, monkeypatch
+) -> None:
+    src, dest = partitioned_source(days=2), tmp_path / "dest"
+    import bertetl.pipeline as pipeline_module
+
+    real_stream = pipeline_module.stream
+    calls: dict[str, int] = {}
+
+    def flaky_stream(file, batch_rows, row_groups=None):
+        calls[file.relative] = calls.get(file.relative, 0) + 1
+        if "2026-01-02" in file.relative and calls[file.relative] <= 2:
+            raise OSError(errno.EIO, "Input/output error (injected)", file.path)
+        if "2026-01-01" in file.relative:
+            raise PermissionError(errno.EACCES, "Permission denied (injected)", file.path)
+        yield from real_stream(file, batch_rows, row_groups)
+
+    monkeypatch.setattr(pipeline_module, "stream", flaky_stream)
+    state = backfill_flow(backfill(src, dest, config), return_state=True)
+    assert state.is_failed()
+    assert calls["date=2026-01-02/part-0.parquet"] == 3  # two failures, then success
+    assert calls["date=2026-01-01/part-0.parquet"] == 1  # permanent: not retried
+    assert read_manifest(dest / "date=2026-01-02").rows_out == 24
+    monkeypatch.setattr(pipeline_module, "stream", real_stream)
+    enrich(src, tmp_path / "reference", config)
+    (tmp_path / "reference" / "date=2026-01-01" / "part-0.parquet").unlink()
+    assert_same_output(dest, tmp_path / "reference")
+
+
+def test_simulated_cuda_oom_splits_batches_with_unchanged_output(
+    config, partitioned_source, tmp_path: Path, monkeypatch
+) -> None:
+    src, dest = partitioned_source(days=2), tmp_path / "dest"
+    enrich(src, tmp_path / "reference", config)
+    real_forward = EmbedStage._forward
+    big_batches = []
+
+    def forward_that_runs_out_of_memory(self, input_ids, attention_mask):
+        if input_ids.shape[0] > 4:
+            big_batches.append(input_ids.shape[0])
+            raise torch.OutOfMemoryError("simulated CUDA out of memory")
+        return real_forward(self, input_ids, attention_mask)
+
+    monkeypatch.setattr(EmbedStage, "_forward", forward_that_runs_out_of_memory)
+    state = backfill_flow(backfill(src, dest, config), return_state=True)
+    assert state.is_completed() and big_batches
+    assert_same_output(dest, tmp_path / "reference")
+
+
+@pytest.mark.parametrize(("mode", "count"), [("after-commit", 1), ("mid-write", 4)])
+def test_killed_run_resumes_to_a_clean_result(
+    mode: str, count: int, config, partitioned_source, tmp_path: Path
+) -> None:
+    """A real `bertetl backfill` process is SIGKILLed; the rerun equals a clean run."""
+    from prefect.settings import PREFECT_API_URL
+
+    src, dest = partitioned_source(days=5, files_per_day=2), tmp_path / "dest"
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    args = [
+        "backfill", str(src), str(dest), "--partition-column", "date",
+        "--text-column", "text", "--embed-model", config.embed_model,
+        "--batch-tokens", "64",
+    ]  # fmt: skip
+    killed = subprocess.run(
+        [sys.executable, "-m", "tests.flows.killed_run", mode, str(count), "--", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    # after-commit: killed once partition 1 is in; mid-write: on partition 2's second file
+    committed = sorted(p.parent.name for p in dest.glob("*/_manifest.json"))
+    assert committed == ["date=2026-01-01"]
+    if mode == "mid-write":
+        assert list((dest / ".bertetl-staging").iterdir())  # a staged partition was left
+
+    state = backfill_flow(backfill(src, dest, config), return_state=True)
+    assert state.is_completed()
+    statuses = {r["partition"]: r["status"] for r in state.result()}
+    assert statuses["2026-01-01"] == "skipped"
+    assert list(statuses.values()).count("committed") == 4
+    enrich(src, tmp_path / "reference", config)
+    assert assert_same_output(dest, tmp_path / "reference") == 5 * 24
+    assert not list((dest / ".bertetl-staging").iterdir())
+
+
+def test_second_run_on_the_same_dest_is_refused(config, partitioned_source, tmp_path: Path) -> None:
+    from bertetl.commit import DestinationLock
+    from bertetl.errors import CommitError
+
+    src, dest = partitioned_source(days=1), tmp_path / "dest"
+    with DestinationLock(dest):
+        state = backfill_flow(backfill(src, dest, config), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(CommitError, match="another bertetl run is writing"):
+        state.result()
+    assert not (dest / "date=2026-01-01").exists()
