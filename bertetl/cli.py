@@ -300,6 +300,33 @@ def _print_report(result: Any, dest: str, report_path: Path | None) -> None:
 
 
 @app.command()
+def summary(
+    dest: Annotated[str, typer.Argument(help="An enriched output folder (or file).")],
+    partition_column: Annotated[
+        str | None, typer.Option(help="Hive partition key to group by, e.g. date.")
+    ] = None,
+    prefix: Prefix = ENGINE["prefix"],
+    debug: Debug = False,
+) -> None:
+    """Print label counts and row accounting per partition of an enriched table (sql/)."""
+    from bertetl.summary import summarize
+
+    with _user_errors(debug):
+        tables = summarize(dest, partition_column, prefix)
+    for name, table in tables.items():
+        typer.echo(f"{name}:")
+        with pl_config():
+            typer.echo(str(table))
+
+
+def pl_config() -> Any:
+    """Print whole tables."""
+    import polars as pl
+
+    return pl.Config(tbl_rows=-1, tbl_hide_dataframe_shape=True)
+
+
+@app.command()
 def train(
     table: Annotated[str, typer.Argument(help="Labelled Parquet file, directory or glob.")],
     model_out: Annotated[str, typer.Argument(help="Directory to write the fine-tuned model to.")],

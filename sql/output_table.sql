@@ -1,0 +1,28 @@
+-- The enriched output table, and a per-partition check of its row accounting.
+--
+-- Schema of every output file: all input columns first, unchanged (names, types, order of
+-- rows), then the columns bertetl adds (each with the --prefix, default none):
+--   embedding     FIXED_SIZE_LIST<FLOAT32>[dim]  sentence vector (pooling and normalisation as
+--                                                the model's sentence-transformers config says)
+--   label         STRING                         top label of the classifier
+--   score         FLOAT32                        its probability
+--   scores        FIXED_SIZE_LIST<FLOAT32>[n]    every label's probability in id order (--scores;
+--                                                label names in the field metadata)
+--   labels        LIST<STRING>                   labels above --threshold (multi-label models)
+--   enrich_error  STRING                         why the row was not encoded (null text, empty,
+--                                                whitespace only); null for encoded rows
+-- Partition values stay in the folder names (date=2026-11-01/); hive readers add them back.
+-- Each partition folder has a _manifest.json (rows_in, rows_out, rows_inferred, rows_reused,
+-- rows_failed, input and model fingerprints), written last as the commit marker.
+--
+-- Table `enriched` (columns renamed by bertetl.summary): partition, encoded (the model output
+-- column is not null), enrich_error. `inconsistent` must be 0: a row has an output or an error.
+SELECT
+    partition,
+    COUNT(*) AS rows,
+    SUM(CASE WHEN encoded THEN 1 ELSE 0 END) AS encoded,
+    SUM(CASE WHEN enrich_error IS NOT NULL THEN 1 ELSE 0 END) AS not_encoded,
+    SUM(CASE WHEN encoded = (enrich_error IS NOT NULL) THEN 1 ELSE 0 END) AS inconsistent
+FROM enriched
+GROUP BY partition
+ORDER BY partition

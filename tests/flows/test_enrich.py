@@ -1,0 +1,58 @@
+"""The analyst enrich flow: chunked big files assemble into the engine's exact output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from bertetl.config import EngineConfig
+from bertetl.errors import PartitionsFailedError
+from bertetl.pipeline import enrich
+from flows.enrich import enrich_flow
+from flows.params import EnrichParams, RunOptions
+from tests.conftest import partition_texts
+from tests.outputs import assert_same_output
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def test_row_group_chunks_give_the_engines_output(
+    tiny_embed_dir: Path, write_table, tmp_path: Path
+) -> None:
+    texts = partition_texts(1, 95)
+    big = pa.table({"id": list(range(95)), "text": texts})
+    write_table(big, "src/big.parquet", row_group_size=10)  # 10 row groups
+    write_table(big.slice(0, 7), "src/small.parquet")
+    config = EngineConfig(text_column="text", embed_model=str(tiny_embed_dir))
+    params = EnrichParams(
+        source=str(tmp_path / "src"),
+        dest=str(tmp_path / "dest"),
+        engine=config,
+        chunk_rows=25,
+        run=RunOptions(retries=0),
+    )
+    rows = enrich_flow(params)
+    assert {r["partition"]: r["rows"] for r in rows} == {
+        str(tmp_path / "src" / "big.parquet"): 95,
+        str(tmp_path / "src" / "small.parquet"): 7,
+    }
+    enrich(tmp_path / "src", tmp_path / "reference", config)
+    assert assert_same_output(tmp_path / "dest", tmp_path / "reference") == 102
+    assert pq.ParquetFile(tmp_path / "dest" / "big.parquet").metadata.num_rows == 95
+    assert not list((tmp_path / "dest" / ".bertetl-staging").iterdir())
+
+
+def test_bad_file_fails_alone(tiny_embed_dir: Path, write_table, tmp_path: Path) -> None:
+    write_table({"text": ["good text", "more"]}, "src/a.parquet")
+    write_table({"text": [1, 2]}, "src/b.parquet")
+    config = EngineConfig(text_column="text", embed_model=str(tiny_embed_dir))
+    params = EnrichParams(source=str(tmp_path / "src"), dest=str(tmp_path / "dest"), engine=config)
+    state = enrich_flow(params, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(PartitionsFailedError, match=r"b\.parquet.*has type int64"):
+        state.result()
+    assert pq.read_table(tmp_path / "dest" / "a.parquet").num_rows == 2
+    assert not (tmp_path / "dest" / "b.parquet").exists()
