@@ -211,3 +211,28 @@ def test_second_run_on_the_same_dest_is_refused(config, partitioned_source, tmp_
     with pytest.raises(CommitError, match="another bertetl run is writing"):
         state.result()
     assert not (dest / "date=2026-01-01").exists()
+
+
+def test_cli_backfill_and_incremental_contract(config, partitioned_source, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from bertetl.cli import app
+
+    src, dest = partitioned_source(days=3), tmp_path / "dest"
+    common = ["--partition-column", "date", "--text-column", "text"]
+    model = ["--embed-model", config.embed_model, "--batch-tokens", "128"]
+    runner = CliRunner()
+    days = ["--start", "2026-01-02", "--end", "2026-01-03"]
+    result = runner.invoke(app, ["backfill", str(src), str(dest), *common, *days, *model])
+    assert result.exit_code == 0, result.output
+    assert "2 partition(s) committed" in result.output
+    assert sorted(p.name for p in dest.iterdir() if not p.name.startswith(".")) == [
+        "date=2026-01-02",
+        "date=2026-01-03",
+    ]
+    (src / "date=2026-01-03" / "part-0.parquet").write_bytes(b"garbage")
+    result = runner.invoke(app, ["incremental", str(src), str(dest), *common, *model])
+    assert result.exit_code == 1
+    last_line = result.output.strip().splitlines()[-1]
+    assert last_line.startswith("error: date=2026-01-03 failed") and "part-0.parquet" in last_line
+    assert (dest / "date=2026-01-01" / "_manifest.json").exists()
