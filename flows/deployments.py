@@ -63,6 +63,7 @@ def build_deployments() -> list[RunnerDeployment]:
             cron=os.environ.get("BERTETL_CRON", "0 2 * * *"),
             parameters=nightly_parameters(),
             tags=["bertetl", "nightly"],
+            concurrency_limit=1,  # an overlapping nightly run queues instead of failing on the lock
         ),
         enrich_flow.to_deployment(name=ENRICH.split("/")[1], tags=["bertetl"]),
         backfill_flow.to_deployment(name=BACKFILL.split("/")[1], tags=["bertetl"]),
