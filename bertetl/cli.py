@@ -98,6 +98,7 @@ Prefix = Annotated[str, typer.Option(help=_help(EngineConfig, "prefix"))]
 WindowRows = Annotated[int, typer.Option(help=_help(EngineConfig, "window_rows"))]
 Scores = Annotated[bool, typer.Option("--scores", help=_help(EngineConfig, "include_scores"))]
 Threshold = Annotated[float, typer.Option(help=_help(EngineConfig, "multi_label_threshold"))]
+AllowPickle = Annotated[bool, typer.Option(help=_help(EngineConfig, "allow_pickle"))]
 Debug = Annotated[bool, typer.Option(help="Show tracebacks on errors.")]
 
 
@@ -132,6 +133,7 @@ def enrich(
     window_rows: WindowRows = ENGINE["window_rows"],
     scores: Scores = ENGINE["include_scores"],
     threshold: Threshold = ENGINE["multi_label_threshold"],
+    allow_pickle: AllowPickle = ENGINE["allow_pickle"],
     report: Annotated[
         Path | None, typer.Option(help="Also write the run's report (counters, files) as JSON.")
     ] = None,
@@ -239,6 +241,7 @@ def backfill(
     window_rows: WindowRows = ENGINE["window_rows"],
     scores: Scores = ENGINE["include_scores"],
     threshold: Threshold = ENGINE["multi_label_threshold"],
+    allow_pickle: AllowPickle = ENGINE["allow_pickle"],
     reuse: Reuse = True,
     force: Force = False,
     retries: Retries = 3,
@@ -272,6 +275,7 @@ def incremental(
     window_rows: WindowRows = ENGINE["window_rows"],
     scores: Scores = ENGINE["include_scores"],
     threshold: Threshold = ENGINE["multi_label_threshold"],
+    allow_pickle: AllowPickle = ENGINE["allow_pickle"],
     reuse: Reuse = True,
     force: Force = False,
     retries: Retries = 3,

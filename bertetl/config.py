@@ -60,6 +60,11 @@ class EngineConfig(BaseModel):
     multi_label_threshold: float = Field(
         0.5, ge=0.0, le=1.0, description="Probability above which a multi-label label is kept."
     )
+    allow_pickle: bool = Field(
+        False,
+        description="Also load pickle (.bin) weights when a model has no safetensors. "
+        "Unpickling can run code: only for models you trust.",
+    )
 
     @model_validator(mode="after")
     def _needs_a_model(self) -> EngineConfig:

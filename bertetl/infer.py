@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -74,8 +75,11 @@ def quantize_int8(model: Any) -> Any:
         )
 
 
-def load_model(model_dir: Path, kind: str, device: Any, dtype: Any) -> Any:
-    """Load a local model (safetensors only, no remote code) with SDPA attention, in eval mode."""
+def load_model(
+    model_dir: Path, kind: str, device: Any, dtype: Any, allow_pickle: bool = False
+) -> Any:
+    """Load a local model (no remote code) with SDPA attention, in eval mode: safetensors
+    weights, or pickle weights only with `allow_pickle` and no safetensors present."""
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
@@ -85,7 +89,15 @@ def load_model(model_dir: Path, kind: str, device: Any, dtype: Any) -> Any:
         if kind == "classify"
         else transformers.AutoModel
     )
-    kwargs = dict(local_files_only=True, use_safetensors=True, trust_remote_code=False, dtype=dtype)
+    has_safetensors = any(Path(model_dir).glob("*.safetensors"))
+    if not has_safetensors and not allow_pickle:
+        raise ModelError(f"{model_dir} has no safetensors weights (pickle needs --allow-pickle)")
+    kwargs = dict(
+        local_files_only=True,
+        use_safetensors=has_safetensors,
+        trust_remote_code=False,
+        dtype=dtype,
+    )
     try:
         try:
             model = cls.from_pretrained(model_dir, attn_implementation="sdpa", **kwargs)
@@ -93,7 +105,7 @@ def load_model(model_dir: Path, kind: str, device: Any, dtype: Any) -> Any:
             if "sdpa" not in str(e).lower():
                 raise
             model = cls.from_pretrained(model_dir, attn_implementation="eager", **kwargs)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, pickle.UnpicklingError) as e:
         raise ModelError(f"cannot load model {model_dir}: {e}") from e
     return model.to(device).eval()
 
@@ -118,8 +130,10 @@ class EncoderStage:
         quantize: str = "none",
         batch_tokens: int | None = None,
         max_batch_rows: int = 256,
+        allow_pickle: bool = False,
     ) -> None:
         self.model_dir = Path(model_dir)
+        self.allow_pickle = allow_pickle
         self.tokens_column = tokens_column
         self.pad_token_id = 0  # from the model's config in setup(); masked out either way
         self.prefix = prefix
@@ -151,7 +165,11 @@ class EncoderStage:
         if self.quantize == "int8" and self.device.type != "cpu":
             raise ModelError("--quantize int8 runs on the CPU only; use --device cpu")
         self.model = load_model(
-            self.model_dir, self.kind, self.device, resolve_dtype(self.dtype_name, self.device)
+            self.model_dir,
+            self.kind,
+            self.device,
+            resolve_dtype(self.dtype_name, self.device),
+            allow_pickle=self.allow_pickle,
         )
         self.pad_token_id = int(getattr(self.model.config, "pad_token_id", None) or 0)
         if self.quantize == "int8":

@@ -14,11 +14,12 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 SUPPORTED_POOLING = ("cls", "mean", "max", "mean_sqrt_len")
 
 
-def resolve_model_dir(spec: str) -> Path:
+def resolve_model_dir(spec: str, allow_pickle: bool = False) -> Path:
     """Turn `minilm` or a local directory into a checked model directory.
 
     Refuses anything that is not a local directory holding `config.json`, safetensors
-    weights and a fast tokenizer; never downloads and never runs remote code.
+    weights (or, with `allow_pickle`, pickle `.bin` weights) and a fast tokenizer; never
+    downloads and never runs remote code.
     """
     if spec == MINILM_ALIAS:
         try:
@@ -39,12 +40,14 @@ def resolve_model_dir(spec: str) -> Path:
         raise ModelError(f"{path} is not a model directory: config.json is missing")
     if not any(path.glob("*.safetensors")):
         pickled = sorted(p.name for p in path.glob("*.bin"))
-        detail = (
-            f"it has only pickle weights ({', '.join(pickled)}), which bertetl refuses to load"
-            if pickled
-            else "no *.safetensors weights found"
-        )
-        raise ModelError(f"{path} has no safetensors weights: {detail}")
+        if not pickled:
+            raise ModelError(f"{path} has no safetensors weights: no *.safetensors found")
+        if not allow_pickle:
+            raise ModelError(
+                f"{path} has no safetensors weights: it has only pickle weights "
+                f"({', '.join(pickled)}), which can run code when loaded; convert them to "
+                "safetensors, or pass --allow-pickle if you trust this model"
+            )
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise ModelError(f"{path} has no tokenizer: neither tokenizer.json nor vocab.txt is there")
     return path

@@ -141,7 +141,7 @@ class Pipeline:
         for kind, spec in specs:
             if not spec:
                 continue
-            model_dir = resolve_model_dir(spec)
+            model_dir = resolve_model_dir(spec, config.allow_pickle)
             key = tokenizer_key(model_dir, max_length_for(model_dir, config.max_length))
             if key not in self.tokenizers:  # models with the same tokenizer share its tokens
                 self.tokenizers[key] = TokenizeStage(
@@ -168,6 +168,7 @@ class Pipeline:
                     quantize=config.quantize,
                     batch_tokens=config.batch_tokens,
                     max_batch_rows=config.max_batch_rows,
+                    allow_pickle=config.allow_pickle,
                     **extra,
                 )
             )
