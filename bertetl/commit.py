@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bertetl.errors import CommitError
-from bertetl.write import fsync_dir
+from bertetl.write import TEMP_SUFFIX, fsync_dir
 
 STAGING_DIR = ".bertetl-staging"
 LOCK_NAME = ".bertetl.lock"
@@ -89,15 +89,27 @@ def _read_holder(fd: int) -> str:
         return "holder unknown"
 
 
-def clean_staging(dest: str | os.PathLike[str]) -> int:
-    """Remove staged partitions a killed run left behind (call it holding the lock)."""
-    staging = Path(dest) / STAGING_DIR
-    if not staging.is_dir():
-        return 0
-    leftovers = list(staging.iterdir())
-    for path in leftovers:
-        shutil.rmtree(path, ignore_errors=True)
-    return len(leftovers)
+def clean_staging(dest: str | os.PathLike[str], only_file: str | None = None) -> int:
+    """Remove what a killed run left behind (call it holding the lock): staged partitions and
+    hidden `.*.bertetl-tmp` output files (`only_file`: just that output's, in DEST's top
+    folder). Returns how many were removed."""
+    dest = Path(dest)
+    if only_file is not None:
+        leftovers = list(dest.glob(f".{only_file}.*{TEMP_SUFFIX}"))
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        return len(leftovers)
+    removed = 0
+    staging = dest / STAGING_DIR
+    if staging.is_dir():
+        for path in list(staging.iterdir()):
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+    if dest.is_dir():
+        for path in dest.rglob(f".*{TEMP_SUFFIX}"):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from bertetl.commit import DestinationLock, clean_staging
 from bertetl.config import EngineConfig
 from bertetl.errors import FilesFailedError, InputError
 from bertetl.infer import ClassifyStage, EmbedStage, EncoderStage
@@ -371,6 +372,27 @@ def enrich(
         for file in files
         if file.path in schemas
     ]
+    if os.path.isfile(source) and dest.endswith(".parquet"):  # one output file
+        lock_dir, only_file = Path(dest).parent, Path(dest).name
+    else:
+        lock_dir, only_file = Path(dest), None
+    with DestinationLock(lock_dir):
+        clean_staging(lock_dir, only_file)
+        _run(config, jobs, report, on_file_done)
+    report.files.sort(key=lambda f: f.source)
+    report.seconds = time.perf_counter() - started
+    if raise_on_failure and report.failures:
+        raise FilesFailedError(report.failures, report)
+    return report
+
+
+def _run(
+    config: EngineConfig,
+    jobs: list[Job],
+    report: EnrichReport,
+    on_file_done: Callable[[FileResult], None] | None,
+) -> None:
+    """Run `jobs` here, or split across worker processes; results go into `report`."""
     workers = min(resolve_workers(config), len(jobs))
     if workers <= 1:
         report.merge(run_jobs(config, jobs, on_file_done=on_file_done))
@@ -387,8 +409,3 @@ def enrich(
                 for result in part.files:
                     if on_file_done is not None:
                         on_file_done(result)
-    report.files.sort(key=lambda f: f.source)
-    report.seconds = time.perf_counter() - started
-    if raise_on_failure and report.failures:
-        raise FilesFailedError(report.failures, report)
-    return report

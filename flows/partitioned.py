@@ -28,7 +28,7 @@ def run_partitioned(
     with DestinationLock(params.dest):
         removed = clean_staging(params.dest)
         if removed:
-            logger.info("removed %d staged partition(s) left by an interrupted run", removed)
+            logger.info("removed %d leftover(s) of an interrupted run", removed)
         plan = plan_partitions(
             params.source,
             params.dest,

@@ -61,3 +61,23 @@ def test_clean_staging_removes_leftovers(tmp_path: Path) -> None:
     (leftover / "x.parquet").write_text("partial")
     assert clean_staging(tmp_path / "dest") == 1
     assert not leftover.exists()
+
+
+def test_enrich_takes_the_lock_and_cleans_temp_files(
+    tiny_embed_dir: Path, write_table, tmp_path: Path
+) -> None:
+    from bertetl.config import EngineConfig
+    from bertetl.pipeline import enrich
+
+    src = write_table({"text": ["one", "two"]})
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    leftover = dest / f".part-0.parquet.abc{commit.TEMP_SUFFIX}"
+    leftover.write_text("a killed run's partial file")
+    config = EngineConfig(text_column="text", embed_model=str(tiny_embed_dir))
+    with DestinationLock(dest):
+        with pytest.raises(CommitError, match="another bertetl run is writing"):
+            enrich(src.parent, dest, config)
+    enrich(src.parent, dest, config)
+    assert not leftover.exists()
+    assert (dest / "part-0.parquet").exists()

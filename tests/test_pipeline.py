@@ -8,6 +8,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from bertetl.commit import LOCK_NAME
 from bertetl.config import EngineConfig
 from bertetl.errors import FilesFailedError, InputError
 from bertetl.pipeline import enrich
@@ -180,7 +181,9 @@ def test_partitioned_layout_is_mirrored(tiny_embed_dir: Path, write_table, tmp_p
         EngineConfig(text_column="text", embed_model=str(tiny_embed_dir)),
     )
     files = sorted(
-        p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*")
+        p.relative_to(tmp_path / "out").as_posix()
+        for p in (tmp_path / "out").rglob("*")
+        if p.name != LOCK_NAME
     )
     assert files == [
         "date=2026-11-01",
@@ -217,7 +220,7 @@ def test_unreadable_files_fail_alone(tiny_embed_dir: Path, write_table, tmp_path
         )
     assert set(info.value.failures) == {str(truncated), str(tmp_path / "src" / "notes.parquet")}
     assert "b.parquet" in str(info.value)
-    outputs = sorted(p.name for p in (tmp_path / "out").iterdir())
+    outputs = sorted(p.name for p in (tmp_path / "out").iterdir() if p.name != LOCK_NAME)
     assert outputs == ["a.parquet", "c.parquet"]
     assert pq.read_table(tmp_path / "out" / "c.parquet").num_rows == 5000
 
