@@ -34,7 +34,9 @@ test: $(VENV)/.dev
 SOAK_KILLS ?= 200
 SEED ?= 2026
 soak: $(VENV)/.dev
-	BERTETL_KILLS=$(SOAK_KILLS) BERTETL_KILL_SEED=$(SEED) $(PY) -m pytest -q tests/faults
+	BERTETL_KILLS=$(SOAK_KILLS) BERTETL_KILL_SEED=$(SEED) BERTETL_FAULT_REPORT=soak.json \
+		$(PY) -m pytest -q tests/faults/test_kill.py
+	cat soak.json
 
 # CPU: about 7 minutes. Extra options: make bench BENCH_ARGS="--models minilm,bert-base"
 bench: $(VENV)/.dev
