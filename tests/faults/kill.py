@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -30,8 +31,14 @@ POINTS = ("read", "infer", "write", "file-commit", "manifest", "swap", "after-sw
 
 
 def _die() -> None:
+    """SIGKILL this process; with BERTETL_PAUSE_FILE set, create that file and wait to be
+    killed from outside instead (to hold the run at this point)."""
     sys.stdout.flush()
     sys.stderr.flush()
+    if pause_file := os.environ.get("BERTETL_PAUSE_FILE"):
+        open(pause_file, "w").close()
+        while True:
+            time.sleep(1)
     os.kill(os.getpid(), signal.SIGKILL)
 
 
