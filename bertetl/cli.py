@@ -171,7 +171,6 @@ Retries = Annotated[int, typer.Option(help="Retries of a partition on transient 
 def _run_partitioned(kind: str, options: dict[str, Any]) -> None:
     """Run the backfill or incremental flow in Prefect's local mode and print its summary."""
     debug = options["debug"]
-    _quiet_prefect_defaults()
     config = _engine_config(debug, options)
     from flows.params import BackfillParams, IncrementalParams, RunOptions
 
@@ -186,6 +185,12 @@ def _run_partitioned(kind: str, options: dict[str, Any]) -> None:
         "run": run,
     }
     with _user_errors(debug):
+        from bertetl.commit import DestinationLock
+        from flows.local import local_api
+
+        lock = DestinationLock(options["dest"])
+        lock.acquire()  # fail at once, before any server starts, if another run holds DEST
+        lock.release()
         if kind == "backfill":
             from flows.partitioned import backfill_flow as flow_fn
 
@@ -195,26 +200,25 @@ def _run_partitioned(kind: str, options: dict[str, Any]) -> None:
 
             params = IncrementalParams(**common)
         try:
-            rows = flow_fn(params)
+            with local_api():
+                rows = flow_fn(params)
         except PartitionsFailedError as e:
-            typer.echo(f"{kind}: {len(e.failures)} partition(s) failed", err=True)
+            _print_summary(kind, e.rows, options["dest"])
             raise
+        _print_summary(kind, rows, options["dest"])
+
+
+def _print_summary(kind: str, rows: list[dict[str, Any]], dest: str) -> None:
     committed = [r for r in rows if r["status"] == "committed"]
+    failed = sum(r["status"] == "failed" for r in rows)
     typer.echo(
         f"{kind}: {len(committed)} partition(s) committed, "
-        f"{sum(r['status'] == 'skipped' for r in rows)} unchanged; "
+        f"{sum(r['status'] == 'skipped' for r in rows)} unchanged, {failed} failed; "
         f"{sum(r['rows'] for r in committed)} rows written "
         f"({sum(r['inferred'] for r in committed)} inferred, "
         f"{sum(r['reused'] for r in committed)} reused, "
-        f"{sum(r['failed'] for r in committed)} with enrich_error) into {options['dest']}"
+        f"{sum(r['failed'] for r in committed)} with enrich_error) into {dest}"
     )
-
-
-def _quiet_prefect_defaults() -> None:
-    """Local mode needs no server; keep Prefect from phoning home (no network here)."""
-    import os
-
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 @app.command()

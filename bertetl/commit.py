@@ -1,7 +1,8 @@
 """Partition commits: a lock per destination, staged partition folders, an atomic swap.
 
-A partition is written whole into `DEST/.bertetl-staging/<random>/` (hidden from readers,
-same filesystem), its manifest last, then swapped with the live folder in one step:
+A partition is written whole into `.<DEST name>.bertetl-staging/<random>/` beside DEST (same
+filesystem, outside DEST, so no reader of DEST, not even a `DEST/**/*.parquet` glob, sees it),
+its manifest last, then swapped with the live folder in one step:
 `renameat2(RENAME_EXCHANGE)` on Linux, so readers see the old partition or the new one,
 never a mix. Where the kernel or filesystem lacks it, the old folder is renamed aside and
 the new one renamed in (two renames; a reader in between sees the partition missing, never
@@ -28,7 +29,7 @@ from pathlib import Path
 from bertetl.errors import CommitError
 from bertetl.write import TEMP_SUFFIX, fsync_dir
 
-STAGING_DIR = ".bertetl-staging"
+STAGING_SUFFIX = ".bertetl-staging"
 LOCK_NAME = ".bertetl.lock"
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
@@ -89,6 +90,12 @@ def _read_holder(fd: int) -> str:
         return "holder unknown"
 
 
+def staging_root(dest: str | os.PathLike[str]) -> Path:
+    """Where DEST's partitions are staged: a hidden folder beside DEST."""
+    dest = Path(dest).resolve()
+    return dest.parent / f".{dest.name}{STAGING_SUFFIX}"
+
+
 def clean_staging(dest: str | os.PathLike[str], only_file: str | None = None) -> int:
     """Remove what a killed run left behind (call it holding the lock): staged partitions and
     hidden `.*.bertetl-tmp` output files (`only_file`: just that output's, in DEST's top
@@ -100,7 +107,7 @@ def clean_staging(dest: str | os.PathLike[str], only_file: str | None = None) ->
             path.unlink(missing_ok=True)
         return len(leftovers)
     removed = 0
-    staging = dest / STAGING_DIR
+    staging = staging_root(dest)
     if staging.is_dir():
         for path in list(staging.iterdir()):
             shutil.rmtree(path, ignore_errors=True)
@@ -115,7 +122,7 @@ def clean_staging(dest: str | os.PathLike[str], only_file: str | None = None) ->
 @contextlib.contextmanager
 def staged_folder(dest: str | os.PathLike[str]) -> Iterator[Path]:
     """A fresh hidden folder on DEST's filesystem; removed on exit unless swapped in."""
-    path = Path(dest) / STAGING_DIR / uuid.uuid4().hex
+    path = staging_root(dest) / uuid.uuid4().hex
     try:
         path.mkdir(parents=True)
     except OSError as e:

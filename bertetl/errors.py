@@ -36,8 +36,9 @@ class FilesFailedError(BertEtlError):
 class PartitionsFailedError(BertEtlError):
     """Some partitions (or chunks) failed after their retries; the others were committed."""
 
-    def __init__(self, failures: dict[str, str]) -> None:
+    def __init__(self, failures: dict[str, str], rows: list | None = None) -> None:
         self.failures = dict(failures)
+        self.rows = list(rows or [])  # the run's summary rows, failed ones included
         first, cause = next(iter(self.failures.items()))
         count = len(self.failures)
         more = f" (and {count - 1} more; the run summary lists all)" if count > 1 else ""

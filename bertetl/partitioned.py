@@ -20,7 +20,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bertetl.commit import STAGING_DIR, staged_folder, swap_in
+from bertetl.commit import staged_folder, swap_in
 from bertetl.config import EngineConfig
 from bertetl.errors import CommitError, InputError
 from bertetl.manifest import (
@@ -99,7 +99,7 @@ def _committed_manifests(dest: Path, column: str) -> dict[str, Manifest]:
     if not dest.is_dir():
         return found
     for path in sorted(dest.rglob(MANIFEST_NAME)):
-        if STAGING_DIR in path.relative_to(dest).parts:
+        if any(part.startswith(".") for part in path.relative_to(dest).parts):
             continue
         manifest = read_manifest(path.parent)
         if manifest is not None and manifest.partition_column == column:

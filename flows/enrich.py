@@ -7,6 +7,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed, State
 
 from bertetl.chunks import Chunk, assemble, plan_chunks
 from bertetl.commit import DestinationLock, clean_staging, staged_folder
@@ -39,7 +40,7 @@ def _row(name: str, status: str, rows: int, failed: int, seconds: float) -> dict
 
 
 @flow(name="bertetl-enrich")
-def enrich_flow(params: EnrichParams) -> list[dict[str, Any]]:
+def enrich_flow(params: EnrichParams) -> list[dict[str, Any]] | State:
     """Enrich SOURCE into DEST; each file (or row-group range of a big file) is a task."""
     logger = get_run_logger()
     title = f"enrich {params.source} -> {params.dest}"
@@ -95,6 +96,7 @@ def enrich_flow(params: EnrichParams) -> list[dict[str, Any]]:
             pipeline.teardown()
         progress.finish()
     publish(title, rows, failures)
-    if failures:
-        raise PartitionsFailedError(failures)
+    if failures:  # a Failed final state: callers get the error, logs get no traceback
+        error = PartitionsFailedError(failures, rows)
+        return Failed(message=str(error), data=error)
     return rows

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.states import Failed, State
 
 from bertetl.commit import DestinationLock, clean_staging
 from bertetl.errors import PartitionsFailedError
@@ -18,7 +19,7 @@ from flows.tasks import enrich_partition_task, with_retries
 
 def run_partitioned(
     params: PartitionedParams, title: str, start: str | None = None, end: str | None = None
-) -> list[dict[str, Any]]:
+) -> list[dict[str, Any]] | State:
     """Plan, then enrich the partitions that need it; returns the summary rows.
 
     Holds DEST's lock for the whole run. A partition that fails after its retries is named
@@ -87,19 +88,20 @@ def run_partitioned(
         progress.finish()
     rows.sort(key=lambda r: r["partition"])
     publish(title, rows, failures)
-    if failures:
-        raise PartitionsFailedError(failures)
+    if failures:  # a Failed final state: callers get the error, logs get no traceback
+        error = PartitionsFailedError(failures, rows)
+        return Failed(message=str(error), data=error)
     return rows
 
 
 @flow(name="bertetl-backfill")
-def backfill_flow(params: BackfillParams) -> list[dict[str, Any]]:
+def backfill_flow(params: BackfillParams) -> list[dict[str, Any]] | State:
     """Enrich the partitions in [start, end]; committed, unchanged partitions are skipped."""
     title = f"backfill {params.source} -> {params.dest} ({params.start} .. {params.end})"
     return run_partitioned(params, title, params.start, params.end)
 
 
 @flow(name="bertetl-incremental")
-def incremental_flow(params: IncrementalParams) -> list[dict[str, Any]]:
+def incremental_flow(params: IncrementalParams) -> list[dict[str, Any]] | State:
     """Enrich every new or changed partition; unchanged rows reuse their earlier outputs."""
     return run_partitioned(params, f"incremental {params.source} -> {params.dest}")

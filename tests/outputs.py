@@ -52,5 +52,5 @@ def data_files(dest: Path) -> dict[str, tuple[int, int]]:
     return {
         str(p.relative_to(dest)): (p.stat().st_ino, p.stat().st_mtime_ns)
         for p in dest.rglob("*.parquet")
-        if ".bertetl-staging" not in p.parts
+        if not any(part.startswith(".") for part in p.relative_to(dest).parts)
     }

@@ -44,7 +44,7 @@ def test_swap_in_replaces_a_partition_whole(tmp_path: Path, monkeypatch, exchang
         (staged / "new.parquet").write_text("new")
         swap_in(staged, target)
     assert sorted(p.name for p in target.iterdir()) == ["new.parquet"]
-    assert not list((tmp_path / "dest" / commit.STAGING_DIR).iterdir())
+    assert not list(commit.staging_root(tmp_path / "dest").iterdir())
 
 
 def test_swap_in_creates_a_new_partition(tmp_path: Path) -> None:
@@ -56,7 +56,7 @@ def test_swap_in_creates_a_new_partition(tmp_path: Path) -> None:
 
 
 def test_clean_staging_removes_leftovers(tmp_path: Path) -> None:
-    leftover = tmp_path / "dest" / commit.STAGING_DIR / "abc"
+    leftover = commit.staging_root(tmp_path / "dest") / "abc"
     leftover.mkdir(parents=True)
     (leftover / "x.parquet").write_text("partial")
     assert clean_staging(tmp_path / "dest") == 1

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from bertetl.commit import staging_root
 from bertetl.config import EngineConfig
 from bertetl.errors import InputError
 from bertetl.manifest import read_manifest
@@ -173,7 +174,7 @@ def test_corrupt_file_fails_its_partition_and_keeps_the_committed_version(
     with pytest.raises(InputError, match=r"part-1\.parquet"):
         enrich_partition(pipeline, item, tmp_path / "dest", plan)
     assert pq.read_table(tmp_path / "dest" / "date=2026-01-02").equals(committed)
-    assert not list((tmp_path / "dest" / ".bertetl-staging").iterdir())
+    assert not list(staging_root(tmp_path / "dest").iterdir())
 
 
 def test_files_outside_partition_folders_are_refused(pipeline, write_table, tmp_path: Path) -> None:

@@ -16,9 +16,11 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
+from bertetl.commit import staging_root
 from bertetl.config import EngineConfig
 from bertetl.manifest import MANIFEST_NAME
 from bertetl.pipeline import enrich
@@ -71,6 +73,9 @@ def check_visible_state(dest: Path, reference: Path) -> int:
         rows += assert_same_output(partition, reference / partition.name)
     for file in visible_files(dest):
         assert file.suffix == ".parquet", f"stray visible file {file}"
+    if any(dest.rglob("*.parquet")):  # what a polars glob reader sees, hidden files included
+        glob = pl.scan_parquet(f"{dest}/**/*.parquet").select(pl.len()).collect().item()
+        assert glob == rows, "a polars glob over DEST sees rows that are not committed"
     return rows
 
 
@@ -136,7 +141,7 @@ def test_kill_anywhere_then_rerun_equals_a_clean_run(
             for i in pq.read_table(p).column("id").to_pylist()
         )
         assert ids == expected_ids  # no row lost, none doubled
-        assert not list((dest / ".bertetl-staging").iterdir())
+        assert not list(staging_root(dest).iterdir())
         tally["rows compared after rerun"] += sum(ids.values())
     assert killed >= kills * 3 // 4, f"only {killed} of {kills} runs were killed"
     if report := os.environ.get("BERTETL_FAULT_REPORT"):

@@ -63,7 +63,7 @@ def test_writer_failing_mid_partition_keeps_the_old_partition(
     assert {f: pq.read_table(dest / f) for f in data_files(dest)}.keys() == before.keys()
     for file, table in before.items():
         assert pq.read_table(dest / file).equals(table)
-    assert not list((dest / commit.STAGING_DIR).iterdir())
+    assert not list(commit.staging_root(dest).iterdir())
 
 
 @pytest.mark.parametrize("step", ["fsync", "exchange", "rename-aside"])

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from bertetl.commit import staging_root
 from bertetl.config import EngineConfig
 from bertetl.errors import PartitionsFailedError
 from bertetl.pipeline import enrich
@@ -42,7 +43,7 @@ def test_row_group_chunks_give_the_engines_output(
     enrich(tmp_path / "src", tmp_path / "reference", config)
     assert assert_same_output(tmp_path / "dest", tmp_path / "reference") == 102
     assert pq.ParquetFile(tmp_path / "dest" / "big.parquet").metadata.num_rows == 95
-    assert not list((tmp_path / "dest" / ".bertetl-staging").iterdir())
+    assert not list(staging_root(tmp_path / "dest").iterdir())
 
 
 def test_bad_file_fails_alone(tiny_embed_dir: Path, write_table, tmp_path: Path) -> None:

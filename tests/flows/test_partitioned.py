@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from bertetl.commit import staging_root
 from bertetl.config import EngineConfig
 from bertetl.errors import PartitionsFailedError
 from bertetl.infer import EmbedStage
@@ -188,7 +189,7 @@ def test_killed_run_resumes_to_a_clean_result(
     committed = sorted(p.parent.name for p in dest.glob("*/_manifest.json"))
     assert committed == ["date=2026-01-01"]
     if mode == "write":
-        assert list((dest / ".bertetl-staging").iterdir())  # a staged partition was left
+        assert list(staging_root(dest).iterdir())  # a staged partition was left
 
     state = backfill_flow(backfill(src, dest, config), return_state=True)
     assert state.is_completed()
@@ -197,7 +198,7 @@ def test_killed_run_resumes_to_a_clean_result(
     assert list(statuses.values()).count("committed") == 4
     enrich(src, tmp_path / "reference", config)
     assert assert_same_output(dest, tmp_path / "reference") == 5 * 24
-    assert not list((dest / ".bertetl-staging").iterdir())
+    assert not list(staging_root(dest).iterdir())
 
 
 def test_second_run_on_the_same_dest_is_refused(config, partitioned_source, tmp_path: Path) -> None:
