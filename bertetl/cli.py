@@ -164,7 +164,10 @@ PartitionColumn = Annotated[str, typer.Option(help="Hive partition key, e.g. dat
 Reuse = Annotated[
     bool, typer.Option(help="Rows with unchanged text take their earlier outputs (same model).")
 ]
-Force = Annotated[bool, typer.Option(help="Re-enrich partitions even when unchanged.")]
+Force = Annotated[
+    bool,
+    typer.Option(help="Re-enrich partitions even when unchanged, every row through the model."),
+]
 Retries = Annotated[int, typer.Option(help="Retries of a partition on transient I/O errors.")]
 
 

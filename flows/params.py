@@ -45,7 +45,9 @@ class PartitionedParams(BaseModel):
     reuse: bool = Field(
         True, description="Rows with unchanged text take their earlier outputs (same model)."
     )
-    force: bool = Field(False, description="Re-enrich partitions even when unchanged.")
+    force: bool = Field(
+        False, description="Re-enrich partitions even when unchanged, every row through the model."
+    )
     run: RunOptions = RunOptions()
 
 

@@ -64,11 +64,12 @@ def run_partitioned(
             pipeline = Pipeline(params.engine)
             pipeline.setup()
             task = with_retries(enrich_partition_task, params.run)
+            reuse = params.reuse and not params.force  # forced: every row through the model
             try:
                 for item in todo:
                     name = f"{item.column}={item.value}"
                     try:
-                        manifest = task(pipeline, item, params.dest, plan, params.reuse, progress)
+                        manifest = task(pipeline, item, params.dest, plan, reuse, progress)
                     except Exception as e:
                         failures[name] = str(e)
                         logger.error("%s failed: %s", name, e)

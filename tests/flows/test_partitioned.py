@@ -237,3 +237,14 @@ def test_cli_backfill_and_incremental_contract(config, partitioned_source, tmp_p
     last_line = result.output.strip().splitlines()[-1]
     assert last_line.startswith("error: date=2026-01-03 failed") and "part-0.parquet" in last_line
     assert (dest / "date=2026-01-01" / "_manifest.json").exists()
+
+
+def test_force_sends_every_row_through_the_model(
+    config, partitioned_source, tmp_path: Path
+) -> None:
+    src, dest = partitioned_source(days=1), tmp_path / "dest"
+    backfill_flow(backfill(src, dest, config))
+    (row,) = backfill_flow(backfill(src, dest, config, force=True))
+    assert (row["status"], row["reason"]) == ("committed", "forced")
+    manifest = read_manifest(dest / "date=2026-01-01")
+    assert (manifest.rows_inferred, manifest.rows_reused) == (22, 0)
