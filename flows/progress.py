@@ -77,6 +77,9 @@ class RunProgress:
         )
 
     def _log(self) -> None:
+        if not self.total:
+            self.logger.log(logging.INFO, "%s: nothing to enrich", self.title)
+            return
         rate, eta = self.rate_and_eta()
         eta_text = f"ETA {eta:,.0f}s" if eta is not None else "ETA unknown"
         self.logger.log(
