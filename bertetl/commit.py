@@ -97,15 +97,10 @@ def staging_root(dest: str | os.PathLike[str]) -> Path:
 
 
 def clean_staging(dest: str | os.PathLike[str], only_file: str | None = None) -> int:
-    """Remove what a killed run left behind (call it holding the lock): staged partitions and
-    hidden `.*.bertetl-tmp` output files (`only_file`: just that output's, in DEST's top
-    folder). Returns how many were removed."""
+    """Remove what a killed run left behind (call it holding the lock): staged folders and
+    hidden `.*.bertetl-tmp` output files under DEST (`only_file`: just that output's, in
+    DEST's top folder). Returns how many were removed."""
     dest = Path(dest)
-    if only_file is not None:
-        leftovers = list(dest.glob(f".{only_file}.*{TEMP_SUFFIX}"))
-        for path in leftovers:
-            path.unlink(missing_ok=True)
-        return len(leftovers)
     removed = 0
     staging = staging_root(dest)
     if staging.is_dir():
@@ -113,7 +108,9 @@ def clean_staging(dest: str | os.PathLike[str], only_file: str | None = None) ->
             shutil.rmtree(path, ignore_errors=True)
             removed += 1
     if dest.is_dir():
-        for path in dest.rglob(f".*{TEMP_SUFFIX}"):
+        pattern = f".{only_file}.*{TEMP_SUFFIX}" if only_file else f".*{TEMP_SUFFIX}"
+        leftovers = dest.glob(pattern) if only_file else dest.rglob(pattern)
+        for path in list(leftovers):
             path.unlink(missing_ok=True)
             removed += 1
     return removed

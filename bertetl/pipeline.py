@@ -117,6 +117,13 @@ def dest_path(file: SourceFile, source: str, dest: str) -> Path:
     return Path(dest) / file.relative
 
 
+def dest_root(source: str, dest: str) -> tuple[Path, str | None]:
+    """The folder a run locks and cleans, and the one output file name when DEST is a file."""
+    if os.path.isfile(source) and dest.endswith(".parquet"):
+        return Path(dest).parent, Path(dest).name
+    return Path(dest), None
+
+
 def _check_paths(files: list[SourceFile], source: str, dest: str) -> None:
     dest_real = Path(dest).resolve()
     for file in files:
@@ -372,10 +379,7 @@ def enrich(
         for file in files
         if file.path in schemas
     ]
-    if os.path.isfile(source) and dest.endswith(".parquet"):  # one output file
-        lock_dir, only_file = Path(dest).parent, Path(dest).name
-    else:
-        lock_dir, only_file = Path(dest), None
+    lock_dir, only_file = dest_root(source, dest)
     with DestinationLock(lock_dir):
         clean_staging(lock_dir, only_file)
         _run(config, jobs, report, on_file_done)

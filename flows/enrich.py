@@ -12,7 +12,7 @@ from prefect.states import Failed, State
 from bertetl.chunks import Chunk, assemble, plan_chunks
 from bertetl.commit import DestinationLock, clean_staging, staged_folder
 from bertetl.errors import PartitionsFailedError
-from bertetl.pipeline import Pipeline
+from bertetl.pipeline import Pipeline, dest_root
 from flows.params import EnrichParams
 from flows.progress import RunProgress
 from flows.summary import publish
@@ -45,12 +45,10 @@ def enrich_flow(params: EnrichParams) -> list[dict[str, Any]] | State:
     logger = get_run_logger()
     title = f"enrich {params.source} -> {params.dest}"
     pipeline = Pipeline(params.engine)
-    lock_dir = Path(params.dest)
-    if params.dest.endswith(".parquet"):  # a single output file: lock its folder
-        lock_dir = lock_dir.parent
+    lock_dir, only_file = dest_root(params.source, params.dest)
     rows: list[dict[str, Any]] = []
     with DestinationLock(lock_dir):
-        clean_staging(lock_dir)
+        clean_staging(lock_dir, only_file)
         chunks, failures = plan_chunks(params.source, params.dest, pipeline, params.chunk_rows)
         for path, cause in failures.items():
             logger.error("%s failed its checks: %s", path, cause)
