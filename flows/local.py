@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import ClassVar
 
 #: Runs as a child of the CLI: when the CLI dies, this is re-parented, and it stops the server.
 WATCHDOG = """
@@ -36,6 +37,11 @@ if alive(server):
 """
 
 
+def _watch(server_pid: int) -> subprocess.Popen:
+    """A child process that stops `server_pid` once this process is gone."""
+    return subprocess.Popen([sys.executable, "-c", WATCHDOG, str(os.getpid()), str(server_pid)])
+
+
 @contextlib.contextmanager
 def local_api() -> Iterator[None]:
     """Without `PREFECT_API_URL`, run the block against a temporary server for this process
@@ -47,21 +53,34 @@ def local_api() -> Iterator[None]:
     if PREFECT_API_URL.value():
         yield
         return
-    server = SubprocessASGIServer()
-    server.start()
-    assert server.server_process is not None
-    watchdog = subprocess.Popen(
-        [sys.executable, "-c", WATCHDOG, str(os.getpid()), str(server.server_process.pid)]
-    )
+    watchdogs: list[subprocess.Popen] = []
+
+    class WatchedServer(SubprocessASGIServer):
+        _instances: ClassVar[dict] = {}  # not Prefect's own shared instances
+
+        def _run_uvicorn_command(self) -> subprocess.Popen:
+            # the watchdog starts the moment the server process exists, before the server
+            # is even healthy, so a kill during startup leaves nothing behind either
+            process = super()._run_uvicorn_command()
+            watchdogs.append(_watch(process.pid))
+            return process
+
+    server = WatchedServer()
     try:
+        server.start()
+        assert server.server_process is not None
+        if not watchdogs:  # a Prefect without that hook: watch from here on
+            watchdogs.append(_watch(server.server_process.pid))
         with temporary_settings({PREFECT_API_URL: server.api_url}):
             yield
     finally:
         from prefect.logging.handlers import APILogHandler
 
-        APILogHandler().flush()  # send the run's last log lines before the server goes
+        if server.running:
+            APILogHandler().flush()  # send the run's last log lines before the server goes
         server.stop()
-        try:
-            watchdog.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            watchdog.kill()
+        for watchdog in watchdogs:
+            try:
+                watchdog.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                watchdog.kill()

@@ -1,4 +1,5 @@
-"""Local mode: the temporary Prefect server never outlives a killed CLI process."""
+"""Local mode: the temporary Prefect server never outlives a killed CLI process, whether it
+is killed while the server starts or while a flow runs."""
 
 from __future__ import annotations
 
@@ -8,14 +9,33 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 SCRIPT = """
 import os, signal, sys
-from prefect.server.api.server import SubprocessASGIServer
+from pathlib import Path
+
+def children():
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid() and "uvicorn" in (stat.parent / "cmdline").read_text():
+            pids.append(int(stat.parent.name))
+    return pids
+
+def die():
+    Path(sys.argv[1]).write_text(" ".join(map(str, children())))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if sys.argv[2] == "startup":
+    import httpx
+    httpx.Client.get = lambda self, *args, **kwargs: die()  # the first health check
 from flows.local import local_api
 with local_api():
-    server = SubprocessASGIServer()
-    open(sys.argv[1], "w").write(str(server.server_process.pid))
-    os.kill(os.getpid(), signal.SIGKILL)
+    die()
 """
 
 
@@ -27,12 +47,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def test_server_is_stopped_when_the_cli_is_killed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("when", ["startup", "running"])
+def test_server_is_stopped_when_the_cli_is_killed(tmp_path: Path, when: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env |= {"PREFECT_HOME": str(tmp_path / "home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     pid_file = tmp_path / "server.pid"
     run = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(pid_file)],
+        [sys.executable, "-c", SCRIPT, str(pid_file), when],
         env=env,
         cwd=Path(__file__).resolve().parents[2],
         capture_output=True,
@@ -40,10 +61,12 @@ def test_server_is_stopped_when_the_cli_is_killed(tmp_path: Path) -> None:
         timeout=180,
     )
     assert run.returncode == -9, run.stderr[-2000:]
-    server = int(pid_file.read_text())
+    servers = [int(pid) for pid in pid_file.read_text().split()]
+    assert len(servers) == 1
     deadline = time.monotonic() + 30
-    while _alive(server) and time.monotonic() < deadline:
+    while any(_alive(pid) for pid in servers) and time.monotonic() < deadline:
         time.sleep(0.2)
-    if _alive(server):
-        os.kill(server, 9)
-        raise AssertionError("the temporary Prefect server outlived the killed process")
+    left = [pid for pid in servers if _alive(pid)]
+    for pid in left:
+        os.kill(pid, 9)
+    assert not left, "the temporary Prefect server outlived the killed process"
