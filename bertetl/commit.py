@@ -128,6 +128,8 @@ def staged_folder(dest: str | os.PathLike[str]) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+        with contextlib.suppress(OSError):  # leave no empty folder beside DEST
+            path.parent.rmdir()
 
 
 def _exchange(a: Path, b: Path) -> bool:

@@ -54,3 +54,11 @@ def data_files(dest: Path) -> dict[str, tuple[int, int]]:
         for p in dest.rglob("*.parquet")
         if not any(part.startswith(".") for part in p.relative_to(dest).parts)
     }
+
+
+def staging_is_empty(dest: Path) -> bool:
+    """No staged partition left beside DEST (the staging folder is gone or empty)."""
+    from bertetl.commit import staging_root
+
+    root = staging_root(dest)
+    return not root.exists() or not any(root.iterdir())

@@ -11,6 +11,7 @@ import pytest
 import bertetl.commit as commit
 from bertetl.commit import DestinationLock, clean_staging, staged_folder, swap_in
 from bertetl.errors import CommitError
+from tests.outputs import staging_is_empty
 
 
 def test_second_lock_is_refused_with_the_holder_named(tmp_path: Path) -> None:
@@ -44,7 +45,7 @@ def test_swap_in_replaces_a_partition_whole(tmp_path: Path, monkeypatch, exchang
         (staged / "new.parquet").write_text("new")
         swap_in(staged, target)
     assert sorted(p.name for p in target.iterdir()) == ["new.parquet"]
-    assert not list(commit.staging_root(tmp_path / "dest").iterdir())
+    assert staging_is_empty(tmp_path / "dest")
 
 
 def test_swap_in_creates_a_new_partition(tmp_path: Path) -> None:

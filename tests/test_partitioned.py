@@ -10,13 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bertetl.commit import staging_root
 from bertetl.config import EngineConfig
 from bertetl.errors import InputError
 from bertetl.manifest import read_manifest
 from bertetl.partitioned import enrich_partition, plan_partitions
 from bertetl.pipeline import Pipeline, enrich
-from tests.outputs import assert_same_output, data_files, edit_rows
+from tests.outputs import assert_same_output, data_files, edit_rows, staging_is_empty
 
 
 @pytest.fixture
@@ -174,7 +173,7 @@ def test_corrupt_file_fails_its_partition_and_keeps_the_committed_version(
     with pytest.raises(InputError, match=r"part-1\.parquet"):
         enrich_partition(pipeline, item, tmp_path / "dest", plan)
     assert pq.read_table(tmp_path / "dest" / "date=2026-01-02").equals(committed)
-    assert not list(staging_root(tmp_path / "dest").iterdir())
+    assert staging_is_empty(tmp_path / "dest")
 
 
 def test_files_outside_partition_folders_are_refused(pipeline, write_table, tmp_path: Path) -> None:

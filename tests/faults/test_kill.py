@@ -20,14 +20,13 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from bertetl.commit import staging_root
 from bertetl.config import EngineConfig
 from bertetl.manifest import MANIFEST_NAME
 from bertetl.pipeline import enrich
 from flows.params import BackfillParams, RunOptions
 from flows.partitioned import backfill_flow
 from tests.faults.kill import POINTS
-from tests.outputs import assert_same_output
+from tests.outputs import assert_same_output, staging_is_empty
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -141,7 +140,7 @@ def test_kill_anywhere_then_rerun_equals_a_clean_run(
             for i in pq.read_table(p).column("id").to_pylist()
         )
         assert ids == expected_ids  # no row lost, none doubled
-        assert not list(staging_root(dest).iterdir())
+        assert staging_is_empty(dest)
         tally["rows compared after rerun"] += sum(ids.values())
     assert killed >= kills * 3 // 4, f"only {killed} of {kills} runs were killed"
     if report := os.environ.get("BERTETL_FAULT_REPORT"):

@@ -8,14 +8,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bertetl.commit import staging_root
 from bertetl.config import EngineConfig
 from bertetl.errors import PartitionsFailedError
 from bertetl.pipeline import enrich
 from flows.enrich import enrich_flow
 from flows.params import EnrichParams, RunOptions
 from tests.conftest import partition_texts
-from tests.outputs import assert_same_output
+from tests.outputs import assert_same_output, staging_is_empty
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -43,7 +42,7 @@ def test_row_group_chunks_give_the_engines_output(
     enrich(tmp_path / "src", tmp_path / "reference", config)
     assert assert_same_output(tmp_path / "dest", tmp_path / "reference") == 102
     assert pq.ParquetFile(tmp_path / "dest" / "big.parquet").metadata.num_rows == 95
-    assert not list(staging_root(tmp_path / "dest").iterdir())
+    assert staging_is_empty(tmp_path / "dest")
 
 
 def test_bad_file_fails_alone(tiny_embed_dir: Path, write_table, tmp_path: Path) -> None:
