@@ -20,7 +20,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bertetl.errors import InputError
 from bertetl.tokenize import as_plain_text
 
 _TEXT = "__bertetl_text"
@@ -168,7 +167,7 @@ def transform_with_reuse(
         while pending and not pending[0].needs_model:
             yield merge(pending.popleft(), None)
         if not pending:
-            raise InputError("internal error: the engine returned more batches than it was given")
+            raise RuntimeError("the engine returned more batches than it was given")
         yield merge(pending.popleft(), enriched)
     while pending:
         yield merge(pending.popleft(), None)
