@@ -10,24 +10,26 @@
 --           reported, never deleted)
 --   reason: why
 SELECT
-    COALESCE(s.partition, m.partition) AS partition,
-    CASE
-        WHEN s.partition IS NULL THEN 'orphan'
-        WHEN m.partition IS NULL THEN 'enrich'
-        WHEN p.force THEN 'enrich'
-        WHEN m.config_hash <> p.config_hash THEN 'enrich'
-        WHEN m.input_fingerprint <> s.input_fingerprint THEN 'enrich'
-        ELSE 'skip'
+    partition,
+    CASE reason
+        WHEN 'source partition removed' THEN 'orphan'
+        WHEN 'unchanged' THEN 'skip'
+        ELSE 'enrich'
     END AS action,
-    CASE
-        WHEN s.partition IS NULL THEN 'source partition removed'
-        WHEN m.partition IS NULL THEN 'new'
-        WHEN p.force THEN 'forced'
-        WHEN m.config_hash <> p.config_hash THEN 'model or config changed'
-        WHEN m.input_fingerprint <> s.input_fingerprint THEN 'input changed'
-        ELSE 'unchanged'
-    END AS reason
-FROM source AS s
-FULL JOIN manifests AS m ON s.partition = m.partition
-CROSS JOIN params AS p
+    reason
+FROM (
+    SELECT
+        COALESCE(s.partition, m.partition) AS partition,
+        CASE
+            WHEN s.partition IS NULL THEN 'source partition removed'
+            WHEN m.partition IS NULL THEN 'new'
+            WHEN p.force THEN 'forced'
+            WHEN m.config_hash <> p.config_hash THEN 'model or config changed'
+            WHEN m.input_fingerprint <> s.input_fingerprint THEN 'input changed'
+            ELSE 'unchanged'
+        END AS reason
+    FROM source AS s
+    FULL JOIN manifests AS m ON s.partition = m.partition
+    CROSS JOIN params AS p
+) AS decided
 ORDER BY partition
