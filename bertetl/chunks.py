@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from bertetl.errors import CommitError, InputError
 from bertetl.pipeline import Pipeline, _check_paths, dest_path
-from bertetl.read import SourceFile, check_text_column, discover, read_schema
+from bertetl.read import SourceFile, discover
 from bertetl.write import ParquetSink
 
 
@@ -74,12 +74,7 @@ def plan_chunks(
     failures: dict[str, str] = {}
     for file in files:
         try:
-            schema = read_schema(file)
-            check_text_column(file, schema, pipeline.config.text_column)
-            try:
-                pipeline.output_schema(schema)
-            except InputError as e:
-                raise InputError(f"{file.path}: {e}") from e
+            schema = pipeline.check_file(file)
             metadata = pq.read_metadata(file.path)
         except (InputError, OSError, pa.ArrowException) as e:
             failures[file.path] = str(e)

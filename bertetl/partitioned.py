@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 
 import polars as pl
@@ -37,7 +38,6 @@ from bertetl.manifest import (
 from bertetl.models import resolve_model_dir
 from bertetl.partitions import Partition, dest_folder, list_partitions
 from bertetl.pipeline import Pipeline
-from bertetl.read import check_text_column, read_schema
 from bertetl.reuse import ReuseIndex
 from bertetl.schema import LABEL
 from bertetl.sql import run_query
@@ -57,10 +57,10 @@ class PartitionPlan:
     inputs: tuple[FileFingerprint, ...] = ()
     previous: Manifest | None = None
 
-    @property
+    @cached_property
     def rows(self) -> int:
-        """Rows in the partition's input files, from their footers (an unreadable footer
-        counts 0 here; enriching the partition then fails naming the file)."""
+        """Rows in the partition's input files, from their footers, read once (an unreadable
+        footer counts 0 here; enriching the partition then fails naming the file)."""
         import pyarrow.parquet as pq
 
         total = 0
@@ -201,15 +201,7 @@ def enrich_partition(
     started = time.perf_counter()
     target = dest_folder(dest, partition)
     config = pipeline.config
-    schemas = {}
-    for file in partition.files:
-        schema = read_schema(file)
-        check_text_column(file, schema, config.text_column)
-        try:
-            pipeline.output_schema(schema)
-        except InputError as e:
-            raise InputError(f"{file.path}: {e}") from e
-        schemas[file.path] = schema
+    schemas = {file.path: pipeline.check_file(file) for file in partition.files}
     manifest = Manifest(
         partition_column=partition.column,
         partition=partition.value,

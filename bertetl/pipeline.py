@@ -209,6 +209,17 @@ class Pipeline:
     def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
         return output_schema(input_schema, self.added_fields())
 
+    def check_file(self, file: SourceFile) -> pa.Schema:
+        """The file's schema, once its text column is checked and the added columns are
+        known not to clash with its own (`InputError` naming the file otherwise)."""
+        schema = read_schema(file)
+        check_text_column(file, schema, self.config.text_column)
+        try:
+            self.output_schema(schema)
+        except InputError as e:
+            raise InputError(f"{file.path}: {e}") from e
+        return schema
+
     def transform(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         """Thread the stages over a stream of batches; yields the enriched batches in order.
 
