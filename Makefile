@@ -17,8 +17,9 @@ $(VENV)/.base:
 	$(PIP) install -q torch==2.13.0
 	touch $@
 
+# dev includes the ray extra, so the tests cover --executor ray.
 $(VENV)/.dev: pyproject.toml $(VENV)/.base
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -e '.[dev,ray]'
 	$(PIP) install -q --no-deps $(ASSETS)
 	touch $@
 

@@ -43,7 +43,8 @@ class Chunk:
         return staging / f"{self.file.relative}.part-{self.part:05d}.parquet"
 
 
-def _cut(metadata: pq.FileMetaData, chunk_rows: int) -> list[tuple[tuple[int, ...], int]]:
+def cut_row_groups(metadata: pq.FileMetaData, chunk_rows: int) -> list[tuple[tuple[int, ...], int]]:
+    """Consecutive row-group ranges of about `chunk_rows` rows each (at least one group)."""
     ranges: list[tuple[tuple[int, ...], int]] = []
     groups: list[int] = []
     rows = 0
@@ -80,7 +81,7 @@ def plan_chunks(
             failures[file.path] = str(e)
             continue
         target = dest_path(file, source, dest)
-        ranges = _cut(metadata, chunk_rows)
+        ranges = cut_row_groups(metadata, chunk_rows)
         if len(ranges) == 1:
             chunks.append(Chunk(file, target, schema, metadata.num_rows))
             continue

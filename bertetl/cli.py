@@ -15,7 +15,7 @@ import typer
 from pydantic import ValidationError
 
 from bertetl.bench import BenchConfig
-from bertetl.config import Device, DType, EngineConfig, Quantize, TrainConfig
+from bertetl.config import Device, DType, EngineConfig, Executor, Quantize, TrainConfig
 from bertetl.errors import BertEtlError, FilesFailedError, PartitionsFailedError
 
 app = typer.Typer(
@@ -99,6 +99,9 @@ WindowRows = Annotated[int, typer.Option(help=_help(EngineConfig, "window_rows")
 Scores = Annotated[bool, typer.Option("--scores", help=_help(EngineConfig, "include_scores"))]
 Threshold = Annotated[float, typer.Option(help=_help(EngineConfig, "multi_label_threshold"))]
 AllowPickle = Annotated[bool, typer.Option(help=_help(EngineConfig, "allow_pickle"))]
+ExecutorOpt = Annotated[Executor, typer.Option(help=_help(EngineConfig, "executor"))]
+RayAddress = Annotated[str | None, typer.Option(help=_help(EngineConfig, "ray_address"))]
+RayActors = Annotated[int | None, typer.Option(help=_help(EngineConfig, "ray_actors"))]
 Debug = Annotated[bool, typer.Option(help="Show tracebacks on errors.")]
 
 
@@ -134,6 +137,9 @@ def enrich(
     scores: Scores = ENGINE["include_scores"],
     threshold: Threshold = ENGINE["multi_label_threshold"],
     allow_pickle: AllowPickle = ENGINE["allow_pickle"],
+    executor: ExecutorOpt = ENGINE["executor"],
+    ray_address: RayAddress = None,
+    ray_actors: RayActors = None,
     report: Annotated[
         Path | None, typer.Option(help="Also write the run's report (counters, files) as JSON.")
     ] = None,
@@ -189,8 +195,10 @@ def _run_partitioned(kind: str, options: dict[str, Any]) -> None:
     }
     with _user_errors(debug):
         from bertetl.commit import DestinationLock
+        from bertetl.pipeline import make_pipeline
         from flows.local import local_api
 
+        make_pipeline(config)  # a missing executor (no Ray) fails before any server starts
         lock = DestinationLock(options["dest"])
         lock.acquire()  # fail at once, before any server starts, if another run holds DEST
         lock.release()
@@ -249,6 +257,9 @@ def backfill(
     scores: Scores = ENGINE["include_scores"],
     threshold: Threshold = ENGINE["multi_label_threshold"],
     allow_pickle: AllowPickle = ENGINE["allow_pickle"],
+    executor: ExecutorOpt = ENGINE["executor"],
+    ray_address: RayAddress = None,
+    ray_actors: RayActors = None,
     reuse: Reuse = True,
     force: Force = False,
     retries: Retries = 3,
@@ -283,6 +294,9 @@ def incremental(
     scores: Scores = ENGINE["include_scores"],
     threshold: Threshold = ENGINE["multi_label_threshold"],
     allow_pickle: AllowPickle = ENGINE["allow_pickle"],
+    executor: ExecutorOpt = ENGINE["executor"],
+    ray_address: RayAddress = None,
+    ray_actors: RayActors = None,
     reuse: Reuse = True,
     force: Force = False,
     retries: Retries = 3,

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 Quantize = Literal["none", "int8"]
+Executor = Literal["local", "ray"]
 
 
 class EngineConfig(BaseModel):
@@ -65,6 +66,22 @@ class EngineConfig(BaseModel):
         description="Also load pickle (.bin) weights when a model has no safetensors. "
         "Unpickling can run code: only for models you trust.",
     )
+    executor: Executor = Field(
+        "local",
+        description="local: this process (and --workers); ray: a Ray Data pipeline on a Ray "
+        "cluster (needs the ray extra).",
+    )
+    ray_address: str | None = Field(
+        None,
+        description="Ray cluster to use with --executor ray; default: RAY_ADDRESS if set, "
+        "else a local Ray started for the run and stopped after.",
+    )
+    ray_actors: int | None = Field(
+        None,
+        gt=0,
+        description="Model actors with --executor ray; default one per cluster GPU, "
+        "else one per node.",
+    )
 
     @model_validator(mode="after")
     def _needs_a_model(self) -> EngineConfig:
@@ -73,6 +90,14 @@ class EngineConfig(BaseModel):
                 "give at least one of --embed-model / --classify-model "
                 "(embed_model / classify_model)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _executor_options(self) -> EngineConfig:
+        if self.executor == "ray" and self.workers:
+            raise ValueError("--workers is for --executor local; with ray use --ray-actors")
+        if self.executor == "local" and (self.ray_address or self.ray_actors):
+            raise ValueError("--ray-address and --ray-actors need --executor ray")
         return self
 
 

@@ -21,6 +21,10 @@ class CommitError(BertEtlError):
     """Output could not be written or committed."""
 
 
+class ExecutorError(BertEtlError):
+    """The executor cannot run: Ray is not installed, unreachable, or lacks what was asked."""
+
+
 class FilesFailedError(BertEtlError):
     """Some input files failed; the others were committed. `failures` maps file to cause."""
 

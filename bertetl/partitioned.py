@@ -19,7 +19,6 @@ from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from bertetl.commit import staged_folder, swap_in
 from bertetl.config import EngineConfig
@@ -37,9 +36,8 @@ from bertetl.manifest import (
 )
 from bertetl.models import resolve_model_dir
 from bertetl.partitions import Partition, dest_folder, list_partitions
-from bertetl.pipeline import Pipeline
+from bertetl.pipeline import Pipeline, merge_label_counts
 from bertetl.reuse import ReuseIndex
-from bertetl.schema import LABEL
 from bertetl.sql import run_query
 
 log = logging.getLogger(__name__)
@@ -172,14 +170,6 @@ def plan_partitions(
     return plan
 
 
-def _count_labels(batch: pa.RecordBatch, columns: list[str], counts: dict[str, dict[str, int]]):
-    for column in columns:
-        tally = counts.setdefault(column, {})
-        for item in pc.value_counts(batch.column(column)).to_pylist():
-            if item["values"] is not None:
-                tally[item["values"]] = tally.get(item["values"], 0) + item["counts"]
-
-
 def enrich_partition(
     pipeline: Pipeline,
     item: PartitionPlan,
@@ -210,14 +200,6 @@ def enrich_partition(
         config_hash=plan.config_hash,
         started=started_at.isoformat(),
     )
-    label_columns = [f.name for f in pipeline.added_fields() if f.name == config.prefix + LABEL]
-    error_column = pipeline.validate.error_column
-
-    def on_batch(batch: pa.RecordBatch) -> None:
-        _count_labels(batch, label_columns, manifest.label_counts)
-        if on_rows is not None:
-            on_rows(batch.num_rows)
-
     with staged_folder(dest) as staged, staged_folder(dest) as scratch:
         index = None
         previous = item.previous
@@ -226,22 +208,26 @@ def enrich_partition(
                 (target / name for name in previous.outputs),
                 config.text_column,
                 pipeline.added_fields(),
-                error_column,
+                pipeline.validate.error_column,
                 scratch,
             )
             if index is not None:
                 log.info("%s: %d earlier rows can be reused", partition.folder, len(index))
-        for file in partition.files:
-            relative = partition.relative(file)
-            result = pipeline.run_file(
-                file, staged / relative, schemas[file.path], reuse=index, on_batch=on_batch
-            )
+        jobs = [
+            (file, staged / partition.relative(file), schemas[file.path])
+            for file in partition.files
+        ]
+        results = pipeline.run_files(
+            jobs, reuse=index, on_rows=on_rows, stop_at_error=True, scratch=scratch
+        )
+        for file, result in zip(partition.files, results, strict=False):
             if result.error is not None:
                 raise InputError(f"partition {partition.folder} failed: {result.error}")
             manifest.rows_out += result.rows
             manifest.rows_failed += result.rows_failed
             manifest.rows_reused += result.rows_reused
-            manifest.outputs.append(relative)
+            manifest.outputs.append(partition.relative(file))
+            merge_label_counts(manifest.label_counts, result.label_counts)
         manifest.rows_in = item.rows
         if manifest.rows_out != manifest.rows_in:
             raise CommitError(
@@ -249,9 +235,6 @@ def enrich_partition(
                 f"{manifest.rows_out} written; not committed"
             )
         manifest.rows_inferred = manifest.rows_out - manifest.rows_reused - manifest.rows_failed
-        manifest.label_counts = {
-            k: dict(sorted(v.items())) for k, v in manifest.label_counts.items()
-        }
         manifest.finished = datetime.now(UTC).isoformat()
         manifest.seconds = round(time.perf_counter() - started, 3)
         write_manifest(staged, manifest)

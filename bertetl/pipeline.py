@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from bertetl.commit import DestinationLock, clean_staging
+from bertetl.commit import DestinationLock, clean_staging, staged_folder
 from bertetl.config import EngineConfig
-from bertetl.errors import FilesFailedError, InputError
+from bertetl.errors import ExecutorError, FilesFailedError, InputError
 from bertetl.infer import ClassifyStage, EmbedStage, EncoderStage
 from bertetl.models import max_length_for, resolve_model_dir, tokenizer_key
 from bertetl.overlap import prefetch
@@ -48,6 +49,7 @@ class FileResult:
     rows_reused: int = 0
     seconds: float = 0.0
     error: str | None = None
+    label_counts: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -83,11 +85,7 @@ class EnrichReport:
         self.files.extend(other.files)
         for name, counters in other.stages.items():
             self.stages.setdefault(name, StageCounters()).add(counters)
-        for column, counts in other.label_counts.items():
-            merged = self.label_counts.setdefault(column, {})
-            for label, count in counts.items():
-                merged[label] = merged.get(label, 0) + count
-            self.label_counts[column] = dict(sorted(merged.items()))
+        merge_label_counts(self.label_counts, other.label_counts)
         self.truncated_rows += other.truncated_rows
         self.oom_splits += other.oom_splits
 
@@ -107,6 +105,26 @@ class EnrichReport:
                 for name, c in self.stages.items()
             },
         }
+
+
+def count_labels(
+    batch: pa.RecordBatch | pa.Table, columns: list[str], counts: dict[str, dict[str, int]]
+) -> None:
+    """Add the batch's label counts (nulls left out) into `counts`, by column."""
+    for column in columns:
+        tally = counts.setdefault(column, {})
+        for item in pc.value_counts(batch.column(column)).to_pylist():
+            if item["values"] is not None:
+                tally[item["values"]] = tally.get(item["values"], 0) + item["counts"]
+
+
+def merge_label_counts(into: dict[str, dict[str, int]], counts: dict[str, dict[str, int]]) -> None:
+    """Add `counts` (label counts by column) into `into`, keeping labels sorted."""
+    for column, tally in counts.items():
+        merged = into.setdefault(column, {})
+        for label, count in tally.items():
+            merged[label] = merged.get(label, 0) + count
+        into[column] = dict(sorted(merged.items()))
 
 
 def dest_path(file: SourceFile, source: str, dest: str) -> Path:
@@ -195,11 +213,19 @@ class Pipeline:
         """Load tokenizers and models (local files only)."""
         if self._ready:
             return
+        self.setup_tokenizers()
+        self.setup_models()
+        self._ready = True
+
+    def setup_tokenizers(self) -> None:
+        """Load the tokenizers only (a worker that runs `prepare()`)."""
         for tokenizer in self.tokenizers.values():
             tokenizer.setup()
+
+    def setup_models(self) -> None:
+        """Load the models only (a worker that runs `infer()` and `finish()`)."""
         for model in self.models:
             model.setup()
-        self._ready = True
 
     def teardown(self) -> None:
         for stage in self.stages:
@@ -220,29 +246,43 @@ class Pipeline:
             raise InputError(f"{file.path}: {e}") from e
         return schema
 
+    def prepare(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """The CPU stages: validate the text, then tokenize it (token columns appended)."""
+        stream_: Iterable[pa.RecordBatch] = batches
+        for stage in [self.validate, *self.tokenizers.values()]:
+            stream_ = stage(stream_)
+        return iter(stream_)
+
+    def infer(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """The model stages, on prepared batches; then `finish` each batch."""
+        stream_: Iterable[pa.RecordBatch] = batches
+        for stage in self.models:
+            stream_ = stage(stream_)
+        for batch in stream_:
+            yield self.finish(batch)
+
+    def finish(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Drop the token columns and move `enrich_error` to the end, after the model outputs."""
+        error_column = self.validate.error_column
+        keep = [
+            name
+            for name in batch.schema.names
+            if not name.startswith(TOKENS_PREFIX) and name != error_column
+        ]
+        return batch.select(keep).append_column(
+            error_field(self.config.prefix), batch.column(error_column)
+        )
+
     def transform(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         """Thread the stages over a stream of batches; yields the enriched batches in order.
 
         Reading, validation and tokenization run in a background thread, at most
         `prefetch_windows` windows ahead of the models.
         """
-        stream_: Iterable[pa.RecordBatch] = batches
-        for stage in [self.validate, *self.tokenizers.values()]:
-            stream_ = stage(stream_)
+        prepared = self.prepare(batches)
         if self.config.prefetch_windows:
-            stream_ = prefetch(stream_, self.config.prefetch_windows)
-        for stage in self.models:
-            stream_ = stage(stream_)
-        error_column = self.validate.error_column
-        for batch in stream_:
-            keep = [
-                name
-                for name in batch.schema.names
-                if not name.startswith(TOKENS_PREFIX) and name != error_column
-            ]
-            yield batch.select(keep).append_column(
-                error_field(self.config.prefix), batch.column(error_column)
-            )
+            prepared = prefetch(prepared, self.config.prefetch_windows)
+        return self.infer(prepared)
 
     def run_file(
         self,
@@ -264,6 +304,7 @@ class Pipeline:
         output = self.output_schema(schema)
         sink = ParquetSink(target, output)
         error_name = error_field(self.config.prefix).name
+        label_columns = self.label_columns()
         counts: dict[str, int] = {}
         batches = stream(file, self.config.window_rows, row_groups)
         if reuse is None:
@@ -279,6 +320,7 @@ class Pipeline:
                     on_batch(batch)
                 sink.write(batch)
                 result.rows_failed += batch.num_rows - batch.column(error_name).null_count
+                count_labels(batch, label_columns, result.label_counts)
             sink.commit()
         except InputError as e:
             sink.abort()
@@ -291,8 +333,49 @@ class Pipeline:
         result.seconds = time.perf_counter() - started
         return result
 
+    def label_columns(self) -> list[str]:
+        """The added single-label column, whose counts reports and manifests keep."""
+        label = self.config.prefix + LABEL
+        return [f.name for f in self.added_fields() if f.name == label]
+
+    def run_files(
+        self,
+        jobs: list[Job],
+        reuse: ReuseIndex | None = None,
+        on_rows: Callable[[int], None] | None = None,
+        stop_at_error: bool = False,
+        scratch: Path | None = None,
+    ) -> list[FileResult]:
+        """Enrich each (file, target, schema) job into its target, one after another
+        (`stop_at_error`: none after the first failed file). `on_rows(n)` reports progress;
+        `scratch` is a staging folder the Ray executor needs (unused here).
+
+        The Ray executor (`bertetl.ray_pipeline.RayPipeline`) runs the same jobs as one
+        Ray Data pipeline instead.
+        """
+        results: list[FileResult] = []
+        on_batch = None if on_rows is None else (lambda batch: on_rows(batch.num_rows))
+        for file, target, schema in jobs:
+            if stop_at_error and any(r.error is not None for r in results):
+                break
+            results.append(self.run_file(file, target, schema, reuse=reuse, on_batch=on_batch))
+        return results
+
 
 Job = tuple[SourceFile, Path, pa.Schema]
+
+
+def make_pipeline(config: EngineConfig) -> Pipeline:
+    """The pipeline for `config.executor`: `Pipeline` (this process) or `RayPipeline`."""
+    if config.executor == "local":
+        return Pipeline(config)
+    try:
+        from bertetl.ray_pipeline import RayPipeline
+    except ImportError as e:
+        raise ExecutorError(
+            f"--executor ray needs Ray Data: pip install 'bertetl[ray]' ({e})"
+        ) from e
+    return RayPipeline(config)
 
 
 def resolve_workers(config: EngineConfig) -> int:
@@ -379,7 +462,7 @@ def enrich(
             report.files.append(FileResult(file.path, None, error=str(e)))
     if not schemas:
         raise preflight_errors[0]
-    pipeline = Pipeline(config)
+    pipeline = make_pipeline(config)
     for path, schema in schemas.items():
         try:
             pipeline.output_schema(schema)  # name clashes fail before any model loads
@@ -393,7 +476,10 @@ def enrich(
     lock_dir, only_file = dest_root(source, dest)
     with DestinationLock(lock_dir):
         clean_staging(lock_dir, only_file)
-        _run(config, jobs, report, on_file_done)
+        if config.executor == "local":
+            _run(config, jobs, report, on_file_done)
+        else:
+            _run_distributed(pipeline, jobs, lock_dir, report, on_file_done)
     report.files.sort(key=lambda f: f.source)
     report.seconds = time.perf_counter() - started
     if raise_on_failure and report.failures:
@@ -424,3 +510,24 @@ def _run(
                 for result in part.files:
                     if on_file_done is not None:
                         on_file_done(result)
+
+
+def _run_distributed(
+    pipeline: Pipeline,
+    jobs: list[Job],
+    lock_dir: Path,
+    report: EnrichReport,
+    on_file_done: Callable[[FileResult], None] | None,
+) -> None:
+    """Run `jobs` as one pipeline on the executor's cluster; results go into `report`."""
+    pipeline.setup()
+    try:
+        with staged_folder(lock_dir) as scratch:
+            results = pipeline.run_files(jobs, scratch=scratch)
+    finally:
+        pipeline.teardown()
+    for result in results:
+        report.files.append(result)
+        merge_label_counts(report.label_counts, result.label_counts)
+        if on_file_done is not None:
+            on_file_done(result)

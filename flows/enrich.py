@@ -12,11 +12,11 @@ from prefect.states import Failed, State
 from bertetl.chunks import Chunk, assemble, plan_chunks
 from bertetl.commit import DestinationLock, clean_staging, staged_folder
 from bertetl.errors import PartitionsFailedError
-from bertetl.pipeline import Pipeline, dest_root
+from bertetl.pipeline import Pipeline, dest_root, make_pipeline
 from flows.params import EnrichParams
 from flows.progress import RunProgress
 from flows.summary import publish
-from flows.tasks import enrich_chunk_task, with_retries
+from flows.tasks import enrich_chunk_task, enrich_files_task, with_retries
 
 
 @task(name="assemble-file", cache_policy=NO_CACHE)
@@ -44,7 +44,7 @@ def enrich_flow(params: EnrichParams) -> list[dict[str, Any]] | State:
     """Enrich SOURCE into DEST; each file (or row-group range of a big file) is a task."""
     logger = get_run_logger()
     title = f"enrich {params.source} -> {params.dest}"
-    pipeline = Pipeline(params.engine)
+    pipeline = make_pipeline(params.engine)
     lock_dir, only_file = dest_root(params.source, params.dest)
     rows: list[dict[str, Any]] = []
     with DestinationLock(lock_dir):
@@ -58,6 +58,13 @@ def enrich_flow(params: EnrichParams) -> list[dict[str, Any]] | State:
         )
         if chunks:
             pipeline.setup()
+        if params.engine.executor != "local":
+            try:
+                rows += _enrich_files(pipeline, chunks, lock_dir, params, progress, failures)
+            finally:
+                pipeline.teardown()
+            progress.finish()
+            return _finish(title, rows, failures)
         task_fn = with_retries(enrich_chunk_task, params.run)
         by_file: dict[str, list[Chunk]] = {}
         for chunk in chunks:
@@ -93,8 +100,45 @@ def enrich_flow(params: EnrichParams) -> list[dict[str, Any]] | State:
         finally:
             pipeline.teardown()
         progress.finish()
+    return _finish(title, rows, failures)
+
+
+def _finish(
+    title: str, rows: list[dict[str, Any]], failures: dict[str, str]
+) -> list[dict[str, Any]] | State:
+    """Publish the summary; a Failed final state when any file failed (no traceback)."""
     publish(title, rows, failures)
-    if failures:  # a Failed final state: callers get the error, logs get no traceback
+    if failures:
         error = PartitionsFailedError(failures, rows)
         return Failed(message=str(error), data=error)
+    return rows
+
+
+def _enrich_files(
+    pipeline: Pipeline,
+    chunks: list[Chunk],
+    lock_dir: Path,
+    params: EnrichParams,
+    progress: RunProgress,
+    failures: dict[str, str],
+) -> list[dict[str, Any]]:
+    """Every file in one retried task that runs them as one distributed pipeline (Ray);
+    summary rows per file, failed files added to `failures`."""
+    logger = get_run_logger()
+    jobs = [(c.file, c.target, c.schema) for c in chunks if c.part == 0]
+    if not jobs:
+        return []
+    task_fn = with_retries(enrich_files_task, params.run)
+    with staged_folder(lock_dir) as scratch:
+        results = task_fn(pipeline, jobs, scratch, progress)
+    rows = []
+    for result in results:
+        if result.error is not None:
+            failures[result.source] = result.error
+            logger.error("%s failed: %s", result.source, result.error)
+            rows.append(_row(result.source, "failed", 0, 0, 0.0))
+        else:
+            rows.append(
+                _row(result.source, "committed", result.rows, result.rows_failed, result.seconds)
+            )
     return rows

@@ -10,7 +10,7 @@ from prefect.states import Failed, State
 from bertetl.commit import DestinationLock, clean_staging
 from bertetl.errors import PartitionsFailedError
 from bertetl.partitioned import plan_partitions
-from bertetl.pipeline import Pipeline
+from bertetl.pipeline import make_pipeline
 from flows.params import BackfillParams, IncrementalParams, PartitionedParams
 from flows.progress import RunProgress
 from flows.summary import partition_row, publish
@@ -61,7 +61,7 @@ def run_partitioned(
         )
         failures: dict[str, str] = {}
         if todo:
-            pipeline = Pipeline(params.engine)
+            pipeline = make_pipeline(params.engine)
             pipeline.setup()
             task = with_retries(enrich_partition_task, params.run)
             reuse = params.reuse and not params.force  # forced: every row through the model

@@ -13,7 +13,7 @@ from bertetl.chunks import Chunk
 from bertetl.errors import InputError, is_transient
 from bertetl.manifest import Manifest
 from bertetl.partitioned import PartitionPlan, Plan, enrich_partition
-from bertetl.pipeline import FileResult, Pipeline
+from bertetl.pipeline import FileResult, Job, Pipeline
 from flows.params import RunOptions
 from flows.progress import RunProgress
 
@@ -104,6 +104,20 @@ def enrich_chunk_task(
         if result.error is not None:
             raise InputError(result.error)
         return result
+    except BaseException:
+        counted.undo()
+        raise
+
+
+@task(name="enrich-files", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
+def enrich_files_task(
+    pipeline: Pipeline, jobs: list[Job], scratch: Path, progress: RunProgress
+) -> list[FileResult]:
+    """Enrich every file as one distributed pipeline (the Ray executor); failed files are
+    in the results, the others committed."""
+    counted = _Counted(progress)
+    try:
+        return pipeline.run_files(jobs, on_rows=counted, scratch=scratch)
     except BaseException:
         counted.undo()
         raise

@@ -209,6 +209,18 @@ def prefect_harness():
         yield
 
 
+@pytest.fixture(scope="session")
+def local_ray():
+    """One local Ray for every `--executor ray` test of the session (2 CPUs, as CI has)."""
+    import logging
+
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    yield ray
+    ray.shutdown()
+
+
 def partition_texts(day: int, rows: int) -> list[str | None]:
     """Distinct texts for one partition, with a null and a blank row among them."""
     texts: list[str | None] = [

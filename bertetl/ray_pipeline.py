@@ -1,0 +1,266 @@
+"""The Ray executor: the engine's stages as one Ray Data pipeline per run (or partition).
+
+    read (ParquetFilesDatasource: `read.stream` per file or row-group range)
+      -> map_batches(TokenizeActor)   validate + tokenize, CPU actors
+      -> map_batches(ModelActor)      the model stages, an actor pool (num_gpus=1 per actor
+                                      on GPU clusters), models loaded once per actor
+      -> write_datasink(PartsDatasink) one output file per input file, committed atomically
+
+No shuffle: every row flows from its read task through one tokenizer and one model actor to
+a part file. `RayPipeline` has the local `Pipeline`'s interface (`setup`, `check_file`,
+`output_schema`, `run_files`, `teardown`), so `enrich()`, partitions and flows use either.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import ray
+import ray.data
+
+from bertetl.chunks import cut_row_groups
+from bertetl.commit import staged_folder
+from bertetl.config import EngineConfig
+from bertetl.errors import ExecutorError
+from bertetl.pipeline import FileResult, Job, Pipeline
+from bertetl.ray_read import ParquetFilesDatasource, ReadRange
+from bertetl.ray_stages import ModelActor, TokenizeActor
+from bertetl.ray_write import CommitOptions, FileTarget, PartsDatasink
+
+log = logging.getLogger(__name__)
+
+#: Big files are read by several tasks, each about this many rows (whole row groups).
+READ_RANGE_ROWS = 262_144
+#: How often the driver collects written rows for progress.
+PROGRESS_EVERY_S = 0.5
+
+
+@dataclass(frozen=True)
+class RayPlan:
+    """How the pipeline uses the cluster: actor counts and the resources each asks for."""
+
+    model_actors: int
+    tokenize_actors: int
+    gpus_per_model_actor: float
+    cpus_per_model_actor: float
+    cpus_per_tokenize_actor: float
+    cpus_per_read_task: float
+
+    @classmethod
+    def for_cluster(cls, config: EngineConfig, resources: dict[str, float], nodes: int) -> RayPlan:
+        """GPU clusters: one model actor per GPU, a tokenizer CPU each. CPU clusters: one
+        model actor per node (it uses all the node's cores) and a half-CPU tokenizer beside
+        it, so read, tokenize and model fit on a 2-CPU node."""
+        gpus = int(resources.get("GPU", 0))
+        if config.device == "cuda" and not gpus:
+            raise ExecutorError("--device cuda was asked for, but the Ray cluster has no GPU")
+        if gpus and config.device != "cpu":
+            actors = config.ray_actors or gpus
+            return cls(actors, actors, 1.0, 1.0, 1.0, 0.25)
+        actors = config.ray_actors or max(1, nodes)
+        return cls(actors, actors, 0.0, 1.0, 0.5, 0.25)
+
+
+class RayPipeline(Pipeline):
+    """Runs jobs as a Ray Data pipeline; the driver plans, tracks progress and reports."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        super().__init__(config)
+        self._started_ray = False
+
+    def setup(self) -> None:
+        """Connect to the Ray cluster (`ray_address`, else RAY_ADDRESS, else a local Ray)."""
+        if ray.is_initialized():
+            return
+        try:
+            ray.init(
+                address=self.config.ray_address,
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                log_to_driver=True,
+            )
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            where = self.config.ray_address or "a local Ray"
+            raise ExecutorError(f"cannot start or reach Ray at {where}: {e}") from e
+        self._started_ray = True
+
+    def teardown(self) -> None:
+        """Stop the local Ray this pipeline started (a cluster it joined keeps running)."""
+        if self._started_ray:
+            ray.shutdown()
+            self._started_ray = False
+
+    def run_file(self, *args: Any, **kwargs: Any) -> FileResult:
+        raise NotImplementedError("RayPipeline runs whole jobs: call run_files()")
+
+    def plan(self) -> RayPlan:
+        """Actor counts and resources for the cluster this pipeline is connected to."""
+        nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+        plan = RayPlan.for_cluster(self.config, ray.cluster_resources(), nodes)
+        log.info("ray: %s", plan)
+        return plan
+
+    def run_files(
+        self,
+        jobs: list[Job],
+        reuse: Any = None,
+        on_rows: Callable[[int], None] | None = None,
+        stop_at_error: bool = False,
+        scratch: Path | None = None,
+    ) -> list[FileResult]:
+        """Enrich every job in one Ray Data pipeline; results in job order.
+
+        `scratch` (on DEST's filesystem, shared by every node) holds the parts and error
+        records until the files are committed. Row reuse is not applied: every row goes
+        through the models (same output, more work).
+        """
+        if reuse is not None:
+            log.info("row reuse runs on the local executor only; every row goes to the models")
+        if not jobs:
+            return []
+        started = time.perf_counter()
+        ranges, targets = [], {}
+        for index, (file, target, schema) in enumerate(jobs):
+            metadata = pq.read_metadata(file.path)
+            first = 0
+            cuts = cut_row_groups(metadata, READ_RANGE_ROWS)
+            for groups, rows in cuts:
+                ranges.append(
+                    ReadRange(index, file, first, rows, groups if len(cuts) > 1 else None)
+                )
+                first += rows
+            targets[index] = FileTarget(
+                index, file.path, str(target), metadata.num_rows, self.output_schema(schema)
+            )
+        plan = self.plan()
+        options = CommitOptions(self.validate.error_column, self.label_columns())
+        block_bytes = _window_bytes([job[0].path for job in jobs], self.config.window_rows)
+        with (
+            staged_folder(scratch or Path(jobs[0][1]).parent) as run_dir,
+            _data_context(block_bytes),
+        ):
+            errors_dir, parts_dir = str(run_dir / "errors"), str(run_dir / "parts")
+            progress = ProgressCounter.remote() if on_rows is not None else None
+            sink = PartsDatasink(targets, parts_dir, errors_dir, options, progress)
+            source = ParquetFilesDatasource(ranges, self.config.window_rows, errors_dir)
+            actors = ray.data.ActorPoolStrategy
+            dataset = (
+                ray.data.read_datasource(
+                    source, num_cpus=plan.cpus_per_read_task, override_num_blocks=len(ranges)
+                )
+                .map_batches(
+                    TokenizeActor,
+                    fn_constructor_args=(self.config, errors_dir),
+                    batch_format="pyarrow",
+                    batch_size=None,
+                    compute=actors(size=plan.tokenize_actors),
+                    num_cpus=plan.cpus_per_tokenize_actor,
+                    udf_modifying_row_count=False,
+                )
+                .map_batches(
+                    ModelActor,
+                    fn_constructor_args=(self.config, errors_dir),
+                    batch_format="pyarrow",
+                    batch_size=None,
+                    compute=actors(size=plan.model_actors),
+                    num_cpus=plan.cpus_per_model_actor,
+                    num_gpus=plan.gpus_per_model_actor,
+                    udf_modifying_row_count=False,
+                )
+            )
+            _run_with_progress(lambda: dataset.write_datasink(sink), progress, on_rows)
+        seconds = time.perf_counter() - started
+        for result in sink.results:
+            result.seconds = seconds
+        return sink.results
+
+
+#: Bounds on a block's size in bytes (Ray's default target is 128 MiB).
+MIN_BLOCK_BYTES, MAX_BLOCK_BYTES = 1 << 20, 128 << 20
+
+
+def _window_bytes(paths: list[str], window_rows: int) -> int:
+    """About how many bytes `window_rows` rows take in memory, from the footers (the widest
+    file's uncompressed bytes per row), within [1 MiB, 128 MiB]."""
+    per_row = 0.0
+    for path in paths:
+        metadata = pq.read_metadata(path)
+        if metadata.num_rows:
+            size = sum(
+                metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups)
+            )
+            per_row = max(per_row, size / metadata.num_rows)
+    return int(min(MAX_BLOCK_BYTES, max(MIN_BLOCK_BYTES, per_row * window_rows)))
+
+
+@contextmanager
+def _data_context(block_bytes: int) -> Any:
+    """Ray Data settings for a bertetl run, restored after.
+
+    - Blocks of about one window (`block_bytes`): a read task's windows are not merged into
+      128 MiB blocks, so a model actor's memory is bounded by the window, as locally.
+    - A failed block is recorded per file and reported by the sink, rather than aborting
+      every other file (`max_errored_blocks` unlimited).
+    - No Ray progress bars: bertetl reports progress itself.
+    """
+    context = ray.data.DataContext.get_current()
+    names = ("target_max_block_size", "max_errored_blocks", "enable_progress_bars")
+    saved = {name: getattr(context, name) for name in names}
+    context.target_max_block_size = block_bytes
+    context.max_errored_blocks = -1
+    context.enable_progress_bars = False
+    try:
+        yield context
+    finally:
+        for name, value in saved.items():
+            setattr(context, name, value)
+
+
+@ray.remote(num_cpus=0)
+class ProgressCounter:
+    """Rows written so far, collected by the driver for progress reports."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+
+    def add(self, rows: int) -> None:
+        self.rows += rows
+
+    def take(self) -> int:
+        rows, self.rows = self.rows, 0
+        return rows
+
+
+def _run_with_progress(
+    execute: Callable[[], None], progress: Any, on_rows: Callable[[int], None] | None
+) -> None:
+    """Run the dataset in a thread; this (the caller's) thread reports progress meanwhile,
+    so `on_rows` runs where the caller's context (a Prefect task run) lives."""
+    if progress is None or on_rows is None:
+        execute()
+        return
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            execute()
+        except BaseException as e:  # re-raised in the caller's thread below
+            failure.append(e)
+
+    worker = threading.Thread(target=target, name="bertetl-ray-dataset", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(PROGRESS_EVERY_S)
+        rows = ray.get(progress.take.remote())
+        if rows:
+            on_rows(rows)
+    if failure:
+        raise failure[0]

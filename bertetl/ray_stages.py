@@ -1,0 +1,78 @@
+"""Ray Data callable classes around the engine's own stages (no second implementation).
+
+`TokenizeActor` runs `Pipeline.prepare` (validate + tokenize) on CPU actors; `ModelActor`
+runs `Pipeline.infer` (the model stages, then `finish`) on an actor pool, one model copy per
+actor, loaded once in `__init__`. Each call gets one Arrow table (a window of one input file,
+or a slice of one) and returns it with the stage's columns appended; the internal file and
+row columns pass through untouched.
+
+A stage that raises records the failure against every input file in the block before
+re-raising, so the run names those files instead of failing silently; Ray Data then drops
+the block (`max_errored_blocks` is unlimited for these runs) and the sink finds those rows
+missing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from bertetl.config import EngineConfig
+from bertetl.pipeline import Pipeline
+from bertetl.ray_read import FILE_COLUMN, record_error
+
+
+def _one_batch(table: pa.Table) -> list[pa.RecordBatch]:
+    return table.combine_chunks().to_batches() if table.num_rows else []
+
+
+def _apply(
+    table: pa.Table,
+    stage: Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]],
+    name: str,
+    errors_dir: str,
+) -> pa.Table:
+    try:
+        return pa.Table.from_batches(list(stage(iter(_one_batch(table)))))
+    except Exception as e:
+        files = np.unique(table.column(FILE_COLUMN).to_numpy()) if table.num_rows else []
+        for index in files:
+            record_error(errors_dir, int(index), f"{name} stage failed: {type(e).__name__}: {e}")
+        raise
+
+
+class TokenizeActor:
+    """Validate and tokenize on a CPU actor (the tokenizers load once, here)."""
+
+    def __init__(self, config: EngineConfig, errors_dir: str) -> None:
+        self.pipeline = Pipeline(config)
+        self.pipeline.setup_tokenizers()
+        self.errors_dir = errors_dir
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        return _apply(table, self.pipeline.prepare, "tokenize", self.errors_dir)
+
+
+class ModelActor:
+    """The model stages on one actor: a GPU each on GPU nodes, else CPU threads.
+
+    `threads` sets torch's CPU threads; Ray starts actors with OMP_NUM_THREADS=1, which
+    would leave a CPU actor on one core.
+    """
+
+    def __init__(self, config: EngineConfig, errors_dir: str, threads: int | None = None) -> None:
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        elif config.device != "cuda":
+            torch.set_num_threads(os.cpu_count() or 1)
+        self.pipeline = Pipeline(config)
+        self.pipeline.setup_models()
+        self.errors_dir = errors_dir
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        return _apply(table, self.pipeline.infer, "model", self.errors_dir)
