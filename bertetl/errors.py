@@ -21,6 +21,10 @@ class CommitError(BertEtlError):
     """Output could not be written or committed."""
 
 
+class TransientError(BertEtlError):
+    """A failure that may pass on a retry (an I/O error on flaky storage); flows retry it."""
+
+
 class ExecutorError(BertEtlError):
     """The executor cannot run: Ray is not installed, unreachable, or lacks what was asked."""
 
@@ -75,6 +79,8 @@ def is_transient(error: BaseException) -> bool:
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
+        if isinstance(current, TransientError):
+            return True
         if isinstance(current, TimeoutError | ConnectionError):
             return True
         if isinstance(current, OSError) and current.errno in TRANSIENT_ERRNOS:

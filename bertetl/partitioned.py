@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from bertetl.commit import staged_folder, swap_in
 from bertetl.config import EngineConfig
-from bertetl.errors import CommitError, InputError
+from bertetl.errors import CommitError, InputError, TransientError
 from bertetl.manifest import (
     MANIFEST_NAME,
     FileFingerprint,
@@ -222,7 +222,8 @@ def enrich_partition(
         )
         for file, result in zip(partition.files, results, strict=False):
             if result.error is not None:
-                raise InputError(f"partition {partition.folder} failed: {result.error}")
+                error = TransientError if result.retryable else InputError
+                raise error(f"partition {partition.folder} failed: {result.error}")
             manifest.rows_out += result.rows
             manifest.rows_failed += result.rows_failed
             manifest.rows_reused += result.rows_reused

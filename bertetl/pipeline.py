@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from bertetl.commit import DestinationLock, clean_staging, staged_folder
 from bertetl.config import EngineConfig
-from bertetl.errors import ExecutorError, FilesFailedError, InputError
+from bertetl.errors import ExecutorError, FilesFailedError, InputError, is_transient
 from bertetl.infer import ClassifyStage, EmbedStage, EncoderStage
 from bertetl.models import max_length_for, resolve_model_dir, tokenizer_key
 from bertetl.overlap import prefetch
@@ -49,6 +49,7 @@ class FileResult:
     rows_reused: int = 0
     seconds: float = 0.0
     error: str | None = None
+    retryable: bool = False  # the error may pass on a retry (an I/O error, not bad data)
     label_counts: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
@@ -324,7 +325,7 @@ class Pipeline:
             sink.commit()
         except InputError as e:
             sink.abort()
-            result.error, result.dest = str(e), None
+            result.error, result.dest, result.retryable = str(e), None, is_transient(e)
         except BaseException:
             sink.abort()
             raise

@@ -14,6 +14,7 @@ a part file. `RayPipeline` has the local `Pipeline`'s interface (`setup`, `check
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -80,15 +81,17 @@ class RayPipeline(Pipeline):
         """Connect to the Ray cluster (`ray_address`, else RAY_ADDRESS, else a local Ray)."""
         if ray.is_initialized():
             return
+        # "local": a new Ray for this run, never a stale `ray start` cluster on this machine
+        address = self.config.ray_address or os.environ.get("RAY_ADDRESS") or "local"
         try:
             ray.init(
-                address=self.config.ray_address,
+                address=address,
                 include_dashboard=False,
                 logging_level=logging.WARNING,
                 log_to_driver=True,
             )
         except (ConnectionError, RuntimeError, ValueError) as e:
-            where = self.config.ray_address or "a local Ray"
+            where = "a local Ray" if address == "local" else address
             raise ExecutorError(f"cannot start or reach Ray at {where}: {e}") from e
         self._started_ray = True
 

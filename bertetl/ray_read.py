@@ -26,13 +26,13 @@ import pyarrow as pa
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from bertetl.errors import InputError
+from bertetl.errors import InputError, is_transient
 from bertetl.read import SourceFile, stream
+from bertetl.schema import INTERNAL_PREFIX
 
 #: Internal columns carried from the read stage to the sink (never written out).
-FILE_COLUMN = "__bertetl_file"
-ROW_COLUMN = "__bertetl_row"
-INTERNAL_COLUMNS = (FILE_COLUMN, ROW_COLUMN)
+FILE_COLUMN = INTERNAL_PREFIX + "file"
+ROW_COLUMN = INTERNAL_PREFIX + "row"
 
 
 @dataclass(frozen=True)
@@ -47,20 +47,23 @@ class ReadRange:
     row_groups: tuple[int, ...] | None = None
 
 
-def record_error(errors_dir: str, index: int, message: str) -> None:
-    """Leave a file's failure where the driver reads it after the run (shared filesystem)."""
+def record_error(errors_dir: str, index: int, message: str, retryable: bool = False) -> None:
+    """Leave a file's failure where the driver reads it after the run (shared filesystem);
+    `retryable`: an I/O error that may pass on a retry."""
     folder = Path(errors_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{index}.{uuid.uuid4().hex}.txt").write_text(message)
+    kind = "retryable" if retryable else "permanent"
+    (folder / f"{index}.{kind}.{uuid.uuid4().hex}.txt").write_text(message)
 
 
-def read_errors(errors_dir: str) -> dict[int, str]:
-    """The first recorded failure of each file, by file index."""
-    found: dict[int, str] = {}
+def read_errors(errors_dir: str) -> dict[int, tuple[str, bool]]:
+    """The first recorded failure of each file, by file index: (message, retryable)."""
+    found: dict[int, tuple[str, bool]] = {}
     folder = Path(errors_dir)
     if folder.is_dir():
-        for path in sorted(folder.glob("*.txt")):
-            found.setdefault(int(path.name.split(".", 1)[0]), path.read_text())
+        for path in sorted(folder.glob("*.txt"), key=lambda p: p.stat().st_mtime_ns):
+            index, kind, _ = path.name.split(".", 2)
+            found.setdefault(int(index), (path.read_text(), kind == "retryable"))
     return found
 
 
@@ -82,7 +85,7 @@ def read_range(part: ReadRange, window_rows: int, errors_dir: str) -> Iterator[p
             )
             yield table.append_column(ROW_COLUMN, pa.array(rows))
     except InputError as e:
-        record_error(errors_dir, part.index, str(e))
+        record_error(errors_dir, part.index, str(e), is_transient(e))
 
 
 class ParquetFilesDatasource(Datasource):

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from bertetl.config import EngineConfig
+from bertetl.errors import is_transient
 from bertetl.pipeline import Pipeline
 from bertetl.ray_read import FILE_COLUMN, record_error
 
@@ -39,8 +40,9 @@ def _apply(
         return pa.Table.from_batches(list(stage(iter(_one_batch(table)))))
     except Exception as e:
         files = np.unique(table.column(FILE_COLUMN).to_numpy()) if table.num_rows else []
+        message = f"{name} stage failed: {type(e).__name__}: {e}"
         for index in files:
-            record_error(errors_dir, int(index), f"{name} stage failed: {type(e).__name__}: {e}")
+            record_error(errors_dir, int(index), message, is_transient(e))
         raise
 
 

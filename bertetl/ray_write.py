@@ -29,8 +29,9 @@ from ray.data.block import Block
 from ray.data.datasource import Datasink
 from ray.data.datasource.datasink import WriteResult
 
+from bertetl.errors import CommitError, is_transient
 from bertetl.pipeline import FileResult, count_labels
-from bertetl.ray_read import FILE_COLUMN, ROW_COLUMN, read_errors
+from bertetl.ray_read import FILE_COLUMN, ROW_COLUMN, read_errors, record_error
 from bertetl.write import ParquetSink
 
 
@@ -122,7 +123,12 @@ class PartsDatasink(Datasink[list[Part]]):
                     part = block.take(pa.array(take)).select(target.schema.names)
                     name = f"{first:012d}-{ctx.task_idx}-{block_number}-{run_number}.arrow"
                     path = Path(self.parts_dir) / str(int(index)) / name
-                    write_part(part.cast(target.schema), path)
+                    try:
+                        write_part(part.cast(target.schema), path)
+                    except OSError as e:
+                        message = f"{target.source}: cannot write a part of its output: {e}"
+                        record_error(self.errors_dir, target.index, message, is_transient(e))
+                        raise
                     written.append(Part(int(index), first, len(take), str(path)))
                     rows += len(take)
         if self.progress is not None:
@@ -149,7 +155,8 @@ def commit_files(
     results: dict[int, FileResult] = {}
     for index, target in targets.items():
         if index in errors:
-            results[index] = FileResult(target.source, None, error=errors[index])
+            message, retryable = errors[index]
+            results[index] = FileResult(target.source, None, error=message, retryable=retryable)
             continue
         pending[index] = _commit_file.remote(target, parts.get(index, []), options)
     for index, ref in pending.items():
@@ -188,8 +195,8 @@ def commit_file(target: FileTarget, parts: list[Part], options: CommitOptions) -
         result.dest = None
         return result
     sink = ParquetSink(target.target, target.schema)
-    sink.open()
     try:
+        sink.open()
         for part, skip in ordered:
             with pa.memory_map(part.path) as source:
                 table = pa.ipc.open_file(source).read_all().slice(skip)
@@ -198,6 +205,10 @@ def commit_file(target: FileTarget, parts: list[Part], options: CommitOptions) -
                 result.rows_failed += batch.num_rows - batch.column(options.error_column).null_count
                 count_labels(batch, options.label_columns, result.label_counts)
         sink.commit()
+    except (OSError, pa.ArrowException, CommitError) as e:
+        sink.abort()
+        result.error, result.dest, result.retryable = str(e), None, is_transient(e)
+        return result
     except BaseException:
         sink.abort()
         raise

@@ -13,8 +13,10 @@ SCORES = "scores"
 LABELS = "labels"
 ENRICH_ERROR = "enrich_error"
 
+#: Internal columns (never written out) start with this; input columns may not.
+INTERNAL_PREFIX = "__bertetl_"
 #: Internal column carrying token ids between the tokenize and infer stages.
-TOKENS_PREFIX = "__bertetl_tokens_"
+TOKENS_PREFIX = INTERNAL_PREFIX + "tokens_"
 
 TEXT_TYPES = (pa.string(), pa.large_string())
 
@@ -51,6 +53,12 @@ def output_schema(input_schema: pa.Schema, added: list[pa.Field]) -> pa.Schema:
     """Input columns first and unchanged, then the added ones; refuses name clashes."""
     from bertetl.errors import InputError
 
+    internal = [name for name in input_schema.names if name.startswith(INTERNAL_PREFIX)]
+    if internal:
+        raise InputError(
+            f"input column(s) {internal} start with {INTERNAL_PREFIX!r}, which bertetl "
+            "keeps for its own working columns; rename them"
+        )
     clash = [f.name for f in added if f.name in input_schema.names]
     if clash:
         raise InputError(

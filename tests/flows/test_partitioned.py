@@ -138,6 +138,32 @@ def test_transient_io_errors_are_retried_permanent_ones_are_not(
     assert_same_output(dest, tmp_path / "reference")
 
 
+def test_a_real_read_eio_is_retried(
+    config, partitioned_source, tmp_path: Path, monkeypatch
+) -> None:
+    """EIO raised inside the reader (wrapped into an InputError naming the file) is still
+    recognised as transient: the partition is retried, not failed."""
+    src, dest = partitioned_source(days=2), tmp_path / "dest"
+    import pyarrow.parquet as pq
+
+    real_file, opened = pq.ParquetFile, []
+
+    def flaky_file(path, *args, **kwargs):
+        if "2026-01-02" in str(path):
+            opened.append(path)
+            if len(opened) <= 2:
+                raise OSError(errno.EIO, "Input/output error (injected)", str(path))
+        return real_file(path, *args, **kwargs)
+
+    monkeypatch.setattr(pq, "ParquetFile", flaky_file)
+    state = backfill_flow(backfill(src, dest, config), return_state=True)
+    assert state.is_completed()
+    assert len(opened) == 3  # two failed attempts, then success
+    monkeypatch.setattr(pq, "ParquetFile", real_file)
+    enrich(src, tmp_path / "reference", config)
+    assert_same_output(dest, tmp_path / "reference")
+
+
 def test_simulated_cuda_oom_splits_batches_with_unchanged_output(
     config, partitioned_source, tmp_path: Path, monkeypatch
 ) -> None:
