@@ -446,6 +446,16 @@ def bench(
             help="Instead: peak RSS of end-to-end runs at these row counts, e.g. 100000,1000000."
         ),
     ] = None,
+    executors: Annotated[
+        str | None,
+        typer.Option(
+            help="Instead: end-to-end enrich rate of these executors (e.g. local,ray) on the "
+            "real reviews cycled to --rows rows in --partitions x --files-per-partition files; "
+            "reports each run and the paired ratio."
+        ),
+    ] = None,
+    partitions: Annotated[int, typer.Option(help="With --executors: date partitions.")] = 4,
+    files_per_partition: Annotated[int, typer.Option(help="With --executors: files each.")] = 2,
     out: Annotated[Path, typer.Option(help="Write the results as JSON here.")] = Path("bench.json"),
     debug: Annotated[bool, typer.Option(help="Show tracebacks on errors.")] = False,
 ) -> None:
@@ -458,6 +468,10 @@ def bench(
 
     def split(value: str) -> list[str]:
         return [v.strip() for v in value.split(",") if v.strip()]
+
+    if executors:
+        _bench_executors(split(executors), split(models)[0], rows, repeats, options=locals())
+        return
 
     if memory:
         with _user_errors(debug):
@@ -484,3 +498,37 @@ def bench(
     typer.echo(f"results written to {out}")
     if result["errors"]:
         raise typer.Exit(1)
+
+
+def _bench_executors(
+    executors: list[str], model: str, rows: int, repeats: int, options: dict[str, Any]
+) -> None:
+    """`bertetl bench --executors`: the same enrich job on each executor, in turns."""
+    import tempfile
+
+    from bertetl.bench import split_task
+    from bertetl.bench_executors import executor_bench
+
+    debug = options["debug"]
+    task, name = split_task(model)
+    config = _config(
+        EngineConfig,
+        debug,
+        text_column="text",
+        **{f"{task}_model": name},
+        device=options["device"],
+        dtype=options["dtype"],
+        batch_tokens=options["batch_tokens"],
+    )
+    with _user_errors(debug), tempfile.TemporaryDirectory(prefix="bertetl-executors-") as work:
+        result = executor_bench(
+            config,
+            executors,
+            rows,
+            options["partitions"],
+            options["files_per_partition"],
+            repeats,
+            Path(work),
+        )
+    options["out"].write_text(json.dumps(result, indent=2))
+    typer.echo(json.dumps(result, indent=2))

@@ -203,7 +203,12 @@ def enrich_partition(
     with staged_folder(dest) as staged, staged_folder(dest) as scratch:
         index = None
         previous = item.previous
-        if reuse and previous is not None and previous.config_hash == plan.config_hash:
+        if (
+            reuse
+            and pipeline.reuses_rows
+            and previous is not None
+            and previous.config_hash == plan.config_hash
+        ):
             index = ReuseIndex.build(
                 (target / name for name in previous.outputs),
                 config.text_column,

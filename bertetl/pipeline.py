@@ -159,6 +159,9 @@ def _check_paths(files: list[SourceFile], source: str, dest: str) -> None:
 class Pipeline:
     """The engine for one config: models load once in `setup()`, then `run_file()` per file."""
 
+    #: Whether `run_files` applies a `ReuseIndex` (the Ray executor sends every row to the models).
+    reuses_rows = True
+
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self.validate = ValidateTextStage(config.text_column, config.prefix)

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +31,12 @@ from bertetl.chunks import cut_row_groups
 from bertetl.commit import staged_folder
 from bertetl.config import EngineConfig
 from bertetl.errors import ExecutorError
+from bertetl.models import resolve_model_dir
 from bertetl.pipeline import FileResult, Job, Pipeline
 from bertetl.ray_read import ParquetFilesDatasource, ReadRange
 from bertetl.ray_stages import ModelActor, TokenizeActor
 from bertetl.ray_write import CommitOptions, FileTarget, PartsDatasink
+from bertetl.read import SourceFile
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,10 @@ log = logging.getLogger(__name__)
 READ_RANGE_ROWS = 262_144
 #: How often the driver collects written rows for progress.
 PROGRESS_EVERY_S = 0.5
+
+
+def _absolute(file: SourceFile) -> SourceFile:
+    return replace(file, path=str(Path(file.path).resolve()))
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,8 @@ class RayPlan:
 
 class RayPipeline(Pipeline):
     """Runs jobs as a Ray Data pipeline; the driver plans, tracks progress and reports."""
+
+    reuses_rows = False
 
     def __init__(self, config: EngineConfig) -> None:
         super().__init__(config)
@@ -104,6 +112,20 @@ class RayPipeline(Pipeline):
     def run_file(self, *args: Any, **kwargs: Any) -> FileResult:
         raise NotImplementedError("RayPipeline runs whole jobs: call run_files()")
 
+    def _worker_config(self) -> EngineConfig:
+        """The config with model directories as absolute paths (workers on other nodes, or
+        in another working directory, resolve the same folders)."""
+        specs = {
+            "embed_model": self.config.embed_model,
+            "classify_model": self.config.classify_model,
+        }
+        resolved = {
+            key: str(resolve_model_dir(spec, self.config.allow_pickle).resolve())
+            for key, spec in specs.items()
+            if spec
+        }
+        return self.config.model_copy(update=resolved)
+
     def plan(self) -> RayPlan:
         """Actor counts and resources for the cluster this pipeline is connected to."""
         nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
@@ -125,12 +147,11 @@ class RayPipeline(Pipeline):
         records until the files are committed. Row reuse is not applied: every row goes
         through the models (same output, more work).
         """
-        if reuse is not None:
-            log.info("row reuse runs on the local executor only; every row goes to the models")
         if not jobs:
             return []
         started = time.perf_counter()
         ranges, targets = [], {}
+        jobs = [(_absolute(file), Path(target).resolve(), schema) for file, target, schema in jobs]
         for index, (file, target, schema) in enumerate(jobs):
             metadata = pq.read_metadata(file.path)
             first = 0
@@ -144,6 +165,7 @@ class RayPipeline(Pipeline):
                 index, file.path, str(target), metadata.num_rows, self.output_schema(schema)
             )
         plan = self.plan()
+        worker_config = self._worker_config()
         options = CommitOptions(self.validate.error_column, self.label_columns())
         block_bytes = _window_bytes([job[0].path for job in jobs], self.config.window_rows)
         with (
@@ -161,7 +183,7 @@ class RayPipeline(Pipeline):
                 )
                 .map_batches(
                     TokenizeActor,
-                    fn_constructor_args=(self.config, errors_dir),
+                    fn_constructor_args=(worker_config, errors_dir),
                     batch_format="pyarrow",
                     batch_size=None,
                     compute=actors(size=plan.tokenize_actors),
@@ -170,7 +192,7 @@ class RayPipeline(Pipeline):
                 )
                 .map_batches(
                     ModelActor,
-                    fn_constructor_args=(self.config, errors_dir),
+                    fn_constructor_args=(worker_config, errors_dir),
                     batch_format="pyarrow",
                     batch_size=None,
                     compute=actors(size=plan.model_actors),
@@ -187,12 +209,12 @@ class RayPipeline(Pipeline):
 
 
 #: Bounds on a block's size in bytes (Ray's default target is 128 MiB).
-MIN_BLOCK_BYTES, MAX_BLOCK_BYTES = 1 << 20, 128 << 20
+MIN_BLOCK_BYTES, MAX_BLOCK_BYTES = 16 << 10, 128 << 20
 
 
 def _window_bytes(paths: list[str], window_rows: int) -> int:
     """About how many bytes `window_rows` rows take in memory, from the footers (the widest
-    file's uncompressed bytes per row), within [1 MiB, 128 MiB]."""
+    file's uncompressed bytes per row), within [16 KiB, 128 MiB]."""
     per_row = 0.0
     for path in paths:
         metadata = pq.read_metadata(path)

@@ -70,7 +70,7 @@ class ModelActor:
 
         if threads:
             torch.set_num_threads(threads)
-        elif config.device != "cuda":
+        elif config.device == "cpu" or not torch.cuda.is_available():  # a CPU actor
             torch.set_num_threads(os.cpu_count() or 1)
         self.pipeline = Pipeline(config)
         self.pipeline.setup_models()

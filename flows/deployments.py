@@ -15,8 +15,10 @@ Against a server (its UI then lists the deployments, with a parameter form for e
 The served process runs the flow runs itself (no work pool). The nightly run's default
 parameters come from the environment: BERTETL_SOURCE, BERTETL_DEST, BERTETL_PARTITION_COLUMN
 (default "date"), BERTETL_TEXT_COLUMN ("text"), BERTETL_EMBED_MODEL ("minilm"; empty for
-none), BERTETL_CLASSIFY_MODEL (none) and BERTETL_CRON ("0 2 * * *", UTC). Without SOURCE and
-DEST it points at the demo paths, relative to the serving process's working directory.
+none), BERTETL_CLASSIFY_MODEL (none), BERTETL_EXECUTOR ("local"; "ray" runs each partition on
+Ray), BERTETL_RAY_ADDRESS (RAY_ADDRESS, else a local Ray) and BERTETL_CRON ("0 2 * * *", UTC).
+Without SOURCE and DEST it points at the demo paths, relative to the serving process's working
+directory.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ def nightly_parameters(env: dict[str, str] | None = None) -> dict[str, Any]:
     for key, var, default in (
         ("embed_model", "BERTETL_EMBED_MODEL", "minilm"),
         ("classify_model", "BERTETL_CLASSIFY_MODEL", ""),
+        ("executor", "BERTETL_EXECUTOR", ""),
+        ("ray_address", "BERTETL_RAY_ADDRESS", ""),
     ):
         if value := env.get(var, default):
             engine[key] = value

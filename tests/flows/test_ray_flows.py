@@ -58,3 +58,28 @@ def test_backfill_on_ray_reports_fails_one_partition_and_resumes(
         rows = pq.read_table(dest / f"date=2026-01-{day}").num_rows
         assert rows == 24
     assert staging_is_empty(dest)
+
+
+def test_enrich_flow_on_ray_runs_every_file_in_one_task(
+    tiny_embed_dir: Path, partitioned_source, tmp_path: Path
+) -> None:
+    from flows.enrich import enrich_flow
+    from flows.params import EnrichParams, RunOptions
+
+    src = partitioned_source(days=2, files_per_day=2)
+    broken = src / "date=2026-01-02" / "part-0.parquet"
+    broken.write_bytes(broken.read_bytes()[:-50])  # truncated: fails alone
+    on_ray = EngineConfig(text_column="text", embed_model=str(tiny_embed_dir), executor="ray")
+    params = EnrichParams(
+        source=str(src), dest=str(tmp_path / "dest"), engine=on_ray, run=RunOptions(retries=0)
+    )
+    state = enrich_flow(params, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(PartitionsFailedError, match=r"part-0\.parquet"):
+        state.result()
+    broken.unlink()
+    local = EngineConfig(text_column="text", embed_model=str(tiny_embed_dir))
+    enrich(src, tmp_path / "reference", local)
+    assert assert_equivalent(tmp_path / "dest", tmp_path / "reference") == 3 * 12
+    (progress,) = artifacts(state.state_details.flow_run_id, "bertetl-progress")
+    assert float(progress["data"]) == 100.0
