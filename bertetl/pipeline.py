@@ -337,6 +337,11 @@ class Pipeline:
         result.seconds = time.perf_counter() - started
         return result
 
+    @property
+    def truncated_rows(self) -> int:
+        """Rows cut at the model's max length so far."""
+        return max((t.truncated_rows for t in self.tokenizers.values()), default=0)
+
     def label_columns(self) -> list[str]:
         """The added single-label column, whose counts reports and manifests keep."""
         label = self.config.prefix + LABEL
@@ -432,7 +437,7 @@ def run_jobs(
         report.oom_splits += model.oom_splits
         if isinstance(model, ClassifyStage):
             report.label_counts[model.prefix + LABEL] = dict(sorted(model.label_counts.items()))
-    report.truncated_rows = max(t.truncated_rows for t in pipeline.tokenizers.values())
+    report.truncated_rows = pipeline.truncated_rows
     return report
 
 
@@ -530,6 +535,7 @@ def _run_distributed(
             results = pipeline.run_files(jobs, scratch=scratch)
     finally:
         pipeline.teardown()
+    report.truncated_rows = pipeline.truncated_rows
     for result in results:
         report.files.append(result)
         merge_label_counts(report.label_counts, result.label_counts)

@@ -84,6 +84,7 @@ class RayPipeline(Pipeline):
     def __init__(self, config: EngineConfig) -> None:
         super().__init__(config)
         self._started_ray = False
+        self._truncated_rows = 0
 
     def setup(self) -> None:
         """Connect to the Ray cluster (`ray_address`, else RAY_ADDRESS, else a local Ray)."""
@@ -108,6 +109,11 @@ class RayPipeline(Pipeline):
         if self._started_ray:
             ray.shutdown()
             self._started_ray = False
+
+    @property
+    def truncated_rows(self) -> int:
+        """Rows cut at the model's max length in the last `run_files()` (from the actors)."""
+        return self._truncated_rows
 
     def run_file(self, *args: Any, **kwargs: Any) -> FileResult:
         raise NotImplementedError("RayPipeline runs whole jobs: call run_files()")
@@ -173,8 +179,8 @@ class RayPipeline(Pipeline):
             _data_context(block_bytes),
         ):
             errors_dir, parts_dir = str(run_dir / "errors"), str(run_dir / "parts")
-            progress = ProgressCounter.remote() if on_rows is not None else None
-            sink = PartsDatasink(targets, parts_dir, errors_dir, options, progress)
+            counters = RunCounters.remote()
+            sink = PartsDatasink(targets, parts_dir, errors_dir, options, counters)
             source = ParquetFilesDatasource(ranges, self.config.window_rows, errors_dir)
             actors = ray.data.ActorPoolStrategy
             dataset = (
@@ -183,7 +189,7 @@ class RayPipeline(Pipeline):
                 )
                 .map_batches(
                     TokenizeActor,
-                    fn_constructor_args=(worker_config, errors_dir),
+                    fn_constructor_args=(worker_config, errors_dir, counters),
                     batch_format="pyarrow",
                     batch_size=None,
                     compute=actors(size=plan.tokenize_actors),
@@ -201,7 +207,8 @@ class RayPipeline(Pipeline):
                     udf_modifying_row_count=False,
                 )
             )
-            _run_with_progress(lambda: dataset.write_datasink(sink), progress, on_rows)
+            _run_with_progress(lambda: dataset.write_datasink(sink), counters, on_rows)
+            self._truncated_rows = ray.get(counters.truncated.remote())
         seconds = time.perf_counter() - started
         for result in sink.results:
             result.seconds = seconds
@@ -250,18 +257,26 @@ def _data_context(block_bytes: int) -> Any:
 
 
 @ray.remote(num_cpus=0)
-class ProgressCounter:
-    """Rows written so far, collected by the driver for progress reports."""
+class RunCounters:
+    """Figures the workers report to the driver: rows written (taken for progress as they
+    come) and rows truncated at the model's max length."""
 
     def __init__(self) -> None:
         self.rows = 0
+        self.truncated_rows = 0
 
     def add(self, rows: int) -> None:
         self.rows += rows
 
+    def add_truncated(self, rows: int) -> None:
+        self.truncated_rows += rows
+
     def take(self) -> int:
         rows, self.rows = self.rows, 0
         return rows
+
+    def truncated(self) -> int:
+        return self.truncated_rows
 
 
 def _run_with_progress(
@@ -269,7 +284,7 @@ def _run_with_progress(
 ) -> None:
     """Run the dataset in a thread; this (the caller's) thread reports progress meanwhile,
     so `on_rows` runs where the caller's context (a Prefect task run) lives."""
-    if progress is None or on_rows is None:
+    if on_rows is None:
         execute()
         return
     failure: list[BaseException] = []

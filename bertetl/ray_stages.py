@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -49,13 +50,21 @@ def _apply(
 class TokenizeActor:
     """Validate and tokenize on a CPU actor (the tokenizers load once, here)."""
 
-    def __init__(self, config: EngineConfig, errors_dir: str) -> None:
+    def __init__(self, config: EngineConfig, errors_dir: str, counters: Any = None) -> None:
         self.pipeline = Pipeline(config)
         self.pipeline.setup_tokenizers()
         self.errors_dir = errors_dir
+        self.counters = counters
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        return _apply(table, self.pipeline.prepare, "tokenize", self.errors_dir)
+        before = self._truncated()
+        out = _apply(table, self.pipeline.prepare, "tokenize", self.errors_dir)
+        if self.counters is not None and self._truncated() > before:
+            self.counters.add_truncated.remote(self._truncated() - before)
+        return out
+
+    def _truncated(self) -> int:
+        return max((t.truncated_rows for t in self.pipeline.tokenizers.values()), default=0)
 
 
 class ModelActor:

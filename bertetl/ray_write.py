@@ -90,13 +90,13 @@ class PartsDatasink(Datasink[list[Part]]):
         parts_dir: str,
         errors_dir: str,
         options: CommitOptions,
-        progress: Any = None,
+        counters: Any = None,
     ) -> None:
         self.targets = targets
         self.parts_dir = parts_dir
         self.errors_dir = errors_dir
         self.options = options
-        self.progress = progress
+        self.counters = counters
         self.results: list[FileResult] = []
 
     def get_name(self) -> str:
@@ -131,8 +131,8 @@ class PartsDatasink(Datasink[list[Part]]):
                         raise
                     written.append(Part(int(index), first, len(take), str(path)))
                     rows += len(take)
-        if self.progress is not None:
-            self.progress.add.remote(rows)
+        if self.counters is not None:
+            self.counters.add.remote(rows)
         return written
 
     def on_write_complete(self, write_result: WriteResult[list[Part]]) -> None:
