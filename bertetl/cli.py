@@ -102,6 +102,8 @@ AllowPickle = Annotated[bool, typer.Option(help=_help(EngineConfig, "allow_pickl
 ExecutorOpt = Annotated[Executor, typer.Option(help=_help(EngineConfig, "executor"))]
 RayAddress = Annotated[str | None, typer.Option(help=_help(EngineConfig, "ray_address"))]
 RayActors = Annotated[int | None, typer.Option(help=_help(EngineConfig, "ray_actors"))]
+RayTokenizers = Annotated[int | None, typer.Option(help=_help(EngineConfig, "ray_tokenizers"))]
+RayGroupRows = Annotated[int, typer.Option(help=_help(EngineConfig, "ray_group_rows"))]
 Debug = Annotated[bool, typer.Option(help="Show tracebacks on errors.")]
 
 
@@ -140,6 +142,7 @@ def enrich(
     executor: ExecutorOpt = ENGINE["executor"],
     ray_address: RayAddress = None,
     ray_actors: RayActors = None,
+    ray_tokenizers: RayTokenizers = None,
     report: Annotated[
         Path | None, typer.Option(help="Also write the run's report (counters, files) as JSON.")
     ] = None,
@@ -260,6 +263,8 @@ def backfill(
     executor: ExecutorOpt = ENGINE["executor"],
     ray_address: RayAddress = None,
     ray_actors: RayActors = None,
+    ray_tokenizers: RayTokenizers = None,
+    ray_group_rows: RayGroupRows = ENGINE["ray_group_rows"],
     reuse: Reuse = True,
     force: Force = False,
     retries: Retries = 3,
@@ -297,6 +302,8 @@ def incremental(
     executor: ExecutorOpt = ENGINE["executor"],
     ray_address: RayAddress = None,
     ray_actors: RayActors = None,
+    ray_tokenizers: RayTokenizers = None,
+    ray_group_rows: RayGroupRows = ENGINE["ray_group_rows"],
     reuse: Reuse = True,
     force: Force = False,
     retries: Retries = 3,

@@ -82,6 +82,17 @@ class EngineConfig(BaseModel):
         description="Model actors with --executor ray; default one per cluster GPU, "
         "else one per node.",
     )
+    ray_group_rows: int = Field(
+        1_000_000,
+        gt=0,
+        description="With --executor ray, backfill and incremental send partitions to Ray in "
+        "groups of about this many rows, so the actor pools start once per group.",
+    )
+    ray_tokenizers: int | None = Field(
+        None,
+        gt=0,
+        description="Tokenizer actors with --executor ray; default as many as model actors.",
+    )
 
     @model_validator(mode="after")
     def _needs_a_model(self) -> EngineConfig:
@@ -96,8 +107,10 @@ class EngineConfig(BaseModel):
     def _executor_options(self) -> EngineConfig:
         if self.executor == "ray" and self.workers:
             raise ValueError("--workers is for --executor local; with ray use --ray-actors")
-        if self.executor == "local" and (self.ray_address or self.ray_actors):
-            raise ValueError("--ray-address and --ray-actors need --executor ray")
+        if self.executor == "local" and (
+            self.ray_address or self.ray_actors or self.ray_tokenizers
+        ):
+            raise ValueError("--ray-address, --ray-actors and --ray-tokenizers need --executor ray")
         return self
 
 

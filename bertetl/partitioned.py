@@ -8,6 +8,7 @@ a staged folder, writes its manifest last and swaps it in.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -22,7 +23,7 @@ import pyarrow as pa
 
 from bertetl.commit import staged_folder, swap_in
 from bertetl.config import EngineConfig
-from bertetl.errors import CommitError, InputError, TransientError
+from bertetl.errors import BertEtlError, CommitError, InputError, TransientError
 from bertetl.manifest import (
     MANIFEST_NAME,
     FileFingerprint,
@@ -36,7 +37,7 @@ from bertetl.manifest import (
 )
 from bertetl.models import resolve_model_dir
 from bertetl.partitions import Partition, dest_folder, list_partitions
-from bertetl.pipeline import Pipeline, merge_label_counts
+from bertetl.pipeline import FileResult, Job, Pipeline, merge_label_counts
 from bertetl.reuse import ReuseIndex
 from bertetl.sql import run_query
 
@@ -170,6 +171,68 @@ def plan_partitions(
     return plan
 
 
+@dataclass
+class StagedPartition:
+    """A partition being enriched: its jobs write into `staged`, swapped in at commit."""
+
+    item: PartitionPlan
+    staged: Path
+    target: Path
+    manifest: Manifest
+    jobs: list[Job]
+    started: float
+
+    @classmethod
+    def prepare(
+        cls, pipeline: Pipeline, item: PartitionPlan, dest: Path, plan: Plan, staged: Path
+    ) -> StagedPartition:
+        """Check the partition's files (`InputError` naming the file) and plan their jobs."""
+        partition = item.partition
+        if partition is None:
+            raise InputError(f"partition {item.column}={item.value} has no source files")
+        started = time.perf_counter()
+        manifest = Manifest(
+            partition_column=partition.column,
+            partition=partition.value,
+            inputs=list(item.inputs),
+            models=plan.models,
+            config_hash=plan.config_hash,
+            started=datetime.now(UTC).isoformat(),
+        )
+        jobs = [
+            (file, staged / partition.relative(file), pipeline.check_file(file))
+            for file in partition.files
+        ]
+        return cls(item, staged, dest_folder(dest, partition), manifest, jobs, started)
+
+    def commit(self, results: list[FileResult]) -> Manifest:
+        """Account every row, write the manifest last and swap the partition in; a failed
+        file fails the partition (`TransientError` when a retry may help, else
+        `InputError`), and a row count mismatch is a `CommitError`."""
+        partition, manifest = self.item.partition, self.manifest
+        for (file, _, _), result in zip(self.jobs, results, strict=False):
+            if result.error is not None:
+                error = TransientError if result.retryable else InputError
+                raise error(f"partition {partition.folder} failed: {result.error}")
+            manifest.rows_out += result.rows
+            manifest.rows_failed += result.rows_failed
+            manifest.rows_reused += result.rows_reused
+            manifest.outputs.append(partition.relative(file))
+            merge_label_counts(manifest.label_counts, result.label_counts)
+        manifest.rows_in = self.item.rows
+        if manifest.rows_out != manifest.rows_in:
+            raise CommitError(
+                f"partition {partition.folder}: {manifest.rows_in} rows in but "
+                f"{manifest.rows_out} written; not committed"
+            )
+        manifest.rows_inferred = manifest.rows_out - manifest.rows_reused - manifest.rows_failed
+        manifest.finished = datetime.now(UTC).isoformat()
+        manifest.seconds = round(time.perf_counter() - self.started, 3)
+        write_manifest(self.staged, manifest)
+        swap_in(self.staged, self.target)
+        return manifest
+
+
 def enrich_partition(
     pipeline: Pipeline,
     item: PartitionPlan,
@@ -184,23 +247,9 @@ def enrich_partition(
     and config) take their earlier outputs. Any file failing fails the whole partition
     (`InputError`), leaving the committed version untouched. `on_rows(n)` reports progress.
     """
-    partition = item.partition
-    if partition is None:
-        raise InputError(f"partition {item.column}={item.value} has no source files")
-    started_at = datetime.now(UTC)
-    started = time.perf_counter()
-    target = dest_folder(dest, partition)
     config = pipeline.config
-    schemas = {file.path: pipeline.check_file(file) for file in partition.files}
-    manifest = Manifest(
-        partition_column=partition.column,
-        partition=partition.value,
-        inputs=list(item.inputs),
-        models=plan.models,
-        config_hash=plan.config_hash,
-        started=started_at.isoformat(),
-    )
     with staged_folder(dest) as staged, staged_folder(dest) as scratch:
+        work = StagedPartition.prepare(pipeline, item, Path(dest), plan, staged)
         index = None
         previous = item.previous
         if (
@@ -210,39 +259,71 @@ def enrich_partition(
             and previous.config_hash == plan.config_hash
         ):
             index = ReuseIndex.build(
-                (target / name for name in previous.outputs),
+                (work.target / name for name in previous.outputs),
                 config.text_column,
                 pipeline.added_fields(),
                 pipeline.validate.error_column,
                 scratch,
             )
             if index is not None:
-                log.info("%s: %d earlier rows can be reused", partition.folder, len(index))
-        jobs = [
-            (file, staged / partition.relative(file), schemas[file.path])
-            for file in partition.files
-        ]
+                log.info("%s: %d earlier rows can be reused", item.partition.folder, len(index))
         results = pipeline.run_files(
-            jobs, reuse=index, on_rows=on_rows, stop_at_error=True, scratch=scratch
+            work.jobs, reuse=index, on_rows=on_rows, stop_at_error=True, scratch=scratch
         )
-        for file, result in zip(partition.files, results, strict=False):
-            if result.error is not None:
-                error = TransientError if result.retryable else InputError
-                raise error(f"partition {partition.folder} failed: {result.error}")
-            manifest.rows_out += result.rows
-            manifest.rows_failed += result.rows_failed
-            manifest.rows_reused += result.rows_reused
-            manifest.outputs.append(partition.relative(file))
-            merge_label_counts(manifest.label_counts, result.label_counts)
-        manifest.rows_in = item.rows
-        if manifest.rows_out != manifest.rows_in:
-            raise CommitError(
-                f"partition {partition.folder}: {manifest.rows_in} rows in but "
-                f"{manifest.rows_out} written; not committed"
-            )
-        manifest.rows_inferred = manifest.rows_out - manifest.rows_reused - manifest.rows_failed
-        manifest.finished = datetime.now(UTC).isoformat()
-        manifest.seconds = round(time.perf_counter() - started, 3)
-        write_manifest(staged, manifest)
-        swap_in(staged, target)
-    return manifest
+        return work.commit(results)
+
+
+@dataclass
+class PartitionOutcome:
+    """One partition of a group: its committed manifest, or why it failed."""
+
+    item: PartitionPlan
+    manifest: Manifest | None = None
+    error: Exception | None = None
+
+
+def enrich_partitions(
+    pipeline: Pipeline,
+    items: list[PartitionPlan],
+    dest: str | os.PathLike[str],
+    plan: Plan,
+    on_rows: Callable[[int], None] | None = None,
+) -> list[PartitionOutcome]:
+    """Enrich a group of partitions in one `run_files()` (the Ray executor: its actor pools
+    start once for the group), then commit each partition alone: a failed file fails only
+    its partition. No row reuse (the Ray executor sends every row to the models)."""
+    outcomes = {item.value: PartitionOutcome(item) for item in items}
+    with contextlib.ExitStack() as stack:
+        scratch = stack.enter_context(staged_folder(dest))
+        staged: list[StagedPartition] = []
+        for item in items:
+            folder = stack.enter_context(staged_folder(dest))
+            try:
+                staged.append(StagedPartition.prepare(pipeline, item, Path(dest), plan, folder))
+            except BertEtlError as e:
+                outcomes[item.value].error = e
+        jobs = [job for work in staged for job in work.jobs]
+        results = pipeline.run_files(jobs, on_rows=on_rows, scratch=scratch)
+        start = 0
+        for work in staged:
+            mine, start = results[start : start + len(work.jobs)], start + len(work.jobs)
+            try:
+                outcomes[work.item.value].manifest = work.commit(mine)
+            except BertEtlError as e:
+                outcomes[work.item.value].error = e
+    return [outcomes[item.value] for item in items]
+
+
+def group_partitions(items: list[PartitionPlan], max_rows: int) -> list[list[PartitionPlan]]:
+    """Consecutive partitions in groups of at most `max_rows` rows (a bigger partition is a
+    group of its own)."""
+    groups: list[list[PartitionPlan]] = []
+    rows = 0
+    for item in items:
+        if groups and rows + item.rows <= max_rows:
+            groups[-1].append(item)
+            rows += item.rows
+        else:
+            groups.append([item])
+            rows = item.rows
+    return groups

@@ -28,7 +28,6 @@ import ray
 import ray.data
 
 from bertetl.chunks import cut_row_groups
-from bertetl.commit import staged_folder
 from bertetl.config import EngineConfig
 from bertetl.errors import ExecutorError
 from bertetl.models import resolve_model_dir
@@ -60,6 +59,9 @@ class RayPlan:
     cpus_per_model_actor: float
     cpus_per_tokenize_actor: float
     cpus_per_read_task: float
+    #: Ray Data's default (1 CPU) would not fit beside the actors on a 2-CPU node, and write
+    #: tasks left waiting would keep every enriched block in the object store.
+    cpus_per_write_task: float = 0.25
 
     @classmethod
     def for_cluster(cls, config: EngineConfig, resources: dict[str, float], nodes: int) -> RayPlan:
@@ -71,9 +73,9 @@ class RayPlan:
             raise ExecutorError("--device cuda was asked for, but the Ray cluster has no GPU")
         if gpus and config.device != "cpu":
             actors = config.ray_actors or gpus
-            return cls(actors, actors, 1.0, 1.0, 1.0, 0.25)
+            return cls(actors, config.ray_tokenizers or actors, 1.0, 1.0, 1.0, 0.25)
         actors = config.ray_actors or max(1, nodes)
-        return cls(actors, actors, 0.0, 1.0, 0.5, 0.25)
+        return cls(actors, config.ray_tokenizers or actors, 0.0, 1.0, 0.5, 0.25)
 
 
 class RayPipeline(Pipeline):
@@ -149,12 +151,15 @@ class RayPipeline(Pipeline):
     ) -> list[FileResult]:
         """Enrich every job in one Ray Data pipeline; results in job order.
 
-        `scratch` (on DEST's filesystem, shared by every node) holds the parts and error
-        records until the files are committed. Row reuse is not applied: every row goes
-        through the models (same output, more work).
+        `scratch` (a fresh folder on a filesystem every node shares; the caller removes it)
+        holds the parts and error records until the files are committed. Row reuse is not
+        applied: every row goes through the models (same output, more work).
         """
         if not jobs:
             return []
+        if scratch is None:
+            raise ValueError("RayPipeline.run_files needs `scratch`, a folder every node shares")
+        scratch = Path(scratch).resolve()
         started = time.perf_counter()
         ranges, targets = [], {}
         jobs = [(_absolute(file), Path(target).resolve(), schema) for file, target, schema in jobs]
@@ -174,11 +179,8 @@ class RayPipeline(Pipeline):
         worker_config = self._worker_config()
         options = CommitOptions(self.validate.error_column, self.label_columns())
         block_bytes = _window_bytes([job[0].path for job in jobs], self.config.window_rows)
-        with (
-            staged_folder(scratch or Path(jobs[0][1]).parent) as run_dir,
-            _data_context(block_bytes),
-        ):
-            errors_dir, parts_dir = str(run_dir / "errors"), str(run_dir / "parts")
+        with _data_context(block_bytes):
+            errors_dir, parts_dir = str(scratch / "ray-errors"), str(scratch / "ray-parts")
             counters = RunCounters.remote()
             sink = PartsDatasink(targets, parts_dir, errors_dir, options, counters)
             source = ParquetFilesDatasource(ranges, self.config.window_rows, errors_dir)
@@ -207,7 +209,10 @@ class RayPipeline(Pipeline):
                     udf_modifying_row_count=False,
                 )
             )
-            _run_with_progress(lambda: dataset.write_datasink(sink), counters, on_rows)
+            write_cpus = {"num_cpus": plan.cpus_per_write_task}
+            _run_with_progress(
+                lambda: dataset.write_datasink(sink, ray_remote_args=write_cpus), counters, on_rows
+            )
             self._truncated_rows = ray.get(counters.truncated.remote())
         seconds = time.perf_counter() - started
         for result in sink.results:

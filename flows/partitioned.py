@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -9,12 +10,18 @@ from prefect.states import Failed, State
 
 from bertetl.commit import DestinationLock, clean_staging
 from bertetl.errors import PartitionsFailedError
-from bertetl.partitioned import plan_partitions
-from bertetl.pipeline import make_pipeline
+from bertetl.partitioned import (
+    PartitionOutcome,
+    PartitionPlan,
+    Plan,
+    group_partitions,
+    plan_partitions,
+)
+from bertetl.pipeline import Pipeline, make_pipeline
 from flows.params import BackfillParams, IncrementalParams, PartitionedParams
 from flows.progress import RunProgress
 from flows.summary import partition_row, publish
-from flows.tasks import enrich_partition_task, with_retries
+from flows.tasks import enrich_partition_task, enrich_partitions_task, with_retries
 
 
 def run_partitioned(
@@ -63,17 +70,18 @@ def run_partitioned(
         if todo:
             pipeline = make_pipeline(params.engine)
             pipeline.setup()
-            task = with_retries(enrich_partition_task, params.run)
-            reuse = params.reuse and not params.force  # forced: every row through the model
             try:
-                for item in todo:
+                if pipeline.reuses_rows:
+                    outcomes = _each_partition(pipeline, todo, plan, params, progress)
+                else:
+                    outcomes = _in_groups(pipeline, todo, plan, params, progress)
+                for outcome in outcomes:
+                    item, manifest = outcome.item, outcome.manifest
                     name = f"{item.column}={item.value}"
-                    try:
-                        manifest = task(pipeline, item, params.dest, plan, reuse, progress)
-                    except Exception as e:
-                        failures[name] = str(e)
-                        logger.error("%s failed: %s", name, e)
-                        rows.append(partition_row(item.value, "failed", str(e)))
+                    if manifest is None:
+                        failures[name] = str(outcome.error)
+                        logger.error("%s failed: %s", name, outcome.error)
+                        rows.append(partition_row(item.value, "failed", str(outcome.error)))
                         continue
                     logger.info(
                         "%s committed: %d rows (%d inferred, %d reused, %d with enrich_error)",
@@ -93,6 +101,44 @@ def run_partitioned(
         error = PartitionsFailedError(failures, rows)
         return Failed(message=str(error), data=error)
     return rows
+
+
+def _each_partition(
+    pipeline: Pipeline,
+    todo: list[PartitionPlan],
+    plan: Plan,
+    params: PartitionedParams,
+    progress: RunProgress,
+) -> Iterator[PartitionOutcome]:
+    """The local executor: one retried task per partition, reusing unchanged rows."""
+    task = with_retries(enrich_partition_task, params.run)
+    reuse = params.reuse and not params.force  # forced: every row through the model
+    for item in todo:
+        try:
+            yield PartitionOutcome(item, task(pipeline, item, params.dest, plan, reuse, progress))
+        except Exception as e:
+            yield PartitionOutcome(item, error=e)
+
+
+def _in_groups(
+    pipeline: Pipeline,
+    todo: list[PartitionPlan],
+    plan: Plan,
+    params: PartitionedParams,
+    progress: RunProgress,
+) -> Iterator[PartitionOutcome]:
+    """The Ray executor: one retried task per group of partitions (about `ray_group_rows`
+    rows), so the actor pools start once per group; each partition commits alone."""
+    task = with_retries(enrich_partitions_task, params.run)
+    for group in group_partitions(todo, params.engine.ray_group_rows):
+        try:
+            name = f"{group[0].column}={group[0].value}"
+            if len(group) > 1:
+                name += f" .. {group[-1].value} ({len(group)} partitions)"
+            yield from task(pipeline, group, params.dest, plan, progress, name)
+        except Exception as e:
+            for item in group:
+                yield PartitionOutcome(item, error=e)
 
 
 @flow(name="bertetl-backfill")

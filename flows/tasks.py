@@ -10,9 +10,15 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from bertetl.chunks import Chunk
-from bertetl.errors import InputError, is_transient
+from bertetl.errors import InputError, TransientError, is_transient
 from bertetl.manifest import Manifest
-from bertetl.partitioned import PartitionPlan, Plan, enrich_partition
+from bertetl.partitioned import (
+    PartitionOutcome,
+    PartitionPlan,
+    Plan,
+    enrich_partition,
+    enrich_partitions,
+)
 from bertetl.pipeline import FileResult, Job, Pipeline
 from flows.params import RunOptions
 from flows.progress import RunProgress
@@ -121,3 +127,33 @@ def enrich_files_task(
     except BaseException:
         counted.undo()
         raise
+
+
+@task(
+    name="enrich-partitions",
+    task_run_name="enrich {name}",
+    cache_policy=NO_CACHE,
+    retry_condition_fn=retry_transient,
+)
+def enrich_partitions_task(
+    pipeline: Pipeline,
+    items: list[PartitionPlan],
+    dest: str,
+    plan: Plan,
+    progress: RunProgress,
+    name: str = "",
+) -> list[PartitionOutcome]:
+    """Enrich a group of partitions as one distributed run (the Ray executor), each committed
+    or failed alone. When a partition failed in a way a retry may fix, the task fails after
+    the others are committed, and its retry redoes the group."""
+    counted = _Counted(progress)
+    try:
+        outcomes = enrich_partitions(pipeline, items, dest, plan, on_rows=counted)
+    except BaseException:
+        counted.undo()
+        raise
+    retryable = [o for o in outcomes if isinstance(o.error, TransientError)]
+    if retryable:
+        counted.undo()
+        raise retryable[0].error
+    return outcomes

@@ -13,7 +13,12 @@ import pytest
 from bertetl.config import EngineConfig
 from bertetl.errors import InputError
 from bertetl.manifest import read_manifest
-from bertetl.partitioned import enrich_partition, plan_partitions
+from bertetl.partitioned import (
+    enrich_partition,
+    enrich_partitions,
+    group_partitions,
+    plan_partitions,
+)
 from bertetl.pipeline import Pipeline, enrich
 from tests.outputs import assert_same_output, data_files, edit_rows, staging_is_empty
 
@@ -181,3 +186,31 @@ def test_files_outside_partition_folders_are_refused(pipeline, write_table, tmp_
     write_table({"text": ["b"]}, "src/loose.parquet")
     with pytest.raises(InputError, match="not inside a date=VALUE folder"):
         plan_partitions(tmp_path / "src", tmp_path / "dest", "date", pipeline.config)
+
+
+def test_partitions_group_by_rows_in_order(config, partitioned_source, tmp_path: Path) -> None:
+    src = partitioned_source(days=5, rows=24)
+    todo = plan_partitions(src, tmp_path / "dest", "date", config).by_action("enrich")
+    groups = group_partitions(todo, max_rows=50)  # 24-row partitions: two per group
+    assert [[item.value[-2:] for item in group] for group in groups] == [
+        ["01", "02"],
+        ["03", "04"],
+        ["05"],
+    ]
+    assert [len(g) for g in group_partitions(todo, max_rows=10)] == [1] * 5  # too big: alone
+
+
+def test_a_group_commits_each_partition_alone(config, partitioned_source, tmp_path: Path) -> None:
+    src, dest = partitioned_source(days=3), tmp_path / "dest"
+    (src / "date=2026-01-02" / "part-0.parquet").write_bytes(b"not parquet")
+    plan = plan_partitions(src, dest, "date", config)
+    pipeline = Pipeline(config)
+    pipeline.setup()
+    outcomes = enrich_partitions(pipeline, plan.by_action("enrich"), dest, plan)
+    assert [o.manifest is not None for o in outcomes] == [True, False, True]
+    assert "part-0.parquet" in str(outcomes[1].error)
+    (src / "date=2026-01-02" / "part-0.parquet").unlink()
+    (src / "date=2026-01-02").rmdir()
+    enrich(src, tmp_path / "reference", config)
+    assert assert_same_output(dest, tmp_path / "reference") == 2 * 24
+    assert staging_is_empty(dest)
