@@ -29,7 +29,7 @@ import ray.data
 
 from bertetl.chunks import cut_row_groups
 from bertetl.config import EngineConfig
-from bertetl.errors import ExecutorError
+from bertetl.errors import CommitError, ExecutorError
 from bertetl.models import resolve_model_dir
 from bertetl.pipeline import FileResult, Job, Pipeline
 from bertetl.ray_read import ParquetFilesDatasource, ReadRange
@@ -161,10 +161,11 @@ class RayPipeline(Pipeline):
             raise ValueError("RayPipeline.run_files needs `scratch`, a folder every node shares")
         scratch = Path(scratch).resolve()
         started = time.perf_counter()
-        ranges, targets = [], {}
+        ranges, targets, footers = [], {}, []
         jobs = [(_absolute(file), Path(target).resolve(), schema) for file, target, schema in jobs]
         for index, (file, target, schema) in enumerate(jobs):
             metadata = pq.read_metadata(file.path)
+            footers.append(metadata)
             first = 0
             cuts = cut_row_groups(metadata, READ_RANGE_ROWS)
             for groups, rows in cuts:
@@ -178,7 +179,7 @@ class RayPipeline(Pipeline):
         plan = self.plan()
         worker_config = self._worker_config()
         options = CommitOptions(self.validate.error_column, self.label_columns())
-        block_bytes = _window_bytes([job[0].path for job in jobs], self.config.window_rows)
+        block_bytes = _window_bytes(footers, self.config.window_rows)
         with _data_context(block_bytes):
             errors_dir, parts_dir = str(scratch / "ray-errors"), str(scratch / "ray-parts")
             counters = RunCounters.remote()
@@ -214,6 +215,8 @@ class RayPipeline(Pipeline):
                 lambda: dataset.write_datasink(sink, ray_remote_args=write_cpus), counters, on_rows
             )
             self._truncated_rows = ray.get(counters.truncated.remote())
+        if len(sink.results) != len(jobs):  # every file is committed or failed, never missed
+            raise CommitError(f"Ray reported {len(sink.results)} of {len(jobs)} files")
         seconds = time.perf_counter() - started
         for result in sink.results:
             result.seconds = seconds
@@ -224,12 +227,11 @@ class RayPipeline(Pipeline):
 MIN_BLOCK_BYTES, MAX_BLOCK_BYTES = 16 << 10, 128 << 20
 
 
-def _window_bytes(paths: list[str], window_rows: int) -> int:
+def _window_bytes(footers: list[pq.FileMetaData], window_rows: int) -> int:
     """About how many bytes `window_rows` rows take in memory, from the footers (the widest
     file's uncompressed bytes per row), within [16 KiB, 128 MiB]."""
     per_row = 0.0
-    for path in paths:
-        metadata = pq.read_metadata(path)
+    for metadata in footers:
         if metadata.num_rows:
             size = sum(
                 metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups)
