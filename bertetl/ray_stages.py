@@ -27,20 +27,18 @@ from bertetl.pipeline import Pipeline
 from bertetl.ray_read import FILE_COLUMN, record_error
 
 
-def _one_batch(table: pa.Table) -> list[pa.RecordBatch]:
-    return table.combine_chunks().to_batches() if table.num_rows else []
-
-
 def _apply(
     table: pa.Table,
     stage: Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]],
     name: str,
     errors_dir: str,
 ) -> pa.Table:
+    if not table.num_rows:  # nothing to enrich; the sink writes nothing for it
+        return table
     try:
-        return pa.Table.from_batches(list(stage(iter(_one_batch(table)))))
+        return pa.Table.from_batches(list(stage(iter(table.combine_chunks().to_batches()))))
     except Exception as e:
-        files = np.unique(table.column(FILE_COLUMN).to_numpy()) if table.num_rows else []
+        files = np.unique(table.column(FILE_COLUMN).to_numpy())
         message = f"{name} stage failed: {type(e).__name__}: {e}"
         for index in files:
             record_error(errors_dir, int(index), message, is_transient(e))
