@@ -167,11 +167,14 @@ class Pipeline:
         self.validate = ValidateTextStage(config.text_column, config.prefix)
         self.tokenizers: dict[str, TokenizeStage] = {}
         self.models: list[EncoderStage] = []
+        #: Each configured model's resolved directory, by config field (`embed_model`, …).
+        self.model_dirs: dict[str, Path] = {}
         specs = [("embed", config.embed_model), ("classify", config.classify_model)]
         for kind, spec in specs:
             if not spec:
                 continue
             model_dir = resolve_model_dir(spec, config.allow_pickle)
+            self.model_dirs[f"{kind}_model"] = model_dir
             key = tokenizer_key(model_dir, max_length_for(model_dir, config.max_length))
             if key not in self.tokenizers:  # models with the same tokenizer share its tokens
                 self.tokenizers[key] = TokenizeStage(

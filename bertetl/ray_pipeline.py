@@ -30,7 +30,6 @@ import ray.data
 from bertetl.chunks import cut_row_groups
 from bertetl.config import EngineConfig
 from bertetl.errors import CommitError, ExecutorError
-from bertetl.models import resolve_model_dir
 from bertetl.pipeline import FileResult, Job, Pipeline
 from bertetl.ray_read import ParquetFilesDatasource, ReadRange
 from bertetl.ray_stages import ModelActor, TokenizeActor
@@ -123,16 +122,8 @@ class RayPipeline(Pipeline):
     def _worker_config(self) -> EngineConfig:
         """The config with model directories as absolute paths (workers on other nodes, or
         in another working directory, resolve the same folders)."""
-        specs = {
-            "embed_model": self.config.embed_model,
-            "classify_model": self.config.classify_model,
-        }
-        resolved = {
-            key: str(resolve_model_dir(spec, self.config.allow_pickle).resolve())
-            for key, spec in specs.items()
-            if spec
-        }
-        return self.config.model_copy(update=resolved)
+        absolute = {key: str(path.resolve()) for key, path in self.model_dirs.items()}
+        return self.config.model_copy(update=absolute)
 
     def plan(self) -> RayPlan:
         """Actor counts and resources for the cluster this pipeline is connected to."""

@@ -7,15 +7,14 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.states import Failed, State
+from prefect.states import State
 
 from bertetl.chunks import Chunk, assemble, plan_chunks
 from bertetl.commit import DestinationLock, clean_staging, staged_folder
-from bertetl.errors import PartitionsFailedError
 from bertetl.pipeline import Pipeline, dest_root, make_pipeline
 from flows.params import EnrichParams
 from flows.progress import RunProgress
-from flows.summary import publish
+from flows.summary import finish_run
 from flows.tasks import enrich_chunk_task, enrich_files_task, with_retries
 
 
@@ -64,7 +63,7 @@ def enrich_flow(params: EnrichParams) -> list[dict[str, Any]] | State:
             finally:
                 pipeline.teardown()
             progress.finish()
-            return _finish(title, rows, failures)
+            return finish_run(title, rows, failures)
         task_fn = with_retries(enrich_chunk_task, params.run)
         by_file: dict[str, list[Chunk]] = {}
         for chunk in chunks:
@@ -100,18 +99,7 @@ def enrich_flow(params: EnrichParams) -> list[dict[str, Any]] | State:
         finally:
             pipeline.teardown()
         progress.finish()
-    return _finish(title, rows, failures)
-
-
-def _finish(
-    title: str, rows: list[dict[str, Any]], failures: dict[str, str]
-) -> list[dict[str, Any]] | State:
-    """Publish the summary; a Failed final state when any file failed (no traceback)."""
-    publish(title, rows, failures)
-    if failures:
-        error = PartitionsFailedError(failures, rows)
-        return Failed(message=str(error), data=error)
-    return rows
+    return finish_run(title, rows, failures)
 
 
 def _enrich_files(

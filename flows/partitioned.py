@@ -6,10 +6,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.states import Failed, State
+from prefect.states import State
 
 from bertetl.commit import DestinationLock, clean_staging
-from bertetl.errors import PartitionsFailedError
 from bertetl.partitioned import (
     PartitionOutcome,
     PartitionPlan,
@@ -20,7 +19,7 @@ from bertetl.partitioned import (
 from bertetl.pipeline import Pipeline, make_pipeline
 from flows.params import BackfillParams, IncrementalParams, PartitionedParams
 from flows.progress import RunProgress
-from flows.summary import partition_row, publish
+from flows.summary import finish_run, partition_row
 from flows.tasks import enrich_partition_task, enrich_partitions_task, with_retries
 
 
@@ -96,11 +95,7 @@ def run_partitioned(
                 pipeline.teardown()
         progress.finish()
     rows.sort(key=lambda r: r["partition"])
-    publish(title, rows, failures)
-    if failures:  # a Failed final state: callers get the error, logs get no traceback
-        error = PartitionsFailedError(failures, rows)
-        return Failed(message=str(error), data=error)
-    return rows
+    return finish_run(title, rows, failures)
 
 
 def _each_partition(

@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.states import Failed, State
+
+from bertetl.errors import PartitionsFailedError
 
 
 def _labels(counts: dict[str, dict[str, int]]) -> str:
@@ -55,3 +58,15 @@ def publish(title: str, rows: list[dict[str, Any]], failures: dict[str, str]) ->
         lines += ["", "## Failures", ""]
         lines += [f"- `{name}`: {cause}" for name, cause in failures.items()]
     create_markdown_artifact("\n".join(lines), key="bertetl-report", description=title)
+
+
+def finish_run(
+    title: str, rows: list[dict[str, Any]], failures: dict[str, str]
+) -> list[dict[str, Any]] | State:
+    """Publish the summary; the rows, or a Failed final state naming the failures (callers
+    get the error, logs get no traceback)."""
+    publish(title, rows, failures)
+    if failures:
+        error = PartitionsFailedError(failures, rows)
+        return Failed(message=str(error), data=error)
+    return rows

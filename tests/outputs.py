@@ -18,9 +18,9 @@ def vectors(table: pa.Table) -> np.ndarray:
     )
 
 
-def assert_same_output(dest: Path, reference: Path) -> int:
-    """Every data file under `reference` has an equal file under `dest` (embeddings to
-    float rounding); no other data files exist. Returns the rows compared."""
+def same_data_files(dest: Path, reference: Path) -> list[Path]:
+    """The data files under `reference` (relative paths), asserting that `dest` holds exactly
+    those (hidden and `_` files skipped, as readers do)."""
     ref_files = sorted(p.relative_to(reference) for p in reference.rglob("*.parquet"))
     out_files = sorted(
         p.relative_to(dest)
@@ -28,6 +28,13 @@ def assert_same_output(dest: Path, reference: Path) -> int:
         if not any(part.startswith((".", "_")) for part in p.relative_to(dest).parts)
     )
     assert out_files == ref_files
+    return ref_files
+
+
+def assert_same_output(dest: Path, reference: Path) -> int:
+    """Every data file under `reference` has an equal file under `dest` (embeddings to
+    float rounding); no other data files exist. Returns the rows compared."""
+    ref_files = same_data_files(dest, reference)
     rows = 0
     for relative in ref_files:
         expected, actual = pq.read_table(reference / relative), pq.read_table(dest / relative)
@@ -46,13 +53,7 @@ def assert_equivalent(dest: Path, reference: Path, min_cosine: float = 0.9999) -
     """Same data files as `reference`, each with the same schema, rows in the same order,
     equal original columns, labels and errors; embeddings with cosine >= `min_cosine` and
     scores within 1e-5 (batches cut differently change the last bits). Returns the rows."""
-    ref_files = sorted(p.relative_to(reference) for p in reference.rglob("*.parquet"))
-    out_files = sorted(
-        p.relative_to(dest)
-        for p in dest.rglob("*.parquet")
-        if not any(part.startswith((".", "_")) for part in p.relative_to(dest).parts)
-    )
-    assert out_files == ref_files
+    ref_files = same_data_files(dest, reference)
     rows = 0
     for relative in ref_files:
         expected, actual = pq.read_table(reference / relative), pq.read_table(dest / relative)
