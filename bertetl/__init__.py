@@ -12,8 +12,8 @@ from bertetl.config import EngineConfig, TrainConfig
 from bertetl.errors import BertEtlError, CommitError, FilesFailedError, InputError, ModelError
 
 if TYPE_CHECKING:
-    from bertetl.pipeline import EnrichReport
-    from bertetl.train import TrainReport
+    from bertetl.report import EnrichReport
+    from bertetl.training.train import TrainReport
 
 __all__ = [
     "BertEtlError",
@@ -29,14 +29,14 @@ __all__ = [
 
 
 def enrich(source: str, dest: str, config: EngineConfig, **kwargs: Any) -> EnrichReport:
-    """Enrich every Parquet file under `source` into `dest`; see `bertetl.pipeline.enrich`."""
-    from bertetl.pipeline import enrich as run
+    """Enrich every Parquet file under `source` into `dest`; see `bertetl.runs.enrich.enrich`."""
+    from bertetl.runs.enrich import enrich as run
 
     return run(source, dest, config, **kwargs)
 
 
 def train(table: str, model_out: str, config: TrainConfig) -> TrainReport:
-    """Fine-tune a classifier; see `bertetl.train.train`."""
-    from bertetl.train import train as run
+    """Fine-tune a classifier; see `bertetl.training.train.train`."""
+    from bertetl.training.train import train as run
 
     return run(table, model_out, config)

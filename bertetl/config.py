@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -10,6 +10,63 @@ Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 Quantize = Literal["none", "int8"]
 Executor = Literal["local", "ray"]
+
+
+class LocalOptions(BaseModel):
+    """Options of the local executor: this process, or a pool of worker processes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["local"] = "local"
+    workers: int | None = Field(
+        None,
+        gt=0,
+        description="Processes, each with its own model copy and a share of the files; "
+        "default one per visible GPU on CUDA, else 1.",
+    )
+
+
+class RayOptions(BaseModel):
+    """Options of the Ray executor (`--executor ray`, needs the ray extra)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["ray"] = "ray"
+    address: str | None = Field(
+        None,
+        description="Ray cluster to use with --executor ray; default: RAY_ADDRESS if set, "
+        "else a local Ray started for the run and stopped after.",
+    )
+    actors: int | None = Field(
+        None,
+        gt=0,
+        description="Model actors with --executor ray; default one per cluster GPU, "
+        "else one per node.",
+    )
+    tokenizers: int | None = Field(
+        None,
+        gt=0,
+        description="Tokenizer actors with --executor ray; default as many as model actors.",
+    )
+    group_rows: int = Field(
+        1_000_000,
+        gt=0,
+        description="With --executor ray, backfill and incremental send partitions to Ray in "
+        "groups of about this many rows, so the actor pools start once per group.",
+    )
+
+
+#: Each executor's options model, by `kind` (one line per executor).
+EXECUTOR_OPTIONS: dict[str, type[BaseModel]] = {"local": LocalOptions, "ray": RayOptions}
+ExecutorOptions = Annotated[LocalOptions | RayOptions, Field(discriminator="kind")]
+#: The CLI's flat option names (and older flow parameters') -> the field in `executor`.
+FLAT_EXECUTOR_OPTIONS = {
+    "workers": "workers",
+    "ray_address": "address",
+    "ray_actors": "actors",
+    "ray_tokenizers": "tokenizers",
+    "ray_group_rows": "group_rows",
+}
 
 
 class EngineConfig(BaseModel):
@@ -48,12 +105,6 @@ class EngineConfig(BaseModel):
     window_rows: int = Field(
         4096, gt=0, description="Rows read at a time; batches are length-sorted within it."
     )
-    workers: int | None = Field(
-        None,
-        gt=0,
-        description="Processes, each with its own model copy and a share of the files; "
-        "default one per visible GPU on CUDA, else 1.",
-    )
     prefetch_windows: int = Field(
         2, ge=0, description="Windows read and tokenized ahead in a thread (0: no thread)."
     )
@@ -66,33 +117,40 @@ class EngineConfig(BaseModel):
         description="Also load pickle (.bin) weights when a model has no safetensors. "
         "Unpickling can run code: only for models you trust.",
     )
-    executor: Executor = Field(
-        "local",
+    executor: ExecutorOptions = Field(
+        default_factory=lambda: LocalOptions(),
         description="local: this process (and --workers); ray: a Ray Data pipeline on a Ray "
         "cluster (needs the ray extra).",
     )
-    ray_address: str | None = Field(
-        None,
-        description="Ray cluster to use with --executor ray; default: RAY_ADDRESS if set, "
-        "else a local Ray started for the run and stopped after.",
-    )
-    ray_actors: int | None = Field(
-        None,
-        gt=0,
-        description="Model actors with --executor ray; default one per cluster GPU, "
-        "else one per node.",
-    )
-    ray_group_rows: int = Field(
-        1_000_000,
-        gt=0,
-        description="With --executor ray, backfill and incremental send partitions to Ray in "
-        "groups of about this many rows, so the actor pools start once per group.",
-    )
-    ray_tokenizers: int | None = Field(
-        None,
-        gt=0,
-        description="Tokenizer actors with --executor ray; default as many as model actors.",
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_executor_options(cls, data: Any) -> Any:
+        """Accept the CLI's flat spelling (`executor="ray"`, `workers`, `ray_actors`, ...),
+        also used by older flow parameters, and nest it under `executor`."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        flat = {name: data.pop(name) for name in list(data) if name in FLAT_EXECUTOR_OPTIONS}
+        executor = data.get("executor")
+        if executor is None and not flat:
+            return data
+        if isinstance(executor, BaseModel):
+            executor = executor.model_dump()
+        nested = dict(executor) if isinstance(executor, dict) else {"kind": executor or "local"}
+        kind = nested.get("kind", "local")
+        given = {name: value for name, value in flat.items() if value is not None}
+        if kind == "ray" and given.get("workers"):
+            raise ValueError("--workers is for --executor local; with ray use --ray-actors")
+        if kind == "local" and {"ray_address", "ray_actors", "ray_tokenizers"} & set(given):
+            raise ValueError("--ray-address, --ray-actors and --ray-tokenizers need --executor ray")
+        options = EXECUTOR_OPTIONS.get(kind)
+        for name, value in given.items():
+            field = FLAT_EXECUTOR_OPTIONS[name]
+            if options is not None and field in options.model_fields:
+                nested[field] = value
+        data["executor"] = nested
+        return data
 
     @model_validator(mode="after")
     def _needs_a_model(self) -> EngineConfig:
@@ -101,16 +159,6 @@ class EngineConfig(BaseModel):
                 "give at least one of --embed-model / --classify-model "
                 "(embed_model / classify_model)"
             )
-        return self
-
-    @model_validator(mode="after")
-    def _executor_options(self) -> EngineConfig:
-        if self.executor == "ray" and self.workers:
-            raise ValueError("--workers is for --executor local; with ray use --ray-actors")
-        if self.executor == "local" and (
-            self.ray_address or self.ray_actors or self.ray_tokenizers
-        ):
-            raise ValueError("--ray-address, --ray-actors and --ray-tokenizers need --executor ray")
         return self
 
 

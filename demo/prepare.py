@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bertetl.corpus import rotten_tomatoes
+from bertetl.bench.corpus import rotten_tomatoes
 
 
 def main() -> None:

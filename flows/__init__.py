@@ -4,7 +4,7 @@ Flows only cut the work, call the engine and add retries, progress and reporting
 Arrow and model step lives in `bertetl`.
 """
 
-from flows.enrich import enrich_flow
-from flows.partitioned import backfill_flow, incremental_flow
+from bertetl.flows.enrich import enrich_flow
+from bertetl.flows.partitioned import backfill_flow, incremental_flow
 
 __all__ = ["backfill_flow", "enrich_flow", "incremental_flow"]

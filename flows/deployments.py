@@ -3,13 +3,13 @@
 
 Locally (Prefect starts a temporary server for the lifetime of the process)::
 
-    PREFECT_SERVER_ANALYTICS_ENABLED=false python -m flows.deployments
+    PREFECT_SERVER_ANALYTICS_ENABLED=false python -m bertetl.flows.deployments
 
 Against a server (its UI then lists the deployments, with a parameter form for each)::
 
     prefect server start                                # or any Prefect server / Cloud
     export PREFECT_API_URL=http://127.0.0.1:4200/api
-    BERTETL_SOURCE=/data/reviews BERTETL_DEST=/data/enriched python -m flows.deployments
+    BERTETL_SOURCE=/data/reviews BERTETL_DEST=/data/enriched python -m bertetl.flows.deployments
     prefect deployment run bertetl-backfill/on-demand --params '{"params": {...}}'
 
 The served process runs the flow runs itself (no work pool). The nightly run's default
@@ -26,12 +26,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from bertetl.flows.enrich import enrich_flow
+from bertetl.flows.params import IncrementalParams
+from bertetl.flows.partitioned import backfill_flow, incremental_flow
 from prefect import serve
 from prefect.deployments.runner import RunnerDeployment
-
-from flows.enrich import enrich_flow
-from flows.params import IncrementalParams
-from flows.partitioned import backfill_flow, incremental_flow
 
 NIGHTLY = "bertetl-incremental/nightly"
 ENRICH = "bertetl-enrich/on-demand"

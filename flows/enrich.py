@@ -5,17 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bertetl.flows.params import EnrichParams
+from bertetl.flows.progress import RunProgress
+from bertetl.flows.publish import finish_run
+from bertetl.flows.tasks import enrich_chunk_task, enrich_files_task, with_retries
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import State
 
-from bertetl.chunks import Chunk, assemble, plan_chunks
-from bertetl.commit import DestinationLock, clean_staging, staged_folder
-from bertetl.pipeline import Pipeline, dest_root, make_pipeline
-from flows.params import EnrichParams
-from flows.progress import RunProgress
-from flows.summary import finish_run
-from flows.tasks import enrich_chunk_task, enrich_files_task, with_retries
+from bertetl.executors import Executor, Job, make_executor
+from bertetl.io.chunks import Chunk, assemble, plan_chunks
+from bertetl.io.commit import DestinationLock, clean_staging, staged_folder
+from bertetl.io.paths import dest_root
 
 
 @task(name="assemble-file", cache_policy=NO_CACHE)
@@ -43,12 +44,15 @@ def enrich_flow(params: EnrichParams) -> list[dict[str, Any]] | State:
     """Enrich SOURCE into DEST; each file (or row-group range of a big file) is a task."""
     logger = get_run_logger()
     title = f"enrich {params.source} -> {params.dest}"
-    pipeline = make_pipeline(params.engine)
+    executor = make_executor(params.engine)
+    pipeline = executor.pipeline
     lock_dir, only_file = dest_root(params.source, params.dest)
     rows: list[dict[str, Any]] = []
     with DestinationLock(lock_dir):
         clean_staging(lock_dir, only_file)
-        chunks, failures = plan_chunks(params.source, params.dest, pipeline, params.chunk_rows)
+        chunks, failures = plan_chunks(
+            params.source, params.dest, pipeline.check_file, params.chunk_rows
+        )
         for path, cause in failures.items():
             logger.error("%s failed its checks: %s", path, cause)
             rows.append(_row(path, "failed", 0, 0, 0.0))
@@ -56,12 +60,12 @@ def enrich_flow(params: EnrichParams) -> list[dict[str, Any]] | State:
             sum(c.rows for c in chunks), title, logger, bar=params.run.progress_bar
         )
         if chunks:
-            pipeline.setup()
-        if params.engine.executor != "local":
+            executor.setup()
+        if executor.capabilities.group_rows is not None:  # starts up per call: one call
             try:
-                rows += _enrich_files(pipeline, chunks, lock_dir, params, progress, failures)
+                rows += _enrich_files(executor, chunks, lock_dir, params, progress, failures)
             finally:
-                pipeline.teardown()
+                executor.teardown()
             progress.finish()
             return finish_run(title, rows, failures)
         task_fn = with_retries(enrich_chunk_task, params.run)
@@ -74,7 +78,7 @@ def enrich_flow(params: EnrichParams) -> list[dict[str, Any]] | State:
                     done = []
                     try:
                         for chunk in file_chunks:
-                            done.append(task_fn(pipeline, chunk, staging, progress))
+                            done.append(task_fn(executor, chunk, staging, progress))
                         if len(file_chunks) > 1:
                             first = file_chunks[0]
                             assemble_task(
@@ -97,28 +101,28 @@ def enrich_flow(params: EnrichParams) -> list[dict[str, Any]] | State:
                         )
                     )
         finally:
-            pipeline.teardown()
+            executor.teardown()
         progress.finish()
     return finish_run(title, rows, failures)
 
 
 def _enrich_files(
-    pipeline: Pipeline,
+    executor: Executor,
     chunks: list[Chunk],
     lock_dir: Path,
     params: EnrichParams,
     progress: RunProgress,
     failures: dict[str, str],
 ) -> list[dict[str, Any]]:
-    """Every file in one retried task that runs them as one distributed pipeline (Ray);
-    summary rows per file, failed files added to `failures`."""
+    """Every file in one retried task and one executor call (executors that start up per
+    call); summary rows per file, failed files added to `failures`."""
     logger = get_run_logger()
-    jobs = [(c.file, c.target, c.schema) for c in chunks if c.part == 0]
+    jobs = [Job(c.file, c.target, c.schema) for c in chunks if c.part == 0]
     if not jobs:
         return []
     task_fn = with_retries(enrich_files_task, params.run)
     with staged_folder(lock_dir) as scratch:
-        results = task_fn(pipeline, jobs, scratch, progress)
+        results = task_fn(executor, jobs, scratch, progress)
     rows = []
     for result in results:
         if result.error is not None:

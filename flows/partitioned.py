@@ -5,22 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from bertetl.flows.params import BackfillParams, IncrementalParams, PartitionedParams
+from bertetl.flows.progress import RunProgress
+from bertetl.flows.publish import finish_run, partition_row
+from bertetl.flows.tasks import enrich_partition_task, enrich_partitions_task, with_retries
 from prefect import flow, get_run_logger
 from prefect.states import State
 
-from bertetl.commit import DestinationLock, clean_staging
-from bertetl.partitioned import (
-    PartitionOutcome,
-    PartitionPlan,
-    Plan,
-    group_partitions,
-    plan_partitions,
-)
-from bertetl.pipeline import Pipeline, make_pipeline
-from flows.params import BackfillParams, IncrementalParams, PartitionedParams
-from flows.progress import RunProgress
-from flows.summary import finish_run, partition_row
-from flows.tasks import enrich_partition_task, enrich_partitions_task, with_retries
+from bertetl.executors import Executor, make_executor
+from bertetl.io.commit import DestinationLock, clean_staging
+from bertetl.runs.plan import PartitionPlan, Plan, plan_partitions
+from bertetl.runs.staged import PartitionOutcome, group_partitions
 
 
 def run_partitioned(
@@ -67,13 +62,15 @@ def run_partitioned(
         )
         failures: dict[str, str] = {}
         if todo:
-            pipeline = make_pipeline(params.engine)
-            pipeline.setup()
+            executor = make_executor(params.engine)
+            executor.setup()
             try:
-                if pipeline.reuses_rows:
-                    outcomes = _each_partition(pipeline, todo, plan, params, progress)
+                group_rows = executor.capabilities.group_rows
+                if group_rows is None:
+                    outcomes = _each_partition(executor, todo, plan, params, progress)
                 else:
-                    outcomes = _in_groups(pipeline, todo, plan, params, progress)
+                    groups = group_partitions(todo, group_rows)
+                    outcomes = _in_groups(executor, groups, plan, params, progress)
                 for outcome in outcomes:
                     item, manifest = outcome.item, outcome.manifest
                     name = f"{item.column}={item.value}"
@@ -92,45 +89,45 @@ def run_partitioned(
                     )
                     rows.append(partition_row(item.value, "committed", item.reason, manifest))
             finally:
-                pipeline.teardown()
+                executor.teardown()
         progress.finish()
     rows.sort(key=lambda r: r["partition"])
     return finish_run(title, rows, failures)
 
 
 def _each_partition(
-    pipeline: Pipeline,
+    executor: Executor,
     todo: list[PartitionPlan],
     plan: Plan,
     params: PartitionedParams,
     progress: RunProgress,
 ) -> Iterator[PartitionOutcome]:
-    """The local executor: one retried task per partition, reusing unchanged rows."""
+    """One retried task per partition, reusing unchanged rows where the executor can."""
     task = with_retries(enrich_partition_task, params.run)
     reuse = params.reuse and not params.force  # forced: every row through the model
     for item in todo:
         try:
-            yield PartitionOutcome(item, task(pipeline, item, params.dest, plan, reuse, progress))
+            yield PartitionOutcome(item, task(executor, item, params.dest, plan, reuse, progress))
         except Exception as e:
             yield PartitionOutcome(item, error=e)
 
 
 def _in_groups(
-    pipeline: Pipeline,
-    todo: list[PartitionPlan],
+    executor: Executor,
+    groups: list[list[PartitionPlan]],
     plan: Plan,
     params: PartitionedParams,
     progress: RunProgress,
 ) -> Iterator[PartitionOutcome]:
-    """The Ray executor: one retried task per group of partitions (about `ray_group_rows`
-    rows), so the actor pools start once per group; each partition commits alone."""
+    """One retried task per group of partitions (executors that start up per call, e.g.
+    actor pools, start once per group); each partition commits alone."""
     task = with_retries(enrich_partitions_task, params.run)
-    for group in group_partitions(todo, params.engine.ray_group_rows):
+    for group in groups:
         try:
             name = f"{group[0].column}={group[0].value}"
             if len(group) > 1:
                 name += f" .. {group[-1].value} ({len(group)} partitions)"
-            yield from task(pipeline, group, params.dest, plan, progress, name)
+            yield from task(executor, group, params.dest, plan, progress, name)
         except Exception as e:
             for item in group:
                 yield PartitionOutcome(item, error=e)

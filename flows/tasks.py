@@ -5,23 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bertetl.flows.params import RunOptions
+from bertetl.flows.progress import RunProgress
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from bertetl.chunks import Chunk
 from bertetl.errors import InputError, TransientError, is_transient
-from bertetl.manifest import Manifest
-from bertetl.partitioned import (
-    PartitionOutcome,
-    PartitionPlan,
-    Plan,
-    enrich_partition,
-    enrich_partitions,
-)
-from bertetl.pipeline import FileResult, Job, Pipeline
-from flows.params import RunOptions
-from flows.progress import RunProgress
+from bertetl.executors import Executor, Job
+from bertetl.io.chunks import Chunk
+from bertetl.io.manifest import Manifest
+from bertetl.report import FileResult
+from bertetl.runs.plan import PartitionPlan, Plan
+from bertetl.runs.staged import PartitionOutcome, enrich_partition, enrich_partitions
 
 
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -71,7 +67,7 @@ class _Counted:
     retry_condition_fn=retry_transient,
 )
 def enrich_partition_task(
-    pipeline: Pipeline,
+    executor: Executor,
     item: PartitionPlan,
     dest: str,
     plan: Plan,
@@ -81,7 +77,7 @@ def enrich_partition_task(
     """Enrich and commit one partition (all or nothing)."""
     counted = _Counted(progress)
     try:
-        return enrich_partition(pipeline, item, dest, plan, reuse=reuse, on_rows=counted)
+        return enrich_partition(executor, item, dest, plan, reuse=reuse, on_rows=counted)
     except BaseException:
         counted.undo()
         raise
@@ -94,18 +90,16 @@ def enrich_partition_task(
     retry_condition_fn=retry_transient,
 )
 def enrich_chunk_task(
-    pipeline: Pipeline, chunk: Chunk, staging: Path, progress: RunProgress
+    executor: Executor, chunk: Chunk, staging: Path, progress: RunProgress
 ) -> FileResult:
     """Enrich one chunk: a whole file into its output, or a part of a big file."""
     counted = _Counted(progress)
     target = chunk.target if chunk.parts == 1 else chunk.part_path(staging)
     try:
-        result = pipeline.run_file(
-            chunk.file,
-            target,
-            chunk.schema,
-            row_groups=list(chunk.row_groups) if chunk.row_groups is not None else None,
-            on_batch=lambda batch: counted(batch.num_rows),
+        [result] = executor.run_jobs(
+            [Job(chunk.file, target, chunk.schema, chunk.row_groups)],
+            scratch=staging,
+            on_rows=counted,
         )
         if result.error is not None:
             raise InputError(result.error)
@@ -117,13 +111,13 @@ def enrich_chunk_task(
 
 @task(name="enrich-files", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
 def enrich_files_task(
-    pipeline: Pipeline, jobs: list[Job], scratch: Path, progress: RunProgress
+    executor: Executor, jobs: list[Job], scratch: Path, progress: RunProgress
 ) -> list[FileResult]:
-    """Enrich every file as one distributed pipeline (the Ray executor); failed files are
+    """Enrich every file in one call (executors that start up per call); failed files are
     in the results, the others committed."""
     counted = _Counted(progress)
     try:
-        return pipeline.run_files(jobs, on_rows=counted, scratch=scratch)
+        return executor.run_jobs(jobs, on_rows=counted, scratch=scratch)
     except BaseException:
         counted.undo()
         raise
@@ -136,19 +130,19 @@ def enrich_files_task(
     retry_condition_fn=retry_transient,
 )
 def enrich_partitions_task(
-    pipeline: Pipeline,
+    executor: Executor,
     items: list[PartitionPlan],
     dest: str,
     plan: Plan,
     progress: RunProgress,
     name: str = "",
 ) -> list[PartitionOutcome]:
-    """Enrich a group of partitions as one distributed run (the Ray executor), each committed
+    """Enrich a group of partitions in one executor call, each committed
     or failed alone. When a partition failed in a way a retry may fix, the task fails after
     the others are committed, and its retry redoes the group."""
     counted = _Counted(progress)
     try:
-        outcomes = enrich_partitions(pipeline, items, dest, plan, on_rows=counted)
+        outcomes = enrich_partitions(executor, items, dest, plan, on_rows=counted)
     except BaseException:
         counted.undo()
         raise

@@ -101,7 +101,7 @@ def data_files(dest: Path) -> dict[str, tuple[int, int]]:
 
 def staging_is_empty(dest: Path) -> bool:
     """No staged partition left beside DEST (the staging folder is gone or empty)."""
-    from bertetl.commit import staging_root
+    from bertetl.io.commit import staging_root
 
     root = staging_root(dest)
     return not root.exists() or not any(root.iterdir())

@@ -22,10 +22,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import bertetl.infer as infer
-import bertetl.partitioned as partitioned
-import bertetl.pipeline as pipeline
-import bertetl.write as write
+import bertetl.engine.encoders as infer
+import bertetl.engine.pipeline as pipeline
+import bertetl.io.write as write
+import bertetl.runs.staged as partitioned
 
 POINTS = ("read", "infer", "write", "file-commit", "manifest", "swap", "after-swap")
 

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bertetl.config import EngineConfig
-from bertetl.pipeline import Pipeline
-from bertetl.read import SourceFile
+from bertetl.engine.pipeline import Pipeline
+from bertetl.io.read import SourceFile
 
 #: Any unicode scalar (controls, NUL, combining marks, emoji, RTL), but no lone surrogates,
 #: which UTF-8 (and so Parquet) cannot hold.

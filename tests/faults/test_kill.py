@@ -19,12 +19,12 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
+from bertetl.flows.params import BackfillParams, RunOptions
+from bertetl.flows.partitioned import backfill_flow
 
 from bertetl.config import EngineConfig
-from bertetl.manifest import MANIFEST_NAME
-from bertetl.pipeline import enrich
-from flows.params import BackfillParams, RunOptions
-from flows.partitioned import backfill_flow
+from bertetl.io.manifest import MANIFEST_NAME
+from bertetl.runs.enrich import enrich
 from tests.faults.kill import POINTS
 from tests.outputs import assert_same_output, staging_is_empty
 

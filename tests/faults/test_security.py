@@ -14,9 +14,11 @@ import pytest
 
 from bertetl.config import EngineConfig
 from bertetl.errors import InputError, ModelError
-from bertetl.partitioned import enrich_partition, plan_partitions
-from bertetl.pipeline import Pipeline, enrich
-from bertetl.sql import run_query
+from bertetl.executors.local import LocalExecutor
+from bertetl.reports.sql import run_query
+from bertetl.runs.enrich import enrich
+from bertetl.runs.plan import plan_partitions
+from bertetl.runs.staged import enrich_partition
 
 
 class _Payload:
@@ -112,7 +114,7 @@ def test_hostile_partition_values_stay_inside_dest(
     pq.write_table(pa.table({"text": ["one", "two"]}), src / folder / "part-0.parquet")
     dest = tmp_path / "deep" / "dest"
     config = EngineConfig(text_column="text", embed_model=str(tiny_embed_dir))
-    pipeline = Pipeline(config)
+    pipeline = LocalExecutor(config)
     pipeline.setup()
     plan = plan_partitions(src, dest, "date", config)
     (item,) = plan.partitions
@@ -125,7 +127,7 @@ def test_hostile_partition_values_stay_inside_dest(
 
 
 def test_partition_folder_escaping_dest_is_refused(tmp_path: Path) -> None:
-    from bertetl.partitions import Partition, dest_folder
+    from bertetl.io.partitions import Partition, dest_folder
 
     for folder in ("../outside", "/etc", "."):
         with pytest.raises(InputError, match="outside"):

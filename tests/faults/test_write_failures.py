@@ -9,12 +9,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-import bertetl.commit as commit
-import bertetl.write as write
+import bertetl.io.commit as commit
+import bertetl.io.write as write
 from bertetl.config import EngineConfig
 from bertetl.errors import CommitError
-from bertetl.partitioned import enrich_partition, plan_partitions
-from bertetl.pipeline import Pipeline, enrich
+from bertetl.executors.local import LocalExecutor
+from bertetl.runs.enrich import enrich
+from bertetl.runs.plan import plan_partitions
+from bertetl.runs.staged import enrich_partition
 from tests.outputs import data_files, staging_is_empty
 
 
@@ -27,7 +29,7 @@ def committed(tiny_embed_dir: Path, partitioned_source, tmp_path: Path):
     """A DEST with two committed partitions, and a pipeline to re-enrich them."""
     src, dest = partitioned_source(days=2, files_per_day=2), tmp_path / "dest"
     config = EngineConfig(text_column="text", embed_model=str(tiny_embed_dir))
-    pipeline = Pipeline(config)
+    pipeline = LocalExecutor(config)
     pipeline.setup()
     plan = plan_partitions(src, dest, "date", config)
     for item in plan.partitions:
@@ -37,7 +39,7 @@ def committed(tiny_embed_dir: Path, partitioned_source, tmp_path: Path):
     pipeline.teardown()
 
 
-def _force_plan(src: Path, dest: Path, pipeline: Pipeline):
+def _force_plan(src: Path, dest: Path, pipeline: LocalExecutor):
     plan = plan_partitions(src, dest, "date", pipeline.config, force=True)
     return plan, plan.partitions[0]
 

@@ -33,7 +33,7 @@ def die():
 if sys.argv[2] == "startup":
     import httpx
     httpx.Client.get = lambda self, *args, **kwargs: die()  # the first health check
-from flows.local import local_api
+from bertetl.flows.local import local_api
 with local_api():
     die()
 """

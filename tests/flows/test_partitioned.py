@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from bertetl.flows.params import BackfillParams, IncrementalParams, RunOptions
+from bertetl.flows.partitioned import backfill_flow, incremental_flow
 
-from bertetl.commit import staging_root
 from bertetl.config import EngineConfig
+from bertetl.engine.encoders import EmbedStage
 from bertetl.errors import PartitionsFailedError
-from bertetl.infer import EmbedStage
-from bertetl.manifest import read_manifest
-from bertetl.pipeline import enrich
-from flows.params import BackfillParams, IncrementalParams, RunOptions
-from flows.partitioned import backfill_flow, incremental_flow
+from bertetl.io.commit import staging_root
+from bertetl.io.manifest import read_manifest
+from bertetl.runs.enrich import enrich
 from tests.outputs import assert_same_output, data_files, edit_rows, staging_is_empty
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -113,7 +113,7 @@ def test_transient_io_errors_are_retried_permanent_ones_are_not(
     config, partitioned_source, tmp_path: Path, monkeypatch
 ) -> None:
     src, dest = partitioned_source(days=2), tmp_path / "dest"
-    import bertetl.pipeline as pipeline_module
+    import bertetl.engine.pipeline as pipeline_module
 
     real_stream = pipeline_module.stream
     calls: dict[str, int] = {}
@@ -228,8 +228,8 @@ def test_killed_run_resumes_to_a_clean_result(
 
 
 def test_second_run_on_the_same_dest_is_refused(config, partitioned_source, tmp_path: Path) -> None:
-    from bertetl.commit import DestinationLock
     from bertetl.errors import CommitError
+    from bertetl.io.commit import DestinationLock
 
     src, dest = partitioned_source(days=1), tmp_path / "dest"
     with DestinationLock(dest):

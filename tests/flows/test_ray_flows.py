@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from bertetl.flows.partitioned import backfill_flow
 
 from bertetl.config import EngineConfig
 from bertetl.errors import PartitionsFailedError
-from bertetl.manifest import read_manifest
-from bertetl.pipeline import enrich
-from flows.partitioned import backfill_flow
+from bertetl.io.manifest import read_manifest
+from bertetl.runs.enrich import enrich
+from tests.executors.ray.test_executor import corrupt_page
 from tests.flows.test_partitioned import artifacts, backfill
 from tests.outputs import assert_equivalent, staging_is_empty
-from tests.test_ray_pipeline import corrupt_page
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("prefect_harness", "local_ray")]
 
@@ -63,8 +63,8 @@ def test_backfill_on_ray_reports_fails_one_partition_and_resumes(
 def test_enrich_flow_on_ray_runs_every_file_in_one_task(
     tiny_embed_dir: Path, partitioned_source, tmp_path: Path
 ) -> None:
-    from flows.enrich import enrich_flow
-    from flows.params import EnrichParams, RunOptions
+    from bertetl.flows.enrich import enrich_flow
+    from bertetl.flows.params import EnrichParams, RunOptions
 
     src = partitioned_source(days=2, files_per_day=2)
     broken = src / "date=2026-01-02" / "part-0.parquet"

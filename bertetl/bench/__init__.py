@@ -1,0 +1,1 @@
+"""Benchmarks (`bertetl bench`): the engine against its peers, executors, memory."""

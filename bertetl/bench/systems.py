@@ -1,0 +1,556 @@
+"""`bertetl bench`: the engine against the baselines a user would write, in one run.
+
+Every system runs in its own subprocess (so its peak RSS is its own) on the same texts, with
+the model loaded before the clock starts; each is timed over several repetitions after a
+warm-up and the median is reported, with ratios of the engine to each baseline.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field
+
+from bertetl.config import Device, DType
+
+SYSTEMS = ("pipeline", "sentence-transformers", "engine-model", "engine-e2e", "engine-e2e-int8")
+BASELINE_BATCH = 32
+#: Dense bf16 tensor-core peaks (FLOP/s) for MFU, by device-name substring.
+PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L4": 121e12}
+
+
+class BenchConfig(BaseModel):
+    """What to benchmark; defaults fit a 2-core CPU in a few minutes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    models: list[str] = Field(
+        ["minilm"],
+        description="minilm, bert-base (random), embedding model dirs, or classify:DIR for a "
+        "sequence classifier (compared with the text-classification pipeline).",
+    )
+    inputs: list[str] = Field(
+        ["reviews", "synthetic"],
+        description="reviews, synthetic, or PATH.parquet[:COLUMN] (your own texts).",
+    )
+    systems: list[str] = Field(
+        [s for s in SYSTEMS if s != "engine-e2e-int8"], description="Which systems to run."
+    )
+    rows: int = Field(600, gt=0, description="Texts per input set.")
+    repeats: int = Field(3, gt=0, description="Timed repetitions; the median is reported.")
+    device: Device = "auto"
+    dtype: DType = "auto"
+    batch_tokens: int | None = Field(None, gt=0, description="Default: the engine's.")
+    max_batch_rows: int = Field(256, gt=0)
+    workdir: str | None = Field(None, description="Scratch folder (default: a temp dir).")
+
+
+@dataclass
+class Result:
+    """One system on one model and input set."""
+
+    system: str
+    model: str
+    inputs: str
+    rows: int
+    real_tokens: int
+    seconds: list[float]
+    padded_tokens: int | None = None
+    peak_rss_mb: float = 0.0
+    peak_gpu_mb: float | None = None
+    flops: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    def summary(self, peak_flops: float | None) -> dict[str, Any]:
+        rate = self.rows / self.median
+        out = {
+            **{k: v for k, v in asdict(self).items() if k != "extra"},
+            **self.extra,
+            "median_s": round(self.median, 4),
+            "rows_per_s": round(rate, 1),
+            "tokens_per_s": round(self.real_tokens / self.median, 1),
+            "padding_waste": (
+                round(1 - self.real_tokens / self.padded_tokens, 4) if self.padded_tokens else None
+            ),
+        }
+        out["mfu"] = round(self.flops / self.median / peak_flops, 4) if peak_flops else None
+        return out
+
+
+# ---------------------------------------------------------------- inputs and models
+
+
+def _texts(inputs: str, rows: int) -> list[str]:
+    """`reviews`, `synthetic`, or `PATH.parquet[:COLUMN]` (default column `text`): your own
+    texts, non-blank ones, cycled to `rows`."""
+    from bertetl.bench.corpus import length_mix, rotten_tomatoes
+
+    if inputs not in ("reviews", "synthetic"):
+        path, _, column = inputs.partition(":")
+        if not path.endswith(".parquet"):
+            raise ValueError(f"unknown input set {inputs!r} (reviews, synthetic, FILE.parquet)")
+        texts = pq.read_table(path, columns=[column or "text"]).column(0).to_pylist()
+        own = [t for t in texts if t and t.strip()]
+        return [own[i % len(own)] for i in range(rows)]
+    reviews = [t for t in rotten_tomatoes().column("text").to_pylist() if t and t.strip()]
+    if inputs == "reviews":
+        return [reviews[i % len(reviews)] for i in range(rows)]
+    vocabulary = sorted({w for t in reviews[:3000] for w in t.split()})
+    return length_mix(rows, vocabulary)
+
+
+def _model_dir(name: str, workdir: Path) -> Path:
+    """`bert-base` is a BERT-base-sized config with random weights and MiniLM's vocab."""
+    from bertetl.engine.model_files import resolve_model_dir
+
+    if name != "bert-base":
+        return resolve_model_dir(name)
+    path = workdir / "bert-base"
+    if not (path / "config.json").is_file():
+        import torch
+        from transformers import BertConfig, BertModel
+
+        minilm = resolve_model_dir("minilm")
+        torch.manual_seed(0)
+        BertModel(BertConfig()).save_pretrained(path)
+        for name_ in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "modules.json"):
+            shutil.copy(minilm / name_, path / name_)
+        shutil.copytree(minilm / "1_Pooling", path / "1_Pooling", dirs_exist_ok=True)
+        (path / "1_Pooling" / "config.json").write_text(
+            json.dumps({"word_embedding_dimension": 768, "pooling_mode_mean_tokens": True})
+        )
+        (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 512}))
+    return path
+
+
+def forward_flops(model_config: Any, lengths: np.ndarray, non_embedding_params: int) -> float:
+    """Forward FLOPs ≈ 2·params·tokens + attention (QKᵀ and AV: 4·layers·hidden·len² a row)."""
+    tokens = float(lengths.sum())
+    attention = 4.0 * model_config.num_hidden_layers * model_config.hidden_size
+    return 2.0 * non_embedding_params * tokens + attention * float((lengths**2).sum())
+
+
+# ---------------------------------------------------------------- systems
+
+
+def _timed(run: Callable[[], Any], repeats: int, device: Any) -> list[float]:
+    import torch
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    seconds = []
+    for _ in range(repeats):
+        sync()
+        started = time.perf_counter()
+        run()
+        sync()
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def _run_system(system: str, model_name: str, inputs: str, config: BenchConfig, workdir: Path):
+    import torch
+    import transformers
+
+    from bertetl.config import EngineConfig
+    from bertetl.engine.encoders import resolve_device, resolve_dtype
+    from bertetl.engine.pipeline import Pipeline
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    task, name = split_task(model_name)
+    model_dir = _model_dir(name, workdir)
+    texts = _texts(inputs, config.rows)
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    engine_config = EngineConfig(
+        text_column="text",
+        **{f"{task}_model": str(model_dir)},
+        device=config.device,
+        dtype=config.dtype,
+        batch_tokens=config.batch_tokens,
+        max_batch_rows=config.max_batch_rows,
+    )
+    pipeline = Pipeline(engine_config)
+    tokenizer = next(iter(pipeline.tokenizers.values()))
+    if system.startswith("engine"):
+        pipeline.setup()
+    else:  # a baseline process holds only the baseline's model, so its peak RSS is its own
+        tokenizer.setup()
+    lengths = np.array([len(ids) for ids in tokenizer.encode(texts)])
+    model_config, params = _model_size(model_dir, task)
+    result = Result(system, model_name, inputs, len(texts), int(lengths.sum()), [])
+    result.flops = forward_flops(model_config, lengths, params)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    make_run = _SYSTEMS.get(system)
+    if make_run is None:
+        raise ValueError(f"unknown system {system!r} ({', '.join(SYSTEMS)})")
+    setup = dict(
+        task=task,
+        pipeline=pipeline,
+        model_dir=model_dir,
+        max_length=tokenizer.max_length,
+        device=device,
+        dtype=dtype,
+        workdir=workdir,
+    )
+    make_run(texts[:64], **setup)()  # warm-up
+    model = pipeline.models[0]
+    before = model.counters.padded_tokens
+    result.seconds = _timed(make_run(texts, **setup), config.repeats, device)
+    if system in ("engine-model", "engine-e2e"):
+        result.padded_tokens = (model.counters.padded_tokens - before) // config.repeats
+    if system == "engine-e2e-int8":
+        result.extra = int8_agreement(texts, pipeline)
+    elif system == "pipeline":  # batches of 32 in input order, padded to their longest
+        chunks = np.array_split(lengths, max(1, -(-len(lengths) // BASELINE_BATCH)))
+        result.padded_tokens = int(sum(len(c) * c.max() for c in chunks))
+    result.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device.type == "cuda":
+        result.peak_gpu_mb = torch.cuda.max_memory_allocated() / 2**20
+    return result
+
+
+def _model_size(model_dir: Path, task: str) -> tuple[Any, int]:
+    """The model's config and its non-embedding parameter count, built on the meta device
+    (no weights loaded, no memory used)."""
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    cls = AutoModelForSequenceClassification if task == "classify" else AutoModel
+    with torch.device("meta"):
+        model = cls.from_config(config)
+    embedding = sum(p.numel() for p in model.base_model.embeddings.parameters())
+    return config, sum(p.numel() for p in model.parameters()) - embedding
+
+
+def split_task(model: str) -> tuple[str, str]:
+    """`classify:DIR` benchmarks a classifier; anything else an embedding model."""
+    if model.startswith("classify:"):
+        return "classify", model.removeprefix("classify:")
+    return "embed", model
+
+
+def _pipeline_run(
+    texts: list[str],
+    model_dir: Path,
+    max_length: int,
+    device: Any,
+    dtype: Any,
+    task: str = "embed",
+    **_: Any,
+) -> Callable[[], None]:
+    """transformers' pipeline, batch 32: feature-extraction plus the user's mean pooling, or
+    text-classification."""
+    from transformers import pipeline as hf_pipeline
+
+    if task == "classify":
+        classifier = hf_pipeline(
+            "text-classification", model=str(model_dir), device=device, dtype=dtype
+        )
+        return lambda: classifier(
+            texts, batch_size=BASELINE_BATCH, truncation=True, max_length=max_length
+        )
+    pipe = hf_pipeline("feature-extraction", model=str(model_dir), device=device, dtype=dtype)
+
+    def run() -> None:
+        outputs = pipe(
+            texts,
+            batch_size=BASELINE_BATCH,
+            truncation=True,
+            return_tensors=True,
+            tokenize_kwargs={"max_length": max_length},
+        )
+        for output in outputs:
+            output[0].float().mean(dim=0)
+
+    return run
+
+
+def _sentence_transformers_run(
+    texts: list[str], model_dir: Path, device: Any, dtype: Any, **_: Any
+) -> Callable[[], None]:
+    """sentence-transformers' encode, batch 32 (it sorts by length itself)."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(model_dir), device=str(device))
+    if dtype != torch.float32:
+        model = model.to(dtype)
+    return lambda: model.encode(texts, batch_size=BASELINE_BATCH, show_progress_bar=False)
+
+
+def _engine_model_run(texts: list[str], pipeline: Any, **_: Any) -> Callable[[], None]:
+    """The engine's model stage alone over pre-tokenized windows."""
+    tokenizer = next(iter(pipeline.tokenizers.values()))
+    window = pipeline.config.window_rows
+    batches = (
+        pa.RecordBatch.from_pydict({"text": texts[i : i + window]})
+        for i in range(0, len(texts), window)
+    )
+    windows = list(tokenizer(pipeline.validate(batches)))
+    model = pipeline.models[0]
+
+    def run() -> None:
+        for _ in model(windows):
+            pass
+
+    return run
+
+
+def _engine_e2e_run(texts: list[str], pipeline: Any, workdir: Path, **_: Any) -> Callable[[], None]:
+    """The engine end to end: Parquet in, read, tokenize, infer, write Parquet out."""
+    from bertetl.io.read import discover
+
+    src = workdir / f"src-{os.getpid()}-{len(texts)}.parquet"
+    pq.write_table(pa.table({"id": np.arange(len(texts)), "text": texts}), src)
+    (file,) = discover(src)
+    schema = pq.read_schema(src)
+    out = workdir / f"out-{os.getpid()}-{len(texts)}.parquet"
+    return lambda: pipeline.run_file(file, out, schema)
+
+
+def _engine_int8_run(texts: list[str], pipeline: Any, **kwargs: Any) -> Callable[[], None]:
+    """The engine end to end with dynamic int8 quantization (CPU)."""
+    from bertetl.engine.pipeline import Pipeline
+
+    quantized = Pipeline(pipeline.config.model_copy(update={"quantize": "int8"}))
+    quantized.setup()
+    return _engine_e2e_run(texts, quantized, **kwargs)
+
+
+def int8_agreement(texts: list[str], pipeline: Any) -> dict[str, float]:
+    """How close int8 outputs are to fp32 on the same texts: embedding cosine, or the share
+    of identical labels for a classifier."""
+    from bertetl.engine.pipeline import Pipeline
+
+    quantized = Pipeline(pipeline.config.model_copy(update={"quantize": "int8"}))
+    quantized.setup()
+    batch = pa.RecordBatch.from_pydict({"text": texts})
+    outputs = []
+    for engine in (pipeline, quantized):
+        (out,) = engine.transform([batch])
+        outputs.append(out.column(engine.models[0].fields()[0].name))
+    if not pa.types.is_fixed_size_list(outputs[0].type):
+        same = np.array(outputs[0].to_pylist()) == np.array(outputs[1].to_pylist())
+        return {"int8_label_agreement": round(float(same.mean()), 5)}
+    a, b = (column.values.to_numpy().reshape(len(texts), -1) for column in outputs)
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return {
+        "int8_cosine_min": round(float(cos.min()), 5),
+        "int8_cosine_mean": round(float(cos.mean()), 5),
+    }
+
+
+_SYSTEMS: dict[str, Callable[..., Callable[[], None]]] = {
+    "pipeline": _pipeline_run,
+    "sentence-transformers": _sentence_transformers_run,
+    "engine-model": _engine_model_run,
+    "engine-e2e": _engine_e2e_run,
+    "engine-e2e-int8": _engine_int8_run,
+}
+
+
+def _child(queue: Any, *args: Any) -> None:
+    try:
+        queue.put(("ok", _run_system(*args)))
+    except Exception as e:  # reported to the parent, which prints it in the table
+        queue.put(("error", f"{type(e).__name__}: {e}"))
+
+
+def _isolated(*args: Any) -> Result | str:
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_child, args=(queue, *args))
+    process.start()
+    _, value = queue.get()
+    process.join()
+    return value
+
+
+# ---------------------------------------------------------------- report
+
+
+def environment() -> dict[str, Any]:
+    import torch
+    import transformers
+
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "pyarrow": pa.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "device": "cpu",
+    }
+    if torch.cuda.is_available():
+        info["device"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def peak_flops(device_name: str) -> float | None:
+    return next((v for k, v in PEAK_BF16.items() if k in device_name), None)
+
+
+def run_bench(config: BenchConfig) -> dict[str, Any]:
+    """Run every (model, input set, system) and return results with ratios."""
+    env = environment()
+    peak = peak_flops(env["device"])
+    workdir = Path(config.workdir or tempfile.mkdtemp(prefix="bertetl-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    errors: list[str] = []
+    for model_name in config.models:
+        for inputs in config.inputs:
+            for system in config.systems:
+                if split_task(model_name)[0] == "classify" and system == "sentence-transformers":
+                    continue  # sentence-transformers has no classification counterpart
+                outcome = _isolated(system, model_name, inputs, config, workdir)
+                if isinstance(outcome, str):
+                    errors.append(f"{system} / {model_name} / {inputs}: {outcome}")
+                    continue
+                rows.append(outcome.summary(peak))
+            group = [r for r in rows if r["model"] == model_name and r["inputs"] == inputs]
+            rates = {r["system"]: r["rows_per_s"] for r in group}
+            for row in group:
+                if row["system"].startswith("engine"):
+                    for base in ("pipeline", "sentence-transformers"):
+                        if base in rates:
+                            row[f"x_{base}"] = round(row["rows_per_s"] / rates[base], 2)
+                    if "engine-model" in rates and row["system"] != "engine-model":
+                        row["share_of_model_only"] = round(
+                            row["rows_per_s"] / rates["engine-model"], 3
+                        )
+    if config.workdir is None:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {"environment": env, "config": config.model_dump(), "results": rows, "errors": errors}
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """A readable table of the results."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"bertetl bench on {report['environment']['device']}")
+    columns = [
+        ("model", "model"),
+        ("inputs", "inputs"),
+        ("system", "system"),
+        ("rows/s", "rows_per_s"),
+        ("tokens/s", "tokens_per_s"),
+        ("pad waste", "padding_waste"),
+        ("x pipeline", "x_pipeline"),
+        ("x s-t", "x_sentence-transformers"),
+        ("e2e/model", "share_of_model_only"),
+        ("peak RSS MB", "peak_rss_mb"),
+        ("peak GPU MB", "peak_gpu_mb"),
+        ("MFU", "mfu"),
+    ]
+    for title, _ in columns:
+        table.add_column(
+            title, justify="left" if title in ("model", "inputs", "system") else "right"
+        )
+    for row in report["results"]:
+        cells = []
+        for _, key in columns:
+            value = row.get(key)
+            if isinstance(value, float):
+                value = f"{value:.1%}" if key in ("padding_waste", "mfu") else f"{value:,.2f}"
+            cells.append("" if value is None else str(value))
+        table.add_row(*cells)
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(table)
+    for error in report["errors"]:
+        console.print(f"error: {error}")
+    return console.export_text()
+
+
+# ---------------------------------------------------------------- memory
+
+
+def _tiny_model(workdir: Path) -> Path:
+    """A 1-layer, 32-wide random BERT with MiniLM's tokenizer: memory, not compute, is measured."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from bertetl.engine.model_files import resolve_model_dir
+
+    path = workdir / "tiny"
+    if not (path / "config.json").is_file():
+        minilm = resolve_model_dir("minilm")
+        torch.manual_seed(0)
+        config = BertConfig(
+            hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+        )
+        BertModel(config).save_pretrained(path)
+        for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
+            shutil.copy(minilm / name, path / name)
+    return path
+
+
+def _enrich_peak_rss(queue: Any, source: str, dest: str, model: str) -> None:
+    from bertetl.config import EngineConfig
+    from bertetl.runs.enrich import enrich
+
+    started = time.perf_counter()
+    report = enrich(source, dest, EngineConfig(text_column="text", embed_model=model, device="cpu"))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    queue.put((report.rows, rss, time.perf_counter() - started))
+
+
+def memory_check(sizes: list[int], workdir: str | None = None) -> dict[str, Any]:
+    """Peak RSS of an end-to-end run for tables of each size (real reviews, cycled), each run
+    in a fresh process; the model is tiny, so the figures show what the engine holds."""
+    from bertetl.bench.corpus import rotten_tomatoes
+
+    root = Path(workdir or tempfile.mkdtemp(prefix="bertetl-mem-"))
+    model = _tiny_model(root)
+    reviews = rotten_tomatoes().select(["review_id", "text"])
+    results = []
+    for size in sizes:
+        src = root / f"src-{size}.parquet"
+        with pq.ParquetWriter(src, reviews.schema) as writer:
+            for start in range(0, size, reviews.num_rows):
+                writer.write_table(reviews.slice(0, min(reviews.num_rows, size - start)))
+        context = multiprocessing.get_context("spawn")
+        queue = context.Queue()
+        process = context.Process(
+            target=_enrich_peak_rss, args=(queue, str(src), str(root / f"out-{size}"), str(model))
+        )
+        process.start()
+        rows, rss, seconds = queue.get()
+        process.join()
+        results.append({"rows": rows, "peak_rss_mb": round(rss, 1), "seconds": round(seconds, 1)})
+        src.unlink()
+        shutil.rmtree(root / f"out-{size}", ignore_errors=True)
+    if workdir is None:
+        shutil.rmtree(root, ignore_errors=True)
+    ratio = results[-1]["peak_rss_mb"] / results[0]["peak_rss_mb"]
+    return {"memory": results, "peak_rss_ratio_largest_to_smallest": round(ratio, 3)}

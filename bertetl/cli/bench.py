@@ -1,0 +1,163 @@
+"""`bertetl bench`: the engine against its peers, executors against each other, memory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bertetl.bench.systems import BenchConfig
+from bertetl.cli.common import Debug, build_config, help_of, split_list, user_errors
+from bertetl.config import Device, DType, EngineConfig
+
+BENCH = {name: info.default for name, info in BenchConfig.model_fields.items()}
+
+
+def bench(
+    models: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated: minilm, bert-base (random weights), embedding model dirs, "
+            "or classify:DIR for a classifier."
+        ),
+    ] = ",".join(BENCH["models"]),
+    inputs: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated input sets: reviews (real), synthetic (length mix), "
+            "or PATH.parquet[:COLUMN] (your own texts)."
+        ),
+    ] = ",".join(BENCH["inputs"]),
+    systems: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated: pipeline, sentence-transformers, engine-model, engine-e2e, "
+            "engine-e2e-int8 (CPU; reports its agreement with fp32)."
+        ),
+    ] = ",".join(BENCH["systems"]),
+    rows: Annotated[int, typer.Option(help=help_of(BenchConfig, "rows"))] = BENCH["rows"],
+    repeats: Annotated[int, typer.Option(help=help_of(BenchConfig, "repeats"))] = BENCH["repeats"],
+    device: Annotated[Device, typer.Option(help=help_of(EngineConfig, "device"))] = BENCH["device"],
+    dtype: Annotated[DType, typer.Option(help=help_of(EngineConfig, "dtype"))] = BENCH["dtype"],
+    batch_tokens: Annotated[
+        int | None, typer.Option(help=help_of(EngineConfig, "batch_tokens"))
+    ] = None,
+    memory: Annotated[
+        str | None,
+        typer.Option(
+            help="Instead: peak RSS of end-to-end runs at these row counts, e.g. 100000,1000000."
+        ),
+    ] = None,
+    executors: Annotated[
+        str | None,
+        typer.Option(
+            help="Instead: end-to-end enrich rate of these executors (e.g. local,ray) on the "
+            "real reviews cycled to --rows rows in --partitions x --files-per-partition files; "
+            "reports each run and the paired ratio."
+        ),
+    ] = None,
+    partitions: Annotated[int, typer.Option(help="With --executors: date partitions.")] = 4,
+    files_per_partition: Annotated[int, typer.Option(help="With --executors: files each.")] = 2,
+    out: Annotated[Path, typer.Option(help="Write the results as JSON here.")] = Path("bench.json"),
+    debug: Debug = False,
+) -> None:
+    """Benchmark the engine against transformers' pipeline and sentence-transformers.
+
+    Runs every system on the same texts in its own process and prints rows/s, tokens/s,
+    padding waste, ratios to each baseline, peak RSS and, on GPU, peak GPU memory and MFU.
+    """
+    if executors:
+        _bench_executors(
+            BenchConfig(
+                models=split_list(models)[:1],
+                rows=rows,
+                repeats=repeats,
+                device=device,
+                dtype=dtype,
+                batch_tokens=batch_tokens,
+            ),
+            split_list(executors),
+            partitions,
+            files_per_partition,
+            out,
+            debug,
+        )
+    elif memory:
+        _bench_memory([int(v) for v in split_list(memory)], out, debug)
+    else:
+        config = build_config(
+            BenchConfig,
+            debug,
+            models=split_list(models),
+            inputs=split_list(inputs),
+            systems=split_list(systems),
+            rows=rows,
+            repeats=repeats,
+            device=device,
+            dtype=dtype,
+            batch_tokens=batch_tokens,
+        )
+        _bench_systems(config, out, debug)
+
+
+def _bench_systems(config: BenchConfig, out: Path, debug: bool) -> None:
+    """The engine against its peers on the same texts; exit 1 when a system failed."""
+    from bertetl.bench.systems import format_table, run_bench
+
+    with user_errors(debug):
+        result = run_bench(config)
+        out.write_text(json.dumps(result, indent=2))
+    typer.echo(format_table(result))
+    typer.echo(f"results written to {out}")
+    if result["errors"]:
+        raise typer.Exit(1)
+
+
+def _bench_memory(sizes: list[int], out: Path, debug: bool) -> None:
+    """Peak RSS of end-to-end runs at these row counts."""
+    from bertetl.bench.systems import memory_check
+
+    with user_errors(debug):
+        result = memory_check(sizes)
+        out.write_text(json.dumps(result, indent=2))
+    typer.echo(json.dumps(result, indent=2))
+
+
+def _bench_executors(
+    bench: BenchConfig,
+    executors: list[str],
+    partitions: int,
+    files_per_partition: int,
+    out: Path,
+    debug: bool,
+) -> None:
+    """`bertetl bench --executors`: the same enrich job on each executor, in turns."""
+    import tempfile
+
+    from bertetl.bench.executors import executor_bench
+    from bertetl.bench.systems import split_task
+
+    task, name = split_task(bench.models[0])
+    config = build_config(
+        EngineConfig,
+        debug,
+        text_column="text",
+        **{f"{task}_model": name},
+        device=bench.device,
+        dtype=bench.dtype,
+        batch_tokens=bench.batch_tokens,
+    )
+    with user_errors(debug), tempfile.TemporaryDirectory(prefix="bertetl-executors-") as work:
+        result = executor_bench(
+            config,
+            executors,
+            bench.rows,
+            partitions,
+            files_per_partition,
+            bench.repeats,
+            Path(work),
+        )
+    out.write_text(json.dumps(result, indent=2))
+    typer.echo(json.dumps(result, indent=2))

@@ -1,0 +1,66 @@
+"""`bertetl enrich`: one SOURCE into one DEST, in this process (no Prefect)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bertetl.cli.common import Debug, setup_logging, user_errors
+from bertetl.cli.options import engine_options
+from bertetl.config import EngineConfig
+from bertetl.errors import FilesFailedError
+from bertetl.report import EnrichReport
+
+Source = Annotated[
+    str, typer.Argument(help="Parquet file, directory (hive folders kept), or glob.")
+]
+Dest = Annotated[
+    str, typer.Argument(help="Output directory (or .parquet file for one input file).")
+]
+ReportPath = Annotated[
+    Path | None, typer.Option(help="Also write the run's report (counters, files) as JSON.")
+]
+
+
+@engine_options(exclude=("ray_group_rows",))
+def enrich(
+    source: Source,
+    dest: Dest,
+    engine: EngineConfig,
+    report: ReportPath = None,
+    debug: Debug = False,
+) -> None:
+    """Add embedding and/or classification columns to every row of SOURCE, written to DEST.
+
+    Output keeps every input column (values, types, row order) and appends `embedding`,
+    `label`, `score` (`scores`, `labels` when asked / multi-label) and `enrich_error`, which
+    says why a row was not encoded (null, empty or whitespace-only text). Texts longer than
+    the model's limit are truncated. Each output file is committed atomically.
+    """
+    setup_logging(debug)
+    from bertetl.runs.enrich import enrich as run
+
+    with user_errors(debug):
+        try:
+            result = run(source, dest, engine)
+        except FilesFailedError as e:
+            if e.report is not None:
+                print_report(e.report, dest, report)
+            raise
+        print_report(result, dest, report)
+
+
+def print_report(result: EnrichReport, dest: str, report_path: Path | None) -> None:
+    """One line of totals; the whole report as JSON into `report_path` when given."""
+    done = [f for f in result.files if f.error is None]
+    typer.echo(
+        f"enriched {result.rows} rows from {len(done)} file(s) in {result.seconds:.1f}s "
+        f"({result.rows_per_second:.0f} rows/s) into {dest}; "
+        f"{result.rows_failed} row(s) with enrich_error, {result.truncated_rows} truncated"
+    )
+    if report_path is not None:
+        report_path.parent.mkdir(parents=True, exist_ok=True)
+        report_path.write_text(json.dumps(result.to_dict(), indent=2))

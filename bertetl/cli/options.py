@@ -1,0 +1,113 @@
+"""The engine options, declared once and shared by every command that enriches.
+
+`engine_options` adds them to a command's signature (Typer reads `inspect.signature`) and
+hands the command one validated `EngineConfig` as its `engine` argument. Defaults, types and
+help come from the config models, so a default lives in exactly one place.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import typer
+from pydantic import BaseModel
+
+from bertetl.cli.common import build_config, help_of
+from bertetl.config import EXECUTOR_OPTIONS, FLAT_EXECUTOR_OPTIONS, EngineConfig, Executor
+
+
+@dataclass(frozen=True)
+class EngineOption:
+    """One CLI option: the config key it fills, its type, default and help."""
+
+    name: str  # the parameter (and EngineConfig's flat key)
+    annotation: Any
+    default: Any
+    help: str
+    flag: str | None = None  # the option's spelling when not --name-with-dashes
+
+    def parameter(self) -> inspect.Parameter:
+        option = (
+            typer.Option(self.flag, help=self.help) if self.flag else typer.Option(help=self.help)
+        )
+        return inspect.Parameter(
+            self.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=Annotated[self.annotation, option],
+            default=self.default,
+        )
+
+
+def _from_model(
+    model: type[BaseModel], name: str, key: str | None = None, **kw: Any
+) -> EngineOption:
+    info = model.model_fields[name]
+    default = inspect.Parameter.empty if info.is_required() else info.default
+    return EngineOption(key or name, info.annotation, default, help_of(model, name), **kw)
+
+
+def _executor_options() -> list[EngineOption]:
+    """`--executor` and each executor's options under their flat CLI names."""
+    options = [EngineOption("executor", Executor, "local", help_of(EngineConfig, "executor"))]
+    for flat, field in FLAT_EXECUTOR_OPTIONS.items():
+        model = next(m for m in EXECUTOR_OPTIONS.values() if field in m.model_fields)
+        options.append(_from_model(model, field, key=flat))
+    return options
+
+
+#: Every engine option, in `--help` order.
+ENGINE_OPTIONS: list[EngineOption] = [
+    _from_model(EngineConfig, "text_column"),
+    _from_model(EngineConfig, "embed_model"),
+    _from_model(EngineConfig, "classify_model"),
+    _from_model(EngineConfig, "device"),
+    _from_model(EngineConfig, "dtype"),
+    _from_model(EngineConfig, "quantize"),
+    _from_model(EngineConfig, "batch_tokens"),
+    _from_model(EngineConfig, "max_batch_rows"),
+    _from_model(EngineConfig, "max_length"),
+    _from_model(EngineConfig, "prefix"),
+    _from_model(EngineConfig, "window_rows"),
+    _from_model(EngineConfig, "include_scores", flag="--scores"),
+    _from_model(EngineConfig, "multi_label_threshold", flag="--threshold"),
+    _from_model(EngineConfig, "allow_pickle"),
+    *_executor_options(),
+]
+
+
+def engine_options(
+    exclude: tuple[str, ...] = (),
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a command every engine option (but `exclude`) and call it with `engine`, the
+    validated `EngineConfig` (a bad value: one line naming the option, exit code 2).
+
+    The command declares `engine: EngineConfig` and `debug: bool`; its other parameters stay.
+    """
+    options = [o for o in ENGINE_OPTIONS if o.name not in exclude]
+    names = {o.name for o in options}
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(command, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.name != "engine"]
+        positional = [p for p in own if p.default is inspect.Parameter.empty]
+        rest = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own if p not in positional]
+        required = [o.parameter() for o in options if o.default is inspect.Parameter.empty]
+        optional = [o.parameter() for o in options if o.default is not inspect.Parameter.empty]
+        parameters = [*positional, *required, *optional, *rest]
+
+        @functools.wraps(command)
+        def wrapper(**values: Any) -> Any:
+            engine_values = {name: values.pop(name) for name in list(values) if name in names}
+            engine = build_config(EngineConfig, values.get("debug", False), **engine_values)
+            return command(engine=engine, **values)
+
+        wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+        del wrapper.__wrapped__  # Typer must read the new signature, not the command's
+        return wrapper
+
+    return decorate

@@ -1,0 +1,133 @@
+"""The local executor: the pipeline in this process, or a pool of worker processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+from bertetl.config import EngineConfig, LocalOptions
+from bertetl.engine.pipeline import Pipeline
+from bertetl.engine.reuse import ReuseIndex
+from bertetl.executors.base import Capabilities, Job
+from bertetl.report import EnrichReport, FileResult
+
+
+def resolve_workers(config: EngineConfig) -> int:
+    """`workers`, else one per visible GPU when running on CUDA, else 1."""
+    options = config.executor
+    if isinstance(options, LocalOptions) and options.workers:
+        return options.workers
+    if config.device == "cpu":
+        return 1
+    import torch
+
+    return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
+
+
+def _pin_worker(index: int, count: int) -> None:
+    """Worker `index` of `count` takes GPU `index` (round robin), or its share of CPU threads."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(index % torch.cuda.device_count())
+    else:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // count))
+
+
+def run_in_worker(config: EngineConfig, jobs: list[Job], index: int, count: int) -> EnrichReport:
+    """A worker process's share: pin a GPU or CPU threads, load the models, run the jobs."""
+    _pin_worker(index, count)
+    pipeline = Pipeline(config)
+    pipeline.setup()
+    report = EnrichReport()
+    try:
+        for job in jobs:
+            report.files.append(
+                pipeline.run_file(job.file, job.target, job.schema, row_groups=job.row_groups)
+            )
+    finally:
+        pipeline.teardown()
+    pipeline.collect(report)
+    return report
+
+
+class LocalExecutor:
+    """Runs jobs one after another in this process, or, with more than one worker (`workers`,
+    or one per GPU), splits them across worker processes, each with its own model copy."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.pipeline = Pipeline(config)
+        self.workers = resolve_workers(config)
+        self.capabilities = Capabilities(reuses_rows=True)
+        self._worker_reports: list[EnrichReport] = []
+
+    def setup(self) -> None:
+        """Load the models here (with workers, each worker loads its own instead)."""
+        if self.workers <= 1:
+            self.pipeline.setup()
+
+    def run_jobs(
+        self,
+        jobs: list[Job],
+        *,
+        scratch: Path,
+        reuse: ReuseIndex | None = None,
+        on_rows: Callable[[int], None] | None = None,
+        stop_at_error: bool = False,
+    ) -> list[FileResult]:
+        """Run `jobs` here, or across the worker pool when there are several workers and
+        jobs and no row reuse; results in job order."""
+        workers = min(self.workers, len(jobs))
+        if workers > 1 and reuse is None:
+            return self._run_in_pool(jobs, workers, on_rows)
+        self.pipeline.setup()
+        results: list[FileResult] = []
+        on_batch = None if on_rows is None else (lambda batch: on_rows(batch.num_rows))
+        for job in jobs:
+            if stop_at_error and any(r.error is not None for r in results):
+                break
+            results.append(
+                self.pipeline.run_file(
+                    job.file,
+                    job.target,
+                    job.schema,
+                    row_groups=job.row_groups,
+                    reuse=reuse,
+                    on_batch=on_batch,
+                )
+            )
+        return results
+
+    def _run_in_pool(
+        self, jobs: list[Job], workers: int, on_rows: Callable[[int], None] | None
+    ) -> list[FileResult]:
+        context = multiprocessing.get_context("spawn")
+        config = self.pipeline.config
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            futures = [
+                pool.submit(run_in_worker, config, jobs[i::workers], i, workers)
+                for i in range(workers)
+            ]
+            by_source: dict[str, FileResult] = {}
+            for future in as_completed(futures):
+                part = future.result()
+                by_source.update((result.source, result) for result in part.files)
+                if on_rows is not None:
+                    on_rows(sum(result.rows for result in part.files))
+                part.files = []  # the counters stay, for collect()
+                self._worker_reports.append(part)
+        return [by_source[job.file.path] for job in jobs]
+
+    def collect(self, report: EnrichReport) -> None:
+        """Add the counters of this process's pipeline and of every worker's."""
+        self.pipeline.collect(report)
+        for part in self._worker_reports:
+            part.label_counts = {}  # the files' results carry them
+            report.merge(part)
+
+    def teardown(self) -> None:
+        self.pipeline.teardown()

@@ -1,0 +1,320 @@
+"""The Ray executor: the engine's stages as one Ray Data pipeline per run (or partition).
+
+    read (ParquetFilesDatasource: `read.stream` per file or row-group range)
+      -> map_batches(TokenizeActor)   validate + tokenize, CPU actors
+      -> map_batches(ModelActor)      the model stages, an actor pool (num_gpus=1 per actor
+                                      on GPU clusters), models loaded once per actor
+      -> write_datasink(PartsDatasink) one output file per input file, committed atomically
+
+No shuffle: every row flows from its read task through one tokenizer and one model actor to
+a part file. `RayExecutor` implements the `Executor` contract (`bertetl.executors.base`), so
+runs and flows use it as they use the local executor.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import ray
+import ray.data
+
+from bertetl.config import EngineConfig, RayOptions
+from bertetl.engine.pipeline import Pipeline
+from bertetl.errors import CommitError, ExecutorError
+from bertetl.executors.base import Capabilities, Job
+from bertetl.executors.ray.actors import ModelActor, TokenizeActor
+from bertetl.executors.ray.datasink import CommitOptions, FileTarget, PartsDatasink
+from bertetl.executors.ray.datasource import ParquetFilesDatasource, ReadRange
+from bertetl.io.chunks import cut_row_groups
+from bertetl.io.read import SourceFile
+from bertetl.report import EnrichReport, FileResult
+
+log = logging.getLogger(__name__)
+
+#: Big files are read by several tasks, each about this many rows (whole row groups).
+READ_RANGE_ROWS = 262_144
+#: How often the driver collects written rows for progress.
+PROGRESS_EVERY_S = 0.5
+
+
+def _absolute(file: SourceFile) -> SourceFile:
+    return replace(file, path=str(Path(file.path).resolve()))
+
+
+@dataclass(frozen=True)
+class RayPlan:
+    """How the pipeline uses the cluster: actor counts and the resources each asks for."""
+
+    model_actors: int
+    tokenize_actors: int
+    gpus_per_model_actor: float
+    cpus_per_model_actor: float
+    cpus_per_tokenize_actor: float
+    cpus_per_read_task: float
+    #: Ray Data's default (1 CPU) would not fit beside the actors on a 2-CPU node, and write
+    #: tasks left waiting would keep every enriched block in the object store.
+    cpus_per_write_task: float = 0.25
+
+    @classmethod
+    def for_cluster(cls, config: EngineConfig, resources: dict[str, float], nodes: int) -> RayPlan:
+        """GPU clusters: one model actor per GPU, a tokenizer CPU each. CPU clusters: one
+        model actor per node (it uses all the node's cores) and a half-CPU tokenizer beside
+        it, so read, tokenize and model fit on a 2-CPU node."""
+        options = ray_options(config)
+        gpus = int(resources.get("GPU", 0))
+        if config.device == "cuda" and not gpus:
+            raise ExecutorError("--device cuda was asked for, but the Ray cluster has no GPU")
+        if gpus and config.device != "cpu":
+            actors = options.actors or gpus
+            return cls(actors, options.tokenizers or actors, 1.0, 1.0, 1.0, 0.25)
+        actors = options.actors or max(1, nodes)
+        return cls(actors, options.tokenizers or actors, 0.0, 1.0, 0.5, 0.25)
+
+
+def ray_options(config: EngineConfig) -> RayOptions:
+    """The config's Ray options (defaults when it names another executor)."""
+    return config.executor if isinstance(config.executor, RayOptions) else RayOptions()
+
+
+class RayExecutor:
+    """Runs jobs as a Ray Data pipeline; the driver plans, tracks progress and reports.
+
+    Row reuse is not applied (every row goes through the models: same output, more work),
+    and flows hand it groups of partitions, since its actor pools start once per call.
+    """
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.pipeline = Pipeline(config)
+        self.config = config
+        self.capabilities = Capabilities(
+            reuses_rows=False, group_rows=ray_options(config).group_rows
+        )
+        self._started_ray = False
+        self._truncated_rows = 0
+
+    def setup(self) -> None:
+        """Connect to the Ray cluster (`ray_address`, else RAY_ADDRESS, else a local Ray)."""
+        if ray.is_initialized():
+            return
+        # "local": a new Ray for this run, never a stale `ray start` cluster on this machine
+        address = ray_options(self.config).address or os.environ.get("RAY_ADDRESS") or "local"
+        try:
+            ray.init(
+                address=address,
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                log_to_driver=True,
+            )
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            where = "a local Ray" if address == "local" else address
+            raise ExecutorError(f"cannot start or reach Ray at {where}: {e}") from e
+        self._started_ray = True
+
+    def teardown(self) -> None:
+        """Stop the local Ray this pipeline started (a cluster it joined keeps running)."""
+        if self._started_ray:
+            ray.shutdown()
+            self._started_ray = False
+
+    def collect(self, report: EnrichReport) -> None:
+        """Rows cut at the model's max length (counted by the tokenizer actors) and the
+        label counts of the committed files."""
+        report.truncated_rows += self._truncated_rows
+
+    def _worker_config(self) -> EngineConfig:
+        """The config with model directories as absolute paths (workers on other nodes, or
+        in another working directory, resolve the same folders)."""
+        absolute = {key: str(path.resolve()) for key, path in self.pipeline.model_dirs.items()}
+        return self.config.model_copy(update=absolute)
+
+    def plan(self) -> RayPlan:
+        """Actor counts and resources for the cluster this pipeline is connected to."""
+        nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+        plan = RayPlan.for_cluster(self.config, ray.cluster_resources(), nodes)
+        log.info("ray: %s", plan)
+        return plan
+
+    def run_jobs(
+        self,
+        jobs: list[Job],
+        *,
+        scratch: Path,
+        reuse: Any = None,
+        on_rows: Callable[[int], None] | None = None,
+        stop_at_error: bool = False,
+    ) -> list[FileResult]:
+        """Enrich every job in one Ray Data pipeline; results in job order.
+
+        `scratch` (a fresh folder on a filesystem every node shares; the caller removes it)
+        holds the parts and error records until the files are committed. `reuse` is ignored
+        (`capabilities.reuses_rows` is false) and every job runs (`stop_at_error` too).
+        """
+        if not jobs:
+            return []
+        if any(job.row_groups is not None for job in jobs):
+            raise ValueError("RayExecutor reads whole files: cut big files with READ_RANGE_ROWS")
+        scratch = Path(scratch).resolve()
+        started = time.perf_counter()
+        ranges, targets, footers = [], {}, []
+        jobs = [Job(_absolute(job.file), Path(job.target).resolve(), job.schema) for job in jobs]
+        for index, (file, target, schema, _) in enumerate(jobs):
+            metadata = pq.read_metadata(file.path)
+            footers.append(metadata)
+            first = 0
+            cuts = cut_row_groups(metadata, READ_RANGE_ROWS)
+            for groups, rows in cuts:
+                ranges.append(
+                    ReadRange(index, file, first, rows, groups if len(cuts) > 1 else None)
+                )
+                first += rows
+            targets[index] = FileTarget(
+                index,
+                file.path,
+                str(target),
+                metadata.num_rows,
+                self.pipeline.output_schema(schema),
+            )
+        plan = self.plan()
+        worker_config = self._worker_config()
+        options = CommitOptions(self.pipeline.validate.error_column, self.pipeline.label_columns())
+        block_bytes = _window_bytes(footers, self.config.window_rows)
+        with _data_context(block_bytes):
+            errors_dir, parts_dir = str(scratch / "ray-errors"), str(scratch / "ray-parts")
+            counters = RunCounters.remote()
+            sink = PartsDatasink(targets, parts_dir, errors_dir, options, counters)
+            source = ParquetFilesDatasource(ranges, self.config.window_rows, errors_dir)
+            actors = ray.data.ActorPoolStrategy
+            dataset = (
+                ray.data.read_datasource(
+                    source, num_cpus=plan.cpus_per_read_task, override_num_blocks=len(ranges)
+                )
+                .map_batches(
+                    TokenizeActor,
+                    fn_constructor_args=(worker_config, errors_dir, counters),
+                    batch_format="pyarrow",
+                    batch_size=None,
+                    compute=actors(size=plan.tokenize_actors),
+                    num_cpus=plan.cpus_per_tokenize_actor,
+                    udf_modifying_row_count=False,
+                )
+                .map_batches(
+                    ModelActor,
+                    fn_constructor_args=(worker_config, errors_dir),
+                    batch_format="pyarrow",
+                    batch_size=None,
+                    compute=actors(size=plan.model_actors),
+                    num_cpus=plan.cpus_per_model_actor,
+                    num_gpus=plan.gpus_per_model_actor,
+                    udf_modifying_row_count=False,
+                )
+            )
+            write_cpus = {"num_cpus": plan.cpus_per_write_task}
+            _run_with_progress(
+                lambda: dataset.write_datasink(sink, ray_remote_args=write_cpus), counters, on_rows
+            )
+            self._truncated_rows = ray.get(counters.truncated.remote())
+        if len(sink.results) != len(jobs):  # every file is committed or failed, never missed
+            raise CommitError(f"Ray reported {len(sink.results)} of {len(jobs)} files")
+        seconds = time.perf_counter() - started
+        for result in sink.results:
+            result.seconds = seconds
+        return sink.results
+
+
+#: Bounds on a block's size in bytes (Ray's default target is 128 MiB).
+MIN_BLOCK_BYTES, MAX_BLOCK_BYTES = 16 << 10, 128 << 20
+
+
+def _window_bytes(footers: list[pq.FileMetaData], window_rows: int) -> int:
+    """About how many bytes `window_rows` rows take in memory, from the footers (the widest
+    file's uncompressed bytes per row), within [16 KiB, 128 MiB]."""
+    per_row = 0.0
+    for metadata in footers:
+        if metadata.num_rows:
+            size = sum(
+                metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups)
+            )
+            per_row = max(per_row, size / metadata.num_rows)
+    return int(min(MAX_BLOCK_BYTES, max(MIN_BLOCK_BYTES, per_row * window_rows)))
+
+
+@contextmanager
+def _data_context(block_bytes: int) -> Any:
+    """Ray Data settings for a bertetl run, restored after.
+
+    - Blocks of about one window (`block_bytes`): a read task's windows are not merged into
+      128 MiB blocks, so a model actor's memory is bounded by the window, as locally.
+    - A failed block is recorded per file and reported by the sink, rather than aborting
+      every other file (`max_errored_blocks` unlimited).
+    - No Ray progress bars: bertetl reports progress itself.
+    """
+    context = ray.data.DataContext.get_current()
+    names = ("target_max_block_size", "max_errored_blocks", "enable_progress_bars")
+    saved = {name: getattr(context, name) for name in names}
+    context.target_max_block_size = block_bytes
+    context.max_errored_blocks = -1
+    context.enable_progress_bars = False
+    try:
+        yield context
+    finally:
+        for name, value in saved.items():
+            setattr(context, name, value)
+
+
+@ray.remote(num_cpus=0)
+class RunCounters:
+    """Figures the workers report to the driver: rows written (taken for progress as they
+    come) and rows truncated at the model's max length."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.truncated_rows = 0
+
+    def add(self, rows: int) -> None:
+        self.rows += rows
+
+    def add_truncated(self, rows: int) -> None:
+        self.truncated_rows += rows
+
+    def take(self) -> int:
+        rows, self.rows = self.rows, 0
+        return rows
+
+    def truncated(self) -> int:
+        return self.truncated_rows
+
+
+def _run_with_progress(
+    execute: Callable[[], None], progress: Any, on_rows: Callable[[int], None] | None
+) -> None:
+    """Run the dataset in a thread; this (the caller's) thread reports progress meanwhile,
+    so `on_rows` runs where the caller's context (a Prefect task run) lives."""
+    if on_rows is None:
+        execute()
+        return
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            execute()
+        except BaseException as e:  # re-raised in the caller's thread below
+            failure.append(e)
+
+    worker = threading.Thread(target=target, name="bertetl-ray-dataset", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(PROGRESS_EVERY_S)
+        rows = ray.get(progress.take.remote())
+        if rows:
+            on_rows(rows)
+    if failure:
+        raise failure[0]

@@ -1,0 +1,80 @@
+"""Enrich every file of a SOURCE into DEST (`bertetl enrich`): check, lock, run, report."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+import pyarrow as pa
+
+from bertetl.config import EngineConfig
+from bertetl.errors import FilesFailedError, InputError
+from bertetl.executors import Job, make_executor
+from bertetl.io.commit import DestinationLock, clean_staging, staged_folder
+from bertetl.io.paths import check_paths, dest_path, dest_root
+from bertetl.io.read import check_text_column, discover, read_schema
+from bertetl.report import EnrichReport, FileResult, merge_label_counts
+
+
+def enrich(
+    source: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    config: EngineConfig,
+    on_file_done: Callable[[FileResult], None] | None = None,
+    raise_on_failure: bool = True,
+) -> EnrichReport:
+    """Enrich every Parquet file under `source` into the same layout under `dest`.
+
+    Schemas are checked (text column present and textual) before any model loads. A file
+    that cannot be read fails alone: its output is not written, the others are committed,
+    and `FilesFailedError` is raised at the end (unless `raise_on_failure` is false).
+    """
+    started = time.perf_counter()
+    source, dest = os.fspath(source), os.fspath(dest)
+    files = discover(source)
+    check_paths(files, source, dest)
+    report = EnrichReport()
+    schemas: dict[str, pa.Schema] = {}
+    preflight_errors: list[InputError] = []
+    for file in files:
+        try:
+            schema = read_schema(file)
+            check_text_column(file, schema, config.text_column)
+            schemas[file.path] = schema
+        except InputError as e:
+            preflight_errors.append(e)
+            report.files.append(FileResult(file.path, None, error=str(e)))
+    if not schemas:
+        raise preflight_errors[0]
+    executor = make_executor(config)
+    for path, schema in schemas.items():
+        try:
+            executor.pipeline.output_schema(schema)  # name clashes fail before any model loads
+        except InputError as e:
+            raise InputError(f"{path}: {e}") from e
+    jobs = [
+        Job(file, dest_path(file, source, dest), schemas[file.path])
+        for file in files
+        if file.path in schemas
+    ]
+    lock_dir, only_file = dest_root(source, dest)
+    with DestinationLock(lock_dir):
+        clean_staging(lock_dir, only_file)
+        executor.setup()
+        try:
+            with staged_folder(lock_dir) as scratch:
+                results = executor.run_jobs(jobs, scratch=scratch)
+            executor.collect(report)
+        finally:
+            executor.teardown()
+    for result in results:
+        report.files.append(result)
+        merge_label_counts(report.label_counts, result.label_counts)
+        if on_file_done is not None:
+            on_file_done(result)
+    report.files.sort(key=lambda f: f.source)
+    report.seconds = time.perf_counter() - started
+    if raise_on_failure and report.failures:
+        raise FilesFailedError(report.failures, report)
+    return report

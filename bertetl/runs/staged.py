@@ -1,0 +1,191 @@
+"""Enrich planned partitions: each into a staged folder, its manifest written last, then
+swapped in whole; unchanged rows reuse their earlier outputs.
+
+The engine side of the backfill and incremental flows, usable without Prefect (the plan is
+`bertetl.runs.plan`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bertetl.engine.pipeline import Pipeline
+from bertetl.engine.reuse import ReuseIndex
+from bertetl.errors import BertEtlError, CommitError, InputError, TransientError
+from bertetl.executors import Executor, Job
+from bertetl.io.commit import staged_folder, swap_in
+from bertetl.io.manifest import Manifest, write_manifest
+from bertetl.io.partitions import Partition, dest_folder
+from bertetl.report import FileResult, merge_label_counts
+from bertetl.runs.plan import PartitionPlan, Plan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StagedPartition:
+    """A partition being enriched: its jobs write into `staged`, swapped in at commit."""
+
+    item: PartitionPlan
+    partition: Partition
+    staged: Path
+    target: Path
+    manifest: Manifest
+    jobs: list[Job]
+    started: float
+
+    @classmethod
+    def prepare(
+        cls, pipeline: Pipeline, item: PartitionPlan, dest: Path, plan: Plan, staged: Path
+    ) -> StagedPartition:
+        """Check the partition's files (`InputError` naming the file) and plan their jobs."""
+        partition = item.partition
+        if partition is None:
+            raise InputError(f"partition {item.column}={item.value} has no source files")
+        started = time.perf_counter()
+        manifest = Manifest(
+            partition_column=partition.column,
+            partition=partition.value,
+            inputs=list(item.inputs),
+            models=plan.models,
+            config_hash=plan.config_hash,
+            started=datetime.now(UTC).isoformat(),
+        )
+        jobs = [
+            Job(file, staged / partition.relative(file), pipeline.check_file(file))
+            for file in partition.files
+        ]
+        return cls(item, partition, staged, dest_folder(dest, partition), manifest, jobs, started)
+
+    def commit(self, results: list[FileResult]) -> Manifest:
+        """Account every row, write the manifest last and swap the partition in; a failed
+        file fails the partition (`TransientError` when a retry may help, else
+        `InputError`), and a row count mismatch is a `CommitError`."""
+        partition, manifest = self.partition, self.manifest
+        for job, result in zip(self.jobs, results, strict=False):
+            if result.error is not None:
+                error = TransientError if result.retryable else InputError
+                raise error(f"partition {partition.folder} failed: {result.error}")
+            manifest.rows_out += result.rows
+            manifest.rows_failed += result.rows_failed
+            manifest.rows_reused += result.rows_reused
+            manifest.outputs.append(partition.relative(job.file))
+            merge_label_counts(manifest.label_counts, result.label_counts)
+        manifest.rows_in = self.item.rows
+        if manifest.rows_out != manifest.rows_in:
+            raise CommitError(
+                f"partition {partition.folder}: {manifest.rows_in} rows in but "
+                f"{manifest.rows_out} written; not committed"
+            )
+        manifest.rows_inferred = manifest.rows_out - manifest.rows_reused - manifest.rows_failed
+        manifest.finished = datetime.now(UTC).isoformat()
+        manifest.seconds = round(time.perf_counter() - self.started, 3)
+        write_manifest(self.staged, manifest)
+        swap_in(self.staged, self.target)
+        return manifest
+
+
+def enrich_partition(
+    executor: Executor,
+    item: PartitionPlan,
+    dest: str | os.PathLike[str],
+    plan: Plan,
+    reuse: bool = True,
+    on_rows: Callable[[int], None] | None = None,
+) -> Manifest:
+    """Enrich one planned partition into DEST and commit it atomically with its manifest.
+
+    With `reuse`, rows whose text is unchanged since the partition's last commit (same model
+    and config) take their earlier outputs. Any file failing fails the whole partition
+    (`InputError`), leaving the committed version untouched. `on_rows(n)` reports progress.
+    """
+    pipeline = executor.pipeline
+    config = pipeline.config
+    with staged_folder(dest) as staged, staged_folder(dest) as scratch:
+        work = StagedPartition.prepare(pipeline, item, Path(dest), plan, staged)
+        index = None
+        previous = item.previous
+        if (
+            reuse
+            and executor.capabilities.reuses_rows
+            and previous is not None
+            and previous.config_hash == plan.config_hash
+        ):
+            index = ReuseIndex.build(
+                (work.target / name for name in previous.outputs),
+                config.text_column,
+                pipeline.added_fields(),
+                pipeline.validate.error_column,
+                scratch,
+            )
+            if index is not None:
+                log.info("%s: %d earlier rows can be reused", work.partition.folder, len(index))
+        results = executor.run_jobs(
+            work.jobs, reuse=index, on_rows=on_rows, stop_at_error=True, scratch=scratch
+        )
+        return work.commit(results)
+
+
+@dataclass
+class PartitionOutcome:
+    """One partition of a group: its committed manifest, or why it failed."""
+
+    item: PartitionPlan
+    manifest: Manifest | None = None
+    error: Exception | None = None
+
+
+def enrich_partitions(
+    executor: Executor,
+    items: list[PartitionPlan],
+    dest: str | os.PathLike[str],
+    plan: Plan,
+    on_rows: Callable[[int], None] | None = None,
+) -> list[PartitionOutcome]:
+    """Enrich a group of partitions in one `run_jobs()` call (for executors that start up per
+    call, e.g. actor pools), then commit each partition alone: a failed file fails only its
+    partition. No row reuse."""
+    outcomes = {item.value: PartitionOutcome(item) for item in items}
+    with contextlib.ExitStack() as stack:
+        scratch = stack.enter_context(staged_folder(dest))
+        staged: list[StagedPartition] = []
+        for item in items:
+            folder = stack.enter_context(staged_folder(dest))
+            try:
+                staged.append(
+                    StagedPartition.prepare(executor.pipeline, item, Path(dest), plan, folder)
+                )
+            except BertEtlError as e:
+                outcomes[item.value].error = e
+        jobs = [job for work in staged for job in work.jobs]
+        results = executor.run_jobs(jobs, on_rows=on_rows, scratch=scratch)
+        start = 0
+        for work in staged:
+            mine, start = results[start : start + len(work.jobs)], start + len(work.jobs)
+            try:
+                outcomes[work.item.value].manifest = work.commit(mine)
+            except BertEtlError as e:
+                outcomes[work.item.value].error = e
+    return [outcomes[item.value] for item in items]
+
+
+def group_partitions(items: list[PartitionPlan], max_rows: int) -> list[list[PartitionPlan]]:
+    """Consecutive partitions in groups of at most `max_rows` rows (a bigger partition is a
+    group of its own)."""
+    groups: list[list[PartitionPlan]] = []
+    rows = 0
+    for item in items:
+        if groups and rows + item.rows <= max_rows:
+            groups[-1].append(item)
+            rows += item.rows
+        else:
+            groups.append([item])
+            rows = item.rows
+    return groups

@@ -1,0 +1,1 @@
+"""Fine-tuning a sequence classifier from a labelled table (`bertetl train`)."""

@@ -1,0 +1,234 @@
+"""Fine-tune a sequence classifier from a labelled Parquet table, with a held-out evaluation."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from bertetl.config import TrainConfig
+from bertetl.engine.encoders import resolve_device
+from bertetl.engine.model_files import max_length_for, resolve_model_dir
+from bertetl.engine.tokenize import as_plain_text, text_problems
+from bertetl.errors import InputError
+from bertetl.io.read import SourceFile, check_text_column, discover, read_schema, require_column
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "training_metrics.json"
+
+
+@dataclass
+class TrainReport:
+    """Held-out metrics and sizes of a fine-tuning run."""
+
+    accuracy: float
+    macro_f1: float
+    labels: list[str]
+    train_rows: int
+    eval_rows: int
+    epochs: float
+    seconds: float
+    base_model: str
+
+
+def macro_f1(truth: np.ndarray, predicted: np.ndarray, n_labels: int) -> float:
+    """Unweighted mean of per-label F1 over the labels present in truth or prediction."""
+    scores = []
+    for label in range(n_labels):
+        tp = np.sum((predicted == label) & (truth == label))
+        fp = np.sum((predicted == label) & (truth != label))
+        fn = np.sum((predicted != label) & (truth == label))
+        if tp + fp + fn:
+            scores.append(2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(scores)) if scores else 0.0
+
+
+def check_model_out(model_out: str, files: list[SourceFile]) -> Path:
+    """Refuse a MODEL_OUT that would replace anything but an earlier bertetl model."""
+    out = Path(model_out).resolve()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"MODEL_OUT {model_out} is a file; give a folder for the model")
+    if out.is_dir() and any(out.iterdir()) and not (out / METRICS_FILE).is_file():
+        raise InputError(
+            f"MODEL_OUT {model_out} is a non-empty folder that holds no bertetl model "
+            "(no training_metrics.json); give a new or empty folder"
+        )
+    for file in files:
+        if Path(file.path).resolve().is_relative_to(out):
+            raise InputError(f"MODEL_OUT {model_out} holds the training table {file.path}")
+    return out
+
+
+def load_examples(
+    table_path: str, files: list[SourceFile], config: TrainConfig
+) -> tuple[list[str], np.ndarray, list[str]]:
+    """Texts, integer labels and label names from every file of a table; unusable rows dropped."""
+    tables = []
+    for file in files:
+        schema = read_schema(file)
+        check_text_column(file, schema, config.text_column)
+        label_type = require_column(file, schema, config.label_column, "label")
+        if not (
+            pa.types.is_string(label_type)
+            or pa.types.is_large_string(label_type)
+            or pa.types.is_integer(label_type)
+            or pa.types.is_boolean(label_type)
+            or pa.types.is_dictionary(label_type)
+        ):
+            raise InputError(
+                f"{file.path}: label column {config.label_column!r} has type {label_type}; "
+                "expected strings, integers, booleans or a dictionary of them"
+            )
+        try:
+            table = pq.read_table(file.path, columns=[config.text_column, config.label_column])
+        except (pa.ArrowException, OSError) as e:
+            raise InputError(f"cannot read Parquet file {file.path}: {e}") from e
+        text = as_plain_text(table.column(config.text_column))
+        label = pc.cast(as_plain_text(table.column(config.label_column)), pa.string())
+        keep = pc.and_(pc.is_null(text_problems(text)), pc.is_valid(label))
+        tables.append(pa.table({"text": text, "label": label}).filter(keep))
+    table = pa.concat_tables(tables)
+    names = sorted(pc.unique(table.column("label")).to_pylist())
+    if len(names) < 2:
+        raise InputError(
+            f"{table_path}: label column {config.label_column!r} needs at least two distinct "
+            f"labels, found {names}"
+        )
+    ids = pc.index_in(table.column("label"), pa.array(names)).to_numpy().astype(np.int64)
+    return table.column("text").to_pylist(), ids, names
+
+
+def stratified_split(
+    labels: np.ndarray, eval_fraction: float, max_rows: int | None, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of the train and eval splits, each label split in the same proportion."""
+    rng = np.random.default_rng(seed)
+    keep_share = min(1.0, max_rows / len(labels)) if max_rows else 1.0
+    train, held = [], []
+    for label in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == label))
+        rows = rows[: max(2, round(len(rows) * keep_share))]
+        n_eval = max(1, round(len(rows) * eval_fraction))
+        held.append(rows[:n_eval])
+        train.append(rows[n_eval:])
+    return rng.permutation(np.concatenate(train)), np.sort(np.concatenate(held))
+
+
+def _batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffled batches of similar length (sorted within chunks of 50 batches) to cut padding."""
+    order = rng.permutation(len(lengths))
+    chunk = batch_size * 50
+    batches = []
+    for start in range(0, len(order), chunk):
+        part = order[start : start + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def train(table_path: str, model_out: str, config: TrainConfig) -> TrainReport:
+    """Fine-tune `config.base_model` for sequence classification and save a standard HF dir.
+
+    The output holds safetensors weights, the tokenizer, `id2label` and `training_metrics.json`;
+    it is written to a temp dir and renamed into place, so a failed run leaves nothing behind.
+    """
+    import torch
+    import transformers
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
+    files = discover(table_path)
+    out = check_model_out(model_out, files)
+    texts, labels, names = load_examples(table_path, files, config)
+    train_rows, eval_rows = stratified_split(
+        labels, config.eval_fraction, config.max_rows, config.seed
+    )
+    base = resolve_model_dir(config.base_model)
+    device = resolve_device(config.device)
+    tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
+    # enrich truncates where the base model does (MiniLM: 256), not at the training length
+    tokenizer.model_max_length = max_length_for(base)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base,
+        num_labels=len(names),
+        id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)},
+        local_files_only=True,
+        use_safetensors=True,
+        trust_remote_code=False,
+    ).to(device)
+    encoded = tokenizer(texts, truncation=True, max_length=config.max_length)["input_ids"]
+    lengths = np.array([len(ids) for ids in encoded])
+
+    def collate(rows: np.ndarray) -> dict[str, torch.Tensor]:
+        batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt")
+        return {k: v.to(device) for k, v in batch.items()}
+
+    rng = np.random.default_rng(config.seed)
+    steps_per_epoch = -(-len(train_rows) // config.batch_size)
+    total_steps = max(1, round(steps_per_epoch * config.epochs))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.01)
+    scheduler = transformers.get_linear_schedule_with_warmup(
+        optimizer, num_warmup_steps=total_steps // 10, num_training_steps=total_steps
+    )
+    model.train()
+    step = 0
+    while step < total_steps:
+        for rows in _batches(lengths[train_rows], config.batch_size, rng):
+            if step >= total_steps:
+                break
+            batch_rows = train_rows[rows]
+            target = torch.as_tensor(labels[batch_rows], device=device)
+            loss = model(**collate(batch_rows), labels=target).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            step += 1
+            if step % 20 == 0 or step == total_steps:
+                log.info("step %d/%d loss %.4f", step, total_steps, loss.item())
+    model.eval()
+    predicted = np.empty(len(eval_rows), dtype=np.int64)
+    with torch.inference_mode():
+        for start in range(0, len(eval_rows), 64):
+            rows = eval_rows[start : start + 64]
+            logits = model(**collate(rows)).logits
+            predicted[start : start + 64] = logits.argmax(-1).cpu().numpy()
+    truth = labels[eval_rows]
+    report = TrainReport(
+        accuracy=float(np.mean(predicted == truth)),
+        macro_f1=macro_f1(truth, predicted, len(names)),
+        labels=names,
+        train_rows=len(train_rows),
+        eval_rows=len(eval_rows),
+        epochs=config.epochs,
+        seconds=round(time.perf_counter() - started, 1),
+        base_model=str(base),
+    )
+    staging = out.parent / f".{out.name}.{os.getpid()}.bertetl-tmp"
+    previous = out.parent / f".{out.name}.{os.getpid()}.bertetl-old"
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        (staging / METRICS_FILE).write_text(json.dumps(asdict(report), indent=2))
+        if out.exists():
+            os.replace(out, previous)
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(previous, ignore_errors=True)
+    return report

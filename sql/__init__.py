@@ -1,0 +1,1 @@
+"""The SQL files bertetl runs with polars' SQL engine, installed as package data (`bertetl.sql`)."""

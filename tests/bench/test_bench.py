@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from bertetl.bench.corpus import length_mix
+from bertetl.bench.systems import BenchConfig, format_table, forward_flops, run_bench
+
+
+def test_forward_flops_counts_matmuls_and_attention() -> None:
+    config = SimpleNamespace(num_hidden_layers=2, hidden_size=8)
+    lengths = np.array([3, 5])
+    assert forward_flops(config, lengths, non_embedding_params=100) == (
+        2 * 100 * 8 + 4 * 2 * 8 * (9 + 25)
+    )
+
+
+def test_length_mix_has_three_length_classes() -> None:
+    texts = length_mix(30, ["a", "b", "c"], seed=1)
+    words = sorted(len(t.split()) for t in texts)
+    assert len(texts) == 30
+    assert words[0] >= 5 and words[9] <= 15 and 50 <= words[10] <= 120 and words[-1] >= 550
+
+
+def test_bench_runs_systems_in_one_report(tiny_embed_dir: Path, tmp_path: Path) -> None:
+    config = BenchConfig(
+        models=[str(tiny_embed_dir)],
+        inputs=["reviews"],
+        rows=40,
+        repeats=2,
+        systems=["sentence-transformers", "engine-model", "engine-e2e"],
+        device="cpu",
+        workdir=str(tmp_path),
+    )
+    report = run_bench(config)
+    assert report["errors"] == []
+    by_system = {r["system"]: r for r in report["results"]}
+    assert set(by_system) == {"sentence-transformers", "engine-model", "engine-e2e"}
+    e2e = by_system["engine-e2e"]
+    assert e2e["rows"] == 40 and len(e2e["seconds"]) == 2
+    assert e2e["real_tokens"] == by_system["engine-model"]["real_tokens"] > 40
+    assert e2e["x_sentence-transformers"] > 0 and 0 <= e2e["padding_waste"] < 1
+    assert e2e["share_of_model_only"] > 0
+    assert "engine-e2e" in format_table(report)
+
+
+def test_bench_classifier_against_the_text_classification_pipeline(
+    tiny_classifier_dir: Path, tmp_path: Path
+) -> None:
+    config = BenchConfig(
+        models=[f"classify:{tiny_classifier_dir}"],
+        inputs=["synthetic"],
+        rows=30,
+        repeats=1,
+        systems=["pipeline", "sentence-transformers", "engine-e2e-int8"],
+        device="cpu",
+        workdir=str(tmp_path),
+    )
+    report = run_bench(config)
+    assert report["errors"] == []
+    by_system = {r["system"]: r for r in report["results"]}
+    assert set(by_system) == {"pipeline", "engine-e2e-int8"}  # no s-t counterpart
+    assert 0.0 <= by_system["engine-e2e-int8"]["int8_label_agreement"] <= 1.0
+    assert by_system["engine-e2e-int8"]["x_pipeline"] > 0

@@ -1,0 +1,204 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from bertetl.io.commit import LOCK_NAME
+
+
+def bertetl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "bertetl", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def enrich_cli(source: Path, dest: Path, *options: str) -> subprocess.CompletedProcess:
+    """`bertetl enrich SOURCE DEST --text-column text OPTIONS...`"""
+    return bertetl("enrich", str(source), str(dest), "--text-column", "text", *options)
+
+
+def test_enrich_end_to_end(tiny_embed_dir, tiny_classifier_dir, write_table, tmp_path) -> None:
+    src = write_table({"id": [1, 2, 3], "text": ["good", None, "bad film"]})
+    report = tmp_path / "report.json"
+    run = enrich_cli(
+        src,
+        tmp_path / "out",
+        "--embed-model",
+        str(tiny_embed_dir),
+        "--classify-model",
+        str(tiny_classifier_dir),
+        "--device",
+        "cpu",
+        "--batch-tokens",
+        "64",
+        "--max-length",
+        "16",
+        "--prefix",
+        "p_",
+        "--scores",
+        "--report",
+        str(report),
+    )
+    assert run.returncode == 0, run.stderr
+    assert "enriched 3 rows from 1 file(s)" in run.stdout
+    out = pq.read_table(tmp_path / "out" / src.name)
+    assert out.schema.names == [
+        "id",
+        "text",
+        "p_embedding",
+        "p_label",
+        "p_score",
+        "p_scores",
+        "p_enrich_error",
+    ]
+    assert out.column("p_enrich_error").to_pylist() == [None, "text is null", None]
+    assert json.loads(report.read_text())["rows"] == 3
+
+
+@pytest.mark.parametrize(
+    "table,expected",
+    [
+        ({"body": ["x"]}, "text column 'text' not found; columns are: body"),
+        ({"text": [1]}, "text column 'text' has type int64"),
+    ],
+)
+def test_bad_column_is_one_line_non_zero(
+    tiny_embed_dir, write_table, tmp_path, table, expected
+) -> None:
+    src = write_table(table)
+    run = enrich_cli(
+        src,
+        tmp_path / "out",
+        "--embed-model",
+        str(tiny_embed_dir),
+    )
+    assert run.returncode != 0
+    assert expected in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in run.stderr
+
+
+def test_missing_model_dir_is_named(write_table, tmp_path) -> None:
+    src = write_table({"text": ["x"]})
+    run = enrich_cli(
+        src,
+        tmp_path / "out",
+        "--embed-model",
+        str(tmp_path / "no-model"),
+    )
+    assert run.returncode != 0
+    assert f"model directory {tmp_path / 'no-model'} does not exist" in run.stderr
+
+
+def test_needs_a_model(write_table, tmp_path) -> None:
+    src = write_table({"text": ["x"]})
+    run = enrich_cli(src, tmp_path / "out")
+    assert run.returncode == 2
+    assert run.stderr.strip() == (
+        "error: give at least one of --embed-model / --classify-model "
+        "(embed_model / classify_model)"
+    )
+
+
+def test_bad_option_value_names_the_flag(tiny_embed_dir, write_table, tmp_path) -> None:
+    src = write_table({"text": ["x"]})
+    run = enrich_cli(
+        src,
+        tmp_path / "out",
+        "--embed-model",
+        str(tiny_embed_dir),
+        "--batch-tokens",
+        "0",
+    )
+    assert run.returncode == 2
+    assert run.stderr.strip() == "error: --batch-tokens: Input should be greater than 0"
+
+
+def test_failed_file_exits_non_zero_and_names_it(tiny_embed_dir, write_table, tmp_path) -> None:
+    write_table({"text": ["x"]}, "src/good.parquet")
+    (tmp_path / "src" / "bad.parquet").write_bytes(b"PAR1 truncated")
+    run = enrich_cli(
+        tmp_path / "src",
+        tmp_path / "out",
+        "--embed-model",
+        str(tiny_embed_dir),
+    )
+    assert run.returncode == 1
+    assert "bad.parquet" in run.stderr
+    outputs = [p.name for p in (tmp_path / "out").iterdir() if p.name != LOCK_NAME]
+    assert outputs == ["good.parquet"]
+
+
+@pytest.mark.parametrize(
+    "command,options",
+    [
+        (
+            "enrich",
+            [
+                "--text-column",
+                "--embed-model",
+                "--classify-model",
+                "--device",
+                "--batch-tokens",
+                "--max-length",
+                "--prefix",
+            ],
+        ),
+        ("train", ["--text-column", "--label-column", "--base-model", "--epochs"]),
+    ],
+)
+def test_help_explains_every_option(command: str, options: list[str]) -> None:
+    from typer.testing import CliRunner
+
+    from bertetl.cli import app
+
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for option in options:
+        line = next(line for line in result.output.splitlines() if option in line)
+        assert len(line.split(option, 1)[1].strip(" │")) > 10, f"{option} has no help text"
+
+
+def test_dictionary_text_column_via_cli(tiny_embed_dir, write_table, tmp_path) -> None:
+    src = write_table(pa.table({"text": pa.array(["a", "b", "a"]).dictionary_encode()}))
+    run = enrich_cli(
+        src,
+        tmp_path / "out",
+        "--embed-model",
+        str(tiny_embed_dir),
+    )
+    assert run.returncode == 0, run.stderr
+    out = pq.read_table(tmp_path / "out" / src.name)
+    assert pa.types.is_dictionary(out.schema.field("text").type)
+    emb = np.array(out.column("embedding").to_pylist())
+    np.testing.assert_allclose(emb[0], emb[2], atol=1e-5)
+    assert not np.allclose(emb[0], emb[1], atol=1e-3)
+
+
+def test_several_failed_files_give_one_line(tiny_embed_dir, write_table, tmp_path) -> None:
+    write_table({"text": ["x"]}, "src/good.parquet")
+    (tmp_path / "src" / "bad1.parquet").write_bytes(b"PAR1 truncated")
+    (tmp_path / "src" / "bad2.parquet").write_bytes(b"nonsense")
+    run = enrich_cli(
+        tmp_path / "src",
+        tmp_path / "out",
+        "--embed-model",
+        str(tiny_embed_dir),
+        "--report",
+        str(tmp_path / "new" / "r.json"),
+    )
+    assert run.returncode == 1
+    assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert "bad1.parquet" in run.stderr and "1 more failed file" in run.stderr
+    report = json.loads((tmp_path / "new" / "r.json").read_text())
+    assert set(report["failures"]) == {
+        str(tmp_path / "src" / "bad1.parquet"),
+        str(tmp_path / "src" / "bad2.parquet"),
+    }

@@ -1,0 +1,371 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from bertetl.config import EngineConfig
+from bertetl.errors import FilesFailedError, InputError
+from bertetl.io.commit import LOCK_NAME
+from bertetl.runs.enrich import enrich
+from tests.conftest import TEXTS
+from tests.reference import cosine, reference_embeddings, reference_probabilities
+
+
+def _embeddings(table: pa.Table, column: str = "embedding") -> np.ndarray:
+    return np.array(table.column(column).to_pylist(), dtype=np.float32)
+
+
+@pytest.mark.parametrize(
+    "batch_tokens,max_batch_rows,window_rows",
+    [(8192, 256, 4096), (64, 3, 4), (1, 1, 1), (200, 100, 7)],
+)
+def test_embeddings_match_plain_transformers(
+    tiny_embed_dir: Path,
+    write_table,
+    tmp_path: Path,
+    text_table: pa.Table,
+    batch_tokens: int,
+    max_batch_rows: int,
+    window_rows: int,
+) -> None:
+    src = write_table(text_table)
+    config = EngineConfig(
+        text_column="text",
+        embed_model=str(tiny_embed_dir),
+        device="cpu",
+        batch_tokens=batch_tokens,
+        max_batch_rows=max_batch_rows,
+        window_rows=window_rows,
+    )
+    enrich(src, tmp_path / "out", config)
+    out = pq.read_table(tmp_path / "out" / src.name)
+    expected = reference_embeddings(tiny_embed_dir, TEXTS, max_length=48)
+    assert cosine(_embeddings(out), expected).min() >= 0.9999
+    assert out.column("enrich_error").null_count == len(TEXTS)
+
+
+def test_original_columns_rows_and_order_preserved(
+    tiny_embed_dir: Path, write_table, tmp_path: Path, text_table: pa.Table
+) -> None:
+    table = text_table.append_column("category", pa.array(["a", "b"] * 5).dictionary_encode())
+    src = write_table(table)
+    enrich(src, tmp_path / "out", EngineConfig(text_column="text", embed_model=str(tiny_embed_dir)))
+    out = pq.read_table(tmp_path / "out" / src.name)
+    original = pq.read_table(src)
+    assert out.schema.names[: original.num_columns] == original.schema.names
+    assert out.select(original.schema.names).equals(original)
+    assert out.schema.names[original.num_columns :] == ["embedding", "enrich_error"]
+    assert out.schema.field("embedding").type == pa.list_(pa.float32(), 32)
+
+
+def test_classifier_labels_match_argmax_and_scores(
+    tiny_classifier_dir: Path, write_table, tmp_path: Path, text_table: pa.Table
+) -> None:
+    src = write_table(text_table)
+    config = EngineConfig(
+        text_column="text",
+        classify_model=str(tiny_classifier_dir),
+        include_scores=True,
+        batch_tokens=100,
+    )
+    enrich(src, tmp_path / "out", config)
+    out = pq.read_table(tmp_path / "out" / src.name)
+    probs = reference_probabilities(tiny_classifier_dir, TEXTS, max_length=128)
+    names = ["negative", "neutral", "positive"]
+    assert out.column("label").to_pylist() == [names[i] for i in probs.argmax(1)]
+    np.testing.assert_allclose(out.column("score").to_numpy(), probs.max(1), atol=1e-5)
+    np.testing.assert_allclose(np.array(out.column("scores").to_pylist()), probs, atol=1e-5)
+    assert out.schema.field("score").type == pa.float32()
+
+
+def test_multi_label_labels_above_threshold(
+    tiny_multilabel_dir: Path, write_table, tmp_path: Path, text_table: pa.Table
+) -> None:
+    src = write_table(text_table)
+    config = EngineConfig(
+        text_column="text", classify_model=str(tiny_multilabel_dir), multi_label_threshold=0.5
+    )
+    enrich(src, tmp_path / "out", config)
+    out = pq.read_table(tmp_path / "out" / src.name)
+    probs = reference_probabilities(tiny_multilabel_dir, TEXTS, 128, multi_label=True)
+    names = ["billing", "bug", "praise", "urgent"]
+    expected = [[names[j] for j in np.flatnonzero(row >= 0.5)] for row in probs]
+    assert out.column("labels").to_pylist() == expected
+    assert any(len(labels) > 1 for labels in expected)
+    assert out.schema.field("labels").type == pa.list_(pa.string())
+
+
+def test_embed_and_classify_in_one_pass_with_prefix(
+    tiny_embed_dir: Path,
+    tiny_classifier_dir: Path,
+    write_table,
+    tmp_path: Path,
+    text_table: pa.Table,
+) -> None:
+    src = write_table(text_table)
+    config = EngineConfig(
+        text_column="text",
+        embed_model=str(tiny_embed_dir),
+        classify_model=str(tiny_classifier_dir),
+        prefix="m1_",
+    )
+    report = enrich(src, tmp_path / "out", config)
+    out = pq.read_table(tmp_path / "out" / src.name)
+    assert out.schema.names[-4:] == ["m1_embedding", "m1_label", "m1_score", "m1_enrich_error"]
+    assert report.rows == len(TEXTS)
+    # a second model enriches the enriched table under another prefix
+    enrich(tmp_path / "out", tmp_path / "out2", config.model_copy(update={"prefix": "m2_"}))
+    twice = pq.read_table(tmp_path / "out2" / src.name)
+    assert twice.select(out.schema.names).equals(out)
+    np.testing.assert_allclose(
+        _embeddings(twice, "m2_embedding"), _embeddings(out, "m1_embedding"), atol=1e-6
+    )
+
+
+def test_prefix_clash_is_refused_before_model_work(
+    tiny_embed_dir: Path, write_table, tmp_path: Path
+) -> None:
+    src = write_table({"text": ["a"], "embedding": [1.0]})
+    with pytest.raises(InputError, match=r"already exist.*--prefix"):
+        enrich(
+            src, tmp_path / "out", EngineConfig(text_column="text", embed_model=str(tiny_embed_dir))
+        )
+
+
+def test_bad_rows_are_kept_with_enrich_error(
+    tiny_embed_dir: Path, tiny_classifier_dir: Path, write_table, tmp_path: Path
+) -> None:
+    texts = ["fine text", None, "", "   \n\t", "word " * 1000, "\x00\x01 control", "東京"]
+    src = write_table({"id": list(range(len(texts))), "text": pa.array(texts, pa.large_string())})
+    config = EngineConfig(
+        text_column="text", embed_model=str(tiny_embed_dir), classify_model=str(tiny_classifier_dir)
+    )
+    report = enrich(src, tmp_path / "out", config)
+    out = pq.read_table(tmp_path / "out" / src.name)
+    assert out.column("id").to_pylist() == list(range(len(texts)))
+    assert out.column("enrich_error").to_pylist() == [
+        None,
+        "text is null",
+        "text is empty",
+        "text is whitespace-only",
+        None,
+        None,
+        None,
+    ]
+    for column in ["embedding", "label", "score"]:
+        assert out.column(column).is_null().to_pylist() == [
+            False,
+            True,
+            True,
+            True,
+            False,
+            False,
+            False,
+        ]
+    long_text = reference_embeddings(tiny_embed_dir, [texts[4]], max_length=48)
+    assert cosine(_embeddings(out.slice(4, 1)), long_text)[0] >= 0.9999
+    assert report.rows_failed == 3 and report.truncated_rows == 1
+
+
+def test_partitioned_layout_is_mirrored(tiny_embed_dir: Path, write_table, tmp_path: Path) -> None:
+    for i, date in enumerate(["2026-11-01", "2026-11-02", "2026-11-03"]):
+        write_table({"id": [i, i + 10], "text": ["a day", "b"]}, f"src/date={date}/part-0.parquet")
+    enrich(
+        tmp_path / "src",
+        tmp_path / "out",
+        EngineConfig(text_column="text", embed_model=str(tiny_embed_dir)),
+    )
+    files = sorted(
+        p.relative_to(tmp_path / "out").as_posix()
+        for p in (tmp_path / "out").rglob("*")
+        if p.name != LOCK_NAME
+    )
+    assert files == [
+        "date=2026-11-01",
+        "date=2026-11-01/part-0.parquet",
+        "date=2026-11-02",
+        "date=2026-11-02/part-0.parquet",
+        "date=2026-11-03",
+        "date=2026-11-03/part-0.parquet",
+    ]
+    table = pq.read_table(tmp_path / "out")  # hive partitions come back as a column
+    assert sorted(
+        zip(table.column("date").to_pylist(), table.column("id").to_pylist(), strict=True)
+    ) == [
+        ("2026-11-01", 0),
+        ("2026-11-01", 10),
+        ("2026-11-02", 1),
+        ("2026-11-02", 11),
+        ("2026-11-03", 2),
+        ("2026-11-03", 12),
+    ]
+
+
+def test_unreadable_files_fail_alone(tiny_embed_dir: Path, write_table, tmp_path: Path) -> None:
+    write_table({"text": ["good one"]}, "src/a.parquet")
+    good = write_table({"text": ["good two"] * 5000}, "src/c.parquet")
+    truncated = tmp_path / "src" / "b.parquet"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    (tmp_path / "src" / "notes.parquet").write_text("this is not parquet")
+    with pytest.raises(FilesFailedError) as info:
+        enrich(
+            tmp_path / "src",
+            tmp_path / "out",
+            EngineConfig(text_column="text", embed_model=str(tiny_embed_dir)),
+        )
+    assert set(info.value.failures) == {str(truncated), str(tmp_path / "src" / "notes.parquet")}
+    assert "b.parquet" in str(info.value)
+    outputs = sorted(p.name for p in (tmp_path / "out").iterdir() if p.name != LOCK_NAME)
+    assert outputs == ["a.parquet", "c.parquet"]
+    assert pq.read_table(tmp_path / "out" / "c.parquet").num_rows == 5000
+
+
+def test_missing_text_column_everywhere_fails_before_models(write_table, tmp_path: Path) -> None:
+    src = write_table({"body": ["x"]})
+    config = EngineConfig(text_column="text", embed_model=str(tmp_path / "no-such-model"))
+    with pytest.raises(InputError, match="'text' not found; columns are: body"):
+        enrich(src, tmp_path / "out", config)
+    assert not (tmp_path / "out").exists()
+
+
+def test_single_file_to_parquet_dest(tiny_embed_dir: Path, write_table, tmp_path: Path) -> None:
+    src = write_table({"text": ["a", "b"]})
+    enrich(
+        src,
+        tmp_path / "result.parquet",
+        EngineConfig(text_column="text", embed_model=str(tiny_embed_dir)),
+    )
+    assert pq.read_table(tmp_path / "result.parquet").num_rows == 2
+
+
+def test_dest_inside_source_is_refused(tiny_embed_dir: Path, write_table, tmp_path: Path) -> None:
+    write_table({"text": ["a"]})
+    with pytest.raises(InputError, match="inside SOURCE"):
+        enrich(
+            tmp_path / "src",
+            tmp_path / "src" / "out",
+            EngineConfig(text_column="text", embed_model=str(tiny_embed_dir)),
+        )
+
+
+def test_empty_file_and_all_invalid_window(
+    tiny_embed_dir: Path, write_table, tmp_path: Path
+) -> None:
+    empty = pa.table({"id": pa.array([], pa.int64()), "text": pa.array([], pa.string())})
+    write_table(empty, "src/empty.parquet")
+    write_table({"id": [1, 2], "text": [None, " "]}, "src/blank.parquet")
+    config = EngineConfig(text_column="text", embed_model=str(tiny_embed_dir))
+    report = enrich(tmp_path / "src", tmp_path / "out", config)
+    assert pq.read_table(tmp_path / "out" / "empty.parquet").num_rows == 0
+    assert pq.read_table(tmp_path / "out" / "empty.parquet").schema.names == [
+        "id",
+        "text",
+        "embedding",
+        "enrich_error",
+    ]
+    blank = pq.read_table(tmp_path / "out" / "blank.parquet")
+    assert blank.column("embedding").null_count == 2
+    assert blank.column("enrich_error").to_pylist() == ["text is null", "text is whitespace-only"]
+    assert report.rows == 2 and report.rows_failed == 2
+
+
+def test_schema_drift_between_files_keeps_each_files_schema(
+    tiny_embed_dir: Path, write_table, tmp_path: Path
+) -> None:
+    write_table(pa.table({"text": pa.array(["a"], pa.string())}), "src/a.parquet")
+    write_table(
+        pa.table({"text": pa.array(["b"], pa.large_string()), "extra": [1]}), "src/b.parquet"
+    )
+    enrich(
+        tmp_path / "src",
+        tmp_path / "out",
+        EngineConfig(text_column="text", embed_model=str(tiny_embed_dir)),
+    )
+    a = pq.read_schema(tmp_path / "out" / "a.parquet")
+    b = pq.read_schema(tmp_path / "out" / "b.parquet")
+    assert a.names == ["text", "embedding", "enrich_error"] and a.field("text").type == pa.string()
+    assert b.names == ["text", "extra", "embedding", "enrich_error"]
+    assert b.field("text").type == pa.large_string()
+
+
+def test_partitions_enriched_one_at_a_time_do_not_overwrite_each_other(
+    tiny_embed_dir: Path, write_table, tmp_path: Path
+) -> None:
+    config = EngineConfig(text_column="text", embed_model=str(tiny_embed_dir))
+    for date in ["2026-11-01", "2026-11-02"]:
+        path = write_table({"text": [date]}, f"src/date={date}/part-0.parquet")
+        enrich(path, tmp_path / "out", config)
+    table = pq.read_table(tmp_path / "out")
+    assert sorted(table.column("date").to_pylist()) == ["2026-11-01", "2026-11-02"]
+    assert sorted(table.column("text").to_pylist()) == ["2026-11-01", "2026-11-02"]
+
+
+def test_glob_dest_inside_source_is_refused(
+    tiny_embed_dir: Path, write_table, tmp_path: Path
+) -> None:
+    write_table({"text": ["a"]}, "src/a/x.parquet")
+    config = EngineConfig(text_column="text", embed_model=str(tiny_embed_dir))
+    with pytest.raises(InputError, match="inside SOURCE"):
+        enrich(str(tmp_path / "src" / "**" / "*.parquet"), tmp_path / "src" / "out", config)
+
+
+def test_column_clash_names_the_file(tiny_embed_dir: Path, write_table, tmp_path: Path) -> None:
+    path = write_table({"text": ["a"], "enrich_error": ["x"]})
+    config = EngineConfig(text_column="text", embed_model=str(tiny_embed_dir))
+    with pytest.raises(InputError, match=f"{path}: output column"):
+        enrich(path, tmp_path / "out", config)
+
+
+def test_two_worker_processes_match_one(
+    tiny_embed_dir: Path, tiny_classifier_dir: Path, write_table, tmp_path: Path
+) -> None:
+    for i in range(4):
+        write_table(
+            {"id": [i, i + 10, i + 20], "text": [f"text {i}", None, TEXTS[i]]},
+            f"src/date=2026-11-0{i + 1}/part-0.parquet",
+        )
+    config = EngineConfig(
+        text_column="text",
+        embed_model=str(tiny_embed_dir),
+        classify_model=str(tiny_classifier_dir),
+        device="cpu",
+    )
+    one = enrich(tmp_path / "src", tmp_path / "one", config)
+    two = enrich(tmp_path / "src", tmp_path / "two", config.model_copy(update={"workers": 2}))
+    assert two.rows == one.rows == 12 and two.rows_failed == one.rows_failed == 4
+    assert two.label_counts == one.label_counts
+    assert two.stages["embed"].real_tokens == one.stages["embed"].real_tokens
+    a, b = pq.read_table(tmp_path / "one"), pq.read_table(tmp_path / "two")
+    assert a.drop_columns(["embedding", "score"]).equals(b.drop_columns(["embedding", "score"]))
+    embedded = pc.is_valid(a.column("embedding"))
+    np.testing.assert_allclose(
+        _embeddings(a.filter(embedded)), _embeddings(b.filter(embedded)), atol=1e-5
+    )
+
+
+def test_models_with_the_same_tokenizer_share_one_tokenization(
+    tiny_embed_dir: Path, tiny_classifier_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from bertetl.engine.pipeline import Pipeline
+
+    # the fixtures' WordPiece vocabs are trained separately, so their ids differ: two passes
+    both = {"embed_model": str(tiny_embed_dir), "classify_model": str(tiny_classifier_dir)}
+    assert len(Pipeline(EngineConfig(text_column="text", max_length=32, **both)).tokenizers) == 2
+    # a classifier carrying the embedding model's tokenizer (as a fine-tune of it does)
+    classifier = tmp_path / "cls"
+    shutil.copytree(tiny_classifier_dir, classifier)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_embed_dir / name, classifier / name)
+    same = {"embed_model": str(tiny_embed_dir), "classify_model": str(classifier)}
+    shared = Pipeline(EngineConfig(text_column="text", max_length=32, **same))
+    assert len(shared.tokenizers) == 1
+    assert shared.models[0].tokens_column == shared.models[1].tokens_column
+    # but not when their max lengths differ (48 from sentence_bert_config vs 128)
+    assert len(Pipeline(EngineConfig(text_column="text", **same)).tokenizers) == 2

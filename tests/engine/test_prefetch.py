@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from bertetl.engine.prefetch import prefetch
+
+
+def test_prefetch_keeps_order_and_bounds_readahead() -> None:
+    produced = []
+
+    def source():
+        for i in range(50):
+            produced.append(i)
+            yield i
+
+    seen = []
+    for item in prefetch(source(), depth=2):
+        seen.append(item)
+        assert len(produced) - len(seen) <= 3  # depth in the queue + one being put
+    assert seen == list(range(50))
+
+
+def test_prefetch_reraises_producer_errors_in_order() -> None:
+    def source():
+        yield 1
+        raise ValueError("bad file")
+
+    out = []
+    with pytest.raises(ValueError, match="bad file"):
+        for item in prefetch(source()):
+            out.append(item)
+    assert out == [1]
+
+
+def test_closing_the_consumer_stops_the_producer() -> None:
+    def endless():
+        i = 0
+        while True:
+            yield i
+            i += 1
+
+    before = threading.active_count()
+    stream = prefetch(endless(), depth=1)
+    assert next(stream) == 0
+    stream.close()
+    assert threading.active_count() == before

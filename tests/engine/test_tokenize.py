@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+
+from bertetl.engine.tokenize import (
+    BLANK_TEXT,
+    EMPTY_TEXT,
+    NULL_TEXT,
+    TokenizeStage,
+    ValidateTextStage,
+    text_problems,
+)
+
+
+def test_text_problems_flags_null_empty_and_blank() -> None:
+    text = pa.array(["ok", None, "", "  \t\n", " x "])
+    assert text_problems(text).to_pylist() == [None, NULL_TEXT, EMPTY_TEXT, BLANK_TEXT, None]
+
+
+def _tokenize(model_dir: Path, texts: list, max_length: int | None = None) -> list[list[int]]:
+    batch = pa.RecordBatch.from_pydict({"text": pa.array(texts, pa.string())})
+    validate = ValidateTextStage("text")
+    stage = TokenizeStage(model_dir, "text", validate.error_column, "k", max_length)
+    stage.setup()
+    (out,) = stage(validate([batch]))
+    return out.column(stage.tokens_column).to_pylist(), stage
+
+
+def test_tokens_match_the_tokenizer_and_skip_invalid_rows(tiny_embed_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokens, _ = _tokenize(tiny_embed_dir, ["hello world", None, "  ", "the fox"])
+    reference = AutoTokenizer.from_pretrained(tiny_embed_dir)
+    assert tokens[0] == reference("hello world")["input_ids"]
+    assert tokens[1] == [] and tokens[2] == []
+    assert tokens[3] == reference("the fox")["input_ids"]
+
+
+def test_max_length_comes_from_sentence_bert_config(tiny_embed_dir: Path) -> None:
+    tokens, stage = _tokenize(tiny_embed_dir, ["word " * 500])
+    assert stage.max_length == 48
+    assert len(tokens[0]) == 48
+    assert stage.truncated_rows == 1
+
+
+def test_max_length_option_overrides(tiny_embed_dir: Path) -> None:
+    tokens, stage = _tokenize(tiny_embed_dir, ["word " * 500, "the fox"], max_length=10)
+    assert len(tokens[0]) == 10
+    fits_exactly = _tokenize(tiny_embed_dir, ["the fox"], max_length=len(tokens[1]))[1]
+    assert stage.truncated_rows == 1 and fits_exactly.truncated_rows == 0

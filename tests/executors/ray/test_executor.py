@@ -1,0 +1,168 @@
+"""`--executor ray` on a real local Ray (one per session): the same output as the local
+executor, failures named per file, a killed model actor, and the one-line hint without Ray."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from bertetl.config import EngineConfig
+from bertetl.errors import FilesFailedError
+from bertetl.runs.enrich import enrich
+from tests.conftest import partition_texts
+from tests.outputs import assert_equivalent, staging_is_empty
+
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]
+
+
+@pytest.fixture
+def local_config(tiny_embed_dir: Path, tiny_classifier_dir: Path) -> EngineConfig:
+    """Embed and classify, in small windows, so files span several blocks and parts."""
+    return EngineConfig(
+        text_column="text",
+        embed_model=str(tiny_embed_dir),
+        classify_model=str(tiny_classifier_dir),
+        window_rows=16,
+    )
+
+
+def on_ray(config: EngineConfig) -> EngineConfig:
+    return EngineConfig(**{**config.model_dump(), "executor": "ray"})
+
+
+def write_source(root: Path, days: int = 3, files_per_day: int = 2, rows: int = 45) -> Path:
+    """A hive-partitioned table with a user column named `path` (Ray's read_parquet would
+    overwrite it) and a list column, in row groups of 10."""
+    for day in range(1, days + 1):
+        folder = root / f"date=2026-02-{day:02d}"
+        folder.mkdir(parents=True)
+        for part in range(files_per_day):
+            texts = partition_texts(day * 10 + part, rows)
+            ids = [f"{day}-{part}-{i}" for i in range(rows)]
+            table = pa.table(
+                {
+                    "id": ids,
+                    "text": pa.array(texts, pa.string()),
+                    "path": [f"/logs/{i}.txt" for i in range(rows)],
+                    "tags": [[f"t{i % 3}"] * (i % 3) for i in range(rows)],
+                }
+            )
+            pq.write_table(table, folder / f"part-{part}.parquet", row_group_size=10)
+    return root
+
+
+def test_ray_output_equals_local(local_config, tmp_path: Path, monkeypatch) -> None:
+    import bertetl.executors.ray.executor
+
+    monkeypatch.setattr(bertetl.executors.ray.executor, "READ_RANGE_ROWS", 20)  # big files: 3 reads
+    src = write_source(tmp_path / "src")
+    local = enrich(src, tmp_path / "local", local_config)
+    report = enrich(src, tmp_path / "ray", on_ray(local_config))
+    assert report.failures == {}
+    assert assert_equivalent(tmp_path / "ray", tmp_path / "local") == 3 * 2 * 45
+    assert (report.rows, report.rows_failed) == (local.rows, local.rows_failed)
+    assert report.rows_failed >= 6  # at least a null and a blank text per file
+    assert report.label_counts == local.label_counts
+    assert staging_is_empty(tmp_path / "ray")
+
+
+def corrupt_page(path: Path, row_group: int) -> None:
+    """Overwrite a data page header of `row_group`: the footer still reads, the rows do not."""
+    column = pq.read_metadata(path).row_group(row_group).column(0)
+    with open(path, "r+b") as handle:
+        handle.seek(column.data_page_offset)
+        handle.write(b"\xff" * 16)
+
+
+def test_bad_files_are_named_and_good_files_committed(local_config, tmp_path: Path) -> None:
+    src = write_source(tmp_path / "src", days=2)
+    truncated = src / "date=2026-02-01" / "part-1.parquet"
+    truncated.write_bytes(truncated.read_bytes()[:-100])
+    corrupt = src / "date=2026-02-02" / "part-0.parquet"
+    corrupt_page(corrupt, row_group=2)
+    with pytest.raises(FilesFailedError) as failed:
+        enrich(src, tmp_path / "ray", on_ray(local_config))
+    failures = failed.value.failures
+    assert set(failures) == {str(truncated), str(corrupt)}
+    assert str(truncated) in failures[str(truncated)]
+    assert str(corrupt) in failures[str(corrupt)]
+    # the good files are committed, equal to the local executor's; the bad ones not at all
+    for bad in (truncated, corrupt):
+        bad.unlink()
+    enrich(src, tmp_path / "local", local_config)
+    assert assert_equivalent(tmp_path / "ray", tmp_path / "local") == 2 * 45
+    assert staging_is_empty(tmp_path / "ray")
+
+
+def model_actor_pids() -> set[int]:
+    found = subprocess.run(
+        ["pgrep", "-f", r"MapBatches\(ModelActor\)"], capture_output=True, text=True
+    )
+    return {int(pid) for pid in found.stdout.split()}
+
+
+def test_killed_model_actor_is_restarted_and_no_row_is_lost(local_config, tmp_path: Path) -> None:
+    from bertetl.executors import Job, make_executor
+    from bertetl.io.read import discover
+
+    src = write_source(tmp_path / "src", days=2, files_per_day=2, rows=1500)
+    config = EngineConfig(**{**on_ray(local_config).model_dump(), "window_rows": 8})
+    files = discover(src)
+    jobs = [Job(f, tmp_path / "ray" / f.relative, pq.read_schema(f.path)) for f in files]
+    total = 2 * 2 * 1500
+    executor = make_executor(config)
+    executor.setup()
+    written, killed, seen = [0], [], set()
+
+    def on_rows(rows: int) -> None:  # the driver's progress poll: kill the actor mid-run
+        written[0] += rows
+        pids = model_actor_pids()
+        seen.update(pids)
+        if not killed and pids:
+            pid = min(pids)
+            os.kill(pid, signal.SIGKILL)
+            killed.append((pid, written[0]))
+
+    (tmp_path / "scratch").mkdir()
+    results = executor.run_jobs(jobs, on_rows=on_rows, scratch=tmp_path / "scratch")
+    assert killed, "the model actor was never seen running"
+    pid, rows_at_kill = killed[0]
+    assert rows_at_kill < total  # killed mid-run
+    assert seen - {pid}, "no restarted model actor was seen"
+    assert [r.error for r in results] == [None] * len(jobs)
+    assert sum(r.rows for r in results) == total
+    ids = Counter(pq.read_table(tmp_path / "ray", columns=["id"]).column("id").to_pylist())
+    assert len(ids) == total and set(ids.values()) == {1}  # every row once
+    enrich(src, tmp_path / "local", EngineConfig(**{**local_config.model_dump(), "window_rows": 8}))
+    assert assert_equivalent(tmp_path / "ray", tmp_path / "local") == total
+
+
+def test_without_ray_installed_a_one_line_hint(
+    tiny_embed_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from bertetl.cli import app
+
+    for name in [n for n in sys.modules if n.split(".")[0] == "ray" or "executors.ray" in n]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as if not installed
+    src = write_source(tmp_path / "src", days=1, files_per_day=1, rows=10)
+    command = ["enrich", str(src), str(tmp_path / "out"), "--text-column", "text"]
+    command += ["--embed-model", str(tiny_embed_dir), "--executor", "ray"]
+    done = CliRunner().invoke(app, command)
+    assert done.exit_code == 1
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith(
+        "error: --executor ray needs the 'ray' extra: pip install 'bertetl[ray]'"
+    )
+    assert "Traceback" not in done.output
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,84 @@
+"""Destination lock, staged folders and the atomic partition swap."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import bertetl.io.commit as commit
+from bertetl.errors import CommitError
+from bertetl.io.commit import DestinationLock, clean_staging, staged_folder, swap_in
+from tests.outputs import staging_is_empty
+
+
+def test_second_lock_is_refused_with_the_holder_named(tmp_path: Path) -> None:
+    with DestinationLock(tmp_path / "dest"):
+        with pytest.raises(CommitError, match=r"another bertetl run is writing .*pid \d+"):
+            DestinationLock(tmp_path / "dest").acquire()
+    with DestinationLock(tmp_path / "dest"):  # released: free again
+        pass
+
+
+def test_lock_of_a_killed_process_is_released(tmp_path: Path) -> None:
+    code = (
+        "import os, signal, sys; from bertetl.io.commit import DestinationLock; "
+        f"DestinationLock({str(tmp_path / 'dest')!r}).acquire(); "
+        "os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], timeout=60)
+    assert result.returncode == -9
+    with DestinationLock(tmp_path / "dest"):
+        pass
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_swap_in_replaces_a_partition_whole(tmp_path: Path, monkeypatch, exchange: bool) -> None:
+    if not exchange:
+        monkeypatch.setattr(commit, "_exchange", lambda a, b: False)
+    target = tmp_path / "dest" / "date=2026-01-01"
+    target.mkdir(parents=True)
+    (target / "old.parquet").write_text("old")
+    with staged_folder(tmp_path / "dest") as staged:
+        (staged / "new.parquet").write_text("new")
+        swap_in(staged, target)
+    assert sorted(p.name for p in target.iterdir()) == ["new.parquet"]
+    assert staging_is_empty(tmp_path / "dest")
+
+
+def test_swap_in_creates_a_new_partition(tmp_path: Path) -> None:
+    target = tmp_path / "dest" / "date=2026-01-01"
+    with staged_folder(tmp_path / "dest") as staged:
+        (staged / "a.parquet").write_text("a")
+        swap_in(staged, target)
+    assert (target / "a.parquet").read_text() == "a"
+
+
+def test_clean_staging_removes_leftovers(tmp_path: Path) -> None:
+    leftover = commit.staging_root(tmp_path / "dest") / "abc"
+    leftover.mkdir(parents=True)
+    (leftover / "x.parquet").write_text("partial")
+    assert clean_staging(tmp_path / "dest") == 1
+    assert not leftover.exists()
+
+
+def test_enrich_takes_the_lock_and_cleans_temp_files(
+    tiny_embed_dir: Path, write_table, tmp_path: Path
+) -> None:
+    from bertetl.config import EngineConfig
+    from bertetl.runs.enrich import enrich
+
+    src = write_table({"text": ["one", "two"]})
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    leftover = dest / f".part-0.parquet.abc{commit.TEMP_SUFFIX}"
+    leftover.write_text("a killed run's partial file")
+    config = EngineConfig(text_column="text", embed_model=str(tiny_embed_dir))
+    with DestinationLock(dest):
+        with pytest.raises(CommitError, match="another bertetl run is writing"):
+            enrich(src.parent, dest, config)
+    enrich(src.parent, dest, config)
+    assert not leftover.exists()
+    assert (dest / "part-0.parquet").exists()
