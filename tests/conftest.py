@@ -231,24 +231,28 @@ def partition_texts(day: int, rows: int) -> list[str | None]:
     return texts
 
 
+def write_partitioned(root: Path, days: int = 5, rows: int = 24, files_per_day: int = 1) -> Path:
+    """Write a hive-partitioned table `root/date=2026-01-0D/part-K.parquet`; returns `root`."""
+    for day in range(1, days + 1):
+        folder = root / f"date=2026-01-{day:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        texts = partition_texts(day, rows)
+        share = -(-rows // files_per_day)
+        for part in range(files_per_day):
+            chunk = texts[part * share : (part + 1) * share]
+            ids = list(range(part * share, part * share + len(chunk)))
+            table = pa.table(
+                {"id": pa.array(ids, pa.int64()), "text": pa.array(chunk, pa.string())}
+            )
+            pq.write_table(table, folder / f"part-{part}.parquet", row_group_size=10)
+    return root
+
+
 @pytest.fixture
 def partitioned_source(tmp_path: Path) -> Callable[..., Path]:
     """Write a hive-partitioned table `src/date=2026-01-0D/part-K.parquet`; returns `src`."""
 
     def write(days: int = 5, rows: int = 24, files_per_day: int = 1) -> Path:
-        root = tmp_path / "src"
-        for day in range(1, days + 1):
-            folder = root / f"date=2026-01-{day:02d}"
-            folder.mkdir(parents=True, exist_ok=True)
-            texts = partition_texts(day, rows)
-            share = -(-rows // files_per_day)
-            for part in range(files_per_day):
-                chunk = texts[part * share : (part + 1) * share]
-                ids = list(range(part * share, part * share + len(chunk)))
-                table = pa.table(
-                    {"id": pa.array(ids, pa.int64()), "text": pa.array(chunk, pa.string())}
-                )
-                pq.write_table(table, folder / f"part-{part}.parquet", row_group_size=10)
-        return root
+        return write_partitioned(tmp_path / "src", days, rows, files_per_day)
 
     return write

@@ -72,13 +72,16 @@ def _venv(root: Path, wheel: Path) -> Path:
 
 
 def test_installed_wheel_runs_backfill_incremental_and_summary(
-    wheel: Path, tmp_path: Path, tiny_embed_dir: Path, partitioned_source
+    wheel: Path, tmp_path: Path, tiny_embed_dir: Path, partitioned_source, prefect_harness
 ) -> None:
+    from prefect.settings import PREFECT_API_URL
+
     python = _venv(tmp_path / "venv", wheel)
     work = tmp_path / "elsewhere"  # not the checkout: nothing of it on the path
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "PYTHON"))}
-    env |= {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    # the session's Prefect API: the CLI's own temporary server is tested in tests/flows
+    env |= {"PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
     def run(*args: str) -> str:
         done = subprocess.run(

@@ -170,30 +170,42 @@ def _timed(run: Callable[[], Any], repeats: int, device: Any) -> list[float]:
     return seconds
 
 
-def _run_system(system: str, model_name: str, inputs: str, config: BenchConfig, workdir: Path):
+def _engine_pipeline(task: str, model_dir: Path, config: BenchConfig) -> Any:
+    """The engine's `Pipeline` for one model, with the bench's device and batch settings."""
+    from bertetl.config import EngineConfig
+    from bertetl.engine.pipeline import Pipeline
+
+    return Pipeline(
+        EngineConfig(
+            text_column="text",
+            **{f"{task}_model": str(model_dir)},
+            device=config.device,
+            dtype=config.dtype,
+            batch_tokens=config.batch_tokens,
+            max_batch_rows=config.max_batch_rows,
+        )
+    )
+
+
+def _run_system(
+    system: str, model_name: str, inputs: str, config: BenchConfig, workdir: Path
+) -> Result:
+    """One system on one model and input set, timed after a warm-up (in its own process)."""
     import torch
     import transformers
 
-    from bertetl.config import EngineConfig
     from bertetl.engine.encoders import resolve_device, resolve_dtype
-    from bertetl.engine.pipeline import Pipeline
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
+    make_run = _SYSTEMS.get(system)
+    if make_run is None:
+        raise ValueError(f"unknown system {system!r} ({', '.join(SYSTEMS)})")
     task, name = split_task(model_name)
     model_dir = _model_dir(name, workdir)
     texts = _texts(inputs, config.rows)
     device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype, device)
-    engine_config = EngineConfig(
-        text_column="text",
-        **{f"{task}_model": str(model_dir)},
-        device=config.device,
-        dtype=config.dtype,
-        batch_tokens=config.batch_tokens,
-        max_batch_rows=config.max_batch_rows,
-    )
-    pipeline = Pipeline(engine_config)
+    pipeline = _engine_pipeline(task, model_dir, config)
     tokenizer = next(iter(pipeline.tokenizers.values()))
     if system.startswith("engine"):
         pipeline.setup()
@@ -205,17 +217,13 @@ def _run_system(system: str, model_name: str, inputs: str, config: BenchConfig, 
     result.flops = forward_flops(model_config, lengths, params)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-
-    make_run = _SYSTEMS.get(system)
-    if make_run is None:
-        raise ValueError(f"unknown system {system!r} ({', '.join(SYSTEMS)})")
     setup = dict(
         task=task,
         pipeline=pipeline,
         model_dir=model_dir,
         max_length=tokenizer.max_length,
         device=device,
-        dtype=dtype,
+        dtype=resolve_dtype(config.dtype, device),
         workdir=workdir,
     )
     make_run(texts[:64], **setup)()  # warm-up

@@ -7,8 +7,10 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -144,7 +146,6 @@ def train(table_path: str, model_out: str, config: TrainConfig) -> TrainReport:
     """
     import torch
     import transformers
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -158,6 +159,35 @@ def train(table_path: str, model_out: str, config: TrainConfig) -> TrainReport:
     )
     base = resolve_model_dir(config.base_model)
     device = resolve_device(config.device)
+    tokenizer, model = _load(base, names, device)
+    encoded = tokenizer(texts, truncation=True, max_length=config.max_length)["input_ids"]
+
+    def collate(rows: np.ndarray) -> dict[str, Any]:
+        batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt")
+        return {k: v.to(device) for k, v in batch.items()}
+
+    lengths = np.array([len(ids) for ids in encoded])
+    _fit(model, collate, lengths, labels, train_rows, config, device)
+    predicted = _predict(model, collate, eval_rows)
+    truth = labels[eval_rows]
+    report = TrainReport(
+        accuracy=float(np.mean(predicted == truth)),
+        macro_f1=macro_f1(truth, predicted, len(names)),
+        labels=names,
+        train_rows=len(train_rows),
+        eval_rows=len(eval_rows),
+        epochs=config.epochs,
+        seconds=round(time.perf_counter() - started, 1),
+        base_model=str(base),
+    )
+    _save(out, model, tokenizer, report)
+    return report
+
+
+def _load(base: Path, names: list[str], device: Any) -> tuple[Any, Any]:
+    """The base model's tokenizer and a fresh classification head over its encoder."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
     # enrich truncates where the base model does (MiniLM: 256), not at the training length
     tokenizer.model_max_length = max_length_for(base)
@@ -170,12 +200,22 @@ def train(table_path: str, model_out: str, config: TrainConfig) -> TrainReport:
         use_safetensors=True,
         trust_remote_code=False,
     ).to(device)
-    encoded = tokenizer(texts, truncation=True, max_length=config.max_length)["input_ids"]
-    lengths = np.array([len(ids) for ids in encoded])
+    return tokenizer, model
 
-    def collate(rows: np.ndarray) -> dict[str, torch.Tensor]:
-        batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt")
-        return {k: v.to(device) for k, v in batch.items()}
+
+def _fit(
+    model: Any,
+    collate: Callable[[np.ndarray], dict[str, Any]],
+    lengths: np.ndarray,
+    labels: np.ndarray,
+    train_rows: np.ndarray,
+    config: TrainConfig,
+    device: Any,
+) -> None:
+    """AdamW with linear warm-up and decay over `config.epochs` passes of length-bucketed
+    batches."""
+    import torch
+    import transformers
 
     rng = np.random.default_rng(config.seed)
     steps_per_epoch = -(-len(train_rows) // config.batch_size)
@@ -201,24 +241,26 @@ def train(table_path: str, model_out: str, config: TrainConfig) -> TrainReport:
             step += 1
             if step % 20 == 0 or step == total_steps:
                 log.info("step %d/%d loss %.4f", step, total_steps, loss.item())
+
+
+def _predict(
+    model: Any, collate: Callable[[np.ndarray], dict[str, Any]], rows: np.ndarray
+) -> np.ndarray:
+    """The argmax label of each row, in batches of 64."""
+    import torch
+
     model.eval()
-    predicted = np.empty(len(eval_rows), dtype=np.int64)
+    predicted = np.empty(len(rows), dtype=np.int64)
     with torch.inference_mode():
-        for start in range(0, len(eval_rows), 64):
-            rows = eval_rows[start : start + 64]
-            logits = model(**collate(rows)).logits
+        for start in range(0, len(rows), 64):
+            logits = model(**collate(rows[start : start + 64])).logits
             predicted[start : start + 64] = logits.argmax(-1).cpu().numpy()
-    truth = labels[eval_rows]
-    report = TrainReport(
-        accuracy=float(np.mean(predicted == truth)),
-        macro_f1=macro_f1(truth, predicted, len(names)),
-        labels=names,
-        train_rows=len(train_rows),
-        eval_rows=len(eval_rows),
-        epochs=config.epochs,
-        seconds=round(time.perf_counter() - started, 1),
-        base_model=str(base),
-    )
+    return predicted
+
+
+def _save(out: Path, model: Any, tokenizer: Any, report: TrainReport) -> None:
+    """Save into a temp folder beside `out`, then rename it into place (replacing an earlier
+    `bertetl train` output)."""
     staging = out.parent / f".{out.name}.{os.getpid()}.bertetl-tmp"
     previous = out.parent / f".{out.name}.{os.getpid()}.bertetl-old"
     try:
@@ -231,4 +273,3 @@ def train(table_path: str, model_out: str, config: TrainConfig) -> TrainReport:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(previous, ignore_errors=True)
-    return report

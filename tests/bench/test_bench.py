@@ -4,6 +4,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from bertetl.bench.corpus import length_mix
 from bertetl.bench.systems import BenchConfig, format_table, forward_flops, run_bench
@@ -24,6 +25,7 @@ def test_length_mix_has_three_length_classes() -> None:
     assert words[0] >= 5 and words[9] <= 15 and 50 <= words[10] <= 120 and words[-1] >= 550
 
 
+@pytest.mark.slow  # each system in its own process
 def test_bench_runs_systems_in_one_report(tiny_embed_dir: Path, tmp_path: Path) -> None:
     config = BenchConfig(
         models=[str(tiny_embed_dir)],
@@ -46,6 +48,7 @@ def test_bench_runs_systems_in_one_report(tiny_embed_dir: Path, tmp_path: Path) 
     assert "engine-e2e" in format_table(report)
 
 
+@pytest.mark.slow
 def test_bench_classifier_against_the_text_classification_pipeline(
     tiny_classifier_dir: Path, tmp_path: Path
 ) -> None:

@@ -3,6 +3,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +15,37 @@ import pytest
 from bertetl.io.commit import LOCK_NAME
 
 
-def bertetl(*args: str) -> subprocess.CompletedProcess:
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def bertetl(*args: str) -> Run:
+    """The `bertetl` command, in this process (`typer.testing.CliRunner`). An exception that
+    escapes the command shows in `stderr` as the traceback a real process would print."""
+    from typer.testing import CliRunner
+
+    from bertetl.cli import app
+
+    result = CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "Traceback (most recent call last):\n" + "".join(
+            traceback.format_exception(result.exception)
+        )
+    return Run(result.exit_code, result.stdout, stderr)
+
+
+def bertetl_process(*args: str) -> subprocess.CompletedProcess:
+    """`python -m bertetl ...` as a real process: the entry point a user runs."""
     return subprocess.run(
         [sys.executable, "-m", "bertetl", *args], capture_output=True, text=True, timeout=300
     )
 
 
-def enrich_cli(source: Path, dest: Path, *options: str) -> subprocess.CompletedProcess:
+def enrich_cli(source: Path, dest: Path, *options: str) -> Run:
     """`bertetl enrich SOURCE DEST --text-column text OPTIONS...`"""
     return bertetl("enrich", str(source), str(dest), "--text-column", "text", *options)
 
@@ -27,9 +53,12 @@ def enrich_cli(source: Path, dest: Path, *options: str) -> subprocess.CompletedP
 def test_enrich_end_to_end(tiny_embed_dir, tiny_classifier_dir, write_table, tmp_path) -> None:
     src = write_table({"id": [1, 2, 3], "text": ["good", None, "bad film"]})
     report = tmp_path / "report.json"
-    run = enrich_cli(
-        src,
-        tmp_path / "out",
+    run = bertetl_process(
+        "enrich",
+        str(src),
+        str(tmp_path / "out"),
+        "--text-column",
+        "text",
         "--embed-model",
         str(tiny_embed_dir),
         "--classify-model",

@@ -18,7 +18,7 @@ from bertetl.errors import CommitError
 from bertetl.runs.enrich import enrich
 from tests.outputs import assert_same_output
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -127,6 +127,7 @@ print(json.dumps({"id": str(run.id), "state": run.state.type.value, "message": r
 """
 
 
+@pytest.mark.slow
 def test_served_backfill_runs_through_a_prefect_server(
     tmp_path: Path, tiny_embed_dir: Path, write_table: Callable[..., Path]
 ) -> None:

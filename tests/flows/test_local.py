@@ -47,6 +47,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("when", ["startup", "running"])
 def test_server_is_stopped_when_the_cli_is_killed(tmp_path: Path, when: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}

@@ -184,6 +184,7 @@ def test_simulated_cuda_oom_splits_batches_with_unchanged_output(
     assert_same_output(dest, tmp_path / "reference")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("mode", "count"), [("after-swap", 1), ("write", 4)])
 def test_killed_run_resumes_to_a_clean_result(
     mode: str, count: int, config, partitioned_source, tmp_path: Path

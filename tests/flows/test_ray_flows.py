@@ -17,7 +17,11 @@ from tests.executors.ray.test_executor import corrupt_page
 from tests.flows.test_partitioned import artifacts, backfill
 from tests.outputs import assert_equivalent, staging_is_empty
 
-pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("prefect_harness", "local_ray")]
+pytestmark = [
+    pytest.mark.ray,
+    pytest.mark.slow,
+    pytest.mark.usefixtures("prefect_harness", "local_ray"),
+]
 
 
 def test_backfill_on_ray_reports_fails_one_partition_and_resumes(

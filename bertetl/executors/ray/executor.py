@@ -164,8 +164,36 @@ class RayExecutor:
             raise ValueError("RayExecutor reads whole files: cut big files with READ_RANGE_ROWS")
         scratch = Path(scratch).resolve()
         started = time.perf_counter()
-        ranges, targets, footers = [], {}, []
         jobs = [Job(_absolute(job.file), Path(job.target).resolve(), job.schema) for job in jobs]
+        ranges, targets, footers = self._read_plan(jobs)
+        plan = self.plan()
+        options = CommitOptions(self.pipeline.validate.error_column, self.pipeline.label_columns())
+        with _data_context(_window_bytes(footers, self.config.window_rows)):
+            errors_dir, parts_dir = str(scratch / "ray-errors"), str(scratch / "ray-parts")
+            counters = RunCounters.remote()
+            sink = PartsDatasink(targets, parts_dir, errors_dir, options, counters)
+            source = ParquetFilesDatasource(ranges, self.config.window_rows, errors_dir)
+            dataset = self._dataset(source, len(ranges), plan, errors_dir, counters)
+            write_cpus = {"num_cpus": plan.cpus_per_write_task}
+            _run_with_progress(
+                lambda: dataset.write_datasink(sink, ray_remote_args=write_cpus), counters, on_rows
+            )
+            self._truncated_rows += ray.get(counters.truncated.remote())
+        if len(sink.results) != len(jobs):  # every file is committed or failed, never missed
+            raise CommitError(f"Ray reported {len(sink.results)} of {len(jobs)} files")
+        seconds = time.perf_counter() - started
+        for result in sink.results:
+            result.seconds = seconds
+        return sink.results
+
+    def _read_plan(
+        self, jobs: list[Job]
+    ) -> tuple[list[ReadRange], dict[int, FileTarget], list[pq.FileMetaData]]:
+        """Read tasks (one per file, or per chunk of about READ_RANGE_ROWS rows of a big
+        file), each file's commit target, and the footers (read once)."""
+        ranges: list[ReadRange] = []
+        targets: dict[int, FileTarget] = {}
+        footers: list[pq.FileMetaData] = []
         for index, (file, target, schema, _) in enumerate(jobs):
             metadata = pq.read_metadata(file.path)
             footers.append(metadata)
@@ -176,58 +204,45 @@ class RayExecutor:
                     ReadRange(index, file, first, rows, groups if len(cuts) > 1 else None)
                 )
                 first += rows
-            targets[index] = FileTarget(
-                index,
-                file.path,
-                str(target),
-                metadata.num_rows,
-                self.pipeline.output_schema(schema),
-            )
-        plan = self.plan()
+            output = self.pipeline.output_schema(schema)
+            targets[index] = FileTarget(index, file.path, str(target), metadata.num_rows, output)
+        return ranges, targets, footers
+
+    def _dataset(
+        self,
+        source: ParquetFilesDatasource,
+        blocks: int,
+        plan: RayPlan,
+        errors_dir: str,
+        counters: Any,
+    ) -> Any:
+        """read -> tokenize actors -> model actors, as a lazy Ray dataset."""
         worker_config = self._worker_config()
-        options = CommitOptions(self.pipeline.validate.error_column, self.pipeline.label_columns())
-        block_bytes = _window_bytes(footers, self.config.window_rows)
-        with _data_context(block_bytes):
-            errors_dir, parts_dir = str(scratch / "ray-errors"), str(scratch / "ray-parts")
-            counters = RunCounters.remote()
-            sink = PartsDatasink(targets, parts_dir, errors_dir, options, counters)
-            source = ParquetFilesDatasource(ranges, self.config.window_rows, errors_dir)
-            actors = ray.data.ActorPoolStrategy
-            dataset = (
-                ray.data.read_datasource(
-                    source, num_cpus=plan.cpus_per_read_task, override_num_blocks=len(ranges)
-                )
-                .map_batches(
-                    TokenizeActor,
-                    fn_constructor_args=(worker_config, errors_dir, counters),
-                    batch_format="pyarrow",
-                    batch_size=None,
-                    compute=actors(size=plan.tokenize_actors),
-                    num_cpus=plan.cpus_per_tokenize_actor,
-                    udf_modifying_row_count=False,
-                )
-                .map_batches(
-                    ModelActor,
-                    fn_constructor_args=(worker_config, errors_dir),
-                    batch_format="pyarrow",
-                    batch_size=None,
-                    compute=actors(size=plan.model_actors),
-                    num_cpus=plan.cpus_per_model_actor,
-                    num_gpus=plan.gpus_per_model_actor,
-                    udf_modifying_row_count=False,
-                )
+        actors = ray.data.ActorPoolStrategy
+        return (
+            ray.data.read_datasource(
+                source, num_cpus=plan.cpus_per_read_task, override_num_blocks=blocks
             )
-            write_cpus = {"num_cpus": plan.cpus_per_write_task}
-            _run_with_progress(
-                lambda: dataset.write_datasink(sink, ray_remote_args=write_cpus), counters, on_rows
+            .map_batches(
+                TokenizeActor,
+                fn_constructor_args=(worker_config, errors_dir, counters),
+                batch_format="pyarrow",
+                batch_size=None,
+                compute=actors(size=plan.tokenize_actors),
+                num_cpus=plan.cpus_per_tokenize_actor,
+                udf_modifying_row_count=False,
             )
-            self._truncated_rows = ray.get(counters.truncated.remote())
-        if len(sink.results) != len(jobs):  # every file is committed or failed, never missed
-            raise CommitError(f"Ray reported {len(sink.results)} of {len(jobs)} files")
-        seconds = time.perf_counter() - started
-        for result in sink.results:
-            result.seconds = seconds
-        return sink.results
+            .map_batches(
+                ModelActor,
+                fn_constructor_args=(worker_config, errors_dir),
+                batch_format="pyarrow",
+                batch_size=None,
+                compute=actors(size=plan.model_actors),
+                num_cpus=plan.cpus_per_model_actor,
+                num_gpus=plan.gpus_per_model_actor,
+                udf_modifying_row_count=False,
+            )
+        )
 
 
 #: Bounds on a block's size in bytes (Ray's default target is 128 MiB).

@@ -21,7 +21,7 @@ from bertetl.runs.enrich import enrich
 from tests.executors.ray.test_executor import write_source
 from tests.outputs import assert_equivalent
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 RAY = str(Path(sys.executable).with_name("ray"))
 STARTED = "Ray runtime started."
 
