@@ -29,6 +29,10 @@ class ExecutorError(BertEtlError):
     """The executor cannot run: Ray is not installed, unreachable, or lacks what was asked."""
 
 
+class OrchestrationError(BertEtlError):
+    """Prefect's API could not be started or reached."""
+
+
 class FilesFailedError(BertEtlError):
     """Some input files failed; the others were committed. `failures` maps file to cause."""
 

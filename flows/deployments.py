@@ -26,11 +26,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from prefect import serve
+from prefect.deployments.runner import RunnerDeployment
+
 from bertetl.flows.enrich import enrich_flow
 from bertetl.flows.params import IncrementalParams
 from bertetl.flows.partitioned import backfill_flow, incremental_flow
-from prefect import serve
-from prefect.deployments.runner import RunnerDeployment
 
 NIGHTLY = "bertetl-incremental/nightly"
 ENRICH = "bertetl-enrich/on-demand"

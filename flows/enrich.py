@@ -5,18 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bertetl.flows.params import EnrichParams
-from bertetl.flows.progress import RunProgress
-from bertetl.flows.publish import finish_run
-from bertetl.flows.tasks import enrich_chunk_task, enrich_files_task, with_retries
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import State
 
 from bertetl.executors import Executor, Job, make_executor
+from bertetl.flows.params import EnrichParams
+from bertetl.flows.progress import RunProgress
+from bertetl.flows.publish import finish_run
+from bertetl.flows.tasks import (
+    enrich_chunk_task,
+    enrich_files_task,
+    quiet_user_errors,
+    with_retries,
+)
 from bertetl.io.chunks import Chunk, assemble, plan_chunks
 from bertetl.io.commit import DestinationLock, clean_staging, staged_folder
-from bertetl.io.paths import dest_root
+from bertetl.io.paths import check_run_paths, dest_root
 
 
 @task(name="assemble-file", cache_policy=NO_CACHE)
@@ -43,7 +48,9 @@ def _row(name: str, status: str, rows: int, failed: int, seconds: float) -> dict
 def enrich_flow(params: EnrichParams) -> list[dict[str, Any]] | State:
     """Enrich SOURCE into DEST; each file (or row-group range of a big file) is a task."""
     logger = get_run_logger()
+    quiet_user_errors()
     title = f"enrich {params.source} -> {params.dest}"
+    check_run_paths(params.source, params.dest)  # before DEST is locked or written
     executor = make_executor(params.engine)
     pipeline = executor.pipeline
     lock_dir, only_file = dest_root(params.source, params.dest)

@@ -10,36 +10,15 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from typing import ClassVar
 
-#: Runs as a child of the CLI: when the CLI dies, this is re-parented, and it stops the server.
-WATCHDOG = """
-import os, signal, sys, time
-parent, server = int(sys.argv[1]), int(sys.argv[2])
-def alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-while os.getppid() == parent and alive(server):
-    time.sleep(0.5)
-if alive(server):
-    os.kill(server, signal.SIGTERM)
-    for _ in range(50):
-        if not alive(server):
-            break
-        time.sleep(0.1)
-    else:
-        os.kill(server, signal.SIGKILL)
-"""
+from bertetl.errors import OrchestrationError
+from bertetl.processes import watch
 
-
-def _watch(server_pid: int) -> subprocess.Popen:
-    """A child process that stops `server_pid` once this process is gone."""
-    return subprocess.Popen([sys.executable, "-c", WATCHDOG, str(os.getpid()), str(server_pid)])
+#: Seconds to wait for the temporary server (Prefect's own default, 20 s, is too short on a
+#: busy 2-core machine); BERTETL_SERVER_START_TIMEOUT overrides it.
+START_TIMEOUT_S = 120
 
 
 @contextlib.contextmanager
@@ -62,15 +41,23 @@ def local_api() -> Iterator[None]:
             # the watchdog starts the moment the server process exists, before the server
             # is even healthy, so a kill during startup leaves nothing behind either
             process = super()._run_uvicorn_command()
-            watchdogs.append(_watch(process.pid))
+            watchdogs.append(watch([process.pid]))
             return process
 
     server = WatchedServer()
+    timeout = int(os.environ.get("BERTETL_SERVER_START_TIMEOUT", START_TIMEOUT_S))
     try:
-        server.start()
+        try:
+            server.start(timeout=timeout)
+        except Exception as e:  # Prefect raises RuntimeError or httpx errors here
+            raise OrchestrationError(
+                f"Prefect's temporary API server did not start within {timeout}s "
+                f"({type(e).__name__}: {str(e)[:300]}); set BERTETL_SERVER_START_TIMEOUT=300 "
+                "to wait longer, or PREFECT_API_URL to use a running Prefect server"
+            ) from e
         assert server.server_process is not None
         if not watchdogs:  # a Prefect without that hook: watch from here on
-            watchdogs.append(_watch(server.server_process.pid))
+            watchdogs.append(watch([server.server_process.pid]))
         with temporary_settings({PREFECT_API_URL: server.api_url}):
             yield
     finally:

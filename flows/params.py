@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bertetl.config import EngineConfig
 
@@ -56,6 +56,17 @@ class BackfillParams(PartitionedParams):
 
     start: str | None = Field(None, description="First partition value (inclusive).")
     end: str | None = Field(None, description="Last partition value (inclusive).")
+
+    @model_validator(mode="after")
+    def _range_holds_values(self) -> BackfillParams:
+        """An inverted range holds no value: refused here, so a deployment run (not only
+        the CLI) says so instead of succeeding with nothing done."""
+        if self.start is not None and self.end is not None and self.start > self.end:
+            raise ValueError(
+                f"start {self.start!r} comes after end {self.end!r} (values compare as "
+                "strings), so no partition can match: swap --start and --end"
+            )
+        return self
 
 
 class IncrementalParams(PartitionedParams):

@@ -5,17 +5,22 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from bertetl.flows.params import BackfillParams, IncrementalParams, PartitionedParams
-from bertetl.flows.progress import RunProgress
-from bertetl.flows.publish import finish_run, partition_row
-from bertetl.flows.tasks import enrich_partition_task, enrich_partitions_task, with_retries
 from prefect import flow, get_run_logger
 from prefect.states import State
 
 from bertetl.executors import Executor, make_executor
+from bertetl.flows.params import BackfillParams, IncrementalParams, PartitionedParams
+from bertetl.flows.progress import RunProgress
+from bertetl.flows.publish import finish_run, partition_row
+from bertetl.flows.tasks import (
+    enrich_partition_task,
+    enrich_partitions_task,
+    quiet_user_errors,
+    with_retries,
+)
 from bertetl.io.commit import DestinationLock, clean_staging
 from bertetl.runs.plan import PartitionPlan, Plan, plan_partitions
-from bertetl.runs.staged import PartitionOutcome, group_partitions
+from bertetl.runs.staged import PartitionOutcome, check_partitioned_run, group_partitions
 
 
 def run_partitioned(
@@ -25,8 +30,12 @@ def run_partitioned(
 
     Holds DEST's lock for the whole run. A partition that fails after its retries is named
     in the summary and the flow fails at the end, after every other partition committed.
+    A committed partition whose outputs no longer match its manifest (missing, truncated,
+    changed) is redone, with a warning naming the files; its summary row says 'damaged'.
     """
     logger = get_run_logger()
+    quiet_user_errors()
+    check_partitioned_run(params.source, params.dest, params.partition_column, start, end)
     with DestinationLock(params.dest):
         removed = clean_staging(params.dest)
         if removed:
@@ -42,19 +51,27 @@ def run_partitioned(
         )
         todo = plan.by_action("enrich")
         rows: list[dict[str, Any]] = []
+        damaged: dict[str, str] = {}
         for item in plan.partitions:
+            name = f"{item.column}={item.value}"
+            if item.damage:
+                files = "; ".join(str(d) for d in item.damage)
+                damaged[name] = files
+                redo = "redoing it" if item.action == "enrich" else "left as is"
+                logger.warning(
+                    "%s: committed output does not match its manifest: %s; %s", name, files, redo
+                )
             if item.action == "skip":
                 rows.append(partition_row(item.value, "skipped", item.reason, item.previous))
             elif item.action == "orphan":
                 logger.warning(
-                    "%s=%s: committed output has no source partition any more; left as is",
-                    item.column,
-                    item.value,
+                    "%s: committed output has no source partition any more; left as is", name
                 )
                 rows.append(partition_row(item.value, "orphan", item.reason, item.previous))
         logger.info(
-            "%d partition(s) to enrich, %d unchanged",
+            "%d partition(s) to enrich (%d damaged), %d unchanged",
             len(todo),
+            sum(1 for item in todo if item.damage),
             len(plan.by_action("skip")),
         )
         progress = RunProgress(
@@ -92,7 +109,7 @@ def run_partitioned(
                 executor.teardown()
         progress.finish()
     rows.sort(key=lambda r: r["partition"])
-    return finish_run(title, rows, failures)
+    return finish_run(title, rows, failures, damaged)
 
 
 def _each_partition(

@@ -41,8 +41,14 @@ def partition_row(value: str, status: str, reason: str, manifest: Any = None) ->
     return row
 
 
-def publish(title: str, rows: list[dict[str, Any]], failures: dict[str, str]) -> None:
-    """Create the summary table artifact and a markdown artifact naming any failures."""
+def publish(
+    title: str,
+    rows: list[dict[str, Any]],
+    failures: dict[str, str],
+    damaged: dict[str, str] | None = None,
+) -> None:
+    """Create the summary table artifact and a markdown artifact naming any failures and
+    any partitions whose committed outputs were found damaged (`damaged`: name -> files)."""
     create_table_artifact(rows, key="bertetl-summary", description=title)
     totals = {k: sum(r[k] for r in rows) for k in ("rows", "inferred", "reused", "failed")}
     lines = [
@@ -51,21 +57,28 @@ def publish(title: str, rows: list[dict[str, Any]], failures: dict[str, str]) ->
         f"- committed: {sum(r['status'] == 'committed' for r in rows)}",
         f"- skipped (unchanged): {sum(r['status'] == 'skipped' for r in rows)}",
         f"- failed: {len(failures)}",
+        *([f"- damaged outputs found: {len(damaged)}"] if damaged is not None else []),
         f"- rows written: {totals['rows']:,} (inferred {totals['inferred']:,}, "
         f"reused {totals['reused']:,}, with enrich_error {totals['failed']:,})",
     ]
     if failures:
         lines += ["", "## Failures", ""]
         lines += [f"- `{name}`: {cause}" for name, cause in failures.items()]
+    if damaged:
+        lines += ["", "## Damaged outputs (did not match their manifest)", ""]
+        lines += [f"- `{name}`: {files}" for name, files in damaged.items()]
     create_markdown_artifact("\n".join(lines), key="bertetl-report", description=title)
 
 
 def finish_run(
-    title: str, rows: list[dict[str, Any]], failures: dict[str, str]
+    title: str,
+    rows: list[dict[str, Any]],
+    failures: dict[str, str],
+    damaged: dict[str, str] | None = None,
 ) -> list[dict[str, Any]] | State:
     """Publish the summary; the rows, or a Failed final state naming the failures (callers
     get the error, logs get no traceback)."""
-    publish(title, rows, failures)
+    publish(title, rows, failures, damaged)
     if failures:
         error = PartitionsFailedError(failures, rows)
         return Failed(message=str(error), data=error)

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
-from bertetl.flows.params import RunOptions
-from bertetl.flows.progress import RunProgress
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from bertetl.errors import InputError, TransientError, is_transient
+from bertetl.errors import BertEtlError, InputError, TransientError, is_transient
 from bertetl.executors import Executor, Job
+from bertetl.flows.params import RunOptions
+from bertetl.flows.progress import RunProgress
 from bertetl.io.chunks import Chunk
 from bertetl.io.manifest import Manifest
 from bertetl.report import FileResult
@@ -31,6 +32,26 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
             result = e
         error = result if isinstance(result, BaseException) else None
     return error is not None and is_transient(error)
+
+
+class _NoTracebackForUserErrors(logging.Filter):
+    """Prefect logs a failed task run with its traceback; for bertetl's own permanent errors
+    (a bad file, a bad model) the message already names the cause, so the log line is kept
+    and the traceback dropped. Transient and unexpected errors keep theirs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, BertEtlError) and not is_transient(error):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_user_errors() -> None:
+    """Install the filter on Prefect's task and flow run loggers (once)."""
+    for name in ("prefect.task_runs", "prefect.flow_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoTracebackForUserErrors) for f in logger.filters):
+            logger.addFilter(_NoTracebackForUserErrors())
 
 
 def with_retries(task_fn: Any, run: RunOptions) -> Any:

@@ -13,7 +13,8 @@
 --                                                whitespace only); null for encoded rows
 -- Partition values stay in the folder names (date=2026-11-01/); hive readers add them back.
 -- Each partition folder has a _manifest.json (rows_in, rows_out, rows_inferred, rows_reused,
--- rows_failed, input and model fingerprints), written last as the commit marker.
+-- rows_failed, input and model fingerprints, and each output file's size, mtime, SHA-256 and
+-- rows), written last as the commit marker; `bertetl summary` reads only outputs that match it.
 --
 -- Table `enriched` (columns renamed by bertetl.summary): partition, encoded (the model output
 -- column is not null), enrich_error. `inconsistent` must be 0: a row has an output or an error.

@@ -256,3 +256,15 @@ def partitioned_source(tmp_path: Path) -> Callable[..., Path]:
         return write_partitioned(tmp_path / "src", days, rows, files_per_day)
 
     return write
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under `pytest -n 2 --dist loadgroup` (make test), keep every test that runs Ray on one
+    worker (one local Ray, never two on a 2-core machine) and the kill campaign on one worker
+    (its source, reference and committed DEST are built once per module)."""
+    for item in items:
+        if item.get_closest_marker("ray") is not None and "test_plan" not in item.nodeid:
+            item.add_marker(pytest.mark.xdist_group("ray"))
+        elif "faults/test_kill.py" in item.nodeid:
+            item.add_marker(pytest.mark.xdist_group("kill"))

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from bertetl.cli.common import Debug, setup_logging, user_errors
+from bertetl.cli.common import Debug, build_config, setup_logging, user_errors
 from bertetl.cli.options import engine_options
 from bertetl.config import EngineConfig
 from bertetl.errors import PartitionsFailedError
@@ -53,7 +53,9 @@ def backfill(
     from bertetl.flows.params import BackfillParams
 
     setup_logging(debug)
-    params = BackfillParams(
+    params = build_config(
+        BackfillParams,
+        debug,
         **_common(source, dest, partition_column, engine, reuse, force, retries),
         start=start,
         end=end,
@@ -81,8 +83,10 @@ def incremental(
     from bertetl.flows.params import IncrementalParams
 
     setup_logging(debug)
-    params = IncrementalParams(
-        **_common(source, dest, partition_column, engine, reuse, force, retries)
+    params = build_config(
+        IncrementalParams,
+        debug,
+        **_common(source, dest, partition_column, engine, reuse, force, retries),
     )
     _run("incremental", params, debug)
 
@@ -110,13 +114,26 @@ def _common(
 
 
 def _run(kind: str, params: Any, debug: bool) -> None:
-    """Run the flow in Prefect's local mode and print its summary."""
+    """Run the flow in Prefect's local mode and print its summary.
+
+    Every cheap check comes first, before any server starts or model loads, so a refused
+    run never waits for Prefect's start-up: SOURCE, DEST and the range (paths, partition
+    column, foreign files: `check_partitioned_run`), the executor and model folders, and
+    DEST's lock."""
     with user_errors(debug):
         from bertetl.executors import make_executor
         from bertetl.flows.local import local_api
         from bertetl.io.commit import DestinationLock
+        from bertetl.runs.staged import check_partitioned_run
 
-        make_executor(params.engine)  # a missing executor (no Ray) fails before any server
+        check_partitioned_run(
+            params.source,
+            params.dest,
+            params.partition_column,
+            getattr(params, "start", None),
+            getattr(params, "end", None),
+        )
+        make_executor(params.engine)  # a missing executor (no Ray) or model folder fails here
         lock = DestinationLock(params.dest)
         lock.acquire()  # fail at once, before any server starts, if another run holds DEST
         lock.release()

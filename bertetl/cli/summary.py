@@ -6,8 +6,11 @@ from typing import Annotated, Any
 
 import typer
 
-from bertetl.cli.common import Debug, help_of, user_errors
+from bertetl.cli.common import Debug, fail, help_of, user_errors
 from bertetl.config import EngineConfig
+
+#: Exit status when some outputs are damaged (the tables of the others are still printed).
+DAMAGED_EXIT = 3
 
 
 def summary(
@@ -18,15 +21,42 @@ def summary(
     prefix: Annotated[str, typer.Option(help=help_of(EngineConfig, "prefix"))] = "",
     debug: Debug = False,
 ) -> None:
-    """Print label counts and row accounting per partition of an enriched table (sql/)."""
+    """Print label counts and row accounting per partition of an enriched table (sql/).
+
+    Where DEST has `_manifest.json` files (backfill / incremental output), each partition's
+    outputs are checked against its manifest first, and only those that verify are counted.
+    Missing, truncated, changed or unreadable outputs are listed under `damaged`, one line
+    per file.
+
+    Exit status: 0 when every output was read; 3 when some are damaged (`bertetl
+    incremental` redoes those partitions, `bertetl enrich` rewrites its outputs); 1 on an
+    error (one line on stderr); 2 for a bad option.
+    """
+    import polars as pl
+
     from bertetl.reports.summary import summarize
 
     with user_errors(debug):
-        tables = summarize(dest, partition_column, prefix)
+        try:
+            tables = summarize(dest, partition_column, prefix)
+        except pl.exceptions.PolarsError as e:
+            fail(f"cannot summarize {dest}: {type(e).__name__}: {e}", debug)
+    damaged = tables.pop("damaged", None)
     for name, table in tables.items():
         typer.echo(f"{name}:")
         with pl_config():
             typer.echo(str(table))
+    if damaged is not None:
+        typer.echo("damaged (not counted above):")
+        for file, problem in damaged.select("file", "problem").iter_rows():
+            typer.echo(f"  {file}: {problem}")
+        typer.echo(
+            f"error: {damaged.height} damaged output file(s) in "
+            f"{damaged['folder'].n_unique()} folder(s) of {dest}; rerun the command that wrote "
+            "them (`bertetl incremental` redoes damaged partitions)",
+            err=True,
+        )
+        raise typer.Exit(DAMAGED_EXIT)
 
 
 def pl_config() -> Any:

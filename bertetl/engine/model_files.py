@@ -6,6 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bertetl.errors import ModelError
 
@@ -50,7 +51,41 @@ def resolve_model_dir(spec: str, allow_pickle: bool = False) -> Path:
             )
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise ModelError(f"{path} has no tokenizer: neither tokenizer.json nor vocab.txt is there")
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "modules.json"):
+        _json(path / name)  # a file that is not JSON is named now, not after minutes
+    for weights in sorted(path.glob("*.safetensors")):
+        check_safetensors(weights)
     return path
+
+
+def check_safetensors(path: Path) -> None:
+    """Check a safetensors file's header and length without loading it: a truncated or
+    corrupt file is a `ModelError` naming it, before any model work.
+
+    The format is an 8-byte little-endian header length, a JSON header giving each tensor's
+    byte range, then the data; the file must be exactly as long as the header says.
+    """
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            length = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if not 2 <= length <= min(size - 8, 100_000_000):
+                raise ValueError(f"header length {length} does not fit a {size}-byte file")
+            header = json.loads(handle.read(length))
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise ModelError(f"{path} is not a readable safetensors file ({e}); replace it") from e
+    ends = [
+        int(entry["data_offsets"][1])
+        for name, entry in header.items()
+        if name != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry
+    ]
+    expected = 8 + length + max(ends, default=0)
+    if expected != size:
+        raise ModelError(
+            f"{path} is truncated or corrupt: its header describes {expected} bytes but the "
+            f"file has {size}; replace it"
+        )
 
 
 @dataclass(frozen=True)
@@ -67,7 +102,7 @@ def read_pooling(model_dir: Path) -> PoolingSpec:
     modules_file = model_dir / "modules.json"
     if not modules_file.is_file():
         return PoolingSpec()
-    modules = json.loads(modules_file.read_text())
+    modules = _json(modules_file)
     mode, normalize = "mean", False
     for module in modules:
         kind = module.get("type", "").rsplit(".", 1)[-1]
@@ -75,7 +110,7 @@ def read_pooling(model_dir: Path) -> PoolingSpec:
             continue
         if kind == "Pooling":
             cfg_file = model_dir / module.get("path", "") / "config.json"
-            cfg = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
+            cfg = _json(cfg_file)
             if "pooling_mode" in cfg:
                 modes = [cfg["pooling_mode"]]
             else:
@@ -100,8 +135,17 @@ def read_pooling(model_dir: Path) -> PoolingSpec:
     return PoolingSpec(mode=mode, normalize=normalize)
 
 
-def _json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
+def _json(path: Path) -> Any:
+    """A model folder's JSON file ({} when absent); a file that is not JSON is a `ModelError`."""
+    if not path.is_file():
+        return {}
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path} is not valid JSON ({e}); fix or replace it") from e
+    if not isinstance(value, dict) and path.name != "modules.json":
+        raise ModelError(f"{path} should hold a JSON object; fix or replace it")
+    return value
 
 
 def max_length_for(model_dir: Path, requested: int | None = None) -> int:

@@ -12,6 +12,7 @@ from bertetl.config import EngineConfig, LocalOptions
 from bertetl.engine.pipeline import Pipeline
 from bertetl.engine.reuse import ReuseIndex
 from bertetl.executors.base import Capabilities, Job
+from bertetl.processes import die_with_parent
 from bertetl.report import EnrichReport, FileResult
 
 
@@ -107,7 +108,11 @@ class LocalExecutor:
     ) -> list[FileResult]:
         context = multiprocessing.get_context("spawn")
         config = self.pipeline.config
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        # the workers are started from, and waited for in, this thread: they die with it
+        # (PR_SET_PDEATHSIG), so a killed run leaves no worker writing behind it
+        with ProcessPoolExecutor(
+            workers, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)
+        ) as pool:
             futures = [
                 pool.submit(run_in_worker, config, jobs[i::workers], i, workers)
                 for i in range(workers)

@@ -6,7 +6,8 @@ its manifest last, then swapped with the live folder in one step:
 `renameat2(RENAME_EXCHANGE)` on Linux, so readers see the old partition or the new one,
 never a mix. Where the kernel or filesystem lacks it, the old folder is renamed aside and
 the new one renamed in (two renames; a reader in between sees the partition missing, never
-half-written).
+half-written). Of the old folder, only what bertetl owns is deleted: a file that appeared in it
+during the run is moved into the new one (`swap_in`'s `owned`).
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Collection, Iterator
+from pathlib import Path, PurePosixPath
 
 from bertetl.errors import CommitError
 from bertetl.io.write import TEMP_SUFFIX, fsync_dir
@@ -33,6 +35,8 @@ STAGING_SUFFIX = ".bertetl-staging"
 LOCK_NAME = ".bertetl.lock"
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
+#: A temp output file of `ParquetSink`: `.<name>.<random>.bertetl-tmp`.
+_TEMP_NAME = re.compile(r"\..+\.[^./]+" + re.escape(TEMP_SUFFIX) + "$")
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +101,14 @@ def staging_root(dest: str | os.PathLike[str]) -> Path:
 
 
 def clean_staging(dest: str | os.PathLike[str], only_file: str | None = None) -> int:
-    """Remove what a killed run left behind (call it holding the lock): staged folders and
-    hidden `.*.bertetl-tmp` output files under DEST (`only_file`: just that output's, in
-    DEST's top folder). Returns how many were removed."""
+    """Remove what a killed run on DEST left behind (call it holding DEST's lock): DEST's
+    staged folders and bertetl's temp output files (`.<name>.<random>.bertetl-tmp`) under DEST
+    (`only_file`: just that output's, in DEST's top folder). Returns how many were removed.
+
+    Only what this lock covers is cleaned: links are not followed, and folders that belong
+    to another run are not entered (one holding its own `.bertetl.lock`, i.e. another DEST
+    nested inside this one, and other DESTs' `.*.bertetl-staging` folders), so a run never
+    deletes the temp file of another run that is still writing."""
     dest = Path(dest)
     removed = 0
     staging = staging_root(dest)
@@ -107,13 +116,60 @@ def clean_staging(dest: str | os.PathLike[str], only_file: str | None = None) ->
         for path in list(staging.iterdir()):
             shutil.rmtree(path, ignore_errors=True)
             removed += 1
-    if dest.is_dir():
-        pattern = f".{only_file}.*{TEMP_SUFFIX}" if only_file else f".*{TEMP_SUFFIX}"
-        leftovers = dest.glob(pattern) if only_file else dest.rglob(pattern)
-        for path in list(leftovers):
-            path.unlink(missing_ok=True)
-            removed += 1
+    if not dest.is_dir():
+        return removed
+    if only_file:
+        leftovers = [p for p in dest.glob(f".{only_file}.*{TEMP_SUFFIX}") if is_temp_file(p.name)]
+    else:
+        leftovers = list(_temp_files(dest))
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+        removed += 1
     return removed
+
+
+def is_temp_file(name: str) -> bool:
+    """Whether `name` is a temp output file of bertetl's `ParquetSink`."""
+    return _TEMP_NAME.match(name) is not None
+
+
+def _temp_files(dest: Path) -> Iterator[Path]:
+    """bertetl temp files under DEST, not entering links, other DESTs or staging folders."""
+    for folder, subfolders, names in os.walk(dest):
+        subfolders[:] = [
+            name
+            for name in subfolders
+            if not name.endswith(STAGING_SUFFIX)
+            and not os.path.lexists(os.path.join(folder, name, LOCK_NAME))
+        ]
+        for name in names:
+            if is_temp_file(name):
+                yield Path(folder) / name
+
+
+def strays(folder: Path, owned: Collection[str]) -> list[str]:
+    """What a partition swap must not delete: the paths under `folder` (relative, links not
+    followed) that are neither in `owned` nor bertetl temp files. A folder on the way to an
+    owned path is not a stray; any other empty folder, or one that cannot be listed, is
+    (shown with a trailing `/`)."""
+    owned = set(owned)
+    on_the_way = {parent.as_posix() for path in owned for parent in PurePosixPath(path).parents}
+    found: list[str] = []
+
+    def unreadable(error: OSError) -> None:
+        found.append(Path(error.filename).relative_to(folder).as_posix() + "/")
+
+    for here, subfolders, names in os.walk(folder, onerror=unreadable):
+        relative = Path(here).relative_to(folder)
+        links = [name for name in subfolders if os.path.islink(os.path.join(here, name))]
+        subfolders[:] = [name for name in subfolders if name not in links]
+        for name in sorted([*names, *links]):
+            path = (relative / name).as_posix()
+            if path not in owned and not is_temp_file(name):
+                found.append(path)
+        if not (subfolders or names or links) and relative.as_posix() not in on_the_way:
+            found.append(relative.as_posix() + "/")
+    return sorted(found)
 
 
 @contextlib.contextmanager
@@ -152,8 +208,12 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(code, os.strerror(code), str(a))
 
 
-def swap_in(staged: Path, target: Path) -> None:
-    """Make `staged` the live folder at `target` in one step; the old folder is deleted."""
+def swap_in(staged: Path, target: Path, owned: Collection[str] | None = None) -> None:
+    """Make `staged` the live folder at `target` in one step; the old folder is deleted.
+
+    With `owned` (the paths, relative to the folder, that bertetl wrote or writes there),
+    anything else found in the old folder once it is out of sight (a file dropped in during
+    the run, after the run's own check) is moved into the new folder, never deleted."""
     try:
         for path in staged.rglob("*"):
             if path.is_dir():
@@ -163,12 +223,26 @@ def swap_in(staged: Path, target: Path) -> None:
         if not target.exists():
             os.rename(staged, target)
         elif _exchange(staged, target):
-            shutil.rmtree(staged)  # `staged` now names the old partition
+            _drop_old(staged, target, owned)  # `staged` now names the old partition
         else:
             aside = staged.with_name(staged.name + ".old")
             os.rename(target, aside)
             os.rename(staged, target)
-            shutil.rmtree(aside)
+            _drop_old(aside, target, owned)
         fsync_dir(target.parent)
     except OSError as e:
         raise CommitError(f"cannot commit partition {target}: {e}") from e
+
+
+def _drop_old(old: Path, target: Path, owned: Collection[str] | None) -> None:
+    """Delete the old partition folder, after moving what bertetl does not own into the
+    new one (`target`, which holds only owned paths, so nothing there is replaced)."""
+    if owned is not None:
+        for path in strays(old, owned):
+            kept = target / path.rstrip("/")
+            if os.path.lexists(kept):  # a folder the new partition has too
+                continue
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(old / path.rstrip("/"), kept)
+            log.warning("%s appeared during the run; kept in the new partition", kept)
+    shutil.rmtree(old)

@@ -3,6 +3,10 @@
 A `_manifest.json` sits beside each committed partition's data. It is written into the staged
 partition last, so a partition folder that has one is complete. A later run compares it with
 the partition's current input files, model and config to decide whether to skip it.
+
+A manifest is a claim about the files, not the files: before a partition is skipped (or read
+by `bertetl summary`), `verify_outputs` checks that the outputs it lists are still there as
+they were committed (version 2 records each output's size, mtime, SHA-256 and rows).
 """
 
 from __future__ import annotations
@@ -10,7 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
+import stat
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,7 +24,8 @@ from bertetl.config import EngineConfig
 from bertetl.errors import CommitError
 
 MANIFEST_NAME = "_manifest.json"
-MANIFEST_VERSION = 1
+#: 1: no output fingerprints; 2: `output_files` (size, mtime, SHA-256, rows of each output).
+MANIFEST_VERSION = 2
 
 #: Engine options that change what is written. Device, batch sizes, workers and prefetching
 #: only change speed (outputs agree to float rounding), so changing them does not re-enrich.
@@ -44,6 +51,18 @@ class FileFingerprint(BaseModel):
     sha256: str
 
 
+class OutputFingerprint(BaseModel):
+    """One committed output file: path in the partition folder, size, mtime, hash and rows."""
+
+    model_config = ConfigDict(frozen=True)
+
+    relative: str
+    size: int
+    mtime_ns: int
+    sha256: str
+    rows: int
+
+
 class Manifest(BaseModel):
     """The commit record of one enriched partition."""
 
@@ -59,6 +78,7 @@ class Manifest(BaseModel):
     rows_failed: int = 0
     inputs: list[FileFingerprint] = Field(default_factory=list)
     outputs: list[str] = Field(default_factory=list)
+    output_files: list[OutputFingerprint] = Field(default_factory=list)
     models: dict[str, str] = Field(default_factory=dict)
     config_hash: str = ""
     label_counts: dict[str, dict[str, int]] = Field(default_factory=dict)
@@ -89,6 +109,138 @@ def fingerprint_file(
     return FileFingerprint(
         relative=relative, size=stat.st_size, mtime_ns=stat.st_mtime_ns, sha256=file_sha256(path)
     )
+
+
+def fingerprint_output(path: str | os.PathLike[str], relative: str) -> OutputFingerprint:
+    """Size, mtime, SHA-256 and row count (from the Parquet footer) of a written output file.
+    Raises `OSError` or `pyarrow.ArrowException` when it cannot be read."""
+    import pyarrow.parquet as pq
+
+    info = os.stat(path)
+    rows = pq.read_metadata(path).num_rows
+    return OutputFingerprint(
+        relative=relative,
+        size=info.st_size,
+        mtime_ns=info.st_mtime_ns,
+        sha256=file_sha256(path),
+        rows=rows,
+    )
+
+
+@dataclass(frozen=True)
+class OutputDamage:
+    """How a committed output differs from its manifest's record (`relative` empty: the
+    partition's outputs as a whole, e.g. a row count that does not add up)."""
+
+    relative: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.relative} {self.problem}" if self.relative else self.problem
+
+
+def _inside(relative: str) -> bool:
+    path = PurePosixPath(relative)
+    return bool(relative) and not path.is_absolute() and ".." not in path.parts
+
+
+def _first_line(error: BaseException) -> str:
+    text = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+
+
+def _stat_problem(path: Path) -> tuple[os.stat_result | None, str | None]:
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None, "missing"
+    except OSError as e:
+        return None, f"unreadable ({_first_line(e)})"
+    if not stat.S_ISREG(info.st_mode):
+        return None, "not a file"
+    return info, None
+
+
+def _fingerprint_problem(path: Path, known: OutputFingerprint) -> str | None:
+    """Size first (one stat); the content is re-hashed only when the mtime moved, as for
+    inputs: a file rewritten in place with the same size shows a new mtime."""
+    info, problem = _stat_problem(path)
+    if info is None:
+        return problem
+    if info.st_size < known.size:
+        return f"truncated ({info.st_size:,} of {known.size:,} bytes)"
+    if info.st_size != known.size:
+        return f"changed ({info.st_size:,} bytes, {known.size:,} recorded)"
+    if info.st_mtime_ns != known.mtime_ns:
+        try:
+            digest = file_sha256(path)
+        except OSError as e:
+            return f"unreadable ({_first_line(e)})"
+        if digest != known.sha256:
+            return "changed (same size, different SHA-256)"
+    return None
+
+
+def _footer_damage(folder: Path, manifest: Manifest) -> list[OutputDamage]:
+    """Version 1 (no fingerprints): every listed output must have a readable Parquet footer,
+    and their rows must add up to `rows_out`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    damage: list[OutputDamage] = []
+    rows = 0
+    for relative in manifest.outputs:
+        if not _inside(relative):
+            damage.append(OutputDamage(relative, "is not inside the partition folder"))
+            continue
+        info, problem = _stat_problem(folder / relative)
+        if info is not None:
+            try:
+                rows += pq.read_metadata(folder / relative).num_rows
+            except (pa.ArrowException, OSError) as e:
+                problem = f"unreadable ({_first_line(e)})"
+        if problem is not None:
+            damage.append(OutputDamage(relative, problem))
+    if not damage and rows != manifest.rows_out:
+        claim = f"outputs hold {rows:,} rows, the manifest says {manifest.rows_out:,}"
+        damage.append(OutputDamage("", claim))
+    return damage
+
+
+def verify_outputs(folder: str | os.PathLike[str], manifest: Manifest) -> list[OutputDamage]:
+    """How the outputs `manifest` lists differ from the files in `folder`; empty when they
+    verify.
+
+    Version 2: each output must exist with its recorded size, and its SHA-256 is compared
+    when its mtime moved (one `stat` per file otherwise). Version 1 manifests recorded no
+    fingerprints: their outputs' Parquet footers are read, and the rows must add up to
+    `rows_out` (a same-size rewrite is not seen; the next commit records fingerprints).
+    """
+    folder = Path(folder)
+    if manifest.version < 2:
+        return _footer_damage(folder, manifest)
+    known = {f.relative: f for f in manifest.output_files}
+    damage: list[OutputDamage] = []
+    for relative in manifest.outputs:
+        fingerprint = known.get(relative)
+        if not _inside(relative):
+            problem: str | None = "is not inside the partition folder"
+        elif fingerprint is None:
+            problem = "has no fingerprint in the manifest"
+        else:
+            problem = _fingerprint_problem(folder / relative, fingerprint)
+        if problem is not None:
+            damage.append(OutputDamage(relative, problem))
+    return damage
+
+
+def verified_outputs(manifest: Manifest, damage: list[OutputDamage]) -> list[str]:
+    """The listed outputs that verified: all but the damaged ones, none when the damage is
+    to the outputs as a whole."""
+    if any(not d.relative for d in damage):
+        return []
+    damaged = {d.relative for d in damage}
+    return [name for name in manifest.outputs if name not in damaged]
 
 
 def inputs_fingerprint(inputs: list[FileFingerprint]) -> str:

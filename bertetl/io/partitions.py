@@ -6,8 +6,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from bertetl.errors import InputError
+from bertetl.io.commit import strays
+from bertetl.io.manifest import MANIFEST_NAME, read_manifest
 from bertetl.io.read import SourceFile, discover
+from bertetl.schema import ENRICH_ERROR
 
 
 @dataclass(frozen=True)
@@ -40,12 +46,19 @@ def list_partitions(
     column: str,
     start: str | None = None,
     end: str | None = None,
+    files: list[SourceFile] | None = None,
 ) -> list[Partition]:
     """The source's partitions of `column` whose value lies in [start, end] (compared as
-    strings, so ISO dates sort correctly), sorted by value."""
+    strings, so ISO dates sort correctly), sorted by value. `files`: the source's files when
+    already discovered.
+
+    A range (`start` or `end` given) that holds none of the source's partitions is an
+    `InputError` naming the range and the values that do exist: a run over it would do
+    nothing, and saying so beats a silent success.
+    """
     grouped: dict[str, list[SourceFile]] = {}
     folders: dict[str, str] = {}
-    for file in discover(source):
+    for file in discover(source) if files is None else files:
         folder = _partition_folder(file, column)
         value = file.partition[column]
         if folders.setdefault(value, folder) != folder:
@@ -53,11 +66,19 @@ def list_partitions(
                 f"partition {column}={value} appears in two folders: {folders[value]} and {folder}"
             )
         grouped.setdefault(value, []).append(file)
-    return [
+    found = [
         Partition(column, value, folders[value], tuple(files))
         for value, files in sorted(grouped.items())
         if (start is None or value >= start) and (end is None or value <= end)
     ]
+    if not found and (start is not None or end is not None):
+        values = sorted(grouped)
+        raise InputError(
+            f"no partition of {source} has {column} in [{start or '(first)'}, "
+            f"{end or '(last)'}]; its {len(values)} partition(s) run from "
+            f"{column}={values[0]} to {column}={values[-1]}: pick a range that holds some"
+        )
+    return found
 
 
 def dest_folder(dest: str | os.PathLike[str], partition: Partition) -> Path:
@@ -67,3 +88,63 @@ def dest_folder(dest: str | os.PathLike[str], partition: Partition) -> Path:
     if not target.is_relative_to(root) or target == root:
         raise InputError(f"partition folder {partition.folder!r} would write outside {dest}")
     return target
+
+
+#: Foreign files named in an error; the rest are counted.
+SHOWN_FILES = 5
+
+
+def owned_files(folder: Path, partition: Partition) -> set[str]:
+    """What bertetl may replace in a partition's DEST folder (paths relative to it): the
+    `_manifest.json`, the outputs that manifest lists, and bertetl output (a Parquet file
+    with an `enrich_error` column, e.g. from `bertetl enrich`) at the paths this
+    partition's files write to. Everything else there is foreign."""
+    owned = {MANIFEST_NAME}
+    manifest = read_manifest(folder)
+    if manifest is not None:
+        owned.update(manifest.outputs)
+    for file in partition.files:
+        relative = partition.relative(file)
+        if relative not in owned and _is_output(folder / relative):
+            owned.add(relative)
+    return owned
+
+
+def _is_output(path: Path) -> bool:
+    try:
+        names = pq.read_schema(path).names
+    except (pa.ArrowException, OSError):
+        return False
+    return any(name.endswith(ENRICH_ERROR) for name in names)
+
+
+def foreign_files(dest: str | os.PathLike[str], partition: Partition) -> list[str]:
+    """The paths in the partition's DEST folder (relative to it) that bertetl did not write
+    and a commit of the partition would otherwise replace (`owned_files`)."""
+    folder = dest_folder(dest, partition)
+    if not os.path.lexists(folder):
+        return []
+    if not folder.is_dir():
+        return ["."]  # a file where the partition folder goes
+    return strays(folder, owned_files(folder, partition))
+
+
+def check_foreign_files(dest: str | os.PathLike[str], partitions: list[Partition]) -> None:
+    """Refuse (`InputError`, one line naming the files) when a partition folder under DEST
+    holds files bertetl did not write: a commit replaces the folder whole, and a run deletes
+    nothing it did not write."""
+    found = [
+        (dest_folder(dest, partition), name)
+        for partition in partitions
+        for name in foreign_files(dest, partition)
+    ]
+    if not found:
+        return
+    shown = ", ".join(
+        str(folder) if name == "." else f"{folder}/{name}" for folder, name in found[:SHOWN_FILES]
+    )
+    more = f" and {len(found) - SHOWN_FILES} more" if len(found) > SHOWN_FILES else ""
+    raise InputError(
+        f"DEST {dest} holds {len(found)} file(s) bertetl did not write in partition folders "
+        f"it would replace: {shown}{more}; move them out of DEST (or pick another DEST)"
+    )

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from bertetl.errors import InputError
-from bertetl.io.read import SourceFile, source_root
+from bertetl.io.read import SourceFile, discover, source_root
 
 
 def dest_path(file: SourceFile, source: str, dest: str) -> Path:
@@ -24,15 +24,61 @@ def dest_root(source: str, dest: str) -> tuple[Path, str | None]:
     return Path(dest), None
 
 
+def _shown(path: str | os.PathLike[str], real: Path) -> str:
+    """`path`, with where it really leads when a link (or `..`) hides that."""
+    return str(path) if Path(os.path.abspath(path)) == real else f"{path} (= {real})"
+
+
 def check_paths(files: list[SourceFile], source: str, dest: str) -> None:
-    """Refuse a DEST that would overwrite an input, holds an input, or lies inside SOURCE."""
+    """Refuse a DEST that is SOURCE, lies inside it, holds it, or would overwrite one of
+    its files, as an `InputError` naming both paths.
+
+    Paths are compared resolved (links followed, `..` removed), so a link cannot hide any of
+    these, and every input file is checked where it really is (a partition linked in from
+    elsewhere counts where it lives). A folder or glob SOURCE is its root (the folder output
+    paths mirror); a file SOURCE is that file.
+    """
     dest_real = Path(dest).resolve()
-    for file in files:
-        if Path(file.path).resolve() == dest_path(file, source, dest).resolve():
-            raise InputError(f"output {dest} would overwrite input {file.path}; pick another DEST")
-        if Path(file.path).resolve().is_relative_to(dest_real):
+    if not os.path.isfile(source):
+        root = source_root(source)
+        root_real = root.resolve()
+        dest_shown, source_shown = _shown(dest, dest_real), _shown(source, root_real)
+        if dest_real == root_real:
             raise InputError(
-                f"input {file.path} lies inside DEST {dest}; pick a DEST outside the source"
+                f"DEST {dest_shown} is SOURCE {source_shown}; a run never writes into its "
+                "input: pick a DEST outside it"
             )
-    if not os.path.isfile(source) and dest_real.is_relative_to(source_root(source).resolve()):
-        raise InputError(f"DEST {dest} lies inside SOURCE {source}; pick a DEST outside it")
+        if dest_real.is_relative_to(root_real):
+            raise InputError(
+                f"DEST {dest_shown} lies inside SOURCE {source_shown}; pick a DEST outside it"
+            )
+        if root_real.is_relative_to(dest_real):
+            raise InputError(
+                f"SOURCE {source_shown} lies inside DEST {dest_shown}; pick a DEST outside "
+                "the source"
+            )
+    for file in files:
+        real = Path(file.path).resolve()
+        target = dest_path(file, source, dest)
+        if real == target.resolve():
+            raise InputError(
+                f"output {target} would overwrite input {_shown(file.path, real)}; "
+                f"pick a DEST outside SOURCE {source}"
+            )
+        if real.is_relative_to(dest_real):
+            raise InputError(
+                f"input {_shown(file.path, real)} lies inside DEST {_shown(dest, dest_real)}; "
+                "pick a DEST outside the source"
+            )
+
+
+def check_run_paths(
+    source: str | os.PathLike[str], dest: str | os.PathLike[str]
+) -> list[SourceFile]:
+    """The one check every writing command makes before it locks or writes anything: SOURCE
+    exists and holds data files, and DEST is not SOURCE, inside it, around it, and would
+    overwrite none of its files (`check_paths`). Returns SOURCE's files."""
+    source, dest = os.fspath(source), os.fspath(dest)
+    files = discover(source)
+    check_paths(files, source, dest)
+    return files

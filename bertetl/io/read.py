@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import glob
+import fnmatch
+import logging
 import os
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -16,6 +18,8 @@ from bertetl.errors import InputError
 from bertetl.schema import is_text_type
 
 GLOB_CHARS = set("*?[")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,23 +67,36 @@ def discover(source: str | os.PathLike[str]) -> list[SourceFile]:
     Files and folders whose names start with `_` or `.` are skipped, as Arrow and Spark do
     (a file named explicitly is always taken). Hive folders (`date=2026-11-01/`) become the
     file's partition keys, also when SOURCE is a file or folder inside a partition.
+
+    Symlinks to folders are followed (partitions are often linked in), but a folder is
+    entered once: a link back to a folder already walked (`ln -s . self`) is a loop and is
+    not followed, so discovery always ends. One real file (same device and inode) reached
+    under two names, through links or hard links, is read once, under the first name in
+    sorted order; the other names are logged.
     """
     source = os.fspath(source)
     root = source_root(source)
     if os.path.isfile(source):
         paths = [Path(source)]
     elif os.path.isdir(source):
-        paths = [
-            Path(dirpath) / name
-            for dirpath, _, names in os.walk(source, followlinks=True)
-            for name in names
-        ]
+        paths = _Walk(("**",)).files(Path(source))
     else:
-        paths = [Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file()]
+        parts = Path(source).parts
+        cut = next(i for i, p in enumerate(parts) if GLOB_CHARS & set(p))
+        paths = _Walk(parts[cut:]).files(Path(*parts[:cut]) if cut else Path("."))
     files = []
-    for path in sorted(paths):
+    seen: dict[tuple[int, int], Path] = {}
+    for path in sorted(set(paths)):
         relative = path.relative_to(root).as_posix()
         if not os.path.isfile(source) and any(_hidden(p) for p in PurePosixPath(relative).parts):
+            continue
+        try:
+            stat = path.stat()
+        except OSError:  # vanished, or a dangling link, since the walk
+            continue
+        first = seen.setdefault((stat.st_dev, stat.st_ino), path)
+        if first != path:
+            log.warning("%s is the same file as %s; read once, as %s", path, first, first)
             continue
         files.append(SourceFile(str(path), relative, _hive_keys(relative)))
     if not files:
@@ -87,12 +104,91 @@ def discover(source: str | os.PathLike[str]) -> list[SourceFile]:
     return files
 
 
-def read_schema(file: SourceFile) -> pa.Schema:
-    """The file's own (physical) schema, from its footer only."""
+class _Walk:
+    """The files under `top` whose path below it matches `pattern` (glob components, `**`
+    for any number of folders), hidden names skipped. Links to folders are followed, but
+    each folder is entered at most once per place in the pattern (by device and inode), so
+    a link loop ends the walk there instead of repeating it forever."""
+
+    def __init__(self, pattern: tuple[str, ...]) -> None:
+        self.pattern = pattern
+        self.found: list[Path] = []
+        self.entered: dict[tuple[int, int, int], Path] = {}
+
+    def files(self, top: Path) -> list[Path]:
+        if self.pattern:
+            self.visit(top, 0)
+        return self.found
+
+    def visit(self, folder: Path, at: int) -> None:
+        try:
+            stat = folder.stat()
+        except OSError:  # vanished since it was listed
+            return
+        first = self.entered.setdefault((stat.st_dev, stat.st_ino, at), folder)
+        if first != folder:
+            log.warning("%s is the same folder as %s, already read; not read again", folder, first)
+            return
+        if self.pattern[at] == "**":
+            self.visit_any_depth(folder, at)
+            return
+        last = at + 1 == len(self.pattern)
+        for path, is_dir in _entries(folder):
+            if not _matches(path.name, self.pattern[at]):
+                continue
+            if is_dir and not last:
+                self.visit(path, at + 1)
+            elif not is_dir and last:
+                self.found.append(path)
+
+    def visit_any_depth(self, folder: Path, at: int) -> None:
+        """`**`: no folder (the rest of the pattern here), or one more folder (`**` again)."""
+        entries = _entries(folder)
+        if at + 1 < len(self.pattern):
+            self.visit(folder, at + 1)
+        else:
+            self.found.extend(path for path, is_dir in entries if not is_dir)
+        for path, is_dir in entries:
+            if is_dir:
+                self.visit(path, at)
+
+
+def _entries(folder: Path) -> list[tuple[Path, bool]]:
+    """A folder's entries that are not hidden, sorted, each with whether it is a folder
+    (links followed; a dangling or looping link is neither file nor folder, and dropped)."""
     try:
-        return pq.read_schema(file.path)
+        with os.scandir(folder) as scan:
+            entries = [(e.name, e.is_dir(), e.is_file()) for e in scan if not _hidden(e.name)]
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise InputError(f"cannot list folder {folder}: {e.strerror or e}") from e
+    return [
+        (folder / name, is_dir) for name, is_dir, is_file in sorted(entries) if is_dir or is_file
+    ]
+
+
+def _matches(name: str, component: str) -> bool:
+    """One glob component (`*`, `?`, `[...]`) against one name, case-sensitive as `glob` is."""
+    if not GLOB_CHARS & set(component):
+        return name == component
+    return fnmatch.fnmatchcase(name, component)
+
+
+def read_schema(file: SourceFile) -> pa.Schema:
+    """The file's own (physical) schema, from its footer only; duplicate column names are an
+    `InputError` naming them (Arrow allows them, but no column could be addressed)."""
+    try:
+        schema = pq.read_schema(file.path)
     except (pa.ArrowException, OSError) as e:
         raise InputError(f"cannot read Parquet file {file.path}: {e}") from e
+    duplicates = sorted(name for name, count in Counter(schema.names).items() if count > 1)
+    if duplicates:
+        raise InputError(
+            f"{file.path}: column name(s) {', '.join(map(repr, duplicates))} appear more than "
+            "once; rename them so each column has its own name"
+        )
+    return schema
 
 
 def require_column(file: SourceFile, schema: pa.Schema, column: str, role: str) -> pa.DataType:

@@ -12,8 +12,8 @@ from bertetl.config import EngineConfig
 from bertetl.errors import FilesFailedError, InputError
 from bertetl.executors import Job, make_executor
 from bertetl.io.commit import DestinationLock, clean_staging, staged_folder
-from bertetl.io.paths import check_paths, dest_path, dest_root
-from bertetl.io.read import check_text_column, discover, read_schema
+from bertetl.io.paths import check_run_paths, dest_path, dest_root
+from bertetl.io.read import check_text_column, read_schema
 from bertetl.report import EnrichReport, FileResult, merge_label_counts
 
 
@@ -32,8 +32,7 @@ def enrich(
     """
     started = time.perf_counter()
     source, dest = os.fspath(source), os.fspath(dest)
-    files = discover(source)
-    check_paths(files, source, dest)
+    files = check_run_paths(source, dest)  # before DEST is locked or written
     report = EnrichReport()
     schemas: dict[str, pa.Schema] = {}
     preflight_errors: list[InputError] = []

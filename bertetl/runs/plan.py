@@ -1,5 +1,6 @@
 """Plan a partitioned run: compare each source partition with the manifest committed under
-DEST (`sql/partitions_to_run.sql` decides) and say what to do with it and why."""
+DEST, after checking that the outputs it lists are still as committed
+(`sql/partitions_to_run.sql` decides), and say what to do with it and why."""
 
 from __future__ import annotations
 
@@ -13,15 +14,19 @@ import pyarrow as pa
 
 from bertetl.config import EngineConfig
 from bertetl.engine.model_files import resolve_model_dir
+from bertetl.io.commit import LOCK_NAME
 from bertetl.io.manifest import (
     MANIFEST_NAME,
     FileFingerprint,
     Manifest,
+    OutputDamage,
     config_hash,
     fingerprint_file,
     inputs_fingerprint,
     model_fingerprint,
     read_manifest,
+    verified_outputs,
+    verify_outputs,
 )
 from bertetl.io.partitions import Partition, list_partitions
 from bertetl.reports.sql import run_query
@@ -29,7 +34,8 @@ from bertetl.reports.sql import run_query
 
 @dataclass(frozen=True)
 class PartitionPlan:
-    """One partition's planned action ('enrich', 'skip', 'orphan') and why."""
+    """One partition's planned action ('enrich', 'skip', 'orphan') and why; `damage`: how
+    its committed outputs differ from their manifest (`previous`)."""
 
     column: str
     value: str
@@ -38,6 +44,14 @@ class PartitionPlan:
     partition: Partition | None = None
     inputs: tuple[FileFingerprint, ...] = ()
     previous: Manifest | None = None
+    damage: tuple[OutputDamage, ...] = ()
+
+    @property
+    def reusable_outputs(self) -> list[str]:
+        """The previous commit's outputs that verified (their rows may be reused)."""
+        if self.previous is None:
+            return []
+        return verified_outputs(self.previous, list(self.damage))
 
     @cached_property
     def rows(self) -> int:
@@ -76,17 +90,37 @@ def model_fingerprints(config: EngineConfig) -> dict[str, str]:
     }
 
 
-def _committed_manifests(dest: Path, column: str) -> dict[str, Manifest]:
-    found: dict[str, Manifest] = {}
+def _committed_manifests(dest: Path, column: str) -> dict[str, tuple[Path, Manifest]]:
+    """DEST's manifests of `column` by partition value, with the folder each sits in.
+
+    Hidden folders are skipped, and so is any folder below DEST holding its own
+    `.bertetl.lock`: another run's DEST nested in this one, whose partitions are not ours.
+    """
+    found: dict[str, tuple[Path, Manifest]] = {}
     if not dest.is_dir():
         return found
-    for path in sorted(dest.rglob(MANIFEST_NAME)):
-        if any(part.startswith(".") for part in path.relative_to(dest).parts):
+    for folder, dirs, names in os.walk(dest):
+        dirs[:] = sorted(
+            d for d in dirs if not d.startswith(".") and not (Path(folder) / d / LOCK_NAME).exists()
+        )
+        if MANIFEST_NAME not in names:
             continue
-        manifest = read_manifest(path.parent)
+        manifest = read_manifest(folder)
         if manifest is not None and manifest.partition_column == column:
-            found[manifest.partition] = manifest
+            found.setdefault(manifest.partition, (Path(folder), manifest))
     return found
+
+
+#: Damaged files named in a plan's reason; the flow's warning names them all.
+REASON_FILES = 3
+
+
+def damage_text(damage: tuple[OutputDamage, ...] | list[OutputDamage]) -> str:
+    """The damage in one line: the first few files and problems, then how many more."""
+    text = "; ".join(str(d) for d in damage[:REASON_FILES])
+    if len(damage) > REASON_FILES:
+        text += f"; and {len(damage) - REASON_FILES} more file(s)"
+    return text
 
 
 def plan_partitions(
@@ -102,14 +136,21 @@ def plan_partitions(
 
     Input files are fingerprinted by size, mtime and SHA-256 (re-hashed only when size or
     mtime moved since the manifest), so a touched but identical file is not re-enriched.
+    A committed partition's outputs are checked against its manifest (`verify_outputs`: a
+    `stat` per file, a re-hash when its mtime moved); one that does not verify is redone
+    ('damaged: ...').
     """
     models = model_fingerprints(config)
     plan = Plan(models, config_hash(config, models))
     partitions = {p.value: p for p in list_partitions(source, column, start, end)}
-    committed = {
-        value: manifest
-        for value, manifest in _committed_manifests(Path(dest), column).items()
-        if (start is None or value >= start) and (end is None or value <= end)
+    folders: dict[str, Path] = {}
+    committed: dict[str, Manifest] = {}
+    for value, (folder, manifest) in _committed_manifests(Path(dest), column).items():
+        if (start is None or value >= start) and (end is None or value <= end):
+            folders[value], committed[value] = folder, manifest
+    damage = {
+        value: tuple(verify_outputs(folders[value], manifest))
+        for value, manifest in committed.items()
     }
     inputs: dict[str, tuple[FileFingerprint, ...]] = {}
     for value, partition in partitions.items():
@@ -130,8 +171,14 @@ def plan_partitions(
             "partition": list(committed),
             "input_fingerprint": [m.input_fingerprint for m in committed.values()],
             "config_hash": [m.config_hash for m in committed.values()],
+            "damage": [damage_text(damage[v]) or None for v in committed],
         },
-        schema={"partition": pl.String, "input_fingerprint": pl.String, "config_hash": pl.String},
+        schema={
+            "partition": pl.String,
+            "input_fingerprint": pl.String,
+            "config_hash": pl.String,
+            "damage": pl.String,
+        },
     )
     decided = run_query(
         "partitions_to_run",
@@ -149,6 +196,7 @@ def plan_partitions(
                 partitions.get(value),
                 inputs.get(value, ()),
                 committed.get(value),
+                damage.get(value, ()),
             )
         )
     return plan

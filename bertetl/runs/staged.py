@@ -12,17 +12,26 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+
+import pyarrow as pa
 
 from bertetl.engine.pipeline import Pipeline
 from bertetl.engine.reuse import ReuseIndex
 from bertetl.errors import BertEtlError, CommitError, InputError, TransientError
 from bertetl.executors import Executor, Job
 from bertetl.io.commit import staged_folder, swap_in
-from bertetl.io.manifest import Manifest, write_manifest
-from bertetl.io.partitions import Partition, dest_folder
+from bertetl.io.manifest import Manifest, fingerprint_output, write_manifest
+from bertetl.io.partitions import (
+    Partition,
+    check_foreign_files,
+    dest_folder,
+    list_partitions,
+    owned_files,
+)
+from bertetl.io.paths import check_paths, check_run_paths
 from bertetl.report import FileResult, merge_label_counts
 from bertetl.runs.plan import PartitionPlan, Plan
 
@@ -40,15 +49,23 @@ class StagedPartition:
     manifest: Manifest
     jobs: list[Job]
     started: float
+    #: What bertetl may replace in `target` (`owned_files`); anything else is never deleted.
+    owned: frozenset[str] = field(default_factory=frozenset)
 
     @classmethod
     def prepare(
         cls, pipeline: Pipeline, item: PartitionPlan, dest: Path, plan: Plan, staged: Path
     ) -> StagedPartition:
-        """Check the partition's files (`InputError` naming the file) and plan their jobs."""
+        """Check the partition's paths (its DEST folder is outside its SOURCE and holds
+        nothing bertetl did not write) and files (`InputError` naming the file or path), and
+        plan their jobs."""
         partition = item.partition
         if partition is None:
             raise InputError(f"partition {item.column}={item.value} has no source files")
+        check_paths(list(partition.files), str(_source_root(partition)), os.fspath(dest))
+        check_foreign_files(dest, [partition])
+        target = dest_folder(dest, partition)
+        owned = frozenset(owned_files(target, partition)) if target.is_dir() else frozenset()
         started = time.perf_counter()
         manifest = Manifest(
             partition_column=partition.column,
@@ -62,12 +79,13 @@ class StagedPartition:
             Job(file, staged / partition.relative(file), pipeline.check_file(file))
             for file in partition.files
         ]
-        return cls(item, partition, staged, dest_folder(dest, partition), manifest, jobs, started)
+        return cls(item, partition, staged, target, manifest, jobs, started, owned)
 
     def commit(self, results: list[FileResult]) -> Manifest:
-        """Account every row, write the manifest last and swap the partition in; a failed
-        file fails the partition (`TransientError` when a retry may help, else
-        `InputError`), and a row count mismatch is a `CommitError`."""
+        """Account every row, fingerprint each output (size, mtime, SHA-256, footer rows),
+        write the manifest last and swap the partition in; a failed file fails the partition
+        (`TransientError` when a retry may help, else `InputError`), and a row count
+        mismatch is a `CommitError`."""
         partition, manifest = self.partition, self.manifest
         for job, result in zip(self.jobs, results, strict=False):
             if result.error is not None:
@@ -76,7 +94,18 @@ class StagedPartition:
             manifest.rows_out += result.rows
             manifest.rows_failed += result.rows_failed
             manifest.rows_reused += result.rows_reused
-            manifest.outputs.append(partition.relative(job.file))
+            relative = partition.relative(job.file)
+            try:
+                output = fingerprint_output(job.target, relative)
+            except (pa.ArrowException, OSError) as e:
+                raise CommitError(f"cannot read back output {job.target}: {e}") from e
+            if output.rows != result.rows:
+                raise CommitError(
+                    f"partition {partition.folder}: {job.target} holds {output.rows} rows "
+                    f"but {result.rows} were written; not committed"
+                )
+            manifest.outputs.append(relative)
+            manifest.output_files.append(output)
             merge_label_counts(manifest.label_counts, result.label_counts)
         manifest.rows_in = self.item.rows
         if manifest.rows_out != manifest.rows_in:
@@ -88,7 +117,7 @@ class StagedPartition:
         manifest.finished = datetime.now(UTC).isoformat()
         manifest.seconds = round(time.perf_counter() - self.started, 3)
         write_manifest(self.staged, manifest)
-        swap_in(self.staged, self.target)
+        swap_in(self.staged, self.target, owned=self.owned | set(manifest.outputs))
         return manifest
 
 
@@ -118,13 +147,16 @@ def enrich_partition(
             and previous is not None
             and previous.config_hash == plan.config_hash
         ):
-            index = ReuseIndex.build(
-                (work.target / name for name in previous.outputs),
-                config.text_column,
-                pipeline.added_fields(),
-                pipeline.validate.error_column,
-                scratch,
-            )
+            try:  # only outputs that verified; one damaged beyond its footer is not reused
+                index = ReuseIndex.build(
+                    (work.target / name for name in item.reusable_outputs),
+                    config.text_column,
+                    pipeline.added_fields(),
+                    pipeline.validate.error_column,
+                    scratch,
+                )
+            except (pa.ArrowException, OSError) as e:
+                log.warning("%s: earlier outputs not reused: %s", work.partition.folder, e)
             if index is not None:
                 log.info("%s: %d earlier rows can be reused", work.partition.folder, len(index))
         results = executor.run_jobs(
@@ -189,3 +221,34 @@ def group_partitions(items: list[PartitionPlan], max_rows: int) -> list[list[Par
             groups.append([item])
             rows = item.rows
     return groups
+
+
+def _source_root(partition: Partition) -> Path:
+    """The source root the partition's files sit under (their paths less their `relative`)."""
+    file = partition.files[0]
+    root = Path(file.path)
+    for _ in PurePosixPath(file.relative).parts:
+        root = root.parent
+    return root
+
+
+def check_partitioned_run(
+    source: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    column: str,
+    start: str | None = None,
+    end: str | None = None,
+) -> list[Partition]:
+    """Every check a backfill or incremental run can make before it locks DEST, starts a
+    server or loads a model; returns the partitions in [start, end].
+
+    SOURCE exists and holds files, each inside a `column=VALUE` folder; DEST is not SOURCE,
+    inside it, around it, and overwrites none of its files (`check_run_paths`); a range
+    holds at least one partition (`list_partitions`); and the DEST folders of those
+    partitions hold nothing bertetl did not write (`check_foreign_files`). All are
+    `InputError`s of one line that say what to do.
+    """
+    files = check_run_paths(source, dest)
+    partitions = list_partitions(source, column, start, end, files=files)
+    check_foreign_files(dest, partitions)
+    return partitions

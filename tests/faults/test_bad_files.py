@@ -8,11 +8,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from bertetl.flows.params import BackfillParams, RunOptions
-from bertetl.flows.partitioned import backfill_flow
 
 from bertetl.config import EngineConfig
 from bertetl.errors import PartitionsFailedError
+from bertetl.flows.params import BackfillParams, RunOptions
+from bertetl.flows.partitioned import backfill_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

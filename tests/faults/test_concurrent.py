@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
-from bertetl.flows.params import BackfillParams
-from bertetl.flows.partitioned import backfill_flow
 
 from bertetl.config import EngineConfig
 from bertetl.errors import CommitError
+from bertetl.flows.params import BackfillParams
+from bertetl.flows.partitioned import backfill_flow
 from bertetl.runs.enrich import enrich
 from tests.outputs import assert_same_output
 

@@ -19,10 +19,10 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
-from bertetl.flows.params import BackfillParams, RunOptions
-from bertetl.flows.partitioned import backfill_flow
 
 from bertetl.config import EngineConfig
+from bertetl.flows.params import BackfillParams, RunOptions
+from bertetl.flows.partitioned import backfill_flow
 from bertetl.io.manifest import MANIFEST_NAME
 from bertetl.runs.enrich import enrich
 from tests.conftest import write_partitioned
@@ -165,10 +165,16 @@ def test_kill_then_rerun_equals_a_clean_run(
     tally = campaign["tally"]
     tally["killed"] += 1
     tally[point] += 1
+    committed = set()
     if dest.exists():
         tally["rows seen while killed"] += check_visible_state(dest, reference)
+        committed = {p.parent.name.split("=", 1)[1] for p in dest.glob(f"*/{MANIFEST_NAME}")}
     state = backfill_flow(_params(src, dest, config), return_state=True)  # the rerun
     assert state.is_completed(), f"rerun after {point} {count} failed"
+    statuses = {row["partition"]: row["status"] for row in state.result()}
+    # the rerun finishes what is missing: what was committed before the kill is not redone
+    assert {value for value, status in statuses.items() if status == "skipped"} == committed
+    assert sorted(statuses.values()).count("committed") == DAYS - len(committed)
     assert check_visible_state(dest, reference) == DAYS * ROWS
     ids = Counter(
         (p.parent.name, i)

@@ -140,7 +140,12 @@ def test_sql_parameters_are_values_not_text() -> None:
     hostile = "'; DROP TABLE manifests; SELECT '"
     source = pl.DataFrame({"partition": [hostile], "input_fingerprint": ["1"]})
     manifests = pl.DataFrame(
-        {"partition": [hostile], "input_fingerprint": ["1"], "config_hash": [hostile]}
+        {
+            "partition": [hostile],
+            "input_fingerprint": ["1"],
+            "config_hash": [hostile],
+            "damage": [None],
+        }
     )
     result = run_query(
         "partitions_to_run",

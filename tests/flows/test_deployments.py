@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from bertetl.flows.deployments import (
     BACKFILL,
     ENRICH,

@@ -7,11 +7,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from bertetl.flows.enrich import enrich_flow
-from bertetl.flows.params import EnrichParams, RunOptions
 
 from bertetl.config import EngineConfig
 from bertetl.errors import PartitionsFailedError
+from bertetl.flows.enrich import enrich_flow
+from bertetl.flows.params import EnrichParams, RunOptions
 from bertetl.runs.enrich import enrich
 from tests.conftest import partition_texts
 from tests.outputs import assert_same_output, staging_is_empty

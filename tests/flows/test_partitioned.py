@@ -4,23 +4,19 @@ retries, progress, and kill-and-resume in a real process."""
 from __future__ import annotations
 
 import errno
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from bertetl.flows.params import BackfillParams, IncrementalParams, RunOptions
-from bertetl.flows.partitioned import backfill_flow, incremental_flow
 
 from bertetl.config import EngineConfig
 from bertetl.engine.encoders import EmbedStage
 from bertetl.errors import PartitionsFailedError
-from bertetl.io.commit import staging_root
+from bertetl.flows.params import BackfillParams, IncrementalParams, RunOptions
+from bertetl.flows.partitioned import backfill_flow, incremental_flow
 from bertetl.io.manifest import read_manifest
 from bertetl.runs.enrich import enrich
-from tests.outputs import assert_same_output, data_files, edit_rows, staging_is_empty
+from tests.outputs import assert_same_output, data_files, edit_rows
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 FAST = RunOptions(retries=2, retry_delay_seconds=0)
@@ -182,50 +178,6 @@ def test_simulated_cuda_oom_splits_batches_with_unchanged_output(
     state = backfill_flow(backfill(src, dest, config), return_state=True)
     assert state.is_completed() and big_batches
     assert_same_output(dest, tmp_path / "reference")
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(("mode", "count"), [("after-swap", 1), ("write", 4)])
-def test_killed_run_resumes_to_a_clean_result(
-    mode: str, count: int, config, partitioned_source, tmp_path: Path
-) -> None:
-    """A real `bertetl backfill` process is SIGKILLed; the rerun equals a clean run."""
-    from prefect.settings import PREFECT_API_URL
-
-    src, dest = partitioned_source(days=5, files_per_day=2), tmp_path / "dest"
-    env = {
-        **os.environ,
-        "PREFECT_API_URL": PREFECT_API_URL.value(),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
-    args = [
-        "backfill", str(src), str(dest), "--partition-column", "date",
-        "--text-column", "text", "--embed-model", config.embed_model,
-        "--batch-tokens", "64",
-    ]  # fmt: skip
-    killed = subprocess.run(
-        [sys.executable, "-m", "tests.faults.kill", mode, str(count), "--", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    assert killed.returncode == -9, killed.stderr[-3000:]
-    # after-swap: killed once partition 1 is in; write: on partition 2's second file
-    committed = sorted(p.parent.name for p in dest.glob("*/_manifest.json"))
-    assert committed == ["date=2026-01-01"]
-    if mode == "write":
-        assert list(staging_root(dest).iterdir())  # a staged partition was left
-
-    state = backfill_flow(backfill(src, dest, config), return_state=True)
-    assert state.is_completed()
-    statuses = {r["partition"]: r["status"] for r in state.result()}
-    assert statuses["2026-01-01"] == "skipped"
-    assert list(statuses.values()).count("committed") == 4
-    enrich(src, tmp_path / "reference", config)
-    assert assert_same_output(dest, tmp_path / "reference") == 5 * 24
-    assert staging_is_empty(dest)
 
 
 def test_second_run_on_the_same_dest_is_refused(config, partitioned_source, tmp_path: Path) -> None:

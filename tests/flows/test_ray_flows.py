@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from bertetl.flows.partitioned import backfill_flow
 
 from bertetl.config import EngineConfig
 from bertetl.errors import PartitionsFailedError
+from bertetl.flows.partitioned import backfill_flow
 from bertetl.io.manifest import read_manifest
 from bertetl.runs.enrich import enrich
 from tests.executors.ray.test_executor import corrupt_page

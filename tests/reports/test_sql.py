@@ -21,9 +21,12 @@ def test_every_sql_file_is_tested_here() -> None:
 
 def _plan(source: dict, manifests: dict, params: dict) -> list[tuple]:
     schema = {"partition": pl.String, "input_fingerprint": pl.String}
+    manifests = {"damage": [None] * len(manifests["partition"]), **manifests}
     tables = {
         "source": pl.DataFrame(source, schema=schema),
-        "manifests": pl.DataFrame(manifests, schema={**schema, "config_hash": pl.String}),
+        "manifests": pl.DataFrame(
+            manifests, schema={**schema, "config_hash": pl.String, "damage": pl.String}
+        ),
     }
     return run_query("partitions_to_run", tables, params).rows()
 
@@ -51,6 +54,27 @@ def test_partitions_to_run_decides_each_case() -> None:
         {"config_hash": "h", "force": True},
     )
     assert forced == [("b", "enrich", "forced")]
+
+
+def test_partitions_to_run_redoes_damaged_outputs_whatever_else_holds() -> None:
+    """Damage (outputs that do not match their manifest) is the reason even when the
+    partition is forced or changed; an orphan stays an orphan (never deleted)."""
+    rows = _plan(
+        {"partition": ["a", "b", "c"], "input_fingerprint": ["1", "2", "3"]},
+        {
+            "partition": ["a", "b", "c", "z"],
+            "input_fingerprint": ["1", "changed", "3", "9"],
+            "config_hash": ["h", "h", "old", "h"],
+            "damage": ["part-0.parquet missing", "x truncated", None, "y missing"],
+        },
+        {"config_hash": "h", "force": True},
+    )
+    assert rows == [
+        ("a", "enrich", "damaged: part-0.parquet missing"),
+        ("b", "enrich", "damaged: x truncated"),
+        ("c", "enrich", "forced"),
+        ("z", "orphan", "source partition removed"),
+    ]
 
 
 def test_partitions_to_run_takes_hostile_values_as_data() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from bertetl.executors.ray.datasink import CommitOptions, FileTarget, PartsDatas
 from bertetl.executors.ray.datasource import ParquetFilesDatasource, ReadRange
 from bertetl.io.chunks import cut_row_groups
 from bertetl.io.read import SourceFile
+from bertetl.processes import watch
 from bertetl.report import EnrichReport, FileResult
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,13 @@ class RayPlan:
         return cls(actors, options.tokenizers or actors, 0.0, 1.0, 0.5, 0.25)
 
 
+def _local_ray_pids() -> list[int]:
+    """The processes of the Ray node this driver started (GCS, raylet, agents, ...)."""
+    node = getattr(ray._private.worker, "_global_node", None)
+    processes = getattr(node, "all_processes", {}) or {}
+    return [info.process.pid for infos in processes.values() for info in infos if info.process]
+
+
 def ray_options(config: EngineConfig) -> RayOptions:
     """The config's Ray options (defaults when it names another executor)."""
     return config.executor if isinstance(config.executor, RayOptions) else RayOptions()
@@ -99,6 +108,7 @@ class RayExecutor:
             reuses_rows=False, group_rows=ray_options(config).group_rows
         )
         self._started_ray = False
+        self._watchdog: Any = None
         self._truncated_rows = 0
 
     def setup(self) -> None:
@@ -118,12 +128,20 @@ class RayExecutor:
             where = "a local Ray" if address == "local" else address
             raise ExecutorError(f"cannot start or reach Ray at {where}: {e}") from e
         self._started_ray = True
+        if address == "local":  # a local Ray for this run: stopped with it, even if killed
+            self._watchdog = watch(_local_ray_pids())
 
     def teardown(self) -> None:
         """Stop the local Ray this pipeline started (a cluster it joined keeps running)."""
         if self._started_ray:
             ray.shutdown()
             self._started_ray = False
+        if self._watchdog is not None:  # it exits once the node's processes are gone
+            try:
+                self._watchdog.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self._watchdog.kill()
+            self._watchdog = None
 
     def collect(self, report: EnrichReport) -> None:
         """Rows cut at the model's max length (counted by the tokenizer actors) and the

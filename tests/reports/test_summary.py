@@ -1,0 +1,152 @@
+"""`bertetl summary` counts only outputs that can be trusted and names the others: with
+manifests, those that verify against them; without, those that read. Never a traceback."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from bertetl.cli import app
+from bertetl.config import EngineConfig
+from bertetl.errors import InputError
+from bertetl.executors.local import LocalExecutor
+from bertetl.io.manifest import MANIFEST_NAME
+from bertetl.reports.summary import summarize
+from bertetl.runs.enrich import enrich
+from bertetl.runs.plan import plan_partitions
+from bertetl.runs.staged import enrich_partition
+
+
+@pytest.fixture
+def config(tiny_embed_dir: Path) -> EngineConfig:
+    return EngineConfig(text_column="text", embed_model=str(tiny_embed_dir))
+
+
+def scramble_pages(path: Path) -> None:
+    """Flip every byte between the magic and the footer: the footer still reads."""
+    data = bytearray(path.read_bytes())
+    footer = int.from_bytes(data[-8:-4], "little") + 8
+    for at in range(4, len(data) - footer):
+        data[at] ^= 0x5A
+    path.write_bytes(bytes(data))
+    pq.read_metadata(path)
+
+
+def truncate_half(path: Path) -> int:
+    size = path.stat().st_size
+    os.truncate(path, size // 2)
+    return size
+
+
+def summary_cli(*args: str):
+    return CliRunner().invoke(app, ["summary", *args])
+
+
+def test_enrich_output_with_broken_files_names_each_and_counts_the_rest(
+    config, partitioned_source, tmp_path: Path
+) -> None:
+    src, dest = partitioned_source(days=4, rows=12), tmp_path / "dest"
+    enrich(src, dest, config)
+    truncate_half(dest / "date=2026-01-02" / "part-0.parquet")
+    (dest / "date=2026-01-03" / "part-0.parquet").write_bytes(b"not parquet at all")
+    scramble_pages(dest / "date=2026-01-04" / "part-0.parquet")
+
+    tables = summarize(dest, "date")
+    assert tables["rows"].rows() == [("2026-01-01", 12, 10, 2, 0)]
+    damaged = tables["damaged"]
+    assert damaged["file"].to_list() == [f"date=2026-01-0{d}/part-0.parquet" for d in (2, 3, 4)]
+    assert all(p.startswith("unreadable (") for p in damaged["problem"])
+
+    result = summary_cli(str(dest), "--partition-column", "date")
+    assert result.exit_code == 3 and isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    listed = result.stdout.split("damaged (not counted above):\n", 1)[1].splitlines()
+    assert [line.split(": ", 1)[0] for line in listed] == [
+        f"  date=2026-01-0{d}/part-0.parquet" for d in (2, 3, 4)
+    ]
+    assert result.stderr.startswith("error: 3 damaged output file(s) in 3 folder(s)")
+
+
+def test_a_single_corrupt_output_file_is_one_line(config, write_table, tmp_path: Path) -> None:
+    source = write_table({"text": ["a movie that was good", "bad", None]})
+    out = tmp_path / "out.parquet"
+    enrich(source, out, config)
+    assert summary_cli(str(out)).exit_code == 0
+    truncate_half(out)
+    result = summary_cli(str(out))
+    assert result.exit_code == 3 and "Traceback" not in result.output
+    (line,) = result.stdout.split("damaged (not counted above):\n", 1)[1].splitlines()
+    assert line.startswith("  out.parquet: unreadable (")
+
+
+def test_a_folder_that_is_not_bertetl_output_is_an_error(partitioned_source) -> None:
+    src = partitioned_source(days=1, rows=12)
+    with pytest.raises(InputError, match="not bertetl output"):
+        summarize(src)
+    result = summary_cli(str(src))
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ") and "not bertetl output" in result.stderr
+
+
+def committed(config: EngineConfig, src: Path, dest: Path) -> None:
+    """A partitioned run's output (manifests), without Prefect."""
+    executor = LocalExecutor(config)
+    executor.setup()
+    try:
+        plan = plan_partitions(src, dest, "date", config)
+        for item in plan.by_action("enrich"):
+            enrich_partition(executor, item, dest, plan)
+    finally:
+        executor.teardown()
+
+
+def test_with_manifests_only_verified_listed_outputs_are_read(
+    config, partitioned_source, tmp_path: Path
+) -> None:
+    src, dest = partitioned_source(days=4, rows=12, files_per_day=2), tmp_path / "dest"
+    committed(config, src, dest)
+    (dest / "date=2026-01-01" / "part-1.parquet").unlink()
+    size = truncate_half(dest / "date=2026-01-02" / "part-0.parquet")
+    # not listed by its manifest: not read (its rows would count twice), not reported
+    extra = dest / "date=2026-01-03" / "extra.parquet"
+    extra.write_bytes((dest / "date=2026-01-03" / "part-0.parquet").read_bytes())
+    (dest / "date=2026-01-04" / MANIFEST_NAME).write_text("{not json")
+
+    tables = summarize(dest, "date")
+    assert tables["rows"].rows() == [
+        ("2026-01-01", 6, 5, 1, 0),
+        ("2026-01-02", 6, 5, 1, 0),
+        ("2026-01-03", 12, 10, 2, 0),
+        ("2026-01-04", 12, 10, 2, 0),  # unreadable manifest: its files are read as found
+    ]
+    assert tables["damaged"].rows() == [
+        ("date=2026-01-01", "date=2026-01-01/part-1.parquet", "missing"),
+        (
+            "date=2026-01-02",
+            "date=2026-01-02/part-0.parquet",
+            f"truncated ({size // 2:,} of {size:,} bytes)",
+        ),
+        (
+            "date=2026-01-04",
+            f"date=2026-01-04/{MANIFEST_NAME}",
+            "unreadable manifest; the folder's files are read as found",
+        ),
+    ]
+
+
+def test_with_every_output_gone_the_damage_is_the_report(
+    config, partitioned_source, tmp_path: Path
+) -> None:
+    src, dest = partitioned_source(days=2, rows=12), tmp_path / "dest"
+    committed(config, src, dest)
+    for path in dest.glob("*/*.parquet"):
+        path.unlink()
+    tables = summarize(dest, "date")
+    assert list(tables) == ["damaged"]
+    assert tables["damaged"]["problem"].to_list() == ["missing", "missing"]
+    result = summary_cli(str(dest))
+    assert result.exit_code == 3 and "Traceback" not in result.output
