@@ -19,43 +19,49 @@ import sys
 _PR_SET_PDEATHSIG = 1
 
 #: Runs as a child of the run: when the run dies, this is re-parented, and it stops the
-#: watched processes and all their descendants (SIGTERM, then SIGKILL after 5 s).
+#: watched processes and every descendant it saw them start (SIGTERM, then SIGKILL after 5 s).
+#: Linux only (/proc); elsewhere it stops nothing.
 WATCHDOG = """
 import os, signal, sys, time
-parent, pids = int(sys.argv[1]), [int(p) for p in sys.argv[2:]]
-def alive(pid):
+parent, roots = int(sys.argv[1]), [int(p) for p in sys.argv[2:]]
+def stat(pid):
     try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
-def family(roots):
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields  # [state, ppid, ..., starttime at index 19]
+def alive(pid, start):
+    fields = stat(pid)
+    return fields is not None and fields[0] != "Z" and fields[19] == start
+def family(known):
+    # the roots' descendants now, added to those seen before: a child whose parent already
+    # exited (and was re-parented) is still ours; (pid, start time) guards against pid reuse
     children = {}
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as handle:
-                    ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    found, todo = [], list(roots)
+        if entry.isdigit() and (fields := stat(entry)) is not None:
+            children.setdefault(int(fields[1]), []).append((int(entry), fields[19]))
+    todo = [pid for pid, _ in known.items()]
     while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, []))
-    return found
-while os.getppid() == parent and any(alive(p) for p in pids):
+        for child, start in children.get(todo.pop(), []):
+            if child not in known:
+                known[child] = start
+                todo.append(child)
+    return known
+known = {pid: fields[19] for pid in roots if (fields := stat(pid)) is not None}
+while os.getppid() == parent and any(alive(p, s) for p, s in known.items()):
+    family(known)
     time.sleep(0.5)
-targets = [p for p in family(pids) if alive(p)]
+family(known)
 for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
-    for pid in targets:
-        try:
-            os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+    for pid, start in known.items():
+        if alive(pid, start):
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
     deadline = time.monotonic() + wait
-    while time.monotonic() < deadline and any(alive(p) for p in targets):
+    while time.monotonic() < deadline and any(alive(p, s) for p, s in known.items()):
         time.sleep(0.1)
 """
 
