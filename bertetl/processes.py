@@ -11,6 +11,7 @@ soon as the run is gone.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import signal
 import subprocess
@@ -22,57 +23,87 @@ _PR_SET_PDEATHSIG = 1
 #: watched processes and every descendant it saw them start (SIGTERM, then SIGKILL after 5 s).
 #: Linux only (/proc); elsewhere it stops nothing.
 WATCHDOG = """
-import os, signal, sys, time
-parent, roots = int(sys.argv[1]), [int(p) for p in sys.argv[2:]]
+import json, os, signal, sys, time
+args = json.loads(sys.argv[1])
+parent, roots, existing = args["parent"], args["roots"], set(args["existing"])
 def stat(pid):
     try:
         with open(f"/proc/{pid}/stat") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
+            return handle.read().rsplit(")", 1)[1].split()  # state, ppid, ... starttime [19]
     except (OSError, IndexError):
         return None
-    return fields  # [state, ppid, ..., starttime at index 19]
 def alive(pid, start):
     fields = stat(pid)
     return fields is not None and fields[0] != "Z" and fields[19] == start
-def family(known):
-    # the roots' descendants now, added to those seen before: a child whose parent already
+def family(known, tops, skip):
+    # descendants of `tops` now, added to those seen before: a child whose parent already
     # exited (and was re-parented) is still ours; (pid, start time) guards against pid reuse
     children = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit() and (fields := stat(entry)) is not None:
             children.setdefault(int(fields[1]), []).append((int(entry), fields[19]))
-    todo = [pid for pid, _ in known.items()]
+    todo = [*tops, *known]
     while todo:
         for child, start in children.get(todo.pop(), []):
-            if child not in known:
+            if child not in known and child not in skip:
                 known[child] = start
                 todo.append(child)
     return known
-known = {pid: fields[19] for pid in roots if (fields := stat(pid)) is not None}
-while os.getppid() == parent and any(alive(p, s) for p, s in known.items()):
-    family(known)
+me = os.getpid()
+if roots:  # watch these processes and what they start
+    known, tops, skip = {p: f[19] for p in roots if (f := stat(p)) is not None}, [], {me}
+else:  # watch every process the parent starts from now on (not those it had before)
+    known, tops, skip = {}, [parent], {me, *existing}
+while os.getppid() == parent and (tops or any(alive(p, s) for p, s in known.items())):
+    family(known, tops, skip)
     time.sleep(0.5)
-family(known)
-for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
-    for pid, start in known.items():
-        if alive(pid, start):
-            try:
-                os.kill(pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline and any(alive(p, s) for p, s in known.items()):
-        time.sleep(0.1)
+if os.getppid() != parent:  # the run is gone: stop what it left
+    family(known, [], skip)
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
+        for pid, start in known.items():
+            if alive(pid, start):
+                try:
+                    os.kill(pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and any(alive(p, s) for p, s in known.items()):
+            time.sleep(0.1)
 """
 
 
-def watch(pids: list[int]) -> subprocess.Popen:
-    """Start a watchdog that stops `pids` (and their descendants) once this process is gone;
-    it exits by itself when they are all gone first."""
+def watch(pids: list[int] | None = None) -> subprocess.Popen:
+    """Start a watchdog that stops `pids` and their descendants once this process is gone
+    (it exits by itself when they are all gone first); without `pids`, every process this
+    one starts from now on (stop the watchdog with `.terminate()` when they are done)."""
+    args = {"parent": os.getpid(), "roots": list(pids or []), "existing": _descendants()}
     return subprocess.Popen(
-        [sys.executable, "-c", WATCHDOG, str(os.getpid()), *map(str, pids)],
-        stdin=subprocess.DEVNULL,
+        [sys.executable, "-c", WATCHDOG, json.dumps(args)], stdin=subprocess.DEVNULL
     )
+
+
+def _descendants() -> list[int]:
+    """This process's descendants now (Linux; [] elsewhere)."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], list(children.get(os.getpid(), []))
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
 
 
 def die_with_parent(parent: int) -> None:

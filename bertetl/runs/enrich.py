@@ -69,7 +69,8 @@ def enrich(
             executor.teardown()
     for result in results:
         report.files.append(result)
-        merge_label_counts(report.label_counts, result.label_counts)
+        if result.error is None:  # the labels of committed files only
+            merge_label_counts(report.label_counts, result.label_counts)
         if on_file_done is not None:
             on_file_done(result)
     report.files.sort(key=lambda f: f.source)

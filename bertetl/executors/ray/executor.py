@@ -82,13 +82,6 @@ class RayPlan:
         return cls(actors, options.tokenizers or actors, 0.0, 1.0, 0.5, 0.25)
 
 
-def _local_ray_pids() -> list[int]:
-    """The processes of the Ray node this driver started (GCS, raylet, agents, ...)."""
-    node = getattr(ray._private.worker, "_global_node", None)
-    processes = getattr(node, "all_processes", {}) or {}
-    return [info.process.pid for infos in processes.values() for info in infos if info.process]
-
-
 def ray_options(config: EngineConfig) -> RayOptions:
     """The config's Ray options (defaults when it names another executor)."""
     return config.executor if isinstance(config.executor, RayOptions) else RayOptions()
@@ -117,6 +110,8 @@ class RayExecutor:
             return
         # "local": a new Ray for this run, never a stale `ray start` cluster on this machine
         address = ray_options(self.config).address or os.environ.get("RAY_ADDRESS") or "local"
+        if address == "local":  # everything the local Ray starts is stopped with this run,
+            self._watchdog = watch()  # even if it is killed while Ray is still starting
         try:
             ray.init(
                 address=address,
@@ -125,20 +120,23 @@ class RayExecutor:
                 log_to_driver=True,
             )
         except (ConnectionError, RuntimeError, ValueError) as e:
+            self._stop_watchdog()
             where = "a local Ray" if address == "local" else address
             raise ExecutorError(f"cannot start or reach Ray at {where}: {e}") from e
         self._started_ray = True
-        if address == "local":  # a local Ray for this run: stopped with it, even if killed
-            self._watchdog = watch(_local_ray_pids())
 
     def teardown(self) -> None:
         """Stop the local Ray this pipeline started (a cluster it joined keeps running)."""
         if self._started_ray:
             ray.shutdown()
             self._started_ray = False
-        if self._watchdog is not None:  # it exits once the node's processes are gone
+        self._stop_watchdog()
+
+    def _stop_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.terminate()
             try:
-                self._watchdog.wait(timeout=15)
+                self._watchdog.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self._watchdog.kill()
             self._watchdog = None
