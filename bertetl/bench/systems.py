@@ -59,6 +59,11 @@ class BenchConfig(BaseModel):
     batch_tokens: int | None = Field(None, gt=0, description="Default: the engine's.")
     max_batch_rows: int = Field(256, gt=0)
     workdir: str | None = Field(None, description="Scratch folder (default: a temp dir).")
+    isolate: bool = Field(
+        True,
+        description="Run each system in its own process, so its peak RSS is its own "
+        "(off: all in this process, faster, RSS figures meaningless).",
+    )
 
 
 @dataclass
@@ -391,6 +396,13 @@ def _child(queue: Any, *args: Any) -> None:
         queue.put(("error", f"{type(e).__name__}: {e}"))
 
 
+def _in_process(*args: Any) -> Result | str:
+    try:
+        return _run_system(*args)
+    except Exception as e:  # reported as _child reports it
+        return f"{type(e).__name__}: {e}"
+
+
 def _isolated(*args: Any) -> Result | str:
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
@@ -440,7 +452,8 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
             for system in config.systems:
                 if split_task(model_name)[0] == "classify" and system == "sentence-transformers":
                     continue  # sentence-transformers has no classification counterpart
-                outcome = _isolated(system, model_name, inputs, config, workdir)
+                args = (system, model_name, inputs, config, workdir)
+                outcome = _isolated(*args) if config.isolate else _in_process(*args)
                 if isinstance(outcome, str):
                     errors.append(f"{system} / {model_name} / {inputs}: {outcome}")
                     continue

@@ -25,7 +25,7 @@ def test_length_mix_has_three_length_classes() -> None:
     assert words[0] >= 5 and words[9] <= 15 and 50 <= words[10] <= 120 and words[-1] >= 550
 
 
-@pytest.mark.slow  # each system in its own process
+@pytest.mark.slow
 def test_bench_runs_systems_in_one_report(tiny_embed_dir: Path, tmp_path: Path) -> None:
     config = BenchConfig(
         models=[str(tiny_embed_dir)],
@@ -35,6 +35,7 @@ def test_bench_runs_systems_in_one_report(tiny_embed_dir: Path, tmp_path: Path) 
         systems=["sentence-transformers", "engine-model", "engine-e2e"],
         device="cpu",
         workdir=str(tmp_path),
+        isolate=False,  # `bertetl bench` isolates each system; the figures here need not
     )
     report = run_bench(config)
     assert report["errors"] == []
@@ -60,7 +61,7 @@ def test_bench_classifier_against_the_text_classification_pipeline(
         systems=["pipeline", "sentence-transformers", "engine-e2e-int8"],
         device="cpu",
         workdir=str(tmp_path),
-    )
+    )  # isolated, as `bertetl bench` runs: one test keeps the process path covered
     report = run_bench(config)
     assert report["errors"] == []
     by_system = {r["system"]: r for r in report["results"]}
