@@ -22,6 +22,7 @@ from bertetl.flows.tasks import (
 from bertetl.io.chunks import Chunk, assemble, plan_chunks
 from bertetl.io.commit import DestinationLock, clean_staging, staged_folder
 from bertetl.io.paths import check_run_paths, dest_root
+from bertetl.report import SummaryRow
 
 
 @task(name="assemble-file", cache_policy=NO_CACHE)
@@ -31,17 +32,10 @@ def assemble_task(parts: list[Path], target: Path, schema: Any) -> int:
 
 
 def _row(name: str, status: str, rows: int, failed: int, seconds: float) -> dict[str, Any]:
-    return {
-        "partition": name,
-        "status": status,
-        "reason": "",
-        "rows": rows,
-        "inferred": rows - failed,
-        "reused": 0,
-        "failed": failed,
-        "seconds": round(seconds, 3),
-        "labels": "",
-    }
+    """One file's summary row (`SummaryRow` as a dict, the flow's result)."""
+    return SummaryRow(
+        name, status, rows=rows, inferred=rows - failed, failed=failed, seconds=round(seconds, 3)
+    ).to_dict()
 
 
 @flow(name="bertetl-enrich")

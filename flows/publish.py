@@ -8,6 +8,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Failed, State
 
 from bertetl.errors import PartitionsFailedError
+from bertetl.report import SummaryRow
 
 
 def _labels(counts: dict[str, dict[str, int]]) -> str:
@@ -17,28 +18,21 @@ def _labels(counts: dict[str, dict[str, int]]) -> str:
 
 
 def partition_row(value: str, status: str, reason: str, manifest: Any = None) -> dict[str, Any]:
-    """One summary row; figures come from the partition's manifest when it was committed."""
-    row: dict[str, Any] = {
-        "partition": value,
-        "status": status,
-        "reason": reason,
-        "rows": 0,
-        "inferred": 0,
-        "reused": 0,
-        "failed": 0,
-        "seconds": 0.0,
-        "labels": "",
-    }
-    if manifest is not None:
-        row.update(
-            rows=manifest.rows_out,
-            inferred=manifest.rows_inferred,
-            reused=manifest.rows_reused,
-            failed=manifest.rows_failed,
-            seconds=manifest.seconds,
-            labels=_labels(manifest.label_counts),
-        )
-    return row
+    """One summary row (`SummaryRow`, as a dict: Prefect stores it as the flow's result);
+    figures come from the partition's manifest when it was committed."""
+    if manifest is None:
+        return SummaryRow(value, status, reason).to_dict()
+    return SummaryRow(
+        value,
+        status,
+        reason,
+        rows=manifest.rows_out,
+        inferred=manifest.rows_inferred,
+        reused=manifest.rows_reused,
+        failed=manifest.rows_failed,
+        seconds=manifest.seconds,
+        labels=_labels(manifest.label_counts),
+    ).to_dict()
 
 
 def publish(
