@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -105,3 +107,20 @@ def staging_is_empty(dest: Path) -> bool:
 
     root = staging_root(dest)
     return not root.exists() or not any(root.iterdir())
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every path under `root`, hidden ones too, links not followed: a file's SHA-256, a
+    link's target, or 'dir'."""
+    found: dict[str, str] = {}
+    for here, folders, files in os.walk(root):
+        for name in folders + files:
+            path = Path(here) / name
+            relative = path.relative_to(root).as_posix()
+            if path.is_symlink():
+                found[relative] = "-> " + os.readlink(path)
+            elif path.is_dir():
+                found[relative] = "dir"
+            else:
+                found[relative] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found

@@ -10,9 +10,6 @@ Cleaning up after a killed run stays inside what this run's lock covers.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import os
 import uuid
 from pathlib import Path
 
@@ -29,46 +26,7 @@ from bertetl.io.commit import TEMP_SUFFIX, DestinationLock, staging_root
 from bertetl.io.manifest import read_manifest
 from bertetl.runs.plan import plan_partitions
 from bertetl.runs.staged import enrich_partition
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every path under `root`, hidden ones too, links not followed: a file's SHA-256, a
-    link's target, or 'dir'."""
-    found: dict[str, str] = {}
-    for here, folders, files in os.walk(root):
-        for name in folders + files:
-            path = Path(here) / name
-            relative = path.relative_to(root).as_posix()
-            if path.is_symlink():
-                found[relative] = "-> " + os.readlink(path)
-            elif path.is_dir():
-                found[relative] = "dir"
-            else:
-                found[relative] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return found
-
-
-@pytest.fixture
-def nothing_heavy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Make starting a Prefect server or loading a model fail loudly; the list records which
-    was attempted (empty: the command stopped before either)."""
-    import bertetl.flows.local as local
-
-    attempted: list[str] = []
-
-    @contextlib.contextmanager
-    def no_server():
-        attempted.append("server")
-        raise AssertionError("a Prefect server would start here")
-        yield  # pragma: no cover
-
-    def no_model(self) -> None:
-        attempted.append("model")
-        raise AssertionError("a model would load here")
-
-    monkeypatch.setattr(local, "local_api", no_server)
-    monkeypatch.setattr(LocalExecutor, "setup", no_model)
-    return attempted
+from tests.outputs import snapshot
 
 
 def run(command: str, src: Path, dest: Path, model: Path, *extra: str):

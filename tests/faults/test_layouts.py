@@ -27,6 +27,7 @@ from bertetl.cli import app
 from bertetl.io.manifest import MANIFEST_NAME, read_manifest
 from bertetl.io.read import discover
 from tests.conftest import write_partitioned
+from tests.outputs import snapshot
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -57,23 +58,6 @@ class World:
     @property
     def src(self) -> Path:
         return self.root / "src"
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every path under `root`, hidden ones too, links not followed: a file's SHA-256, a
-    link's target, or 'dir'."""
-    found: dict[str, str] = {}
-    for here, folders, files in os.walk(root):
-        for name in folders + files:
-            path = Path(here) / name
-            relative = path.relative_to(root).as_posix()
-            if path.is_symlink():
-                found[relative] = "-> " + os.readlink(path)
-            elif path.is_dir():
-                found[relative] = "dir"
-            else:
-                found[relative] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return found
 
 
 def source_state(world: World) -> dict[str, str]:

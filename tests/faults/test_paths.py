@@ -8,9 +8,6 @@ leave every file (hidden ones too) exactly as it was.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -20,49 +17,9 @@ from typer.testing import CliRunner
 
 from bertetl.cli import app
 from bertetl.errors import InputError, PartitionsFailedError
+from tests.outputs import snapshot
 
 COMMANDS = ("backfill", "incremental", "enrich")
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every path under `root`, hidden ones too, links not followed: a file's SHA-256, a
-    link's target, or 'dir'."""
-    found: dict[str, str] = {}
-    for here, folders, files in os.walk(root):
-        for name in folders + files:
-            path = Path(here) / name
-            relative = path.relative_to(root).as_posix()
-            if path.is_symlink():
-                found[relative] = "-> " + os.readlink(path)
-            elif path.is_dir():
-                found[relative] = "dir"
-            else:
-                found[relative] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return found
-
-
-@pytest.fixture
-def nothing_heavy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Make starting a Prefect server or loading a model fail loudly; the list records which
-    was attempted (empty: the command stopped before either)."""
-    import bertetl.flows.local as local
-    from bertetl.executors.local import LocalExecutor
-
-    attempted: list[str] = []
-
-    @contextlib.contextmanager
-    def no_server():
-        attempted.append("server")
-        raise AssertionError("a Prefect server would start here")
-        yield  # pragma: no cover
-
-    def no_model(self) -> None:
-        attempted.append("model")
-        raise AssertionError("a model would load here")
-
-    monkeypatch.setattr(local, "local_api", no_server)
-    monkeypatch.setattr(LocalExecutor, "setup", no_model)
-    return attempted
 
 
 def run(command: str, source: Path | str, dest: Path | str, model: Path, *extra: str):
