@@ -69,42 +69,56 @@ def enrich_flow(params: EnrichParams) -> list[dict[str, Any]] | State:
                 executor.teardown()
             progress.finish()
             return finish_run(title, rows, failures)
-        task_fn = with_retries(enrich_chunk_task, params.run)
-        by_file: dict[str, list[Chunk]] = {}
-        for chunk in chunks:
-            by_file.setdefault(chunk.file.path, []).append(chunk)
         try:
-            with staged_folder(lock_dir) as staging:
-                for path, file_chunks in by_file.items():
-                    done = []
-                    try:
-                        for chunk in file_chunks:
-                            done.append(task_fn(executor, chunk, staging, progress))
-                        if len(file_chunks) > 1:
-                            first = file_chunks[0]
-                            assemble_task(
-                                [c.part_path(staging) for c in file_chunks],
-                                first.target,
-                                pipeline.output_schema(first.schema),
-                            )
-                    except Exception as e:
-                        failures[path] = str(e)
-                        logger.error("%s failed: %s", path, e)
-                        rows.append(_row(path, "failed", 0, 0, 0.0))
-                        continue
-                    rows.append(
-                        _row(
-                            path,
-                            "committed",
-                            sum(r.rows for r in done),
-                            sum(r.rows_failed for r in done),
-                            sum(r.seconds for r in done),
-                        )
-                    )
+            rows += _enrich_chunks(executor, chunks, lock_dir, params, progress, failures)
         finally:
             executor.teardown()
         progress.finish()
     return finish_run(title, rows, failures)
+
+
+def _enrich_chunks(
+    executor: Executor,
+    chunks: list[Chunk],
+    lock_dir: Path,
+    params: EnrichParams,
+    progress: RunProgress,
+    failures: dict[str, str],
+) -> list[dict[str, Any]]:
+    """One retried task per chunk; a file cut into several chunks is assembled into its one
+    output. Summary rows per file, failed files added to `failures`."""
+    logger = get_run_logger()
+    task_fn = with_retries(enrich_chunk_task, params.run)
+    by_file: dict[str, list[Chunk]] = {}
+    for chunk in chunks:
+        by_file.setdefault(chunk.file.path, []).append(chunk)
+    rows = []
+    with staged_folder(lock_dir) as staging:
+        for path, file_chunks in by_file.items():
+            try:
+                done = [task_fn(executor, chunk, staging, progress) for chunk in file_chunks]
+                if len(file_chunks) > 1:
+                    first = file_chunks[0]
+                    assemble_task(
+                        [c.part_path(staging) for c in file_chunks],
+                        first.target,
+                        executor.pipeline.output_schema(first.schema),
+                    )
+            except Exception as e:
+                failures[path] = str(e)
+                logger.error("%s failed: %s", path, e)
+                rows.append(_row(path, "failed", 0, 0, 0.0))
+                continue
+            rows.append(
+                _row(
+                    path,
+                    "committed",
+                    sum(r.rows for r in done),
+                    sum(r.rows_failed for r in done),
+                    sum(r.seconds for r in done),
+                )
+            )
+    return rows
 
 
 def _enrich_files(

@@ -49,25 +49,8 @@ def run_partitioned(
             end=end,
             force=params.force,
         )
+        rows, damaged = _planned_rows(plan)
         todo = plan.by_action("enrich")
-        rows: list[dict[str, Any]] = []
-        damaged: dict[str, str] = {}
-        for item in plan.partitions:
-            name = f"{item.column}={item.value}"
-            if item.damage:
-                files = "; ".join(str(d) for d in item.damage)
-                damaged[name] = files
-                redo = "redoing it" if item.action == "enrich" else "left as is"
-                logger.warning(
-                    "%s: committed output does not match its manifest: %s; %s", name, files, redo
-                )
-            if item.action == "skip":
-                rows.append(partition_row(item.value, "skipped", item.reason, item.previous))
-            elif item.action == "orphan":
-                logger.warning(
-                    "%s: committed output has no source partition any more; left as is", name
-                )
-                rows.append(partition_row(item.value, "orphan", item.reason, item.previous))
         logger.info(
             "%d partition(s) to enrich (%d damaged), %d unchanged",
             len(todo),
@@ -79,37 +62,77 @@ def run_partitioned(
         )
         failures: dict[str, str] = {}
         if todo:
-            executor = make_executor(params.engine)
-            executor.setup()
-            try:
-                group_rows = executor.capabilities.group_rows
-                if group_rows is None:
-                    outcomes = _each_partition(executor, todo, plan, params, progress)
-                else:
-                    groups = group_partitions(todo, group_rows)
-                    outcomes = _in_groups(executor, groups, plan, params, progress)
-                for outcome in outcomes:
-                    item, manifest = outcome.item, outcome.manifest
-                    name = f"{item.column}={item.value}"
-                    if manifest is None:
-                        failures[name] = str(outcome.error)
-                        logger.error("%s failed: %s", name, outcome.error)
-                        rows.append(partition_row(item.value, "failed", str(outcome.error)))
-                        continue
-                    logger.info(
-                        "%s committed: %d rows (%d inferred, %d reused, %d with enrich_error)",
-                        name,
-                        manifest.rows_out,
-                        manifest.rows_inferred,
-                        manifest.rows_reused,
-                        manifest.rows_failed,
-                    )
-                    rows.append(partition_row(item.value, "committed", item.reason, manifest))
-            finally:
-                executor.teardown()
+            rows += _enrich_todo(todo, plan, params, progress, failures)
         progress.finish()
     rows.sort(key=lambda r: r["partition"])
     return finish_run(title, rows, failures, damaged)
+
+
+def _planned_rows(plan: Plan) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Summary rows of the partitions left as they are (skipped, orphans), with warnings for
+    damaged and orphaned outputs; and the damaged files by partition."""
+    logger = get_run_logger()
+    rows: list[dict[str, Any]] = []
+    damaged: dict[str, str] = {}
+    for item in plan.partitions:
+        name = f"{item.column}={item.value}"
+        if item.damage:
+            files = "; ".join(str(d) for d in item.damage)
+            damaged[name] = files
+            redo = "redoing it" if item.action == "enrich" else "left as is"
+            logger.warning(
+                "%s: committed output does not match its manifest: %s; %s", name, files, redo
+            )
+        if item.action == "skip":
+            rows.append(partition_row(item.value, "skipped", item.reason, item.previous))
+        elif item.action == "orphan":
+            logger.warning(
+                "%s: committed output has no source partition any more; left as is", name
+            )
+            rows.append(partition_row(item.value, "orphan", item.reason, item.previous))
+    return rows, damaged
+
+
+def _enrich_todo(
+    todo: list[PartitionPlan],
+    plan: Plan,
+    params: PartitionedParams,
+    progress: RunProgress,
+    failures: dict[str, str],
+) -> list[dict[str, Any]]:
+    """Enrich the planned partitions (each, or in groups for executors that start up per
+    call); summary rows, failed partitions added to `failures`."""
+    logger = get_run_logger()
+    rows: list[dict[str, Any]] = []
+    executor = make_executor(params.engine)
+    executor.setup()
+    try:
+        group_rows = executor.capabilities.group_rows
+        if group_rows is None:
+            outcomes = _each_partition(executor, todo, plan, params, progress)
+        else:
+            groups = group_partitions(todo, group_rows)
+            outcomes = _in_groups(executor, groups, plan, params, progress)
+        for outcome in outcomes:
+            item, manifest = outcome.item, outcome.manifest
+            name = f"{item.column}={item.value}"
+            if manifest is None:
+                failures[name] = str(outcome.error)
+                logger.error("%s failed: %s", name, outcome.error)
+                rows.append(partition_row(item.value, "failed", str(outcome.error)))
+                continue
+            logger.info(
+                "%s committed: %d rows (%d inferred, %d reused, %d with enrich_error)",
+                name,
+                manifest.rows_out,
+                manifest.rows_inferred,
+                manifest.rows_reused,
+                manifest.rows_failed,
+            )
+            rows.append(partition_row(item.value, "committed", item.reason, manifest))
+    finally:
+        executor.teardown()
+    return rows
 
 
 def _each_partition(

@@ -123,6 +123,36 @@ def damage_text(damage: tuple[OutputDamage, ...] | list[OutputDamage]) -> str:
     return text
 
 
+def _tables(
+    inputs: dict[str, tuple[FileFingerprint, ...]],
+    committed: dict[str, Manifest],
+    damage: dict[str, tuple],
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The `source` and `manifests` tables `sql/partitions_to_run.sql` decides from."""
+    source_table = pl.DataFrame(
+        {
+            "partition": list(inputs),
+            "input_fingerprint": [inputs_fingerprint(list(files)) for files in inputs.values()],
+        },
+        schema={"partition": pl.String, "input_fingerprint": pl.String},
+    )
+    manifest_table = pl.DataFrame(
+        {
+            "partition": list(committed),
+            "input_fingerprint": [m.input_fingerprint for m in committed.values()],
+            "config_hash": [m.config_hash for m in committed.values()],
+            "damage": [damage_text(damage[v]) or None for v in committed],
+        },
+        schema={
+            "partition": pl.String,
+            "input_fingerprint": pl.String,
+            "config_hash": pl.String,
+            "damage": pl.String,
+        },
+    )
+    return source_table, manifest_table
+
+
 def plan_partitions(
     source: str | os.PathLike[str],
     dest: str | os.PathLike[str],
@@ -159,27 +189,7 @@ def plan_partitions(
             fingerprint_file(f.path, partition.relative(f), known.get(partition.relative(f)))
             for f in partition.files
         )
-    source_table = pl.DataFrame(
-        {
-            "partition": list(partitions),
-            "input_fingerprint": [inputs_fingerprint(list(inputs[v])) for v in partitions],
-        },
-        schema={"partition": pl.String, "input_fingerprint": pl.String},
-    )
-    manifest_table = pl.DataFrame(
-        {
-            "partition": list(committed),
-            "input_fingerprint": [m.input_fingerprint for m in committed.values()],
-            "config_hash": [m.config_hash for m in committed.values()],
-            "damage": [damage_text(damage[v]) or None for v in committed],
-        },
-        schema={
-            "partition": pl.String,
-            "input_fingerprint": pl.String,
-            "config_hash": pl.String,
-            "damage": pl.String,
-        },
-    )
+    source_table, manifest_table = _tables(inputs, committed, damage)
     decided = run_query(
         "partitions_to_run",
         {"source": source_table, "manifests": manifest_table},

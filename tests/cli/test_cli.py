@@ -50,6 +50,7 @@ def enrich_cli(source: Path, dest: Path, *options: str) -> Run:
     return bertetl("enrich", str(source), str(dest), "--text-column", "text", *options)
 
 
+@pytest.mark.slow  # a real `python -m bertetl` process
 def test_enrich_end_to_end(tiny_embed_dir, tiny_classifier_dir, write_table, tmp_path) -> None:
     src = write_table({"id": [1, 2, 3], "text": ["good", None, "bad film"]})
     report = tmp_path / "report.json"
