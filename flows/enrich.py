@@ -44,7 +44,7 @@ def enrich_flow(params: EnrichParams) -> list[dict[str, Any]] | State:
     logger = get_run_logger()
     quiet_user_errors()
     title = f"enrich {params.source} -> {params.dest}"
-    check_run_paths(params.source, params.dest)  # before DEST is locked or written
+    files = check_run_paths(params.source, params.dest)  # before DEST is locked or written
     executor = make_executor(params.engine)
     pipeline = executor.pipeline
     lock_dir, only_file = dest_root(params.source, params.dest)
@@ -52,7 +52,7 @@ def enrich_flow(params: EnrichParams) -> list[dict[str, Any]] | State:
     with DestinationLock(lock_dir):
         clean_staging(lock_dir, only_file)
         chunks, failures = plan_chunks(
-            params.source, params.dest, pipeline.check_file, params.chunk_rows
+            files, params.source, params.dest, pipeline.check_file, params.chunk_rows
         )
         for path, cause in failures.items():
             logger.error("%s failed its checks: %s", path, cause)

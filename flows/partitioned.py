@@ -35,7 +35,9 @@ def run_partitioned(
     """
     logger = get_run_logger()
     quiet_user_errors()
-    check_partitioned_run(params.source, params.dest, params.partition_column, start, end)
+    partitions = check_partitioned_run(
+        params.source, params.dest, params.partition_column, start, end
+    )
     with DestinationLock(params.dest):
         removed = clean_staging(params.dest)
         if removed:
@@ -48,6 +50,7 @@ def run_partitioned(
             start=start,
             end=end,
             force=params.force,
+            partitions=partitions,
         )
         rows, damaged = _planned_rows(plan)
         todo = plan.by_action("enrich")

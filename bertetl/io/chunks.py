@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bertetl.errors import CommitError, InputError
-from bertetl.io.paths import check_paths, dest_path
-from bertetl.io.read import SourceFile, discover
+from bertetl.io.paths import dest_path
+from bertetl.io.read import SourceFile
 from bertetl.io.write import ParquetSink
 
 
@@ -62,16 +62,16 @@ def cut_row_groups(metadata: pq.FileMetaData, chunk_rows: int) -> list[tuple[tup
 
 
 def plan_chunks(
+    files: list[SourceFile],
     source: str | os.PathLike[str],
     dest: str | os.PathLike[str],
     check_file: Callable[[SourceFile], pa.Schema],
     chunk_rows: int,
 ) -> tuple[list[Chunk], dict[str, str]]:
-    """Chunks of at most about `chunk_rows` rows (whole row groups), and the files that
-    failed `check_file` (which returns a file's schema or raises `InputError`), by path."""
+    """Chunks of SOURCE's `files` (as `check_run_paths` returned them) of at most about
+    `chunk_rows` rows (whole row groups), and the files that failed `check_file` (which
+    returns a file's schema or raises `InputError`), by path."""
     source, dest = os.fspath(source), os.fspath(dest)
-    files = discover(source)
-    check_paths(files, source, dest)
     chunks: list[Chunk] = []
     failures: dict[str, str] = {}
     for file in files:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -118,28 +119,31 @@ def _is_output(path: Path) -> bool:
     return any(name.endswith(ENRICH_ERROR) for name in names)
 
 
-def foreign_files(dest: str | os.PathLike[str], partition: Partition) -> list[str]:
-    """The paths in the partition's DEST folder (relative to it) that bertetl did not write
-    and a commit of the partition would otherwise replace (`owned_files`)."""
-    folder = dest_folder(dest, partition)
+def foreign_files(folder: Path, owned: Collection[str]) -> list[str]:
+    """The paths in a partition's DEST `folder` (relative to it) that bertetl did not write
+    (not in `owned`, see `owned_files`) and a commit of the partition would replace."""
     if not os.path.lexists(folder):
         return []
     if not folder.is_dir():
         return ["."]  # a file where the partition folder goes
-    return strays(folder, owned_files(folder, partition))
+    return strays(folder, owned)
 
 
-def check_foreign_files(dest: str | os.PathLike[str], partitions: list[Partition]) -> None:
+def check_foreign_files(
+    dest: str | os.PathLike[str], partitions: list[Partition]
+) -> dict[str, frozenset[str]]:
     """Refuse (`InputError`, one line naming the files) when a partition folder under DEST
     holds files bertetl did not write: a commit replaces the folder whole, and a run deletes
-    nothing it did not write."""
-    found = [
-        (dest_folder(dest, partition), name)
-        for partition in partitions
-        for name in foreign_files(dest, partition)
-    ]
+    nothing it did not write. Returns what bertetl owns in each folder, by partition value."""
+    owned: dict[str, frozenset[str]] = {}
+    found: list[tuple[Path, str]] = []
+    for partition in partitions:
+        folder = dest_folder(dest, partition)
+        mine = frozenset(owned_files(folder, partition)) if folder.is_dir() else frozenset()
+        owned[partition.value] = mine
+        found += [(folder, name) for name in foreign_files(folder, mine)]
     if not found:
-        return
+        return owned
     shown = ", ".join(
         str(folder) if name == "." else f"{folder}/{name}" for folder, name in found[:SHOWN_FILES]
     )

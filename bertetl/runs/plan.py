@@ -161,8 +161,10 @@ def plan_partitions(
     start: str | None = None,
     end: str | None = None,
     force: bool = False,
+    partitions: list[Partition] | None = None,
 ) -> Plan:
-    """Compare the source's partitions in [start, end] with DEST's manifests.
+    """Compare the source's partitions in [start, end] with DEST's manifests (`partitions`:
+    those partitions when already listed, e.g. by the run's checks).
 
     Input files are fingerprinted by size, mtime and SHA-256 (re-hashed only when size or
     mtime moved since the manifest), so a touched but identical file is not re-enriched.
@@ -172,7 +174,9 @@ def plan_partitions(
     """
     models = model_fingerprints(config)
     plan = Plan(models, config_hash(config, models))
-    partitions = {p.value: p for p in list_partitions(source, column, start, end)}
+    if partitions is None:
+        partitions = list_partitions(source, column, start, end)
+    by_value = {p.value: p for p in partitions}
     folders: dict[str, Path] = {}
     committed: dict[str, Manifest] = {}
     for value, (folder, manifest) in _committed_manifests(Path(dest), column).items():
@@ -183,7 +187,7 @@ def plan_partitions(
         for value, manifest in committed.items()
     }
     inputs: dict[str, tuple[FileFingerprint, ...]] = {}
-    for value, partition in partitions.items():
+    for value, partition in by_value.items():
         known = {f.relative: f for f in committed[value].inputs} if value in committed else {}
         inputs[value] = tuple(
             fingerprint_file(f.path, partition.relative(f), known.get(partition.relative(f)))
@@ -203,7 +207,7 @@ def plan_partitions(
                 value,
                 row["action"],
                 row["reason"],
-                partitions.get(value),
+                by_value.get(value),
                 inputs.get(value, ()),
                 committed.get(value),
                 damage.get(value, ()),

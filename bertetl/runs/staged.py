@@ -29,7 +29,6 @@ from bertetl.io.partitions import (
     check_foreign_files,
     dest_folder,
     list_partitions,
-    owned_files,
 )
 from bertetl.io.paths import check_paths, check_run_paths
 from bertetl.report import FileResult, merge_label_counts
@@ -63,9 +62,8 @@ class StagedPartition:
         if partition is None:
             raise InputError(f"partition {item.column}={item.value} has no source files")
         check_paths(list(partition.files), str(_source_root(partition)), os.fspath(dest))
-        check_foreign_files(dest, [partition])
+        owned = check_foreign_files(dest, [partition])[partition.value]
         target = dest_folder(dest, partition)
-        owned = frozenset(owned_files(target, partition)) if target.is_dir() else frozenset()
         started = time.perf_counter()
         manifest = Manifest(
             partition_column=partition.column,
