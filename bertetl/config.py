@@ -10,6 +10,7 @@ Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 Quantize = Literal["none", "int8"]
 Executor = Literal["local", "ray"]
+LongText = Literal["truncate", "window"]
 
 
 class LocalOptions(BaseModel):
@@ -100,6 +101,26 @@ class EngineConfig(BaseModel):
         None,
         gt=1,
         description="Truncate texts to this many tokens (default: the model's max_seq_length).",
+    )
+    long_text: LongText = Field(
+        "truncate",
+        description="Texts longer than the model's limit: truncate = keep the first tokens; "
+        "window = cover the text with overlapping token windows and average their outputs "
+        "(weighted by each window's tokens).",
+    )
+    window_overlap: int = Field(
+        32, ge=0, description="With --long-text window: tokens shared by consecutive windows."
+    )
+    max_windows: int = Field(
+        64,
+        gt=0,
+        description="With --long-text window: windows per row at most; a longer text keeps "
+        "the first ones and is marked truncated.",
+    )
+    token_stats: bool = Field(
+        False,
+        description="Add 'tokens' (content tokens of the whole text), 'windows' (windows "
+        "used) and 'truncated' (some text was not seen by the model) per row.",
     )
     prefix: str = Field("", description="Prefix for every added column, e.g. 'minilm_'.")
     window_rows: int = Field(

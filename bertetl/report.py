@@ -41,6 +41,7 @@ class FileResult:
     rows: int = 0
     rows_failed: int = 0
     rows_reused: int = 0
+    rows_truncated: int = 0  # rows inferred whose text the model did not see whole
     seconds: float = 0.0
     error: str | None = None
     retryable: bool = False  # the error may pass on a retry (an I/O error, not bad data)
@@ -54,7 +55,6 @@ class EnrichReport:
     files: list[FileResult] = field(default_factory=list)
     stages: dict[str, StageCounters] = field(default_factory=dict)
     label_counts: dict[str, dict[str, int]] = field(default_factory=dict)
-    truncated_rows: int = 0
     oom_splits: int = 0
     seconds: float = 0.0
 
@@ -66,6 +66,11 @@ class EnrichReport:
     def rows_failed(self) -> int:
         """Rows kept with an `enrich_error` (null, empty or blank text)."""
         return sum(f.rows_failed for f in self.files if f.error is None)
+
+    @property
+    def truncated_rows(self) -> int:
+        """Rows written whose text the model did not see whole."""
+        return sum(f.rows_truncated for f in self.files if f.error is None)
 
     @property
     def failures(self) -> dict[str, str]:
@@ -81,7 +86,6 @@ class EnrichReport:
         for name, counters in other.stages.items():
             self.stages.setdefault(name, StageCounters()).add(counters)
         merge_label_counts(self.label_counts, other.label_counts)
-        self.truncated_rows += other.truncated_rows
         self.oom_splits += other.oom_splits
 
     def to_dict(self) -> dict[str, Any]:
@@ -113,6 +117,7 @@ class SummaryRow:
     inferred: int = 0
     reused: int = 0
     failed: int = 0
+    truncated: int = 0
     seconds: float = 0.0
     labels: str = ""
 

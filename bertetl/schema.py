@@ -12,11 +12,16 @@ SCORE = "score"
 SCORES = "scores"
 LABELS = "labels"
 ENRICH_ERROR = "enrich_error"
+TOKENS = "tokens"
+WINDOWS = "windows"
+TRUNCATED = "truncated"
 
 #: Internal columns (never written out) start with this; input columns may not.
 INTERNAL_PREFIX = "__bertetl_"
 #: Internal column carrying token ids between the tokenize and infer stages.
 TOKENS_PREFIX = INTERNAL_PREFIX + "tokens_"
+#: Internal column carrying each row's token stats from the tokenize stage to the output.
+STATS_PREFIX = INTERNAL_PREFIX + "stats_"
 
 TEXT_TYPES = (pa.string(), pa.large_string())
 
@@ -43,6 +48,15 @@ def classify_fields(
     if multi_label:
         fields.append(pa.field(prefix + LABELS, pa.list_(pa.string())))
     return fields
+
+
+def token_stats_fields(prefix: str) -> list[pa.Field]:
+    """`--token-stats`: content tokens of the whole text, token windows used, truncated."""
+    return [
+        pa.field(prefix + TOKENS, pa.int32()),
+        pa.field(prefix + WINDOWS, pa.int16()),
+        pa.field(prefix + TRUNCATED, pa.bool_()),
+    ]
 
 
 def error_field(prefix: str) -> pa.Field:

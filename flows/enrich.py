@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from bertetl.flows.tasks import (
 from bertetl.io.chunks import Chunk, assemble, plan_chunks
 from bertetl.io.commit import DestinationLock, clean_staging, staged_folder
 from bertetl.io.paths import check_run_paths, dest_root
-from bertetl.report import SummaryRow
+from bertetl.report import FileResult, SummaryRow
 
 
 @task(name="assemble-file", cache_policy=NO_CACHE)
@@ -31,10 +32,19 @@ def assemble_task(parts: list[Path], target: Path, schema: Any) -> int:
     return assemble(parts, target, schema)
 
 
-def _row(name: str, status: str, rows: int, failed: int, seconds: float) -> dict[str, Any]:
-    """One file's summary row (`SummaryRow` as a dict, the flow's result)."""
+def _row(name: str, status: str, results: Sequence[FileResult] = ()) -> dict[str, Any]:
+    """One file's summary row (`SummaryRow` as a dict, the flow's result), from the
+    results of its chunks."""
+    rows = sum(r.rows for r in results)
+    failed = sum(r.rows_failed for r in results)
     return SummaryRow(
-        name, status, rows=rows, inferred=rows - failed, failed=failed, seconds=round(seconds, 3)
+        name,
+        status,
+        rows=rows,
+        inferred=rows - failed,
+        failed=failed,
+        truncated=sum(r.rows_truncated for r in results),
+        seconds=round(sum(r.seconds for r in results), 3),
     ).to_dict()
 
 
@@ -56,7 +66,7 @@ def enrich_flow(params: EnrichParams) -> list[dict[str, Any]] | State:
         )
         for path, cause in failures.items():
             logger.error("%s failed its checks: %s", path, cause)
-            rows.append(_row(path, "failed", 0, 0, 0.0))
+            rows.append(_row(path, "failed"))
         progress = RunProgress(
             sum(c.rows for c in chunks), title, logger, bar=params.run.progress_bar
         )
@@ -107,17 +117,9 @@ def _enrich_chunks(
             except Exception as e:
                 failures[path] = str(e)
                 logger.error("%s failed: %s", path, e)
-                rows.append(_row(path, "failed", 0, 0, 0.0))
+                rows.append(_row(path, "failed"))
                 continue
-            rows.append(
-                _row(
-                    path,
-                    "committed",
-                    sum(r.rows for r in done),
-                    sum(r.rows_failed for r in done),
-                    sum(r.seconds for r in done),
-                )
-            )
+            rows.append(_row(path, "committed", done))
     return rows
 
 
@@ -143,9 +145,7 @@ def _enrich_files(
         if result.error is not None:
             failures[result.source] = result.error
             logger.error("%s failed: %s", result.source, result.error)
-            rows.append(_row(result.source, "failed", 0, 0, 0.0))
+            rows.append(_row(result.source, "failed"))
         else:
-            rows.append(
-                _row(result.source, "committed", result.rows, result.rows_failed, result.seconds)
-            )
+            rows.append(_row(result.source, "committed", [result]))
     return rows

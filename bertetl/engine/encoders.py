@@ -7,7 +7,7 @@ import logging
 import pickle
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 
 from bertetl.config import EngineConfig
 from bertetl.engine.batching import pad_batch, plan_batches
+from bertetl.engine.long_text import combine_windows
 from bertetl.engine.model_files import PoolingSpec, read_pooling
 from bertetl.errors import ModelError
 from bertetl.report import StageCounters
@@ -151,8 +152,11 @@ class EncoderStage:
         tokens_column: str,
         prefix: str = "",
         runtime: ModelRuntime | None = None,
+        windowed: bool = False,
     ) -> None:
         runtime = runtime or ModelRuntime()
+        #: Long texts come as several token windows whose outputs are combined per row.
+        self.windowed = windowed
         self.model_dir = Path(model_dir)
         self.allow_pickle = runtime.allow_pickle
         self.tokens_column = tokens_column
@@ -252,25 +256,40 @@ class EncoderStage:
     def __call__(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             started = time.perf_counter()
-            tokens = batch.column(self.tokens_column)
-            offsets = tokens.offsets.to_numpy()
-            values = tokens.values.to_numpy()
-            lengths = np.diff(offsets)
-            outputs: np.ndarray | None = None
-            for rows in plan_batches(lengths, self.token_budget, self.max_batch_rows):
-                result = self._run_rows(offsets, values, rows)
-                if outputs is None:
-                    outputs = np.zeros((batch.num_rows, result.shape[1]), dtype=np.float32)
-                outputs[rows] = result
-            if outputs is None:
-                outputs = np.zeros((batch.num_rows, self.width), dtype=np.float32)
+            tokens = batch.column(self.tokens_column)  # row -> token windows -> ids
+            row_offsets = tokens.offsets.to_numpy()
+            windows = np.diff(row_offsets)
+            sequences = tokens.values
+            offsets = sequences.offsets.to_numpy()
+            values = sequences.values.to_numpy()
+            first = int(row_offsets[0])
+            lengths = np.diff(offsets)[first : int(row_offsets[-1])]
+            outputs = np.zeros((len(lengths), self.width), dtype=np.float32)
+            for batch_rows in plan_batches(lengths, self.token_budget, self.max_batch_rows):
+                outputs[batch_rows] = self._run_rows(offsets, values, batch_rows + first)
+            if windows.max(initial=0) > 1:
+                outputs = combine_windows(outputs, windows, lengths - self._special(batch))
+            else:
+                rows = np.zeros((batch.num_rows, outputs.shape[1]), dtype=np.float32)
+                rows[windows == 1] = outputs
+                outputs = rows
+            outputs = self._finish_rows(outputs)
             for field, column in zip(
-                self.fields(), self._columns(outputs, lengths == 0), strict=True
+                self.fields(), self._columns(outputs, windows == 0), strict=True
             ):
                 batch = batch.append_column(field, column)
             self.counters.rows += batch.num_rows
             self.counters.seconds += time.perf_counter() - started
             yield batch
+
+    def _special(self, batch: pa.RecordBatch) -> int:
+        """Special tokens per window (the tokenize stage notes them on its column)."""
+        metadata = batch.schema.field(self.tokens_column).metadata or {}
+        return int(metadata.get(b"special_tokens", b"0"))
+
+    def _finish_rows(self, outputs: np.ndarray) -> np.ndarray:
+        """Per-row outputs after the windows are combined (embeddings normalize here)."""
+        return outputs
 
     @property
     def width(self) -> int:
@@ -321,7 +340,16 @@ class EmbedStage(EncoderStage):
 
     def _forward(self, input_ids: Any, attention_mask: Any) -> Any:
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.windowed:  # windows are averaged before the model's Normalize
+            return pool(hidden, attention_mask, replace(self.pooling, normalize=False))
         return pool(hidden, attention_mask, self.pooling)
+
+    def _finish_rows(self, outputs: np.ndarray) -> np.ndarray:
+        if not (self.windowed and self.pooling.normalize):
+            return outputs
+        import torch
+
+        return torch.nn.functional.normalize(torch.from_numpy(outputs), p=2, dim=1).numpy()
 
     def _columns(self, outputs: np.ndarray, missing: np.ndarray) -> list[pa.Array]:
         values = pa.array(outputs.reshape(-1))

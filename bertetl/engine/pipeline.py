@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from bertetl.config import EngineConfig
 from bertetl.engine.encoders import ClassifyStage, EmbedStage, EncoderStage, ModelRuntime
+from bertetl.engine.long_text import LongTextOptions
 from bertetl.engine.model_files import max_length_for, resolve_model_dir, tokenizer_key
 from bertetl.engine.prefetch import prefetch
 from bertetl.engine.reuse import ReuseIndex, transform_with_reuse
@@ -25,7 +26,14 @@ from bertetl.errors import InputError, is_transient
 from bertetl.io.read import SourceFile, check_text_column, read_schema, stream
 from bertetl.io.write import ParquetSink
 from bertetl.report import EnrichReport, FileResult, StageCounters, count_labels
-from bertetl.schema import LABEL, TOKENS_PREFIX, error_field, output_schema
+from bertetl.schema import (
+    LABEL,
+    STATS_PREFIX,
+    TOKENS_PREFIX,
+    error_field,
+    output_schema,
+    token_stats_fields,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +62,7 @@ class Pipeline:
                     self.validate.error_column,
                     key,
                     config.max_length,
+                    LongTextOptions.from_config(config),
                 )
             tokenizer = self.tokenizers[key]
             stage_cls = EmbedStage if kind == "embed" else ClassifyStage
@@ -68,6 +77,7 @@ class Pipeline:
                     tokenizer.tokens_column,
                     prefix=config.prefix,
                     runtime=ModelRuntime.from_config(config),
+                    windowed=config.long_text == "window",
                     **extra,
                 )
             )
@@ -80,6 +90,8 @@ class Pipeline:
     def added_fields(self) -> list[pa.Field]:
         """The columns this pipeline appends, in output order."""
         fields = [f for model in self.models for f in model.fields()]
+        if self.config.token_stats:
+            fields += token_stats_fields(self.config.prefix)
         return [*fields, error_field(self.config.prefix)]
 
     def setup(self) -> None:
@@ -136,16 +148,27 @@ class Pipeline:
             yield self.finish(batch)
 
     def finish(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        """Drop the token columns and move `enrich_error` to the end, after the model outputs."""
+        """Drop the token columns, add the `--token-stats` columns (from the first model's
+        tokenizer) and move `enrich_error` to the end, after the model outputs."""
         error_column = self.validate.error_column
         keep = [
             name
             for name in batch.schema.names
-            if not name.startswith(TOKENS_PREFIX) and name != error_column
+            if not name.startswith((TOKENS_PREFIX, STATS_PREFIX)) and name != error_column
         ]
-        return batch.select(keep).append_column(
-            error_field(self.config.prefix), batch.column(error_column)
-        )
+        out = batch.select(keep)
+        if self.config.token_stats:
+            stats = batch.column(self.stats_column)
+            for field, column in zip(
+                token_stats_fields(self.config.prefix), stats.flatten(), strict=True
+            ):
+                out = out.append_column(field, column)
+        return out.append_column(error_field(self.config.prefix), batch.column(error_column))
+
+    @property
+    def stats_column(self) -> str:
+        """The stats of the first model's tokenizer: the one `--token-stats` reports."""
+        return self.models[0].tokens_column.replace(TOKENS_PREFIX, STATS_PREFIX, 1)
 
     def transform(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         """Thread the stages over a stream of batches; yields the enriched batches in order.
@@ -189,6 +212,7 @@ class Pipeline:
             enriched = transform_with_reuse(
                 self.transform, batches, reuse, self.config.text_column, output, counts
             )
+        truncated_before = self.truncated_rows
         sink.open()
         try:
             for batch in enriched:
@@ -206,13 +230,16 @@ class Pipeline:
             raise
         result.rows = sink.rows
         result.rows_reused = counts.get("reused", 0)
+        result.rows_truncated = self.truncated_rows - truncated_before
         result.seconds = time.perf_counter() - started
         return result
 
     @property
     def truncated_rows(self) -> int:
-        """Rows cut at the model's max length so far."""
-        return max((t.truncated_rows for t in self.tokenizers.values()), default=0)
+        """Rows so far whose text the model did not see whole (by the first model's
+        tokenizer, the one `--token-stats` reports)."""
+        first = self.models[0].tokens_column
+        return next(t.truncated_rows for t in self.tokenizers.values() if t.tokens_column == first)
 
     def label_columns(self) -> list[str]:
         """The added single-label column, whose counts reports and manifests keep."""
@@ -220,9 +247,8 @@ class Pipeline:
         return [f.name for f in self.added_fields() if f.name == label]
 
     def collect(self, report: EnrichReport) -> None:
-        """Add this pipeline's counters (stages, OOM splits, truncated rows) to `report`."""
+        """Add this pipeline's counters (stages, OOM splits) to `report`."""
         for stage in self.stages:
             report.stages.setdefault(stage.name, StageCounters()).add(stage.counters)
         for model in self.models:
             report.oom_splits += model.oom_splits
-        report.truncated_rows += self.truncated_rows

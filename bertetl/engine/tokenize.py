@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from bertetl.engine.long_text import LongTextOptions, WindowRule, cut_windows
 from bertetl.engine.model_files import max_length_for
 from bertetl.report import StageCounters
-from bertetl.schema import ENRICH_ERROR, TOKENS_PREFIX
+from bertetl.schema import ENRICH_ERROR, STATS_PREFIX, TOKENS_PREFIX, token_stats_fields
 
 NULL_TEXT = "text is null"
 EMPTY_TEXT = "text is empty"
@@ -82,11 +84,32 @@ class ValidateTextStage:
             yield out
 
 
-class TokenizeStage:
-    """Tokenizes the valid rows' text with the model's fast tokenizer, truncating at max length.
+#: Characters tokenized first per content token a row may need: rows longer than
+#: `limit * CHARS_PER_TOKEN + PREFIX_SLACK` characters are tokenized from a prefix (grown
+#: until it provably holds the tokens the model will see), so a 10 MB text costs about what
+#: its first windows do. English runs 4-5 characters per token.
+CHARS_PER_TOKEN = 8
+PREFIX_SLACK = 256
+#: Characters per slice when counting a long text's tokens for `--token-stats`.
+COUNT_SLICE = 1 << 16
 
-    Appends a `list<int32>` token column (empty for rows that `ValidateTextStage` rejected),
-    which the infer stage consumes and drops.
+
+@dataclass
+class RowTokens:
+    """One row's content tokens (at most the rule's limit) and what is known of the rest."""
+
+    ids: list[int]
+    total: int  # content tokens of the whole text (or of `ids` when not counted)
+    truncated: bool
+
+
+class TokenizeStage:
+    """Tokenizes the valid rows' text with the model's fast tokenizer into token windows.
+
+    Appends a `list<list<int32>>` token column (row -> token windows -> ids with the model's
+    special tokens; no windows for rows that `ValidateTextStage` rejected), which the infer
+    stage consumes and drops, and a per-row stats column (content tokens, windows, truncated)
+    that the pipeline turns into `--token-stats` columns or drops.
     """
 
     name = "tokenize"
@@ -98,14 +121,20 @@ class TokenizeStage:
         error_column: str,
         tokens_key: str,
         max_length: int | None = None,
+        long_text: LongTextOptions | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.text_column = text_column
         self.error_column = error_column
         self.tokens_column = TOKENS_PREFIX + tokens_key
+        self.stats_column = STATS_PREFIX + tokens_key
         self.max_length = max_length_for(self.model_dir, max_length)
+        self.long_text = long_text or LongTextOptions()
         self.truncated_rows = 0
         self.counters = StageCounters()
+        self.rule: WindowRule | None = None
+        self.head: list[int] = []
+        self.tail: list[int] = []
         self._tokenizer: Any = None
 
     @property
@@ -114,7 +143,7 @@ class TokenizeStage:
 
     @property
     def produces(self) -> tuple[str, ...]:
-        return (self.tokens_column,)
+        return (self.tokens_column, self.stats_column)
 
     def setup(self) -> None:
         from transformers import AutoTokenizer
@@ -129,41 +158,196 @@ class TokenizeStage:
             raise ModelError(f"cannot load the tokenizer of {self.model_dir}: {e}") from e
         if not tokenizer.is_fast:
             raise ModelError(f"{self.model_dir}: no fast tokenizer (tokenizer.json) could be built")
+        # Rows are cut to the model's length here, not by the tokenizer: its once-per-process
+        # "longer than the maximum" warning would only confuse.
+        tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = (
+            True
+        )
+        self.head, self.tail = special_tokens(tokenizer)
+        options = self.long_text
+        try:
+            self.rule = WindowRule(
+                self.max_length - len(self.head) - len(self.tail),
+                options.window_overlap if options.long_text == "window" else 0,
+                options.max_windows if options.long_text == "window" else 1,
+            )
+        except ValueError as e:
+            raise ModelError(f"{self.model_dir}: {e}") from e
         self._tokenizer = tokenizer
 
     def teardown(self) -> None:
         self._tokenizer = None
 
-    def encode(self, texts: list[str]) -> list[list[int]]:
-        """Token ids of each text, special tokens added, truncated at `max_length`."""
-        if self._tokenizer is None:
-            raise RuntimeError("TokenizeStage.encode before setup()")
+    def _rule(self) -> WindowRule:
+        if self._tokenizer is None or self.rule is None:
+            raise RuntimeError("TokenizeStage used before setup()")
+        return self.rule
+
+    def _content(self, texts: list[str]) -> list[list[int]]:
         encoded = self._tokenizer(
             texts,
-            truncation=True,
-            max_length=self.max_length,
+            add_special_tokens=False,
             return_attention_mask=False,
             return_token_type_ids=False,
         )
-        self.truncated_rows += sum(1 for e in encoded.encodings if e.overflowing)
         return encoded["input_ids"]
+
+    def content_tokens(self, texts: list[str]) -> list[RowTokens]:
+        """Each text's first `rule.limit` content tokens, its token count and whether the
+        model misses some of it. Long texts are tokenized from a prefix: see `_from_prefix`."""
+        rule = self._rule()
+        cutoff = rule.limit * CHARS_PER_TOKEN + PREFIX_SLACK
+        short = [i for i, text in enumerate(texts) if len(text) <= cutoff]
+        rows: list[RowTokens | None] = [None] * len(texts)
+        if not short:
+            encoded: list[list[int]] = []
+        else:
+            encoded = self._content(
+                texts if len(short) == len(texts) else [texts[i] for i in short]
+            )
+        for i, ids in zip(short, encoded, strict=True):
+            rows[i] = RowTokens(ids[: rule.limit], len(ids), len(ids) > rule.limit)
+        if len(short) < len(texts):
+            long = [i for i, text in enumerate(texts) if len(text) > cutoff]
+            for i, row in zip(
+                long, self._from_prefix([texts[i] for i in long], cutoff), strict=True
+            ):
+                rows[i] = row
+        return [row for row in rows if row is not None]
+
+    def _from_prefix(self, texts: list[str], cutoff: int) -> list[RowTokens]:
+        """Tokens of long texts from a prefix of `cutoff` characters, grown 4x until resolved.
+
+        Why a prefix gives the same tokens as the whole text: the tokenizer splits text into
+        words (its pre-tokenizer: whitespace and punctuation for BERT) and tokenizes each word
+        on its own, after a normalizer that works character by character. Cutting the text can
+        only change the word the cut falls in, which is the prefix's last word; every token of
+        an earlier word is the same as in the whole text. So the prefix settles the row once
+        more than `limit` tokens come before its last word (the row is truncated), or exactly
+        `limit` do and the last word has tokens too (the whole text then has more than `limit`).
+        Otherwise the prefix grows; at the text's full length it is the whole text.
+        """
+        limit = self._rule().limit
+        rows: list[RowTokens | None] = [None] * len(texts)
+        pending = list(range(len(texts)))
+        size = cutoff
+        while pending:
+            prefixes = [texts[i][:size] for i in pending]
+            encoded = self._tokenizer(
+                prefixes,
+                add_special_tokens=False,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+                return_offsets_mapping=True,
+            )
+            still = []
+            for i, encoding in zip(pending, encoded.encodings, strict=True):
+                text = texts[i]
+                if size >= len(text):
+                    ids = encoding.ids
+                    rows[i] = RowTokens(ids[:limit], len(ids), len(ids) > limit)
+                    continue
+                safe = _before_last_word(encoding.word_ids)
+                if safe > limit or (safe == limit and len(encoding.ids) > safe):
+                    total = safe
+                    if self.long_text.token_stats:
+                        total += self._count(text, encoding.offsets[safe][0])
+                    rows[i] = RowTokens(encoding.ids[:limit], total, True)
+                else:
+                    still.append(i)
+            pending = still
+            size *= 4
+        return [row for row in rows if row is not None]
+
+    def _count(self, text: str, start: int) -> int:
+        """Content tokens of `text[start:]` (`start` at a word's start), a slice at a time."""
+        total = 0
+        size = COUNT_SLICE
+        while start < len(text):
+            end = start + size
+            (encoding,) = self._tokenizer(
+                [text[start:end]], add_special_tokens=False, return_offsets_mapping=True
+            ).encodings
+            if end >= len(text):
+                return total + len(encoding.ids)
+            safe = _before_last_word(encoding.word_ids)
+            if safe == 0 and encoding.ids:  # one word fills the slice: take a bigger one
+                size *= 2
+                continue
+            total += safe
+            start += encoding.offsets[safe][0] if safe < len(encoding.ids) else size
+            size = COUNT_SLICE
+        return total
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text's first token window, special tokens included."""
+        rule = self._rule()
+        return [self.head + row.ids[: rule.width] + self.tail for row in self.content_tokens(texts)]
 
     def __call__(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             started = time.perf_counter()
+            rule = self._rule()
             valid = np.flatnonzero(
                 pc.is_null(batch.column(self.error_column)).to_numpy(zero_copy_only=False)
             )
             text = as_plain_text(batch.column(self.text_column)).take(pa.array(valid))
-            ids = self.encode(text.to_pylist()) if len(valid) else []
-            lengths = np.zeros(batch.num_rows, dtype=np.int32)
-            lengths[valid] = [len(row) for row in ids]
-            offsets = np.zeros(batch.num_rows + 1, dtype=np.int32)
-            np.cumsum(lengths, out=offsets[1:])
-            values = np.fromiter(chain.from_iterable(ids), dtype=np.int32, count=int(offsets[-1]))
-            tokens = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+            rows = self.content_tokens(text.to_pylist()) if len(valid) else []
+            kept = np.zeros(batch.num_rows, dtype=np.int64)
+            kept[valid] = [len(row.ids) for row in rows]
+            offsets = np.zeros(batch.num_rows + 1, dtype=np.int64)
+            np.cumsum(kept, out=offsets[1:])
+            values = np.fromiter(
+                chain.from_iterable(row.ids for row in rows), dtype=np.int32, count=int(offsets[-1])
+            )
+            windows = np.zeros(batch.num_rows, dtype=np.int64)
+            windows[valid] = rule.windows(kept[valid])
+            tokens = cut_windows(offsets, values, windows, rule, self.head, self.tail)
+            truncated = np.zeros(batch.num_rows, dtype=bool)
+            truncated[valid] = [row.truncated for row in rows]
+            total = np.zeros(batch.num_rows, dtype=np.int64)
+            total[valid] = [row.total for row in rows]
+            invalid = windows == 0
+            stats = pa.StructArray.from_arrays(
+                [
+                    pa.array(total.astype(np.int32), mask=invalid),
+                    pa.array(windows.astype(np.int16), mask=invalid),
+                    pa.array(truncated, mask=invalid),
+                ],
+                fields=list(token_stats_fields("")),
+            )
+            self.truncated_rows += int(truncated.sum())
             self.counters.rows += batch.num_rows
             self.counters.batches += 1
             self.counters.real_tokens += int(offsets[-1])
             self.counters.seconds += time.perf_counter() - started
-            yield batch.append_column(self.tokens_column, tokens)
+            special = {b"special_tokens": str(len(self.head) + len(self.tail)).encode()}
+            batch = batch.append_column(
+                pa.field(self.tokens_column, tokens.type, metadata=special), tokens
+            )
+            yield batch.append_column(self.stats_column, stats)
+
+
+def _before_last_word(word_ids: list[int | None]) -> int:
+    """Tokens before the first token of the last word (all tokens when there are none)."""
+    if not word_ids:
+        return 0
+    last = word_ids[-1]
+    index = len(word_ids)
+    while index and word_ids[index - 1] == last:
+        index -= 1
+    return index
+
+
+def special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer puts before and after one sequence ([CLS] and [SEP] for BERT),
+    read off its own post-processing of a one-word text."""
+    encoded = tokenizer("a", add_special_tokens=True, return_special_tokens_mask=True)
+    ids, special = encoded["input_ids"], encoded["special_tokens_mask"]
+    head = 0
+    while head < len(ids) and special[head]:
+        head += 1
+    tail = len(ids)
+    while tail > head and special[tail - 1]:
+        tail -= 1
+    return list(ids[:head]), list(ids[tail:])

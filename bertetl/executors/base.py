@@ -78,7 +78,7 @@ class Executor(Protocol):
         ...
 
     def collect(self, report: EnrichReport) -> None:
-        """Add the counters of the jobs run so far (stages, truncated rows, labels)."""
+        """Add the counters of the jobs run so far (stages, OOM splits)."""
 
     def teardown(self) -> None:
         """Free models, stop workers or the cluster this executor started."""

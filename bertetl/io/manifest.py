@@ -38,6 +38,15 @@ OUTPUT_OPTIONS = (
     "include_scores",
     "multi_label_threshold",
 )
+#: Output options added later, with the value that gives the earlier outputs: they join the
+#: hash only when set otherwise, so a config that leaves them alone keeps its old hash (and
+#: a nightly run does not re-enrich every partition after an upgrade).
+LATER_OUTPUT_OPTIONS: dict[str, object] = {
+    "long_text": "truncate",
+    "token_stats": False,
+}
+#: Options that shape the output only when another option is set (long_text = window).
+WINDOW_OPTIONS = ("window_overlap", "max_windows")
 
 
 class FileFingerprint(BaseModel):
@@ -76,6 +85,9 @@ class Manifest(BaseModel):
     rows_inferred: int = 0
     rows_reused: int = 0
     rows_failed: int = 0
+    #: Rows inferred in this run whose text the model did not see whole (reused rows keep
+    #: their earlier outputs and are not counted again).
+    rows_truncated: int = 0
     inputs: list[FileFingerprint] = Field(default_factory=list)
     outputs: list[str] = Field(default_factory=list)
     output_files: list[OutputFingerprint] = Field(default_factory=list)
@@ -267,6 +279,11 @@ def model_fingerprint(model_dir: str | os.PathLike[str]) -> str:
 def config_hash(config: EngineConfig, models: dict[str, str]) -> str:
     """Hash of the options that shape the output plus the models' fingerprints."""
     payload = {name: getattr(config, name) for name in OUTPUT_OPTIONS}
+    for name, earlier in LATER_OUTPUT_OPTIONS.items():
+        if getattr(config, name) != earlier:
+            payload[name] = getattr(config, name)
+    if config.long_text == "window":
+        payload.update({name: getattr(config, name) for name in WINDOW_OPTIONS})
     payload["models"] = dict(sorted(models.items()))
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 

@@ -92,6 +92,7 @@ class StagedPartition:
             manifest.rows_out += result.rows
             manifest.rows_failed += result.rows_failed
             manifest.rows_reused += result.rows_reused
+            manifest.rows_truncated += result.rows_truncated
             relative = partition.relative(job.file)
             try:
                 output = fingerprint_output(job.target, relative)

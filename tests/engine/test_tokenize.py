@@ -25,7 +25,9 @@ def _tokenize(model_dir: Path, texts: list, max_length: int | None = None) -> li
     stage = TokenizeStage(model_dir, "text", validate.error_column, "k", max_length)
     stage.setup()
     (out,) = stage(validate([batch]))
-    return out.column(stage.tokens_column).to_pylist(), stage
+    windows = out.column(stage.tokens_column).to_pylist()
+    assert all(len(row) <= 1 for row in windows)  # truncate mode: one token window at most
+    return [row[0] if row else [] for row in windows], stage
 
 
 def test_tokens_match_the_tokenizer_and_skip_invalid_rows(tiny_embed_dir: Path) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from bertetl.config import EngineConfig
 from bertetl.engine.pipeline import Pipeline
@@ -55,14 +56,19 @@ class TokenizeActor:
         self.counters = counters
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        before = self._truncated()
         out = _apply(table, self.pipeline.prepare, "tokenize", self.errors_dir)
-        if self.counters is not None and self._truncated() > before:
-            self.counters.add_truncated.remote(self._truncated() - before)
+        if self.counters is not None and out.num_rows:
+            truncated = truncated_by_file(out, self.pipeline.stats_column)
+            if truncated:
+                self.counters.add_truncated.remote(truncated)
         return out
 
-    def _truncated(self) -> int:
-        return max((t.truncated_rows for t in self.pipeline.tokenizers.values()), default=0)
+
+def truncated_by_file(table: pa.Table, stats_column: str) -> dict[int, int]:
+    """Rows whose text the model will not see whole, by input file index."""
+    flags = pc.fill_null(pc.struct_field(table.column(stats_column), "truncated"), False)
+    files = table.column(FILE_COLUMN).filter(flags)
+    return {int(item["values"]): int(item["counts"]) for item in pc.value_counts(files).to_pylist()}
 
 
 class ModelActor:

@@ -102,7 +102,6 @@ class RayExecutor:
         )
         self._started_ray = False
         self._watchdog: Any = None
-        self._truncated_rows = 0
 
     def setup(self) -> None:
         """Connect to the Ray cluster (`ray_address`, else RAY_ADDRESS, else a local Ray)."""
@@ -144,7 +143,6 @@ class RayExecutor:
     def collect(self, report: EnrichReport) -> None:
         """Rows cut at the model's max length (counted by the tokenizer actors) and the
         label counts of the committed files."""
-        report.truncated_rows += self._truncated_rows
 
     def _worker_config(self) -> EngineConfig:
         """The config with model directories as absolute paths (workers on other nodes, or
@@ -194,9 +192,11 @@ class RayExecutor:
             _run_with_progress(
                 lambda: dataset.write_datasink(sink, ray_remote_args=write_cpus), counters, on_rows
             )
-            self._truncated_rows += ray.get(counters.truncated.remote())
+            truncated = ray.get(counters.truncated.remote())
         if len(sink.results) != len(jobs):  # every file is committed or failed, never missed
             raise CommitError(f"Ray reported {len(sink.results)} of {len(jobs)} files")
+        for index, rows in truncated.items():  # results are in job (file index) order
+            sink.results[index].rows_truncated = rows
         seconds = time.perf_counter() - started
         for result in sink.results:
             result.seconds = seconds
@@ -304,23 +304,24 @@ def _data_context(block_bytes: int) -> Any:
 @ray.remote(num_cpus=0)
 class RunCounters:
     """Figures the workers report to the driver: rows written (taken for progress as they
-    come) and rows truncated at the model's max length."""
+    come) and rows whose text the model does not see whole, by file index."""
 
     def __init__(self) -> None:
         self.rows = 0
-        self.truncated_rows = 0
+        self.truncated_rows: dict[int, int] = {}
 
     def add(self, rows: int) -> None:
         self.rows += rows
 
-    def add_truncated(self, rows: int) -> None:
-        self.truncated_rows += rows
+    def add_truncated(self, by_file: dict[int, int]) -> None:
+        for index, rows in by_file.items():
+            self.truncated_rows[index] = self.truncated_rows.get(index, 0) + rows
 
     def take(self) -> int:
         rows, self.rows = self.rows, 0
         return rows
 
-    def truncated(self) -> int:
+    def truncated(self) -> dict[int, int]:
         return self.truncated_rows
 
 

@@ -25,12 +25,18 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.usefixtures("local_
 
 @pytest.fixture
 def local_config(tiny_embed_dir: Path, tiny_classifier_dir: Path) -> EngineConfig:
-    """Embed and classify, in small windows, so files span several blocks and parts."""
+    """Embed and classify, in small windows, so files span several blocks and parts; long
+    texts in token windows of 16 tokens, at most 3 of them (so some rows are truncated)."""
     return EngineConfig(
         text_column="text",
         embed_model=str(tiny_embed_dir),
         classify_model=str(tiny_classifier_dir),
         window_rows=16,
+        max_length=18,
+        long_text="window",
+        window_overlap=4,
+        max_windows=3,
+        token_stats=True,
     )
 
 
@@ -87,6 +93,9 @@ def test_ray_output_equals_local_and_bad_files_are_named(
     assert (report.rows, report.rows_failed) == (local.rows, local.rows_failed)
     assert report.rows_failed >= 4  # at least a null and a blank text per good file
     assert report.label_counts == local.label_counts
+    assert report.truncated_rows == local.truncated_rows > 0
+    truncated = {f.source: f.rows_truncated for f in report.files if f.error is None}
+    assert truncated == {f.source: f.rows_truncated for f in local.files if f.error is None}
     assert staging_is_empty(tmp_path / "ray")
 
 
