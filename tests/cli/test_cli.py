@@ -178,6 +178,10 @@ def test_failed_file_exits_non_zero_and_names_it(tiny_embed_dir, write_table, tm
                 "--device",
                 "--batch-tokens",
                 "--max-length",
+                "--long-text",
+                "--window-overlap",
+                "--max-windows",
+                "--token-stats",
                 "--prefix",
             ],
         ),
@@ -232,3 +236,20 @@ def test_several_failed_files_give_one_line(tiny_embed_dir, write_table, tmp_pat
         str(tmp_path / "src" / "bad1.parquet"),
         str(tmp_path / "src" / "bad2.parquet"),
     }
+
+
+def test_long_text_window_and_token_stats_via_cli(tiny_embed_dir, write_table, tmp_path) -> None:
+    long = " ".join(["the film was long"] * 60)
+    src = write_table({"text": ["short one", long, None]})
+    options = ("--embed-model", str(tiny_embed_dir), "--device", "cpu", "--token-stats")
+    run = enrich_cli(src, tmp_path / "w", *options, "--long-text", "window", "--max-windows", "3")
+    assert run.returncode == 0, run.stderr
+    assert "1 truncated" in run.stdout
+    out = pq.read_table(tmp_path / "w" / src.name)
+    assert out.schema.names[-4:] == ["tokens", "windows", "truncated", "enrich_error"]
+    assert out.column("windows").to_pylist() == [1, 3, None]
+    bad = enrich_cli(
+        src, tmp_path / "bad", *options, "--long-text", "window", "--window-overlap", "46"
+    )
+    assert bad.returncode != 0
+    assert "--window-overlap 46" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -77,3 +77,20 @@ def test_output_matches_the_recorded_run(tmp_path: Path, write_table, text_table
                     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
         else:
             assert got.equals(want), name
+
+
+def test_long_text_options_join_the_hash_only_when_they_shape_the_output() -> None:
+    base = EngineConfig(text_column="text", embed_model="minilm")
+    hashes = {
+        name: config_hash(base.model_copy(update=update), {"embed": "a" * 64})
+        for name, update in {
+            "default": {},
+            "overlap alone": {"window_overlap": 8, "max_windows": 3},
+            "window": {"long_text": "window"},
+            "window, overlap 8": {"long_text": "window", "window_overlap": 8},
+            "window, 3 windows": {"long_text": "window", "max_windows": 3},
+            "stats": {"token_stats": True},
+        }.items()
+    }
+    assert hashes["overlap alone"] == hashes["default"]  # truncate mode ignores them
+    assert len(set(hashes.values()) - {hashes["default"]}) == 4

@@ -211,3 +211,36 @@ def test_a_group_commits_each_partition_alone(config, partitioned_source, tmp_pa
     enrich(src, tmp_path / "reference", config)
     assert assert_same_output(dest, tmp_path / "reference") == 2 * 24
     assert staging_is_empty(dest)
+
+
+def test_window_mode_reuses_long_rows_and_counts_truncated_rows(
+    partitioned_source, tmp_path: Path, tiny_embed_dir: Path
+) -> None:
+    """Long rows in token windows: an unchanged long row reuses its pooled outputs, the
+    manifest counts the rows the model saw cut, and the result equals a clean run."""
+    config = EngineConfig(
+        text_column="text",
+        embed_model=str(tiny_embed_dir),
+        long_text="window",
+        max_length=16,
+        max_windows=2,
+        window_overlap=4,
+        token_stats=True,
+    )
+    executor = LocalExecutor(config)
+    executor.setup()
+    try:
+        src = partitioned_source(days=1)
+        first = run_all(executor, src, tmp_path / "dest")["2026-01-01"]
+        table = pq.read_table(tmp_path / "dest" / "date=2026-01-01" / "part-0.parquet")
+        truncated = table.column("truncated").to_pylist()
+        assert first.rows_truncated == truncated.count(True) > 0
+        assert max(w or 0 for w in table.column("windows").to_pylist()) == 2
+        edit_rows(src / "date=2026-01-01" / "part-0.parquet", [0])
+        second = run_all(executor, src, tmp_path / "dest")["2026-01-01"]
+    finally:
+        executor.teardown()
+    assert (second.rows_inferred, second.rows_reused) == (1, 21)
+    assert second.rows_truncated == 0  # the edited row is short; the long ones were reused
+    enrich(src, tmp_path / "reference", config)
+    assert_same_output(tmp_path / "dest", tmp_path / "reference")
