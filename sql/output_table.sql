@@ -9,12 +9,16 @@
 --   scores        FIXED_SIZE_LIST<FLOAT32>[n]    every label's probability in id order (--scores;
 --                                                label names in the field metadata)
 --   labels        LIST<STRING>                   labels above --threshold (multi-label models)
+--   tokens        INT32                          content tokens of the whole text (--token-stats)
+--   windows       INT16                          token windows the model ran on (--token-stats)
+--   truncated     BOOLEAN                        some text was not seen by the model (--token-stats)
 --   enrich_error  STRING                         why the row was not encoded (null text, empty,
 --                                                whitespace only); null for encoded rows
 -- Partition values stay in the folder names (date=2026-11-01/); hive readers add them back.
 -- Each partition folder has a _manifest.json (rows_in, rows_out, rows_inferred, rows_reused,
--- rows_failed, input and model fingerprints, and each output file's size, mtime, SHA-256 and
--- rows), written last as the commit marker; `bertetl summary` reads only outputs that match it.
+-- rows_failed, rows_truncated, input and model fingerprints, and each output file's size,
+-- mtime, SHA-256 and rows), written last as the commit marker; `bertetl summary` reads only
+-- outputs that match it.
 --
 -- Table `enriched` (columns renamed by bertetl.summary): partition, encoded (the model output
 -- column is not null), enrich_error. `inconsistent` must be 0: a row has an output or an error.
