@@ -160,5 +160,6 @@ def print_summary(kind: str, rows: list[dict[str, Any]], dest: str) -> None:
         f"{sum(r['rows'] for r in committed)} rows written "
         f"({sum(r['inferred'] for r in committed)} inferred, "
         f"{sum(r['reused'] for r in committed)} reused, "
-        f"{sum(r['failed'] for r in committed)} with enrich_error) into {dest}"
+        f"{sum(r['failed'] for r in committed)} with enrich_error, "
+        f"{sum(r.get('truncated', 0) for r in committed)} truncated) into {dest}"
     )
