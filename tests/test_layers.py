@@ -23,6 +23,7 @@ LAYERS = {
     "bertetl.reports": 3,
     "bertetl.runs": 4,
     "bertetl.training": 4,
+    "bertetl.evaluate": 4,
     "bertetl.flows": 5,
     "bertetl.bench": 5,
     "bertetl.cli": 6,

@@ -6,6 +6,7 @@ import typer
 
 from bertetl.cli.bench import bench
 from bertetl.cli.enrich import enrich
+from bertetl.cli.evaluate import evaluate
 from bertetl.cli.partitioned import backfill, incremental
 from bertetl.cli.summary import summary
 from bertetl.cli.train import train
@@ -17,5 +18,5 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for command in (enrich, backfill, incremental, summary, train, bench):
+for command in (enrich, backfill, incremental, summary, train, evaluate, bench):
     app.command()(command)

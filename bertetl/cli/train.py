@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -38,10 +39,12 @@ def train(
 ) -> None:
     """Fine-tune a sequence classifier on TABLE and save it to MODEL_OUT.
 
-    Holds out a stratified split, reports accuracy and macro-F1 on it, and saves a standard
-    Hugging Face model dir (safetensors, tokenizer, id2label) that `enrich --classify-model`
-    loads. MODEL_OUT must be new, empty, or an earlier `bertetl train` output, which is
-    replaced (atomically, once the new model is saved); any other folder is refused.
+    Holds out a stratified split, reports accuracy and macro-F1 on it (its whole `bertetl
+    evaluate` report, metrics.json, plots and report.html, goes to MODEL_OUT/eval/), and saves
+    a standard Hugging Face model dir (safetensors, tokenizer, id2label) that
+    `enrich --classify-model` loads. MODEL_OUT must be new, empty, or an earlier `bertetl
+    train` output, which is replaced (atomically, once the new model is saved); any other
+    folder is refused.
     """
     setup_logging(debug)
     config = build_config(
@@ -68,3 +71,4 @@ def train(
         f"({result.eval_rows} rows): accuracy {result.accuracy:.3f}, macro-F1 "
         f"{result.macro_f1:.3f}; saved to {model_out}"
     )
+    typer.echo(f"held-out report: {Path(model_out) / result.eval_dir / 'report.html'}")

@@ -265,12 +265,14 @@ def inputs_fingerprint(inputs: list[FileFingerprint]) -> str:
 
 def model_fingerprint(model_dir: str | os.PathLike[str]) -> str:
     """SHA-256 over a model directory's files (names and contents); hidden files and
-    bertetl's training_metrics.json are left out."""
+    bertetl's training_metrics.json and eval/ report (written beside the weights, rewritten
+    by `bertetl evaluate --out MODEL/eval`) are left out."""
     root = Path(model_dir)
     digest = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         relative = path.relative_to(root).as_posix()
-        if relative.startswith(".") or "/." in relative or relative == "training_metrics.json":
+        hidden = relative.startswith(".") or "/." in relative
+        if hidden or relative == "training_metrics.json" or relative.startswith("eval/"):
             continue
         digest.update(f"{relative}\0{file_sha256(path)}\n".encode())
     return digest.hexdigest()

@@ -22,6 +22,9 @@ from bertetl.engine.encoders import resolve_device
 from bertetl.engine.model_files import max_length_for, resolve_model_dir
 from bertetl.engine.tokenize import as_plain_text, text_problems
 from bertetl.errors import InputError
+from bertetl.evaluate.metrics import compute_metrics
+from bertetl.evaluate.predictions import Predictions
+from bertetl.evaluate.run import write_report
 from bertetl.io.read import SourceFile, check_text_column, discover, read_schema, require_column
 
 log = logging.getLogger(__name__)
@@ -29,9 +32,14 @@ log = logging.getLogger(__name__)
 METRICS_FILE = "training_metrics.json"
 
 
+#: The held-out evaluation (`bertetl evaluate`'s report) inside MODEL_OUT.
+EVAL_DIR = "eval"
+
+
 @dataclass
 class TrainReport:
-    """Held-out metrics and sizes of a fine-tuning run."""
+    """Held-out metrics and sizes of a fine-tuning run; the whole held-out evaluation
+    (metrics.json, plots, report.html) is in MODEL_OUT/eval/."""
 
     accuracy: float
     macro_f1: float
@@ -41,18 +49,20 @@ class TrainReport:
     epochs: float
     seconds: float
     base_model: str
+    eval_dir: str = EVAL_DIR
 
 
-def macro_f1(truth: np.ndarray, predicted: np.ndarray, n_labels: int) -> float:
-    """Unweighted mean of per-label F1 over the labels present in truth or prediction."""
-    scores = []
-    for label in range(n_labels):
-        tp = np.sum((predicted == label) & (truth == label))
-        fp = np.sum((predicted == label) & (truth != label))
-        fn = np.sum((predicted != label) & (truth == label))
-        if tp + fp + fn:
-            scores.append(2 * tp / (2 * tp + fp + fn))
-    return float(np.mean(scores)) if scores else 0.0
+@dataclass
+class Examples:
+    """A labelled table's usable rows: texts, label ids, label names, and where each row is
+    (`sources[file_index[i]]`, row `row[i]` of that file)."""
+
+    texts: list[str]
+    labels: np.ndarray
+    names: list[str]
+    sources: list[str]
+    file_index: np.ndarray
+    row: np.ndarray
 
 
 def check_model_out(model_out: str, files: list[SourceFile]) -> Path:
@@ -71,12 +81,11 @@ def check_model_out(model_out: str, files: list[SourceFile]) -> Path:
     return out
 
 
-def load_examples(
-    table_path: str, files: list[SourceFile], config: TrainConfig
-) -> tuple[list[str], np.ndarray, list[str]]:
+def load_examples(table_path: str, files: list[SourceFile], config: TrainConfig) -> Examples:
     """Texts, integer labels and label names from every file of a table; unusable rows dropped."""
     tables = []
-    for file in files:
+    origin: list[tuple[np.ndarray, np.ndarray]] = []
+    for index, file in enumerate(files):
         schema = read_schema(file)
         check_text_column(file, schema, config.text_column)
         label_type = require_column(file, schema, config.label_column, "label")
@@ -99,6 +108,8 @@ def load_examples(
         label = pc.cast(as_plain_text(table.column(config.label_column)), pa.string())
         keep = pc.and_(pc.is_null(text_problems(text)), pc.is_valid(label))
         tables.append(pa.table({"text": text, "label": label}).filter(keep))
+        rows = np.flatnonzero(keep.to_numpy(zero_copy_only=False))
+        origin.append((np.full(len(rows), index, dtype=np.int32), rows))
     table = pa.concat_tables(tables)
     names = sorted(pc.unique(table.column("label")).to_pylist())
     if len(names) < 2:
@@ -107,7 +118,14 @@ def load_examples(
             f"labels, found {names}"
         )
     ids = pc.index_in(table.column("label"), pa.array(names)).to_numpy().astype(np.int64)
-    return table.column("text").to_pylist(), ids, names
+    return Examples(
+        texts=table.column("text").to_pylist(),
+        labels=ids,
+        names=names,
+        sources=[file.relative for file in files],
+        file_index=np.concatenate([index for index, _ in origin]),
+        row=np.concatenate([rows for _, rows in origin]),
+    )
 
 
 def stratified_split(
@@ -141,8 +159,10 @@ def _batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> 
 def train(table_path: str, model_out: str, config: TrainConfig) -> TrainReport:
     """Fine-tune `config.base_model` for sequence classification and save a standard HF dir.
 
-    The output holds safetensors weights, the tokenizer, `id2label` and `training_metrics.json`;
-    it is written to a temp dir and renamed into place, so a failed run leaves nothing behind.
+    The output holds safetensors weights, the tokenizer, `id2label`, `training_metrics.json`
+    and `eval/` (the held-out split's `bertetl evaluate` report: metrics.json, plots,
+    report.html); it is written to a temp dir and renamed into place, so a failed run leaves
+    nothing behind.
     """
     import torch
     import transformers
@@ -153,7 +173,8 @@ def train(table_path: str, model_out: str, config: TrainConfig) -> TrainReport:
     torch.manual_seed(config.seed)
     files = discover(table_path)
     out = check_model_out(model_out, files)
-    texts, labels, names = load_examples(table_path, files, config)
+    examples = load_examples(table_path, files, config)
+    texts, labels, names = examples.texts, examples.labels, examples.names
     train_rows, eval_rows = stratified_split(
         labels, config.eval_fraction, config.max_rows, config.seed
     )
@@ -168,11 +189,27 @@ def train(table_path: str, model_out: str, config: TrainConfig) -> TrainReport:
 
     lengths = np.array([len(ids) for ids in encoded])
     _fit(model, collate, lengths, labels, train_rows, config, device)
-    predicted = _predict(model, collate, eval_rows)
-    truth = labels[eval_rows]
+    held_out = Predictions.from_probabilities(
+        names,
+        labels[eval_rows],
+        _predict(model, collate, eval_rows),
+        texts=[texts[i] for i in eval_rows],
+        sources=examples.sources,
+        file_index=examples.file_index[eval_rows],
+        rows=examples.row[eval_rows],
+    )
+    about = {
+        "table": table_path,
+        "label_column": config.label_column,
+        "model": model_out,
+        "prefix": "",
+        "split": f"held out by bertetl train ({config.eval_fraction:.0%} per label, "
+        f"seed {config.seed})",
+    }
+    metrics = compute_metrics(held_out, about)
     report = TrainReport(
-        accuracy=float(np.mean(predicted == truth)),
-        macro_f1=macro_f1(truth, predicted, len(names)),
+        accuracy=metrics["accuracy"],
+        macro_f1=metrics["f1"]["macro"],
         labels=names,
         train_rows=len(train_rows),
         eval_rows=len(eval_rows),
@@ -180,7 +217,7 @@ def train(table_path: str, model_out: str, config: TrainConfig) -> TrainReport:
         seconds=round(time.perf_counter() - started, 1),
         base_model=str(base),
     )
-    _save(out, model, tokenizer, report)
+    _save(out, model, tokenizer, report, lambda folder: write_report(folder, held_out, metrics))
     return report
 
 
@@ -246,26 +283,33 @@ def _fit(
 def _predict(
     model: Any, collate: Callable[[np.ndarray], dict[str, Any]], rows: np.ndarray
 ) -> np.ndarray:
-    """The argmax label of each row, in batches of 64."""
+    """Every label's probability (softmax) for each row, in batches of 64."""
     import torch
 
     model.eval()
-    predicted = np.empty(len(rows), dtype=np.int64)
+    probabilities = np.empty((len(rows), model.config.num_labels), dtype=np.float32)
     with torch.inference_mode():
         for start in range(0, len(rows), 64):
-            logits = model(**collate(rows[start : start + 64])).logits
-            predicted[start : start + 64] = logits.argmax(-1).cpu().numpy()
-    return predicted
+            logits = model(**collate(rows[start : start + 64])).logits.float()
+            probabilities[start : start + 64] = logits.softmax(-1).cpu().numpy()
+    return probabilities
 
 
-def _save(out: Path, model: Any, tokenizer: Any, report: TrainReport) -> None:
-    """Save into a temp folder beside `out`, then rename it into place (replacing an earlier
-    `bertetl train` output)."""
+def _save(
+    out: Path,
+    model: Any,
+    tokenizer: Any,
+    report: TrainReport,
+    write_eval: Callable[[Path], object],
+) -> None:
+    """Save (with the held-out evaluation, `write_eval(folder)`) into a temp folder beside
+    `out`, then rename it into place (replacing an earlier `bertetl train` output)."""
     staging = out.parent / f".{out.name}.{os.getpid()}.bertetl-tmp"
     previous = out.parent / f".{out.name}.{os.getpid()}.bertetl-old"
     try:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
+        write_eval(staging / EVAL_DIR)
         (staging / METRICS_FILE).write_text(json.dumps(asdict(report), indent=2))
         if out.exists():
             os.replace(out, previous)

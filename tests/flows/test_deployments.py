@@ -17,6 +17,7 @@ import pytest
 from bertetl.flows.deployments import (
     BACKFILL,
     ENRICH,
+    EVALUATE,
     NIGHTLY,
     build_deployments,
     nightly_parameters,
@@ -31,9 +32,9 @@ def test_build_deployments_names_schedule_and_schema(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("BERTETL_CRON", "30 3 * * *")
     deployments = build_deployments()
     names = [f"{d.flow_name}/{d.name}" for d in deployments]
-    assert names == [NIGHTLY, ENRICH, BACKFILL]
+    assert names == [NIGHTLY, ENRICH, BACKFILL, EVALUATE]
 
-    nightly, enrich, backfill = deployments
+    nightly, enrich, backfill, _ = deployments  # evaluate's form: tests/flows/test_evaluate.py
     assert [s.schedule.cron for s in nightly.schedules] == ["30 3 * * *"]
     assert not enrich.schedules and not backfill.schedules
     params = nightly.parameters["params"]
@@ -41,7 +42,9 @@ def test_build_deployments_names_schedule_and_schema(monkeypatch: pytest.MonkeyP
     assert params["partition_column"] == "date"
     assert params["engine"] == {"text_column": "text", "embed_model": "minilm"}
 
-    for deployment, model in zip(deployments, ["Incremental", "Enrich", "Backfill"], strict=True):
+    for deployment, model in zip(
+        deployments[:3], ["Incremental", "Enrich", "Backfill"], strict=True
+    ):
         # RunnerDeployment keeps the schema private; it is sent as `parameter_openapi_schema`.
         schema = deployment._parameter_openapi_schema.model_dump()
         assert schema["required"] == ["params"]

@@ -45,6 +45,8 @@ def test_model_fingerprint_sees_weights_not_metrics(tiny_embed_dir: Path, tmp_pa
     shutil.copytree(tiny_embed_dir, copy)
     before = model_fingerprint(copy)
     (copy / "training_metrics.json").write_text("{}")
+    (copy / "eval").mkdir()
+    (copy / "eval" / "metrics.json").write_text("{}")  # `bertetl evaluate --out MODEL/eval`
     assert model_fingerprint(copy) == before
     (copy / "config.json").write_text((copy / "config.json").read_text() + " ")
     assert model_fingerprint(copy) != before

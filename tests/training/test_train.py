@@ -11,7 +11,7 @@ import pytest
 from bertetl.config import EngineConfig, TrainConfig
 from bertetl.errors import InputError
 from bertetl.runs.enrich import enrich
-from bertetl.training.train import macro_f1, stratified_split, train
+from bertetl.training.train import stratified_split, train
 
 POSITIVE = ["good", "fun", "lovely", "movie", "that", "was", "and"]
 NEGATIVE = ["bad", "terrible", "boring", "awful", "film", "with", "acting"]
@@ -25,13 +25,6 @@ def _reviews(n: int, seed: int) -> dict:
         texts.append(" ".join(rng.choice(words) for _ in range(rng.randint(3, 9))))
         labels.append("pos" if i % 2 else "neg")
     return {"text": texts, "sentiment": labels}
-
-
-def test_macro_f1_by_hand() -> None:
-    truth = np.array([0, 0, 1, 1, 2])
-    predicted = np.array([0, 1, 1, 1, 0])
-    # label 0: tp1 fp1 fn1 -> .5 ; label 1: tp2 fp1 fn0 -> .8 ; label 2: tp0 fp0 fn1 -> 0
-    assert macro_f1(truth, predicted, 3) == pytest.approx((0.5 + 0.8 + 0.0) / 3)
 
 
 def test_split_is_stratified_and_disjoint() -> None:
@@ -65,6 +58,7 @@ def test_train_learns_and_enrich_loads_the_result(
     assert json.loads((tmp_path / "model" / "training_metrics.json").read_text())["accuracy"] == (
         report.accuracy
     )
+    check_held_out_report(tmp_path / "model", _reviews(240, seed=0), report)
     fresh = write_table(_reviews(40, seed=1), "unseen/part-0.parquet")
     enrich(
         fresh,
@@ -76,6 +70,37 @@ def test_train_learns_and_enrich_loads_the_result(
         np.array(out.column("label").to_pylist()) == np.array(out.column("sentiment").to_pylist())
     )
     assert accuracy >= 0.9
+
+
+def check_held_out_report(model_dir: Path, data: dict, report) -> None:
+    """MODEL_OUT/eval/ holds `bertetl evaluate`'s report of the held-out split, and its
+    figures equal scikit-learn's on a plain transformers forward over the same rows."""
+    import torch
+    from sklearn.metrics import accuracy_score, f1_score
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    eval_dir = model_dir / "eval"
+    assert {"metrics.json", "report.html", "confusion_matrix.png", "roc_curves.png"} <= {
+        p.name for p in eval_dir.iterdir()
+    }
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    assert metrics["rows"]["evaluated"] == report.eval_rows == 48
+    assert (metrics["accuracy"], metrics["f1"]["macro"]) == (report.accuracy, report.macro_f1)
+    names = ["neg", "pos"]
+    ids = np.array([names.index(label) for label in data["sentiment"]])
+    _, held = stratified_split(ids, 0.2, None, seed=0)  # the split train() made
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    batch = tokenizer([data["text"][i] for i in held], padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        predicted = model(**batch).logits.argmax(-1).numpy()
+    assert report.accuracy == pytest.approx(accuracy_score(ids[held], predicted))
+    assert report.macro_f1 == pytest.approx(f1_score(ids[held], predicted, average="macro"))
+    for pair in metrics["worst_confusions"]:  # the rows named are the table's own rows
+        for example in pair["examples"]:
+            assert example["file"] == "part-0.parquet"
+            assert data["text"][example["row"]] == example["text"]
+            assert data["sentiment"][example["row"]] == pair["true"]
 
 
 def test_single_label_table_is_refused(tiny_base_dir: Path, write_table, tmp_path) -> None:
