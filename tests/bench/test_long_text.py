@@ -1,0 +1,27 @@
+"""The long-document benchmark's systems agree before their times are compared."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bertetl.bench.long_text import TOKENS_RANGE, long_documents, run_long_text_bench
+
+
+def test_long_documents_are_long_and_reproducible() -> None:
+    documents = long_documents(4, seed=3)
+    assert documents == long_documents(4, seed=3)
+    assert all(TOKENS_RANGE[0] * 5 < len(d) < TOKENS_RANGE[1] * 7 for d in documents)
+
+
+def test_window_mode_and_the_hand_written_chunks_compute_the_same(
+    tmp_path: Path, tiny_embed_dir: Path
+) -> None:
+    report = run_long_text_bench(tmp_path, documents=3, model=str(tiny_embed_dir))
+    systems = report["systems"]
+    window, hand = systems["bertetl window"], systems["hand-written chunks + ST"]
+    assert window["windows"] == hand["windows"] > 3 * 10  # the same token windows
+    assert window["model_tokens"] == hand["model_tokens"]
+    assert window["padding_waste"] < 0.10
+    assert systems["bertetl truncate"]["model_tokens"] < window["model_tokens"] / 10
+    assert systems["bertetl truncate"]["truncated_rows"] == 3
+    assert report["cosine_window_vs_hand_written_min"] > 0.98
