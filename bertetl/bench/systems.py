@@ -8,6 +8,7 @@ warm-up and the median is reported, with ratios of the engine to each baseline.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import multiprocessing
 import os
@@ -25,14 +26,24 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from bertetl.bench.host import CODECS
 from bertetl.config import Device, DType
 
-SYSTEMS = ("pipeline", "sentence-transformers", "engine-model", "engine-e2e", "engine-e2e-int8")
+SYSTEMS = (
+    "pipeline",
+    "sentence-transformers",
+    "engine-model",
+    "engine-e2e",
+    "engine-e2e-int8",
+    "host",
+)
 BASELINE_BATCH = 32
 #: Dense bf16 tensor-core peaks (FLOP/s) for MFU, by device-name substring.
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L4": 121e12}
+#: The MFU the host projection assumes for the device (the GPU target for BERT-base).
+H100_MFU = 0.5
 
 
 class BenchConfig(BaseModel):
@@ -50,7 +61,8 @@ class BenchConfig(BaseModel):
         description="reviews, synthetic, or PATH.parquet[:COLUMN] (your own texts).",
     )
     systems: list[str] = Field(
-        [s for s in SYSTEMS if s != "engine-e2e-int8"], description="Which systems to run."
+        [s for s in SYSTEMS if s not in ("engine-e2e-int8", "host")],
+        description="Which systems to run.",
     )
     rows: int = Field(600, gt=0, description="Texts per input set.")
     repeats: int = Field(3, gt=0, description="Timed repetitions; the median is reported.")
@@ -64,6 +76,36 @@ class BenchConfig(BaseModel):
         description="Run each system in its own process, so its peak RSS is its own "
         "(off: all in this process, faster, RSS figures meaningless).",
     )
+    engine_options: dict[str, Any] = Field(
+        {},
+        description="More EngineConfig fields for the engine's systems (a variant such as an "
+        "unpadded or compiled path, where the engine offers one).",
+    )
+    cores: list[int] | None = Field(
+        None,
+        description="The host system at each of these core counts, each in a process pinned to "
+        "that many CPUs (default: 1 and all this process may use).",
+    )
+    compression: list[str] = Field(
+        ["zstd"],
+        description="Parquet codecs for the host system (zstd, lz4, snappy, none): the first at "
+        "every core count, the others at the largest, and then each codec's cost on the output.",
+    )
+
+    @field_validator("cores")
+    @classmethod
+    def _positive_cores(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (not value or min(value) < 1):
+            raise ValueError("core counts are positive integers, e.g. 1,2")
+        return value
+
+    @field_validator("compression")
+    @classmethod
+    def _known_codecs(cls, value: list[str]) -> list[str]:
+        unknown = [v for v in value if v not in CODECS]
+        if unknown or not value:
+            raise ValueError(f"unknown codec {unknown or value} ({', '.join(CODECS)})")
+        return value
 
 
 @dataclass
@@ -98,7 +140,10 @@ class Result:
                 round(1 - self.real_tokens / self.padded_tokens, 4) if self.padded_tokens else None
             ),
         }
-        out["mfu"] = round(self.flops / self.median / peak_flops, 4) if peak_flops else None
+        if peak_flops and self.flops:
+            out["mfu"] = round(self.flops / self.median / peak_flops, 4)
+        else:
+            out["mfu"] = None
         return out
 
 
@@ -188,6 +233,7 @@ def _engine_pipeline(task: str, model_dir: Path, config: BenchConfig) -> Any:
             dtype=config.dtype,
             batch_tokens=config.batch_tokens,
             max_batch_rows=config.max_batch_rows,
+            **config.engine_options,
         )
     )
 
@@ -413,6 +459,38 @@ def _isolated(*args: Any) -> Result | str:
     return value
 
 
+def host_system(
+    model_name: str, inputs: str, config: BenchConfig, workdir: Path
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+    """The host path (`bertetl.bench.host`) at each core count, with the cores an H100
+    would need: its token rate at 50% MFU for this model over these texts, over the tokens a
+    core feeds. Returns result rows, codec costs and errors."""
+    from bertetl.bench.host import host_bench
+
+    task, name = split_task(model_name)
+    model_dir = _model_dir(name, workdir)
+    texts = _texts(inputs, config.rows)
+    pipeline = _engine_pipeline(task, model_dir, config)
+    cores = config.cores or sorted({1, len(os.sched_getaffinity(0))})
+    runs, codecs, errors = host_bench(
+        pipeline.config, texts, workdir, cores, config.repeats, config.compression, config.isolate
+    )
+    tokenizer = next(iter(pipeline.tokenizers.values()))
+    tokenizer.setup()
+    lengths = np.array([len(ids) for ids in tokenizer.encode(texts)])
+    model_config, params = _model_size(model_dir, task)
+    per_token = forward_flops(model_config, lengths, params) / max(1, int(lengths.sum()))
+    device_rate = H100_MFU * PEAK_BF16["H100"] / per_token
+    for run in runs:
+        run.update(system="host", model=model_name, inputs=inputs)
+        run["flops_per_token"] = round(per_token)
+        run["h100_tokens_per_s"] = round(device_rate)
+        run["cores_to_feed_h100"] = round(device_rate / (run["tokens_per_s"] / run["cores"]), 1)
+    for cost in codecs:
+        cost.update(model=model_name, inputs=inputs)
+    return runs, codecs, errors
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -439,75 +517,142 @@ def peak_flops(device_name: str) -> float | None:
     return next((v for k, v in PEAK_BF16.items() if k in device_name), None)
 
 
-def run_bench(config: BenchConfig) -> dict[str, Any]:
-    """Run every (model, input set, system) and return results with ratios."""
+def add_ratios(group: list[dict[str, Any]]) -> None:
+    """The engine's rows of one model and input set: its rate over each baseline's, and the
+    share of the model stage's rate that the end-to-end systems keep."""
+    rates = {r["system"]: r["rows_per_s"] for r in group}
+    for row in group:
+        if not row["system"].startswith("engine"):
+            continue
+        for base in ("pipeline", "sentence-transformers"):
+            if base in rates:
+                row[f"x_{base}"] = round(row["rows_per_s"] / rates[base], 2)
+        if "engine-model" in rates and row["system"] != "engine-model":
+            row["share_of_model_only"] = round(row["rows_per_s"] / rates["engine-model"], 3)
+
+
+def run_bench(config: BenchConfig, until: float | None = None) -> dict[str, Any]:
+    """Run every (model, input set, system) and return results with ratios; a system not
+    started by `until` (a `time.monotonic()` deadline) is reported as skipped."""
     env = environment()
     peak = peak_flops(env["device"])
     workdir = Path(config.workdir or tempfile.mkdtemp(prefix="bertetl-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     errors: list[str] = []
-    for model_name in config.models:
-        for inputs in config.inputs:
-            for system in config.systems:
-                if split_task(model_name)[0] == "classify" and system == "sentence-transformers":
-                    continue  # sentence-transformers has no classification counterpart
-                args = (system, model_name, inputs, config, workdir)
-                outcome = _isolated(*args) if config.isolate else _in_process(*args)
-                if isinstance(outcome, str):
-                    errors.append(f"{system} / {model_name} / {inputs}: {outcome}")
-                    continue
+    codecs: list[dict[str, Any]] = []
+    for model_name, inputs, system in itertools.product(
+        config.models, config.inputs, config.systems
+    ):
+        if split_task(model_name)[0] == "classify" and system == "sentence-transformers":
+            continue  # sentence-transformers has no classification counterpart
+        if until is not None and time.monotonic() > until:
+            errors.append(f"{system} / {model_name} / {inputs}: skipped, out of time")
+        elif system == "host":
+            runs, costs, failed = host_system(model_name, inputs, config, workdir)
+            rows.extend(runs)
+            codecs.extend(costs)
+            errors.extend(failed)
+        else:
+            args = (system, model_name, inputs, config, workdir)
+            outcome = _isolated(*args) if config.isolate else _in_process(*args)
+            if isinstance(outcome, str):
+                errors.append(f"{system} / {model_name} / {inputs}: {outcome}")
+            else:
                 rows.append(outcome.summary(peak))
-            group = [r for r in rows if r["model"] == model_name and r["inputs"] == inputs]
-            rates = {r["system"]: r["rows_per_s"] for r in group}
-            for row in group:
-                if row["system"].startswith("engine"):
-                    for base in ("pipeline", "sentence-transformers"):
-                        if base in rates:
-                            row[f"x_{base}"] = round(row["rows_per_s"] / rates[base], 2)
-                    if "engine-model" in rates and row["system"] != "engine-model":
-                        row["share_of_model_only"] = round(
-                            row["rows_per_s"] / rates["engine-model"], 3
-                        )
+    for model_name, inputs in itertools.product(config.models, config.inputs):
+        add_ratios([r for r in rows if r["model"] == model_name and r["inputs"] == inputs])
     if config.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
-    return {"environment": env, "config": config.model_dump(), "results": rows, "errors": errors}
+    report = {"environment": env, "config": config.model_dump(), "results": rows, "errors": errors}
+    if codecs:
+        report["codecs"] = codecs
+    return report
+
+
+#: Columns of each table `format_table` prints: (title, key in the result rows).
+SYSTEM_COLUMNS = [
+    ("model", "model"),
+    ("inputs", "inputs"),
+    ("system", "system"),
+    ("rows/s", "rows_per_s"),
+    ("tokens/s", "tokens_per_s"),
+    ("pad waste", "padding_waste"),
+    ("x pipeline", "x_pipeline"),
+    ("x s-t", "x_sentence-transformers"),
+    ("e2e/model", "share_of_model_only"),
+    ("peak RSS MB", "peak_rss_mb"),
+    ("peak GPU MB", "peak_gpu_mb"),
+    ("MFU", "mfu"),
+]
+HOST_COLUMNS = [
+    ("model", "model"),
+    ("inputs", "inputs"),
+    ("cores", "cores"),
+    ("codec", "compression"),
+    ("rows/s", "rows_per_s"),
+    ("tokens/s", "tokens_per_s"),
+    ("x first", "x_first_cores"),
+    ("read s", "stage_seconds.read"),
+    ("validate s", "stage_seconds.validate"),
+    ("tokenize s", "stage_seconds.tokenize"),
+    ("infer s", "stage_seconds.infer"),
+    ("write s", "stage_seconds.write"),
+    ("wall s", "median_s"),
+    ("cores for H100", "cores_to_feed_h100"),
+]
+CODEC_COLUMNS = [
+    ("model", "model"),
+    ("inputs", "inputs"),
+    ("codec", "compression"),
+    ("write s", "write_s"),
+    ("write rows/s", "write_rows_per_s"),
+    ("read s", "read_s"),
+    ("file MB", "file_mb"),
+    ("embedding B/row", "embedding_bytes_per_row"),
+    ("real sample B/row", "sample_real_bytes_per_row"),
+    ("null sample B/row", "sample_null_bytes_per_row"),
+]
+LEFT = {"model", "inputs", "system", "codec"}
+PERCENT = {"padding_waste", "mfu"}
+
+
+def _cell(row: dict[str, Any], key: str) -> str:
+    value: Any = row
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if isinstance(value, float):
+        value = f"{value:.1%}" if key in PERCENT else f"{value:,.2f}"
+    return "" if value is None else str(value)
+
+
+def _table(title: str, columns: list[tuple[str, str]], rows: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for heading, _ in columns:
+        table.add_column(heading, justify="left" if heading in LEFT else "right")
+    for row in rows:
+        table.add_row(*(_cell(row, key) for _, key in columns))
+    return table
 
 
 def format_table(report: dict[str, Any]) -> str:
-    """A readable table of the results."""
+    """Readable tables of the results: the systems, the host path, the Parquet codecs."""
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title=f"bertetl bench on {report['environment']['device']}")
-    columns = [
-        ("model", "model"),
-        ("inputs", "inputs"),
-        ("system", "system"),
-        ("rows/s", "rows_per_s"),
-        ("tokens/s", "tokens_per_s"),
-        ("pad waste", "padding_waste"),
-        ("x pipeline", "x_pipeline"),
-        ("x s-t", "x_sentence-transformers"),
-        ("e2e/model", "share_of_model_only"),
-        ("peak RSS MB", "peak_rss_mb"),
-        ("peak GPU MB", "peak_gpu_mb"),
-        ("MFU", "mfu"),
-    ]
-    for title, _ in columns:
-        table.add_column(
-            title, justify="left" if title in ("model", "inputs", "system") else "right"
-        )
-    for row in report["results"]:
-        cells = []
-        for _, key in columns:
-            value = row.get(key)
-            if isinstance(value, float):
-                value = f"{value:.1%}" if key in ("padding_waste", "mfu") else f"{value:,.2f}"
-            cells.append("" if value is None else str(value))
-        table.add_row(*cells)
+    device = report["environment"]["device"]
+    systems = [r for r in report["results"] if r["system"] != "host"]
+    host = [r for r in report["results"] if r["system"] == "host"]
     console = Console(width=200, record=True, file=io.StringIO())
-    console.print(table)
+    if systems or not host:
+        console.print(_table(f"bertetl bench on {device}", SYSTEM_COLUMNS, systems))
+    if host:
+        title = f"host path (null model) on {device}: seconds per run, by stage"
+        console.print(_table(title, HOST_COLUMNS, host))
+    if report.get("codecs"):
+        title = "Parquet codecs on the host path's output (one thread)"
+        console.print(_table(title, CODEC_COLUMNS, report["codecs"]))
     for error in report["errors"]:
         console.print(f"error: {error}")
     return console.export_text()
@@ -516,7 +661,7 @@ def format_table(report: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- memory
 
 
-def _tiny_model(workdir: Path) -> Path:
+def tiny_model(workdir: Path) -> Path:
     """A 1-layer, 32-wide random BERT with MiniLM's tokenizer: memory, not compute, is measured."""
     import torch
     from transformers import BertConfig, BertModel
@@ -552,7 +697,7 @@ def memory_check(sizes: list[int], workdir: str | None = None) -> dict[str, Any]
     from bertetl.bench.corpus import rotten_tomatoes
 
     root = Path(workdir or tempfile.mkdtemp(prefix="bertetl-mem-"))
-    model = _tiny_model(root)
+    model = tiny_model(root)
     reviews = rotten_tomatoes().select(["review_id", "text"])
     results = []
     for size in sizes:

@@ -34,7 +34,8 @@ def bench(
         str,
         typer.Option(
             help="Comma-separated: pipeline, sentence-transformers, engine-model, engine-e2e, "
-            "engine-e2e-int8 (CPU; reports its agreement with fp32)."
+            "engine-e2e-int8 (CPU; reports its agreement with fp32), host (the engine end to "
+            "end with a null model: what the host's cores can feed a GPU; see --cores)."
         ),
     ] = ",".join(BENCH["systems"]),
     rows: Annotated[int, typer.Option(help=help_of(BenchConfig, "rows"))] = BENCH["rows"],
@@ -44,6 +45,17 @@ def bench(
     batch_tokens: Annotated[
         int | None, typer.Option(help=help_of(EngineConfig, "batch_tokens"))
     ] = None,
+    cores: Annotated[
+        str | None,
+        typer.Option(
+            help="With --systems host: core counts, e.g. 1,2; each runs in a process pinned to "
+            "that many CPUs. Default: 1 and all."
+        ),
+    ] = None,
+    compression: Annotated[
+        str,
+        typer.Option(help="With --systems host: " + help_of(BenchConfig, "compression")),
+    ] = ",".join(BENCH["compression"]),
     memory: Annotated[
         str | None,
         typer.Option(
@@ -98,6 +110,8 @@ def bench(
             device=device,
             dtype=dtype,
             batch_tokens=batch_tokens,
+            cores=split_list(cores) if cores else None,
+            compression=split_list(compression),
         )
         _bench_systems(config, out, debug)
 

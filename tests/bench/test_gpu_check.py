@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from bertetl.bench.gpu_check import (
+    GPU_SYSTEMS,
+    TARGETS,
+    _variant,
+    absent_variants,
+    check_targets,
+    main,
+    verdicts,
+)
+
+GPU_TESTS = Path(__file__).resolve().parents[1] / "test_gpu_engine.py"
+
+
+def test_variant_option_parses_engine_fields() -> None:
+    assert _variant("unpadded:attention=varlen,max_batch_rows=64") == (
+        "unpadded",
+        {"attention": "varlen", "max_batch_rows": 64},
+    )
+    with pytest.raises(argparse.ArgumentTypeError):
+        _variant("unpadded")
+
+
+def test_variants_the_engine_lacks_are_recorded_as_absent() -> None:
+    notes = absent_variants({})
+    assert len(notes) == 2
+    assert all(("absent" in n) or ("--variant" in n) for n in notes)
+    assert len(absent_variants({"unpadded": {"x": 1}})) == 1
+
+
+def test_verdicts_compare_the_host_path_with_the_model_stage() -> None:
+    rows = [
+        {"model": "m", "system": "engine-model", "tokens_per_s": 1000.0},
+        {"model": "m", "system": "engine-e2e", "tokens_per_s": 500.0, "share_of_model_only": 0.5,
+         "x_pipeline": 5.0, "x_sentence-transformers": 1.5},
+        {"model": "m", "system": "host", "cores": 1, "tokens_per_s": 300.0},
+        {"model": "m", "system": "host", "cores": 16, "tokens_per_s": 600.0},
+        {"model": "b", "system": "engine-model", "tokens_per_s": 100.0, "mfu": 0.55},
+        {"model": "b", "system": "host", "cores": 16, "tokens_per_s": 600.0},
+    ]  # fmt: skip
+    roles = {"m": "minilm", "b": "bert-base"}
+    found = verdicts(rows, roles)
+    assert found["minilm"]["bound"] == "host" and found["minilm"]["host_cores"] == 16
+    assert found["bert-base"]["bound"] == "device"
+    met = {t["target"]: t["met"] for t in check_targets(rows, roles, dry_run=False)}
+    assert list(met.values()) == [True, False, False, True]
+    assert len(met) == len(TARGETS)
+    assert {t["met"] for t in check_targets(rows, roles, dry_run=True)} == {None}
+
+
+@pytest.mark.slow
+def test_dry_run_exercises_every_step_on_the_cpu(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "gpu-check.json"
+    code = main(["--dry-run", "--out", str(out), "--tests", str(GPU_TESTS)])
+
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["dry_run"] is True
+    assert report["tests"]["returncode"] == 0
+    if not torch.cuda.is_available():
+        assert "skipped" in report["tests"]["summary"]
+    assert report["bench"]["errors"] == []
+    seen = {(report["roles"][r["model"]], r["system"]) for r in report["bench"]["results"]}
+    assert seen == {(role, s) for role in ("minilm", "bert-base") for s in GPU_SYSTEMS}
+    assert {v["bound"] for v in report["verdicts"].values()} <= {"host", "device"}
+    assert [t["met"] for t in report["targets"]] == [None] * len(TARGETS)
+    assert len(report["absent"]) == 2
+    printed = capsys.readouterr().out
+    assert "gpu-check on cpu (dry run" in printed and "target:" in printed
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bench_on_cuda_reports_gpu_memory_and_mfu(tiny_embed_dir: Path, tmp_path: Path) -> None:
+    from bertetl.bench.systems import BenchConfig, peak_flops, run_bench
+
+    config = BenchConfig(
+        models=[str(tiny_embed_dir)],
+        inputs=["reviews"],
+        systems=["engine-model", "engine-e2e", "host"],
+        rows=64,
+        repeats=1,
+        device="cuda",
+        workdir=str(tmp_path),
+        isolate=False,
+        cores=[1],
+    )
+    report = run_bench(config)
+    assert report["errors"] == []
+    by_system = {r["system"]: r for r in report["results"]}
+    assert by_system["engine-model"]["peak_gpu_mb"] > 0
+    if peak_flops(torch.cuda.get_device_name(0)):
+        assert 0 < by_system["engine-model"]["mfu"] < 1
+    assert by_system["host"]["rows"] == 64 and by_system["host"]["tokens_per_s"] > 0
