@@ -18,6 +18,29 @@ TEMP_SUFFIX = ".bertetl-tmp"
 log = logging.getLogger(__name__)
 
 
+def vector_encodings(schema: pa.Schema) -> dict[str, list[str]]:
+    """Writer options for float vector columns (embeddings, scores): BYTE_STREAM_SPLIT and
+    no dictionary, which pyarrow would otherwise try on every float, give up on and still
+    write (measured on 384-float embeddings under zstd: 12.6% smaller, written 23% faster;
+    BENCHMARKS.md). Every other column keeps pyarrow's default dictionary encoding."""
+    vectors = {
+        f"{field.name}.list.element"
+        for field in schema
+        if (pa.types.is_list(field.type) or pa.types.is_fixed_size_list(field.type))
+        and pa.types.is_floating(field.type.value_type)
+    }
+    if not vectors:
+        return {}
+    buffer = pa.BufferOutputStream()
+    pq.write_table(schema.empty_table(), buffer)  # the Parquet leaf paths of this schema
+    leaves = pq.read_metadata(pa.BufferReader(buffer.getvalue())).schema
+    paths = [leaves.column(i).path for i in range(len(leaves))]
+    return {
+        "use_dictionary": [path for path in paths if path not in vectors],
+        "use_byte_stream_split": [path for path in paths if path in vectors],
+    }
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename inside `path` durable."""
     fd = os.open(path, os.O_RDONLY)
@@ -48,7 +71,10 @@ class ParquetSink:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._writer = pq.ParquetWriter(
-                self.temp_path, self.schema, compression=self.compression
+                self.temp_path,
+                self.schema,
+                compression=self.compression,
+                **vector_encodings(self.schema),
             )
         except OSError as e:
             raise CommitError(f"cannot create output {self.temp_path}: {e}") from e

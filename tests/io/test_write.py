@@ -48,3 +48,30 @@ def test_temp_file_is_hidden_from_dataset_readers(tmp_path: Path) -> None:
     assert ds.dataset(tmp_path, format="parquet").files == []
     sink.abort()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_float_vectors_are_byte_stream_split_and_round_trip(tmp_path: Path) -> None:
+    import numpy as np
+
+    vectors = np.random.default_rng(0).normal(size=(50, 6)).astype(np.float32)
+    table = pa.table(
+        {
+            "text": ["a", "b"] * 25,
+            "tags": [["x"], []] * 25,
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), 6),
+            "score": pa.array(vectors[:, 0]),
+        }
+    )
+    with ParquetSink(tmp_path / "out.parquet", table.schema) as sink:
+        sink.write(table.to_batches()[0])
+    assert pq.read_table(tmp_path / "out.parquet").equals(table)
+    row_group = pq.read_metadata(tmp_path / "out.parquet").row_group(0)
+    encodings = {
+        row_group.column(i).path_in_schema: row_group.column(i).encodings
+        for i in range(row_group.num_columns)
+    }
+    assert "BYTE_STREAM_SPLIT" in encodings["embedding.list.element"]
+    assert "RLE_DICTIONARY" not in encodings["embedding.list.element"]
+    assert (
+        "RLE_DICTIONARY" in encodings["text"] and "RLE_DICTIONARY" in encodings["tags.list.element"]
+    )
