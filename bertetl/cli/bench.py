@@ -10,7 +10,7 @@ import typer
 
 from bertetl.bench.systems import BenchConfig
 from bertetl.cli.common import Debug, build_config, help_of, split_list, user_errors
-from bertetl.config import Device, DType, EngineConfig
+from bertetl.config import Device, DType, EngineConfig, LongText
 
 BENCH = {name: info.default for name, info in BenchConfig.model_fields.items()}
 
@@ -70,6 +70,17 @@ def bench(
             "reports each run and the paired ratio."
         ),
     ] = None,
+    long_text: Annotated[
+        LongText, typer.Option(help="The engine systems' " + help_of(EngineConfig, "long_text"))
+    ] = "truncate",
+    long_documents: Annotated[
+        int | None,
+        typer.Option(
+            help="Instead: on this many long documents (1-8k tokens of joined reviews), "
+            "--long-text window against truncate and against hand-cut chunks through "
+            "sentence-transformers, end to end, with the same token windows."
+        ),
+    ] = None,
     partitions: Annotated[int, typer.Option(help="With --executors: date partitions.")] = 4,
     files_per_partition: Annotated[int, typer.Option(help="With --executors: files each.")] = 2,
     out: Annotated[Path, typer.Option(help="Write the results as JSON here.")] = Path("bench.json"),
@@ -80,6 +91,9 @@ def bench(
     Runs every system on the same texts in its own process and prints rows/s, tokens/s,
     padding waste, ratios to each baseline, peak RSS and, on GPU, peak GPU memory and MFU.
     """
+    if long_documents:
+        _bench_long_text(long_documents, split_list(models)[0], out, debug)
+        return
     if executors:
         _bench_executors(
             BenchConfig(
@@ -112,6 +126,7 @@ def bench(
             batch_tokens=batch_tokens,
             cores=split_list(cores) if cores else None,
             compression=split_list(compression),
+            engine_options={"long_text": long_text} if long_text != "truncate" else {},
         )
         _bench_systems(config, out, debug)
 
@@ -127,6 +142,18 @@ def _bench_systems(config: BenchConfig, out: Path, debug: bool) -> None:
     typer.echo(f"results written to {out}")
     if result["errors"]:
         raise typer.Exit(1)
+
+
+def _bench_long_text(documents: int, model: str, out: Path, debug: bool) -> None:
+    """`bertetl bench --long-documents N`: window vs truncate vs hand-cut chunks."""
+    import tempfile
+
+    from bertetl.bench.long_text import run_long_text_bench
+
+    with user_errors(debug), tempfile.TemporaryDirectory(prefix="bertetl-long-") as work:
+        result = run_long_text_bench(Path(work), documents, model)
+    out.write_text(json.dumps(result, indent=2))
+    typer.echo(json.dumps(result, indent=2))
 
 
 def _bench_memory(sizes: list[int], out: Path, debug: bool) -> None:

@@ -25,3 +25,22 @@ def test_window_mode_and_the_hand_written_chunks_compute_the_same(
     assert systems["bertetl truncate"]["model_tokens"] < window["model_tokens"] / 10
     assert systems["bertetl truncate"]["truncated_rows"] == 3
     assert report["cosine_window_vs_hand_written_min"] > 0.98
+
+
+def test_bench_long_documents_command(tmp_path: Path, tiny_embed_dir: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from bertetl.cli import app
+
+    out = tmp_path / "long.json"
+    args = ["bench", "--long-documents", "2", "--models", str(tiny_embed_dir), "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["documents"] == 2 and set(report["systems"]) == {
+        "bertetl truncate",
+        "bertetl window",
+        "hand-written chunks + ST",
+    }
