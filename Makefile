@@ -40,13 +40,16 @@ $(VENV)/.demo: pyproject.toml $(VENV)/.base
 # Everything (what CI and the README run). Two phases on a 2-core machine: the tests that do
 # not run Ray in 3 workers (they wait on servers and subprocesses as much as they compute),
 # then the Ray tests alone, which start their own clusters and would starve beside the rest.
+# One torch/OpenMP thread per worker process (and per process a test starts): torch's default
+# of one thread per core in each of 3 workers oversubscribes 2 cores, and its spinning threads
+# made the model tests up to 5x slower.
 test: $(VENV)/.dev
-	$(PY) -m pytest -q -n 3 --dist loadgroup -m "not ray"
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 3 --dist loadgroup -m "not ray"
 	$(PY) -m pytest -q -m ray
 
 # The inner loop: everything but the `slow` tests (kill campaign, Ray, servers, subprocesses).
 test-fast: $(VENV)/.dev
-	$(PY) -m pytest -q -n 2 -m "not slow"
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 -m "not slow"
 
 # The SIGKILL fault test with more kill points than CI runs (make soak SOAK_KILLS=500 SEED=7).
 SOAK_KILLS ?= 200

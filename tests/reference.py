@@ -89,16 +89,17 @@ def reference_windowed(
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             windows = reference_windows(ids, max_length - 2, overlap, max_windows)
             outputs, weights = [], []
-            for window in windows:
-                input_ids = torch.tensor(
-                    [[tokenizer.cls_token_id, *window, tokenizer.sep_token_id]]
-                )
+            # windows of one length run together (no padding, so no mask to get wrong)
+            for length in sorted({len(w) for w in windows}):
+                same = [w for w in windows if len(w) == length]
+                cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+                input_ids = torch.tensor([[cls, *window, sep] for window in same])
                 if kind == "embed":
-                    outputs.append(model(input_ids=input_ids).last_hidden_state[0].mean(dim=0))
+                    outputs += list(model(input_ids=input_ids).last_hidden_state.mean(dim=1))
                 else:
-                    logits = model(input_ids=input_ids).logits[0]
-                    outputs.append(logits.sigmoid() if multi_label else logits.softmax(-1))
-                weights.append(len(window))
+                    logits = model(input_ids=input_ids).logits
+                    outputs += list(logits.sigmoid() if multi_label else logits.softmax(-1))
+                weights += [length] * len(same)
             stacked = torch.stack(outputs).double()
             weight = torch.tensor(weights, dtype=torch.float64)[:, None]
             row = (stacked * weight).sum(0) / weight.sum()
