@@ -1,13 +1,18 @@
 """Report types every layer shares: per-stage counters, one file's result, a run's report,
-a summary row, and label-count helpers."""
+a summary row, and the helpers that count labels and sum embeddings and scores as output
+batches are written."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from bertetl.schema import EMBEDDING, ENRICH_ERROR, LABEL, SCORE
 
 
 @dataclass
@@ -46,6 +51,18 @@ class FileResult:
     error: str | None = None
     retryable: bool = False  # the error may pass on a retry (an I/O error, not bad data)
     label_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: Sums of the output's embedding column and score column, by column (`add_column_sums`).
+    embedding_sums: dict[str, ColumnSum] = field(default_factory=dict)
+    score_sums: dict[str, ColumnSum] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result as JSON-ready values; the embedding and score sums are left out (the
+        manifests of partitioned runs keep their means)."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in ("embedding_sums", "score_sums")
+        }
 
 
 @dataclass
@@ -96,7 +113,7 @@ class EnrichReport:
             "seconds": round(self.seconds, 3),
             "rows_per_second": round(self.rows_per_second, 1),
             "oom_splits": self.oom_splits,
-            "files": [vars(f) for f in self.files],
+            "files": [f.to_dict() for f in self.files],
             "failures": self.failures,
             "label_counts": self.label_counts,
             "stages": {
@@ -120,6 +137,9 @@ class SummaryRow:
     truncated: int = 0
     seconds: float = 0.0
     labels: str = ""
+    #: Why the partition's drift is flagged (`bertetl.reports.drift`); empty when it is not,
+    #: None when drift was not computed.
+    drift: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -143,3 +163,100 @@ def merge_label_counts(into: dict[str, dict[str, int]], counts: dict[str, dict[s
         for label, count in tally.items():
             merged[label] = merged.get(label, 0) + count
         into[column] = dict(sorted(merged.items()))
+
+
+@dataclass
+class ColumnSum:
+    """A numeric column's sum (float64, one value per vector element; one element for a
+    scalar column) over the `count` rows that have a value. Sums of batches, files, parts
+    and partitions add up, so the mean of several is their exact count-weighted mean."""
+
+    count: int = 0
+    total: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def add(self, other: ColumnSum) -> None:
+        if not other.count:
+            return
+        self.total = other.total.copy() if not self.count else self.total + other.total
+        self.count += other.count
+
+    def add_rows(self, values: np.ndarray) -> None:
+        """Add the rows of `values` (rows x elements)."""
+        if not len(values):
+            return
+        total = values.sum(axis=0, dtype=np.float64)
+        self.total = total if not self.count else self.total + total
+        self.count += len(values)
+
+    def mean(self) -> np.ndarray | None:
+        """The mean as float32, or None when no row had a value."""
+        return (self.total / self.count).astype(np.float32) if self.count else None
+
+
+@dataclass(frozen=True)
+class MeanColumns:
+    """The output columns whose means manifests keep: the embedding and the score."""
+
+    embeddings: tuple[str, ...] = ()
+    scores: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, schema: pa.Schema, error_column: str, label_columns: list[str]) -> MeanColumns:
+        """The output's embedding column (named with the error column's prefix, a fixed-size
+        list of floats) and the score column of each label column, where `schema` has them.
+
+        Found by name, so the local and Ray executors pick the same columns: an input
+        column with the embedding column's name and type is averaged even when the run does
+        not embed (it cannot hold the run's own embedding then)."""
+        prefix = error_column.removesuffix(ENRICH_ERROR)
+        names = set(schema.names)
+        embeddings = tuple(
+            name
+            for name in (prefix + EMBEDDING,)
+            if name in names and _is_float_vector(schema.field(name).type)
+        )
+        scores = tuple(
+            name
+            for name in (label.removesuffix(LABEL) + SCORE for label in label_columns)
+            if name in names and pa.types.is_floating(schema.field(name).type)
+        )
+        return cls(embeddings, scores)
+
+
+def _is_float_vector(dtype: pa.DataType) -> bool:
+    return pa.types.is_fixed_size_list(dtype) and pa.types.is_floating(dtype.value_type)
+
+
+def _valid_rows(column: pa.Array | pa.ChunkedArray) -> Iterator[np.ndarray]:
+    """The non-null rows of a float column or a fixed-size list of floats, a matrix (rows x
+    elements) per chunk, read from the Arrow buffers (no Python objects)."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    for chunk in chunks:
+        rows = len(chunk) - chunk.null_count
+        if not rows:
+            continue
+        if pa.types.is_fixed_size_list(chunk.type):
+            values = chunk.flatten()  # the elements of the non-null rows
+        else:
+            values = pc.drop_null(chunk) if chunk.null_count else chunk
+        yield values.to_numpy(zero_copy_only=False).reshape(rows, -1)
+
+
+def add_column_sums(
+    batch: pa.RecordBatch | pa.Table, columns: MeanColumns, result: FileResult
+) -> None:
+    """Add the batch's embeddings and scores (null rows left out) into `result`'s sums."""
+    for names, sums in (
+        (columns.embeddings, result.embedding_sums),
+        (columns.scores, result.score_sums),
+    ):
+        for name in names:
+            column_sum = sums.setdefault(name, ColumnSum())
+            for rows in _valid_rows(batch.column(name)):
+                column_sum.add_rows(rows)
+
+
+def merge_column_sums(into: dict[str, ColumnSum], sums: dict[str, ColumnSum]) -> None:
+    """Add `sums` (by column) into `into`."""
+    for name, column_sum in sums.items():
+        into.setdefault(name, ColumnSum()).add(column_sum)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bertetl.config import EngineConfig
+from bertetl.reports.drift import DriftOptions
 
 
 class RunOptions(BaseModel):
@@ -49,6 +50,10 @@ class PartitionedParams(BaseModel):
         False, description="Re-enrich partitions even when unchanged, every row through the model."
     )
     run: RunOptions = RunOptions()
+    drift: DriftOptions = Field(
+        DriftOptions(),
+        description="Drift per partition against the ones before it: a warning, never a failure.",
+    )
 
 
 class BackfillParams(PartitionedParams):

@@ -11,7 +11,7 @@ from prefect.states import State
 from bertetl.executors import Executor, make_executor
 from bertetl.flows.params import BackfillParams, IncrementalParams, PartitionedParams
 from bertetl.flows.progress import RunProgress
-from bertetl.flows.publish import finish_run, partition_row
+from bertetl.flows.publish import RunDrift, finish_run, partition_row
 from bertetl.flows.tasks import (
     enrich_partition_task,
     enrich_partitions_task,
@@ -19,6 +19,7 @@ from bertetl.flows.tasks import (
     with_retries,
 )
 from bertetl.io.commit import DestinationLock, clean_staging
+from bertetl.reports.drift import drift_report, plot_path
 from bertetl.runs.plan import PartitionPlan, Plan, plan_partitions
 from bertetl.runs.staged import PartitionOutcome, check_partitioned_run, group_partitions
 
@@ -32,6 +33,7 @@ def run_partitioned(
     in the summary and the flow fails at the end, after every other partition committed.
     A committed partition whose outputs no longer match its manifest (missing, truncated,
     changed) is redone, with a warning naming the files; its summary row says 'damaged'.
+    At the end, the drift of the committed partitions in range is reported (`_drift`).
     """
     logger = get_run_logger()
     quiet_user_errors()
@@ -67,8 +69,37 @@ def run_partitioned(
         if todo:
             rows += _enrich_todo(todo, plan, params, progress, failures)
         progress.finish()
+        drift = _drift(params, start, end, rows)
     rows.sort(key=lambda r: r["partition"])
-    return finish_run(title, rows, failures, damaged)
+    return finish_run(title, rows, failures, damaged, drift)
+
+
+def _drift(
+    params: PartitionedParams, start: str | None, end: str | None, rows: list[dict[str, Any]]
+) -> RunDrift | None:
+    """The drift of DEST's committed partitions in [start, end], each against the ones
+    before it: a warning per flagged partition (its summary row says why), and the plot
+    drawn into DEST's reports folder. Drift never fails a run: a drift that cannot be
+    computed or drawn is a warning too (None: not computed)."""
+    logger = get_run_logger()
+    try:
+        report = drift_report(
+            params.dest, params.partition_column, params.drift, params.engine.prefix, start, end
+        )
+    except Exception as e:  # drift is a report: whatever goes wrong, the run goes on
+        logger.warning("drift not computed: %s: %s", type(e).__name__, e)
+        return None
+    for partition in report.flagged:
+        logger.warning("drift: %s: %s; look at it", partition.name, partition.reason)
+    why = {p.partition: p.reason for p in report.flagged}
+    for row in rows:
+        row["drift"] = why.get(row["partition"], "")
+    try:
+        plot = report.draw(plot_path(params.dest))
+    except Exception as e:  # a plot that cannot be drawn or written (a full disk) is a warning
+        logger.warning("drift plot not drawn: %s: %s", type(e).__name__, e)
+        plot = None
+    return RunDrift(report, plot)
 
 
 def _planned_rows(plan: Plan) -> tuple[list[dict[str, Any]], dict[str, str]]:

@@ -1,14 +1,28 @@
-"""The end-of-run report: a Prefect table artifact and a markdown artifact."""
+"""The end-of-run report: a Prefect table artifact and a markdown artifact; for partitioned
+runs, the drift per partition too (a table and a markdown artifact with the plot)."""
 
 from __future__ import annotations
 
+import base64
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Failed, State
 
 from bertetl.errors import PartitionsFailedError
 from bertetl.report import SummaryRow
+from bertetl.reports.drift import DriftReport
+
+
+@dataclass(frozen=True)
+class RunDrift:
+    """A run's drift report and the plot it drew (None: none drawn)."""
+
+    report: DriftReport
+    plot: Path | None = None
 
 
 def _labels(counts: dict[str, dict[str, int]]) -> str:
@@ -41,9 +55,11 @@ def publish(
     rows: list[dict[str, Any]],
     failures: dict[str, str],
     damaged: dict[str, str] | None = None,
+    drift: RunDrift | None = None,
 ) -> None:
-    """Create the summary table artifact and a markdown artifact naming any failures and
-    any partitions whose committed outputs were found damaged (`damaged`: name -> files)."""
+    """Create the summary table artifact and a markdown artifact naming any failures, any
+    partitions whose committed outputs were found damaged (`damaged`: name -> files) and
+    the partitions whose drift is flagged; then the drift artifacts (`publish_drift`)."""
     create_table_artifact(rows, key="bertetl-summary", description=title)
     totals = {k: sum(r[k] for r in rows) for k in ("rows", "inferred", "reused", "failed")}
     lines = [
@@ -62,7 +78,47 @@ def publish(
     if damaged:
         lines += ["", "## Damaged outputs (did not match their manifest)", ""]
         lines += [f"- `{name}`: {files}" for name, files in damaged.items()]
+    if drift is not None:
+        lines += ["", "## Drift", "", *_drift_lines(drift)]
     create_markdown_artifact("\n".join(lines), key="bertetl-report", description=title)
+    if drift is not None:
+        publish_drift(title, drift)
+
+
+def _drift_lines(drift: RunDrift) -> list[str]:
+    """The partitions to look at (or that there are none), and where the plot is."""
+    report = drift.report
+    if not report.partitions:
+        return [f"No drift table: {report.note}."]
+    flagged = report.flagged
+    lines = [
+        f"{len(flagged)} of {len(report.partitions)} partition(s) to look at: "
+        f"{report.describe()}" + ("." if not flagged else ":"),
+        *(f"- `{p.name}`: {p.reason}" for p in flagged),
+    ]
+    if drift.plot is not None:
+        lines += ["", f"Label shares and drift per partition: `{drift.plot}`."]
+    return lines
+
+
+def publish_drift(title: str, drift: RunDrift) -> None:
+    """The drift table (`bertetl-drift-partitions`) and a markdown artifact (`bertetl-drift`)
+    naming the partitions to look at, with the plot embedded as a data URI (Prefect 3 has no
+    artifact for an image file) and its path. Drift never fails a run: an artifact that
+    cannot be created is a warning."""
+    report = drift.report
+    lines = [f"# Drift: {title}", "", *_drift_lines(drift)]
+    try:
+        if drift.plot is not None:
+            data = base64.b64encode(drift.plot.read_bytes()).decode("ascii")
+            lines += ["", f"![label shares and drift per partition](data:image/png;base64,{data})"]
+        if report.partitions:
+            create_table_artifact(
+                report.records(), key="bertetl-drift-partitions", description=title
+            )
+        create_markdown_artifact("\n".join(lines), key="bertetl-drift", description=title)
+    except Exception as e:  # drift is a report: the run goes on without it
+        get_run_logger().warning("drift artifacts not published: %s: %s", type(e).__name__, e)
 
 
 def finish_run(
@@ -70,10 +126,11 @@ def finish_run(
     rows: list[dict[str, Any]],
     failures: dict[str, str],
     damaged: dict[str, str] | None = None,
+    drift: RunDrift | None = None,
 ) -> list[dict[str, Any]] | State:
-    """Publish the summary; the rows, or a Failed final state naming the failures (callers
-    get the error, logs get no traceback)."""
-    publish(title, rows, failures, damaged)
+    """Publish the summary (and the drift); the rows, or a Failed final state naming the
+    failures (callers get the error, logs get no traceback)."""
+    publish(title, rows, failures, damaged, drift)
     if failures:
         error = PartitionsFailedError(failures, rows)
         return Failed(message=str(error), data=error)

@@ -17,8 +17,10 @@
 -- Partition values stay in the folder names (date=2026-11-01/); hive readers add them back.
 -- Each partition folder has a _manifest.json (rows_in, rows_out, rows_inferred, rows_reused,
 -- rows_failed, rows_truncated, input and model fingerprints, and each output file's size,
--- mtime, SHA-256 and rows), written last as the commit marker; `bertetl summary` reads only
--- outputs that match it.
+-- mtime, SHA-256 and rows; label_counts, embedding_means {count, mean: the centroid, float32}
+-- and score_means {count, mean}, by column, over the rows with a value), written last as the
+-- commit marker; `bertetl summary` reads only outputs that match it, and compares the
+-- partitions' label counts and centroids for drift.
 --
 -- Table `enriched` (columns renamed by bertetl.summary): partition, encoded (the model output
 -- column is not null), enrich_error. `inconsistent` must be 0: a row has an output or an error.

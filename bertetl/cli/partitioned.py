@@ -7,10 +7,11 @@ from typing import Annotated, Any
 
 import typer
 
-from bertetl.cli.common import Debug, build_config, setup_logging, user_errors
+from bertetl.cli.common import Debug, build_config, fail, help_of, setup_logging, user_errors
 from bertetl.cli.options import engine_options
 from bertetl.config import EngineConfig
 from bertetl.errors import PartitionsFailedError
+from bertetl.reports.drift import DriftOptions, plot_path
 
 Source = Annotated[str, typer.Argument(help="Partitioned source folder (SOURCE/COL=VALUE/).")]
 Dest = Annotated[str, typer.Argument(help="Output folder; partitions mirror the source.")]
@@ -30,6 +31,31 @@ Force = Annotated[
 ]
 Retries = Annotated[int, typer.Option(help="Retries of a partition on transient I/O errors.")]
 
+#: The drift options (also `bertetl summary`'s): `--drift-` + the `DriftOptions` field, with
+#: its default and help.
+DRIFT = DriftOptions()
+DriftWindow = Annotated[int, typer.Option(help=help_of(DriftOptions, "window"))]
+DriftJsThreshold = Annotated[float, typer.Option(help=help_of(DriftOptions, "js_threshold"))]
+DriftCosineThreshold = Annotated[
+    float, typer.Option(help=help_of(DriftOptions, "cosine_threshold"))
+]
+
+
+def drift_options(
+    window: int, js_threshold: float, cosine_threshold: float, debug: bool
+) -> DriftOptions:
+    """The validated `DriftOptions`; a bad value is one line naming its option, exit code 2."""
+    from pydantic import ValidationError
+
+    try:
+        return DriftOptions(
+            window=window, js_threshold=js_threshold, cosine_threshold=cosine_threshold
+        )
+    except ValidationError as e:
+        first = e.errors()[0]
+        name = "--drift-" + str(first["loc"][0]).replace("_", "-")
+        fail(f"{name}: {first['msg']}", debug, code=2)
+
 
 @engine_options(exclude=("workers",))
 def backfill(
@@ -42,13 +68,18 @@ def backfill(
     reuse: Reuse = True,
     force: Force = False,
     retries: Retries = 3,
+    drift_window: DriftWindow = DRIFT.window,
+    drift_js_threshold: DriftJsThreshold = DRIFT.js_threshold,
+    drift_cosine_threshold: DriftCosineThreshold = DRIFT.cosine_threshold,
     debug: Debug = False,
 ) -> None:
     """Enrich the partitions of SOURCE between --start and --end into DEST (Prefect flow).
 
     Each partition is committed atomically with a `_manifest.json`; a partition whose
     manifest matches its current input, model and config is skipped, so a rerun after a
-    failure or a kill finishes what is missing and duplicates nothing.
+    failure or a kill finishes what is missing and duplicates nothing. At the end, each
+    partition in range is compared with the ones before it (drift): partitions over a
+    threshold are named, never failed, and the plot goes to DEST/.bertetl-reports/drift.png.
     """
     from bertetl.flows.params import BackfillParams
 
@@ -57,6 +88,7 @@ def backfill(
         BackfillParams,
         debug,
         **_common(source, dest, partition_column, engine, reuse, force, retries),
+        drift=drift_options(drift_window, drift_js_threshold, drift_cosine_threshold, debug),
         start=start,
         end=end,
     )
@@ -72,13 +104,17 @@ def incremental(
     reuse: Reuse = True,
     force: Force = False,
     retries: Retries = 3,
+    drift_window: DriftWindow = DRIFT.window,
+    drift_js_threshold: DriftJsThreshold = DRIFT.js_threshold,
+    drift_cosine_threshold: DriftCosineThreshold = DRIFT.cosine_threshold,
     debug: Debug = False,
 ) -> None:
     """Enrich every new or changed partition of SOURCE into DEST (the nightly run).
 
     Inside a changed partition, rows whose text is unchanged (same model and config) reuse
     their earlier outputs, so editing 3 rows costs 3 inferences; each partition's manifest
-    records rows_inferred and rows_reused.
+    records rows_inferred and rows_reused. At the end, every partition is compared with the
+    ones before it (drift), as `backfill` does.
     """
     from bertetl.flows.params import IncrementalParams
 
@@ -87,6 +123,7 @@ def incremental(
         IncrementalParams,
         debug,
         **_common(source, dest, partition_column, engine, reuse, force, retries),
+        drift=drift_options(drift_window, drift_js_threshold, drift_cosine_threshold, debug),
     )
     _run("incremental", params, debug)
 
@@ -146,8 +183,10 @@ def _run(kind: str, params: Any, debug: bool) -> None:
                 rows = flow_fn(params)
         except PartitionsFailedError as e:
             print_summary(kind, e.rows, params.dest)
+            print_drift(e.rows, params.partition_column, params.dest)
             raise
         print_summary(kind, rows, params.dest)
+        print_drift(rows, params.partition_column, params.dest)
 
 
 def print_summary(kind: str, rows: list[dict[str, Any]], dest: str) -> None:
@@ -163,3 +202,17 @@ def print_summary(kind: str, rows: list[dict[str, Any]], dest: str) -> None:
         f"{sum(r['failed'] for r in committed)} with enrich_error, "
         f"{sum(r.get('truncated', 0) for r in committed)} truncated) into {dest}"
     )
+
+
+def print_drift(rows: list[dict[str, Any]], column: str, dest: str) -> None:
+    """One line: the partitions whose drift is flagged (the flow logged each), and the plot."""
+    if all(r.get("drift") is None for r in rows):
+        typer.echo("drift: not computed (see the warning above)")
+        return
+    flagged = [f"{column}={r['partition']} ({r['drift']})" for r in rows if r.get("drift")]
+    plot = plot_path(dest)
+    where = f"; plot: {plot}" if plot.exists() else ""
+    if flagged:
+        typer.echo(f"drift: {len(flagged)} partition(s) to look at: {', '.join(flagged)}{where}")
+    else:
+        typer.echo(f"drift: no partition over the thresholds{where}")

@@ -7,6 +7,13 @@ from typing import Annotated, Any
 import typer
 
 from bertetl.cli.common import Debug, fail, help_of, user_errors
+from bertetl.cli.partitioned import (
+    DRIFT,
+    DriftCosineThreshold,
+    DriftJsThreshold,
+    DriftWindow,
+    drift_options,
+)
 from bertetl.config import EngineConfig
 
 #: Exit status when some outputs are damaged (the tables of the others are still printed).
@@ -19,6 +26,9 @@ def summary(
         str | None, typer.Option(help="Hive partition key to group by, e.g. date.")
     ] = None,
     prefix: Annotated[str, typer.Option(help=help_of(EngineConfig, "prefix"))] = "",
+    drift_window: DriftWindow = DRIFT.window,
+    drift_js_threshold: DriftJsThreshold = DRIFT.js_threshold,
+    drift_cosine_threshold: DriftCosineThreshold = DRIFT.cosine_threshold,
     debug: Debug = False,
 ) -> None:
     """Print label counts and row accounting per partition of an enriched table (sql/).
@@ -26,7 +36,8 @@ def summary(
     Where DEST has `_manifest.json` files (backfill / incremental output), each partition's
     outputs are checked against its manifest first, and only those that verify are counted.
     Missing, truncated, changed or unreadable outputs are listed under `damaged`, one line
-    per file.
+    per file. Then the drift per partition (from the manifests, as backfill and incremental
+    report it) and the partitions to look at; drift never changes the exit status.
 
     Exit status: 0 when every output was read; 3 when some are damaged (`bertetl
     incremental` redoes those partitions, `bertetl enrich` rewrites its outputs); 1 on an
@@ -34,18 +45,34 @@ def summary(
     """
     import polars as pl
 
+    from bertetl.reports.drift import drift_report
     from bertetl.reports.summary import summarize
 
+    options = drift_options(drift_window, drift_js_threshold, drift_cosine_threshold, debug)
     with user_errors(debug):
         try:
             tables = summarize(dest, partition_column, prefix)
         except pl.exceptions.PolarsError as e:
             fail(f"cannot summarize {dest}: {type(e).__name__}: {e}", debug)
+        drift = drift_report(dest, partition_column, options, prefix)
     damaged = tables.pop("damaged", None)
     for name, table in tables.items():
         typer.echo(f"{name}:")
         with pl_config():
             typer.echo(str(table))
+    if drift.partitions:
+        typer.echo(f"drift ({drift.describe()}):")
+        with pl_config():
+            typer.echo(
+                str(drift.frame().drop("reason").with_columns(pl.selectors.float().round(4)))
+            )
+        flagged = drift.lines()
+        if not flagged:
+            typer.echo("look at: none (every partition is within the drift thresholds)")
+        else:
+            typer.echo(f"look at: {len(flagged)} partition(s) over a drift threshold:")
+            for line in flagged:
+                typer.echo(f"  {line}")
     if damaged is not None:
         typer.echo("damaged (not counted above):")
         for file, problem in damaged.select("file", "problem").iter_rows():

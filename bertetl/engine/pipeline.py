@@ -25,7 +25,14 @@ from bertetl.engine.tokenize import TokenizeStage, ValidateTextStage
 from bertetl.errors import InputError, is_transient
 from bertetl.io.read import SourceFile, check_text_column, read_schema, stream
 from bertetl.io.write import ParquetSink
-from bertetl.report import EnrichReport, FileResult, StageCounters, count_labels
+from bertetl.report import (
+    EnrichReport,
+    FileResult,
+    MeanColumns,
+    StageCounters,
+    add_column_sums,
+    count_labels,
+)
 from bertetl.schema import (
     LABEL,
     STATS_PREFIX,
@@ -202,6 +209,7 @@ class Pipeline:
         sink = ParquetSink(target, output)
         error_name = error_field(self.config.prefix).name
         label_columns = self.label_columns()
+        mean_columns = MeanColumns.of(output, error_name, label_columns)
         counts: dict[str, int] = {}
         batches = stream(
             file, self.config.window_rows, list(row_groups) if row_groups is not None else None
@@ -221,6 +229,7 @@ class Pipeline:
                 sink.write(batch)
                 result.rows_failed += batch.num_rows - batch.column(error_name).null_count
                 count_labels(batch, label_columns, result.label_counts)
+                add_column_sums(batch, mean_columns, result)
             sink.commit()
         except InputError as e:
             sink.abort()

@@ -7,6 +7,11 @@ the partition's current input files, model and config to decide whether to skip 
 A manifest is a claim about the files, not the files: before a partition is skipped (or read
 by `bertetl summary`), `verify_outputs` checks that the outputs it lists are still there as
 they were committed (version 2 records each output's size, mtime, SHA-256 and rows).
+
+Besides the row accounting it keeps what drift reports compare across partitions
+(`bertetl.reports.drift`): the label counts, the mean embedding (the centroid) and the mean
+score, each mean with the rows it is over. Fields added later have defaults, so earlier
+manifests still load (and the version stays: the new fields change no check).
 """
 
 from __future__ import annotations
@@ -18,10 +23,13 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from bertetl.config import EngineConfig
 from bertetl.errors import CommitError
+from bertetl.io.commit import LOCK_NAME
+from bertetl.report import ColumnSum
 
 MANIFEST_NAME = "_manifest.json"
 #: 1: no output fingerprints; 2: `output_files` (size, mtime, SHA-256, rows of each output).
@@ -72,6 +80,41 @@ class OutputFingerprint(BaseModel):
     rows: int
 
 
+def _float32_values(values: np.ndarray) -> list[float]:
+    """float32 values as the shortest floats that read back as the same float32 (`0.1`, not
+    `0.10000000149011612`)."""
+    return [float(str(value)) for value in values.astype(np.float32)]
+
+
+class EmbeddingMean(BaseModel):
+    """The mean of an embedding column (the centroid, float32 values) over the `count` rows
+    with an embedding; the means of partitions combine as count-weighted means."""
+
+    model_config = ConfigDict(frozen=True)
+
+    count: int
+    mean: list[float]
+
+    @classmethod
+    def of(cls, column_sum: ColumnSum) -> EmbeddingMean:
+        mean = column_sum.mean()
+        return cls(count=column_sum.count, mean=[] if mean is None else _float32_values(mean))
+
+
+class ScoreMean(BaseModel):
+    """The mean of a score column (float32) over the `count` rows with a score."""
+
+    model_config = ConfigDict(frozen=True)
+
+    count: int
+    mean: float
+
+    @classmethod
+    def of(cls, column_sum: ColumnSum) -> ScoreMean:
+        mean = column_sum.mean()
+        return cls(count=column_sum.count, mean=0.0 if mean is None else _float32_values(mean)[0])
+
+
 class Manifest(BaseModel):
     """The commit record of one enriched partition."""
 
@@ -94,6 +137,11 @@ class Manifest(BaseModel):
     models: dict[str, str] = Field(default_factory=dict)
     config_hash: str = ""
     label_counts: dict[str, dict[str, int]] = Field(default_factory=dict)
+    #: The mean embedding and the mean score of the partition's outputs, by column (every
+    #: row written counts, reused rows too; rows without a value do not). Empty in
+    #: manifests written before they were kept, and for a column the run does not write.
+    embedding_means: dict[str, EmbeddingMean] = Field(default_factory=dict)
+    score_means: dict[str, ScoreMean] = Field(default_factory=dict)
     started: str = ""
     finished: str = ""
     seconds: float = 0.0
@@ -300,6 +348,30 @@ def read_manifest(folder: str | os.PathLike[str]) -> Manifest | None:
         return None
     except (OSError, ValueError):
         return None
+
+
+def committed_manifests(
+    dest: str | os.PathLike[str], column: str | None = None
+) -> dict[str, tuple[Path, Manifest]]:
+    """DEST's readable manifests (of partition column `column`, or of any column) by
+    partition value, with the folder each sits in.
+
+    Hidden folders are skipped, and so is any folder below DEST holding its own
+    `.bertetl.lock`: another run's DEST nested in this one, whose partitions are not ours.
+    """
+    found: dict[str, tuple[Path, Manifest]] = {}
+    if not os.path.isdir(dest):
+        return found
+    for folder, dirs, names in os.walk(dest):
+        dirs[:] = sorted(
+            d for d in dirs if not d.startswith(".") and not (Path(folder) / d / LOCK_NAME).exists()
+        )
+        if MANIFEST_NAME not in names:
+            continue
+        manifest = read_manifest(folder)
+        if manifest is not None and column in (None, manifest.partition_column):
+            found.setdefault(manifest.partition, (Path(folder), manifest))
+    return found
 
 
 def write_manifest(folder: str | os.PathLike[str], manifest: Manifest) -> None:

@@ -14,17 +14,15 @@ import pyarrow as pa
 
 from bertetl.config import EngineConfig
 from bertetl.engine.model_files import resolve_model_dir
-from bertetl.io.commit import LOCK_NAME
 from bertetl.io.manifest import (
-    MANIFEST_NAME,
     FileFingerprint,
     Manifest,
     OutputDamage,
+    committed_manifests,
     config_hash,
     fingerprint_file,
     inputs_fingerprint,
     model_fingerprint,
-    read_manifest,
     verified_outputs,
     verify_outputs,
 )
@@ -88,27 +86,6 @@ def model_fingerprints(config: EngineConfig) -> dict[str, str]:
         for role, spec in specs.items()
         if spec
     }
-
-
-def _committed_manifests(dest: Path, column: str) -> dict[str, tuple[Path, Manifest]]:
-    """DEST's manifests of `column` by partition value, with the folder each sits in.
-
-    Hidden folders are skipped, and so is any folder below DEST holding its own
-    `.bertetl.lock`: another run's DEST nested in this one, whose partitions are not ours.
-    """
-    found: dict[str, tuple[Path, Manifest]] = {}
-    if not dest.is_dir():
-        return found
-    for folder, dirs, names in os.walk(dest):
-        dirs[:] = sorted(
-            d for d in dirs if not d.startswith(".") and not (Path(folder) / d / LOCK_NAME).exists()
-        )
-        if MANIFEST_NAME not in names:
-            continue
-        manifest = read_manifest(folder)
-        if manifest is not None and manifest.partition_column == column:
-            found.setdefault(manifest.partition, (Path(folder), manifest))
-    return found
 
 
 #: Damaged files named in a plan's reason; the flow's warning names them all.
@@ -179,7 +156,7 @@ def plan_partitions(
     by_value = {p.value: p for p in partitions}
     folders: dict[str, Path] = {}
     committed: dict[str, Manifest] = {}
-    for value, (folder, manifest) in _committed_manifests(Path(dest), column).items():
+    for value, (folder, manifest) in committed_manifests(Path(dest), column).items():
         if (start is None or value >= start) and (end is None or value <= end):
             folders[value], committed[value] = folder, manifest
     damage = {

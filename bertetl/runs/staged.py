@@ -23,7 +23,13 @@ from bertetl.engine.reuse import ReuseIndex
 from bertetl.errors import BertEtlError, CommitError, InputError, TransientError
 from bertetl.executors import Executor, Job
 from bertetl.io.commit import staged_folder, swap_in
-from bertetl.io.manifest import Manifest, fingerprint_output, write_manifest
+from bertetl.io.manifest import (
+    EmbeddingMean,
+    Manifest,
+    ScoreMean,
+    fingerprint_output,
+    write_manifest,
+)
 from bertetl.io.partitions import (
     Partition,
     check_foreign_files,
@@ -31,7 +37,7 @@ from bertetl.io.partitions import (
     list_partitions,
 )
 from bertetl.io.paths import check_paths, check_run_paths
-from bertetl.report import FileResult, merge_label_counts
+from bertetl.report import ColumnSum, FileResult, merge_column_sums, merge_label_counts
 from bertetl.runs.plan import PartitionPlan, Plan
 
 log = logging.getLogger(__name__)
@@ -81,10 +87,12 @@ class StagedPartition:
 
     def commit(self, results: list[FileResult]) -> Manifest:
         """Account every row, fingerprint each output (size, mtime, SHA-256, footer rows),
-        write the manifest last and swap the partition in; a failed file fails the partition
-        (`TransientError` when a retry may help, else `InputError`), and a row count
-        mismatch is a `CommitError`."""
+        pool the files' label counts, mean embedding and mean score, write the manifest last
+        and swap the partition in; a failed file fails the partition (`TransientError` when
+        a retry may help, else `InputError`), and a row count mismatch is a `CommitError`."""
         partition, manifest = self.partition, self.manifest
+        embedding_sums: dict[str, ColumnSum] = {}
+        score_sums: dict[str, ColumnSum] = {}
         for job, result in zip(self.jobs, results, strict=False):
             if result.error is not None:
                 error = TransientError if result.retryable else InputError
@@ -106,6 +114,14 @@ class StagedPartition:
             manifest.outputs.append(relative)
             manifest.output_files.append(output)
             merge_label_counts(manifest.label_counts, result.label_counts)
+            merge_column_sums(embedding_sums, result.embedding_sums)
+            merge_column_sums(score_sums, result.score_sums)
+        manifest.embedding_means = {
+            name: EmbeddingMean.of(total) for name, total in embedding_sums.items() if total.count
+        }
+        manifest.score_means = {
+            name: ScoreMean.of(total) for name, total in score_sums.items() if total.count
+        }
         manifest.rows_in = self.item.rows
         if manifest.rows_out != manifest.rows_in:
             raise CommitError(

@@ -253,3 +253,65 @@ def test_long_text_window_and_token_stats_via_cli(tiny_embed_dir, write_table, t
     )
     assert bad.returncode != 0
     assert "--window-overlap 46" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_summary_prints_the_drift_and_the_partitions_to_look_at(
+    tiny_embed_dir, tiny_classifier_dir, tmp_path
+) -> None:
+    """`bertetl summary` prints the drift table of a partitioned DEST (from its manifests)
+    and names the partition whose texts moved; drift never changes the exit status."""
+    from bertetl.config import EngineConfig
+    from bertetl.executors.local import LocalExecutor
+    from bertetl.runs.plan import plan_partitions
+    from bertetl.runs.staged import enrich_partition
+    from tests.conftest import TEXTS
+
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    for day in range(1, 5):  # the same texts each day, but on the 3rd
+        texts = ["ж ψ " * 20] * len(TEXTS) if day == 3 else TEXTS
+        (src / f"date=2026-01-0{day}").mkdir(parents=True)
+        pq.write_table(
+            pa.table({"text": pa.array(texts, pa.string())}),
+            src / f"date=2026-01-0{day}" / "part-0.parquet",
+        )
+    config = EngineConfig(
+        text_column="text",
+        embed_model=str(tiny_embed_dir),
+        classify_model=str(tiny_classifier_dir),
+        prefix="m_",
+    )
+    executor = LocalExecutor(config)
+    executor.setup()
+    plan = plan_partitions(src, dest, "date", config)
+    for item in plan.by_action("enrich"):
+        enrich_partition(executor, item, dest, plan)
+    executor.teardown()
+
+    run = bertetl(
+        "summary", str(dest), "--partition-column", "date", "--prefix", "m_",
+        "--drift-js-threshold", "1", "--drift-cosine-threshold", "0.015",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    drift = run.stdout.split("drift (", 1)[1]
+    assert "against the 7 committed partition(s) before it" in drift
+    assert all(name in drift for name in ("js_divergence", "cosine_distance", "mean_score"))
+    assert "2026-01-04" in drift
+    look = drift.split("look at: ", 1)[1].splitlines()
+    assert look[0] == "1 partition(s) over a drift threshold:"
+    assert look[1].startswith("  date=2026-01-03: embedding: cosine distance")
+
+    # the partition column from the manifests; with a window of 1, the 4th day's baseline is
+    # the 3rd alone, so it is named too
+    run = bertetl(
+        "summary", str(dest), "--prefix", "m_", "--drift-window", "1",
+        "--drift-js-threshold", "1", "--drift-cosine-threshold", "0.015",
+    )  # fmt: skip
+    assert run.returncode == 0 and "look at: 2 partition(s)" in run.stdout
+    assert "  date=2026-01-04: " in run.stdout
+    run = bertetl("summary", str(dest), "--drift-window", "0")
+    assert run.returncode == 2 and run.stderr.startswith("error: --drift-window:")
+    run = bertetl(
+        "summary", str(dest), "--prefix", "m_",
+        "--drift-js-threshold", "1", "--drift-cosine-threshold", "2",
+    )  # fmt: skip
+    assert run.returncode == 0 and "look at: none" in run.stdout

@@ -6,6 +6,8 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -16,6 +18,7 @@ from bertetl.flows.params import BackfillParams, IncrementalParams, RunOptions
 from bertetl.flows.partitioned import backfill_flow, incremental_flow
 from bertetl.io.manifest import read_manifest
 from bertetl.runs.enrich import enrich
+from tests.conftest import TEXTS
 from tests.outputs import assert_same_output, data_files, edit_rows
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -65,6 +68,16 @@ def test_backfill_then_rerun_skips_then_edit_reuses(
     assert progress["type"] == "progress" and float(progress["data"]) == 100.0
     (summary,) = artifacts(run_id, "bertetl-summary")
     assert summary["type"] == "table" and "2026-01-05" in summary["data"]
+    assert all(r["drift"] == "" for r in rows)  # the same kind of texts every day
+    plot = dest / ".bertetl-reports" / "drift.png"
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+    (drift,) = artifacts(run_id, "bertetl-drift")
+    assert drift["type"] == "markdown" and "0 of 5 partition(s) to look at" in drift["data"]
+    assert "](data:image/png;base64," in drift["data"] and str(plot) in drift["data"]
+    (table,) = artifacts(run_id, "bertetl-drift-partitions")
+    assert table["type"] == "table" and "cosine_distance" in table["data"]
+    (report,) = artifacts(run_id, "bertetl-report")
+    assert "## Drift" in report["data"]
 
     before = data_files(dest)
     rows = incremental_flow(
@@ -103,6 +116,8 @@ def test_corrupt_file_fails_only_its_partition(config, partitioned_source, tmp_p
     assert not (dest / "date=2026-01-02").exists()
     (report,) = artifacts(state.state_details.flow_run_id, "bertetl-report")
     assert "date=2026-01-02" in report["data"] and "part-0.parquet" in report["data"]
+    (drift,) = artifacts(state.state_details.flow_run_id, "bertetl-drift")  # a failed run too
+    assert "0 of 3 partition(s) to look at" in drift["data"]
 
 
 def test_transient_io_errors_are_retried_permanent_ones_are_not(
@@ -227,3 +242,53 @@ def test_force_sends_every_row_through_the_model(
     assert (row["status"], row["reason"]) == ("committed", "forced")
     manifest = read_manifest(dest / "date=2026-01-01")
     assert (manifest.rows_inferred, manifest.rows_reused) == (22, 0)
+
+
+def same_texts_but_one_day(root: Path, days: int, odd_day: int) -> Path:
+    """Each day the same texts, but on `odd_day`: characters the models do not know."""
+    for day in range(1, days + 1):
+        texts = ["ж ψ " * 20] * len(TEXTS) if day == odd_day else TEXTS
+        folder = root / f"date=2026-01-{day:02d}"
+        folder.mkdir(parents=True)
+        table = pa.table({"id": range(len(texts)), "text": pa.array(texts, pa.string())})
+        pq.write_table(table, folder / "part-0.parquet")
+    return root
+
+
+def test_drift_warns_names_partitions_and_never_fails_the_run(
+    config, tmp_path: Path, monkeypatch, caplog
+) -> None:
+    """A partition whose texts moved is named (a warning, its summary row); a drift plot
+    that cannot be written, or a drift that cannot be computed, is a warning too."""
+    import bertetl.flows.partitioned as partitioned
+    from bertetl.reports.drift import DriftOptions, DriftReport
+
+    def disk_full(self, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(DriftReport, "draw", disk_full)
+    src, dest = same_texts_but_one_day(tmp_path / "src", days=3, odd_day=3), tmp_path / "dest"
+    params = backfill(src, dest, config, drift=DriftOptions(cosine_threshold=0.015))
+    state = backfill_flow(params, return_state=True)
+    assert state.is_completed()
+    rows = state.result()
+    assert [bool(r["drift"]) for r in rows] == [False, False, True]
+    assert rows[2]["drift"].startswith("embedding: cosine distance")
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(m.startswith("drift: date=2026-01-03: embedding: cosine") for m in warned)
+    assert any(m.startswith("drift plot not drawn: OSError") for m in warned), warned
+    (drift,) = artifacts(state.state_details.flow_run_id, "bertetl-drift")
+    assert (
+        "1 of 3 partition(s) to look at" in drift["data"] and "`date=2026-01-03`" in drift["data"]
+    )
+    assert "data:image/png" not in drift["data"] and not (dest / ".bertetl-reports").exists()
+
+    def broken(*args, **kwargs):
+        raise ValueError("manifests from the future")
+
+    monkeypatch.setattr(partitioned, "drift_report", broken)
+    caplog.clear()
+    rows = incremental_flow(IncrementalParams(**params.model_dump(exclude={"start", "end"})))
+    assert [(r["status"], r["drift"]) for r in rows] == [("skipped", None)] * 3
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "drift not computed: ValueError: manifests from the future" in warned

@@ -46,6 +46,22 @@ def test_config_hash_is_pinned() -> None:
     )
 
 
+def test_manifests_written_before_the_means_still_load(tmp_path: Path) -> None:
+    """A version-2 manifest without `embedding_means` and `score_means` reads with them
+    empty (no drift figures for it), and the new fields leave the version alone."""
+    from bertetl.io.manifest import MANIFEST_VERSION, read_manifest
+
+    (tmp_path / "_manifest.json").write_text(
+        '{"version": 2, "partition_column": "date", "partition": "2026-01-01", '
+        '"rows_in": 3, "rows_out": 3, "label_counts": {"label": {"pos": 3}}, '
+        '"config_hash": "abc"}'
+    )
+    manifest = read_manifest(tmp_path)
+    assert manifest is not None and manifest.label_counts == {"label": {"pos": 3}}
+    assert manifest.embedding_means == {} and manifest.score_means == {}
+    assert MANIFEST_VERSION == manifest.version == 2
+
+
 def _run(source: Path, dest: Path, embed: Path, classify: Path) -> pa.Table:
     from bertetl import enrich
 

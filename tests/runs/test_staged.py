@@ -118,6 +118,29 @@ def test_duplicate_and_reordered_rows_reuse_earlier_outputs(
     assert_same_output(tmp_path / "dest", tmp_path / "reference")
 
 
+def test_manifest_means_are_those_of_the_outputs_reused_rows_included(
+    pipeline, partitioned_source, tmp_path: Path
+) -> None:
+    """The mean embedding counts every row written, the reused ones too; an embed-only run
+    keeps no score mean (and no label counts)."""
+    src = partitioned_source(days=1)
+    run_all(pipeline, src, tmp_path / "dest")
+    path = src / "date=2026-01-01" / "part-0.parquet"
+    table = pq.read_table(path)
+    pq.write_table(table.take(pa.array([*range(23, -1, -1), 0, 1, 2])), path)  # 3 duplicates
+    manifest = run_all(pipeline, src, tmp_path / "dest")["2026-01-01"]
+    assert (manifest.rows_inferred, manifest.rows_reused) == (0, 25)
+
+    output = pq.read_table(tmp_path / "dest" / "date=2026-01-01" / "part-0.parquet")
+    embedded = output.column("embedding").drop_null().to_pylist()
+    mean = manifest.embedding_means["embedding"]
+    assert mean.count == len(embedded) == 25
+    assert np.allclose(mean.mean, np.mean(np.array(embedded, dtype=np.float64), axis=0), atol=1e-7)
+    assert all(repr(v) == str(np.float32(v)) for v in mean.mean)  # float32s, written short
+    assert manifest.score_means == {} and manifest.label_counts == {}
+    assert read_manifest(tmp_path / "dest" / "date=2026-01-01") == manifest
+
+
 def test_touched_file_is_rehashed_and_skipped(pipeline, partitioned_source, tmp_path: Path) -> None:
     src = partitioned_source(days=2)
     run_all(pipeline, src, tmp_path / "dest")

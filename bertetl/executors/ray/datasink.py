@@ -32,7 +32,7 @@ from ray.data.datasource.datasink import WriteResult
 from bertetl.errors import CommitError, is_transient
 from bertetl.executors.ray.datasource import FILE_COLUMN, ROW_COLUMN, read_errors, record_error
 from bertetl.io.write import ParquetSink
-from bertetl.report import FileResult, count_labels
+from bertetl.report import FileResult, MeanColumns, add_column_sums, count_labels
 
 
 @dataclass(frozen=True)
@@ -195,6 +195,7 @@ def commit_file(target: FileTarget, parts: list[Part], options: CommitOptions) -
         result.dest = None
         return result
     sink = ParquetSink(target.target, target.schema)
+    mean_columns = MeanColumns.of(target.schema, options.error_column, options.label_columns)
     try:
         sink.open()
         for part, skip in ordered:
@@ -204,6 +205,7 @@ def commit_file(target: FileTarget, parts: list[Part], options: CommitOptions) -
                 sink.write(batch)
                 result.rows_failed += batch.num_rows - batch.column(options.error_column).null_count
                 count_labels(batch, options.label_columns, result.label_counts)
+                add_column_sums(batch, mean_columns, result)
         sink.commit()
     except (OSError, pa.ArrowException, CommitError) as e:
         sink.abort()

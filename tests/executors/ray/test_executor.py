@@ -96,6 +96,15 @@ def test_ray_output_equals_local_and_bad_files_are_named(
     assert report.truncated_rows == local.truncated_rows > 0
     truncated = {f.source: f.rows_truncated for f in report.files if f.error is None}
     assert truncated == {f.source: f.rows_truncated for f in local.files if f.error is None}
+    assert all(  # each file's mean embedding and mean score, as manifests keep them
+        (r.embedding_sums["embedding"].count, r.score_sums["score"].count)
+        == (o.embedding_sums["embedding"].count, o.score_sums["score"].count)
+        and r.embedding_sums["embedding"].mean()
+        == pytest.approx(o.embedding_sums["embedding"].mean(), abs=1e-4)
+        and r.score_sums["score"].mean() == pytest.approx(o.score_sums["score"].mean(), abs=1e-5)
+        for r, o in zip(report.files, local.files, strict=True)
+        if r.error is None
+    )
     assert staging_is_empty(tmp_path / "ray")
 
 
