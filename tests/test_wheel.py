@@ -16,12 +16,10 @@ import pytest
 
 from tests.outputs import assert_same_output
 
-#: One worker builds the wheel once: two builds in parallel race on the checkout's build/ folder.
-pytestmark = pytest.mark.xdist_group("wheel")
-
 REPO = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.slow
+#: One worker builds the wheel once: two builds in parallel race on the checkout's build/ folder.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("wheel")]
 
 
 @pytest.fixture(scope="module")
