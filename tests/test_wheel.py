@@ -4,6 +4,7 @@ venv with no checkout on the path, runs backfill, incremental and summary."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -25,6 +26,16 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("wheel")]
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
+    # Built from a copy: setuptools reuses the checkout's build/ folder, and a stale one (an
+    # earlier build that was interrupted) breaks the next build.
+    source = out / "source"
+    shutil.copytree(
+        REPO,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".*", "build", "demo-data", "*.egg-info", "__pycache__", "tests", "dist"
+        ),
+    )
     subprocess.run(
         [
             sys.executable,
@@ -36,7 +47,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "--no-build-isolation",
             "-w",
             str(out),
-            str(REPO),
+            str(source),
         ],
         check=True,
         cwd=out,
