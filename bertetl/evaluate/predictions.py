@@ -121,6 +121,18 @@ def model_classes(engine: EngineConfig) -> tuple[list[str], bool]:
     return labels or [], engine.prefix + LABELS in fields
 
 
+def is_label_value(dtype: pa.DataType) -> bool:
+    """Strings, integers or booleans (or a dictionary of them): what a class label may be."""
+    if pa.types.is_dictionary(dtype):
+        dtype = dtype.value_type
+    return (
+        pa.types.is_string(dtype)
+        or pa.types.is_large_string(dtype)
+        or pa.types.is_integer(dtype)
+        or pa.types.is_boolean(dtype)
+    )
+
+
 def label_type(file: SourceFile, schema: pa.Schema, column: str) -> bool:
     """True when the label column holds lists (multi-label); a missing column or a type that
     is no label is an `InputError` naming the file."""
@@ -130,15 +142,7 @@ def label_type(file: SourceFile, schema: pa.Schema, column: str) -> bool:
         or pa.types.is_large_list(dtype)
         or pa.types.is_fixed_size_list(dtype)
     )
-    value = dtype.value_type if is_list else dtype
-    if pa.types.is_dictionary(value):
-        value = value.value_type
-    if not (
-        pa.types.is_string(value)
-        or pa.types.is_large_string(value)
-        or pa.types.is_integer(value)
-        or pa.types.is_boolean(value)
-    ):
+    if not is_label_value(dtype.value_type if is_list else dtype):
         raise InputError(
             f"{file.path}: label column {column!r} has type {dtype}; expected strings, integers "
             "or booleans (or a list of them for a multi-label model)"

@@ -30,6 +30,7 @@ from bertetl.evaluate.predictions import (
     model_classes,
     read_predictions,
 )
+from bertetl.io.paths import check_replaceable_folder
 from bertetl.io.read import discover, source_root
 
 log = logging.getLogger(__name__)
@@ -66,14 +67,7 @@ def write_report(
 def check_out(out: str | os.PathLike[str], table: str) -> Path:
     """Refuse an OUT that is a file, a folder that is no earlier evaluation, or one that
     holds the table or lies inside it."""
-    path = Path(out).resolve()
-    if path.exists() and not path.is_dir():
-        raise InputError(f"--out {out} is a file; give a folder for the evaluation")
-    if path.is_dir() and any(path.iterdir()) and not (path / METRICS).is_file():
-        raise InputError(
-            f"--out {out} is a non-empty folder that holds no evaluation (no {METRICS}); "
-            "give a new or empty folder"
-        )
+    path = check_replaceable_folder(out, "--out", "evaluation", "evaluation", METRICS)
     root = (Path(table) if os.path.isfile(table) else source_root(table)).resolve()
     if not os.path.isfile(table) and path.is_relative_to(root):  # later reads would see it
         raise InputError(f"--out {out} lies inside TABLE {table}; pick a folder outside it")

@@ -82,3 +82,19 @@ def check_run_paths(
     files = discover(source)
     check_paths(files, source, dest)
     return files
+
+
+def check_replaceable_folder(
+    given: str | os.PathLike[str], label: str, kind: str, holds: str, marker: str
+) -> Path:
+    """The resolved folder a command replaces whole: refused when it is a file, or a non-empty
+    folder without `marker` (so only an earlier output of the same command is replaced)."""
+    path = Path(given).resolve()
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{label} {given} is a file; give a folder for the {kind}")
+    if path.is_dir() and any(path.iterdir()) and not (path / marker).is_file():
+        raise InputError(
+            f"{label} {given} is a non-empty folder that holds no {holds} (no {marker}); "
+            "give a new or empty folder"
+        )
+    return path

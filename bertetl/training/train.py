@@ -23,8 +23,9 @@ from bertetl.engine.model_files import max_length_for, resolve_model_dir
 from bertetl.engine.tokenize import as_plain_text, text_problems
 from bertetl.errors import InputError
 from bertetl.evaluate.metrics import compute_metrics
-from bertetl.evaluate.predictions import Predictions
+from bertetl.evaluate.predictions import Predictions, is_label_value
 from bertetl.evaluate.run import write_report
+from bertetl.io.paths import check_replaceable_folder
 from bertetl.io.read import SourceFile, check_text_column, discover, read_schema, require_column
 
 log = logging.getLogger(__name__)
@@ -67,14 +68,7 @@ class Examples:
 
 def check_model_out(model_out: str, files: list[SourceFile]) -> Path:
     """Refuse a MODEL_OUT that would replace anything but an earlier bertetl model."""
-    out = Path(model_out).resolve()
-    if out.exists() and not out.is_dir():
-        raise InputError(f"MODEL_OUT {model_out} is a file; give a folder for the model")
-    if out.is_dir() and any(out.iterdir()) and not (out / METRICS_FILE).is_file():
-        raise InputError(
-            f"MODEL_OUT {model_out} is a non-empty folder that holds no bertetl model "
-            "(no training_metrics.json); give a new or empty folder"
-        )
+    out = check_replaceable_folder(model_out, "MODEL_OUT", "model", "bertetl model", METRICS_FILE)
     for file in files:
         if Path(file.path).resolve().is_relative_to(out):
             raise InputError(f"MODEL_OUT {model_out} holds the training table {file.path}")
@@ -89,13 +83,7 @@ def load_examples(table_path: str, files: list[SourceFile], config: TrainConfig)
         schema = read_schema(file)
         check_text_column(file, schema, config.text_column)
         label_type = require_column(file, schema, config.label_column, "label")
-        if not (
-            pa.types.is_string(label_type)
-            or pa.types.is_large_string(label_type)
-            or pa.types.is_integer(label_type)
-            or pa.types.is_boolean(label_type)
-            or pa.types.is_dictionary(label_type)
-        ):
+        if not is_label_value(label_type):
             raise InputError(
                 f"{file.path}: label column {config.label_column!r} has type {label_type}; "
                 "expected strings, integers, booleans or a dictionary of them"
