@@ -21,9 +21,11 @@ from bertetl.flows.tasks import (
     with_retries,
 )
 from bertetl.io.chunks import Chunk, assemble, plan_chunks
-from bertetl.io.commit import DestinationLock, clean_staging, staged_folder
+from bertetl.io.commit import clean_leftovers, destination_lock, staging_for
 from bertetl.io.paths import check_run_paths, dest_root
+from bertetl.io.storage import resolve_run
 from bertetl.report import FileResult, SummaryRow
+from bertetl.runs.enrich import check_storage
 
 
 @task(name="assemble-file", cache_policy=NO_CACHE)
@@ -54,16 +56,16 @@ def enrich_flow(params: EnrichParams) -> list[dict[str, Any]] | State:
     logger = get_run_logger()
     quiet_user_errors()
     title = f"enrich {params.source} -> {params.dest}"
-    files = check_run_paths(params.source, params.dest)  # before DEST is locked or written
+    source, dest = resolve_run(params.source, params.dest, params.storage_options)
+    files = check_run_paths(source, dest)  # before DEST is locked or written
     executor = make_executor(params.engine)
+    check_storage(executor, source, dest)
     pipeline = executor.pipeline
-    lock_dir, only_file = dest_root(params.source, params.dest)
+    lock_dir, only_file = dest_root(source, dest)
     rows: list[dict[str, Any]] = []
-    with DestinationLock(lock_dir):
-        clean_staging(lock_dir, only_file)
-        chunks, failures = plan_chunks(
-            files, params.source, params.dest, pipeline.check_file, params.chunk_rows
-        )
+    with destination_lock(lock_dir):
+        clean_leftovers(lock_dir, only_file)
+        chunks, failures = plan_chunks(files, source, dest, pipeline.check_file, params.chunk_rows)
         for path, cause in failures.items():
             logger.error("%s failed its checks: %s", path, cause)
             rows.append(_row(path, "failed"))
@@ -90,7 +92,7 @@ def enrich_flow(params: EnrichParams) -> list[dict[str, Any]] | State:
 def _enrich_chunks(
     executor: Executor,
     chunks: list[Chunk],
-    lock_dir: Path,
+    lock_dir: Any,
     params: EnrichParams,
     progress: RunProgress,
     failures: dict[str, str],
@@ -103,7 +105,7 @@ def _enrich_chunks(
     for chunk in chunks:
         by_file.setdefault(chunk.file.path, []).append(chunk)
     rows = []
-    with staged_folder(lock_dir) as staging:
+    with staging_for(lock_dir) as staging:
         for path, file_chunks in by_file.items():
             try:
                 done = [task_fn(executor, chunk, staging, progress) for chunk in file_chunks]
@@ -126,7 +128,7 @@ def _enrich_chunks(
 def _enrich_files(
     executor: Executor,
     chunks: list[Chunk],
-    lock_dir: Path,
+    lock_dir: Any,
     params: EnrichParams,
     progress: RunProgress,
     failures: dict[str, str],
@@ -138,7 +140,7 @@ def _enrich_files(
     if not jobs:
         return []
     task_fn = with_retries(enrich_files_task, params.run)
-    with staged_folder(lock_dir) as scratch:
+    with staging_for(lock_dir) as scratch:
         results = task_fn(executor, jobs, scratch, progress)
     rows = []
     for result in results:

@@ -20,6 +20,17 @@ class RunOptions(BaseModel):
     progress_bar: bool = Field(False, description="Draw a rich progress bar on the terminal.")
 
 
+def _storage_options() -> Field:  # type: ignore[valid-type]
+    return Field(
+        default_factory=dict,
+        description=(
+            "Options of an object-store SOURCE or DEST (s3://...), e.g. endpoint_url, region "
+            "(docs/STORAGE.md). Not for secrets: credentials come from the environment, a "
+            "profile or the instance role, and flow parameters are stored by Prefect."
+        ),
+    )
+
+
 class EnrichParams(BaseModel):
     """An analyst-triggered run: one SOURCE into one DEST."""
 
@@ -32,6 +43,7 @@ class EnrichParams(BaseModel):
         1_000_000, gt=0, description="Files with more rows are cut into row-group chunks."
     )
     run: RunOptions = RunOptions()
+    storage_options: dict[str, str] = _storage_options()
 
 
 class PartitionedParams(BaseModel):
@@ -54,6 +66,7 @@ class PartitionedParams(BaseModel):
         DriftOptions(),
         description="Drift per partition against the ones before it: a warning, never a failure.",
     )
+    storage_options: dict[str, str] = _storage_options()
 
 
 class BackfillParams(PartitionedParams):

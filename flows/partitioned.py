@@ -18,8 +18,10 @@ from bertetl.flows.tasks import (
     quiet_user_errors,
     with_retries,
 )
-from bertetl.io.commit import DestinationLock, clean_staging
+from bertetl.io.commit import clean_leftovers, destination_lock
+from bertetl.io.storage import resolve_run
 from bertetl.reports.drift import drift_report, plot_path
+from bertetl.runs.enrich import check_storage
 from bertetl.runs.plan import PartitionPlan, Plan, plan_partitions
 from bertetl.runs.staged import PartitionOutcome, check_partitioned_run, group_partitions
 
@@ -37,16 +39,15 @@ def run_partitioned(
     """
     logger = get_run_logger()
     quiet_user_errors()
-    partitions = check_partitioned_run(
-        params.source, params.dest, params.partition_column, start, end
-    )
-    with DestinationLock(params.dest):
-        removed = clean_staging(params.dest)
+    source, dest = resolve_run(params.source, params.dest, params.storage_options)
+    partitions = check_partitioned_run(source, dest, params.partition_column, start, end)
+    with destination_lock(dest):
+        removed = clean_leftovers(dest)
         if removed:
             logger.info("removed %d leftover(s) of an interrupted run", removed)
         plan = plan_partitions(
-            params.source,
-            params.dest,
+            source,
+            dest,
             params.partition_column,
             params.engine,
             start=start,
@@ -67,15 +68,19 @@ def run_partitioned(
         )
         failures: dict[str, str] = {}
         if todo:
-            rows += _enrich_todo(todo, plan, params, progress, failures)
+            rows += _enrich_todo(todo, plan, params, progress, failures, source, dest)
         progress.finish()
-        drift = _drift(params, start, end, rows)
+        drift = _drift(params, dest, start, end, rows)
     rows.sort(key=lambda r: r["partition"])
     return finish_run(title, rows, failures, damaged, drift)
 
 
 def _drift(
-    params: PartitionedParams, start: str | None, end: str | None, rows: list[dict[str, Any]]
+    params: PartitionedParams,
+    dest: Any,
+    start: str | None,
+    end: str | None,
+    rows: list[dict[str, Any]],
 ) -> RunDrift | None:
     """The drift of DEST's committed partitions in [start, end], each against the ones
     before it: a warning per flagged partition (its summary row says why), and the plot
@@ -84,7 +89,7 @@ def _drift(
     logger = get_run_logger()
     try:
         report = drift_report(
-            params.dest, params.partition_column, params.drift, params.engine.prefix, start, end
+            dest, params.partition_column, params.drift, params.engine.prefix, start, end
         )
     except Exception as e:  # drift is a report: whatever goes wrong, the run goes on
         logger.warning("drift not computed: %s: %s", type(e).__name__, e)
@@ -95,7 +100,7 @@ def _drift(
     for row in rows:
         row["drift"] = why.get(row["partition"], "")
     try:
-        plot = report.draw(plot_path(params.dest))
+        plot = report.draw(plot_path(dest))
     except Exception as e:  # a plot that cannot be drawn or written (a full disk) is a warning
         logger.warning("drift plot not drawn: %s: %s", type(e).__name__, e)
         plot = None
@@ -133,20 +138,24 @@ def _enrich_todo(
     params: PartitionedParams,
     progress: RunProgress,
     failures: dict[str, str],
+    source: Any,
+    dest: Any,
 ) -> list[dict[str, Any]]:
     """Enrich the planned partitions (each, or in groups for executors that start up per
-    call); summary rows, failed partitions added to `failures`."""
+    call) into `dest` (a path, or an object-store `Location`); summary rows, failed
+    partitions added to `failures`."""
     logger = get_run_logger()
     rows: list[dict[str, Any]] = []
     executor = make_executor(params.engine)
+    check_storage(executor, source, dest)
     executor.setup()
     try:
         group_rows = executor.capabilities.group_rows
         if group_rows is None:
-            outcomes = _each_partition(executor, todo, plan, params, progress)
+            outcomes = _each_partition(executor, todo, plan, params, progress, dest)
         else:
             groups = group_partitions(todo, group_rows)
-            outcomes = _in_groups(executor, groups, plan, params, progress)
+            outcomes = _in_groups(executor, groups, plan, params, progress, dest)
         for outcome in outcomes:
             item, manifest = outcome.item, outcome.manifest
             name = f"{item.column}={item.value}"
@@ -175,13 +184,14 @@ def _each_partition(
     plan: Plan,
     params: PartitionedParams,
     progress: RunProgress,
+    dest: Any,
 ) -> Iterator[PartitionOutcome]:
     """One retried task per partition, reusing unchanged rows where the executor can."""
     task = with_retries(enrich_partition_task, params.run)
     reuse = params.reuse and not params.force  # forced: every row through the model
     for item in todo:
         try:
-            yield PartitionOutcome(item, task(executor, item, params.dest, plan, reuse, progress))
+            yield PartitionOutcome(item, task(executor, item, dest, plan, reuse, progress))
         except Exception as e:
             yield PartitionOutcome(item, error=e)
 
@@ -192,6 +202,7 @@ def _in_groups(
     plan: Plan,
     params: PartitionedParams,
     progress: RunProgress,
+    dest: Any,
 ) -> Iterator[PartitionOutcome]:
     """One retried task per group of partitions (executors that start up per call, e.g.
     actor pools, start once per group); each partition commits alone."""
@@ -201,7 +212,7 @@ def _in_groups(
             name = f"{group[0].column}={group[0].value}"
             if len(group) > 1:
                 name += f" .. {group[-1].value} ({len(group)} partitions)"
-            yield from task(executor, group, params.dest, plan, progress, name)
+            yield from task(executor, group, dest, plan, progress, name)
         except Exception as e:
             for item in group:
                 yield PartitionOutcome(item, error=e)

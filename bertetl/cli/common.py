@@ -21,6 +21,16 @@ SYSTEM_ERRORS = (OSError, pa.ArrowException)
 OPTION_NAMES = {"include_scores": "--scores", "multi_label_threshold": "--threshold"}
 
 Debug = Annotated[bool, typer.Option(help="Show tracebacks on errors.")]
+StorageOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--storage-option",
+        metavar="KEY=VALUE",
+        help="Option of an s3:// (gs://, abfs://) SOURCE or DEST, repeatable: endpoint_url, "
+        "region, ... (docs/STORAGE.md). Credentials come from the environment, a profile or "
+        "the instance role.",
+    ),
+]
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 

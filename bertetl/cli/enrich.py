@@ -8,17 +8,19 @@ from typing import Annotated
 
 import typer
 
-from bertetl.cli.common import Debug, setup_logging, user_errors
+from bertetl.cli.common import Debug, StorageOption, setup_logging, user_errors
 from bertetl.cli.options import engine_options
 from bertetl.config import EngineConfig
 from bertetl.errors import FilesFailedError
 from bertetl.report import EnrichReport
 
 Source = Annotated[
-    str, typer.Argument(help="Parquet file, directory (hive folders kept), or glob.")
+    str,
+    typer.Argument(help="Parquet file, directory (hive folders kept), or glob; or s3://... URI."),
 ]
 Dest = Annotated[
-    str, typer.Argument(help="Output directory (or .parquet file for one input file).")
+    str,
+    typer.Argument(help="Output directory (or .parquet file for one input file); or s3://..."),
 ]
 ReportPath = Annotated[
     Path | None, typer.Option(help="Also write the run's report (counters, files) as JSON.")
@@ -31,6 +33,7 @@ def enrich(
     dest: Dest,
     engine: EngineConfig,
     report: ReportPath = None,
+    storage_option: StorageOption = None,
     debug: Debug = False,
 ) -> None:
     """Add embedding and/or classification columns to every row of SOURCE, written to DEST.
@@ -41,11 +44,13 @@ def enrich(
     the model's limit are truncated. Each output file is committed atomically.
     """
     setup_logging(debug)
+    from bertetl.io.storage import parse_storage_options
     from bertetl.runs.enrich import enrich as run
 
     with user_errors(debug):
         try:
-            result = run(source, dest, engine)
+            options = parse_storage_options(storage_option)
+            result = run(source, dest, engine, storage_options=options)
         except FilesFailedError as e:
             if e.report is not None:
                 print_report(e.report, dest, report)

@@ -7,14 +7,26 @@ from typing import Annotated, Any
 
 import typer
 
-from bertetl.cli.common import Debug, build_config, fail, help_of, setup_logging, user_errors
+from bertetl.cli.common import (
+    Debug,
+    StorageOption,
+    build_config,
+    fail,
+    help_of,
+    setup_logging,
+    user_errors,
+)
 from bertetl.cli.options import engine_options
 from bertetl.config import EngineConfig
 from bertetl.errors import PartitionsFailedError
 from bertetl.reports.drift import DriftOptions, plot_path
 
-Source = Annotated[str, typer.Argument(help="Partitioned source folder (SOURCE/COL=VALUE/).")]
-Dest = Annotated[str, typer.Argument(help="Output folder; partitions mirror the source.")]
+Source = Annotated[
+    str, typer.Argument(help="Partitioned source folder (SOURCE/COL=VALUE/), or s3://... URI.")
+]
+Dest = Annotated[
+    str, typer.Argument(help="Output folder (or s3://... URI); partitions mirror the source.")
+]
 PartitionColumn = Annotated[str, typer.Option(help="Hive partition key, e.g. date.")]
 Start = Annotated[
     str | None, typer.Option(help="First partition value (inclusive; compared as strings).")
@@ -71,6 +83,7 @@ def backfill(
     drift_window: DriftWindow = DRIFT.window,
     drift_js_threshold: DriftJsThreshold = DRIFT.js_threshold,
     drift_cosine_threshold: DriftCosineThreshold = DRIFT.cosine_threshold,
+    storage_option: StorageOption = None,
     debug: Debug = False,
 ) -> None:
     """Enrich the partitions of SOURCE between --start and --end into DEST (Prefect flow).
@@ -89,6 +102,7 @@ def backfill(
         debug,
         **_common(source, dest, partition_column, engine, reuse, force, retries),
         drift=drift_options(drift_window, drift_js_threshold, drift_cosine_threshold, debug),
+        storage_options=_storage_options(storage_option, debug),
         start=start,
         end=end,
     )
@@ -107,6 +121,7 @@ def incremental(
     drift_window: DriftWindow = DRIFT.window,
     drift_js_threshold: DriftJsThreshold = DRIFT.js_threshold,
     drift_cosine_threshold: DriftCosineThreshold = DRIFT.cosine_threshold,
+    storage_option: StorageOption = None,
     debug: Debug = False,
 ) -> None:
     """Enrich every new or changed partition of SOURCE into DEST (the nightly run).
@@ -124,8 +139,19 @@ def incremental(
         debug,
         **_common(source, dest, partition_column, engine, reuse, force, retries),
         drift=drift_options(drift_window, drift_js_threshold, drift_cosine_threshold, debug),
+        storage_options=_storage_options(storage_option, debug),
     )
     _run("incremental", params, debug)
+
+
+def _storage_options(pairs: list[str] | None, debug: bool) -> dict[str, str]:
+    """`--storage-option KEY=VALUE`s as a dict; a malformed one is one line, exit code 2."""
+    from bertetl.io.storage import StorageError, parse_storage_options
+
+    try:
+        return parse_storage_options(pairs)
+    except StorageError as e:
+        fail(str(e), debug, code=2)
 
 
 def _common(
@@ -160,18 +186,23 @@ def _run(kind: str, params: Any, debug: bool) -> None:
     with user_errors(debug):
         from bertetl.executors import make_executor
         from bertetl.flows.local import local_api
-        from bertetl.io.commit import DestinationLock
+        from bertetl.io.commit import destination_lock
+        from bertetl.io.storage import resolve_run
+        from bertetl.runs.enrich import check_storage
         from bertetl.runs.staged import check_partitioned_run
 
+        source, dest = resolve_run(params.source, params.dest, params.storage_options)
         check_partitioned_run(
-            params.source,
-            params.dest,
+            source,
+            dest,
             params.partition_column,
             getattr(params, "start", None),
             getattr(params, "end", None),
         )
-        make_executor(params.engine)  # a missing executor (no Ray) or model folder fails here
-        lock = DestinationLock(params.dest)
+        # a missing executor (no Ray) or model folder fails here, and an executor that
+        # cannot reach object storage
+        check_storage(make_executor(params.engine), source, dest)
+        lock = destination_lock(dest)
         lock.acquire()  # fail at once, before any server starts, if another run holds DEST
         lock.release()
         if kind == "backfill":
@@ -183,10 +214,10 @@ def _run(kind: str, params: Any, debug: bool) -> None:
                 rows = flow_fn(params)
         except PartitionsFailedError as e:
             print_summary(kind, e.rows, params.dest)
-            print_drift(e.rows, params.partition_column, params.dest)
+            print_drift(e.rows, params.partition_column, dest)
             raise
         print_summary(kind, rows, params.dest)
-        print_drift(rows, params.partition_column, params.dest)
+        print_drift(rows, params.partition_column, dest)
 
 
 def print_summary(kind: str, rows: list[dict[str, Any]], dest: str) -> None:
@@ -204,7 +235,7 @@ def print_summary(kind: str, rows: list[dict[str, Any]], dest: str) -> None:
     )
 
 
-def print_drift(rows: list[dict[str, Any]], column: str, dest: str) -> None:
+def print_drift(rows: list[dict[str, Any]], column: str, dest: Any) -> None:
     """One line: the partitions whose drift is flagged (the flow logged each), and the plot."""
     if all(r.get("drift") is None for r in rows):
         typer.echo("drift: not computed (see the warning above)")

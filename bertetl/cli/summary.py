@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from bertetl.cli.common import Debug, fail, help_of, user_errors
+from bertetl.cli.common import Debug, StorageOption, fail, help_of, user_errors
 from bertetl.cli.partitioned import (
     DRIFT,
     DriftCosineThreshold,
@@ -21,7 +21,9 @@ DAMAGED_EXIT = 3
 
 
 def summary(
-    dest: Annotated[str, typer.Argument(help="An enriched output folder (or file).")],
+    dest: Annotated[
+        str, typer.Argument(help="An enriched output folder (or file), or s3://... URI.")
+    ],
     partition_column: Annotated[
         str | None, typer.Option(help="Hive partition key to group by, e.g. date.")
     ] = None,
@@ -29,6 +31,7 @@ def summary(
     drift_window: DriftWindow = DRIFT.window,
     drift_js_threshold: DriftJsThreshold = DRIFT.js_threshold,
     drift_cosine_threshold: DriftCosineThreshold = DRIFT.cosine_threshold,
+    storage_option: StorageOption = None,
     debug: Debug = False,
 ) -> None:
     """Print label counts and row accounting per partition of an enriched table (sql/).
@@ -45,16 +48,19 @@ def summary(
     """
     import polars as pl
 
+    from bertetl.io.storage import parse_storage_options, resolve_run
     from bertetl.reports.drift import drift_report
     from bertetl.reports.summary import summarize
 
     options = drift_options(drift_window, drift_js_threshold, drift_cosine_threshold, debug)
     with user_errors(debug):
+        storage = parse_storage_options(storage_option)
+        where, _ = resolve_run(dest, dest, storage)
         try:
-            tables = summarize(dest, partition_column, prefix)
+            tables = summarize(where, partition_column, prefix)
         except pl.exceptions.PolarsError as e:
             fail(f"cannot summarize {dest}: {type(e).__name__}: {e}", debug)
-        drift = drift_report(dest, partition_column, options, prefix)
+        drift = drift_report(where, partition_column, options, prefix)
     damaged = tables.pop("damaged", None)
     for name, table in tables.items():
         typer.echo(f"{name}:")

@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from bertetl.engine.tokenize import as_plain_text
+from bertetl.io.read import open_parquet
+from bertetl.io.storage import Location
 
 _TEXT = "__bertetl_text"
 
@@ -44,14 +45,16 @@ class ReuseIndex:
     @classmethod
     def build(
         cls,
-        outputs: Iterable[Path],
+        outputs: Iterable[Path | Location],
         text_column: str,
         added: list[pa.Field],
         error_column: str,
         scratch: Path,
     ) -> ReuseIndex | None:
         """Index the rows of earlier output files that were enriched without error; None when
-        their added columns differ from `added` (then nothing can be reused)."""
+        their added columns differ from `added` (then nothing can be reused). An output may
+        be a `Location` on an object store (read with ranged reads, text and added columns
+        only); `scratch` is a local folder."""
         names = [f.name for f in added]
         schema = pa.schema([pa.field(_TEXT, pa.large_string()), *added])
         hashes: list[np.ndarray] = []
@@ -59,7 +62,7 @@ class ReuseIndex:
         with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
             for output in outputs:
                 try:
-                    parquet = pq.ParquetFile(output, pre_buffer=False)
+                    parquet = open_parquet(output)
                 except (pa.ArrowException, OSError):
                     continue  # an unreadable earlier output: its rows are simply re-enriched
                 old_types = {f.name: f.type for f in parquet.schema_arrow}

@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from bertetl.config import EngineConfig
 from bertetl.io.read import SourceFile
+from bertetl.io.storage import Location
 from bertetl.report import EnrichReport, FileResult
 
 if TYPE_CHECKING:
@@ -25,10 +26,11 @@ if TYPE_CHECKING:
 
 
 class Job(NamedTuple):
-    """One unit of work: `file` (or its row groups `row_groups`) enriched into `target`."""
+    """One unit of work: `file` (or its row groups `row_groups`) enriched into `target` (a
+    local path, or an object-store `Location` when `capabilities.object_storage`)."""
 
     file: SourceFile
-    target: Path
+    target: Path | Location
     schema: pa.Schema
     row_groups: tuple[int, ...] | None = None
 
@@ -41,10 +43,14 @@ class Capabilities:
     - `group_rows`: None when one call per file, chunk or partition is cheap (flows make each
       a retried task); else the executor starts up per call (actor pools), so flows hand it
       groups of partitions of about this many rows, and whole files rather than chunks.
+    - `object_storage`: it reads `SourceFile`s on an object store and writes to a `Job`
+      target that is an object-store `Location` (docs/STORAGE.md); runs refuse an
+      object-store SOURCE or DEST for an executor without it.
     """
 
     reuses_rows: bool
     group_rows: int | None = None
+    object_storage: bool = False
 
 
 class Executor(Protocol):

@@ -47,7 +47,12 @@ def run_in_worker(config: EngineConfig, jobs: list[Job], index: int, count: int)
     try:
         for job in jobs:
             report.files.append(
-                pipeline.run_file(job.file, job.target, job.schema, row_groups=job.row_groups)
+                pipeline.run_file(
+                    job.file,
+                    job.target,  # type: ignore[arg-type]  # a Location too: see ParquetSink
+                    job.schema,
+                    row_groups=job.row_groups,
+                )
             )
     finally:
         pipeline.teardown()
@@ -63,7 +68,7 @@ class LocalExecutor:
         self.config = config
         self.pipeline = Pipeline(config)
         self.workers = resolve_workers(config)
-        self.capabilities = Capabilities(reuses_rows=True)
+        self.capabilities = Capabilities(reuses_rows=True, object_storage=True)
         self._worker_reports: list[EnrichReport] = []
 
     def setup(self) -> None:
@@ -94,7 +99,7 @@ class LocalExecutor:
             results.append(
                 self.pipeline.run_file(
                     job.file,
-                    job.target,
+                    job.target,  # type: ignore[arg-type]  # a Location too: see ParquetSink
                     job.schema,
                     row_groups=job.row_groups,
                     reuse=reuse,

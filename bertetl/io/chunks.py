@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 
 from bertetl.errors import CommitError, InputError
 from bertetl.io.paths import dest_path
-from bertetl.io.read import SourceFile
+from bertetl.io.read import SourceFile, read_metadata
+from bertetl.io.storage import Location
 from bertetl.io.write import ParquetSink
 
 
@@ -26,7 +27,7 @@ class Chunk:
     """Row groups `row_groups` of `file` (None: the whole file), part `part` of `parts`."""
 
     file: SourceFile
-    target: Path
+    target: Path | Location
     schema: pa.Schema
     rows: int
     row_groups: tuple[int, ...] | None = None
@@ -63,21 +64,24 @@ def cut_row_groups(metadata: pq.FileMetaData, chunk_rows: int) -> list[tuple[tup
 
 def plan_chunks(
     files: list[SourceFile],
-    source: str | os.PathLike[str],
-    dest: str | os.PathLike[str],
+    source: str | os.PathLike[str] | Location,
+    dest: str | os.PathLike[str] | Location,
     check_file: Callable[[SourceFile], pa.Schema],
     chunk_rows: int,
 ) -> tuple[list[Chunk], dict[str, str]]:
     """Chunks of SOURCE's `files` (as `check_run_paths` returned them) of at most about
     `chunk_rows` rows (whole row groups), and the files that failed `check_file` (which
     returns a file's schema or raises `InputError`), by path."""
-    source, dest = os.fspath(source), os.fspath(dest)
+    if not isinstance(source, Location):
+        source = os.fspath(source)
+    if not isinstance(dest, Location):
+        dest = os.fspath(dest)
     chunks: list[Chunk] = []
     failures: dict[str, str] = {}
     for file in files:
         try:
             schema = check_file(file)
-            metadata = pq.read_metadata(file.path)
+            metadata = read_metadata(file)
         except (InputError, OSError, pa.ArrowException) as e:
             failures[file.path] = str(e)
             continue
@@ -91,7 +95,7 @@ def plan_chunks(
     return chunks, failures
 
 
-def assemble(parts: list[Path], target: Path, schema: pa.Schema) -> int:
+def assemble(parts: list[Path], target: Path | Location, schema: pa.Schema) -> int:
     """Concatenate part files, in order, into `target` atomically; returns the rows written.
 
     The parts are removed once the target is committed.

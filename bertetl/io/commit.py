@@ -27,12 +27,13 @@ import time
 import uuid
 from collections.abc import Collection, Iterator
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from bertetl.errors import CommitError
+from bertetl.io.storage import LOCK_NAME, Location, is_remote
 from bertetl.io.write import TEMP_SUFFIX, fsync_dir
 
 STAGING_SUFFIX = ".bertetl-staging"
-LOCK_NAME = ".bertetl.lock"
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 #: A temp output file of `ParquetSink`: `.<name>.<random>.bertetl-tmp`.
@@ -83,6 +84,40 @@ class DestinationLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def destination_lock(dest: str | os.PathLike[str] | Location) -> Any:
+    """DEST's one-run lock: `flock` on a local folder (`DestinationLock`), a conditional
+    create with a lease on S3 (`bertetl.io.objectstore.ObjectStoreLock`); a store that
+    cannot be locked is refused there. Both are context managers with `acquire`/`release`."""
+    if is_remote(dest):
+        from bertetl.io.objectstore import ObjectStoreLock
+
+        assert isinstance(dest, Location)
+        return ObjectStoreLock(dest)
+    return DestinationLock(dest.path if isinstance(dest, Location) else dest)
+
+
+def staging_for(dest: str | os.PathLike[str] | Location) -> contextlib.AbstractContextManager[Path]:
+    """A fresh staging folder for DEST: beside it on its filesystem (`staged_folder`, for
+    the staged swap), or on this machine for an object-store DEST (uploaded at commit)."""
+    if is_remote(dest):
+        from bertetl.io.objectstore import local_staged_folder
+
+        assert isinstance(dest, Location)
+        return local_staged_folder(dest)
+    return staged_folder(dest.path if isinstance(dest, Location) else dest)
+
+
+def clean_leftovers(dest: str | os.PathLike[str] | Location, only_file: str | None = None) -> int:
+    """`clean_staging` for any DEST: for an object-store DEST, this machine's staging of it
+    (nothing half-written can be left on the store: uploads are whole)."""
+    if is_remote(dest):
+        from bertetl.io.objectstore import clean_local_staging
+
+        assert isinstance(dest, Location)
+        return clean_local_staging(dest)
+    return clean_staging(dest.path if isinstance(dest, Location) else dest, only_file)
 
 
 def _read_holder(fd: int) -> str:

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from bertetl.config import EngineConfig
 from bertetl.errors import CommitError
 from bertetl.io.commit import LOCK_NAME
+from bertetl.io.storage import Location, is_remote, storage_error
 from bertetl.report import ColumnSum
 
 MANIFEST_NAME = "_manifest.json"
@@ -171,6 +172,38 @@ def fingerprint_file(
     )
 
 
+def fingerprint_source(
+    file: object, relative: str, known: FileFingerprint | None = None
+) -> FileFingerprint:
+    """`fingerprint_file` for a `SourceFile` on any filesystem: on an object store the size
+    and last-modified time come from one listing call, and the object is read (streamed)
+    for its SHA-256 only when they moved."""
+    filesystem = getattr(file, "filesystem", None)
+    if filesystem is None:
+        return fingerprint_file(file.path, relative, known)  # type: ignore[attr-defined]
+    location: Location = file.location  # type: ignore[attr-defined]
+    info = location.info()
+    size, mtime_ns = int(info.size or 0), int(info.mtime_ns or 0)
+    if known is not None and (known.size, known.mtime_ns) == (size, mtime_ns):
+        sha256 = known.sha256
+    else:
+        sha256 = _remote_sha256(location)
+    return FileFingerprint(relative=relative, size=size, mtime_ns=mtime_ns, sha256=sha256)
+
+
+def _remote_sha256(location: Location) -> str:
+    import pyarrow as pa
+
+    digest = hashlib.sha256()
+    try:
+        with location.fs.open_input_stream(location.path) as stream:
+            while chunk := stream.read(8 << 20):
+                digest.update(chunk)
+    except (OSError, pa.ArrowException) as e:
+        raise storage_error(location, "cannot read", e) from e
+    return digest.hexdigest()
+
+
 def fingerprint_output(path: str | os.PathLike[str], relative: str) -> OutputFingerprint:
     """Size, mtime, SHA-256 and row count (from the Parquet footer) of a written output file.
     Raises `OSError` or `pyarrow.ArrowException` when it cannot be read."""
@@ -267,7 +300,48 @@ def _footer_damage(folder: Path, manifest: Manifest) -> list[OutputDamage]:
     return damage
 
 
-def verify_outputs(folder: str | os.PathLike[str], manifest: Manifest) -> list[OutputDamage]:
+def _remote_damage(folder: Location, manifest: Manifest) -> list[OutputDamage]:
+    """`verify_outputs` on an object store: one listing of the partition's prefix gives
+    every output's size and last-modified time; an object whose time moved is re-hashed."""
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+
+    try:
+        listed = folder.fs.get_file_info(
+            pafs.FileSelector(folder.path, recursive=True, allow_not_found=True)
+        )
+    except (OSError, pa.ArrowException) as e:
+        raise storage_error(folder, "cannot list", e) from e
+    found = {i.path[len(folder.path) + 1 :]: i for i in listed if i.type == pafs.FileType.File}
+    known = {f.relative: f for f in manifest.output_files}
+    damage: list[OutputDamage] = []
+    for relative in manifest.outputs:
+        fingerprint, info = known.get(relative), found.get(relative)
+        problem: str | None = None
+        if not _inside(relative):
+            problem = "is not inside the partition folder"
+        elif fingerprint is None:
+            problem = "has no fingerprint in the manifest"
+        elif info is None:
+            problem = "missing"
+        elif info.size != fingerprint.size:
+            size = int(info.size or 0)
+            problem = (
+                f"truncated ({size:,} of {fingerprint.size:,} bytes)"
+                if size < fingerprint.size
+                else f"changed ({size:,} bytes, {fingerprint.size:,} recorded)"
+            )
+        elif info.mtime_ns != fingerprint.mtime_ns:
+            if _remote_sha256(folder / relative) != fingerprint.sha256:
+                problem = "changed (same size, different SHA-256)"
+        if problem is not None:
+            damage.append(OutputDamage(relative, problem))
+    return damage
+
+
+def verify_outputs(
+    folder: str | os.PathLike[str] | Location, manifest: Manifest
+) -> list[OutputDamage]:
     """How the outputs `manifest` lists differ from the files in `folder`; empty when they
     verify.
 
@@ -276,6 +350,9 @@ def verify_outputs(folder: str | os.PathLike[str], manifest: Manifest) -> list[O
     fingerprints: their outputs' Parquet footers are read, and the rows must add up to
     `rows_out` (a same-size rewrite is not seen; the next commit records fingerprints).
     """
+    if is_remote(folder):
+        assert isinstance(folder, Location)
+        return _remote_damage(folder, manifest)
     folder = Path(folder)
     if manifest.version < 2:
         return _footer_damage(folder, manifest)
@@ -338,9 +415,22 @@ def config_hash(config: EngineConfig, models: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def read_manifest(folder: str | os.PathLike[str]) -> Manifest | None:
+def read_manifest(folder: str | os.PathLike[str] | Location) -> Manifest | None:
     """The manifest committed in `folder`, or None when there is none (or it is unreadable,
     which then counts as never committed)."""
+    if is_remote(folder):
+        assert isinstance(folder, Location)
+        location = folder / MANIFEST_NAME
+        try:
+            return Manifest.model_validate_json(location.read_bytes())
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return None
+        except OSError as e:  # pyarrow reports a missing object as an OSError too
+            if location.info().type.name == "NotFound":
+                return None
+            raise storage_error(location, "cannot read", e) from e
     path = Path(folder) / MANIFEST_NAME
     try:
         return Manifest.model_validate_json(path.read_bytes())
@@ -350,8 +440,36 @@ def read_manifest(folder: str | os.PathLike[str]) -> Manifest | None:
         return None
 
 
+def _remote_manifests(dest: Location, column: str | None) -> dict[str, tuple[Location, Manifest]]:
+    """`committed_manifests` on an object store: one recursive listing; hidden prefixes and
+    prefixes below DEST holding their own `.bertetl.lock` (another DEST) are skipped."""
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+
+    try:
+        listed = dest.fs.get_file_info(
+            pafs.FileSelector(dest.path, recursive=True, allow_not_found=True)
+        )
+    except (OSError, pa.ArrowException) as e:
+        raise storage_error(dest, "cannot list", e) from e
+    relatives = sorted(i.path[len(dest.path) + 1 :] for i in listed if i.type == pafs.FileType.File)
+    nested = [r[: -len(LOCK_NAME)] for r in relatives if r.endswith("/" + LOCK_NAME)]
+    found: dict[str, tuple[Location, Manifest]] = {}
+    for relative in relatives:
+        parts = PurePosixPath(relative).parts
+        if parts[-1] != MANIFEST_NAME or any(p.startswith(".") for p in parts[:-1]):
+            continue
+        if any(relative.startswith(prefix) for prefix in nested):
+            continue
+        folder = dest / str(PurePosixPath(relative).parent)
+        manifest = read_manifest(folder)
+        if manifest is not None and column in (None, manifest.partition_column):
+            found.setdefault(manifest.partition, (folder, manifest))
+    return found
+
+
 def committed_manifests(
-    dest: str | os.PathLike[str], column: str | None = None
+    dest: str | os.PathLike[str] | Location, column: str | None = None
 ) -> dict[str, tuple[Path, Manifest]]:
     """DEST's readable manifests (of partition column `column`, or of any column) by
     partition value, with the folder each sits in.
@@ -359,6 +477,9 @@ def committed_manifests(
     Hidden folders are skipped, and so is any folder below DEST holding its own
     `.bertetl.lock`: another run's DEST nested in this one, whose partitions are not ours.
     """
+    if is_remote(dest):
+        assert isinstance(dest, Location)
+        return _remote_manifests(dest, column)  # type: ignore[return-value]
     found: dict[str, tuple[Path, Manifest]] = {}
     if not os.path.isdir(dest):
         return found
@@ -374,8 +495,15 @@ def committed_manifests(
     return found
 
 
-def write_manifest(folder: str | os.PathLike[str], manifest: Manifest) -> None:
-    """Write and fsync the manifest (into a staged partition, before it is swapped in)."""
+def write_manifest(folder: str | os.PathLike[str] | Location, manifest: Manifest) -> None:
+    """Write and fsync the manifest (into a staged partition, before it is swapped in); on
+    an object store, one `PutObject` into the live partition: its commit point."""
+    if is_remote(folder):
+        from bertetl.io.objectstore import put_bytes
+
+        assert isinstance(folder, Location)
+        put_bytes(folder / MANIFEST_NAME, manifest.model_dump_json(indent=2).encode())
+        return
     path = Path(folder) / MANIFEST_NAME
     try:
         with open(path, "w", encoding="utf-8") as handle:

@@ -6,6 +6,7 @@ import os
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -13,7 +14,8 @@ import pyarrow.parquet as pq
 from bertetl.errors import InputError
 from bertetl.io.commit import strays
 from bertetl.io.manifest import MANIFEST_NAME, read_manifest
-from bertetl.io.read import SourceFile, discover
+from bertetl.io.read import SourceFile, discover, open_parquet
+from bertetl.io.storage import Location, is_remote, storage_error
 from bertetl.schema import ENRICH_ERROR
 
 
@@ -82,8 +84,17 @@ def list_partitions(
     return found
 
 
-def dest_folder(dest: str | os.PathLike[str], partition: Partition) -> Path:
-    """The partition's folder under DEST, checked to stay inside DEST."""
+def dest_folder(dest: str | os.PathLike[str] | Location, partition: Partition) -> Any:
+    """The partition's folder under DEST, checked to stay inside DEST (a `Location` on an
+    object store)."""
+    if is_remote(dest):
+        assert isinstance(dest, Location)
+        parts = PurePosixPath(partition.folder).parts
+        if not parts or any(p in ("..", ".") for p in parts) or partition.folder.startswith("/"):
+            raise InputError(f"partition folder {partition.folder!r} would write outside {dest}")
+        return dest / partition.folder
+    if isinstance(dest, Location):
+        dest = dest.path
     root = Path(dest).resolve()
     target = (root / partition.folder).resolve()
     if not target.is_relative_to(root) or target == root:
@@ -95,12 +106,38 @@ def dest_folder(dest: str | os.PathLike[str], partition: Partition) -> Path:
 SHOWN_FILES = 5
 
 
-def owned_files(folder: Path, partition: Partition) -> set[str]:
+def remote_files(folder: Location) -> list[str]:
+    """The objects under an object-store prefix, relative to it, sorted."""
+    import pyarrow.fs as pafs
+
+    try:
+        listed = folder.fs.get_file_info(
+            pafs.FileSelector(folder.path, recursive=True, allow_not_found=True)
+        )
+    except (OSError, pa.ArrowException) as e:
+        raise storage_error(folder, "cannot list", e) from e
+    return sorted(i.path[len(folder.path) + 1 :] for i in listed if i.type == pafs.FileType.File)
+
+
+def owned_files(folder: Path | Location, partition: Partition) -> set[str]:
     """What bertetl may replace in a partition's DEST folder (paths relative to it): the
     `_manifest.json`, the outputs that manifest lists, and bertetl output (a Parquet file
     with an `enrich_error` column, e.g. from `bertetl enrich`) at the paths this
-    partition's files write to. Everything else there is foreign."""
+    partition's files write to. Everything else there is foreign.
+
+    On an object store a commit is not one step: a run killed inside it leaves bertetl
+    outputs that no manifest lists (a source file removed meanwhile). So there any object
+    of the folder that is bertetl output (by its `enrich_error` column) is owned."""
     owned = {MANIFEST_NAME}
+    if is_remote(folder):
+        assert isinstance(folder, Location)
+        manifest = read_manifest(folder)
+        if manifest is not None:
+            owned.update(manifest.outputs)
+        for relative in remote_files(folder):
+            if relative not in owned and _is_output(folder / relative):
+                owned.add(relative)
+        return owned
     manifest = read_manifest(folder)
     if manifest is not None:
         owned.update(manifest.outputs)
@@ -111,17 +148,24 @@ def owned_files(folder: Path, partition: Partition) -> set[str]:
     return owned
 
 
-def _is_output(path: Path) -> bool:
+def _is_output(path: Path | Location) -> bool:
     try:
-        names = pq.read_schema(path).names
+        if is_remote(path):
+            names = open_parquet(path).schema_arrow.names
+        else:
+            names = pq.read_schema(path).names
     except (pa.ArrowException, OSError):
         return False
     return any(name.endswith(ENRICH_ERROR) for name in names)
 
 
-def foreign_files(folder: Path, owned: Collection[str]) -> list[str]:
+def foreign_files(folder: Path | Location, owned: Collection[str]) -> list[str]:
     """The paths in a partition's DEST `folder` (relative to it) that bertetl did not write
     (not in `owned`, see `owned_files`) and a commit of the partition would replace."""
+    if is_remote(folder):
+        assert isinstance(folder, Location)
+        return [name for name in remote_files(folder) if name not in owned]
+    folder = Path(folder)
     if not os.path.lexists(folder):
         return []
     if not folder.is_dir():
@@ -130,16 +174,17 @@ def foreign_files(folder: Path, owned: Collection[str]) -> list[str]:
 
 
 def check_foreign_files(
-    dest: str | os.PathLike[str], partitions: list[Partition]
+    dest: str | os.PathLike[str] | Location, partitions: list[Partition]
 ) -> dict[str, frozenset[str]]:
     """Refuse (`InputError`, one line naming the files) when a partition folder under DEST
     holds files bertetl did not write: a commit replaces the folder whole, and a run deletes
     nothing it did not write. Returns what bertetl owns in each folder, by partition value."""
     owned: dict[str, frozenset[str]] = {}
-    found: list[tuple[Path, str]] = []
+    found: list[tuple[Any, str]] = []
     for partition in partitions:
         folder = dest_folder(dest, partition)
-        mine = frozenset(owned_files(folder, partition)) if folder.is_dir() else frozenset()
+        exists = folder.is_dir() if not is_remote(folder) else bool(remote_files(folder))
+        mine = frozenset(owned_files(folder, partition)) if exists else frozenset()
         owned[partition.value] = mine
         found += [(folder, name) for name in foreign_files(folder, mine)]
     if not found:

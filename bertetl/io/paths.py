@@ -4,21 +4,48 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from bertetl.errors import InputError
-from bertetl.io.read import SourceFile, discover, source_root
+from bertetl.io.read import SourceFile, discover, remote_source_root, source_root
+from bertetl.io.storage import Location, is_remote
 
 
-def dest_path(file: SourceFile, source: str, dest: str) -> Path:
+def _single_file(source: str | Location) -> bool:
+    if isinstance(source, Location):
+        return source.is_file() if not source.local else os.path.isfile(source.path)
+    return os.path.isfile(source)
+
+
+def dest_path(file: SourceFile, source: str | Location, dest: str | Location) -> Path | Location:
     """Where a file's output goes: DEST itself for a single-file source and a `.parquet`
-    DEST, else DEST/<the file's path under the source root> (partition folders kept)."""
-    if os.path.isfile(source) and dest.endswith(".parquet"):
+    DEST, else DEST/<the file's path under the source root> (partition folders kept). An
+    object-store DEST gives a `Location`."""
+    if isinstance(dest, Location):
+        if not dest.local:
+            if _single_file(source) and dest.path.endswith(".parquet"):
+                return dest
+            return dest / file.relative
+        dest = dest.path
+    if isinstance(source, Location):
+        source = source.path if source.local else source.uri
+    if _single_file(source) and dest.endswith(".parquet"):
         return Path(dest)
     return Path(dest) / file.relative
 
 
-def dest_root(source: str, dest: str) -> tuple[Path, str | None]:
-    """The folder a run locks and cleans, and the one output file name when DEST is a file."""
+def dest_root(source: str | Location, dest: str | Location) -> tuple[Any, str | None]:
+    """The folder a run locks and cleans, and the one output file name when DEST is a file
+    (a `Location` for an object-store DEST)."""
+    if is_remote(dest):
+        assert isinstance(dest, Location)
+        if _single_file(source) and dest.path.endswith(".parquet"):
+            return dest.parent, dest.name
+        return dest, None
+    if isinstance(dest, Location):
+        dest = dest.path
+    if isinstance(source, Location):
+        source = source.path if source.local else source.uri
     if os.path.isfile(source) and dest.endswith(".parquet"):
         return Path(dest).parent, Path(dest).name
     return Path(dest), None
@@ -59,7 +86,7 @@ def check_paths(files: list[SourceFile], source: str, dest: str) -> None:
             )
     for file in files:
         real = Path(file.path).resolve()
-        target = dest_path(file, source, dest)
+        target = Path(dest_path(file, source, dest))  # local here: a Path
         if real == target.resolve():
             raise InputError(
                 f"output {target} would overwrite input {_shown(file.path, real)}; "
@@ -72,12 +99,52 @@ def check_paths(files: list[SourceFile], source: str, dest: str) -> None:
             )
 
 
+def check_remote_paths(files: list[SourceFile], source: Location, dest: Location) -> None:
+    """`check_paths` where SOURCE or DEST is on an object store: refuse a DEST that is
+    SOURCE's root, lies inside it, or holds it (compared as paths on one store; there are
+    no links to follow), and check that DEST can be written (`objectstore.writable`)."""
+    if is_remote(dest):
+        from bertetl.io.objectstore import writable
+
+        writable(dest)
+    if source.store != dest.store:
+        return
+    root = remote_source_root(source)
+    if dest.path.rstrip("/") == root.path.rstrip("/"):
+        raise InputError(
+            f"DEST {dest.uri} is SOURCE {source.uri}; a run never writes into its input: "
+            "pick a DEST outside it"
+        )
+    if dest.is_relative_to(root):
+        raise InputError(f"DEST {dest.uri} lies inside SOURCE {source.uri}; pick a DEST outside it")
+    if root.is_relative_to(dest):
+        raise InputError(
+            f"SOURCE {source.uri} lies inside DEST {dest.uri}; pick a DEST outside the source"
+        )
+
+
 def check_run_paths(
-    source: str | os.PathLike[str], dest: str | os.PathLike[str]
+    source: str | os.PathLike[str] | Location, dest: str | os.PathLike[str] | Location
 ) -> list[SourceFile]:
     """The one check every writing command makes before it locks or writes anything: SOURCE
     exists and holds data files, and DEST is not SOURCE, inside it, around it, and would
     overwrite none of its files (`check_paths`). Returns SOURCE's files."""
+    if is_remote(source) or is_remote(dest):
+        source_loc = (
+            source
+            if isinstance(source, Location)
+            else Location(os.fspath(source), os.fspath(source))
+        )
+        dest_loc = (
+            dest if isinstance(dest, Location) else Location(os.fspath(dest), os.fspath(dest))
+        )
+        files = discover(source_loc)
+        check_remote_paths(files, source_loc, dest_loc)
+        return files
+    if isinstance(source, Location):
+        source = source.path
+    if isinstance(dest, Location):
+        dest = dest.path
     source, dest = os.fspath(source), os.fspath(dest)
     files = discover(source)
     check_paths(files, source, dest)

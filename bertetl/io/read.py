@@ -12,9 +12,11 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import unquote
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from bertetl.errors import InputError
+from bertetl.io.storage import Location, storage_error
 from bertetl.schema import is_text_type
 
 GLOB_CHARS = set("*?[")
@@ -24,11 +26,40 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SourceFile:
-    """One input file: where it is, where it sits under the source root, its hive keys."""
+    """One input file: where it is, where it sits under the source root, its hive keys.
+
+    On an object store `path` is the file's URI (`s3://bucket/key`, what messages show) and
+    `filesystem` the store's filesystem; locally `filesystem` is None."""
 
     path: str
     relative: str
     partition: dict[str, str] = field(default_factory=dict)
+    filesystem: pafs.FileSystem | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def fs_path(self) -> str:
+        """The path on `filesystem` (the OS path for a local file)."""
+        return self.path if self.filesystem is None else self.path.split("://", 1)[1]
+
+    @property
+    def location(self) -> Location:
+        """The file as a `Location` (local or on its store)."""
+        if self.filesystem is None:
+            return Location(self.path, self.path)
+        store = "s3" if isinstance(self.filesystem, pafs.S3FileSystem) else self.path.split(":")[0]
+        return Location(self.path, self.fs_path, self.filesystem, store)
+
+
+def read_metadata(file: SourceFile) -> pq.FileMetaData:
+    """The file's Parquet footer (on its own filesystem); raises what pyarrow raises."""
+    return pq.read_metadata(file.fs_path, filesystem=file.filesystem)
+
+
+def open_parquet(source: str | os.PathLike[str] | Location) -> pq.ParquetFile:
+    """A `ParquetFile` (no pre-buffering) for a local path or a `Location` on any store."""
+    if isinstance(source, Location) and not source.local:
+        return pq.ParquetFile(source.open_input_file(), pre_buffer=False)
+    return pq.ParquetFile(os.fspath(source), pre_buffer=False)
 
 
 def _hidden(part: str) -> bool:
@@ -61,7 +92,7 @@ def source_root(source: str | os.PathLike[str]) -> Path:
     return root
 
 
-def discover(source: str | os.PathLike[str]) -> list[SourceFile]:
+def discover(source: str | os.PathLike[str] | Location) -> list[SourceFile]:
     """List the files of a Parquet file, a directory (recursively) or a glob, sorted.
 
     Files and folders whose names start with `_` or `.` are skipped, as Arrow and Spark do
@@ -74,6 +105,10 @@ def discover(source: str | os.PathLike[str]) -> list[SourceFile]:
     under two names, through links or hard links, is read once, under the first name in
     sorted order; the other names are logged.
     """
+    if isinstance(source, Location):
+        if not source.local:
+            return _discover_remote(source)
+        source = source.path
     source = os.fspath(source)
     root = source_root(source)
     if os.path.isfile(source):
@@ -179,7 +214,7 @@ def read_schema(file: SourceFile) -> pa.Schema:
     """The file's own (physical) schema, from its footer only; duplicate column names are an
     `InputError` naming them (Arrow allows them, but no column could be addressed)."""
     try:
-        schema = pq.read_schema(file.path)
+        schema = pq.read_schema(file.fs_path, filesystem=file.filesystem)
     except (pa.ArrowException, OSError) as e:
         raise InputError(f"cannot read Parquet file {file.path}: {e}") from e
     duplicates = sorted(name for name, count in Counter(schema.names).items() if count > 1)
@@ -226,7 +261,7 @@ def stream(
     20 MB), and pre-buffering caches byte ranges across row groups; `iter_batches` stays flat.
     """
     try:
-        with pq.ParquetFile(file.path, pre_buffer=False) as parquet:
+        with pq.ParquetFile(file.fs_path, pre_buffer=False, filesystem=file.filesystem) as parquet:
             batches = parquet.iter_batches(
                 batch_size=batch_rows, row_groups=row_groups, use_threads=True
             )
@@ -235,3 +270,70 @@ def stream(
                     yield batch
     except (pa.ArrowException, OSError) as e:
         raise InputError(f"cannot read Parquet file {file.path}: {e}") from e
+
+
+def _glob_matches(parts: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
+    """Whether path components `parts` match glob components `pattern` (`**`: any number
+    of folders)."""
+    if not pattern:
+        return not parts
+    if pattern[0] == "**":
+        return any(_glob_matches(parts[i:], pattern[1:]) for i in range(len(parts) + 1))
+    return bool(parts) and _matches(parts[0], pattern[0]) and _glob_matches(parts[1:], pattern[1:])
+
+
+def remote_source_root(source: Location) -> Location:
+    """`source_root` on an object store: the prefix itself, a file's folder, or a glob's
+    fixed prefix, moved up past hive `key=value` folders."""
+    parts = source.path.split("/")
+    if GLOB_CHARS & set(source.path):
+        cut = next(i for i, p in enumerate(parts) if GLOB_CHARS & set(p))
+        root = Location(source.uri, source.path, source.filesystem, source.store, source.options)
+        root = root._with("/".join(parts[:cut]))
+    elif source.is_file():
+        root = source.parent
+    else:
+        root = source
+    while "=" in root.name and "/" in root.path:
+        root = root.parent
+    return root
+
+
+def _discover_remote(source: Location) -> list[SourceFile]:
+    """`discover` on an object store: one listing of the prefix (recursive), hidden names
+    skipped; an object named exactly is taken as is. No links exist there to follow."""
+    info = source.info()
+    root = remote_source_root(source)
+    if info.type == pafs.FileType.File:
+        paths = [source.path]
+        explicit = True
+    else:
+        explicit = False
+        glob = bool(GLOB_CHARS & set(source.path))
+        prefix = root.path if glob else source.path
+        if not glob and info.type == pafs.FileType.NotFound:
+            raise InputError(f"source {source.uri} does not exist")
+        try:
+            listed = source.fs.get_file_info(
+                pafs.FileSelector(prefix, recursive=True, allow_not_found=True)
+            )
+        except (OSError, pa.ArrowException) as e:
+            raise storage_error(source, "cannot list source", e) from e
+        paths = sorted(i.path for i in listed if i.type == pafs.FileType.File)
+        if glob:
+            pattern = tuple(source.path[len(prefix) :].strip("/").split("/"))
+            paths = [
+                p
+                for p in paths
+                if _glob_matches(tuple(p[len(prefix) :].strip("/").split("/")), pattern)
+            ]
+    files = []
+    for path in paths:
+        relative = path[len(root.path) :].lstrip("/") if root.path else path
+        if not explicit and any(_hidden(p) for p in PurePosixPath(relative).parts):
+            continue
+        uri = f"{source.uri.split('://', 1)[0]}://{path}"
+        files.append(SourceFile(uri, relative, _hive_keys(relative), source.filesystem))
+    if not files:
+        raise InputError(f"source {source.uri} holds no data files")
+    return files

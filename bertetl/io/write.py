@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import uuid
 from pathlib import Path
 from types import TracebackType
@@ -12,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bertetl.errors import CommitError
+from bertetl.io.storage import Location, is_remote
 
 TEMP_SUFFIX = ".bertetl-tmp"
 
@@ -57,19 +59,31 @@ class ParquetSink:
     Spark and polars readers, which skip names starting with `.`); `commit()` fsyncs it and
     renames it over the target, so readers see the old file or the whole new one, never a part.
     Used as a context manager it commits on success and aborts on an exception.
+
+    With an object-store `Location` as its path, the file is written to a local temp file
+    (in the system's temp folder) and `commit()` uploads it whole
+    (`bertetl.io.objectstore.upload_file`): the object is the old one or the whole new one.
     """
 
-    def __init__(self, path: str | os.PathLike[str], schema: pa.Schema, compression: str = "zstd"):
-        self.path = Path(path)
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | Location,
+        schema: pa.Schema,
+        compression: str = "zstd",
+    ):
+        self.remote: Location | None = path if is_remote(path) else None  # type: ignore[assignment]
+        self.path = Path(path) if self.remote is None else Path(self.remote.name)
         self.schema = schema
         self.compression = compression
-        self.temp_path = self.path.parent / f".{self.path.name}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
+        folder = self.path.parent if self.remote is None else Path(tempfile.gettempdir())
+        self.temp_path = folder / f".{self.path.name}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
         self.rows = 0
         self._writer: pq.ParquetWriter | None = None
 
     def open(self) -> ParquetSink:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.remote is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             self._writer = pq.ParquetWriter(
                 self.temp_path,
                 self.schema,
@@ -95,6 +109,9 @@ class ParquetSink:
         """Close, fsync and atomically rename the temp file onto the target."""
         if self._writer is None:
             raise CommitError(f"output {self.path} is not open")
+        if self.remote is not None:
+            self._upload(self.remote)
+            return
         try:
             self._writer.close()
             self._writer = None
@@ -108,6 +125,20 @@ class ParquetSink:
             fsync_dir(self.path.parent)
         except OSError as e:  # the file is complete and in place; only durability is in doubt
             log.warning("committed %s but could not fsync its folder: %s", self.path, e)
+
+    def _upload(self, target: Location) -> None:
+        from bertetl.io.objectstore import check_held, upload_file
+
+        assert self._writer is not None
+        try:
+            self._writer.close()
+            self._writer = None
+            check_held(target)  # a run that lost DEST's lock writes nothing more
+            upload_file(self.temp_path, target)
+        except OSError as e:
+            raise CommitError(f"cannot commit output {target.uri}: {e}") from e
+        finally:
+            self.abort()  # the local temp file, uploaded or not
 
     def abort(self) -> None:
         """Drop everything written; the target (and any earlier version of it) is untouched."""

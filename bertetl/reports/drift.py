@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 import uuid
 from collections import deque
 from collections.abc import Sequence
@@ -33,6 +34,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from bertetl.io.manifest import Manifest, committed_manifests
+from bertetl.io.storage import Location, is_remote
 from bertetl.schema import EMBEDDING, LABEL, SCORE
 
 #: Where a run writes its drift plot, inside DEST: hidden, so readers and the partition
@@ -238,10 +240,21 @@ class DriftReport:
         """The partitions to look at, one line each (empty: none)."""
         return [f"{p.name}: {p.reason}" for p in self.flagged]
 
-    def draw(self, path: str | os.PathLike[str]) -> Path | None:
+    def draw(self, path: str | os.PathLike[str] | Location) -> Any:
         """Draw label shares per partition (stacked bars) over the drift metrics and their
-        thresholds, flagged partitions in red, as a PNG at `path` (written atomically);
-        None when there is nothing to draw."""
+        thresholds, flagged partitions in red, as a PNG at `path` (written atomically; an
+        object-store `Location` is drawn locally and uploaded whole); None when there is
+        nothing to draw."""
+        if is_remote(path):
+            from bertetl.io.objectstore import upload_file
+
+            assert isinstance(path, Location)
+            with tempfile.TemporaryDirectory(prefix="bertetl-plot-") as folder:
+                drawn = draw_drift(self, Path(folder) / PLOT_NAME)
+                if drawn is None:
+                    return None
+                upload_file(drawn, path)
+            return path
         return draw_drift(self, Path(path))
 
 
@@ -272,9 +285,13 @@ def drift_report(
     return DriftReport(chosen, options, rows)
 
 
-def plot_path(dest: str | os.PathLike[str]) -> Path:
-    """Where a run over DEST writes its drift plot (replaced by each run)."""
-    return Path(dest) / REPORTS_FOLDER / PLOT_NAME
+def plot_path(dest: str | os.PathLike[str] | Location) -> Any:
+    """Where a run over DEST writes its drift plot (replaced by each run): a `Path`, or a
+    `Location` for an object-store DEST."""
+    if is_remote(dest):
+        assert isinstance(dest, Location)
+        return dest / f"{REPORTS_FOLDER}/{PLOT_NAME}"
+    return Path(dest.path if isinstance(dest, Location) else dest) / REPORTS_FOLDER / PLOT_NAME
 
 
 def draw_drift(report: DriftReport, path: Path) -> Path | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath, PurePosixPath
 
 import polars as pl
 import pyarrow as pa
@@ -25,7 +25,8 @@ from bertetl.io.manifest import (
     verified_outputs,
     verify_outputs,
 )
-from bertetl.io.read import SourceFile, discover
+from bertetl.io.read import SourceFile, discover, open_parquet
+from bertetl.io.storage import Location, is_remote
 from bertetl.reports.sql import run_query
 from bertetl.schema import EMBEDDING, ENRICH_ERROR, LABEL
 
@@ -49,16 +50,17 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def _relative(path: Path, root: Path) -> str:
-    """`path` as shown to users: relative to DEST (to its folder when DEST is a file)."""
-    base = root if root.is_dir() else root.parent
+def _relative(path: PurePath, root: PurePath) -> str:
+    """`path` as shown to users: relative to DEST (to its folder when DEST is a file; an
+    object-store DEST, a `PurePosixPath` of its path on the store, is a prefix)."""
+    base = root if not isinstance(root, Path) or root.is_dir() else root.parent
     try:
         return path.relative_to(base).as_posix() if path != base else "."
     except ValueError:
         return str(path)
 
 
-def _damaged_file(path: Path, root: Path, problem: str) -> DamagedFile:
+def _damaged_file(path: PurePath, root: PurePath, problem: str) -> DamagedFile:
     return DamagedFile(_relative(path.parent, root), _relative(path, root), problem)
 
 
@@ -75,10 +77,61 @@ def _manifests(dest: Path) -> dict[Path, Manifest | None]:
     return found
 
 
-def check_outputs(dest: str | os.PathLike[str]) -> tuple[list[SourceFile], list[DamagedFile]]:
+def _remote_manifests(dest: Location) -> dict[Location, Manifest | None]:
+    """`_manifests` on an object store: from one listing of DEST."""
+    from bertetl.io.partitions import remote_files
+
+    found: dict[Location, Manifest | None] = {}
+    for relative in remote_files(dest):
+        parts = PurePosixPath(relative).parts
+        if parts[-1] != MANIFEST_NAME or any(p.startswith((".", "_")) for p in parts[:-1]):
+            continue
+        folder = dest / str(PurePosixPath(relative).parent)
+        found[folder] = read_manifest(folder)
+    return found
+
+
+def _remote_check_outputs(dest: Location) -> tuple[list[SourceFile], list[DamagedFile]]:
+    """`check_outputs` on an object store (paths compared as they are: no links there)."""
+    root = PurePosixPath(dest.path)
+    folders = _remote_manifests(dest)
+    damaged: list[DamagedFile] = []
+    claimed: set[str] = set()
+    for folder, manifest in folders.items():
+        where = _relative(PurePosixPath(folder.path), root)
+        if manifest is None:
+            problem = "unreadable manifest; the folder's files are read as found"
+            damaged.append(DamagedFile(where, f"{where}/{MANIFEST_NAME}", problem))
+            continue
+        damage = verify_outputs(folder, manifest)
+        for item in damage:
+            name = PurePosixPath(folder.path) / item.relative
+            damaged.append(DamagedFile(where, _relative(name, root), item.problem))
+        claimed.update(f"{folder.path}/{name}" for name in verified_outputs(manifest, damage))
+    committed = {PurePosixPath(f.path) for f, m in folders.items() if m is not None}
+    try:
+        found = discover(dest)
+    except InputError:
+        if not committed:
+            raise
+        found = []
+    files = [
+        file
+        for file in found
+        if file.fs_path in claimed or not committed & set(PurePosixPath(file.fs_path).parents)
+    ]
+    return files, damaged
+
+
+def check_outputs(
+    dest: str | os.PathLike[str] | Location,
+) -> tuple[list[SourceFile], list[DamagedFile]]:
     """The data files under DEST to read, and the damaged ones: in a folder with a manifest,
     the outputs it lists that verify (`verify_outputs`); elsewhere, every data file."""
-    root = Path(dest)
+    if is_remote(dest):
+        assert isinstance(dest, Location)
+        return _remote_check_outputs(dest)
+    root = Path(dest.path if isinstance(dest, Location) else dest)
     folders = _manifests(root)
     damaged: list[DamagedFile] = []
     claimed: set[Path] = set()
@@ -115,8 +168,14 @@ def _file_frame(
     `encoded`, `enrich_error`); else None and why; and whether it has a label column."""
     error, label, embedding = prefix + ENRICH_ERROR, prefix + LABEL, prefix + EMBEDDING
     try:
-        scan = pl.scan_parquet(file.path)
-        names = scan.collect_schema().names()
+        if file.filesystem is not None:  # an object store: pyarrow reads it, polars queries
+            parquet = open_parquet(file.location)
+            names = parquet.schema_arrow.names
+            wanted = [n for n in (error, label, embedding) if n in names]
+            scan = pl.from_arrow(parquet.read(columns=wanted)).lazy()  # type: ignore[union-attr]
+        else:
+            scan = pl.scan_parquet(file.path)
+            names = scan.collect_schema().names()
     except READ_ERRORS as e:
         return None, f"unreadable ({_first_line(e)})", False
     if error not in names:
@@ -142,13 +201,21 @@ def _queries(frames: list[pl.LazyFrame], has_labels: bool) -> dict[str, pl.DataF
     return result
 
 
+def _file_path(file: SourceFile) -> PurePath:
+    return PurePosixPath(file.fs_path) if file.filesystem is not None else Path(file.path)
+
+
 def summarize(
-    dest: str | os.PathLike[str], partition_column: str | None = None, prefix: str = ""
+    dest: str | os.PathLike[str] | Location, partition_column: str | None = None, prefix: str = ""
 ) -> dict[str, pl.DataFrame]:
     """Label counts and row accounting per partition (`sql/label_counts.sql`,
     `sql/output_table.sql`) of the outputs that can be read, and a `damaged` table
     (folder, file, problem) when some cannot (see the module's docstring)."""
-    root = Path(dest)
+    root: PurePath = (
+        PurePosixPath(dest.path)
+        if is_remote(dest)
+        else Path(dest.path if isinstance(dest, Location) else dest)
+    )
     files, damaged = check_outputs(dest)
     frames: dict[str, pl.LazyFrame] = {}
     foreign: list[DamagedFile] = []
@@ -156,7 +223,7 @@ def summarize(
     for file in files:
         frame, problem, labels = _file_frame(file, partition_column, prefix)
         if frame is None:
-            broken = _damaged_file(Path(file.path), root, problem)
+            broken = _damaged_file(_file_path(file), root, problem)
             (foreign if problem.startswith(NOT_OUTPUT) else damaged).append(broken)
             continue
         frames[file.path] = frame
@@ -174,7 +241,8 @@ def summarize(
                     frame.collect()
                 except READ_ERRORS as e:
                     problem = f"unreadable ({_first_line(e)})"
-                    damaged.append(_damaged_file(Path(path), root, problem))
+                    where = PurePosixPath(path.split("://", 1)[1]) if "://" in path else Path(path)
+                    damaged.append(_damaged_file(where, root, problem))
                     del frames[path]
             if frames:
                 result = _queries(list(frames.values()), has_labels)

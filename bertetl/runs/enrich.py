@@ -9,11 +9,12 @@ from collections.abc import Callable
 import pyarrow as pa
 
 from bertetl.config import EngineConfig
-from bertetl.errors import FilesFailedError, InputError
-from bertetl.executors import Job, make_executor
-from bertetl.io.commit import DestinationLock, clean_staging, staged_folder
+from bertetl.errors import ExecutorError, FilesFailedError, InputError
+from bertetl.executors import Executor, Job, make_executor
+from bertetl.io.commit import clean_leftovers, destination_lock, staging_for
 from bertetl.io.paths import check_run_paths, dest_path, dest_root
 from bertetl.io.read import check_text_column, read_schema
+from bertetl.io.storage import Location, is_remote, resolve_run
 from bertetl.report import EnrichReport, FileResult, merge_label_counts
 
 
@@ -23,15 +24,23 @@ def enrich(
     config: EngineConfig,
     on_file_done: Callable[[FileResult], None] | None = None,
     raise_on_failure: bool = True,
+    storage_options: dict[str, str] | None = None,
 ) -> EnrichReport:
     """Enrich every Parquet file under `source` into the same layout under `dest`.
 
     Schemas are checked (text column present and textual) before any model loads. A file
     that cannot be read fails alone: its output is not written, the others are committed,
     and `FilesFailedError` is raised at the end (unless `raise_on_failure` is false).
+
+    SOURCE and DEST may be object-store URIs (`s3://bucket/prefix`), opened with
+    `storage_options` (docs/STORAGE.md): each output object is uploaded whole.
     """
     started = time.perf_counter()
-    source, dest = os.fspath(source), os.fspath(dest)
+    source, dest = resolve_run(source, dest, storage_options)
+    if not isinstance(source, Location):
+        source = os.fspath(source)
+    if not isinstance(dest, Location):
+        dest = os.fspath(dest)
     files = check_run_paths(source, dest)  # before DEST is locked or written
     report = EnrichReport()
     schemas: dict[str, pa.Schema] = {}
@@ -47,6 +56,7 @@ def enrich(
     if not schemas:
         raise preflight_errors[0]
     executor = make_executor(config)
+    check_storage(executor, source, dest)
     for path, schema in schemas.items():
         try:
             executor.pipeline.output_schema(schema)  # name clashes fail before any model loads
@@ -58,11 +68,11 @@ def enrich(
         if file.path in schemas
     ]
     lock_dir, only_file = dest_root(source, dest)
-    with DestinationLock(lock_dir):
-        clean_staging(lock_dir, only_file)
+    with destination_lock(lock_dir):
+        clean_leftovers(lock_dir, only_file)
         executor.setup()
         try:
-            with staged_folder(lock_dir) as scratch:
+            with staging_for(lock_dir) as scratch:
                 results = executor.run_jobs(jobs, scratch=scratch)
             executor.collect(report)
         finally:
@@ -78,3 +88,14 @@ def enrich(
     if raise_on_failure and report.failures:
         raise FilesFailedError(report.failures, report)
     return report
+
+
+def check_storage(executor: Executor, source: object, dest: object) -> None:
+    """Refuse (`ExecutorError`) an object-store SOURCE or DEST for an executor that cannot
+    read or write one (`capabilities.object_storage`)."""
+    remote = next((str(p) for p in (source, dest) if is_remote(p)), None)
+    if remote is not None and not executor.capabilities.object_storage:
+        raise ExecutorError(
+            f"{remote}: --executor {executor.config.executor.kind} does not read or write "
+            "object storage yet; use --executor local (the default)"
+        )

@@ -20,13 +20,15 @@ from bertetl.io.manifest import (
     OutputDamage,
     committed_manifests,
     config_hash,
-    fingerprint_file,
+    fingerprint_source,
     inputs_fingerprint,
     model_fingerprint,
     verified_outputs,
     verify_outputs,
 )
 from bertetl.io.partitions import Partition, list_partitions
+from bertetl.io.read import read_metadata
+from bertetl.io.storage import Location, is_remote
 from bertetl.reports.sql import run_query
 
 
@@ -55,12 +57,10 @@ class PartitionPlan:
     def rows(self) -> int:
         """Rows in the partition's input files, from their footers, read once (an unreadable
         footer counts 0 here; enriching the partition then fails naming the file)."""
-        import pyarrow.parquet as pq
-
         total = 0
         for file in self.partition.files if self.partition is not None else ():
             try:
-                total += pq.read_metadata(file.path).num_rows
+                total += read_metadata(file).num_rows
             except (pa.ArrowException, OSError):
                 continue
         return total
@@ -131,8 +131,8 @@ def _tables(
 
 
 def plan_partitions(
-    source: str | os.PathLike[str],
-    dest: str | os.PathLike[str],
+    source: str | os.PathLike[str] | Location,
+    dest: str | os.PathLike[str] | Location,
     column: str,
     config: EngineConfig,
     start: str | None = None,
@@ -154,9 +154,10 @@ def plan_partitions(
     if partitions is None:
         partitions = list_partitions(source, column, start, end)
     by_value = {p.value: p for p in partitions}
-    folders: dict[str, Path] = {}
+    folders: dict[str, Path | Location] = {}
     committed: dict[str, Manifest] = {}
-    for value, (folder, manifest) in committed_manifests(Path(dest), column).items():
+    where = dest if is_remote(dest) else Path(dest.path if isinstance(dest, Location) else dest)
+    for value, (folder, manifest) in committed_manifests(where, column).items():
         if (start is None or value >= start) and (end is None or value <= end):
             folders[value], committed[value] = folder, manifest
     damage = {
@@ -167,7 +168,7 @@ def plan_partitions(
     for value, partition in by_value.items():
         known = {f.relative: f for f in committed[value].inputs} if value in committed else {}
         inputs[value] = tuple(
-            fingerprint_file(f.path, partition.relative(f), known.get(partition.relative(f)))
+            fingerprint_source(f, partition.relative(f), known.get(partition.relative(f)))
             for f in partition.files
         )
     source_table, manifest_table = _tables(inputs, committed, damage)

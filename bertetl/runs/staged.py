@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import pyarrow as pa
 
@@ -22,8 +23,9 @@ from bertetl.engine.pipeline import Pipeline
 from bertetl.engine.reuse import ReuseIndex
 from bertetl.errors import BertEtlError, CommitError, InputError, TransientError
 from bertetl.executors import Executor, Job
-from bertetl.io.commit import staged_folder, swap_in
+from bertetl.io.commit import staging_for, swap_in
 from bertetl.io.manifest import (
+    MANIFEST_NAME,
     EmbeddingMean,
     Manifest,
     ScoreMean,
@@ -35,8 +37,10 @@ from bertetl.io.partitions import (
     check_foreign_files,
     dest_folder,
     list_partitions,
+    remote_files,
 )
-from bertetl.io.paths import check_paths, check_run_paths
+from bertetl.io.paths import check_paths, check_remote_paths, check_run_paths
+from bertetl.io.storage import Location, is_remote
 from bertetl.report import ColumnSum, FileResult, merge_column_sums, merge_label_counts
 from bertetl.runs.plan import PartitionPlan, Plan
 
@@ -50,7 +54,9 @@ class StagedPartition:
     item: PartitionPlan
     partition: Partition
     staged: Path
-    target: Path
+    #: The live folder: a `Path`, or a `Location` on an object store (committed by
+    #: `_commit_to_store` instead of the staged swap).
+    target: Any
     manifest: Manifest
     jobs: list[Job]
     started: float
@@ -59,7 +65,7 @@ class StagedPartition:
 
     @classmethod
     def prepare(
-        cls, pipeline: Pipeline, item: PartitionPlan, dest: Path, plan: Plan, staged: Path
+        cls, pipeline: Pipeline, item: PartitionPlan, dest: Any, plan: Plan, staged: Path
     ) -> StagedPartition:
         """Check the partition's paths (its DEST folder is outside its SOURCE and holds
         nothing bertetl did not write) and files (`InputError` naming the file or path), and
@@ -67,7 +73,11 @@ class StagedPartition:
         partition = item.partition
         if partition is None:
             raise InputError(f"partition {item.column}={item.value} has no source files")
-        check_paths(list(partition.files), str(_source_root(partition)), os.fspath(dest))
+        if is_remote(dest) or partition.files[0].filesystem is not None:
+            source = _source_root_location(partition)
+            check_remote_paths(list(partition.files), source, _as_location(dest))
+        else:
+            check_paths(list(partition.files), str(_source_root(partition)), os.fspath(dest))
         owned = check_foreign_files(dest, [partition])[partition.value]
         target = dest_folder(dest, partition)
         started = time.perf_counter()
@@ -131,8 +141,44 @@ class StagedPartition:
         manifest.rows_inferred = manifest.rows_out - manifest.rows_reused - manifest.rows_failed
         manifest.finished = datetime.now(UTC).isoformat()
         manifest.seconds = round(time.perf_counter() - self.started, 3)
+        if is_remote(self.target):
+            return self._commit_to_store(manifest)
         write_manifest(self.staged, manifest)
         swap_in(self.staged, self.target, owned=self.owned | set(manifest.outputs))
+        return manifest
+
+    def _commit_to_store(self, manifest: Manifest) -> Manifest:
+        """Commit the staged partition to its object-store folder, where nothing renames:
+
+        1. the lock must still be ours (`check_held`);
+        2. the old `_manifest.json` is deleted: from here on the partition is uncommitted,
+           so a reader following manifests sees it missing, never a mix of old and new;
+        3. bertetl's own objects there that the new manifest does not list (outputs of
+           files gone from the source, of a killed attempt) are deleted;
+        4. each staged output is uploaded whole to its deterministic name (replacing an
+           earlier version of the same file; see `upload_file`);
+        5. the new manifest is written (one PUT), fingerprints taken from the store: the
+           commit point.
+        A kill anywhere leaves no manifest or the old one over outputs it no longer
+        matches; the next run redoes the partition and duplicates nothing."""
+        from bertetl.io.objectstore import check_held, delete_objects, upload_file
+
+        target: Location = self.target
+        check_held(target)
+        present = set(remote_files(target))
+        if MANIFEST_NAME in present:
+            delete_objects([target / MANIFEST_NAME])
+        stale = sorted((self.owned & present) - set(manifest.outputs) - {MANIFEST_NAME})
+        delete_objects(target / name for name in stale)
+        for name in manifest.outputs:
+            upload_file(self.staged / name, target / name)
+        listed = _listing(target)
+        manifest.output_files = [
+            output.model_copy(update={"mtime_ns": listed[output.relative]})
+            for output in manifest.output_files
+        ]
+        check_held(target)
+        write_manifest(target, manifest)
         return manifest
 
 
@@ -152,8 +198,8 @@ def enrich_partition(
     """
     pipeline = executor.pipeline
     config = pipeline.config
-    with staged_folder(dest) as staged, staged_folder(dest) as scratch:
-        work = StagedPartition.prepare(pipeline, item, Path(dest), plan, staged)
+    with staging_for(dest) as staged, staging_for(dest) as scratch:
+        work = StagedPartition.prepare(pipeline, item, _dest(dest), plan, staged)
         index = None
         previous = item.previous
         if (
@@ -201,13 +247,13 @@ def enrich_partitions(
     partition. No row reuse."""
     outcomes = {item.value: PartitionOutcome(item) for item in items}
     with contextlib.ExitStack() as stack:
-        scratch = stack.enter_context(staged_folder(dest))
+        scratch = stack.enter_context(staging_for(dest))
         staged: list[StagedPartition] = []
         for item in items:
-            folder = stack.enter_context(staged_folder(dest))
+            folder = stack.enter_context(staging_for(dest))
             try:
                 staged.append(
-                    StagedPartition.prepare(executor.pipeline, item, Path(dest), plan, folder)
+                    StagedPartition.prepare(executor.pipeline, item, _dest(dest), plan, folder)
                 )
             except BertEtlError as e:
                 outcomes[item.value].error = e
@@ -238,6 +284,41 @@ def group_partitions(items: list[PartitionPlan], max_rows: int) -> list[list[Par
     return groups
 
 
+def _dest(dest: Any) -> Any:
+    """DEST as the partition code takes it: a `Path`, or an object-store `Location`."""
+    if is_remote(dest):
+        return dest
+    return Path(dest.path if isinstance(dest, Location) else dest)
+
+
+def _as_location(dest: Any) -> Location:
+    if isinstance(dest, Location):
+        return dest
+    return Location(os.fspath(dest), os.fspath(dest))
+
+
+def _listing(folder: Location) -> dict[str, int]:
+    """Last-modified times (ns) of the objects under `folder`, from one listing (the call
+    `verify_outputs` compares against)."""
+    import pyarrow.fs as pafs
+
+    listed = folder.fs.get_file_info(pafs.FileSelector(folder.path, recursive=True))
+    return {
+        i.path[len(folder.path) + 1 :]: int(i.mtime_ns or 0)
+        for i in listed
+        if i.type == pafs.FileType.File
+    }
+
+
+def _source_root_location(partition: Partition) -> Location:
+    """`_source_root` as a `Location` (on the files' store)."""
+    file = partition.files[0]
+    location = file.location
+    for _ in PurePosixPath(file.relative).parts:
+        location = location.parent
+    return location
+
+
 def _source_root(partition: Partition) -> Path:
     """The source root the partition's files sit under (their paths less their `relative`)."""
     file = partition.files[0]
@@ -248,8 +329,8 @@ def _source_root(partition: Partition) -> Path:
 
 
 def check_partitioned_run(
-    source: str | os.PathLike[str],
-    dest: str | os.PathLike[str],
+    source: str | os.PathLike[str] | Location,
+    dest: str | os.PathLike[str] | Location,
     column: str,
     start: str | None = None,
     end: str | None = None,

@@ -37,6 +37,7 @@ from bertetl.executors.ray.datasink import CommitOptions, FileTarget, PartsDatas
 from bertetl.executors.ray.datasource import ParquetFilesDatasource, ReadRange
 from bertetl.io.chunks import cut_row_groups
 from bertetl.io.read import SourceFile
+from bertetl.io.storage import is_remote
 from bertetl.processes import watch
 from bertetl.report import EnrichReport, FileResult
 
@@ -174,6 +175,14 @@ class RayExecutor:
         """
         if not jobs:
             return []
+        remote = next((str(j.target) for j in jobs if is_remote(j.target)), None) or next(
+            (j.file.path for j in jobs if j.file.filesystem is not None), None
+        )
+        if remote is not None:  # runs check `capabilities.object_storage` first; this is a guard
+            raise ExecutorError(
+                f"{remote}: --executor ray does not read or write object storage yet; use "
+                "--executor local (the default)"
+            )
         if any(job.row_groups is not None for job in jobs):
             raise ValueError("RayExecutor reads whole files: cut big files with READ_RANGE_ROWS")
         scratch = Path(scratch).resolve()
