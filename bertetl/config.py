@@ -2,15 +2,215 @@
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from bertetl.errors import ConfigError
 
 Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 Quantize = Literal["none", "int8"]
 Executor = Literal["local", "ray"]
 LongText = Literal["truncate", "window"]
+
+
+#: A head's name prefixes its columns (`NAME_label`): a letter or `_`, then letters, digits, `_`.
+HEAD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: Label files are read by their extension; any other value is a comma list of labels.
+LABEL_FILE_SUFFIXES = (".json", ".yaml", ".yml")
+#: The default softmax temperature of zero-shot scores: sentence-transformers' contrastive
+#: training (MultipleNegativesRankingLoss, the all-* models such as MiniLM) scales cosine
+#: similarities by 20, i.e. a temperature of 0.05.
+ZERO_SHOT_TEMPERATURE = 0.05
+
+
+def _check_head_name(name: str) -> str:
+    if name and not HEAD_NAME.fullmatch(name):
+        raise ConfigError(
+            f"head name {name!r} cannot prefix column names: use letters, digits and _ "
+            "(not starting with a digit)"
+        )
+    return name
+
+
+class ClassifierHead(BaseModel):
+    """A sequence classifier: `NAME_label`, `NAME_score` (and `NAME_scores`, `NAME_labels`);
+    the unnamed head (`--classify-model`) writes `label`, `score`, ..."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["classify"] = "classify"
+    name: str = Field(description="Column prefix (NAME_label); empty for the unnamed head.")
+    model: str = Field(description="Sequence-classification model: a local model dir.")
+
+    _name = field_validator("name")(_check_head_name)
+
+
+class ZeroShotLabel(BaseModel):
+    """One zero-shot label and the descriptions whose mean embedding stands for it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    descriptions: tuple[str, ...]
+
+
+class ZeroShotHead(BaseModel):
+    """Labels from an embedding model, no training: each row gets the label whose vector (the
+    normalised mean of its descriptions' embeddings) is most similar to the row's embedding.
+    The labels (with their descriptions) are resolved here, from a comma list or a label
+    file, so the config (and the output's config hash) changes when a description does."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["zero_shot"] = "zero_shot"
+    name: str = Field("", description="Column prefix (NAME_label); empty: label, score, ...")
+    labels: tuple[ZeroShotLabel, ...]
+
+    _name = field_validator("name")(_check_head_name)
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels_from_mapping(cls, value: Any) -> Any:
+        """Also accept `{label: description or [descriptions]}` (flow parameters)."""
+        if isinstance(value, dict):
+            return [
+                {"name": k, "descriptions": [v] if isinstance(v, str) else v}
+                for k, v in value.items()
+            ]
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _check_labels(cls, labels: tuple[ZeroShotLabel, ...]) -> tuple[ZeroShotLabel, ...]:
+        names = [label.name for label in labels]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ConfigError(f"duplicate label(s) {', '.join(map(repr, duplicates))}")
+        if len(labels) < 2:
+            raise ConfigError(f"give at least two labels (got {names})")
+        for label in labels:
+            if not label.name.strip():
+                raise ConfigError("a label is empty; give every label a name")
+            if not label.descriptions:
+                raise ConfigError(f"label {label.name!r} has no description")
+            if any(not d.strip() for d in label.descriptions):
+                raise ConfigError(f"label {label.name!r} has an empty description")
+        return labels
+
+    def label_names(self) -> list[str]:
+        return [label.name for label in self.labels]
+
+
+#: Every kind of head, by `kind`: the pipeline builds each kind's stages
+#: (`bertetl.engine.pipeline.Pipeline.HEAD_STAGES`). A new kind (e.g. NER) adds its model here.
+Head = Annotated[ClassifierHead | ZeroShotHead, Field(discriminator="kind")]
+
+
+def split_head(value: str) -> tuple[str, str]:
+    """`NAME=VALUE` -> (NAME, VALUE); a value whose text before `=` is not a head name (or
+    that has no `=`) -> ("", value)."""
+    name, sep, rest = value.partition("=")
+    if sep and HEAD_NAME.fullmatch(name.strip()):
+        return name.strip(), rest.strip()
+    return "", value.strip()
+
+
+def read_labels(value: str) -> list[ZeroShotLabel]:
+    """A label set: a `.json`/`.yaml`/`.yml` file mapping each label to a description or a
+    list of them (or listing label names only), else a comma list of label names (each its
+    own description). Raises `ConfigError` naming the file for what cannot be used."""
+    path = Path(value).expanduser()
+    if path.suffix.lower() not in LABEL_FILE_SUFFIXES:
+        names = [name.strip() for name in value.split(",")]
+        if any(not name for name in names):
+            raise ConfigError(f"{value!r} has an empty label (a comma list: a,b,c)")
+        return [ZeroShotLabel(name=name, descriptions=(name,)) for name in names]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read the label file {path}: {e.strerror or e}") from e
+    try:
+        pairs = _yaml_pairs(text) if path.suffix.lower() != ".json" else _json_pairs(text)
+    except ValueError as e:
+        raise ConfigError(f"label file {path}: {' '.join(str(e).split())}") from e
+    names = [name for name, _ in pairs]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ConfigError(
+            f"label file {path} lists label(s) {', '.join(map(repr, duplicates))} twice; "
+            "give each label once, with a list of descriptions"
+        )
+    labels = []
+    for name, descriptions in pairs:
+        if not name.strip():
+            raise ConfigError(f"label file {path} has an empty label")
+        if not descriptions or any(not d.strip() for d in descriptions):
+            raise ConfigError(
+                f"label file {path}: label {name!r} has an empty description; give it text "
+                "(or list labels without descriptions as a list of names)"
+            )
+        labels.append(ZeroShotLabel(name=name, descriptions=tuple(descriptions)))
+    return labels
+
+
+LabelPairs = list[tuple[str, list[str]]]
+
+
+def _descriptions(value: Any, label: str) -> list[str]:
+    if value is None:
+        return []
+    items = value if isinstance(value, list) else [value]
+    if not all(isinstance(item, str) for item in items):
+        raise ValueError(f"label {label!r}: descriptions must be text or a list of texts")
+    return items
+
+
+def _json_pairs(text: str) -> LabelPairs:
+    """(label, descriptions) from a JSON object (duplicate keys kept, to be refused) or a
+    list of label names."""
+    value = json.loads(text, object_pairs_hook=lambda pairs: ("object", pairs))
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return [(item, [item]) for item in value]
+    if not (isinstance(value, tuple) and value[0] == "object"):
+        raise ValueError("expected an object {label: description(s)} or a list of labels")
+    return [(str(key), _descriptions(item, str(key))) for key, item in value[1]]
+
+
+def _yaml_pairs(text: str) -> LabelPairs:
+    """(label, descriptions) from a YAML mapping or list, every scalar read as the text it
+    is written as (`no:` is the label "no", not False; duplicate keys kept, to be refused)."""
+    import yaml
+
+    def scalar(node: Any, label: str) -> str:
+        if not isinstance(node, yaml.ScalarNode):
+            raise ValueError(f"label {label!r}: descriptions must be text or a list of texts")
+        return str(node.value)
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        raise ValueError(f"not valid YAML ({e})") from e
+    if isinstance(root, yaml.SequenceNode):
+        names = [scalar(node, "?") for node in root.value]
+        return [(name, [name]) for name in names]
+    if not isinstance(root, yaml.MappingNode):
+        raise ValueError("expected a mapping {label: description(s)} or a list of labels")
+    pairs = []
+    for key_node, value_node in root.value:
+        label = scalar(key_node, "?")
+        if isinstance(value_node, yaml.SequenceNode):
+            descriptions = [scalar(node, label) for node in value_node.value]
+        elif isinstance(value_node, yaml.ScalarNode) and value_node.tag.endswith(":null"):
+            descriptions = []
+        else:
+            descriptions = [scalar(value_node, label)]
+        pairs.append((label, descriptions))
+    return pairs
 
 
 class LocalOptions(BaseModel):
@@ -81,6 +281,39 @@ class EngineConfig(BaseModel):
     )
     classify_model: str | None = Field(
         None, description="Sequence-classification model: a local model dir."
+    )
+    classify: tuple[ClassifierHead, ...] = Field(
+        (),
+        description="NAME=DIR: a sequence classifier writing NAME_label, NAME_score (and "
+        "NAME_scores, NAME_labels); repeat for several in one pass.",
+    )
+    zero_shot: tuple[ZeroShotHead, ...] = Field(
+        (),
+        description="Zero-shot labels from the embedding model, no training: LABELS (a,b,c, "
+        "or a .yaml/.json file mapping each label to one or more descriptions) writes label, "
+        "score; NAME=LABELS writes NAME_label, NAME_score. Repeatable.",
+    )
+    zero_shot_template: str | None = Field(
+        None,
+        description="With --zero-shot: embed each label description through this template, "
+        "e.g. 'a news article about {}'.",
+    )
+    zero_shot_temperature: float = Field(
+        ZERO_SHOT_TEMPERATURE,
+        gt=0,
+        description="With --zero-shot: scores are the softmax of cosine similarities divided "
+        "by this (0.05: the scale the all-* sentence-transformers models were trained with).",
+    )
+    zero_shot_min_score: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="With --zero-shot: leave the label null where the best score is below this.",
+    )
+    zero_shot_model: str | None = Field(
+        None,
+        description="With --zero-shot: the embedding model to label with (local dir or "
+        "'minilm'); default --embed-model, whose embeddings are then reused (no second pass).",
     )
     device: Device = Field("auto", description="auto = cuda when present, else cpu.")
     dtype: DType = Field(
@@ -173,14 +406,118 @@ class EngineConfig(BaseModel):
         data["executor"] = nested
         return data
 
+    @field_validator("classify", mode="before")
+    @classmethod
+    def _classify_heads(cls, value: Any) -> Any:
+        """`NAME=DIR` strings (the CLI's spelling) into heads."""
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            return value
+        heads = []
+        for item in items:
+            if isinstance(item, str):
+                name, model = split_head(item)
+                if not name or not model:
+                    raise ConfigError(
+                        f"{item!r}: give NAME=DIR (e.g. sentiment=models/sentiment); the "
+                        "unnamed classifier is --classify-model DIR"
+                    )
+                item = {"name": name, "model": model}
+            heads.append(item)
+        return heads
+
+    @field_validator("zero_shot", mode="before")
+    @classmethod
+    def _zero_shot_heads(cls, value: Any) -> Any:
+        """`LABELS` / `NAME=LABELS` strings (the CLI's spelling) into heads, label files read."""
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            return value
+        heads = []
+        for item in items:
+            if isinstance(item, str):
+                name, labels = split_head(item)
+                resolved = read_labels(labels)
+                try:
+                    item = ZeroShotHead(name=name, labels=resolved)
+                except ValueError as e:  # a head's own checks: one line, not a nested error
+                    raise ConfigError(f"{item!r}: {_first_error(e)}") from e
+            heads.append(item)
+        return heads
+
     @model_validator(mode="after")
     def _needs_a_model(self) -> EngineConfig:
-        if not self.embed_model and not self.classify_model:
+        if not (self.embed_model or self.classify_model or self.classify or self.zero_shot):
             raise ValueError(
-                "give at least one of --embed-model / --classify-model "
-                "(embed_model / classify_model)"
+                "give at least one of --embed-model / --classify-model / --classify / "
+                "--zero-shot (embed_model / classify_model / classify / zero_shot)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> EngineConfig:
+        if self.zero_shot and not (self.embed_model or self.zero_shot_model):
+            raise ConfigError(
+                "--zero-shot needs an embedding model: --embed-model or --zero-shot-model"
+            )
+        if not self.zero_shot:
+            given = [
+                "--" + name.replace("_", "-")
+                for name in ("zero_shot_template", "zero_shot_min_score", "zero_shot_model")
+                if getattr(self, name) is not None
+            ]
+            if self.zero_shot_temperature != ZERO_SHOT_TEMPERATURE:
+                given.append("--zero-shot-temperature")
+            if given:
+                raise ConfigError(f"{', '.join(given)} need(s) --zero-shot")
+        if self.zero_shot_template is not None and "{}" not in self.zero_shot_template:
+            raise ConfigError(
+                f"--zero-shot-template {self.zero_shot_template!r} has no {{}} for the label"
+            )
+        seen: dict[str, str] = {}
+        for head in self.heads():
+            option = _HEAD_OPTIONS[head.kind] if head.name or head.kind != "classify" else ""
+            option = option or "--classify-model"
+            if head.name in seen:
+                what = (
+                    f"head name {head.name!r}" if head.name else "the unnamed head (label, score)"
+                )
+                raise ConfigError(
+                    f"{what} is given twice ({seen[head.name]} and {option}); give each head "
+                    "its own NAME= so their columns do not clash"
+                )
+            seen[head.name] = option
+        return self
+
+    def heads(self) -> tuple[ClassifierHead | ZeroShotHead, ...]:
+        """Every labelling head in output order: `--classify-model` (unnamed), each
+        `--classify`, each `--zero-shot`."""
+        legacy = (
+            (ClassifierHead(name="", model=self.classify_model),) if self.classify_model else ()
+        )
+        return (*legacy, *self.classify, *self.zero_shot)
+
+    def model_specs(self) -> dict[str, str]:
+        """Every model this config runs, by role: `embed`, `classify` (`--classify-model`),
+        `classify:NAME` (`--classify`), `zero_shot` (`--zero-shot-model`). Roles and specs
+        of the one-head case are those of earlier versions (so are their fingerprints)."""
+        specs = {"embed": self.embed_model, "classify": self.classify_model}
+        specs.update({f"classify:{head.name}": head.model for head in self.classify})
+        if self.zero_shot:
+            specs["zero_shot"] = self.zero_shot_model
+        return {role: spec for role, spec in specs.items() if spec}
+
+
+#: The option that gives each kind of head (for messages).
+_HEAD_OPTIONS = {"classify": "--classify", "zero_shot": "--zero-shot"}
+
+
+def _first_error(error: ValueError) -> str:
+    """A pydantic validation error's first message (a plain error's text otherwise)."""
+    errors = getattr(error, "errors", None)
+    if callable(errors):
+        return str(errors()[0]["msg"]).removeprefix("Value error, ")
+    return str(error)
 
 
 class TrainConfig(BaseModel):

@@ -17,6 +17,12 @@ class ModelError(BertEtlError):
     """A model directory is missing, incomplete, or of an unsupported kind."""
 
 
+class ConfigError(BertEtlError, ValueError):
+    """An option's value cannot be used: a label file with duplicate labels or empty
+    descriptions, clashing head names. A `ValueError` too, so pydantic reports it as the
+    option's validation error (the CLI: one line naming the option, exit code 2)."""
+
+
 class CommitError(BertEtlError):
     """Output could not be written or committed."""
 

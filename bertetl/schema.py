@@ -22,6 +22,8 @@ INTERNAL_PREFIX = "__bertetl_"
 TOKENS_PREFIX = INTERNAL_PREFIX + "tokens_"
 #: Internal column carrying each row's token stats from the tokenize stage to the output.
 STATS_PREFIX = INTERNAL_PREFIX + "stats_"
+#: Prefix of the internal embedding column of `--zero-shot-model` (read by zero-shot heads).
+ZERO_SHOT_PREFIX = INTERNAL_PREFIX + "zero_shot_"
 
 TEXT_TYPES = (pa.string(), pa.large_string())
 

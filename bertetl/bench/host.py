@@ -319,12 +319,15 @@ def host_measure(
 ) -> dict[str, Any]:
     """One core count: the host path once per codec; with `measure_codecs` (and an embedding
     model), the codecs' costs on its output, with real model outputs beside the null model's."""
+    from bertetl.engine.encoders import EncoderStage
     from bertetl.engine.pipeline import Pipeline
 
     _limit_threads(cores)
     pipeline = Pipeline(pipeline_config)
     pipeline.setup()
-    measure_codecs = measure_codecs and pipeline.models[0].kind == "embed"
+    first = pipeline.models[0]
+    assert isinstance(first, EncoderStage)  # the first model stage is always an encoder
+    measure_codecs = measure_codecs and first.kind == "embed"
     real = _output_sample(pipeline, texts[:REAL_SAMPLE_ROWS]) if measure_codecs else None
     runs = []
     for compression in compressions:

@@ -22,7 +22,17 @@ from bertetl.config import EngineConfig
 from bertetl.evaluate.config import EvaluateConfig
 
 #: Engine options evaluate has no use for: it embeds nothing and always keeps every score.
-NOT_HERE = ("embed_model", "include_scores", "ray_group_rows")
+NOT_HERE = (
+    "embed_model",
+    "include_scores",
+    "ray_group_rows",
+    "classify",
+    "zero_shot",
+    "zero_shot_template",
+    "zero_shot_temperature",
+    "zero_shot_min_score",
+    "zero_shot_model",
+)
 #: Engine options that also mean something with --predictions.
 COLUMNS = ("text_column", "prefix")
 

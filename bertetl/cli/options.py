@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import BaseModel
 
-from bertetl.cli.common import build_config, help_of
+from bertetl.cli.common import build_config, help_of, user_errors
 from bertetl.config import EXECUTOR_OPTIONS, FLAT_EXECUTOR_OPTIONS, EngineConfig, Executor
 
 
@@ -50,6 +50,12 @@ def _from_model(
     return EngineOption(key or name, info.annotation, default, help_of(model, name), **kw)
 
 
+def _repeatable(model: type[BaseModel], name: str) -> EngineOption:
+    """A repeatable text option (`--classify a=DIR --classify b=DIR`) for a field of heads,
+    which the config parses from its CLI spelling."""
+    return EngineOption(name, list[str] | None, None, help_of(model, name) + " [repeatable]")
+
+
 def _executor_options() -> list[EngineOption]:
     """`--executor` and each executor's options under their flat CLI names."""
     options = [EngineOption("executor", Executor, "local", help_of(EngineConfig, "executor"))]
@@ -64,6 +70,12 @@ ENGINE_OPTIONS: list[EngineOption] = [
     _from_model(EngineConfig, "text_column"),
     _from_model(EngineConfig, "embed_model"),
     _from_model(EngineConfig, "classify_model"),
+    _repeatable(EngineConfig, "classify"),
+    _repeatable(EngineConfig, "zero_shot"),
+    _from_model(EngineConfig, "zero_shot_template"),
+    _from_model(EngineConfig, "zero_shot_temperature"),
+    _from_model(EngineConfig, "zero_shot_min_score"),
+    _from_model(EngineConfig, "zero_shot_model"),
     _from_model(EngineConfig, "device"),
     _from_model(EngineConfig, "dtype"),
     _from_model(EngineConfig, "quantize"),
@@ -106,7 +118,9 @@ def engine_options(
         @functools.wraps(command)
         def wrapper(**values: Any) -> Any:
             engine_values = {name: values.pop(name) for name in list(values) if name in names}
-            engine = build_config(EngineConfig, values.get("debug", False), **engine_values)
+            debug = values.get("debug", False)
+            with user_errors(debug):  # a label file that cannot be read: one line
+                engine = build_config(EngineConfig, debug, **engine_values)
             return command(engine=engine, **values)
 
         wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]

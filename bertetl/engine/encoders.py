@@ -13,15 +13,16 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from bertetl.config import EngineConfig
 from bertetl.engine.batching import pad_batch, plan_batches
+from bertetl.engine.heads import LabelColumns, check_sequence_classifier
+from bertetl.engine.heap import pin_mmap_threshold
 from bertetl.engine.long_text import combine_windows
 from bertetl.engine.model_files import PoolingSpec, read_pooling
 from bertetl.errors import ModelError
 from bertetl.report import StageCounters
-from bertetl.schema import LABEL, LABELS, SCORE, SCORES, classify_fields, embedding_field
+from bertetl.schema import embedding_field
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +187,7 @@ class EncoderStage:
         raise NotImplementedError
 
     def setup(self) -> None:
+        pin_mmap_threshold()  # activations go back to the OS, not into a growing heap
         self.device = resolve_device(self.device_name)
         if self.batch_tokens is None:
             self.token_budget = DEFAULT_BATCH_TOKENS.get(self.device.type, 4096)
@@ -344,6 +346,29 @@ class EmbedStage(EncoderStage):
             return pool(hidden, attention_mask, replace(self.pooling, normalize=False))
         return pool(hidden, attention_mask, self.pooling)
 
+    def encode_ids(self, ids: list[list[int]]) -> np.ndarray:
+        """Sentence vectors (float32, rows x dim) of token id sequences (special tokens
+        included), pooled and normalised as the model's config says, in token-budget
+        batches; after `setup()`. For texts the pipeline does not write (zero-shot label
+        descriptions): the stage's counters do not count them."""
+        import torch
+
+        lengths = np.array([len(row) for row in ids], dtype=np.int64)
+        offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        values = np.fromiter((i for row in ids for i in row), np.int64, int(offsets[-1]))
+        outputs = np.zeros((len(ids), self.width), dtype=np.float32)
+        for rows in plan_batches(lengths, self.token_budget, self.max_batch_rows):
+            input_ids, mask = pad_batch(offsets, values, rows, self.pad_token_id)
+            with torch.inference_mode():
+                input_ids, attention_mask = (self._to_device(a) for a in (input_ids, mask))
+                hidden = self.model(
+                    input_ids=input_ids, attention_mask=attention_mask
+                ).last_hidden_state
+                pooled = pool(hidden, attention_mask, self.pooling)
+            outputs[rows] = pooled.float().cpu().numpy()
+        return outputs
+
     def _finish_rows(self, outputs: np.ndarray) -> np.ndarray:
         if not (self.windowed and self.pooling.normalize):
             return outputs
@@ -357,65 +382,39 @@ class EmbedStage(EncoderStage):
 
 
 class ClassifyStage(EncoderStage):
-    """Appends `label`, `score` and optionally `scores`; multi-label models add `labels`."""
+    """Appends `label`, `score` and optionally `scores`; multi-label models add `labels`
+    (each after `prefix`: a named head's prefix ends in `NAME_`)."""
 
     name = "classify"
     kind = "classify"
 
     def __init__(
-        self, *args: Any, include_scores: bool = False, threshold: float = 0.5, **kwargs: Any
+        self,
+        *args: Any,
+        include_scores: bool = False,
+        threshold: float = 0.5,
+        option: str = "--classify-model",
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.include_scores = include_scores
-        self.threshold = threshold
-        config = json.loads((self.model_dir / "config.json").read_text())
-        architectures = config.get("architectures") or []
-        if not any(a.endswith("ForSequenceClassification") for a in architectures):
-            raise ModelError(
-                f"{self.model_dir} is not a sequence-classification model "
-                f"(architectures: {architectures or 'none'}); give one trained with a "
-                "classification head, e.g. by `bertetl train`"
-            )
+        config = check_sequence_classifier(self.model_dir, option)
         id2label = config.get("id2label") or {}
         self.labels = [str(id2label.get(str(i), i)) for i in range(len(id2label))]
         self.multi_label = config.get("problem_type") == "multi_label_classification"
-        self.label_counts: dict[str, int] = {}
+        self.label_columns = LabelColumns(
+            self.prefix, self.labels, self.multi_label, include_scores, threshold
+        )
 
     @property
     def width(self) -> int:
         return len(self.labels)
 
     def fields(self) -> list[pa.Field]:
-        return classify_fields(self.prefix, self.labels, self.multi_label, self.include_scores)
+        return self.label_columns.fields()
 
     def _forward(self, input_ids: Any, attention_mask: Any) -> Any:
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
         return logits.sigmoid() if self.multi_label else logits.softmax(dim=-1)
 
     def _columns(self, outputs: np.ndarray, missing: np.ndarray) -> list[pa.Array]:
-        names = pa.array(self.labels, pa.string())
-        best = outputs.argmax(axis=1)
-        mask = pa.array(missing)
-        label = names.take(pa.array(best, mask=missing))
-        counts = pc.value_counts(label)
-        for value, count in zip(
-            counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True
-        ):
-            if value is not None:
-                self.label_counts[value] = self.label_counts.get(value, 0) + count
-        columns = {
-            LABEL: label,
-            SCORE: pa.array(outputs.max(axis=1).astype(np.float32), mask=missing),
-        }
-        if self.include_scores:
-            flat = pa.array(outputs.reshape(-1).astype(np.float32))
-            columns[SCORES] = pa.FixedSizeListArray.from_arrays(flat, len(self.labels), mask=mask)
-        if self.multi_label:
-            hits = (outputs >= self.threshold) & ~missing[:, None]
-            row, col = np.nonzero(hits)
-            offsets = np.zeros(len(outputs) + 1, dtype=np.int32)
-            np.cumsum(np.bincount(row, minlength=len(outputs)), out=offsets[1:])
-            columns[LABELS] = pa.ListArray.from_arrays(
-                pa.array(offsets), names.take(pa.array(col)), mask=mask
-            )
-        return [columns[f.name.removeprefix(self.prefix)] for f in self.fields()]
+        return self.label_columns.columns(outputs, missing)

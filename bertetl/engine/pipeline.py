@@ -10,20 +10,23 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import pyarrow as pa
 
-from bertetl.config import EngineConfig
+from bertetl.config import ClassifierHead, EngineConfig, ZeroShotHead
 from bertetl.engine.encoders import ClassifyStage, EmbedStage, EncoderStage, ModelRuntime
+from bertetl.engine.heads import check_sequence_classifier, head_prefix
 from bertetl.engine.long_text import LongTextOptions
 from bertetl.engine.model_files import max_length_for, resolve_model_dir, tokenizer_key
 from bertetl.engine.prefetch import prefetch
 from bertetl.engine.reuse import ReuseIndex, transform_with_reuse
 from bertetl.engine.stage import Stage
 from bertetl.engine.tokenize import TokenizeStage, ValidateTextStage
+from bertetl.engine.zero_shot import ZeroShotStage
 from bertetl.errors import InputError, is_transient
 from bertetl.io.read import SourceFile, check_text_column, read_schema, stream
+from bertetl.io.storage import Location
 from bertetl.io.write import ParquetSink
 from bertetl.report import (
     EnrichReport,
@@ -34,9 +37,11 @@ from bertetl.report import (
     count_labels,
 )
 from bertetl.schema import (
+    INTERNAL_PREFIX,
     LABEL,
     STATS_PREFIX,
     TOKENS_PREFIX,
+    ZERO_SHOT_PREFIX,
     error_field,
     output_schema,
     token_stats_fields,
@@ -44,51 +49,125 @@ from bertetl.schema import (
 
 log = logging.getLogger(__name__)
 
+#: A stage that `infer` runs: a model (an encoder) or a head over an encoder's output.
+ModelStage = EncoderStage | ZeroShotStage
+EncoderT = TypeVar("EncoderT", bound=EncoderStage)
+
 
 class Pipeline:
     """The engine for one config: models load once in `setup()`, then `run_file()` per file."""
+
+    #: Each kind of head (`bertetl.config.Head`) -> the method that builds its stages. A new
+    #: kind (e.g. `ner`) adds its config model to `Head` and one line here.
+    HEAD_STAGES: ClassVar[dict[str, str]] = {
+        "classify": "_classify_stages",
+        "zero_shot": "_zero_shot_stages",
+    }
 
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self.validate = ValidateTextStage(config.text_column, config.prefix)
         self.tokenizers: dict[str, TokenizeStage] = {}
-        self.models: list[EncoderStage] = []
-        #: Each configured model's resolved directory, by config field (`embed_model`, …).
+        self.models: list[ModelStage] = []
+        #: The resolved directory of each model given by a config field (`embed_model`,
+        #: `classify_model`, `zero_shot_model`); `head_dirs` has the `--classify` heads'.
         self.model_dirs: dict[str, Path] = {}
-        specs = [("embed", config.embed_model), ("classify", config.classify_model)]
-        for kind, spec in specs:
-            if not spec:
-                continue
-            model_dir = resolve_model_dir(spec, config.allow_pickle)
-            self.model_dirs[f"{kind}_model"] = model_dir
-            key = tokenizer_key(model_dir, max_length_for(model_dir, config.max_length))
-            if key not in self.tokenizers:  # models with the same tokenizer share its tokens
-                self.tokenizers[key] = TokenizeStage(
-                    model_dir,
-                    config.text_column,
-                    self.validate.error_column,
-                    key,
-                    config.max_length,
-                    LongTextOptions.from_config(config),
-                )
-            tokenizer = self.tokenizers[key]
-            stage_cls = EmbedStage if kind == "embed" else ClassifyStage
-            extra: dict[str, Any] = (
-                {"include_scores": config.include_scores, "threshold": config.multi_label_threshold}
-                if kind == "classify"
-                else {}
-            )
-            self.models.append(
-                stage_cls(
-                    model_dir,
-                    tokenizer.tokens_column,
-                    prefix=config.prefix,
-                    runtime=ModelRuntime.from_config(config),
-                    windowed=config.long_text == "window",
-                    **extra,
-                )
-            )
+        self.head_dirs: dict[str, Path] = {}
+        self.runtime = ModelRuntime.from_config(config)
+        self.embed: EmbedStage | None = None
+        self._zero_shot_encoder: tuple[EmbedStage, str] | None = None
+        # Every model directory and classifier kind is checked before any stage is built.
+        if config.embed_model:
+            self.model_dirs["embed_model"] = self._resolve(config.embed_model)
+        for head in config.classify:
+            self.head_dirs[head.name] = self._resolve(head.model)
+        if config.classify_model:
+            self.model_dirs["classify_model"] = self._resolve(config.classify_model)
+        if config.zero_shot and config.zero_shot_model:
+            self.model_dirs["zero_shot_model"] = self._resolve(config.zero_shot_model)
+        for name, model_dir in self.head_dirs.items():
+            check_sequence_classifier(model_dir, f"--classify {name}=")
+        if config.classify_model:
+            check_sequence_classifier(self.model_dirs["classify_model"], "--classify-model")
+        if config.embed_model:
+            self.embed = self._encoder(EmbedStage, self.model_dirs["embed_model"], config.prefix)
+            self.models.append(self.embed)
+        for each in config.heads():
+            self.models.extend(getattr(self, self.HEAD_STAGES[each.kind])(each))
         self._ready = False
+
+    def _resolve(self, spec: str) -> Path:
+        return resolve_model_dir(spec, self.config.allow_pickle)
+
+    def _encoder(
+        self, stage_cls: type[EncoderT], model_dir: Path, prefix: str, **extra: Any
+    ) -> EncoderT:
+        """A model stage, fed by the tokenize stage of its tokenizer (models with the same
+        tokenizer share its tokens)."""
+        config = self.config
+        key = tokenizer_key(model_dir, max_length_for(model_dir, config.max_length))
+        if key not in self.tokenizers:
+            self.tokenizers[key] = TokenizeStage(
+                model_dir,
+                config.text_column,
+                self.validate.error_column,
+                key,
+                config.max_length,
+                LongTextOptions.from_config(config),
+            )
+        return stage_cls(
+            model_dir,
+            self.tokenizers[key].tokens_column,
+            prefix=prefix,
+            runtime=self.runtime,
+            windowed=config.long_text == "window",
+            **extra,
+        )
+
+    def _classify_stages(self, head: ClassifierHead) -> list[ModelStage]:
+        """A sequence classifier: `--classify-model` (unnamed) or `--classify NAME=DIR`."""
+        model_dir = self.head_dirs[head.name] if head.name else self.model_dirs["classify_model"]
+        stage = self._encoder(
+            ClassifyStage,
+            model_dir,
+            head_prefix(self.config.prefix, head.name),
+            include_scores=self.config.include_scores,
+            threshold=self.config.multi_label_threshold,
+            option=f"--classify {head.name}=" if head.name else "--classify-model",
+        )
+        if head.name:
+            stage.name = f"classify:{head.name}"
+        return [stage]
+
+    def _zero_shot_stages(self, head: ZeroShotHead) -> list[ModelStage]:
+        """A zero-shot label set over the row embeddings: the `--embed-model`'s own when it
+        is the zero-shot model, else those of an `EmbedStage` added (once) for
+        `--zero-shot-model`, whose column is internal (not written)."""
+        stages: list[ModelStage] = []
+        model_dir = self.model_dirs.get("zero_shot_model")
+        if self.embed is not None and model_dir in (None, self.embed.model_dir):
+            encoder, column = self.embed, self.embed.fields()[0].name
+        else:
+            if self._zero_shot_encoder is None:
+                assert model_dir is not None  # the config asks for one without --embed-model
+                stage = self._encoder(EmbedStage, model_dir, ZERO_SHOT_PREFIX)
+                stage.name = "zero_shot_embed"
+                self._zero_shot_encoder = (stage, stage.fields()[0].name)
+                stages.append(stage)
+            encoder, column = self._zero_shot_encoder
+        stages.append(ZeroShotStage(head, encoder, column, self.config))
+        return stages
+
+    def absolute_config(self) -> EngineConfig:
+        """The config with every model directory absolute (for workers on other nodes, or
+        in another working directory)."""
+        update: dict[str, Any] = {key: str(path.resolve()) for key, path in self.model_dirs.items()}
+        if self.config.classify:
+            update["classify"] = tuple(
+                head.model_copy(update={"model": str(self.head_dirs[head.name].resolve())})
+                for head in self.config.classify
+            )
+        return self.config.model_copy(update=update)
 
     @property
     def stages(self) -> list[Stage]:
@@ -96,7 +175,12 @@ class Pipeline:
 
     def added_fields(self) -> list[pa.Field]:
         """The columns this pipeline appends, in output order."""
-        fields = [f for model in self.models for f in model.fields()]
+        fields = [
+            f
+            for model in self.models
+            for f in model.fields()
+            if not f.name.startswith(INTERNAL_PREFIX)
+        ]
         if self.config.token_stats:
             fields += token_stats_fields(self.config.prefix)
         return [*fields, error_field(self.config.prefix)]
@@ -155,13 +239,14 @@ class Pipeline:
             yield self.finish(batch)
 
     def finish(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        """Drop the token columns, add the `--token-stats` columns (from the first model's
-        tokenizer) and move `enrich_error` to the end, after the model outputs."""
+        """Drop the internal columns (tokens, stats, embeddings only zero-shot heads read),
+        add the `--token-stats` columns (from the first model's tokenizer) and move
+        `enrich_error` to the end, after the model outputs."""
         error_column = self.validate.error_column
         keep = [
             name
             for name in batch.schema.names
-            if not name.startswith((TOKENS_PREFIX, STATS_PREFIX)) and name != error_column
+            if not name.startswith(INTERNAL_PREFIX) and name != error_column
         ]
         out = batch.select(keep)
         if self.config.token_stats:
@@ -175,7 +260,14 @@ class Pipeline:
     @property
     def stats_column(self) -> str:
         """The stats of the first model's tokenizer: the one `--token-stats` reports."""
-        return self.models[0].tokens_column.replace(TOKENS_PREFIX, STATS_PREFIX, 1)
+        return self._first_encoder.tokens_column.replace(TOKENS_PREFIX, STATS_PREFIX, 1)
+
+    @property
+    def _first_encoder(self) -> EncoderStage:
+        """The first model stage: an encoder (a zero-shot head comes after its encoder)."""
+        first = self.models[0]
+        assert isinstance(first, EncoderStage)
+        return first
 
     def transform(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         """Thread the stages over a stream of batches; yields the enriched batches in order.
@@ -191,7 +283,7 @@ class Pipeline:
     def run_file(
         self,
         file: SourceFile,
-        target: Path,
+        target: Path | Location,
         schema: pa.Schema,
         row_groups: list[int] | tuple[int, ...] | None = None,
         reuse: ReuseIndex | None = None,
@@ -247,17 +339,20 @@ class Pipeline:
     def truncated_rows(self) -> int:
         """Rows so far whose text the model did not see whole (by the first model's
         tokenizer, the one `--token-stats` reports)."""
-        first = self.models[0].tokens_column
+        first = self._first_encoder.tokens_column
         return next(t.truncated_rows for t in self.tokenizers.values() if t.tokens_column == first)
 
     def label_columns(self) -> list[str]:
-        """The added single-label column, whose counts reports and manifests keep."""
-        label = self.config.prefix + LABEL
-        return [f.name for f in self.added_fields() if f.name == label]
+        """The added single-label columns, one per head (`label`, `NAME_label`, after the
+        prefix), whose counts reports and manifests keep."""
+        labels = {
+            head_prefix(self.config.prefix, head.name) + LABEL for head in self.config.heads()
+        }
+        return [f.name for f in self.added_fields() if f.name in labels]
 
     def collect(self, report: EnrichReport) -> None:
         """Add this pipeline's counters (stages, OOM splits) to `report`."""
         for stage in self.stages:
             report.stages.setdefault(stage.name, StageCounters()).add(stage.counters)
         for model in self.models:
-            report.oom_splits += model.oom_splits
+            report.oom_splits += getattr(model, "oom_splits", 0)

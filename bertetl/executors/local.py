@@ -49,7 +49,7 @@ def run_in_worker(config: EngineConfig, jobs: list[Job], index: int, count: int)
             report.files.append(
                 pipeline.run_file(
                     job.file,
-                    job.target,  # type: ignore[arg-type]  # a Location too: see ParquetSink
+                    job.target,
                     job.schema,
                     row_groups=job.row_groups,
                 )
@@ -99,7 +99,7 @@ class LocalExecutor:
             results.append(
                 self.pipeline.run_file(
                     job.file,
-                    job.target,  # type: ignore[arg-type]  # a Location too: see ParquetSink
+                    job.target,
                     job.schema,
                     row_groups=job.row_groups,
                     reuse=reuse,

@@ -56,6 +56,8 @@ LATER_OUTPUT_OPTIONS: dict[str, object] = {
 }
 #: Options that shape the output only when another option is set (long_text = window).
 WINDOW_OPTIONS = ("window_overlap", "max_windows")
+#: Options that shape the output only when a zero-shot head is set.
+ZERO_SHOT_OPTIONS = ("zero_shot_template", "zero_shot_temperature", "zero_shot_min_score")
 
 
 class FileFingerprint(BaseModel):
@@ -411,6 +413,13 @@ def config_hash(config: EngineConfig, models: dict[str, str]) -> str:
             payload[name] = getattr(config, name)
     if config.long_text == "window":
         payload.update({name: getattr(config, name) for name in WINDOW_OPTIONS})
+    # Heads added later join only when present (classifier models are in `models`; a
+    # zero-shot head's labels and descriptions are its output, so an edit re-labels).
+    if config.classify:
+        payload["classify"] = [head.name for head in config.classify]
+    if config.zero_shot:
+        payload["zero_shot"] = [head.model_dump(mode="json") for head in config.zero_shot]
+        payload.update({name: getattr(config, name) for name in ZERO_SHOT_OPTIONS})
     payload["models"] = dict(sorted(models.items()))
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 

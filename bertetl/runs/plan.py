@@ -80,7 +80,7 @@ class Plan:
 
 def model_fingerprints(config: EngineConfig) -> dict[str, str]:
     """Fingerprints of the configured models, by role (`embed`, `classify`)."""
-    specs = {"embed": config.embed_model, "classify": config.classify_model}
+    specs = config.model_specs()
     return {
         role: model_fingerprint(resolve_model_dir(spec, config.allow_pickle))
         for role, spec in specs.items()

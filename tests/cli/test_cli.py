@@ -132,8 +132,8 @@ def test_needs_a_model(write_table, tmp_path) -> None:
     run = enrich_cli(src, tmp_path / "out")
     assert run.returncode == 2
     assert run.stderr.strip() == (
-        "error: give at least one of --embed-model / --classify-model "
-        "(embed_model / classify_model)"
+        "error: give at least one of --embed-model / --classify-model / --classify / "
+        "--zero-shot (embed_model / classify_model / classify / zero_shot)"
     )
 
 

@@ -148,8 +148,7 @@ class RayExecutor:
     def _worker_config(self) -> EngineConfig:
         """The config with model directories as absolute paths (workers on other nodes, or
         in another working directory, resolve the same folders)."""
-        absolute = {key: str(path.resolve()) for key, path in self.pipeline.model_dirs.items()}
-        return self.config.model_copy(update=absolute)
+        return self.pipeline.absolute_config()
 
     def plan(self) -> RayPlan:
         """Actor counts and resources for the cluster this pipeline is connected to."""
