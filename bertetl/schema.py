@@ -24,6 +24,9 @@ TOKENS_PREFIX = INTERNAL_PREFIX + "tokens_"
 STATS_PREFIX = INTERNAL_PREFIX + "stats_"
 #: Prefix of the internal embedding column of `--zero-shot-model` (read by zero-shot heads).
 ZERO_SHOT_PREFIX = INTERNAL_PREFIX + "zero_shot_"
+#: Working columns of the stages, dropped before writing. (Executors keep their own internal
+#: columns, e.g. Ray's row positions, through the stages: those must survive `finish`.)
+STAGE_PREFIXES = (TOKENS_PREFIX, STATS_PREFIX, ZERO_SHOT_PREFIX)
 
 TEXT_TYPES = (pa.string(), pa.large_string())
 

@@ -39,6 +39,7 @@ from bertetl.report import (
 from bertetl.schema import (
     INTERNAL_PREFIX,
     LABEL,
+    STAGE_PREFIXES,
     STATS_PREFIX,
     TOKENS_PREFIX,
     ZERO_SHOT_PREFIX,
@@ -246,7 +247,7 @@ class Pipeline:
         keep = [
             name
             for name in batch.schema.names
-            if not name.startswith(INTERNAL_PREFIX) and name != error_column
+            if not name.startswith(STAGE_PREFIXES) and name != error_column
         ]
         out = batch.select(keep)
         if self.config.token_stats:

@@ -24,13 +24,18 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.usefixtures("local_
 
 
 @pytest.fixture
-def local_config(tiny_embed_dir: Path, tiny_classifier_dir: Path) -> EngineConfig:
-    """Embed and classify, in small windows, so files span several blocks and parts; long
-    texts in token windows of 16 tokens, at most 3 of them (so some rows are truncated)."""
+def local_config(
+    tiny_embed_dir: Path, tiny_classifier_dir: Path, tiny_multilabel_dir: Path
+) -> EngineConfig:
+    """Embed and classify, plus a named multi-label head and a zero-shot head, in small
+    windows, so files span several blocks and parts; long texts in token windows of 16
+    tokens, at most 3 of them (so some rows are truncated)."""
     return EngineConfig(
         text_column="text",
         embed_model=str(tiny_embed_dir),
         classify_model=str(tiny_classifier_dir),
+        classify=(f"topic={tiny_multilabel_dir}",),
+        zero_shot=("kind=good,bad,numbers",),
         window_rows=16,
         max_length=18,
         long_text="window",
@@ -93,6 +98,7 @@ def test_ray_output_equals_local_and_bad_files_are_named(
     assert (report.rows, report.rows_failed) == (local.rows, local.rows_failed)
     assert report.rows_failed >= 4  # at least a null and a blank text per good file
     assert report.label_counts == local.label_counts
+    assert {"label", "topic_label", "kind_label"} <= set(report.label_counts)
     assert report.truncated_rows == local.truncated_rows > 0
     truncated = {f.source: f.rows_truncated for f in report.files if f.error is None}
     assert truncated == {f.source: f.rows_truncated for f in local.files if f.error is None}
