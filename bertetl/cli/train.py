@@ -1,9 +1,10 @@
-"""`bertetl train`: fine-tune a sequence classifier on a labelled table."""
+"""`bertetl train`: fine-tune a sequence classifier (or, with `--task token-classification`, a
+token classifier for named entities) on a labelled table."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -11,13 +12,36 @@ from bertetl.cli.common import Debug, build_config, help_of, setup_logging, user
 from bertetl.config import Device, TrainConfig
 
 TRAIN = {name: info.default for name, info in TrainConfig.model_fields.items()}
+Task = Literal["sequence-classification", "token-classification"]
 
 
 def train(
     table: Annotated[str, typer.Argument(help="Labelled Parquet file, directory or glob.")],
     model_out: Annotated[str, typer.Argument(help="Directory to write the fine-tuned model to.")],
     text_column: Annotated[str, typer.Option(help="Column holding the text.")],
-    label_column: Annotated[str, typer.Option(help="Column holding the label (any type).")],
+    label_column: Annotated[
+        str | None,
+        typer.Option(help="Column holding the label (any type); sequence-classification."),
+    ] = None,
+    task: Annotated[
+        Task,
+        typer.Option(
+            help="sequence-classification (a label per row) or token-classification (named "
+            "entities from --spans-column)."
+        ),
+    ] = "sequence-classification",
+    spans_column: Annotated[
+        str,
+        typer.Option(
+            help="token-classification: column of list<struct<start, end, label>> character spans."
+        ),
+    ] = "spans",
+    eval_table: Annotated[
+        str | None,
+        typer.Option(
+            help="token-classification: evaluate on this table instead of a held-out split."
+        ),
+    ] = None,
     base_model: Annotated[str, typer.Option(help=help_of(TrainConfig, "base_model"))] = TRAIN[
         "base_model"
     ],
@@ -37,7 +61,7 @@ def train(
     device: Annotated[Device, typer.Option(help="auto = cuda when present, else cpu.")] = "auto",
     debug: Debug = False,
 ) -> None:
-    """Fine-tune a sequence classifier on TABLE and save it to MODEL_OUT.
+    """Fine-tune a sequence classifier (or token classifier) on TABLE and save it to MODEL_OUT.
 
     Holds out a stratified split, reports accuracy and macro-F1 on it (its whole `bertetl
     evaluate` report, metrics.json, plots and report.html, goes to MODEL_OUT/eval/), and saves
@@ -45,8 +69,34 @@ def train(
     `enrich --classify-model` loads. MODEL_OUT must be new, empty, or an earlier `bertetl
     train` output, which is replaced (atomically, once the new model is saved); any other
     folder is refused.
+
+    With `--task token-classification` TABLE needs a spans column instead of labels; the
+    held-out report is seqeval's entity-level precision, recall and F1 (MODEL_OUT/eval/
+    metrics.json), and the model is what `enrich --ner` loads.
     """
     setup_logging(debug)
+    if task == "token-classification":
+        _train_tokens(
+            table,
+            model_out,
+            debug,
+            text_column=text_column,
+            spans_column=spans_column,
+            eval_table=eval_table,
+            base_model=base_model,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            max_length=max_length,
+            eval_fraction=eval_fraction,
+            max_rows=max_rows,
+            seed=seed,
+            device=device,
+        )
+        return
+    if eval_table is not None:  # --label-column missing is the config's own error
+        typer.echo("error: --eval-table is for --task token-classification only", err=True)
+        raise typer.Exit(2)
     config = build_config(
         TrainConfig,
         debug,
@@ -72,3 +122,18 @@ def train(
         f"{result.macro_f1:.3f}; saved to {model_out}"
     )
     typer.echo(f"held-out report: {Path(model_out) / result.eval_dir / 'report.html'}")
+
+
+def _train_tokens(table: str, model_out: str, debug: bool, **values: object) -> None:
+    """`--task token-classification`: fine-tune a token classifier and print its entity F1."""
+    from bertetl.training.token_classification import TokenTrainConfig, train_tokens
+
+    config = build_config(TokenTrainConfig, debug, **values)
+    with user_errors(debug):
+        result = train_tokens(table, model_out, config)
+    typer.echo(
+        f"trained on {result.train_rows} rows in {result.seconds:.0f}s; held-out "
+        f"({result.eval_rows} rows): entity precision {result.precision:.3f}, recall "
+        f"{result.recall:.3f}, F1 {result.f1:.3f}; saved to {model_out}"
+    )
+    typer.echo(f"held-out metrics: {Path(model_out) / result.eval_dir / 'metrics.json'}")
