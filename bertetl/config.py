@@ -106,9 +106,25 @@ class ZeroShotHead(BaseModel):
         return [label.name for label in self.labels]
 
 
+NerAggregation = Literal["simple", "first", "average", "max"]
+
+
+class NerHead(BaseModel):
+    """A token-classification model (named entities): `NAME_entities` (and `NAME_redacted`
+    with --redact)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["ner"] = "ner"
+    name: str = Field(description="Column prefix (NAME_entities).")
+    model: str = Field(description="Token-classification model: a local model dir.")
+
+    _name = field_validator("name")(_check_head_name)
+
+
 #: Every kind of head, by `kind`: the pipeline builds each kind's stages
-#: (`bertetl.engine.pipeline.Pipeline.HEAD_STAGES`). A new kind (e.g. NER) adds its model here.
-Head = Annotated[ClassifierHead | ZeroShotHead, Field(discriminator="kind")]
+#: (`bertetl.engine.pipeline.Pipeline.HEAD_STAGES`). A new kind adds its model here.
+Head = Annotated[ClassifierHead | ZeroShotHead | NerHead, Field(discriminator="kind")]
 
 
 def split_head(value: str) -> tuple[str, str]:
@@ -315,6 +331,24 @@ class EngineConfig(BaseModel):
         description="With --zero-shot: the embedding model to label with (local dir or "
         "'minilm'); default --embed-model, whose embeddings are then reused (no second pass).",
     )
+    ner: tuple[NerHead, ...] = Field(
+        (),
+        description="NAME=DIR: a token-classification model writing NAME_entities "
+        "(start, end, label, score, text per entity; character offsets). Repeatable.",
+    )
+    ner_aggregation: NerAggregation = Field(
+        "simple",
+        description="With --ner: how token predictions become entities, as transformers' "
+        "token-classification pipeline does (simple, first, average, max).",
+    )
+    ner_labels: tuple[str, ...] = Field(
+        (), description="With --ner: entity types to keep, e.g. PER,ORG (default all)."
+    )
+    redact: bool = Field(
+        False,
+        description="With --ner: also write NAME_redacted, the text with each kept entity "
+        "replaced by [LABEL].",
+    )
     device: Device = Field("auto", description="auto = cuda when present, else cpu.")
     dtype: DType = Field(
         "auto",
@@ -426,6 +460,34 @@ class EngineConfig(BaseModel):
             heads.append(item)
         return heads
 
+    @field_validator("ner", mode="before")
+    @classmethod
+    def _ner_heads(cls, value: Any) -> Any:
+        """`NAME=DIR` strings (the CLI's spelling) into heads."""
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            return value
+        heads = []
+        for item in items:
+            if isinstance(item, str):
+                name, model = split_head(item)
+                if not name or not model:
+                    raise ConfigError(f"{item!r}: give NAME=DIR (e.g. people=models/ner)")
+                item = {"name": name, "model": model}
+            heads.append(item)
+        return heads
+
+    @field_validator("ner_labels", mode="before")
+    @classmethod
+    def _ner_label_list(cls, value: Any) -> Any:
+        """`PER,ORG` (the CLI's spelling, possibly repeated) into a tuple of labels."""
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            return value
+        return tuple(
+            label.strip() for item in items for label in str(item).split(",") if label.strip()
+        )
+
     @field_validator("zero_shot", mode="before")
     @classmethod
     def _zero_shot_heads(cls, value: Any) -> Any:
@@ -447,10 +509,12 @@ class EngineConfig(BaseModel):
 
     @model_validator(mode="after")
     def _needs_a_model(self) -> EngineConfig:
-        if not (self.embed_model or self.classify_model or self.classify or self.zero_shot):
+        if not (
+            self.embed_model or self.classify_model or self.classify or self.zero_shot or self.ner
+        ):
             raise ValueError(
                 "give at least one of --embed-model / --classify-model / --classify / "
-                "--zero-shot (embed_model / classify_model / classify / zero_shot)"
+                "--zero-shot / --ner (embed_model / classify_model / classify / zero_shot / ner)"
             )
         return self
 
@@ -470,6 +534,15 @@ class EngineConfig(BaseModel):
                 given.append("--zero-shot-temperature")
             if given:
                 raise ConfigError(f"{', '.join(given)} need(s) --zero-shot")
+        if self.token_stats and not (
+            self.embed_model or self.classify_model or self.classify or self.zero_shot_model
+        ):
+            raise ConfigError(
+                "--token-stats counts the tokens of an embedding or classification model; "
+                "add --embed-model (or a classifier) beside --ner"
+            )
+        if not self.ner and (self.ner_labels or self.redact or self.ner_aggregation != "simple"):
+            raise ConfigError("--ner-aggregation, --ner-labels and --redact need --ner")
         if self.zero_shot_template is not None and "{}" not in self.zero_shot_template:
             raise ConfigError(
                 f"--zero-shot-template {self.zero_shot_template!r} has no {{}} for the label"
@@ -489,27 +562,29 @@ class EngineConfig(BaseModel):
             seen[head.name] = option
         return self
 
-    def heads(self) -> tuple[ClassifierHead | ZeroShotHead, ...]:
-        """Every labelling head in output order: `--classify-model` (unnamed), each
-        `--classify`, each `--zero-shot`."""
+    def heads(self) -> tuple[ClassifierHead | ZeroShotHead | NerHead, ...]:
+        """Every head in output order: `--classify-model` (unnamed), each `--classify`, each
+        `--zero-shot`, each `--ner`."""
         legacy = (
             (ClassifierHead(name="", model=self.classify_model),) if self.classify_model else ()
         )
-        return (*legacy, *self.classify, *self.zero_shot)
+        return (*legacy, *self.classify, *self.zero_shot, *self.ner)
 
     def model_specs(self) -> dict[str, str]:
         """Every model this config runs, by role: `embed`, `classify` (`--classify-model`),
-        `classify:NAME` (`--classify`), `zero_shot` (`--zero-shot-model`). Roles and specs
+        `classify:NAME` (`--classify`), `zero_shot` (`--zero-shot-model`), `ner:NAME`
+        (`--ner`). Roles and specs
         of the one-head case are those of earlier versions (so are their fingerprints)."""
         specs = {"embed": self.embed_model, "classify": self.classify_model}
         specs.update({f"classify:{head.name}": head.model for head in self.classify})
         if self.zero_shot:
             specs["zero_shot"] = self.zero_shot_model
+        specs.update({f"ner:{head.name}": head.model for head in self.ner})
         return {role: spec for role, spec in specs.items() if spec}
 
 
 #: The option that gives each kind of head (for messages).
-_HEAD_OPTIONS = {"classify": "--classify", "zero_shot": "--zero-shot"}
+_HEAD_OPTIONS = {"classify": "--classify", "zero_shot": "--zero-shot", "ner": "--ner"}
 
 
 def _first_error(error: ValueError) -> str:

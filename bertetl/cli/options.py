@@ -76,6 +76,12 @@ ENGINE_OPTIONS: list[EngineOption] = [
     _from_model(EngineConfig, "zero_shot_temperature"),
     _from_model(EngineConfig, "zero_shot_min_score"),
     _from_model(EngineConfig, "zero_shot_model"),
+    _repeatable(EngineConfig, "ner"),
+    _from_model(EngineConfig, "ner_aggregation"),
+    EngineOption(
+        "ner_labels", list[str] | None, None, help_of(EngineConfig, "ner_labels") + " [repeatable]"
+    ),
+    _from_model(EngineConfig, "redact"),
     _from_model(EngineConfig, "device"),
     _from_model(EngineConfig, "dtype"),
     _from_model(EngineConfig, "quantize"),

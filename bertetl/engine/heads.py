@@ -33,7 +33,10 @@ def check_sequence_classifier(model_dir: Path, option: str = "--classify") -> di
     if any(a.endswith("ForSequenceClassification") for a in architectures):
         return config
     if any(a.endswith("ForTokenClassification") for a in architectures):
-        what = "a token-classification model (it tags tokens, e.g. named entities)"
+        what = (
+            "a token-classification model (it tags tokens, e.g. named entities: give it as "
+            "--ner NAME=DIR)"
+        )
     else:
         what = f"not a sequence-classification model (architectures: {architectures or 'none'})"
     raise ModelError(

@@ -14,11 +14,12 @@ from typing import Any, ClassVar, TypeVar
 
 import pyarrow as pa
 
-from bertetl.config import ClassifierHead, EngineConfig, ZeroShotHead
+from bertetl.config import ClassifierHead, EngineConfig, NerHead, ZeroShotHead
 from bertetl.engine.encoders import ClassifyStage, EmbedStage, EncoderStage, ModelRuntime
 from bertetl.engine.heads import check_sequence_classifier, head_prefix
 from bertetl.engine.long_text import LongTextOptions
 from bertetl.engine.model_files import max_length_for, resolve_model_dir, tokenizer_key
+from bertetl.engine.ner import NerOptions, NerStage, NerTokenizeStage, ner_stages
 from bertetl.engine.prefetch import prefetch
 from bertetl.engine.reuse import ReuseIndex, transform_with_reuse
 from bertetl.engine.stage import Stage
@@ -51,7 +52,7 @@ from bertetl.schema import (
 log = logging.getLogger(__name__)
 
 #: A stage that `infer` runs: a model (an encoder) or a head over an encoder's output.
-ModelStage = EncoderStage | ZeroShotStage
+ModelStage = EncoderStage | ZeroShotStage | NerStage
 EncoderT = TypeVar("EncoderT", bound=EncoderStage)
 
 
@@ -63,15 +64,19 @@ class Pipeline:
     HEAD_STAGES: ClassVar[dict[str, str]] = {
         "classify": "_classify_stages",
         "zero_shot": "_zero_shot_stages",
+        "ner": "_ner_stages",
     }
 
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self.validate = ValidateTextStage(config.text_column, config.prefix)
         self.tokenizers: dict[str, TokenizeStage] = {}
+        #: NER heads tokenize on their own (they need each token's character offsets).
+        self.ner_tokenizers: dict[str, NerTokenizeStage] = {}
         self.models: list[ModelStage] = []
         #: The resolved directory of each model given by a config field (`embed_model`,
-        #: `classify_model`, `zero_shot_model`); `head_dirs` has the `--classify` heads'.
+        #: `classify_model`, `zero_shot_model`); `head_dirs` has the `--classify` and `--ner`
+        #: heads' (head names are unique across kinds).
         self.model_dirs: dict[str, Path] = {}
         self.head_dirs: dict[str, Path] = {}
         self.runtime = ModelRuntime.from_config(config)
@@ -80,14 +85,15 @@ class Pipeline:
         # Every model directory and classifier kind is checked before any stage is built.
         if config.embed_model:
             self.model_dirs["embed_model"] = self._resolve(config.embed_model)
-        for head in config.classify:
+        heads_with_models: list[ClassifierHead | NerHead] = [*config.classify, *config.ner]
+        for head in heads_with_models:
             self.head_dirs[head.name] = self._resolve(head.model)
         if config.classify_model:
             self.model_dirs["classify_model"] = self._resolve(config.classify_model)
         if config.zero_shot and config.zero_shot_model:
             self.model_dirs["zero_shot_model"] = self._resolve(config.zero_shot_model)
-        for name, model_dir in self.head_dirs.items():
-            check_sequence_classifier(model_dir, f"--classify {name}=")
+        for head in config.classify:
+            check_sequence_classifier(self.head_dirs[head.name], f"--classify {head.name}=")
         if config.classify_model:
             check_sequence_classifier(self.model_dirs["classify_model"], "--classify-model")
         if config.embed_model:
@@ -159,6 +165,25 @@ class Pipeline:
         stages.append(ZeroShotStage(head, encoder, column, self.config))
         return stages
 
+    def _ner_stages(self, head: NerHead) -> list[ModelStage]:
+        """A token classifier: its own tokenize stage (offsets kept; shared by NER heads with
+        the same tokenizer) and its model stage, writing `NAME_entities`."""
+        config = self.config
+        tokenize, stage = ner_stages(
+            self.head_dirs[head.name],
+            config.text_column,
+            head.name,
+            prefix=config.prefix,
+            options=NerOptions(config.ner_aggregation, config.ner_labels or None, config.redact),
+            max_length=config.max_length,
+            long_text=LongTextOptions.from_config(config),
+            runtime=self.runtime,
+        )
+        # heads whose models share a tokenizer (same key, same column) share its tokens
+        self.ner_tokenizers.setdefault(tokenize.tokens_column, tokenize)
+        stage.name = f"ner:{head.name}"
+        return [stage]
+
     def absolute_config(self) -> EngineConfig:
         """The config with every model directory absolute (for workers on other nodes, or
         in another working directory)."""
@@ -168,11 +193,20 @@ class Pipeline:
                 head.model_copy(update={"model": str(self.head_dirs[head.name].resolve())})
                 for head in self.config.classify
             )
+        if self.config.ner:
+            update["ner"] = tuple(
+                head.model_copy(update={"model": str(self.head_dirs[head.name].resolve())})
+                for head in self.config.ner
+            )
         return self.config.model_copy(update=update)
 
     @property
     def stages(self) -> list[Stage]:
-        return [self.validate, *self.tokenizers.values(), *self.models]
+        return [self.validate, *self.tokenize_stages, *self.models]
+
+    @property
+    def tokenize_stages(self) -> list[TokenizeStage | NerTokenizeStage]:
+        return [*self.tokenizers.values(), *self.ner_tokenizers.values()]
 
     def added_fields(self) -> list[pa.Field]:
         """The columns this pipeline appends, in output order."""
@@ -196,7 +230,7 @@ class Pipeline:
 
     def setup_tokenizers(self) -> None:
         """Load the tokenizers only (a worker that runs `prepare()`)."""
-        for tokenizer in self.tokenizers.values():
+        for tokenizer in self.tokenize_stages:
             tokenizer.setup()
 
     def setup_models(self) -> None:
@@ -226,7 +260,7 @@ class Pipeline:
     def prepare(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         """The CPU stages: validate the text, then tokenize it (token columns appended)."""
         stream_: Iterable[pa.RecordBatch] = batches
-        cpu_stages: list[Stage] = [self.validate, *self.tokenizers.values()]
+        cpu_stages: list[Stage] = [self.validate, *self.tokenize_stages]
         for stage in cpu_stages:
             stream_ = stage(stream_)
         return iter(stream_)
@@ -262,6 +296,13 @@ class Pipeline:
     def stats_column(self) -> str:
         """The stats of the first model's tokenizer: the one `--token-stats` reports."""
         return self._first_encoder.tokens_column.replace(TOKENS_PREFIX, STATS_PREFIX, 1)
+
+    @property
+    def _first_model(self) -> EncoderStage | NerStage:
+        """The first model stage (a zero-shot head comes after its encoder)."""
+        first = self.models[0]
+        assert isinstance(first, EncoderStage | NerStage)
+        return first
 
     @property
     def _first_encoder(self) -> EncoderStage:
@@ -340,8 +381,8 @@ class Pipeline:
     def truncated_rows(self) -> int:
         """Rows so far whose text the model did not see whole (by the first model's
         tokenizer, the one `--token-stats` reports)."""
-        first = self._first_encoder.tokens_column
-        return next(t.truncated_rows for t in self.tokenizers.values() if t.tokens_column == first)
+        first = self._first_model.tokens_column
+        return next(t.truncated_rows for t in self.tokenize_stages if t.tokens_column == first)
 
     def label_columns(self) -> list[str]:
         """The added single-label columns, one per head (`label`, `NAME_label`, after the

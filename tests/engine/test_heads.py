@@ -186,3 +186,66 @@ def test_cli_runs_repeated_heads_and_refuses_a_token_classifier(
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "token-classification model" in lines[0], result.stderr
+    assert "--ner NAME=DIR" in lines[0]
+
+
+def test_an_ner_head_in_the_same_pass_equals_it_alone(
+    tiny_embed_dir: Path,
+    tiny_classifier_dir: Path,
+    tiny_token_classifier_dir: Path,
+    write_table,
+    text_table: pa.Table,
+    tmp_path: Path,
+) -> None:
+    """`--ner` beside an embedding and a classifier: its entities (and redacted text) equal an
+    NER-only run's, and the other heads' columns equal theirs without it."""
+    src = write_table(text_table)
+    ner = {"ner": [f"people={tiny_token_classifier_dir}"], "redact": True}
+    both, _ = _run(
+        src,
+        tmp_path / "all",
+        embed_model=str(tiny_embed_dir),
+        classify=[f"sentiment={tiny_classifier_dir}"],
+        **ner,
+    )
+    alone, _ = _run(src, tmp_path / "ner", **ner)
+    others, _ = _run(
+        src,
+        tmp_path / "others",
+        embed_model=str(tiny_embed_dir),
+        classify=[f"sentiment={tiny_classifier_dir}"],
+    )
+    added = both.schema.names[len(text_table.schema.names) :]
+    assert added[-3:] == ["people_entities", "people_redacted", "enrich_error"]
+    for name in ("people_entities", "people_redacted", "enrich_error"):
+        assert both.column(name).equals(alone.column(name)), name
+    for name in others.schema.names:
+        assert both.column(name).equals(others.column(name)), name
+    entities = [e for row in both.column("people_entities").to_pylist() if row for e in row]
+    assert entities, "the random tagger finds some entities in these texts"
+    texts = both.column("text").to_pylist()
+    for row, found in zip(texts, both.column("people_entities").to_pylist(), strict=True):
+        for entity in found or []:
+            assert row[entity["start"] : entity["end"]] == entity["text"]
+
+
+def test_a_sequence_classifier_given_as_ner_is_refused_and_ner_options_need_ner(
+    tiny_classifier_dir: Path, tiny_token_classifier_dir: Path, monkeypatch
+) -> None:
+    import bertetl.engine.ner as ner
+
+    monkeypatch.setattr(ner, "load_token_classifier", lambda *a, **k: pytest.fail("loaded"))
+    config = EngineConfig(text_column="text", ner=[f"people={tiny_classifier_dir}"])
+    with pytest.raises(ModelError, match="not a token-classification") as raised:
+        Pipeline(config)
+    assert "\n" not in str(raised.value)
+    with pytest.raises(ValueError, match="need --ner"):
+        EngineConfig(text_column="text", embed_model="minilm", redact=True)
+    with pytest.raises(ValueError, match="NAME=DIR"):
+        EngineConfig(text_column="text", ner=[str(tiny_token_classifier_dir)])
+    with pytest.raises(ValueError, match="given twice"):
+        EngineConfig(
+            text_column="text",
+            classify=[f"x={tiny_classifier_dir}"],
+            ner=[f"x={tiny_token_classifier_dir}"],
+        )
