@@ -133,7 +133,7 @@ def test_needs_a_model(write_table, tmp_path) -> None:
     assert run.returncode == 2
     assert run.stderr.strip() == (
         "error: give at least one of --embed-model / --classify-model / --classify / "
-        "--zero-shot (embed_model / classify_model / classify / zero_shot)"
+        "--zero-shot / --ner (embed_model / classify_model / classify / zero_shot / ner)"
     )
 
 
