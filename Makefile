@@ -106,13 +106,25 @@ $(DEMO)/sentiment-model/config.json: $(DEMO)/train.parquet | $(VENV)/.demo
 		--text-column text --label-column category \
 		--epochs 2 --max-rows 6000 --max-length 64
 
-# Ends by evaluating the sentiment model on the reviews held out of its training table.
-demo: $(DEMO)/sentiment-model/config.json
+# A named-entity tagger fine-tuned from MiniLM on the WNUT-17 sample (CC BY 4.0, see
+# tests/data/wnut17/README.md); its entity-level scores on the test sample land in eval/.
+WNUT := tests/data/wnut17
+$(DEMO)/ner-model/config.json: $(WNUT)/train.parquet | $(VENV)/.demo
+	$(BERTETL) train $(WNUT)/train.parquet $(DEMO)/ner-model --task token-classification \
+		--text-column text --eval-table $(WNUT)/test.parquet \
+		--epochs 3 --batch-size 16 --learning-rate 3e-4
+
+# Ends by evaluating the sentiment model on the reviews held out of its training table, then
+# tags entities and zero-shot labels on those reviews in one more pass.
+demo: $(DEMO)/sentiment-model/config.json $(DEMO)/ner-model/config.json
 	$(BERTETL) enrich $(DEMO)/reviews $(DEMO)/enriched --text-column text \
 		--embed-model minilm --classify-model $(DEMO)/sentiment-model --report $(DEMO)/report.json
 	$(PY) demo/summary.py $(DEMO)
 	$(BERTETL) evaluate $(DEMO)/heldout --label-column category --text-column text \
 		--classify-model $(DEMO)/sentiment-model --out $(DEMO)/evaluation
+	$(BERTETL) enrich $(DEMO)/heldout $(DEMO)/entities --text-column text --embed-model minilm \
+		--ner wnut=$(DEMO)/ner-model --zero-shot kind=fresh,rotten,plot \
+		--zero-shot-template "a {} movie review"
 
 # Serve the Prefect deployments (nightly incremental on a cron, enrich/backfill on demand).
 # Local mode unless PREFECT_API_URL is set; see flows/deployments.py for the BERTETL_* defaults.
