@@ -9,6 +9,11 @@
 --   scores        FIXED_SIZE_LIST<FLOAT32>[n]    every label's probability in id order (--scores;
 --                                                label names in the field metadata)
 --   labels        LIST<STRING>                   labels above --threshold (multi-label models)
+--   NAME_label, NAME_score, NAME_scores, NAME_labels   the same per named head (--classify
+--                                                NAME=DIR, --zero-shot NAME=LABELS)
+--   NAME_entities LIST<STRUCT<start INT32, end INT32, label STRING, score FLOAT32, text STRING>>
+--                                                named entities (--ner NAME=DIR), character offsets
+--   NAME_redacted STRING                         the text with entities as [LABEL] (--redact)
 --   tokens        INT32                          content tokens of the whole text (--token-stats)
 --   windows       INT16                          token windows the model ran on (--token-stats)
 --   truncated     BOOLEAN                        some text was not seen by the model (--token-stats)
