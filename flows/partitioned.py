@@ -19,7 +19,7 @@ from bertetl.flows.tasks import (
     with_retries,
 )
 from bertetl.io.commit import clean_leftovers, destination_lock
-from bertetl.io.storage import resolve_run
+from bertetl.io.storage import is_table, resolve_run
 from bertetl.reports.drift import drift_report, plot_path
 from bertetl.runs.enrich import check_storage
 from bertetl.runs.plan import PartitionPlan, Plan, plan_partitions
@@ -99,6 +99,8 @@ def _drift(
     why = {p.partition: p.reason for p in report.flagged}
     for row in rows:
         row["drift"] = why.get(row["partition"], "")
+    if is_table(dest):  # a table has no folder of its own to put a plot in
+        return RunDrift(report, None)
     try:
         plot = report.draw(plot_path(dest))
     except Exception as e:  # a plot that cannot be drawn or written (a full disk) is a warning

@@ -19,13 +19,22 @@ from bertetl.cli.common import (
 from bertetl.cli.options import engine_options
 from bertetl.config import EngineConfig
 from bertetl.errors import PartitionsFailedError
+from bertetl.io.storage import is_table
 from bertetl.reports.drift import DriftOptions, plot_path
 
 Source = Annotated[
-    str, typer.Argument(help="Partitioned source folder (SOURCE/COL=VALUE/), or s3://... URI.")
+    str,
+    typer.Argument(
+        help="Partitioned source folder (SOURCE/COL=VALUE/), s3://... URI, or a table: "
+        "delta://PATH_OR_URI, iceberg://CATALOG/NAMESPACE.TABLE."
+    ),
 ]
 Dest = Annotated[
-    str, typer.Argument(help="Output folder (or s3://... URI); partitions mirror the source.")
+    str,
+    typer.Argument(
+        help="Output folder (or s3://... URI; partitions mirror the source), or a table: "
+        "delta://PATH_OR_URI, iceberg://CATALOG/NAMESPACE.TABLE (one commit per partition)."
+    ),
 ]
 PartitionColumn = Annotated[str, typer.Option(help="Hive partition key, e.g. date.")]
 Start = Annotated[
@@ -241,8 +250,8 @@ def print_drift(rows: list[dict[str, Any]], column: str, dest: Any) -> None:
         typer.echo("drift: not computed (see the warning above)")
         return
     flagged = [f"{column}={r['partition']} ({r['drift']})" for r in rows if r.get("drift")]
-    plot = plot_path(dest)
-    where = f"; plot: {plot}" if plot.exists() else ""
+    plot = None if is_table(dest) else plot_path(dest)
+    where = f"; plot: {plot}" if plot is not None and plot.exists() else ""
     if flagged:
         typer.echo(f"drift: {len(flagged)} partition(s) to look at: {', '.join(flagged)}{where}")
     else:

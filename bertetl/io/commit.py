@@ -30,7 +30,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from bertetl.errors import CommitError
-from bertetl.io.storage import LOCK_NAME, Location, is_remote
+from bertetl.io.storage import LOCK_NAME, Location, TableRef, is_remote, is_table
 from bertetl.io.write import TEMP_SUFFIX, fsync_dir
 
 STAGING_SUFFIX = ".bertetl-staging"
@@ -86,10 +86,17 @@ class DestinationLock:
         self.release()
 
 
-def destination_lock(dest: str | os.PathLike[str] | Location) -> Any:
+def destination_lock(dest: str | os.PathLike[str] | Location | TableRef) -> Any:
     """DEST's one-run lock: `flock` on a local folder (`DestinationLock`), a conditional
     create with a lease on S3 (`bertetl.io.objectstore.ObjectStoreLock`); a store that
-    cannot be locked is refused there. Both are context managers with `acquire`/`release`."""
+    cannot be locked is refused there. Both are context managers with `acquire`/`release`.
+    A table DEST is locked the same way at its lock place (`bertetl.io.tables.lock_place`:
+    a sidecar folder beside a Delta table, the warehouse for Iceberg)."""
+    if is_table(dest):
+        from bertetl.io.tables import lock_place
+
+        assert isinstance(dest, TableRef)
+        return destination_lock(lock_place(dest))
     if is_remote(dest):
         from bertetl.io.objectstore import ObjectStoreLock
 
@@ -98,9 +105,17 @@ def destination_lock(dest: str | os.PathLike[str] | Location) -> Any:
     return DestinationLock(dest.path if isinstance(dest, Location) else dest)
 
 
-def staging_for(dest: str | os.PathLike[str] | Location) -> contextlib.AbstractContextManager[Path]:
+def staging_for(
+    dest: str | os.PathLike[str] | Location | TableRef,
+) -> contextlib.AbstractContextManager[Path]:
     """A fresh staging folder for DEST: beside it on its filesystem (`staged_folder`, for
-    the staged swap), or on this machine for an object-store DEST (uploaded at commit)."""
+    the staged swap), or on this machine for an object-store DEST (uploaded at commit) or a
+    table DEST (read back into one table transaction at commit)."""
+    if is_table(dest):
+        from bertetl.io.objectstore import local_staged_folder
+
+        assert isinstance(dest, TableRef)
+        return local_staged_folder(_table_key(dest))
     if is_remote(dest):
         from bertetl.io.objectstore import local_staged_folder
 
@@ -109,15 +124,28 @@ def staging_for(dest: str | os.PathLike[str] | Location) -> contextlib.AbstractC
     return staged_folder(dest.path if isinstance(dest, Location) else dest)
 
 
-def clean_leftovers(dest: str | os.PathLike[str] | Location, only_file: str | None = None) -> int:
+def clean_leftovers(
+    dest: str | os.PathLike[str] | Location | TableRef, only_file: str | None = None
+) -> int:
     """`clean_staging` for any DEST: for an object-store DEST, this machine's staging of it
-    (nothing half-written can be left on the store: uploads are whole)."""
+    (nothing half-written can be left on the store: uploads are whole); for a table DEST,
+    this machine's staging of it (a table commit is one transaction: nothing is left in it)."""
+    if is_table(dest):
+        from bertetl.io.objectstore import clean_local_staging
+
+        assert isinstance(dest, TableRef)
+        return clean_local_staging(_table_key(dest))
     if is_remote(dest):
         from bertetl.io.objectstore import clean_local_staging
 
         assert isinstance(dest, Location)
         return clean_local_staging(dest)
     return clean_staging(dest.path if isinstance(dest, Location) else dest, only_file)
+
+
+def _table_key(dest: TableRef) -> Location:
+    """A table as the `Location` local staging is keyed by (its URI)."""
+    return Location(dest.uri, dest.address)
 
 
 def _read_holder(fd: int) -> str:

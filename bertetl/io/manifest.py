@@ -22,6 +22,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,8 +30,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from bertetl.config import EngineConfig
 from bertetl.errors import CommitError
 from bertetl.io.commit import LOCK_NAME
-from bertetl.io.storage import Location, is_remote, storage_error
+from bertetl.io.storage import Location, TableRef, is_remote, is_table, storage_error
 from bertetl.report import ColumnSum
+
+if TYPE_CHECKING:
+    from bertetl.io.tables import TableCommit
 
 MANIFEST_NAME = "_manifest.json"
 #: 1: no output fingerprints; 2: `output_files` (size, mtime, SHA-256, rows of each output).
@@ -58,6 +62,8 @@ LATER_OUTPUT_OPTIONS: dict[str, object] = {
 WINDOW_OPTIONS = ("window_overlap", "max_windows")
 #: Options that shape the output only when a zero-shot head is set.
 ZERO_SHOT_OPTIONS = ("zero_shot_template", "zero_shot_temperature", "zero_shot_min_score")
+#: Options that shape the output only when an NER head is set.
+NER_OPTIONS = ("ner_aggregation", "ner_labels", "redact")
 
 
 class FileFingerprint(BaseModel):
@@ -342,7 +348,7 @@ def _remote_damage(folder: Location, manifest: Manifest) -> list[OutputDamage]:
 
 
 def verify_outputs(
-    folder: str | os.PathLike[str] | Location, manifest: Manifest
+    folder: str | os.PathLike[str] | Location | TableCommit, manifest: Manifest
 ) -> list[OutputDamage]:
     """How the outputs `manifest` lists differ from the files in `folder`; empty when they
     verify.
@@ -351,7 +357,15 @@ def verify_outputs(
     when its mtime moved (one `stat` per file otherwise). Version 1 manifests recorded no
     fingerprints: their outputs' Parquet footers are read, and the rows must add up to
     `rows_out` (a same-size rewrite is not seen; the next commit records fingerprints).
+
+    For a table DEST, `folder` is the `TableCommit` that carries the manifest: the
+    partition's data files must be exactly those that commit added (`commit_problem`).
     """
+    from bertetl.io.tables import TableCommit, commit_problem
+
+    if isinstance(folder, TableCommit):
+        changed = commit_problem(folder, manifest.rows_out)
+        return [] if changed is None else [OutputDamage("", changed)]
     if is_remote(folder):
         assert isinstance(folder, Location)
         return _remote_damage(folder, manifest)
@@ -420,6 +434,9 @@ def config_hash(config: EngineConfig, models: dict[str, str]) -> str:
     if config.zero_shot:
         payload["zero_shot"] = [head.model_dump(mode="json") for head in config.zero_shot]
         payload.update({name: getattr(config, name) for name in ZERO_SHOT_OPTIONS})
+    if config.ner:
+        payload["ner"] = [head.name for head in config.ner]
+        payload.update({name: getattr(config, name) for name in NER_OPTIONS})
     payload["models"] = dict(sorted(models.items()))
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -477,6 +494,22 @@ def _remote_manifests(dest: Location, column: str | None) -> dict[str, tuple[Loc
     return found
 
 
+def _table_manifests(dest: TableRef, column: str | None) -> dict[str, tuple[object, Manifest]]:
+    """`committed_manifests` of a table: the newest manifest of each partition found in the
+    table's commit metadata (`bertetl.io.tables.commit_records`)."""
+    from bertetl.io.tables import commit_records
+
+    if column is None:
+        raise CommitError(f"{dest}: give the partition column to read a table's manifests")
+    found: dict[str, tuple[object, Manifest]] = {}
+    for value, commit in commit_records(dest, column).items():
+        try:
+            found[value] = (commit, Manifest.model_validate_json(commit.manifest_json))
+        except ValueError:
+            continue  # an unreadable manifest counts as never committed
+    return found
+
+
 def committed_manifests(
     dest: str | os.PathLike[str] | Location, column: str | None = None
 ) -> dict[str, tuple[Path, Manifest]]:
@@ -485,7 +518,13 @@ def committed_manifests(
 
     Hidden folders are skipped, and so is any folder below DEST holding its own
     `.bertetl.lock`: another run's DEST nested in this one, whose partitions are not ours.
+
+    A table DEST (`TableRef`) keeps its manifests in its commits' metadata: the "folder" is
+    then the `bertetl.io.tables.TableCommit` each was read from (`verify_outputs` takes it).
     """
+    if is_table(dest):
+        assert isinstance(dest, TableRef)
+        return _table_manifests(dest, column)  # type: ignore[return-value]
     if is_remote(dest):
         assert isinstance(dest, Location)
         return _remote_manifests(dest, column)  # type: ignore[return-value]

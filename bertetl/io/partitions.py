@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 
 from bertetl.errors import InputError
 from bertetl.io.commit import strays
-from bertetl.io.manifest import MANIFEST_NAME, read_manifest
+from bertetl.io.manifest import MANIFEST_NAME, FileFingerprint, read_manifest
 from bertetl.io.read import SourceFile, discover, open_parquet
-from bertetl.io.storage import Location, is_remote, storage_error
+from bertetl.io.storage import Location, TableRef, is_remote, is_table, storage_error
 from bertetl.schema import ENRICH_ERROR
 
 
@@ -27,6 +27,13 @@ class Partition:
     value: str
     folder: str
     files: tuple[SourceFile, ...]
+    #: A partition of a table SOURCE (`bertetl.io.tables`): the table pinned for the run;
+    #: `files` stay empty until the partition is read into a local file (`materialize`).
+    table: Any = None
+    #: A table partition's input fingerprints (its data files, from the table's metadata)
+    #: and rows (None: not known from metadata).
+    inputs: tuple[FileFingerprint, ...] | None = None
+    rows: int | None = None
 
     def relative(self, file: SourceFile) -> str:
         """The file's path inside the partition folder."""
@@ -45,7 +52,7 @@ def _partition_folder(file: SourceFile, column: str) -> str:
 
 
 def list_partitions(
-    source: str | os.PathLike[str],
+    source: str | os.PathLike[str] | Location | TableRef,
     column: str,
     start: str | None = None,
     end: str | None = None,
@@ -59,6 +66,9 @@ def list_partitions(
     `InputError` naming the range and the values that do exist: a run over it would do
     nothing, and saying so beats a silent success.
     """
+    if is_table(source):
+        assert isinstance(source, TableRef)
+        return _table_partitions(source, column, start, end)
     grouped: dict[str, list[SourceFile]] = {}
     folders: dict[str, str] = {}
     for file in discover(source) if files is None else files:
@@ -75,12 +85,53 @@ def list_partitions(
         if (start is None or value >= start) and (end is None or value <= end)
     ]
     if not found and (start is not None or end is not None):
-        values = sorted(grouped)
-        raise InputError(
-            f"no partition of {source} has {column} in [{start or '(first)'}, "
-            f"{end or '(last)'}]; its {len(values)} partition(s) run from "
-            f"{column}={values[0]} to {column}={values[-1]}: pick a range that holds some"
+        _empty_range(source, column, start, end, sorted(grouped))
+    return found
+
+
+def _empty_range(
+    source: object, column: str, start: str | None, end: str | None, values: list[str]
+) -> None:
+    held = (
+        f"its {len(values)} partition(s) run from {column}={values[0]} to {column}={values[-1]}"
+        if values
+        else "it has no partitions"
+    )
+    raise InputError(
+        f"no partition of {source} has {column} in [{start or '(first)'}, "
+        f"{end or '(last)'}]; {held}: pick a range that holds some"
+    )
+
+
+def _table_partitions(
+    source: TableRef, column: str, start: str | None, end: str | None
+) -> list[Partition]:
+    """The partitions of a table SOURCE pinned at its current version, from its metadata:
+    each with its data files' fingerprints (path, size and any deletes; no row is read)."""
+    from bertetl.io.tables import pin, source_partitions
+
+    snapshot = pin(source)
+    listed = source_partitions(snapshot, column)
+    found = [
+        Partition(
+            column,
+            p.value,
+            f"{column}={p.value}",
+            (),
+            table=snapshot,
+            inputs=tuple(
+                FileFingerprint(relative=f.path, size=f.size, mtime_ns=f.mtime_ns, sha256=f.key)
+                for f in p.files
+            ),
+            rows=p.rows,
         )
+        for p in listed
+        if (start is None or p.value >= start) and (end is None or p.value <= end)
+    ]
+    if not found and (start is not None or end is not None):
+        _empty_range(source, column, start, end, [p.value for p in listed])
+    if not listed:
+        raise InputError(f"SOURCE {source} has no data files: nothing to enrich")
     return found
 
 
@@ -181,6 +232,8 @@ def check_foreign_files(
     nothing it did not write. Returns what bertetl owns in each folder, by partition value."""
     owned: dict[str, frozenset[str]] = {}
     found: list[tuple[Any, str]] = []
+    if is_table(dest):  # a table's commit replaces only the rows of its partition
+        return {partition.value: frozenset() for partition in partitions}
     for partition in partitions:
         folder = dest_folder(dest, partition)
         exists = folder.is_dir() if not is_remote(folder) else bool(remote_files(folder))

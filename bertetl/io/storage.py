@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+from typing_extensions import TypeIs
 
 from bertetl.errors import InputError
 
@@ -91,6 +92,66 @@ def parse_storage_options(pairs: Iterable[str] | None) -> dict[str, str]:
             raise StorageError(f"--storage-option {pair!r}: expected KEY=VALUE")
         options[key.strip()] = value.strip()
     return options
+
+
+#: Table formats (`delta://PATH_OR_URI`, `iceberg://CATALOG/NAMESPACE.TABLE`): the extra and
+#: the package each needs (`bertetl.io.tables`).
+TABLE_FORMATS = {"delta": ("delta", "deltalake"), "iceberg": ("iceberg", "pyiceberg")}
+
+
+@dataclass(frozen=True)
+class TableRef:
+    """A Delta Lake or Iceberg table as SOURCE or DEST (`bertetl.io.tables` reads and commits
+    it). `address`: for Delta the table's path or URI (`/data/t`, `s3://bucket/t`); for
+    Iceberg `CATALOG/NAMESPACE.TABLE`. `options`: the storage options it was given."""
+
+    format: str
+    uri: str
+    address: str
+    options: tuple[tuple[str, str], ...] = ()
+
+    def __str__(self) -> str:
+        return self.uri
+
+    @property
+    def local(self) -> bool:
+        """A Delta table in a local folder (its lock is a local `flock`)."""
+        return self.format == "delta" and not is_uri(self.address)
+
+
+def is_table_uri(text: object) -> bool:
+    """Whether `text` names a table (`delta://...`, `iceberg://...`)."""
+    return (
+        isinstance(text, str)
+        and text.split("://", 1)[0].lower() in TABLE_FORMATS
+        and ("://" in text)
+    )
+
+
+def parse_table(text: str, options: Mapping[str, str] | None = None) -> TableRef:
+    """`delta:///data/t`, `delta://s3://bucket/t` or `iceberg://CATALOG/NAMESPACE.TABLE` as a
+    `TableRef` (a `StorageError` naming the expected form otherwise)."""
+    scheme, rest = text.split("://", 1)
+    scheme = scheme.lower()
+    rest = rest.rstrip("/")
+    options_tuple = tuple(sorted((options or {}).items()))
+    if scheme == "delta":
+        if not rest:
+            raise StorageError(f"{text}: expected delta:///PATH or delta://s3://BUCKET/PATH")
+        if is_uri(rest) and SCHEMES.get(rest.split("://", 1)[0].lower()) != "s3":
+            raise StorageError(f"{text}: a Delta table is a local path or on s3://")
+        if not is_uri(rest):
+            options_tuple = ()  # a local table takes none (`resolve_run` refuses them)
+        return TableRef("delta", f"delta://{rest}", rest, options_tuple)
+    catalog, _, identifier = rest.partition("/")
+    if not catalog or "." not in identifier or identifier.startswith(".") or "/" in identifier:
+        raise StorageError(f"{text}: expected iceberg://CATALOG/NAMESPACE.TABLE")
+    return TableRef("iceberg", f"iceberg://{rest}", rest, options_tuple)
+
+
+def is_table(location: object) -> TypeIs[TableRef]:
+    """Whether a resolved SOURCE or DEST is a table (`TableRef`) rather than a folder."""
+    return isinstance(location, TableRef)
 
 
 def is_uri(text: str | os.PathLike[str]) -> bool:
@@ -298,29 +359,45 @@ def parse_location(
 
 
 def resolve(
-    text: str | os.PathLike[str] | Location, options: Mapping[str, str] | None = None
+    text: str | os.PathLike[str] | Location | TableRef, options: Mapping[str, str] | None = None
 ) -> Any:
     """A URI as a `Location` opened with `options`; a local path as given (so local code
     stays as it was). Options are checked for the URIs among a run's paths
-    (`check_options_used`)."""
+    (`check_options_used`). A table URI (`delta://`, `iceberg://`) is a `TableRef`."""
+    if isinstance(text, TableRef):
+        return text
+    if is_table_uri(text):
+        assert isinstance(text, str)
+        return parse_table(text, options)
     if isinstance(text, Location) or not is_uri(text):
         return text
     return parse_location(text, options)
 
 
 def resolve_run(
-    source: str | os.PathLike[str] | Location,
-    dest: str | os.PathLike[str] | Location,
+    source: str | os.PathLike[str] | Location | TableRef,
+    dest: str | os.PathLike[str] | Location | TableRef,
     options: Mapping[str, str] | None = None,
 ) -> tuple[Any, Any]:
     """SOURCE and DEST through `resolve`; storage options with neither on an object store
     are refused (they would be ignored without a word)."""
-    if options and not (is_uri(source) or is_uri(dest) or is_remote(source) or is_remote(dest)):
+    if options and not (_takes_options(source) or _takes_options(dest)):
         raise StorageError(
-            f"--storage-option is for object-store URIs (s3://...); {os.fspath(source)} and "
-            f"{os.fspath(dest)} are local paths"
+            f"--storage-option is for object-store URIs (s3://...); {source} and "
+            f"{dest} are local paths"
         )
     return resolve(source, options), resolve(dest, options)
+
+
+def _takes_options(text: object) -> bool:
+    """Whether storage options apply to `text`: an object-store URI, a Delta table on one, an
+    Iceberg table (its catalog's properties)."""
+    if isinstance(text, TableRef):
+        return not text.local
+    if is_table_uri(text):
+        assert isinstance(text, str)
+        return not parse_table(text).local
+    return is_uri(text) or is_remote(text)  # type: ignore[arg-type]
 
 
 def is_remote(location: object) -> bool:

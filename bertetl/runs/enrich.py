@@ -14,7 +14,7 @@ from bertetl.executors import Executor, Job, make_executor
 from bertetl.io.commit import clean_leftovers, destination_lock, staging_for
 from bertetl.io.paths import check_run_paths, dest_path, dest_root
 from bertetl.io.read import check_text_column, read_schema
-from bertetl.io.storage import Location, is_remote, resolve_run
+from bertetl.io.storage import Location, is_remote, is_table, resolve_run
 from bertetl.report import EnrichReport, FileResult, merge_label_counts
 
 
@@ -37,6 +37,7 @@ def enrich(
     """
     started = time.perf_counter()
     source, dest = resolve_run(source, dest, storage_options)
+    _refuse_tables(source, dest)
     if not isinstance(source, Location):
         source = os.fspath(source)
     if not isinstance(dest, Location):
@@ -88,6 +89,17 @@ def enrich(
     if raise_on_failure and report.failures:
         raise FilesFailedError(report.failures, report)
     return report
+
+
+def _refuse_tables(source: object, dest: object) -> None:
+    """A Delta or Iceberg table is not (yet) a SOURCE or DEST of `enrich`: say where it is."""
+    table = next((side for side in (source, dest) if is_table(side)), None)
+    if table is not None:
+        raise InputError(
+            f"{table}: bertetl enrich reads and writes Parquet files and folders; a Delta or "
+            "Iceberg table is a SOURCE or DEST of bertetl backfill and incremental "
+            "(--partition-column)"
+        )
 
 
 def check_storage(executor: Executor, source: object, dest: object) -> None:

@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
@@ -28,7 +29,7 @@ from bertetl.io.manifest import (
 )
 from bertetl.io.partitions import Partition, list_partitions
 from bertetl.io.read import read_metadata
-from bertetl.io.storage import Location, is_remote
+from bertetl.io.storage import Location, TableRef, is_remote, is_table
 from bertetl.reports.sql import run_query
 
 
@@ -57,6 +58,8 @@ class PartitionPlan:
     def rows(self) -> int:
         """Rows in the partition's input files, from their footers, read once (an unreadable
         footer counts 0 here; enriching the partition then fails naming the file)."""
+        if self.partition is not None and self.partition.rows is not None:
+            return self.partition.rows  # a table partition: from the table's metadata
         total = 0
         for file in self.partition.files if self.partition is not None else ():
             try:
@@ -131,8 +134,8 @@ def _tables(
 
 
 def plan_partitions(
-    source: str | os.PathLike[str] | Location,
-    dest: str | os.PathLike[str] | Location,
+    source: str | os.PathLike[str] | Location | TableRef,
+    dest: str | os.PathLike[str] | Location | TableRef,
     column: str,
     config: EngineConfig,
     start: str | None = None,
@@ -148,15 +151,20 @@ def plan_partitions(
     A committed partition's outputs are checked against its manifest (`verify_outputs`: a
     `stat` per file, a re-hash when its mtime moved); one that does not verify is redone
     ('damaged: ...').
+
+    SOURCE and DEST may be tables (`TableRef`): a table SOURCE's fingerprints come from its
+    metadata, a table DEST's manifests from its commits (docs/STORAGE.md).
     """
     models = model_fingerprints(config)
     plan = Plan(models, config_hash(config, models))
     if partitions is None:
         partitions = list_partitions(source, column, start, end)
     by_value = {p.value: p for p in partitions}
-    folders: dict[str, Path | Location] = {}
+    folders: dict[str, Any] = {}
     committed: dict[str, Manifest] = {}
-    where = dest if is_remote(dest) else Path(dest.path if isinstance(dest, Location) else dest)
+    where: Any = dest
+    if not is_remote(dest) and not is_table(dest):
+        where = Path(dest.path if isinstance(dest, Location) else dest)
     for value, (folder, manifest) in committed_manifests(where, column).items():
         if (start is None or value >= start) and (end is None or value <= end):
             folders[value], committed[value] = folder, manifest
@@ -166,6 +174,9 @@ def plan_partitions(
     }
     inputs: dict[str, tuple[FileFingerprint, ...]] = {}
     for value, partition in by_value.items():
+        if partition.inputs is not None:  # a table partition: from the table's metadata
+            inputs[value] = partition.inputs
+            continue
         known = {f.relative: f for f in committed[value].inputs} if value in committed else {}
         inputs[value] = tuple(
             fingerprint_source(f, partition.relative(f), known.get(partition.relative(f)))

@@ -8,6 +8,7 @@ The engine side of the backfill and incremental flows, usable without Prefect (t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -40,7 +41,8 @@ from bertetl.io.partitions import (
     remote_files,
 )
 from bertetl.io.paths import check_paths, check_remote_paths, check_run_paths
-from bertetl.io.storage import Location, is_remote
+from bertetl.io.read import SourceFile
+from bertetl.io.storage import Location, TableRef, is_remote, is_table
 from bertetl.report import ColumnSum, FileResult, merge_column_sums, merge_label_counts
 from bertetl.runs.plan import PartitionPlan, Plan
 
@@ -62,24 +64,38 @@ class StagedPartition:
     started: float
     #: What bertetl may replace in `target` (`owned_files`); anything else is never deleted.
     owned: frozenset[str] = field(default_factory=frozenset)
+    #: The partition's rows when counted here (a table SOURCE's partition, read into a
+    #: local file); else the plan's count (`PartitionPlan.rows`).
+    rows_in: int | None = None
 
     @classmethod
     def prepare(
-        cls, pipeline: Pipeline, item: PartitionPlan, dest: Any, plan: Plan, staged: Path
+        cls,
+        pipeline: Pipeline,
+        item: PartitionPlan,
+        dest: Any,
+        plan: Plan,
+        staged: Path,
+        inputs: Path | None = None,
     ) -> StagedPartition:
         """Check the partition's paths (its DEST folder is outside its SOURCE and holds
         nothing bertetl did not write) and files (`InputError` naming the file or path), and
-        plan their jobs."""
+        plan their jobs. A table SOURCE's partition is first read into a local Parquet file
+        in `inputs` (`bertetl.io.tables.materialize`)."""
         partition = item.partition
         if partition is None:
             raise InputError(f"partition {item.column}={item.value} has no source files")
-        if is_remote(dest) or partition.files[0].filesystem is not None:
-            source = _source_root_location(partition)
-            check_remote_paths(list(partition.files), source, _as_location(dest))
+        rows_in = None
+        if partition.table is not None:
+            partition, rows_in = _materialize(partition, inputs or staged.parent)
+        if is_table(dest):
+            target: Any = dest  # one table transaction at commit; nothing on disk to check
+            owned: frozenset[str] = frozenset()
         else:
-            check_paths(list(partition.files), str(_source_root(partition)), os.fspath(dest))
-        owned = check_foreign_files(dest, [partition])[partition.value]
-        target = dest_folder(dest, partition)
+            if partition.table is None:
+                _check_partition_paths(partition, dest)
+            owned = check_foreign_files(dest, [partition])[partition.value]
+            target = dest_folder(dest, partition)
         started = time.perf_counter()
         manifest = Manifest(
             partition_column=partition.column,
@@ -93,7 +109,7 @@ class StagedPartition:
             Job(file, staged / partition.relative(file), pipeline.check_file(file))
             for file in partition.files
         ]
-        return cls(item, partition, staged, target, manifest, jobs, started, owned)
+        return cls(item, partition, staged, target, manifest, jobs, started, owned, rows_in)
 
     def commit(self, results: list[FileResult]) -> Manifest:
         """Account every row, fingerprint each output (size, mtime, SHA-256, footer rows),
@@ -132,7 +148,7 @@ class StagedPartition:
         manifest.score_means = {
             name: ScoreMean.of(total) for name, total in score_sums.items() if total.count
         }
-        manifest.rows_in = self.item.rows
+        manifest.rows_in = self.item.rows if self.rows_in is None else self.rows_in
         if manifest.rows_out != manifest.rows_in:
             raise CommitError(
                 f"partition {partition.folder}: {manifest.rows_in} rows in but "
@@ -141,10 +157,28 @@ class StagedPartition:
         manifest.rows_inferred = manifest.rows_out - manifest.rows_reused - manifest.rows_failed
         manifest.finished = datetime.now(UTC).isoformat()
         manifest.seconds = round(time.perf_counter() - self.started, 3)
+        if is_table(self.target):
+            return self._commit_to_table(manifest)
         if is_remote(self.target):
             return self._commit_to_store(manifest)
         write_manifest(self.staged, manifest)
         swap_in(self.staged, self.target, owned=self.owned | set(manifest.outputs))
+        return manifest
+
+    def _commit_to_table(self, manifest: Manifest) -> Manifest:
+        """Commit the staged partition into its table DEST as ONE table transaction that
+        replaces exactly this partition, the manifest in the commit's metadata
+        (`bertetl.io.tables.commit_partition`). The staged files are not the table's files,
+        so the manifest lists no outputs: a table's partition is checked against the commit
+        that wrote it instead (`verify_outputs`)."""
+        from bertetl.io.tables import commit_partition
+
+        target: TableRef = self.target
+        manifest.outputs, manifest.output_files = [], []
+        files = [Path(job.target) for job in self.jobs]
+        commit_partition(
+            target, self.partition.column, self.partition.value, files, manifest.model_dump_json()
+        )
         return manifest
 
     def _commit_to_store(self, manifest: Manifest) -> Manifest:
@@ -199,7 +233,9 @@ def enrich_partition(
     pipeline = executor.pipeline
     config = pipeline.config
     with staging_for(dest) as staged, staging_for(dest) as scratch:
-        work = StagedPartition.prepare(pipeline, item, _dest(dest), plan, staged)
+        work = StagedPartition.prepare(
+            pipeline, item, _dest(dest), plan, staged, inputs=_inputs_folder(scratch)
+        )
         index = None
         previous = item.previous
         if (
@@ -210,7 +246,7 @@ def enrich_partition(
         ):
             try:  # only outputs that verified; one damaged beyond its footer is not reused
                 index = ReuseIndex.build(
-                    (work.target / name for name in item.reusable_outputs),
+                    _earlier_outputs(work, pipeline, scratch),
                     config.text_column,
                     pipeline.added_fields(),
                     pipeline.validate.error_column,
@@ -251,9 +287,12 @@ def enrich_partitions(
         staged: list[StagedPartition] = []
         for item in items:
             folder = stack.enter_context(staging_for(dest))
+            inputs = _inputs_folder(stack.enter_context(staging_for(dest)))
             try:
                 staged.append(
-                    StagedPartition.prepare(executor.pipeline, item, _dest(dest), plan, folder)
+                    StagedPartition.prepare(
+                        executor.pipeline, item, _dest(dest), plan, folder, inputs=inputs
+                    )
                 )
             except BertEtlError as e:
                 outcomes[item.value].error = e
@@ -285,10 +324,56 @@ def group_partitions(items: list[PartitionPlan], max_rows: int) -> list[list[Par
 
 
 def _dest(dest: Any) -> Any:
-    """DEST as the partition code takes it: a `Path`, or an object-store `Location`."""
-    if is_remote(dest):
+    """DEST as the partition code takes it: a `Path`, an object-store `Location` or a
+    table (`TableRef`)."""
+    if is_remote(dest) or is_table(dest):
         return dest
     return Path(dest.path if isinstance(dest, Location) else dest)
+
+
+def _inputs_folder(scratch: Path) -> Path:
+    """Where a table SOURCE's partition is read to (inside a run's scratch folder)."""
+    folder = scratch / "table-input"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def _materialize(partition: Partition, folder: Path) -> tuple[Partition, int]:
+    """A table SOURCE's partition read from its pinned snapshot into one local Parquet file
+    (`bertetl.io.tables.materialize`): the partition with that file, and its rows."""
+    from bertetl.io.tables import materialize
+
+    name = "part-0.parquet"
+    local = folder / f"{partition.column}={partition.value}" / name
+    local.parent.mkdir(parents=True, exist_ok=True)
+    rows = materialize(partition.table, partition.column, partition.value, local)
+    file = SourceFile(str(local), f"{partition.folder}/{name}", {partition.column: partition.value})
+    return dataclasses.replace(partition, files=(file,)), rows
+
+
+def _check_partition_paths(partition: Partition, dest: Any) -> None:
+    """A folder DEST is outside the partition's SOURCE folder (`check_paths`)."""
+    if is_remote(dest) or partition.files[0].filesystem is not None:
+        source = _source_root_location(partition)
+        check_remote_paths(list(partition.files), source, _as_location(dest))
+    else:
+        check_paths(list(partition.files), str(_source_root(partition)), os.fspath(dest))
+
+
+def _earlier_outputs(work: StagedPartition, pipeline: Pipeline, scratch: Path) -> list[Any]:
+    """The earlier outputs of the partition whose rows may be reused: the files of its
+    last commit that verified, or for a table DEST its rows in the table's current
+    snapshot (read into a local file; none when the partition was changed since)."""
+    item = work.item
+    if not is_table(work.target):
+        return [work.target / name for name in item.reusable_outputs]
+    from bertetl.io.tables import read_committed
+
+    if item.damage:
+        return []
+    fields = [pa.field(pipeline.config.text_column, pa.large_string()), *pipeline.added_fields()]
+    path = read_committed(work.target, item.column, item.value, fields, scratch / "earlier.parquet")
+    return [] if path is None else [path]
 
 
 def _as_location(dest: Any) -> Location:
@@ -329,8 +414,8 @@ def _source_root(partition: Partition) -> Path:
 
 
 def check_partitioned_run(
-    source: str | os.PathLike[str] | Location,
-    dest: str | os.PathLike[str] | Location,
+    source: str | os.PathLike[str] | Location | TableRef,
+    dest: str | os.PathLike[str] | Location | TableRef,
     column: str,
     start: str | None = None,
     end: str | None = None,
@@ -344,7 +429,52 @@ def check_partitioned_run(
     partitions hold nothing bertetl did not write (`check_foreign_files`). All are
     `InputError`s of one line that say what to do.
     """
+    if is_table(source) or is_table(dest):
+        return _check_table_run(source, dest, column, start, end)
     files = check_run_paths(source, dest)
     partitions = list_partitions(source, column, start, end, files=files)
     check_foreign_files(dest, partitions)
     return partitions
+
+
+def _check_table_run(
+    source: Any, dest: Any, column: str, start: str | None, end: str | None
+) -> list[Partition]:
+    """`check_partitioned_run` where SOURCE or DEST is a table: the table's package and
+    catalog load, DEST is not SOURCE (nor a folder holding a local Delta SOURCE, or inside
+    it), and a folder SOURCE holds hive partitions; a folder DEST is checked as usual."""
+    from bertetl.io.read import discover
+    from bertetl.io.tables import check_table
+
+    for side in (source, dest):
+        if is_table(side):
+            check_table(side)
+    if _overlap(source, dest):
+        raise InputError(
+            f"DEST {dest} is SOURCE {source}, or one holds the other: a run never writes into "
+            "its own input; pick another DEST"
+        )
+    files = None if is_table(source) else discover(source)
+    partitions = list_partitions(source, column, start, end, files=files)
+    if not is_table(dest):
+        check_foreign_files(dest, partitions)
+    return partitions
+
+
+def _overlap(source: Any, dest: Any) -> bool:
+    """Whether SOURCE and DEST are one table, or a local Delta table and a local folder
+    one of which lies in the other."""
+
+    def local_path(side: Any) -> Path | None:
+        if isinstance(side, TableRef):
+            return Path(side.address).resolve() if side.local else None
+        if isinstance(side, Location):
+            return Path(side.path).resolve() if side.local else None
+        return Path(side).resolve()
+
+    if isinstance(source, TableRef) and isinstance(dest, TableRef) and source.uri == dest.uri:
+        return True
+    here, there = local_path(source), local_path(dest)
+    if here is None or there is None:
+        return False
+    return here == there or here.is_relative_to(there) or there.is_relative_to(here)

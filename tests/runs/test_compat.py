@@ -110,3 +110,28 @@ def test_long_text_options_join_the_hash_only_when_they_shape_the_output() -> No
     }
     assert hashes["overlap alone"] == hashes["default"]  # truncate mode ignores them
     assert len(set(hashes.values()) - {hashes["default"]}) == 4
+
+
+def test_heads_join_the_hash_only_when_present(tmp_path: Path) -> None:
+    """Adding no head keeps the old hash; each head, a description edit and each NER option
+    change it."""
+    labels = tmp_path / "labels.yaml"
+    labels.write_text("good: a good film\nbad: a bad film\n")
+    base = EngineConfig(text_column="text", embed_model="minilm")
+    models = {"embed": "a" * 64}
+
+    def hashed(**update: object) -> str:
+        return config_hash(EngineConfig(**{**base.model_dump(), **update}), models)
+
+    hashes = {
+        "default": hashed(),
+        "zero-shot": hashed(zero_shot=[f"kind={labels}"]),
+        "ner": hashed(ner=["people=/models/ner"]),
+        "ner first": hashed(ner=["people=/models/ner"], ner_aggregation="first"),
+        "ner labels": hashed(ner=["people=/models/ner"], ner_labels="PER"),
+        "ner redact": hashed(ner=["people=/models/ner"], redact=True),
+    }
+    assert config_hash(base, models) == hashes["default"]
+    assert len(set(hashes.values())) == len(hashes)
+    labels.write_text("good: a great film\nbad: a bad film\n")
+    assert hashed(zero_shot=[f"kind={labels}"]) != hashes["zero-shot"]

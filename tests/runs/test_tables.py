@@ -1,0 +1,256 @@
+"""Partitioned runs into and out of Delta Lake and Iceberg tables (a SQL catalog on SQLite with
+a local warehouse), read back as a user would (polars) and compared with a local Parquet run
+of the same input."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pytest
+
+from bertetl.config import EngineConfig
+from bertetl.errors import CommitError, InputError
+from bertetl.executors.local import LocalExecutor
+from bertetl.io.commit import destination_lock
+from bertetl.io.storage import TableRef, resolve_run
+from bertetl.io.tables import count_commits
+from bertetl.runs.plan import plan_partitions
+from bertetl.runs.staged import check_partitioned_run, enrich_partition
+from tests.outputs import edit_rows
+
+pytest.importorskip("deltalake")
+pytest.importorskip("pyiceberg")
+
+DAYS = [f"2026-01-0{d}" for d in (1, 2, 3)]
+ORIGINAL = ["id", "text", "date"]
+
+
+@pytest.fixture
+def config(tiny_embed_dir: Path, tiny_classifier_dir: Path) -> EngineConfig:
+    return EngineConfig(
+        text_column="text", embed_model=str(tiny_embed_dir), classify_model=str(tiny_classifier_dir)
+    )
+
+
+@pytest.fixture
+def executor(config: EngineConfig):
+    executor = LocalExecutor(config)
+    executor.setup()
+    yield executor
+    executor.teardown()
+
+
+@pytest.fixture
+def iceberg_catalog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A pyiceberg SQL catalog named `local` on SQLite, configured the way a user would
+    (PYICEBERG_CATALOG__LOCAL__... variables), its warehouse a local folder."""
+    import pyiceberg.catalog
+    from pyiceberg.utils.config import Config
+
+    (tmp_path / "warehouse").mkdir()
+    monkeypatch.setenv("PYICEBERG_CATALOG__LOCAL__TYPE", "sql")
+    monkeypatch.setenv("PYICEBERG_CATALOG__LOCAL__URI", f"sqlite:///{tmp_path / 'catalog.db'}")
+    monkeypatch.setenv("PYICEBERG_CATALOG__LOCAL__WAREHOUSE", f"file://{tmp_path / 'warehouse'}")
+    # pyiceberg reads its configuration once, at import: read it again for this test
+    monkeypatch.setattr(pyiceberg.catalog, "_ENV_CONFIG", Config())
+    return "local"
+
+
+@pytest.fixture(params=["delta", "iceberg"])
+def table_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A DEST table address that does not exist yet, in each format."""
+    if request.param == "delta":
+        return f"delta://{tmp_path / 'enriched'}"
+    catalog = request.getfixturevalue("iceberg_catalog")
+    return f"iceberg://{catalog}/bertetl.enriched"
+
+
+def run_all(executor: LocalExecutor, source: object, dest: object, **options) -> dict:
+    """Check, lock and plan as the flows do, then enrich every partition that needs it."""
+    source, dest = resolve_run(source, dest)
+    partitions = check_partitioned_run(source, dest, "date")
+    with destination_lock(dest):
+        plan = plan_partitions(source, dest, "date", executor.config, partitions=partitions)
+        return {
+            item.value: enrich_partition(executor, item, dest, plan, **options)
+            for item in plan.by_action("enrich")
+        }
+
+
+def read_table(uri: str) -> pl.DataFrame:
+    """The table as a user reads it: polars' own Delta and Iceberg readers."""
+    if uri.startswith("delta://"):
+        return pl.read_delta(uri.removeprefix("delta://"))
+    from pyiceberg.catalog import load_catalog
+
+    catalog, identifier = uri.removeprefix("iceberg://").split("/", 1)
+    os.environ.setdefault("POLARS_ICEBERG_PLANNER", "pyiceberg")
+    return pl.scan_iceberg(load_catalog(catalog).load_table(identifier)).collect()
+
+
+def read_parquet(folder: Path) -> pl.DataFrame:
+    return pl.read_parquet(folder / "**" / "*.parquet", hive_partitioning=True)
+
+
+def assert_same_rows(actual: pl.DataFrame, expected: pl.DataFrame, table: bool = True) -> None:
+    """Same rows (by date and id), same original columns and labels, embeddings with cosine
+    >= 0.9999 (a list<float32> in a `table`)."""
+    keys = ["date", "id"]
+    actual = actual.with_columns(pl.col("date").cast(pl.String)).sort(keys)
+    expected = expected.with_columns(pl.col("date").cast(pl.String)).sort(keys)
+    assert actual.height == expected.height
+    for name in [*ORIGINAL, "label", "enrich_error"]:
+        assert actual[name].to_list() == expected[name].to_list(), name
+    if table:
+        assert actual.schema["embedding"] == pl.List(pl.Float32)
+    got, want = actual["embedding"].to_list(), expected["embedding"].to_list()
+    for a, b in zip(got, want, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            a, b = np.asarray(a), np.asarray(b)
+            assert a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) >= 0.9999
+    assert np.allclose(
+        actual["score"].fill_null(0).to_numpy(), expected["score"].fill_null(0).to_numpy(), 1e-5
+    )
+
+
+def test_backfill_into_a_table_then_incremental_commits_only_the_edit(
+    executor, partitioned_source: Callable[..., Path], table_uri: str, tmp_path: Path
+) -> None:
+    src = partitioned_source(days=3)
+    manifests = run_all(executor, src, table_uri)
+    assert sorted(manifests) == DAYS
+    assert all(m.rows_out == 24 and m.rows_inferred == 22 for m in manifests.values())
+    run_all(executor, src, tmp_path / "reference")
+    assert_same_rows(read_table(table_uri), read_parquet(tmp_path / "reference"))
+
+    commits = count_commits(resolve_run(src, table_uri)[1])
+    assert run_all(executor, src, table_uri) == {}  # nothing changed: no commit
+    assert count_commits(resolve_run(src, table_uri)[1]) == commits
+
+    edit_rows(src / "date=2026-01-02" / "part-0.parquet", [0, 5, 20])
+    manifests = run_all(executor, src, table_uri)
+    assert list(manifests) == ["2026-01-02"]
+    edited = manifests["2026-01-02"]
+    assert (edited.rows_inferred, edited.rows_reused, edited.rows_failed) == (3, 19, 2)
+    assert count_commits(resolve_run(src, table_uri)[1]) == commits + 1
+    run_all(executor, src, tmp_path / "reference")
+    assert_same_rows(read_table(table_uri), read_parquet(tmp_path / "reference"))
+
+    plan = plan_partitions(src, resolve_run(src, table_uri)[1], "date", executor.config)
+    assert {(p.action, p.reason) for p in plan.partitions} == {("skip", "unchanged")}
+    assert plan.partitions[1].previous == edited  # the manifest, read from the table alone
+
+
+def test_a_table_source_is_read_from_one_version_and_skipped_from_metadata(
+    executor, partitioned_source: Callable[..., Path], tmp_path: Path, monkeypatch
+) -> None:
+    from deltalake import write_deltalake
+
+    src = partitioned_source(days=3)
+    source_uri = f"delta://{tmp_path / 'source'}"
+    write_deltalake(tmp_path / "source", read_parquet(src).to_arrow(), partition_by=["date"])
+    manifests = run_all(executor, source_uri, tmp_path / "out", reuse=True)
+    assert sorted(manifests) == DAYS
+    run_all(executor, src, tmp_path / "reference")
+    expected = read_parquet(tmp_path / "reference")
+    assert_same_rows(read_parquet(tmp_path / "out"), expected, table=False)
+
+    import bertetl.io.tables as tables
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("an unchanged partition was read")
+
+    materialize = tables.materialize
+    monkeypatch.setattr(tables, "materialize", no_reading)
+    assert run_all(executor, source_uri, tmp_path / "out") == {}
+    monkeypatch.setattr(tables, "materialize", materialize)
+
+    day = read_parquet(src).filter(pl.col("date").cast(pl.String) == DAYS[2]).to_arrow()
+    edited = day.set_column(1, "text", pa.array(["changed", *day.column("text").to_pylist()[1:]]))
+    write_deltalake(tmp_path / "source", edited, mode="overwrite", predicate="date = '2026-01-03'")
+    manifests = run_all(executor, source_uri, tmp_path / "out")
+    assert list(manifests) == ["2026-01-03"]
+    assert (manifests["2026-01-03"].rows_inferred, manifests["2026-01-03"].rows_reused) == (1, 21)
+
+
+def test_a_backfill_range_from_a_delta_source_into_an_iceberg_table(
+    executor, partitioned_source, iceberg_catalog: str, tmp_path: Path
+) -> None:
+    from deltalake import write_deltalake
+
+    src = partitioned_source(days=3)
+    write_deltalake(tmp_path / "source", read_parquet(src).to_arrow(), partition_by=["date"])
+    source, dest = resolve_run(f"delta://{tmp_path / 'source'}", f"iceberg://{iceberg_catalog}/a.b")
+    partitions = check_partitioned_run(source, dest, "date", "2026-01-02", "2026-01-03")
+    assert [p.value for p in partitions] == DAYS[1:]
+    plan = plan_partitions(source, dest, "date", executor.config, partitions=partitions)
+    for item in plan.by_action("enrich"):
+        enrich_partition(executor, item, dest, plan)
+    run_all(executor, src, tmp_path / "reference")
+    expected = read_parquet(tmp_path / "reference").filter(
+        pl.col("date").cast(pl.String) != DAYS[0]
+    )
+    assert_same_rows(read_table(str(dest)), expected)
+
+
+def test_a_bad_file_fails_only_its_partition(executor, partitioned_source, tmp_path: Path) -> None:
+    src = partitioned_source(days=3)
+    (src / "date=2026-01-02" / "part-0.parquet").write_bytes(b"not parquet")
+    source, dest = resolve_run(src, f"delta://{tmp_path / 't'}")
+    plan = plan_partitions(source, dest, "date", executor.config)
+    committed, failed = [], []
+    for item in plan.by_action("enrich"):
+        try:
+            enrich_partition(executor, item, dest, plan)
+            committed.append(item.value)
+        except InputError:
+            failed.append(item.value)
+    assert (committed, failed) == ([DAYS[0], DAYS[2]], [DAYS[1]])
+    assert sorted(read_table(str(dest))["date"].unique().to_list()) == [DAYS[0], DAYS[2]]
+
+
+def test_a_crash_between_partitions_then_a_rerun_loses_and_doubles_nothing(
+    executor, partitioned_source, table_uri: str, monkeypatch
+) -> None:
+    import bertetl.io.tables as tables
+
+    src = partitioned_source(days=3)
+    commit = tables.commit_partition
+    done: list[str] = []
+
+    def crash_after_one(ref, column, value, files, manifest_json):
+        if done:
+            raise KeyboardInterrupt("killed between partitions")
+        commit(ref, column, value, files, manifest_json)
+        done.append(value)
+
+    monkeypatch.setattr(tables, "commit_partition", crash_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        run_all(executor, src, table_uri)
+    monkeypatch.setattr(tables, "commit_partition", commit)
+    assert read_table(table_uri)["date"].unique().to_list() == done
+
+    assert sorted(run_all(executor, src, table_uri)) == DAYS[1:]
+    rows = read_table(table_uri).with_columns(pl.col("date").cast(pl.String))
+    counts = rows.group_by("date", "id").len()
+    assert counts.height == 3 * 24 and counts["len"].max() == 1
+
+
+def test_one_run_per_table_and_no_table_is_its_own_dest(partitioned_source, tmp_path: Path) -> None:
+    src = partitioned_source(days=1)
+    _, dest = resolve_run(src, f"delta://{tmp_path / 't'}")
+    with destination_lock(dest):
+        with pytest.raises(CommitError, match="another bertetl run"):
+            destination_lock(dest).acquire()
+    assert (tmp_path / "t.bertetl" / ".bertetl.lock").exists()
+    same = TableRef("delta", f"delta://{tmp_path / 't'}", str(tmp_path / "t"))
+    with pytest.raises(InputError, match="its own input"):
+        check_partitioned_run(same, same, "date")
+    with pytest.raises(InputError, match="its own input"):
+        check_partitioned_run(src, TableRef("delta", "delta://x", str(src / "t")), "date")
