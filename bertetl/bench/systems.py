@@ -28,8 +28,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from bertetl.bench.e2e import engine_e2e_run
 from bertetl.bench.host import CODECS
-from bertetl.config import Device, DType
+from bertetl.config import Device, DType, NerAggregation
 
 SYSTEMS = (
     "pipeline",
@@ -40,6 +41,15 @@ SYSTEMS = (
     "host",
 )
 BASELINE_BATCH = 32
+#: The systems each kind of model has (`split_task`); the others are skipped for it:
+#: sentence-transformers has no classifier or NER counterpart, the pipeline no zero-shot one
+#: (its zero-shot pipeline is an NLI model), and the host path covers embed and classify.
+TASK_SYSTEMS = {
+    "embed": SYSTEMS,
+    "classify": tuple(s for s in SYSTEMS if s != "sentence-transformers"),
+    "ner": ("pipeline", "engine-model", "engine-e2e", "engine-e2e-int8"),
+    "zero_shot": ("sentence-transformers", "engine-model", "engine-e2e", "engine-e2e-int8"),
+}
 #: Dense bf16 tensor-core peaks (FLOP/s) for MFU, by device-name substring.
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L4": 121e12}
 #: The MFU the host projection assumes for the device (the GPU target for BERT-base).
@@ -53,8 +63,10 @@ class BenchConfig(BaseModel):
 
     models: list[str] = Field(
         ["minilm"],
-        description="minilm, bert-base (random), embedding model dirs, or classify:DIR for a "
-        "sequence classifier (compared with the text-classification pipeline).",
+        description="minilm, bert-base (random), embedding model dirs, classify:DIR for a "
+        "sequence classifier (compared with the text-classification pipeline), ner:DIR for a "
+        "token classifier (with the token-classification pipeline) or zero-shot:MODEL for a "
+        "zero-shot head on an embedding model (with sentence-transformers similarity).",
     )
     inputs: list[str] = Field(
         ["reviews", "synthetic"],
@@ -85,6 +97,14 @@ class BenchConfig(BaseModel):
         None,
         description="The host system at each of these core counts, each in a process pinned to "
         "that many CPUs (default: 1 and all this process may use).",
+    )
+    ner_aggregation: NerAggregation = Field(
+        "simple", description="With ner:DIR: the aggregation of the engine and the pipeline."
+    )
+    zero_shot_labels: str | None = Field(
+        None,
+        description="With zero-shot:MODEL: a comma list or a YAML/JSON label file, as "
+        "--zero-shot takes (default: fresh, rotten, plot with two descriptions each).",
     )
     compression: list[str] = Field(
         ["zstd"],
@@ -123,6 +143,9 @@ class Result:
     peak_gpu_mb: float | None = None
     flops: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: One comparable value per row (heads only: `bertetl.bench.heads.comparable`), which
+    #: `run_bench` holds to the task's reference baseline; not in the summary.
+    outputs: list[Any] | None = None
 
     @property
     def median(self) -> float:
@@ -131,7 +154,7 @@ class Result:
     def summary(self, peak_flops: float | None) -> dict[str, Any]:
         rate = self.rows / self.median
         out = {
-            **{k: v for k, v in asdict(self).items() if k != "extra"},
+            **{k: v for k, v in asdict(self).items() if k not in ("extra", "outputs")},
             **self.extra,
             "median_s": round(self.median, 4),
             "rows_per_s": round(rate, 1),
@@ -203,21 +226,40 @@ def forward_flops(model_config: Any, lengths: np.ndarray, non_embedding_params: 
 # ---------------------------------------------------------------- systems
 
 
-def _timed(run: Callable[[], Any], repeats: int, device: Any) -> list[float]:
+def _sync(device: Any) -> Callable[[], None]:
     import torch
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    return sync
+
+
+def _timed(run: Callable[[], Any], repeats: int, device: Any) -> tuple[list[float], Any]:
+    """Seconds of each repetition and the last one's output."""
+    sync = _sync(device)
     seconds = []
+    out = None
     for _ in range(repeats):
         sync()
         started = time.perf_counter()
-        run()
+        out = run()
         sync()
         seconds.append(time.perf_counter() - started)
-    return seconds
+    return seconds, out
+
+
+def engine_fields(task: str, model: str, config: BenchConfig) -> dict[str, Any]:
+    """The EngineConfig fields that run one bench model (`split_task`) in the engine."""
+    from bertetl.bench.heads import NER_HEAD, REVIEW_LABELS
+
+    if task == "ner":
+        return {"ner": [f"{NER_HEAD}={model}"], "ner_aggregation": config.ner_aggregation}
+    if task == "zero_shot":
+        labels = config.zero_shot_labels or {"name": "", "labels": REVIEW_LABELS}
+        return {"embed_model": model, "zero_shot": [labels]}
+    return {f"{task}_model": model}
 
 
 def _engine_pipeline(task: str, model_dir: Path, config: BenchConfig) -> Any:
@@ -228,7 +270,7 @@ def _engine_pipeline(task: str, model_dir: Path, config: BenchConfig) -> Any:
     return Pipeline(
         EngineConfig(
             text_column="text",
-            **{f"{task}_model": str(model_dir)},
+            **engine_fields(task, str(model_dir), config),
             device=config.device,
             dtype=config.dtype,
             batch_tokens=config.batch_tokens,
@@ -245,24 +287,25 @@ def _run_system(
     import torch
     import transformers
 
+    from bertetl.bench import heads
     from bertetl.engine.encoders import resolve_device, resolve_dtype
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
-    make_run = _SYSTEMS.get(system)
-    if make_run is None:
-        raise ValueError(f"unknown system {system!r} ({', '.join(SYSTEMS)})")
     task, name = split_task(model_name)
+    make_run = (_head_systems() if task in heads.REFERENCE else _SYSTEMS).get(system)
+    if make_run is None or system not in TASK_SYSTEMS[task]:
+        raise ValueError(f"unknown system {system!r} ({', '.join(TASK_SYSTEMS[task])})")
     model_dir = _model_dir(name, workdir)
     texts = _texts(inputs, config.rows)
     device = resolve_device(config.device)
     pipeline = _engine_pipeline(task, model_dir, config)
-    tokenizer = next(iter(pipeline.tokenizers.values()))
+    tokenizer = pipeline.tokenize_stages[0]
     if system.startswith("engine"):
         pipeline.setup()
     else:  # a baseline process holds only the baseline's model, so its peak RSS is its own
         tokenizer.setup()
-    lengths = np.array([len(ids) for ids in tokenizer.encode(texts)])
+    lengths = token_lengths(tokenizer, texts)
     model_config, params = _model_size(model_dir, task)
     result = Result(system, model_name, inputs, len(texts), int(lengths.sum()), [])
     result.flops = forward_flops(model_config, lengths, params)
@@ -276,14 +319,27 @@ def _run_system(
         device=device,
         dtype=resolve_dtype(config.dtype, device),
         workdir=workdir,
+        aggregation=config.ner_aggregation,
     )
-    make_run(texts[:64], **setup)()  # warm-up
+    warm_up = make_run(texts[:64], **setup)
+    warm_up()
+    if isinstance(warm_up, heads.Paired):
+        warm_up.without_head()
     model = pipeline.models[0]
     before = model.counters.padded_tokens
-    result.seconds = _timed(make_run(texts, **setup), config.repeats, device)
+    run = make_run(texts, **setup)
+    if isinstance(run, heads.Paired):  # the embedding stage runs twice a repeat
+        result.seconds, without, last = heads.timed_pair(run, config.repeats, _sync(device))
+        result.extra = heads.head_cost(result.seconds, without, len(texts))
+        runs = 2 * config.repeats
+    else:
+        result.seconds, last = _timed(run, config.repeats, device)
+        runs = config.repeats
     if system in ("engine-model", "engine-e2e"):
-        result.padded_tokens = (model.counters.padded_tokens - before) // config.repeats
-    if system == "engine-e2e-int8":
+        result.padded_tokens = (model.counters.padded_tokens - before) // runs
+    if task in heads.REFERENCE:
+        result.outputs = heads.comparable(task, last)
+    elif system == "engine-e2e-int8":
         result.extra = int8_agreement(texts, pipeline)
     elif system == "pipeline":  # batches of 32 in input order, padded to their longest
         chunks = np.array_split(lengths, max(1, -(-len(lengths) // BASELINE_BATCH)))
@@ -294,24 +350,51 @@ def _run_system(
     return result
 
 
+def token_lengths(tokenizer: Any, texts: list[str]) -> np.ndarray:
+    """Tokens the model is given per text, special tokens included (a `TokenizeStage`, or an
+    NER head's `NerTokenizeStage`: its content tokens up to the limit, plus the specials)."""
+    from bertetl.engine.ner import NerTokenizeStage
+
+    if isinstance(tokenizer, NerTokenizeStage):
+        encodings, _ = tokenizer.encodings(texts)
+        assert tokenizer.rule is not None  # set by setup()
+        specials = len(tokenizer.head) + len(tokenizer.tail)
+        return np.array([min(len(e.ids), tokenizer.rule.limit) + specials for e in encodings])
+    return np.array([len(ids) for ids in tokenizer.encode(texts)])
+
+
 def _model_size(model_dir: Path, task: str) -> tuple[Any, int]:
     """The model's config and its non-embedding parameter count, built on the meta device
     (no weights loaded, no memory used)."""
     import torch
-    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+    )
 
     config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
-    cls = AutoModelForSequenceClassification if task == "classify" else AutoModel
+    cls = {
+        "classify": AutoModelForSequenceClassification,
+        "ner": AutoModelForTokenClassification,
+    }.get(task, AutoModel)
     with torch.device("meta"):
         model = cls.from_config(config)
     embedding = sum(p.numel() for p in model.base_model.embeddings.parameters())
     return config, sum(p.numel() for p in model.parameters()) - embedding
 
 
+#: Model prefixes (`--models classify:DIR`) and the task each benchmarks.
+TASK_PREFIXES = {"classify:": "classify", "ner:": "ner", "zero-shot:": "zero_shot"}
+
+
 def split_task(model: str) -> tuple[str, str]:
-    """`classify:DIR` benchmarks a classifier; anything else an embedding model."""
-    if model.startswith("classify:"):
-        return "classify", model.removeprefix("classify:")
+    """`classify:DIR` benchmarks a classifier, `ner:DIR` a token classifier, `zero-shot:MODEL`
+    a zero-shot head on an embedding model; anything else an embedding model."""
+    for prefix, task in TASK_PREFIXES.items():
+        if model.startswith(prefix):
+            return task, model.removeprefix(prefix)
     return "embed", model
 
 
@@ -382,25 +465,13 @@ def _engine_model_run(texts: list[str], pipeline: Any, **_: Any) -> Callable[[],
     return run
 
 
-def _engine_e2e_run(texts: list[str], pipeline: Any, workdir: Path, **_: Any) -> Callable[[], None]:
-    """The engine end to end: Parquet in, read, tokenize, infer, write Parquet out."""
-    from bertetl.io.read import discover
-
-    src = workdir / f"src-{os.getpid()}-{len(texts)}.parquet"
-    pq.write_table(pa.table({"id": np.arange(len(texts)), "text": texts}), src)
-    (file,) = discover(src)
-    schema = pq.read_schema(src)
-    out = workdir / f"out-{os.getpid()}-{len(texts)}.parquet"
-    return lambda: pipeline.run_file(file, out, schema)
-
-
 def _engine_int8_run(texts: list[str], pipeline: Any, **kwargs: Any) -> Callable[[], None]:
     """The engine end to end with dynamic int8 quantization (CPU)."""
     from bertetl.engine.pipeline import Pipeline
 
     quantized = Pipeline(pipeline.config.model_copy(update={"quantize": "int8"}))
     quantized.setup()
-    return _engine_e2e_run(texts, quantized, **kwargs)
+    return engine_e2e_run(texts, quantized, **kwargs)
 
 
 def int8_agreement(texts: list[str], pipeline: Any) -> dict[str, float]:
@@ -430,9 +501,22 @@ _SYSTEMS: dict[str, Callable[..., Callable[[], None]]] = {
     "pipeline": _pipeline_run,
     "sentence-transformers": _sentence_transformers_run,
     "engine-model": _engine_model_run,
-    "engine-e2e": _engine_e2e_run,
+    "engine-e2e": engine_e2e_run,
     "engine-e2e-int8": _engine_int8_run,
 }
+
+
+def _head_systems() -> dict[str, Callable[..., Any]]:
+    """The runners of the head tasks (`ner`, `zero_shot`); `TASK_SYSTEMS` says which apply."""
+    from bertetl.bench import heads
+
+    return {
+        "pipeline": heads.token_classification_run,
+        "sentence-transformers": heads.similarity_run,
+        "engine-model": heads.stages_run,
+        "engine-e2e": heads.e2e_run,
+        "engine-e2e-int8": _engine_int8_run,
+    }
 
 
 def _child(queue: Any, *args: Any) -> None:
@@ -541,11 +625,12 @@ def run_bench(config: BenchConfig, until: float | None = None) -> dict[str, Any]
     rows: list[dict[str, Any]] = []
     errors: list[str] = []
     codecs: list[dict[str, Any]] = []
+    outputs: dict[tuple[str, str], dict[str, list[Any]]] = {}
     for model_name, inputs, system in itertools.product(
         config.models, config.inputs, config.systems
     ):
-        if split_task(model_name)[0] == "classify" and system == "sentence-transformers":
-            continue  # sentence-transformers has no classification counterpart
+        if system not in TASK_SYSTEMS[split_task(model_name)[0]]:
+            continue  # no counterpart for this kind of model (e.g. s-t for a classifier)
         if until is not None and time.monotonic() > until:
             errors.append(f"{system} / {model_name} / {inputs}: skipped, out of time")
         elif system == "host":
@@ -560,8 +645,15 @@ def run_bench(config: BenchConfig, until: float | None = None) -> dict[str, Any]
                 errors.append(f"{system} / {model_name} / {inputs}: {outcome}")
             else:
                 rows.append(outcome.summary(peak))
+                if outcome.outputs is not None:
+                    outputs.setdefault((model_name, inputs), {})[system] = outcome.outputs
     for model_name, inputs in itertools.product(config.models, config.inputs):
-        add_ratios([r for r in rows if r["model"] == model_name and r["inputs"] == inputs])
+        group = [r for r in rows if r["model"] == model_name and r["inputs"] == inputs]
+        add_ratios(group)
+        if (model_name, inputs) in outputs:
+            from bertetl.bench.heads import add_agreement
+
+            add_agreement(split_task(model_name)[0], group, outputs[model_name, inputs])
     if config.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
     report = {"environment": env, "config": config.model_dump(), "results": rows, "errors": errors}
@@ -581,6 +673,10 @@ SYSTEM_COLUMNS = [
     ("x pipeline", "x_pipeline"),
     ("x s-t", "x_sentence-transformers"),
     ("e2e/model", "share_of_model_only"),
+    ("x embed-only", "x_embed_only"),
+    ("entities", "entities"),
+    ("agree", "rows_agree"),
+    ("score diff", "score_max_diff"),
     ("peak RSS MB", "peak_rss_mb"),
     ("peak GPU MB", "peak_gpu_mb"),
     ("MFU", "mfu"),
@@ -614,7 +710,13 @@ CODEC_COLUMNS = [
     ("null sample B/row", "sample_null_bytes_per_row"),
 ]
 LEFT = {"model", "inputs", "system", "codec"}
-PERCENT = {"padding_waste", "mfu"}
+PERCENT = {"padding_waste", "mfu", "rows_agree"}
+#: Columns shown in scientific notation (score differences: 1e-6 is not 0.00), or with three
+#: decimals (a head's cost, near 1.0).
+SCIENTIFIC = {"score_max_diff"}
+THREE_DECIMALS = {"x_embed_only"}
+#: Columns of the heads' systems, printed only when some row has them.
+HEAD_KEYS = {"x_embed_only", "entities", "rows_agree", "score_max_diff"}
 
 
 def _cell(row: dict[str, Any], key: str) -> str:
@@ -622,7 +724,12 @@ def _cell(row: dict[str, Any], key: str) -> str:
     for part in key.split("."):
         value = value.get(part) if isinstance(value, dict) else None
     if isinstance(value, float):
-        value = f"{value:.1%}" if key in PERCENT else f"{value:,.2f}"
+        if key in PERCENT:
+            value = f"{value:.1%}"
+        elif key in SCIENTIFIC:
+            value = f"{value:.1e}"
+        else:
+            value = f"{value:,.3f}" if key in THREE_DECIMALS else f"{value:,.2f}"
     return "" if value is None else str(value)
 
 
@@ -646,7 +753,12 @@ def format_table(report: dict[str, Any]) -> str:
     host = [r for r in report["results"] if r["system"] == "host"]
     console = Console(width=200, record=True, file=io.StringIO())
     if systems or not host:
-        console.print(_table(f"bertetl bench on {device}", SYSTEM_COLUMNS, systems))
+        columns = [
+            (title, key)
+            for title, key in SYSTEM_COLUMNS
+            if key not in HEAD_KEYS or any(key in row for row in systems)
+        ]
+        console.print(_table(f"bertetl bench on {device}", columns, systems))
     if host:
         title = f"host path (null model) on {device}: seconds per run, by stage"
         console.print(_table(title, HOST_COLUMNS, host))

@@ -10,7 +10,7 @@ import typer
 
 from bertetl.bench.systems import BenchConfig
 from bertetl.cli.common import Debug, build_config, help_of, split_list, user_errors
-from bertetl.config import Device, DType, EngineConfig, LongText
+from bertetl.config import Device, DType, EngineConfig, LongText, NerAggregation
 
 BENCH = {name: info.default for name, info in BenchConfig.model_fields.items()}
 
@@ -20,7 +20,10 @@ def bench(
         str,
         typer.Option(
             help="Comma-separated: minilm, bert-base (random weights), embedding model dirs, "
-            "or classify:DIR for a classifier."
+            "classify:DIR for a classifier, ner:DIR for a token classifier (against the "
+            "token-classification pipeline), zero-shot:MODEL for a zero-shot head on an "
+            "embedding model (against sentence-transformers similarity, and the embedding "
+            "alone)."
         ),
     ] = ",".join(BENCH["models"]),
     inputs: Annotated[
@@ -56,6 +59,12 @@ def bench(
         str,
         typer.Option(help="With --systems host: " + help_of(BenchConfig, "compression")),
     ] = ",".join(BENCH["compression"]),
+    ner_aggregation: Annotated[
+        NerAggregation, typer.Option(help=help_of(BenchConfig, "ner_aggregation"))
+    ] = BENCH["ner_aggregation"],
+    zero_shot_labels: Annotated[
+        str | None, typer.Option(help=help_of(BenchConfig, "zero_shot_labels"))
+    ] = None,
     memory: Annotated[
         str | None,
         typer.Option(
@@ -103,6 +112,8 @@ def bench(
                 device=device,
                 dtype=dtype,
                 batch_tokens=batch_tokens,
+                ner_aggregation=ner_aggregation,
+                zero_shot_labels=zero_shot_labels,
             ),
             split_list(executors),
             partitions,
@@ -126,6 +137,8 @@ def bench(
             batch_tokens=batch_tokens,
             cores=split_list(cores) if cores else None,
             compression=split_list(compression),
+            ner_aggregation=ner_aggregation,
+            zero_shot_labels=zero_shot_labels,
             engine_options={"long_text": long_text} if long_text != "truncate" else {},
         )
         _bench_systems(config, out, debug)
@@ -178,14 +191,14 @@ def _bench_executors(
     import tempfile
 
     from bertetl.bench.executors import executor_bench
-    from bertetl.bench.systems import split_task
+    from bertetl.bench.systems import engine_fields, split_task
 
     task, name = split_task(bench.models[0])
     config = build_config(
         EngineConfig,
         debug,
         text_column="text",
-        **{f"{task}_model": name},
+        **engine_fields(task, name, bench),
         device=bench.device,
         dtype=bench.dtype,
         batch_tokens=bench.batch_tokens,
