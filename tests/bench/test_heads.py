@@ -140,14 +140,20 @@ def test_zero_shot_against_sentence_transformers_and_the_embedding_alone(
 
 
 @pytest.mark.slow
-def test_cli_benchmarks_heads_in_their_own_processes(
-    tiny_ner_dir: Path, tiny_embed_dir: Path, tmp_path: Path
+def test_cli_benchmarks_heads(
+    tiny_ner_dir: Path, tiny_embed_dir: Path, tmp_path: Path, monkeypatch
 ) -> None:
+    """The CLI with both heads and their options, every system in this process (spawning
+    one per system, as `bertetl bench` does, is covered by tests/bench/test_bench.py; here it
+    cost four torch start-ups)."""
     import json
 
     from typer.testing import CliRunner
 
+    import bertetl.bench.systems as systems
     from bertetl.cli import app
+
+    monkeypatch.setattr(systems, "_isolated", systems._in_process)
 
     out = tmp_path / "bench.json"
     args = [
