@@ -168,6 +168,26 @@ def tiny_multilabel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
+@pytest.fixture(scope="session")
+def tiny_token_classifier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random BertForTokenClassification (a named-entity tagger): BIO tags of two types."""
+    import torch
+    from transformers import BertForTokenClassification
+
+    path = tmp_path_factory.mktemp("tiny-token-classifier")
+    _build_tokenizer(path)
+    torch.manual_seed(3)
+    labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    config = _tiny_config(
+        _vocab_size(path),
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+    BertForTokenClassification(config).save_pretrained(path)
+    return path
+
+
 @pytest.fixture
 def write_table(tmp_path: Path) -> Callable[..., Path]:
     """Write a pyarrow table (or a dict of columns) as Parquet under tmp_path; returns the path."""

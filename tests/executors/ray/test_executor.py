@@ -25,9 +25,12 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.usefixtures("local_
 
 @pytest.fixture
 def local_config(
-    tiny_embed_dir: Path, tiny_classifier_dir: Path, tiny_multilabel_dir: Path
+    tiny_embed_dir: Path,
+    tiny_classifier_dir: Path,
+    tiny_multilabel_dir: Path,
+    tiny_token_classifier_dir: Path,
 ) -> EngineConfig:
-    """Embed and classify, plus a named multi-label head and a zero-shot head, in small
+    """Embed and classify, plus a named multi-label head, a zero-shot and an NER head, in small
     windows, so files span several blocks and parts; long texts in token windows of 16
     tokens, at most 3 of them (so some rows are truncated)."""
     return EngineConfig(
@@ -36,6 +39,7 @@ def local_config(
         classify_model=str(tiny_classifier_dir),
         classify=(f"topic={tiny_multilabel_dir}",),
         zero_shot=("kind=good,bad,numbers",),
+        ner=(f"people={tiny_token_classifier_dir}",),
         window_rows=16,
         max_length=18,
         long_text="window",
