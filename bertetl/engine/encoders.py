@@ -187,8 +187,8 @@ class EncoderStage:
         raise NotImplementedError
 
     def setup(self) -> None:
-        pin_mmap_threshold()  # activations go back to the OS, not into a growing heap
         self.device = resolve_device(self.device_name)
+        pin_mmap_threshold(self.device.type)  # large blocks back to the OS (see engine.heap)
         if self.batch_tokens is None:
             self.token_budget = DEFAULT_BATCH_TOKENS.get(self.device.type, 4096)
         if self.quantize == "int8" and self.device.type != "cpu":
