@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -170,14 +170,15 @@ def tiny_multilabel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_token_classifier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random BertForTokenClassification (a named-entity tagger): BIO tags of two types."""
+    """A random 2-layer BertForTokenClassification (a named-entity tagger): BIO tags of three
+    types."""
     import torch
     from transformers import BertForTokenClassification
 
     path = tmp_path_factory.mktemp("tiny-token-classifier")
     _build_tokenizer(path)
     torch.manual_seed(3)
-    labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
     config = _tiny_config(
         _vocab_size(path),
         num_labels=len(labels),
@@ -285,3 +286,29 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("ray") is not None and "test_plan" not in item.nodeid:
             item.add_marker(pytest.mark.xdist_group("ray"))
+
+
+# -- a real S3-compatible server on loopback (moto), for the object-store tests
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """The session's S3 server (`tests/io/s3_server.py`), its endpoint URL."""
+    from tests.io import s3_server
+
+    yield s3_server.acquire()
+    s3_server.release()
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str) -> str:
+    """A fresh, empty bucket on the session's S3 server."""
+    from tests.io import s3_server
+
+    return s3_server.new_bucket(s3_endpoint)
+
+
+@pytest.fixture
+def storage(s3_endpoint: str) -> dict[str, str]:
+    """The storage options that reach the server: what `--storage-option` passes."""
+    return {"endpoint_url": s3_endpoint}

@@ -82,17 +82,17 @@ def quantize_int8(model: Any) -> Any:
 def load_model(
     model_dir: Path, kind: str, device: Any, dtype: Any, allow_pickle: bool = False
 ) -> Any:
-    """Load a local model (no remote code) with SDPA attention, in eval mode: safetensors
-    weights, or pickle weights only with `allow_pickle` and no safetensors present."""
+    """Load a local model (`kind`: embed, classify or ner) with no remote code, SDPA attention,
+    in eval mode: safetensors weights, or pickle weights only with `allow_pickle` and no
+    safetensors present."""
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
-    cls = (
-        transformers.AutoModelForSequenceClassification
-        if kind == "classify"
-        else transformers.AutoModel
-    )
+    cls = {
+        "classify": transformers.AutoModelForSequenceClassification,
+        "ner": transformers.AutoModelForTokenClassification,
+    }.get(kind, transformers.AutoModel)
     has_safetensors = any(Path(model_dir).glob("*.safetensors"))
     if not has_safetensors and not allow_pickle:
         raise ModelError(f"{model_dir} has no safetensors weights (pickle needs --allow-pickle)")

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -50,10 +49,12 @@ from bertetl.engine.batching import pad_batch, plan_batches
 from bertetl.engine.encoders import (
     DEFAULT_BATCH_TOKENS,
     ModelRuntime,
+    load_model,
     quantize_int8,
     resolve_device,
     resolve_dtype,
 )
+from bertetl.engine.heap import pin_mmap_threshold
 from bertetl.engine.long_text import LongTextOptions, WindowRule, cut_windows
 from bertetl.engine.model_files import max_length_for, tokenizer_key
 from bertetl.engine.tokenize import (
@@ -168,32 +169,6 @@ def read_label_scheme(model_dir: Path) -> LabelScheme:
         )
     id2label = config.get("id2label") or {}
     return LabelScheme.from_names([str(id2label.get(str(i), i)) for i in range(len(id2label))])
-
-
-def load_token_classifier(model_dir: Path, device: Any, dtype: Any, allow_pickle: bool) -> Any:
-    """`encoders.load_model` for `AutoModelForTokenClassification` (which it cannot pick):
-    local files, no remote code, safetensors unless `allow_pickle`, SDPA attention."""
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    has_safetensors = any(Path(model_dir).glob("*.safetensors"))
-    if not has_safetensors and not allow_pickle:
-        raise ModelError(f"{model_dir} has no safetensors weights (pickle needs --allow-pickle)")
-    kwargs = dict(
-        local_files_only=True, use_safetensors=has_safetensors, trust_remote_code=False, dtype=dtype
-    )
-    cls = transformers.AutoModelForTokenClassification
-    try:
-        try:
-            model = cls.from_pretrained(model_dir, attn_implementation="sdpa", **kwargs)
-        except ValueError as e:
-            if "sdpa" not in str(e).lower():
-                raise
-            model = cls.from_pretrained(model_dir, attn_implementation="eager", **kwargs)
-    except (OSError, ValueError, KeyError, pickle.UnpicklingError) as e:
-        raise ModelError(f"cannot load model {model_dir}: {e}") from e
-    return model.to(device).eval()
 
 
 # --- aggregation -------------------------------------------------------------------------
@@ -639,12 +614,14 @@ class NerStage:
 
     def setup(self) -> None:
         self.device = resolve_device(self.runtime.device)
+        pin_mmap_threshold(self.device.type)  # as the encoders do (see engine.heap)
         if self.runtime.batch_tokens is None:
             self.token_budget = DEFAULT_BATCH_TOKENS.get(self.device.type, 4096)
         if self.runtime.quantize == "int8" and self.device.type != "cpu":
             raise ModelError("--quantize int8 runs on the CPU only; use --device cpu")
-        self.model = load_token_classifier(
+        self.model = load_model(
             self.model_dir,
+            "ner",
             self.device,
             resolve_dtype(self.runtime.dtype, self.device),
             self.runtime.allow_pickle,

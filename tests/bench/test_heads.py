@@ -16,29 +16,8 @@ from bertetl.bench.systems import (
     split_task,
 )
 from bertetl.config import EngineConfig
-from tests.conftest import _build_tokenizer, _tiny_config, _vocab_size
 
 WNUT_TEST = Path(__file__).parents[1] / "data" / "wnut17" / "test.parquet"
-LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
-
-
-@pytest.fixture(scope="module")
-def tiny_ner_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random 2-layer BERT token classifier with BIO labels of three types."""
-    import torch
-    from transformers import BertForTokenClassification
-
-    path = tmp_path_factory.mktemp("tiny-ner")
-    _build_tokenizer(path)
-    torch.manual_seed(3)
-    config = _tiny_config(
-        _vocab_size(path),
-        num_labels=len(LABELS),
-        id2label=dict(enumerate(LABELS)),
-        label2id={label: i for i, label in enumerate(LABELS)},
-    )
-    BertForTokenClassification(config).save_pretrained(path)
-    return path
 
 
 def test_model_prefixes_name_the_task_and_its_engine_fields() -> None:
@@ -77,10 +56,10 @@ def test_head_cost_is_the_median_of_paired_ratios() -> None:
 
 
 def test_ner_systems_agree_with_the_token_classification_pipeline(
-    tiny_ner_dir: Path, tmp_path: Path
+    tiny_token_classifier_dir: Path, tmp_path: Path
 ) -> None:
     config = BenchConfig(
-        models=[f"ner:{tiny_ner_dir}"],
+        models=[f"ner:{tiny_token_classifier_dir}"],
         inputs=[str(WNUT_TEST)],
         rows=24,
         repeats=1,
@@ -141,7 +120,7 @@ def test_zero_shot_against_sentence_transformers_and_the_embedding_alone(
 
 @pytest.mark.slow
 def test_cli_benchmarks_heads(
-    tiny_ner_dir: Path, tiny_embed_dir: Path, tmp_path: Path, monkeypatch
+    tiny_token_classifier_dir: Path, tiny_embed_dir: Path, tmp_path: Path, monkeypatch
 ) -> None:
     """The CLI with both heads and their options, every system in this process (spawning
     one per system, as `bertetl bench` does, is covered by tests/bench/test_bench.py; here it
@@ -159,7 +138,7 @@ def test_cli_benchmarks_heads(
     args = [
         "bench",
         "--models",
-        f"ner:{tiny_ner_dir},zero-shot:{tiny_embed_dir}",
+        f"ner:{tiny_token_classifier_dir},zero-shot:{tiny_embed_dir}",
         "--inputs",
         str(WNUT_TEST),
         "--systems",

@@ -14,27 +14,6 @@ from bertetl.config import EngineConfig
 from bertetl.engine.pipeline import Pipeline
 from bertetl.errors import ModelError
 from bertetl.runs.enrich import enrich
-from tests.conftest import _build_tokenizer, _tiny_config, _vocab_size
-
-
-@pytest.fixture(scope="module")
-def tiny_token_classifier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random BertForTokenClassification (a named-entity tagger), 3 tags."""
-    import torch
-    from transformers import BertForTokenClassification
-
-    path = tmp_path_factory.mktemp("tiny-ner")
-    _build_tokenizer(path)
-    torch.manual_seed(3)
-    labels = ["O", "B-PER", "I-PER"]
-    config = _tiny_config(
-        _vocab_size(path),
-        num_labels=3,
-        id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
-    )
-    BertForTokenClassification(config).save_pretrained(path)
-    return path
 
 
 def _run(src: Path, dest: Path, **options: object) -> tuple[pa.Table, dict]:
@@ -234,7 +213,7 @@ def test_a_sequence_classifier_given_as_ner_is_refused_and_ner_options_need_ner(
 ) -> None:
     import bertetl.engine.ner as ner
 
-    monkeypatch.setattr(ner, "load_token_classifier", lambda *a, **k: pytest.fail("loaded"))
+    monkeypatch.setattr(ner, "load_model", lambda *a, **k: pytest.fail("loaded"))
     config = EngineConfig(text_column="text", ner=[f"people={tiny_classifier_dir}"])
     with pytest.raises(ModelError, match="not a token-classification") as raised:
         Pipeline(config)

@@ -14,9 +14,6 @@ from bertetl.engine.long_text import LongTextOptions
 from bertetl.engine.ner import AGGREGATIONS, NerOptions, NerStage, best_context, ner_stages
 from bertetl.engine.tokenize import ValidateTextStage
 from bertetl.errors import ModelError
-from tests.conftest import _build_tokenizer, _tiny_config, _vocab_size
-
-LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
 
 #: Offsets are characters of the original text: emoji, combining accents, CJK, spaces at both
 #: ends, upper case (the tokenizer lowercases), unknown characters, a literal special token.
@@ -34,31 +31,12 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def tiny_ner_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random 2-layer BERT token classifier with BIO labels of three types."""
-    import torch
-    from transformers import BertForTokenClassification
-
-    path = tmp_path_factory.mktemp("tiny-ner")
-    _build_tokenizer(path)
-    torch.manual_seed(3)
-    config = _tiny_config(
-        _vocab_size(path),
-        num_labels=len(LABELS),
-        id2label=dict(enumerate(LABELS)),
-        label2id={label: i for i, label in enumerate(LABELS)},
-    )
-    BertForTokenClassification(config).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_ner_dir: Path):
+def reference(tiny_token_classifier_dir: Path):
     """transformers' own model and tokenizer for the same folder."""
     from transformers import AutoTokenizer, BertForTokenClassification
 
-    model = BertForTokenClassification.from_pretrained(tiny_ner_dir).eval()
-    return model, AutoTokenizer.from_pretrained(tiny_ner_dir)
+    model = BertForTokenClassification.from_pretrained(tiny_token_classifier_dir).eval()
+    return model, AutoTokenizer.from_pretrained(tiny_token_classifier_dir)
 
 
 def run_ner(
@@ -100,7 +78,7 @@ def assert_same(ours: list[dict] | None, expected: list[dict], text: str) -> Non
 
 @pytest.mark.parametrize("strategy", AGGREGATIONS)
 def test_entities_equal_the_transformers_pipeline(
-    tiny_ner_dir: Path, reference, strategy: str
+    tiny_token_classifier_dir: Path, reference, strategy: str
 ) -> None:
     import warnings
 
@@ -110,7 +88,9 @@ def test_entities_equal_the_transformers_pipeline(
     ner = pipeline(
         "token-classification", model=model, tokenizer=tokenizer, aggregation_strategy=strategy
     )
-    out = run_ner(tiny_ner_dir, [*TEXTS, None, "   "], NerOptions(aggregation=strategy))
+    out = run_ner(
+        tiny_token_classifier_dir, [*TEXTS, None, "   "], NerOptions(aggregation=strategy)
+    )
     entities = out.column("people_entities").to_pylist()
     assert entities[-2:] == [None, None]  # rejected text: no entities value
     with warnings.catch_warnings():
@@ -122,16 +102,20 @@ def test_entities_equal_the_transformers_pipeline(
         assert_same(ours, theirs, text)
 
 
-def test_words_differ_from_tokens_somewhere(tiny_ner_dir: Path) -> None:
+def test_words_differ_from_tokens_somewhere(tiny_token_classifier_dir: Path) -> None:
     """The word strategies are exercised: some word has subwords that disagree."""
-    simple = run_ner(tiny_ner_dir, TEXTS, NerOptions("simple")).column("people_entities")
-    first = run_ner(tiny_ner_dir, TEXTS, NerOptions("first")).column("people_entities")
+    simple = run_ner(tiny_token_classifier_dir, TEXTS, NerOptions("simple")).column(
+        "people_entities"
+    )
+    first = run_ner(tiny_token_classifier_dir, TEXTS, NerOptions("first")).column("people_entities")
     assert simple.to_pylist() != first.to_pylist()
 
 
-def test_label_subset_and_redaction(tiny_ner_dir: Path) -> None:
-    every = run_ner(tiny_ner_dir, TEXTS, NerOptions("first")).column("people_entities")
-    out = run_ner(tiny_ner_dir, [*TEXTS, None], NerOptions("first", labels=("LOC",), redact=True))
+def test_label_subset_and_redaction(tiny_token_classifier_dir: Path) -> None:
+    every = run_ner(tiny_token_classifier_dir, TEXTS, NerOptions("first")).column("people_entities")
+    out = run_ner(
+        tiny_token_classifier_dir, [*TEXTS, None], NerOptions("first", labels=("LOC",), redact=True)
+    )
     kept = out.column("people_entities").to_pylist()
     for row, (all_, some) in enumerate(zip(every.to_pylist(), kept, strict=False)):
         assert some == [e for e in all_ if e["label"] == "LOC"]
@@ -182,7 +166,7 @@ def _window_reference(model, tokenizer, text: str, width: int, overlap: int, max
 
 @pytest.mark.parametrize("strategy", ["simple", "average"])
 def test_long_text_windows_match_a_plain_transformers_reference(
-    tiny_ner_dir: Path, reference, strategy: str
+    tiny_token_classifier_dir: Path, reference, strategy: str
 ) -> None:
     """Windows of 14 content tokens overlapping by 6; aggregation by transformers' own
     `postprocess` over the stitched logits, so each entity in an overlap appears once."""
@@ -194,7 +178,7 @@ def test_long_text_windows_match_a_plain_transformers_reference(
     )
     texts = [TEXTS[1] * 6, TEXTS[4] + " " + TEXTS[0] * 2, "short text", TEXTS[8]]
     options = LongTextOptions("window", window_overlap=6, max_windows=5)
-    out = run_ner(tiny_ner_dir, texts, NerOptions(strategy), options, max_length=16)
+    out = run_ner(tiny_token_classifier_dir, texts, NerOptions(strategy), options, max_length=16)
     assert len(tokenizer(texts[0], add_special_tokens=False)["input_ids"]) > 14 + 4 * 8
     assert len(tokenizer(texts[1], add_special_tokens=False)["input_ids"]) > 14 + 8
     found = out.column("people_entities").to_pylist()
@@ -217,20 +201,25 @@ def test_best_context_picks_the_middle_of_overlaps() -> None:
 
 
 def test_refuses_a_sequence_classifier_before_any_model_work(
-    tiny_classifier_dir: Path, tiny_ner_dir: Path
+    tiny_classifier_dir: Path, tiny_token_classifier_dir: Path
 ) -> None:
     with pytest.raises(ModelError, match="not a token-classification"):
         NerStage(tiny_classifier_dir, "text", "__bertetl_tokens_x")
     with pytest.raises(ModelError, match=r"no entity label\(s\) \['DATE'\]"):
-        NerStage(tiny_ner_dir, "text", "__bertetl_tokens_x", options=NerOptions(labels=("DATE",)))
+        NerStage(
+            tiny_token_classifier_dir,
+            "text",
+            "__bertetl_tokens_x",
+            options=NerOptions(labels=("DATE",)),
+        )
     with pytest.raises(ValueError, match="aggregation"):
         NerOptions(aggregation="none")
-    config = json.loads((tiny_ner_dir / "config.json").read_text())
+    config = json.loads((tiny_token_classifier_dir / "config.json").read_text())
     assert config["architectures"] == ["BertForTokenClassification"]
 
 
-def test_schema_and_counters(tiny_ner_dir: Path) -> None:
-    out = run_ner(tiny_ner_dir, TEXTS, NerOptions(redact=True), batch_tokens=64)
+def test_schema_and_counters(tiny_token_classifier_dir: Path) -> None:
+    out = run_ner(tiny_token_classifier_dir, TEXTS, NerOptions(redact=True), batch_tokens=64)
     assert out.schema.field("people_entities").type == pa.list_(
         pa.struct(
             [

@@ -1,6 +1,6 @@
 """One real S3-compatible server (moto's `ThreadedMotoServer`) on loopback per test session,
-shared by the conftests of tests/io and tests/runs (each session fixture takes a reference;
-the last one released stops it)."""
+reached through the `s3_endpoint` session fixture in tests/conftest.py (which takes a
+reference; the last one released stops it)."""
 
 from __future__ import annotations
 
