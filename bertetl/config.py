@@ -136,6 +136,23 @@ def split_head(value: str) -> tuple[str, str]:
     return "", value.strip()
 
 
+def _named_model_heads(value: Any, hint: str) -> Any:
+    """A field of `NAME=DIR` heads from the CLI's strings (`hint` says how, when one has no
+    name); head models and dicts pass through to the field's own validation."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        return value
+    heads = []
+    for item in items:
+        if isinstance(item, str):
+            name, model = split_head(item)
+            if not name or not model:
+                raise ConfigError(f"{item!r}: {hint}")
+            item = {"name": name, "model": model}
+        heads.append(item)
+    return heads
+
+
 def read_labels(value: str) -> list[ZeroShotLabel]:
     """A label set: a `.json`/`.yaml`/`.yml` file mapping each label to a description or a
     list of them (or listing label names only), else a comma list of label names (each its
@@ -444,38 +461,17 @@ class EngineConfig(BaseModel):
     @classmethod
     def _classify_heads(cls, value: Any) -> Any:
         """`NAME=DIR` strings (the CLI's spelling) into heads."""
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, list | tuple):
-            return value
-        heads = []
-        for item in items:
-            if isinstance(item, str):
-                name, model = split_head(item)
-                if not name or not model:
-                    raise ConfigError(
-                        f"{item!r}: give NAME=DIR (e.g. sentiment=models/sentiment); the "
-                        "unnamed classifier is --classify-model DIR"
-                    )
-                item = {"name": name, "model": model}
-            heads.append(item)
-        return heads
+        return _named_model_heads(
+            value,
+            "give NAME=DIR (e.g. sentiment=models/sentiment); the unnamed classifier is "
+            "--classify-model DIR",
+        )
 
     @field_validator("ner", mode="before")
     @classmethod
     def _ner_heads(cls, value: Any) -> Any:
         """`NAME=DIR` strings (the CLI's spelling) into heads."""
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, list | tuple):
-            return value
-        heads = []
-        for item in items:
-            if isinstance(item, str):
-                name, model = split_head(item)
-                if not name or not model:
-                    raise ConfigError(f"{item!r}: give NAME=DIR (e.g. people=models/ner)")
-                item = {"name": name, "model": model}
-            heads.append(item)
-        return heads
+        return _named_model_heads(value, "give NAME=DIR (e.g. people=models/ner)")
 
     @field_validator("ner_labels", mode="before")
     @classmethod
