@@ -26,12 +26,13 @@ def local_api() -> Iterator[None]:
     """Without `PREFECT_API_URL`, run the block against a temporary server for this process
     (stopped on exit; stopped by a watchdog if this process is killed). With it, do nothing."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     if PREFECT_API_URL.value():
-        yield
+        yield  # a running server: no need to import the server's code (~3 s)
         return
+    from prefect.server.api.server import SubprocessASGIServer
+
     watchdogs: list[subprocess.Popen] = []
 
     class WatchedServer(SubprocessASGIServer):

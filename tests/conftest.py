@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -218,16 +219,42 @@ def text_table() -> pa.Table:
     )
 
 
+def _shared_server_home(config: pytest.Config) -> tuple[Path, int]:
+    """Where the session's shared Prefect server is recorded, and the process it serves:
+    the xdist controller (the workers' parent) or this pytest process."""
+    base = config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
+    if hasattr(config, "workerinput"):
+        return base.parent, os.getppid()
+    return base, os.getpid()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the shared Prefect server as soon as the session knows it has a flow test, so
+    its start-up overlaps the tests that come first."""
+    if any("prefect_harness" in getattr(item, "fixturenames", ()) for item in session.items):
+        from tests import prefect_server
+
+        prefect_server.start(*_shared_server_home(session.config))
+
+
 @pytest.fixture(scope="session")
-def prefect_harness():
-    """One temporary Prefect API (SQLite) for every flow test of the session."""
-    import os
-
+def prefect_harness(pytestconfig: pytest.Config):
+    """One temporary Prefect API (SQLite) for every flow test of the session, shared by the
+    xdist workers (`tests/prefect_server.py`); this process's settings point at it."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from prefect.testing.utilities import prefect_test_harness
+    import prefect.context
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+    from tests import prefect_server
+
+    url = prefect_server.wait_until_up(prefect_server.start(*_shared_server_home(pytestconfig)))
+    with temporary_settings({PREFECT_API_URL: url}):
+        # as prefect_test_harness does: code in contexts copied earlier sees the server too
+        with prefect.context._temporary_global_settings_context(
+            prefect.context.get_settings_context()
+        ):
+            yield
 
 
 @pytest.fixture(scope="session")
