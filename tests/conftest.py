@@ -248,13 +248,28 @@ def prefect_harness(pytestconfig: pytest.Config):
 
     from tests import prefect_server
 
-    url = prefect_server.wait_until_up(prefect_server.start(*_shared_server_home(pytestconfig)))
+    info = prefect_server.start(*_shared_server_home(pytestconfig))
+    url = prefect_server.wait_until_up(info)
     with temporary_settings({PREFECT_API_URL: url}):
         # as prefect_test_harness does: code in contexts copied earlier sees the server too
         with prefect.context._temporary_global_settings_context(
             prefect.context.get_settings_context()
         ):
-            yield
+            yield info
+
+
+@pytest.fixture
+def own_prefect_server_env(prefect_harness: dict, tmp_path: Path) -> dict[str, str]:
+    """The environment for a process that starts a Prefect server of its own (no
+    `PREFECT_API_URL`): a fresh PREFECT_HOME and an already migrated copy of the shared
+    server's database."""
+    from tests import prefect_server
+
+    database = prefect_server.copy_database(prefect_harness, tmp_path / "own-prefect.db")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    return (
+        env | {"PREFECT_HOME": str(tmp_path / "prefect-home")} | prefect_server.server_env(database)
+    )
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -75,12 +74,6 @@ def test_nightly_parameters_from_environment() -> None:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _logs(paths: list[Path]) -> str:
     return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in paths)
 
@@ -111,8 +104,6 @@ def _stop(process: subprocess.Popen | None) -> None:
         process.wait(timeout=15)
 
 
-SERVER = [sys.executable, "-m", "prefect", "server", "start", "--no-ui", "--host", "127.0.0.1"]
-
 SERVE = """
 from prefect import serve
 from bertetl.flows.deployments import BACKFILL, build_deployments
@@ -133,8 +124,10 @@ print(json.dumps({"id": str(run.id), "state": run.state.type.value, "message": r
 
 @pytest.mark.slow
 def test_served_backfill_runs_through_a_prefect_server(
-    tmp_path: Path, tiny_embed_dir: Path, write_table: Callable[..., Path]
+    prefect_harness: dict, tmp_path: Path, tiny_embed_dir: Path, write_table: Callable[..., Path]
 ) -> None:
+    """A deployment served by `serve` in one process and triggered from another, through the
+    session's Prefect server (a real one on loopback, as `prefect server start` runs)."""
     source, dest = tmp_path / "src", tmp_path / "dest"
     for day in (1, 2, 3):
         texts = [f"review {i} of day {day} was good and fun" for i in range(5 + day)]
@@ -143,29 +136,17 @@ def test_served_backfill_runs_through_a_prefect_server(
             f"src/date=2026-01-0{day}/part-0.parquet",
         )
 
-    port = _free_port()
-    api = f"http://127.0.0.1:{port}/api"
+    api = prefect_harness["url"]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "BERTETL_"))}
     env |= {
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}",
         "PREFECT_RUNNER_POLL_FREQUENCY": "1",
     }
     client_env = env | {"PREFECT_API_URL": api}
-    logs = [tmp_path / "server.log", tmp_path / "serve.log"]
-    server = serve = None
+    logs = [Path(prefect_harness["log"]), tmp_path / "serve.log"]
+    serve = None
     try:
-        with logs[0].open("wb") as log:
-            server = subprocess.Popen(
-                [*SERVER, "--port", str(port)],
-                env=env,
-                cwd=tmp_path,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        _wait("server", lambda: httpx.get(f"{api}/health").status_code == 200, server, logs)
-
         with logs[1].open("wb") as log:
             serve = subprocess.Popen(
                 [sys.executable, "-c", SERVE],
@@ -232,4 +213,3 @@ def test_served_backfill_runs_through_a_prefect_server(
         assert artifacts["bertetl-report"]["type"] == "markdown"
     finally:
         _stop(serve)
-        _stop(server)

@@ -49,9 +49,10 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("when", ["startup", "running"])
-def test_server_is_stopped_when_the_cli_is_killed(tmp_path: Path, when: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env |= {"PREFECT_HOME": str(tmp_path / "home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+def test_server_is_stopped_when_the_cli_is_killed(
+    own_prefect_server_env: dict[str, str], tmp_path: Path, when: str
+) -> None:
+    env = own_prefect_server_env
     pid_file = tmp_path / "server.pid"
     run = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(pid_file), when],

@@ -67,12 +67,6 @@ def two_nodes(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
         yield f"127.0.0.1:{port}", env
     finally:  # raylet and GCS drain for ~30s on SIGTERM; a test cluster need not
         for process in nodes:
-            os.killpg(process.pid, signal.SIGTERM)
-        for process in nodes:
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
