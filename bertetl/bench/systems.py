@@ -31,6 +31,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from bertetl.bench.e2e import engine_e2e_run
 from bertetl.bench.host import CODECS
 from bertetl.config import Device, DType, NerAggregation
+from bertetl.errors import InputError
+from bertetl.io.read import discover, read_columns
+from bertetl.io.storage import StorageError, resolve_inputs
 
 SYSTEMS = (
     "pipeline",
@@ -70,7 +73,13 @@ class BenchConfig(BaseModel):
     )
     inputs: list[str] = Field(
         ["reviews", "synthetic"],
-        description="reviews, synthetic, or PATH.parquet[:COLUMN] (your own texts).",
+        description="reviews, synthetic, or PATH.parquet[:COLUMN] (your own texts; PATH may "
+        "be a folder, or an s3://... file or prefix).",
+    )
+    storage_options: dict[str, str] = Field(
+        {},
+        exclude=True,  # may hold keys; never written into the report
+        description="Options of s3:// inputs (`--storage-option`, docs/STORAGE.md).",
     )
     systems: list[str] = Field(
         [s for s in SYSTEMS if s not in ("engine-e2e-int8", "host")],
@@ -173,17 +182,52 @@ class Result:
 # ---------------------------------------------------------------- inputs and models
 
 
-def _texts(inputs: str, rows: int) -> list[str]:
-    """`reviews`, `synthetic`, or `PATH.parquet[:COLUMN]` (default column `text`): your own
-    texts, non-blank ones, cycled to `rows`."""
+#: The input sets bertetl brings; any other is `PATH[:COLUMN]`.
+BUILT_IN_INPUTS = ("reviews", "synthetic")
+
+
+def own_input(inputs: str) -> tuple[str, str]:
+    """`PATH[:COLUMN]` as (path, column), the column `text` by default. PATH is a `.parquet`
+    file, a local folder, or an object-store URI (a file or a prefix); the colon of `s3://` is
+    not a column's."""
+    scheme, sep, rest = inputs.partition("://")
+    prefix = scheme + sep if sep else ""
+    path, _, column = (rest if sep else inputs).partition(":")
+    path = prefix + path
+    if not (path.endswith(".parquet") or sep or os.path.isdir(path)):
+        raise InputError(
+            f"unknown input set {inputs!r} ({', '.join(BUILT_IN_INPUTS)}, FILE.parquet, a "
+            "folder or an s3://... URI, each with an optional :COLUMN)"
+        )
+    return path, column or "text"
+
+
+def check_inputs(config: BenchConfig) -> None:
+    """Find the Parquet files of each own input set (`PATH[:COLUMN]`) before any system
+    runs: a missing file, bucket or endpoint is one error naming it, not one per system."""
+    paths = [own_input(i)[0] for i in config.inputs if i not in BUILT_IN_INPUTS]
+    if config.storage_options and not paths:
+        raise StorageError("--storage-option is for an s3://... input set (--inputs)")
+    for where in resolve_inputs(paths, config.storage_options):
+        discover(where)
+
+
+def input_texts(inputs: str, rows: int, storage_options: dict[str, str] | None = None) -> list[str]:
+    """`reviews`, `synthetic`, or `PATH[:COLUMN]` (`own_input`; opened with
+    `storage_options` on an object store): your own texts, non-blank ones, cycled to `rows`."""
     from bertetl.bench.corpus import length_mix, rotten_tomatoes
 
-    if inputs not in ("reviews", "synthetic"):
-        path, _, column = inputs.partition(":")
-        if not path.endswith(".parquet"):
-            raise ValueError(f"unknown input set {inputs!r} (reviews, synthetic, FILE.parquet)")
-        texts = pq.read_table(path, columns=[column or "text"]).column(0).to_pylist()
+    if inputs not in BUILT_IN_INPUTS:
+        path, column = own_input(inputs)
+        (where,) = resolve_inputs([path], storage_options)
+        texts = [
+            text
+            for file in discover(where)
+            for text in read_columns(file, [column]).column(0).to_pylist()
+        ]
         own = [t for t in texts if t and t.strip()]
+        if not own:
+            raise InputError(f"{path}: column {column!r} holds no text")
         return [own[i % len(own)] for i in range(rows)]
     reviews = [t for t in rotten_tomatoes().column("text").to_pylist() if t and t.strip()]
     if inputs == "reviews":
@@ -297,7 +341,7 @@ def _run_system(
     if make_run is None or system not in TASK_SYSTEMS[task]:
         raise ValueError(f"unknown system {system!r} ({', '.join(TASK_SYSTEMS[task])})")
     model_dir = _model_dir(name, workdir)
-    texts = _texts(inputs, config.rows)
+    texts = input_texts(inputs, config.rows, config.storage_options)
     device = resolve_device(config.device)
     pipeline = _engine_pipeline(task, model_dir, config)
     tokenizer = pipeline.tokenize_stages[0]
@@ -553,7 +597,7 @@ def host_system(
 
     task, name = split_task(model_name)
     model_dir = _model_dir(name, workdir)
-    texts = _texts(inputs, config.rows)
+    texts = input_texts(inputs, config.rows, config.storage_options)
     pipeline = _engine_pipeline(task, model_dir, config)
     cores = config.cores or sorted({1, len(os.sched_getaffinity(0))})
     runs, codecs, errors = host_bench(
@@ -618,6 +662,7 @@ def add_ratios(group: list[dict[str, Any]]) -> None:
 def run_bench(config: BenchConfig, until: float | None = None) -> dict[str, Any]:
     """Run every (model, input set, system) and return results with ratios; a system not
     started by `until` (a `time.monotonic()` deadline) is reported as skipped."""
+    check_inputs(config)  # before any system: a bad input is one error, not one per system
     env = environment()
     peak = peak_flops(env["device"])
     workdir = Path(config.workdir or tempfile.mkdtemp(prefix="bertetl-bench-"))

@@ -9,7 +9,14 @@ from typing import Annotated
 import typer
 
 from bertetl.bench.systems import BenchConfig
-from bertetl.cli.common import Debug, build_config, help_of, split_list, user_errors
+from bertetl.cli.common import (
+    Debug,
+    StorageOption,
+    build_config,
+    help_of,
+    split_list,
+    user_errors,
+)
 from bertetl.config import Device, DType, EngineConfig, LongText, NerAggregation
 
 BENCH = {name: info.default for name, info in BenchConfig.model_fields.items()}
@@ -30,7 +37,8 @@ def bench(
         str,
         typer.Option(
             help="Comma-separated input sets: reviews (real), synthetic (length mix), "
-            "or PATH.parquet[:COLUMN] (your own texts)."
+            "or PATH.parquet[:COLUMN] (your own texts; PATH may also be a folder, or an "
+            "s3://... file or prefix with --storage-option)."
         ),
     ] = ",".join(BENCH["inputs"]),
     systems: Annotated[
@@ -93,6 +101,7 @@ def bench(
     partitions: Annotated[int, typer.Option(help="With --executors: date partitions.")] = 4,
     files_per_partition: Annotated[int, typer.Option(help="With --executors: files each.")] = 2,
     out: Annotated[Path, typer.Option(help="Write the results as JSON here.")] = Path("bench.json"),
+    storage_option: StorageOption = None,
     debug: Debug = False,
 ) -> None:
     """Benchmark the engine against transformers' pipeline and sentence-transformers.
@@ -124,6 +133,10 @@ def bench(
     elif memory:
         _bench_memory([int(v) for v in split_list(memory)], out, debug)
     else:
+        from bertetl.io.storage import parse_storage_options
+
+        with user_errors(debug):
+            storage_options = parse_storage_options(storage_option)
         config = build_config(
             BenchConfig,
             debug,
@@ -140,6 +153,7 @@ def bench(
             ner_aggregation=ner_aggregation,
             zero_shot_labels=zero_shot_labels,
             engine_options={"long_text": long_text} if long_text != "truncate" else {},
+            storage_options=storage_options,
         )
         _bench_systems(config, out, debug)
 

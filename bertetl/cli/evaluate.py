@@ -12,6 +12,7 @@ import typer
 from bertetl.cli.common import (
     OPTION_NAMES,
     Debug,
+    StorageOption,
     build_config,
     help_of,
     setup_logging,
@@ -104,15 +105,18 @@ def with_engine_options(command: Any) -> Any:
 @with_engine_options
 def evaluate(
     table: Annotated[
-        str, typer.Argument(help="Labelled Parquet file, directory (hive folders kept) or glob.")
+        str,
+        typer.Argument(
+            help="Labelled Parquet file, directory (hive folders kept) or glob; or s3://... URI."
+        ),
     ],
     engine: EngineConfig | None,
     columns: dict[str, Any],
     label_column: Annotated[str, typer.Option(help=help_of(EvaluateConfig, "label_column"))],
     out: Annotated[
-        Path,
+        str,  # not a Path: `s3://...` is refused by name, not turned into a folder `s3:`
         typer.Option(
-            help="Folder for metrics.json, the plots and report.html: new, empty, or an "
+            help="Local folder for metrics.json, the plots and report.html: new, empty, or an "
             "earlier evaluation (replaced)."
         ),
     ],
@@ -133,6 +137,7 @@ def evaluate(
     examples: Annotated[int, typer.Option(help=help_of(EvaluateConfig, "examples"))] = EVALUATE[
         "examples"
     ],
+    storage_option: StorageOption = None,
     debug: Debug = False,
 ) -> None:
     """Evaluate a classifier on TABLE's true labels: metrics, plots and report.html in OUT.
@@ -142,6 +147,8 @@ def evaluate(
     holds its predictions. Single-label (one label per row) and multi-label (a list per row)
     models. True labels the model does not know are an error, before any model work.
     Metrics come from scikit-learn; metrics.json's schema is in docs/EVALUATE.md.
+    TABLE may be on an object store (s3://BUCKET/PREFIX, with --storage-option;
+    docs/STORAGE.md); OUT is a local folder.
     """
     setup_logging(debug)
     if predictions == (engine is not None):
@@ -158,10 +165,11 @@ def evaluate(
         examples=examples,
     )
     from bertetl.evaluate.run import evaluate as run
+    from bertetl.io.storage import parse_storage_options
 
     with user_errors(debug):
-        result = run(table, out, config)
-    print_summary(result.metrics, out / result.report.name)
+        result = run(table, out, config, parse_storage_options(storage_option))
+    print_summary(result.metrics, Path(out) / result.report.name)
 
 
 def print_summary(metrics: dict[str, Any], report: Path) -> None:

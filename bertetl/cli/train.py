@@ -8,7 +8,14 @@ from typing import Annotated, Literal
 
 import typer
 
-from bertetl.cli.common import Debug, build_config, help_of, setup_logging, user_errors
+from bertetl.cli.common import (
+    Debug,
+    StorageOption,
+    build_config,
+    help_of,
+    setup_logging,
+    user_errors,
+)
 from bertetl.config import Device, TrainConfig
 
 TRAIN = {name: info.default for name, info in TrainConfig.model_fields.items()}
@@ -16,8 +23,13 @@ Task = Literal["sequence-classification", "token-classification"]
 
 
 def train(
-    table: Annotated[str, typer.Argument(help="Labelled Parquet file, directory or glob.")],
-    model_out: Annotated[str, typer.Argument(help="Directory to write the fine-tuned model to.")],
+    table: Annotated[
+        str, typer.Argument(help="Labelled Parquet file, directory or glob; or s3://... URI.")
+    ],
+    model_out: Annotated[
+        str,
+        typer.Argument(help="Local directory to write the fine-tuned model to (not a URI)."),
+    ],
     text_column: Annotated[str, typer.Option(help="Column holding the text.")],
     label_column: Annotated[
         str | None,
@@ -39,7 +51,8 @@ def train(
     eval_table: Annotated[
         str | None,
         typer.Option(
-            help="token-classification: evaluate on this table instead of a held-out split."
+            help="token-classification: evaluate on this table (path or s3://...) instead of "
+            "a held-out split."
         ),
     ] = None,
     base_model: Annotated[str, typer.Option(help=help_of(TrainConfig, "base_model"))] = TRAIN[
@@ -59,6 +72,7 @@ def train(
     max_rows: Annotated[int | None, typer.Option(help=help_of(TrainConfig, "max_rows"))] = None,
     seed: Annotated[int, typer.Option(help="Seed for the split, sampling and init.")] = 0,
     device: Annotated[Device, typer.Option(help="auto = cuda when present, else cpu.")] = "auto",
+    storage_option: StorageOption = None,
     debug: Debug = False,
 ) -> None:
     """Fine-tune a sequence classifier (or token classifier) on TABLE and save it to MODEL_OUT.
@@ -73,6 +87,9 @@ def train(
     With `--task token-classification` TABLE needs a spans column instead of labels; the
     held-out report is seqeval's entity-level precision, recall and F1 (MODEL_OUT/eval/
     metrics.json), and the model is what `enrich --ner` loads.
+
+    TABLE (and --eval-table) may be on an object store (s3://BUCKET/PREFIX, with
+    --storage-option; docs/STORAGE.md); MODEL_OUT is a local folder.
     """
     setup_logging(debug)
     if task == "token-classification":
@@ -80,6 +97,7 @@ def train(
             table,
             model_out,
             debug,
+            storage_option,
             text_column=text_column,
             spans_column=spans_column,
             eval_table=eval_table,
@@ -112,10 +130,11 @@ def train(
         seed=seed,
         device=device,
     )
+    from bertetl.io.storage import parse_storage_options
     from bertetl.training.train import train as run
 
     with user_errors(debug):
-        result = run(table, model_out, config)
+        result = run(table, model_out, config, parse_storage_options(storage_option))
     typer.echo(
         f"trained on {result.train_rows} rows in {result.seconds:.0f}s; held-out "
         f"({result.eval_rows} rows): accuracy {result.accuracy:.3f}, macro-F1 "
@@ -124,13 +143,16 @@ def train(
     typer.echo(f"held-out report: {Path(model_out) / result.eval_dir / 'report.html'}")
 
 
-def _train_tokens(table: str, model_out: str, debug: bool, **values: object) -> None:
+def _train_tokens(
+    table: str, model_out: str, debug: bool, storage_option: list[str] | None, **values: object
+) -> None:
     """`--task token-classification`: fine-tune a token classifier and print its entity F1."""
+    from bertetl.io.storage import parse_storage_options
     from bertetl.training.token_classification import TokenTrainConfig, train_tokens
 
     config = build_config(TokenTrainConfig, debug, **values)
     with user_errors(debug):
-        result = train_tokens(table, model_out, config)
+        result = train_tokens(table, model_out, config, parse_storage_options(storage_option))
     typer.echo(
         f"trained on {result.train_rows} rows in {result.seconds:.0f}s; held-out "
         f"({result.eval_rows} rows): entity precision {result.precision:.3f}, recall "

@@ -19,12 +19,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from bertetl.config import EngineConfig
 from bertetl.engine.tokenize import as_plain_text
 from bertetl.errors import InputError
-from bertetl.io.read import SourceFile, read_schema, require_column
+from bertetl.io.read import SourceFile, read_columns, read_schema, require_column
 from bertetl.schema import LABEL, LABELS, SCORE, SCORES
 
 #: Unknown labels named in an error, at most.
@@ -194,10 +193,7 @@ def check_truth(
     for file in files:
         is_list = label_type(file, read_schema(file), column)
         _check_shape(file, column, is_list, multi_label)
-        try:
-            values = pq.read_table(file.path, columns=[column]).column(column)
-        except (pa.ArrowException, OSError) as e:
-            raise InputError(f"cannot read Parquet file {file.path}: {e}") from e
+        values = read_columns(file, [column]).column(column)
         labelled += len(values) - values.null_count
         array = as_plain_text(values)
         seen.append(_list_strings(array)[0] if is_list else _strings(array))
@@ -332,10 +328,7 @@ def _read_file(
     columns = [column, predicted_column, prefix + SCORE]
     if layout.has_scores:
         columns.append(prefix + SCORES)
-    try:
-        data = pq.read_table(file.path, columns=list(dict.fromkeys(columns)))
-    except (pa.ArrowException, OSError) as e:
-        raise InputError(f"cannot read Parquet file {file.path}: {e}") from e
+    data = read_columns(file, list(dict.fromkeys(columns)))
     truth = as_plain_text(data.column(column))
     predicted = as_plain_text(data.column(predicted_column))
     has_label = pc.is_valid(truth)
@@ -437,10 +430,7 @@ def _text_reader(
         file_of = predictions.file_index[indices]
         for index in np.unique(file_of):
             at = np.flatnonzero(file_of == index)
-            try:
-                values = pq.read_table(files[index].path, columns=[column]).column(column)
-            except (pa.ArrowException, OSError) as e:
-                raise InputError(f"cannot read Parquet file {files[index].path}: {e}") from e
+            values = read_columns(files[index], [column]).column(column)
             taken = values.take(pa.array(predictions.row[indices[at]])).to_pylist()
             for position, text in zip(at, taken, strict=True):
                 texts[position] = text

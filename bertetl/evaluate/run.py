@@ -5,6 +5,10 @@ then the model runs over the table through the engine (`bertetl.runs.enrich`: st
 batching, any executor) into a staging folder beside OUT, which is removed once the metrics
 are computed. OUT receives `metrics.json`, the PNG plots and `report.html`, and is replaced
 as a whole: it must be new, empty, or an earlier evaluation (it holds a `metrics.json`).
+
+TABLE may be on an object store (`s3://bucket/prefix`, opened with the storage options;
+docs/STORAGE.md): its files are read through their store's filesystem, and the model's
+predictions are staged locally as for a local table. OUT is a local folder.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from bertetl.evaluate.predictions import (
 )
 from bertetl.io.paths import check_replaceable_folder
 from bertetl.io.read import discover, source_root
+from bertetl.io.storage import Location, StorageError, is_uri, resolve_inputs
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +69,14 @@ def write_report(
     return {name: folder / name for name in names}
 
 
-def check_out(out: str | os.PathLike[str], table: str) -> Path:
-    """Refuse an OUT that is a file, a folder that is no earlier evaluation, or one that
-    holds the table or lies inside it."""
+def check_out(out: str | os.PathLike[str], table: str | Location) -> Path:
+    """Refuse an OUT that is not a local folder, is a file, a folder that is no earlier
+    evaluation, or one that holds a local table or lies inside it."""
+    if is_uri(out):
+        raise StorageError(f"--out {out}: the report is written to a local folder; give one")
     path = check_replaceable_folder(out, "--out", "evaluation", "evaluation", METRICS)
+    if isinstance(table, Location):  # on an object store: no local folder to overlap
+        return path
     root = (Path(table) if os.path.isfile(table) else source_root(table)).resolve()
     if not os.path.isfile(table) and path.is_relative_to(root):  # later reads would see it
         raise InputError(f"--out {out} lies inside TABLE {table}; pick a folder outside it")
@@ -95,13 +104,18 @@ def staged(out: Path) -> Iterator[Path]:
 
 
 def evaluate(
-    table: str | os.PathLike[str], out: str | os.PathLike[str], config: EvaluateConfig
+    table: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    config: EvaluateConfig,
+    storage_options: dict[str, str] | None = None,
 ) -> Evaluation:
     """Evaluate `config`'s model (or the table's own predictions) against `config.label_column`
-    and write the report into `out`; see the module docstring."""
+    and write the report into `out`; see the module docstring. `storage_options` open an
+    object-store TABLE (`--storage-option`)."""
     table = os.fspath(table)
-    out_path = check_out(out, table)
-    files = discover(table)
+    (where,) = resolve_inputs([table], storage_options)
+    out_path = check_out(out, where)
+    files = discover(where)
     about = {
         "table": table,
         "label_column": config.label_column,
@@ -115,7 +129,7 @@ def evaluate(
             )
             metrics = _measure(predictions, about, config)
         else:
-            metrics, predictions = _run_model(table, files, staging, about, config)
+            metrics, predictions = _run_model(table, where, files, staging, about, config)
         written = write_report(staging, predictions, metrics)
     files_out = {name: out_path / path.name for name, path in written.items()}
     return Evaluation(metrics, out_path, files_out)
@@ -135,6 +149,7 @@ def _measure(
 
 def _run_model(
     table: str,
+    where: str | Location,
     files: list[Any],
     staging: Path,
     about: dict[str, Any],
@@ -151,7 +166,7 @@ def _run_model(
         raise ModelError(f"{engine.classify_model}: the model's config names no labels (id2label)")
     check_truth(table, files, config.label_column, labels, multi_label)  # before any model work
     predicted = staging / ".predictions"
-    report = enrich(table, predicted, engine)
+    report = enrich(where, predicted, engine)
     log.info("predicted %d rows in %.1fs", report.rows, report.seconds)
     predictions = read_predictions(
         table, discover(predicted), config.label_column, engine.prefix, engine.text_column, labels

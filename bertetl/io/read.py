@@ -55,6 +55,15 @@ def read_metadata(file: SourceFile) -> pq.FileMetaData:
     return pq.read_metadata(file.fs_path, filesystem=file.filesystem)
 
 
+def read_columns(file: SourceFile, columns: list[str]) -> pa.Table:
+    """`columns` of the whole file (on its own filesystem: ranged reads on an object store);
+    a read failure is an `InputError` naming the file. For small tables (training, labels)."""
+    try:
+        return pq.read_table(file.fs_path, columns=columns, filesystem=file.filesystem)
+    except (pa.ArrowException, OSError) as e:
+        raise InputError(f"cannot read Parquet file {file.path}: {e}") from e
+
+
 def open_parquet(source: str | os.PathLike[str] | Location) -> pq.ParquetFile:
     """A `ParquetFile` (no pre-buffering) for a local path or a `Location` on any store."""
     if isinstance(source, Location) and not source.local:

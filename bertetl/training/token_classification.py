@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from bertetl.config import Device
@@ -35,7 +34,15 @@ from bertetl.engine.encoders import resolve_device
 from bertetl.engine.model_files import max_length_for, resolve_model_dir
 from bertetl.engine.tokenize import as_plain_text, text_problems
 from bertetl.errors import InputError
-from bertetl.io.read import SourceFile, check_text_column, discover, read_schema, require_column
+from bertetl.io.read import (
+    SourceFile,
+    check_text_column,
+    discover,
+    read_columns,
+    read_schema,
+    require_column,
+)
+from bertetl.io.storage import Location, resolve_inputs
 from bertetl.training.train import EVAL_DIR, _batches, _save, check_model_out
 
 log = logging.getLogger(__name__)
@@ -63,7 +70,9 @@ class TokenTrainConfig(BaseModel):
     max_length: int = Field(128, gt=1, description="Truncate training texts to this many tokens.")
     eval_fraction: float = Field(0.2, gt=0, lt=1, description="Held-out share of the rows.")
     eval_table: str | None = Field(
-        None, description="Evaluate on this table instead of a held-out split of TABLE."
+        None,
+        description="Evaluate on this table (a path or s3://... URI) instead of a held-out "
+        "split of TABLE.",
     )
     max_rows: int | None = Field(
         None, gt=0, description="Sample at most this many rows (of TABLE) to bound time."
@@ -117,9 +126,10 @@ def check_spans_type(file: SourceFile, dtype: pa.DataType, column: str) -> None:
         )
 
 
-def load_spans(table_path: str, config: TokenTrainConfig) -> SpanExamples:
-    """Texts and spans of every file of a table; rows with unusable text or null spans are
-    dropped, a span outside its text is an `InputError` naming file and row."""
+def load_spans(table_path: str | Location, config: TokenTrainConfig) -> SpanExamples:
+    """Texts and spans of every file of a table (a local path or a `Location`; each file read
+    on its own filesystem); rows with unusable text or null spans are dropped, a span outside
+    its text is an `InputError` naming file and row."""
     texts: list[str] = []
     spans: list[list[tuple[int, int, str]]] = []
     for file in discover(table_path):
@@ -128,10 +138,7 @@ def load_spans(table_path: str, config: TokenTrainConfig) -> SpanExamples:
         check_spans_type(
             file, require_column(file, schema, config.spans_column, "spans"), config.spans_column
         )
-        try:
-            table = pq.read_table(file.path, columns=[config.text_column, config.spans_column])
-        except (pa.ArrowException, OSError) as e:
-            raise InputError(f"cannot read Parquet file {file.path}: {e}") from e
+        table = read_columns(file, [config.text_column, config.spans_column])
         text = as_plain_text(table.column(config.text_column))
         column = table.column(config.spans_column).combine_chunks()
         keep = pc.and_(pc.is_null(text_problems(text)), pc.is_valid(column))
@@ -211,10 +218,16 @@ def _split(rows: int, config: TokenTrainConfig) -> tuple[np.ndarray, np.ndarray]
     return order[held:], np.sort(order[:held])
 
 
-def train_tokens(table_path: str, model_out: str, config: TokenTrainConfig) -> TokenTrainReport:
+def train_tokens(
+    table_path: str,
+    model_out: str,
+    config: TokenTrainConfig,
+    storage_options: dict[str, str] | None = None,
+) -> TokenTrainReport:
     """Fine-tune `config.base_model` for token classification and save a standard HF dir
     (safetensors, tokenizer, id2label of BIO tags, `training_metrics.json`, `eval/`),
-    written to a temp dir and renamed into place."""
+    written to a temp dir and renamed into place. TABLE and `eval_table` may be object-store
+    URIs (opened with `storage_options`); MODEL_OUT is a local folder."""
     import torch
     import transformers
 
@@ -222,10 +235,13 @@ def train_tokens(table_path: str, model_out: str, config: TokenTrainConfig) -> T
     transformers.utils.logging.disable_progress_bar()
     started = time.perf_counter()
     torch.manual_seed(config.seed)
-    files = discover(table_path)
+    table, *eval_table = resolve_inputs(
+        [table_path, *([config.eval_table] if config.eval_table else [])], storage_options
+    )
+    files = discover(table)
     out = check_model_out(model_out, files)
-    examples = load_spans(table_path, config)
-    held_out = load_spans(config.eval_table, config) if config.eval_table else None
+    examples = load_spans(table, config)
+    held_out = load_spans(eval_table[0], config) if eval_table else None
     types = sorted({label for row in examples.spans for _, _, label in row})
     if not types:
         raise InputError(f"{table_path}: spans column {config.spans_column!r} holds no entity")

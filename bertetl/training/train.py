@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from bertetl.config import TrainConfig
 from bertetl.engine.encoders import resolve_device
@@ -26,7 +25,15 @@ from bertetl.evaluate.metrics import compute_metrics
 from bertetl.evaluate.predictions import Predictions, is_label_value
 from bertetl.evaluate.run import write_report
 from bertetl.io.paths import check_replaceable_folder
-from bertetl.io.read import SourceFile, check_text_column, discover, read_schema, require_column
+from bertetl.io.read import (
+    SourceFile,
+    check_text_column,
+    discover,
+    read_columns,
+    read_schema,
+    require_column,
+)
+from bertetl.io.storage import Location, StorageError, is_uri, resolve_inputs
 
 log = logging.getLogger(__name__)
 
@@ -67,16 +74,25 @@ class Examples:
 
 
 def check_model_out(model_out: str, files: list[SourceFile]) -> Path:
-    """Refuse a MODEL_OUT that would replace anything but an earlier bertetl model."""
+    """Refuse a MODEL_OUT that is not a local folder, or that would replace anything but an
+    earlier bertetl model."""
+    if is_uri(model_out):
+        raise StorageError(
+            f"MODEL_OUT {model_out}: the model is written to a local folder; give one (and "
+            "copy it to the store afterwards)"
+        )
     out = check_replaceable_folder(model_out, "MODEL_OUT", "model", "bertetl model", METRICS_FILE)
     for file in files:
-        if Path(file.path).resolve().is_relative_to(out):
+        if file.filesystem is None and Path(file.path).resolve().is_relative_to(out):
             raise InputError(f"MODEL_OUT {model_out} holds the training table {file.path}")
     return out
 
 
-def load_examples(table_path: str, files: list[SourceFile], config: TrainConfig) -> Examples:
-    """Texts, integer labels and label names from every file of a table; unusable rows dropped."""
+def load_examples(
+    table_path: str | Location, files: list[SourceFile], config: TrainConfig
+) -> Examples:
+    """Texts, integer labels and label names from every file of a table (each read on its
+    own filesystem); unusable rows dropped."""
     tables = []
     origin: list[tuple[np.ndarray, np.ndarray]] = []
     for index, file in enumerate(files):
@@ -88,10 +104,7 @@ def load_examples(table_path: str, files: list[SourceFile], config: TrainConfig)
                 f"{file.path}: label column {config.label_column!r} has type {label_type}; "
                 "expected strings, integers, booleans or a dictionary of them"
             )
-        try:
-            table = pq.read_table(file.path, columns=[config.text_column, config.label_column])
-        except (pa.ArrowException, OSError) as e:
-            raise InputError(f"cannot read Parquet file {file.path}: {e}") from e
+        table = read_columns(file, [config.text_column, config.label_column])
         text = as_plain_text(table.column(config.text_column))
         label = pc.cast(as_plain_text(table.column(config.label_column)), pa.string())
         keep = pc.and_(pc.is_null(text_problems(text)), pc.is_valid(label))
@@ -144,13 +157,19 @@ def _batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> 
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def train(table_path: str, model_out: str, config: TrainConfig) -> TrainReport:
+def train(
+    table_path: str,
+    model_out: str,
+    config: TrainConfig,
+    storage_options: dict[str, str] | None = None,
+) -> TrainReport:
     """Fine-tune `config.base_model` for sequence classification and save a standard HF dir.
 
     The output holds safetensors weights, the tokenizer, `id2label`, `training_metrics.json`
     and `eval/` (the held-out split's `bertetl evaluate` report: metrics.json, plots,
     report.html); it is written to a temp dir and renamed into place, so a failed run leaves
-    nothing behind.
+    nothing behind. TABLE may be an object-store URI (`s3://bucket/prefix`, opened with
+    `storage_options`; docs/STORAGE.md); MODEL_OUT is a local folder.
     """
     import torch
     import transformers
@@ -159,9 +178,10 @@ def train(table_path: str, model_out: str, config: TrainConfig) -> TrainReport:
     transformers.utils.logging.disable_progress_bar()
     started = time.perf_counter()
     torch.manual_seed(config.seed)
-    files = discover(table_path)
+    (table,) = resolve_inputs([table_path], storage_options)
+    files = discover(table)
     out = check_model_out(model_out, files)
-    examples = load_examples(table_path, files, config)
+    examples = load_examples(table, files, config)
     texts, labels, names = examples.texts, examples.labels, examples.names
     train_rows, eval_rows = stratified_split(
         labels, config.eval_fraction, config.max_rows, config.seed
