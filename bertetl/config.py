@@ -413,6 +413,13 @@ class EngineConfig(BaseModel):
     prefetch_windows: int = Field(
         2, ge=0, description="Windows read and tokenized ahead in a thread (0: no thread)."
     )
+    write_behind_windows: int = Field(
+        2,
+        ge=0,
+        description="Enriched windows the models may run ahead of the Parquet writer: the "
+        "models run in a thread and the calling thread writes (0: models and writer take "
+        "turns on one thread).",
+    )
     include_scores: bool = Field(False, description="Add 'scores': every label's probability.")
     multi_label_threshold: float = Field(
         0.5, ge=0.0, le=1.0, description="Probability above which a multi-label label is kept."

@@ -354,6 +354,8 @@ class Pipeline:
             enriched = transform_with_reuse(
                 self.transform, batches, reuse, self.config.text_column, output, counts
             )
+        if self.config.write_behind_windows:  # the models run ahead; this thread writes
+            enriched = prefetch(enriched, self.config.write_behind_windows)
         truncated_before = self.truncated_rows
         sink.open()
         try:
@@ -371,6 +373,10 @@ class Pipeline:
         except BaseException:
             sink.abort()
             raise
+        finally:  # stop the models' thread, when the writer stopped early
+            close = getattr(enriched, "close", None)
+            if close is not None:
+                close()
         result.rows = sink.rows
         result.rows_reused = counts.get("reused", 0)
         result.rows_truncated = self.truncated_rows - truncated_before

@@ -369,3 +369,54 @@ def test_models_with_the_same_tokenizer_share_one_tokenization(
     assert shared.models[0].tokens_column == shared.models[1].tokens_column
     # but not when their max lengths differ (48 from sentence_bert_config vs 128)
     assert len(Pipeline(EngineConfig(text_column="text", **same)).tokenizers) == 2
+
+
+def test_writing_behind_the_models_changes_nothing_in_the_output(
+    tiny_embed_dir: Path, tiny_classifier_dir: Path, write_table, tmp_path: Path
+) -> None:
+    """The models in a thread ahead of the writer (the default) against models and writer
+    taking turns on one thread: the same files, byte for byte in every column."""
+    texts = [TEXTS[i % len(TEXTS)] + f" {i}" if i % 7 else None for i in range(90)]
+    write_table({"id": list(range(90)), "text": texts})
+    config = EngineConfig(
+        text_column="text",
+        embed_model=str(tiny_embed_dir),
+        classify_model=str(tiny_classifier_dir),
+        window_rows=8,
+        device="cpu",
+    )
+    assert config.write_behind_windows > 0
+    behind = enrich(tmp_path / "src", tmp_path / "behind", config)
+    inline = enrich(
+        tmp_path / "src", tmp_path / "inline", config.model_copy(update={"write_behind_windows": 0})
+    )
+    assert behind.rows == inline.rows == 90 and behind.rows_failed == inline.rows_failed
+    assert behind.label_counts == inline.label_counts
+    assert pq.read_table(tmp_path / "behind").equals(pq.read_table(tmp_path / "inline"))
+
+
+def test_a_failed_write_stops_the_models_thread_and_commits_nothing(
+    tiny_embed_dir: Path, write_table, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer fails on its third window while the models run ahead: the file fails alone,
+    nothing of it is committed, and no models' thread is left running."""
+    import threading
+
+    import bertetl.engine.pipeline as engine_pipeline
+
+    write_table({"id": list(range(80)), "text": [f"row {i} of text" for i in range(80)]})
+    real_write, calls = engine_pipeline.ParquetSink.write, []
+
+    def failing_write(self, batch):
+        calls.append(batch.num_rows)
+        if len(calls) == 3:
+            raise InputError("disk said no")
+        return real_write(self, batch)
+
+    monkeypatch.setattr(engine_pipeline.ParquetSink, "write", failing_write)
+    config = EngineConfig(text_column="text", embed_model=str(tiny_embed_dir), window_rows=8)
+    report = enrich(tmp_path / "src", tmp_path / "out", config, raise_on_failure=False)
+    (failure,) = report.failures.values()
+    assert "disk said no" in failure and len(calls) == 3
+    assert not list((tmp_path / "out").glob("*.parquet"))
+    assert not [t for t in threading.enumerate() if t.name == "bertetl-prefetch"]
