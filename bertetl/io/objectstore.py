@@ -12,7 +12,9 @@ What holds instead (docs/STORAGE.md):
 - the lock is `DEST/.bertetl.lock`, created with `PutObject(IfNoneMatch='*')`, so two runs
   never both hold it; it carries a lease that a heartbeat thread renews with
   `PutObject(IfMatch=<our ETag>)`; a lease that ran out (a killed run) is taken over with
-  `PutObject(IfMatch=<its ETag>)`, so of two runs taking it over only one wins.
+  `PutObject(IfMatch=<its ETag>)`, so of two runs taking it over only one wins. A lock
+  whose holder certainly is gone (same host, kernel boot and pid namespace, no such pid) is
+  taken over the same way at once (`holder_is_dead`).
 
 Writes go through boto3 (the `s3` extra), reads through pyarrow's S3 filesystem; both take
 credentials from the standard AWS chain. Other stores (`gs://`, `abfs://`) are read-only
@@ -243,6 +245,7 @@ class ObjectStoreLock:
             "owner": self.owner,
             "pid": os.getpid(),
             "host": socket.gethostname(),
+            **_process_space(),
             "since": self.since,
             "expires": time.time() + self.lease_seconds,
         }
@@ -307,20 +310,26 @@ class ObjectStoreLock:
                 continue
             info, their_etag = found
             expires = info.get("expires")
-            if isinstance(expires, int | float) and expires < time.time():
+            why = (
+                "its lease ran out"
+                if isinstance(expires, int | float) and expires < time.time()
+                else "its process is gone"
+                if holder_is_dead(info)
+                else None
+            )
+            if why is not None:
                 etag = self._put(IfMatch=their_etag)
                 if etag is not None:
                     log.warning(
-                        "took over the lock of %s: its lease ran out (%s)",
-                        self.dest.uri,
-                        _describe(info),
+                        "took over the lock of %s: %s (%s)", self.dest.uri, why, _describe(info)
                     )
                     break
                 continue
             raise CommitError(
                 f"another bertetl run is writing {self.dest.uri} ({_describe(info)}); wait for "
-                f"it to finish, or pick another DEST (a killed run's lock expires "
-                f"{self.lease_seconds:.0f}s after its last heartbeat)"
+                f"it to finish, or pick another DEST (a killed run's lock is taken over at "
+                f"once on its own machine, elsewhere {self.lease_seconds:.0f}s after its last "
+                "heartbeat)"
             )
         else:
             raise CommitError(f"cannot take the lock of {self.dest.uri}: it keeps changing")
@@ -379,6 +388,39 @@ class ObjectStoreLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _process_space() -> dict[str, str]:
+    """What makes a pid comparable across runs (Linux): the kernel's boot id and this
+    process's pid namespace; {} elsewhere."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return {"boot_id": boot, "pid_namespace": os.readlink("/proc/self/ns/pid")}
+    except OSError:
+        return {}
+
+
+def holder_is_dead(info: dict[str, Any]) -> bool:
+    """Whether the lock's holder is a process that certainly no longer exists: it ran on this
+    host, under this kernel boot, in this pid namespace (so its pid means the same here), and
+    no process has that pid. A killed run's lock is then taken over at once instead of after
+    its lease; anything less certain (another machine, a container, a reused pid) waits for
+    the lease."""
+    here = _process_space()
+    if not here or info.get("host") != socket.gethostname():
+        return False
+    if any(info.get(key) != value for key, value in here.items()):
+        return False
+    pid = info.get("pid")
+    if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
 
 
 def _describe(info: dict[str, Any]) -> str:

@@ -11,6 +11,9 @@ POINT is where the N-th call of a step kills the process (a real SIGKILL, no cle
     manifest     before the N-th partition manifest is written
     swap         before the N-th staged partition is swapped in
     after-swap   right after the N-th partition is swapped in
+    delete       before the N-th delete of objects from an object-store DEST (the first
+                 commit step of a partition there removes its old manifest)
+    upload       before the N-th output object is uploaded to an object-store DEST
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import bertetl.io.write as write
 import bertetl.runs.staged as partitioned
 
 POINTS = ("read", "infer", "write", "file-commit", "manifest", "swap", "after-swap")
+#: Points only an object-store DEST reaches.
+STORE_POINTS = ("delete", "upload")
 
 
 def _die() -> None:
@@ -78,10 +83,15 @@ def _install(point: str, count: int) -> None:
         write.ParquetSink.commit = _counted(write.ParquetSink.commit, count)
     elif point == "manifest":
         partitioned.write_manifest = _counted(partitioned.write_manifest, count)
+    elif point in STORE_POINTS:
+        import bertetl.io.objectstore as objectstore
+
+        name = "delete_objects" if point == "delete" else "upload_file"
+        setattr(objectstore, name, _counted(getattr(objectstore, name), count))
     elif point in ("swap", "after-swap"):
         partitioned.swap_in = _counted(partitioned.swap_in, count, after=point == "after-swap")
     else:
-        raise SystemExit(f"unknown kill point {point}; one of {', '.join(POINTS)}")
+        raise SystemExit(f"unknown kill point {point}; one of {', '.join(POINTS + STORE_POINTS)}")
 
 
 def main() -> None:

@@ -99,6 +99,49 @@ def test_the_lock_refuses_a_second_run_and_takes_over_an_expired_lease(bucket, s
     lock.release()
 
 
+def test_a_killed_runs_lock_on_this_machine_is_taken_over_before_its_lease_ends(
+    bucket, storage
+) -> None:
+    """A holder that ran here (same host, boot and pid namespace) under a pid that no longer
+    exists is certainly dead: taken over at once. A live holder, or one elsewhere with the
+    same pid, keeps the lock until its lease ends."""
+    import socket
+    import subprocess
+    import sys
+
+    from bertetl.io.objectstore import _process_space
+
+    dest = parse_location(f"s3://{bucket}/dest", storage)
+    s3 = boto3.client("s3", endpoint_url=storage["endpoint_url"])
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)  # fmt: skip
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    here = {"host": socket.gethostname(), **_process_space()}
+    lease = {"owner": "x", "since": time.time(), "expires": time.time() + 600}
+
+    def held_by(**info) -> None:
+        body = json.dumps({**lease, **info}).encode()
+        s3.put_object(Bucket=bucket, Key=f"dest/{LOCK_NAME}", Body=body)
+
+    try:
+        for alive_or_elsewhere in (
+            {**here, "pid": sleeper.pid},  # alive
+            {**here, "pid": int(finished.stdout), "host": "another-machine"},
+            {**here, "pid": int(finished.stdout), "boot_id": "another-boot"},
+            {**here, "pid": int(finished.stdout), "pid_namespace": "pid:[1]"},
+        ):
+            held_by(**alive_or_elsewhere)
+            with pytest.raises(CommitError, match="another bertetl run is writing"):
+                ObjectStoreLock(dest).acquire()
+        held_by(**here, pid=int(finished.stdout))  # this machine, the process is gone
+        with ObjectStoreLock(dest) as lock:
+            held = json.loads(s3.get_object(Bucket=bucket, Key=f"dest/{LOCK_NAME}")["Body"].read())
+            assert held["owner"] == lock.owner
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
 def test_gs_and_local_dest_rules(storage) -> None:
     from bertetl.io.objectstore import writable
 
