@@ -338,8 +338,8 @@ def s3_endpoint() -> Iterator[str]:
     """The session's S3 server (`tests/io/s3_server.py`), its endpoint URL."""
     from tests.io import s3_server
 
-    yield s3_server.acquire()
-    s3_server.release()
+    with s3_server.running() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture

@@ -307,6 +307,11 @@ def filesystem_options(store: str, options: Mapping[str, str], uri: str) -> dict
 
 
 def _filesystem(store: str, scheme: str, options: Mapping[str, str], uri: str) -> pafs.FileSystem:
+    if store == "s3" and not {"endpoint_url", "endpoint_override"} & set(options):
+        # the AWS SDKs' standard endpoint variables, which boto3 and deltalake read too
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            options = {**options, "endpoint_url": endpoint}
     kwargs = filesystem_options(store, options, uri)
     try:
         if store == "s3":

@@ -545,7 +545,9 @@ def delta_storage_options(ref: TableRef) -> dict[str, str]:
         options[name] = value
         if name == "AWS_ENDPOINT_URL" and value.startswith("http://"):
             options["AWS_ALLOW_HTTP"] = "true"
-    if ref.options and not ref.local:
+    if not ref.local and ref.address.startswith(("s3://", "s3a://")):
+        # deltalake's S3 commits need a conditional PUT (or a lock service) to be safe;
+        # options or not (credentials may come from the environment alone)
         options.setdefault("AWS_CONDITIONAL_PUT", "etag")
     return options
 

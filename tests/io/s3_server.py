@@ -1,13 +1,21 @@
-"""One real S3-compatible server (moto's `ThreadedMotoServer`) on loopback per test session,
-reached through the `s3_endpoint` session fixture in tests/conftest.py (which takes a
-reference; the last one released stops it)."""
+"""One real S3-compatible server (moto's server, `python -m moto.server`) on loopback per test
+session, reached through the `s3_endpoint` session fixture in tests/conftest.py.
+
+The server runs in its own process, not in a thread of the test process: a client library
+that holds the GIL while it waits for an HTTP answer (deltalake's log listing does) would
+otherwise wait forever on a server that needs that GIL to answer.
+"""
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
+import time
 import uuid
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 #: Credentials the server accepts (any); set in the environment, the standard chain.
 ENVIRONMENT = {
@@ -17,8 +25,6 @@ ENVIRONMENT = {
     "AWS_EC2_METADATA_DISABLED": "true",
 }
 
-_state: dict[str, Any] = {"server": None, "users": 0, "saved": {}}
-
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -26,32 +32,37 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def acquire() -> str:
-    """Start the server (once) and set the credentials; returns its endpoint URL."""
-    if _state["server"] is None:
-        import logging
+@contextmanager
+def running() -> Iterator[str]:
+    """Start the server with the credentials in the environment; yields its endpoint URL,
+    then stops it and restores the environment."""
+    import httpx
 
-        from moto.server import ThreadedMotoServer
-
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
-
-        port = _free_port()
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        server.start()
-        _state["server"], _state["endpoint"] = server, f"http://127.0.0.1:{port}"
-        _state["saved"] = {key: os.environ.get(key) for key in ENVIRONMENT}
-        os.environ.update(ENVIRONMENT)
-    _state["users"] += 1
-    return str(_state["endpoint"])
-
-
-def release() -> None:
-    """Drop a reference; the last one stops the server and restores the environment."""
-    _state["users"] -= 1
-    if _state["users"] == 0 and _state["server"] is not None:
-        _state["server"].stop()
-        _state["server"] = None
-        for key, value in _state["saved"].items():
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
+    saved = {key: os.environ.get(key) for key in ENVIRONMENT}
+    os.environ.update(ENVIRONMENT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, f"the S3 server exited ({server.returncode})"
+            try:
+                httpx.get(endpoint, timeout=2)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "the S3 server did not start in 60 s"
+                time.sleep(0.1)
+        yield endpoint
+    finally:
+        server.kill()
+        server.wait()
+        for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:

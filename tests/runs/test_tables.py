@@ -61,13 +61,35 @@ def iceberg_catalog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return "local"
 
 
-@pytest.fixture(params=["delta", "iceberg"])
+@pytest.fixture
+def iceberg_s3_catalog(iceberg_catalog: str, monkeypatch: pytest.MonkeyPatch, request) -> str:
+    """The same SQL catalog with its warehouse in a bucket of the test S3 server (the
+    catalog's own `s3.*` properties, as a user configures pyiceberg's FileIO)."""
+    import pyiceberg.catalog
+    from pyiceberg.utils.config import Config
+
+    endpoint, bucket = request.getfixturevalue("s3_endpoint"), request.getfixturevalue("bucket")
+    monkeypatch.setenv("PYICEBERG_CATALOG__LOCAL__WAREHOUSE", f"s3://{bucket}/warehouse")
+    monkeypatch.setenv("PYICEBERG_CATALOG__LOCAL__S3__ENDPOINT", endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)  # bertetl's lock in the warehouse
+    monkeypatch.setattr(pyiceberg.catalog, "_ENV_CONFIG", Config())
+    return iceberg_catalog
+
+
+@pytest.fixture(params=["delta", "delta-s3", "iceberg", "iceberg-s3"])
 def table_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A DEST table address that does not exist yet, in each format."""
+    """A DEST table address that does not exist yet, in each format; `delta-s3` on the test
+    S3 server, reached through the standard environment (endpoint and keys) alone."""
     if request.param == "delta":
         return f"delta://{tmp_path / 'enriched'}"
-    catalog = request.getfixturevalue("iceberg_catalog")
-    return f"iceberg://{catalog}/bertetl.enriched"
+    if request.param == "delta-s3":
+        bucket = request.getfixturevalue("bucket")
+        monkeypatch = request.getfixturevalue("monkeypatch")
+        monkeypatch.setenv("AWS_ENDPOINT_URL", request.getfixturevalue("s3_endpoint"))
+        monkeypatch.setenv("AWS_ALLOW_HTTP", "true")  # deltalake's client: plain-HTTP endpoint
+        return f"delta://s3://{bucket}/enriched"
+    fixture = "iceberg_s3_catalog" if request.param == "iceberg-s3" else "iceberg_catalog"
+    return f"iceberg://{request.getfixturevalue(fixture)}/bertetl.enriched"
 
 
 def run_all(executor: LocalExecutor, source: object, dest: object, **options) -> dict:
