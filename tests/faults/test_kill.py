@@ -11,8 +11,6 @@ import json
 import os
 import random
 import shutil
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from bertetl.io.manifest import MANIFEST_NAME
 from bertetl.runs.enrich import enrich
 from tests.conftest import write_partitioned
 from tests.faults.kill import POINTS
+from tests.faults.zygote import Zygote
 from tests.outputs import assert_same_output, staging_is_empty
 
 pytestmark = pytest.mark.slow
@@ -104,7 +103,9 @@ def campaign(tmp_path_factory: pytest.TempPathFactory, tiny_embed_dir: Path, pre
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
     tally: Counter = Counter()
+    zygote = Zygote(env, REPO, root)
     yield {
+        "zygote": zygote,
         "src": src,
         "reference": root / "reference",
         "committed": committed,
@@ -113,6 +114,7 @@ def campaign(tmp_path_factory: pytest.TempPathFactory, tiny_embed_dir: Path, pre
         "env": env,
         "tally": tally,
     }
+    zygote.close()
     if report := os.environ.get("BERTETL_FAULT_REPORT"):
         summary = {"kill points": len(SCHEDULE), "seed": SEED, "killed": tally["killed"], **tally}
         Path(report).write_text(json.dumps({**summary, "rows lost": 0, "rows doubled": 0}))
@@ -151,15 +153,7 @@ def test_kill_then_rerun_equals_a_clean_run(
         "--embed-model", str(tiny_embed_dir), "--window-rows", str(WINDOW),
         "--batch-tokens", "64", "--retries", "0",
     ]  # fmt: skip
-    run = subprocess.run(
-        [sys.executable, "-m", "tests.faults.kill", point, str(count), "--", *args]
-        + ([] if fresh else ["--force"]),
-        env=campaign["env"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = campaign["zygote"].run(point, count, args + ([] if fresh else ["--force"]))
     # every count in the schedule is reachable in this table, so every run is killed
     assert run.returncode == -9, f"{point} {count}: not killed; {run.stderr[-3000:]}"
     tally = campaign["tally"]

@@ -11,8 +11,6 @@ not yet written). `force` reruns replace partitions that readers can already see
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from bertetl.io.objectstore import clean_local_staging
 from bertetl.io.storage import LOCK_NAME, parse_location
 from bertetl.runs.enrich import enrich
 from tests.conftest import write_partitioned
+from tests.faults.zygote import Zygote
 from tests.outputs import assert_equivalent
 from tests.runs.test_object_store import download, objects, read_by_manifests
 
@@ -33,6 +32,18 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
 DAYS, FILES, ROWS = 3, 2, 12
 REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def zygote(prefect_harness: dict, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory):
+    """Killed runs are forked from one process that imported the CLI (`tests/faults/zygote.py`),
+    started with the API URL and the S3 credentials in its environment."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    zygote = Zygote(env, REPO, tmp_path_factory.mktemp("zygote"))
+    yield zygote
+    zygote.close()
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +80,8 @@ def _by_manifests(dest) -> Counter:
     ids=["delete-2-force", "upload-3-force", "manifest-2-fresh"],
 )
 def test_kill_into_s3_then_rerun_equals_a_clean_run(
-    source, tiny_embed_dir: Path, bucket: str, storage: dict, tmp_path: Path, point, count, force
+    source, zygote, tiny_embed_dir, bucket: str, storage: dict, tmp_path: Path, point, count, force
 ) -> None:
-    from prefect.settings import PREFECT_API_URL
-
     src, reference, config = source
     uri = f"s3://{bucket}/enriched"
     dest = parse_location(uri, storage)
@@ -88,16 +97,7 @@ def test_kill_into_s3_then_rerun_equals_a_clean_run(
         "--embed-model", str(tiny_embed_dir), "--window-rows", "4", "--retries", "0",
         "--storage-option", f"endpoint_url={storage['endpoint_url']}",
     ]  # fmt: skip
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
-    run = subprocess.run(
-        [sys.executable, "-m", "tests.faults.kill", point, str(count), "--", *args]
-        + (["--force"] if force else []),
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = zygote.run(point, count, args + (["--force"] if force else []))
     assert run.returncode == -9, f"{point} {count}: not killed; {run.stderr[-3000:]}"
     assert LOCK_NAME in objects(dest)  # the killed run's lock is still there
 
