@@ -14,6 +14,8 @@ POINT is where the N-th call of a step kills the process (a real SIGKILL, no cle
     delete       before the N-th delete of objects from an object-store DEST (the first
                  commit step of a partition there removes its old manifest)
     upload       before the N-th output object is uploaded to an object-store DEST
+    table-commit        before the N-th partition's transaction on a Delta or Iceberg DEST
+    after-table-commit  right after it
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ import bertetl.runs.staged as partitioned
 POINTS = ("read", "infer", "write", "file-commit", "manifest", "swap", "after-swap")
 #: Points only an object-store DEST reaches.
 STORE_POINTS = ("delete", "upload")
+#: Points only a table DEST reaches.
+TABLE_POINTS = ("table-commit", "after-table-commit")
 
 
 def _die() -> None:
@@ -88,10 +92,17 @@ def _install(point: str, count: int) -> None:
 
         name = "delete_objects" if point == "delete" else "upload_file"
         setattr(objectstore, name, _counted(getattr(objectstore, name), count))
+    elif point in TABLE_POINTS:
+        import bertetl.io.tables as tables
+
+        after = point == "after-table-commit"
+        tables.commit_partition = _counted(tables.commit_partition, count, after=after)
     elif point in ("swap", "after-swap"):
         partitioned.swap_in = _counted(partitioned.swap_in, count, after=point == "after-swap")
     else:
-        raise SystemExit(f"unknown kill point {point}; one of {', '.join(POINTS + STORE_POINTS)}")
+        raise SystemExit(
+            f"unknown kill point {point}; one of {', '.join(POINTS + STORE_POINTS + TABLE_POINTS)}"
+        )
 
 
 def main() -> None:
