@@ -644,6 +644,15 @@ def commit_records(ref: TableRef, column: str) -> dict[str, TableCommit]:
     return found
 
 
+def read_partition(ref: TableRef, column: str, value: str, columns: list[str]) -> pa.Table:
+    """The `columns` of one partition of the table's current version (those it has; the
+    partition filter pushed down)."""
+    present = set(_format(ref).schema(None).names)
+    return (
+        _format(ref).batches(column, value, None, [c for c in columns if c in present]).read_all()
+    )
+
+
 def commit_problem(commit: TableCommit, rows: int) -> str | None:
     """How the partition in the table differs from what its commit wrote (its data files
     are no longer exactly those that commit added, or their rows do not add up to `rows`);

@@ -26,7 +26,7 @@ from bertetl.io.manifest import (
     verify_outputs,
 )
 from bertetl.io.read import SourceFile, discover, open_parquet
-from bertetl.io.storage import Location, is_remote
+from bertetl.io.storage import Location, TableRef, is_remote, is_table
 from bertetl.reports.sql import run_query
 from bertetl.schema import EMBEDDING, ENRICH_ERROR, LABEL
 
@@ -205,15 +205,73 @@ def _file_path(file: SourceFile) -> PurePath:
     return PurePosixPath(file.fs_path) if file.filesystem is not None else Path(file.path)
 
 
+def _summarize_table(
+    ref: TableRef, partition_column: str | None, prefix: str
+) -> dict[str, pl.DataFrame]:
+    """`summarize` of a Delta or Iceberg DEST: each partition committed with a manifest (in
+    the table's commit metadata), read from the table's current version when it is still
+    as that commit left it; else listed under `damaged` with the difference."""
+    from bertetl.io.manifest import committed_manifests
+    from bertetl.io.tables import TableCommit, commit_problem, read_partition
+
+    if not partition_column:
+        raise InputError(f"{ref}: a table's summary needs --partition-column (its partitions)")
+    error, label, embedding = prefix + ENRICH_ERROR, prefix + LABEL, prefix + EMBEDDING
+    frames: list[pl.LazyFrame] = []
+    damaged: list[tuple[str, str, str]] = []
+    has_labels = False
+    manifests = committed_manifests(ref, partition_column)  # type: ignore[arg-type]
+    for value, (commit, manifest) in sorted(manifests.items()):
+        assert isinstance(commit, TableCommit)
+        problem = commit_problem(commit, manifest.rows_out)
+        if problem is not None:
+            damaged.append((f"{partition_column}={value}", f"commit {commit.commit_id}", problem))
+            continue
+        rows = pl.from_arrow(
+            read_partition(ref, partition_column, value, [error, label, embedding])
+        )
+        assert isinstance(rows, pl.DataFrame)
+        if error not in rows.columns:
+            raise InputError(f"{ref} {partition_column}={value}: no {error!r} column")
+        has_labels |= label in rows.columns
+        output = label if label in rows.columns else embedding
+        frames.append(
+            rows.lazy().select(
+                pl.lit(value).alias("partition"),
+                (pl.col(label) if label in rows.columns else pl.lit(None, pl.String)).alias(
+                    "label"
+                ),
+                (pl.col(output).is_not_null() if output in rows.columns else pl.lit(False)).alias(
+                    "encoded"
+                ),
+                pl.col(error).alias("enrich_error"),
+            )
+        )
+    result = _queries(frames, has_labels) if frames else {}
+    if damaged:
+        result["damaged"] = pl.DataFrame(
+            damaged,
+            schema={"folder": pl.String, "file": pl.String, "problem": pl.String},
+            orient="row",
+        )
+    return result
+
+
 def summarize(
-    dest: str | os.PathLike[str] | Location, partition_column: str | None = None, prefix: str = ""
+    dest: str | os.PathLike[str] | Location | TableRef,
+    partition_column: str | None = None,
+    prefix: str = "",
 ) -> dict[str, pl.DataFrame]:
     """Label counts and row accounting per partition (`sql/label_counts.sql`,
     `sql/output_table.sql`) of the outputs that can be read, and a `damaged` table
-    (folder, file, problem) when some cannot (see the module's docstring)."""
+    (folder, file, problem) when some cannot (see the module's docstring). A Delta or
+    Iceberg DEST is read from the table (`_summarize_table`)."""
+    if is_table(dest):
+        return _summarize_table(dest, partition_column, prefix)
+    assert not isinstance(dest, TableRef)
     root: PurePath = (
         PurePosixPath(dest.path)
-        if is_remote(dest)
+        if isinstance(dest, Location) and is_remote(dest)
         else Path(dest.path if isinstance(dest, Location) else dest)
     )
     files, damaged = check_outputs(dest)

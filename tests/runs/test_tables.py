@@ -12,13 +12,16 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
+from typer.testing import CliRunner
 
+from bertetl.cli.app import app
 from bertetl.config import EngineConfig
 from bertetl.errors import CommitError, InputError
 from bertetl.executors.local import LocalExecutor
 from bertetl.io.commit import destination_lock
 from bertetl.io.storage import TableRef, resolve_run
 from bertetl.io.tables import count_commits
+from bertetl.reports.summary import summarize
 from bertetl.runs.plan import plan_partitions
 from bertetl.runs.staged import check_partitioned_run, enrich_partition
 from tests.outputs import edit_rows
@@ -167,6 +170,16 @@ def test_backfill_into_a_table_then_incremental_commits_only_the_edit(
     plan = plan_partitions(src, resolve_run(src, table_uri)[1], "date", executor.config)
     assert {(p.action, p.reason) for p in plan.partitions} == {("skip", "unchanged")}
     assert plan.partitions[1].previous == edited  # the manifest, read from the table alone
+
+    # `bertetl summary` of the table: the accounting and labels of the same run into folders
+    ours = summarize(resolve_run(src, table_uri)[1], "date")
+    theirs = summarize(tmp_path / "reference", "date")
+    assert set(ours) == {"rows", "label_counts"}
+    assert ours["rows"].equals(theirs["rows"])
+    assert ours["label_counts"].equals(theirs["label_counts"])
+    shown = CliRunner().invoke(app, ["summary", table_uri, "--partition-column", "date"])
+    assert shown.exit_code == 0, shown.output
+    assert "label_counts:" in shown.stdout and "2026-01-03" in shown.stdout
 
 
 def test_a_table_source_is_read_from_one_version_and_skipped_from_metadata(
