@@ -7,28 +7,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pyarrow.fs as pafs
 import pytest
 
 from bertetl.config import EngineConfig
 from bertetl.errors import InputError
 from bertetl.evaluate.config import EvaluateConfig
 from bertetl.evaluate.run import evaluate
-from bertetl.io.storage import Location, parse_location
+from bertetl.io.storage import parse_location
 from tests.cli.test_cli import bertetl
 from tests.cli.test_evaluate import one_line_error
 from tests.evaluate.tables import single_label_table
 from tests.evaluate.test_run import SENTIMENT, _labelled
-
-
-def upload(local: Path, target: Location) -> None:
-    """Copy a local folder to the store (as `aws s3 cp --recursive` would)."""
-    pafs.copy_files(
-        str(local),
-        target.path,
-        source_filesystem=pafs.LocalFileSystem(),
-        destination_filesystem=target.fs,
-    )
+from tests.runs.test_object_store import upload_tree
 
 
 def without_about(metrics: dict) -> dict:
@@ -52,7 +42,7 @@ def enriched(write_table, tmp_path: Path, bucket: str, storage: dict[str, str]) 
     write_table(table.slice(0, 25), "enriched/day=1/part-0.parquet", row_group_size=10)
     write_table(table.slice(25), "enriched/day=2/part-0.parquet")
     uri = f"s3://{bucket}/enriched"
-    upload(tmp_path / "enriched", parse_location(uri, storage))
+    upload_tree(tmp_path / "enriched", parse_location(uri, storage))
     return uri
 
 
@@ -80,7 +70,7 @@ def test_classify_model_over_s3_equals_local(
 ) -> None:
     write_table(_labelled(multi_label=False), "src/part-0.parquet", row_group_size=8)
     uri = f"s3://{bucket}/labelled"
-    upload(tmp_path / "src", parse_location(uri, storage))
+    upload_tree(tmp_path / "src", parse_location(uri, storage))
     engine = EngineConfig(
         text_column="text", classify_model=str(tiny_classifier_dir), device="cpu", batch_tokens=128
     )

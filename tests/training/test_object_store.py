@@ -8,28 +8,18 @@ import json
 import socket
 from pathlib import Path
 
-import pyarrow.fs as pafs
 import pytest
 from typer.testing import CliRunner
 
 from bertetl.cli.app import app
 from bertetl.config import TrainConfig
 from bertetl.errors import InputError
-from bertetl.io.storage import Location, parse_location
+from bertetl.io.storage import parse_location
 from bertetl.training.token_classification import TokenTrainConfig, train_tokens
 from bertetl.training.train import train
+from tests.runs.test_object_store import upload_tree
 from tests.training.test_token_classification import _sentences, _table
 from tests.training.test_train import _reviews
-
-
-def upload(local: Path, target: Location) -> None:
-    """Copy a local file or folder to the store (as `aws s3 cp --recursive` would)."""
-    pafs.copy_files(
-        str(local),
-        target.path,
-        source_filesystem=pafs.LocalFileSystem(),
-        destination_filesystem=target.fs,
-    )
 
 
 def same_model(one: Path, other: Path) -> None:
@@ -51,7 +41,7 @@ def test_sequence_classifier_from_s3_equals_local(
     write_table(half, "labelled/part-0.parquet", row_group_size=8)
     write_table(rest, "labelled/part-1.parquet")
     uri = f"s3://{bucket}/lake/labelled"
-    upload(tmp_path / "labelled", parse_location(uri, storage))
+    upload_tree(tmp_path / "labelled", parse_location(uri, storage))
     config = TrainConfig(
         text_column="text",
         label_column="sentiment",
@@ -85,8 +75,8 @@ def test_token_classifier_from_s3_equals_local(
     (tmp_path / "ner").mkdir()
     pq.write_table(_table(_sentences(24, seed=2)), tmp_path / "ner" / "train.parquet")
     pq.write_table(_table(_sentences(8, seed=3)), tmp_path / "held.parquet")
-    upload(tmp_path / "ner", parse_location(f"s3://{bucket}/ner", storage))
-    upload(tmp_path / "held.parquet", parse_location(f"s3://{bucket}/held.parquet", storage))
+    upload_tree(tmp_path / "ner", parse_location(f"s3://{bucket}/ner", storage))
+    upload_tree(tmp_path / "held.parquet", parse_location(f"s3://{bucket}/held.parquet", storage))
     config = TokenTrainConfig(
         text_column="text", base_model=str(tiny_base_dir), epochs=1, batch_size=8, device="cpu"
     )
