@@ -52,3 +52,28 @@ def test_max_length_option_overrides(tiny_embed_dir: Path) -> None:
     assert len(tokens[0]) == 10
     fits_exactly = _tokenize(tiny_embed_dir, ["the fox"], max_length=len(tokens[1]))[1]
     assert stage.truncated_rows == 1 and fits_exactly.truncated_rows == 0
+
+
+def test_the_backend_batch_gives_the_tokenizers_own_ids_on_hostile_text() -> None:
+    """The stage encodes through the Rust backend (`encode_batch_fast`): the same ids as
+    `tokenizer(text)` of the real MiniLM tokenizer, on text that exercises its normalizer
+    and pre-tokenizer (accents, CJK, emoji, controls, a literal [SEP], runs of spaces)."""
+    from transformers import AutoTokenizer
+
+    from bertetl.engine.model_files import resolve_model_dir
+
+    model = resolve_model_dir("minilm")
+    texts = [
+        "Ça m'a plu, même si la fin était prévisible. 🙂",
+        "这部电影的画面很美",
+        "  leading and trailing   spaces  ",
+        "a [SEP] in the text and [CLS] too",
+        "\ufb01nancial \uff26\uff35\uff2c\uff2c combining e\u0301 and zero\u200bwidth",
+        "tab\there\nnewline\x07bell",
+        "supercalifragilisticexpialidocious" * 3,
+        "x",
+    ]
+    tokens, _ = _tokenize(model, texts, max_length=64)
+    reference = AutoTokenizer.from_pretrained(model)
+    for text, ids in zip(texts, tokens, strict=True):
+        assert ids == reference(text, truncation=True, max_length=64)["input_ids"], text
