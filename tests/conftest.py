@@ -321,13 +321,20 @@ def partitioned_source(tmp_path: Path) -> Callable[..., Path]:
     return write
 
 
+#: Fixtures that start a server: a test using one is `slow` (out of `make test-fast`).
+SERVER_FIXTURES = {"prefect_harness", "s3_endpoint"}
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under `pytest -n N --dist loadgroup` (make test), keep every test that runs Ray on one
-    worker: one local Ray at a time, never two on a 2-core machine."""
+    worker: one local Ray at a time, never two on a 2-core machine. A test that needs a
+    Prefect or S3 server is `slow`: the inner loop (`make test-fast`) starts no server."""
     for item in items:
         if item.get_closest_marker("ray") is not None and "test_plan" not in item.nodeid:
             item.add_marker(pytest.mark.xdist_group("ray"))
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 # -- a real S3-compatible server on loopback (moto), for the object-store tests

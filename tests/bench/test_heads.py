@@ -55,6 +55,7 @@ def test_head_cost_is_the_median_of_paired_ratios() -> None:
     assert cost["embed_only_rows_per_s"] == pytest.approx(10 / 1.1, abs=0.1)
 
 
+@pytest.mark.slow  # three systems, each loading its models
 def test_ner_systems_agree_with_the_token_classification_pipeline(
     tiny_token_classifier_dir: Path, tmp_path: Path
 ) -> None:

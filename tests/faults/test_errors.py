@@ -99,6 +99,7 @@ def test_duplicate_columns_in_a_partition_fail_that_partition_in_one_line(
     assert (dest / "date=2026-01-01" / "_manifest.json").exists()  # the good one committed
 
 
+@pytest.mark.slow  # starts a Prefect server process
 def test_server_that_does_not_start_in_time_is_one_line_with_the_fix(
     tiny_embed_dir: Path, partitioned_source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -146,7 +146,10 @@ def test_a_file_that_appears_during_the_run_is_carried_into_the_new_partition(
     assert not staging_root(dest).exists() or not any(staging_root(dest).iterdir())
 
 
-@pytest.mark.parametrize("command", ["enrich", "backfill"])
+@pytest.mark.parametrize(
+    "command",
+    ["enrich", pytest.param("backfill", marks=pytest.mark.slow)],  # Prefect's local server
+)
 def test_cleanup_stays_inside_what_this_runs_lock_covers(
     command: str,
     tiny_embed_dir: Path,

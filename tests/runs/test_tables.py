@@ -79,7 +79,14 @@ def iceberg_s3_catalog(iceberg_catalog: str, monkeypatch: pytest.MonkeyPatch, re
     return iceberg_catalog
 
 
-@pytest.fixture(params=["delta", "delta-s3", "iceberg", "iceberg-s3"])
+@pytest.fixture(
+    params=[
+        "delta",
+        pytest.param("delta-s3", marks=pytest.mark.slow),  # the S3 server
+        "iceberg",
+        pytest.param("iceberg-s3", marks=pytest.mark.slow),
+    ]
+)
 def table_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A DEST table address that does not exist yet, in each format; `delta-s3` on the test
     S3 server, reached through the standard environment (endpoint and keys) alone."""
