@@ -36,7 +36,7 @@ from bertetl.executors.ray.actors import ModelActor, TokenizeActor
 from bertetl.executors.ray.datasink import CommitOptions, FileTarget, PartsDatasink
 from bertetl.executors.ray.datasource import ParquetFilesDatasource, ReadRange
 from bertetl.io.chunks import cut_row_groups
-from bertetl.io.read import SourceFile
+from bertetl.io.read import SourceFile, read_metadata
 from bertetl.io.storage import is_remote
 from bertetl.processes import watch
 from bertetl.report import EnrichReport, FileResult
@@ -50,6 +50,9 @@ PROGRESS_EVERY_S = 0.5
 
 
 def _absolute(file: SourceFile) -> SourceFile:
+    """A local file by its absolute path (tasks may run elsewhere); a URI as it is."""
+    if file.filesystem is not None:
+        return file
     return replace(file, path=str(Path(file.path).resolve()))
 
 
@@ -99,7 +102,7 @@ class RayExecutor:
         self.pipeline = Pipeline(config)
         self.config = config
         self.capabilities = Capabilities(
-            reuses_rows=False, group_rows=ray_options(config).group_rows
+            reuses_rows=False, group_rows=ray_options(config).group_rows, reads_object_storage=True
         )
         self._started_ray = False
         self._watchdog: Any = None
@@ -174,13 +177,11 @@ class RayExecutor:
         """
         if not jobs:
             return []
-        remote = next((str(j.target) for j in jobs if is_remote(j.target)), None) or next(
-            (j.file.path for j in jobs if j.file.filesystem is not None), None
-        )
-        if remote is not None:  # runs check `capabilities.object_storage` first; this is a guard
+        remote = next((str(j.target) for j in jobs if is_remote(j.target)), None)
+        if remote is not None:  # runs check the capabilities first; this is a guard
             raise ExecutorError(
-                f"{remote}: --executor ray does not read or write object storage yet; use "
-                "--executor local (the default)"
+                f"{remote}: --executor ray does not write to object storage yet; use "
+                "--executor local (the default), or a DEST on a filesystem"
             )
         if any(job.row_groups is not None for job in jobs):
             raise ValueError("RayExecutor reads whole files: cut big files with READ_RANGE_ROWS")
@@ -219,7 +220,7 @@ class RayExecutor:
         targets: dict[int, FileTarget] = {}
         footers: list[pq.FileMetaData] = []
         for index, (file, target, schema, _) in enumerate(jobs):
-            metadata = pq.read_metadata(file.path)
+            metadata = read_metadata(file)
             footers.append(metadata)
             first = 0
             cuts = cut_row_groups(metadata, READ_RANGE_ROWS)

@@ -194,3 +194,30 @@ def test_without_ray_installed_a_one_line_hint(
     )
     assert "Traceback" not in done.output
     assert not (tmp_path / "out").exists()
+
+
+def test_ray_reads_an_s3_source_and_refuses_an_s3_dest(
+    tiny_embed_dir: Path, bucket: str, storage: dict, tmp_path: Path
+) -> None:
+    """Read tasks open the S3 objects through the source's filesystem (pickled with its
+    options to wherever they run): the output equals the local executor's on the same files.
+    Writing to S3 from Ray is refused in one line, before any model loads."""
+    from bertetl.errors import ExecutorError
+    from bertetl.io.storage import parse_location
+    from tests.io.s3_server import ENVIRONMENT
+    from tests.runs.test_object_store import upload_tree
+
+    src = write_source(tmp_path / "src", days=2, files_per_day=1, rows=30)
+    upload_tree(src, parse_location(f"s3://{bucket}/src", storage))
+    # the keys travel with the filesystem: Ray's workers were started before the S3 server
+    options = storage | {
+        "access_key": ENVIRONMENT["AWS_ACCESS_KEY_ID"],
+        "secret_key": ENVIRONMENT["AWS_SECRET_ACCESS_KEY"],
+    }
+    config = EngineConfig(text_column="text", embed_model=str(tiny_embed_dir), window_rows=16)
+    report = enrich(f"s3://{bucket}/src", tmp_path / "ray", on_ray(config), storage_options=options)
+    assert report.rows == 60 and not report.failures
+    enrich(src, tmp_path / "local", config)
+    assert assert_equivalent(tmp_path / "ray", tmp_path / "local") == 60
+    with pytest.raises(ExecutorError, match="does not write to object storage yet"):
+        enrich(src, f"s3://{bucket}/out", on_ray(config), storage_options=options)
