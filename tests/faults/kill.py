@@ -16,6 +16,10 @@ POINT is where the N-th call of a step kills the process (a real SIGKILL, no cle
     upload       before the N-th output object is uploaded to an object-store DEST
     table-commit        before the N-th partition's transaction on a Delta or Iceberg DEST
     after-table-commit  right after it
+
+POINT `slow` kills nothing: each partition's commit (its manifest, or its table transaction)
+is followed by N tenths of a second of sleep, so a reader polling DEST meanwhile sees the run
+half done.
 """
 
 from __future__ import annotations
@@ -66,6 +70,35 @@ def _counted(real: Callable[..., Any], count: int, after: bool = False) -> Calla
     return wrapper
 
 
+def _then_sleep(real: Callable[..., Any], seconds: float) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        result = real(*args, **kwargs)
+        time.sleep(seconds)
+        return result
+
+    return wrapper
+
+
+def _targets() -> dict[str, tuple[Any, str, bool]]:
+    """Each counted point: the object whose attribute is wrapped, its name, and whether the
+    process dies after the call (else before it)."""
+    import bertetl.io.objectstore as objectstore
+    import bertetl.io.tables as tables
+
+    return {
+        "infer": (infer.EncoderStage, "_run_rows", False),
+        "write": (write.ParquetSink, "write", False),
+        "file-commit": (write.ParquetSink, "commit", False),
+        "manifest": (partitioned, "write_manifest", False),
+        "swap": (partitioned, "swap_in", False),
+        "after-swap": (partitioned, "swap_in", True),
+        "delete": (objectstore, "delete_objects", False),
+        "upload": (objectstore, "upload_file", False),
+        "table-commit": (tables, "commit_partition", False),
+        "after-table-commit": (tables, "commit_partition", True),
+    }
+
+
 def _install(point: str, count: int) -> None:
     if point == "read":
         real_stream = pipeline.stream
@@ -79,30 +112,17 @@ def _install(point: str, count: int) -> None:
                 yield batch
 
         pipeline.stream = stream
-    elif point == "infer":
-        infer.EncoderStage._run_rows = _counted(infer.EncoderStage._run_rows, count)
-    elif point == "write":
-        write.ParquetSink.write = _counted(write.ParquetSink.write, count)
-    elif point == "file-commit":
-        write.ParquetSink.commit = _counted(write.ParquetSink.commit, count)
-    elif point == "manifest":
-        partitioned.write_manifest = _counted(partitioned.write_manifest, count)
-    elif point in STORE_POINTS:
-        import bertetl.io.objectstore as objectstore
-
-        name = "delete_objects" if point == "delete" else "upload_file"
-        setattr(objectstore, name, _counted(getattr(objectstore, name), count))
-    elif point in TABLE_POINTS:
+    elif point == "slow":
         import bertetl.io.tables as tables
 
-        after = point == "after-table-commit"
-        tables.commit_partition = _counted(tables.commit_partition, count, after=after)
-    elif point in ("swap", "after-swap"):
-        partitioned.swap_in = _counted(partitioned.swap_in, count, after=point == "after-swap")
+        partitioned.write_manifest = _then_sleep(partitioned.write_manifest, count / 10)
+        tables.commit_partition = _then_sleep(tables.commit_partition, count / 10)
+    elif point in (targets := _targets()):
+        owner, name, after = targets[point]
+        setattr(owner, name, _counted(getattr(owner, name), count, after=after))
     else:
-        raise SystemExit(
-            f"unknown kill point {point}; one of {', '.join(POINTS + STORE_POINTS + TABLE_POINTS)}"
-        )
+        known = ", ".join(POINTS + STORE_POINTS + TABLE_POINTS)
+        raise SystemExit(f"unknown kill point {point}; one of {known}")
 
 
 def main() -> None:
