@@ -29,3 +29,22 @@ def nothing_heavy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(local, "local_api", no_server)
     monkeypatch.setattr(LocalExecutor, "setup", no_model)
     return attempted
+
+
+@pytest.fixture(scope="module")
+def zygote(prefect_harness: dict, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory):
+    """The module's killed runs fork from one process that imported the CLI
+    (`tests/faults/zygote.py`), started with the session's Prefect API URL and the S3
+    server's keys in its environment (both are read at import)."""
+    import os
+    from pathlib import Path
+
+    from prefect.settings import PREFECT_API_URL
+
+    from tests.faults.zygote import Zygote
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    repo = Path(__file__).resolve().parents[2]
+    zygote = Zygote(env, repo, tmp_path_factory.mktemp("zygote"))
+    yield zygote
+    zygote.close()

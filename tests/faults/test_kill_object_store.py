@@ -10,7 +10,6 @@ not yet written). `force` reruns replace partitions that readers can already see
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -24,26 +23,12 @@ from bertetl.io.objectstore import clean_local_staging
 from bertetl.io.storage import LOCK_NAME, parse_location
 from bertetl.runs.enrich import enrich
 from tests.conftest import write_partitioned
-from tests.faults.zygote import Zygote
 from tests.outputs import assert_equivalent
 from tests.runs.test_object_store import download, objects, read_by_manifests
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
 DAYS, FILES, ROWS = 3, 2, 12
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def zygote(prefect_harness: dict, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory):
-    """Killed runs are forked from one process that imported the CLI (`tests/faults/zygote.py`),
-    started with the API URL and the S3 credentials in its environment."""
-    from prefect.settings import PREFECT_API_URL
-
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
-    zygote = Zygote(env, REPO, tmp_path_factory.mktemp("zygote"))
-    yield zygote
-    zygote.close()
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ ends equal to a clean run with every row once (no leftover commit, no partition 
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -16,25 +15,18 @@ from bertetl.flows.params import BackfillParams, RunOptions
 from bertetl.flows.partitioned import backfill_flow
 from bertetl.runs.enrich import enrich
 from tests.conftest import write_partitioned
-from tests.faults.zygote import Zygote
 from tests.runs.test_tables import assert_same_rows, read_parquet
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
 DAYS, ROWS = 3, 12
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def setup(
-    prefect_harness: dict,
-    tmp_path_factory: pytest.TempPathFactory,
-    tiny_embed_dir: Path,
-    tiny_classifier_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory, tiny_embed_dir: Path, tiny_classifier_dir: Path
 ):
-    """The source, its clean run (plain Parquet) and a zygote for the killed runs."""
-    from prefect.settings import PREFECT_API_URL
-
+    """The source and its clean run (plain Parquet)."""
     root = tmp_path_factory.mktemp("kill-table")
     src = write_partitioned(root / "src", days=DAYS, rows=ROWS, files_per_day=2)
     config = EngineConfig(
@@ -44,9 +36,7 @@ def setup(
         window_rows=4,
     )
     enrich(src, root / "reference", config)
-    zygote = Zygote({**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}, REPO, root)
-    yield src, read_parquet(root / "reference"), config, zygote
-    zygote.close()
+    return src, read_parquet(root / "reference"), config
 
 
 def _rows(uri: str) -> pl.DataFrame:
@@ -61,8 +51,8 @@ def _rows(uri: str) -> pl.DataFrame:
     [("table-commit", 2, False), ("after-table-commit", 2, True)],
     ids=["before-2nd-commit-fresh", "after-2nd-commit-force"],
 )
-def test_kill_into_a_delta_table_then_rerun(setup, tmp_path, point, count, force):
-    src, reference, config, zygote = setup
+def test_kill_into_a_delta_table_then_rerun(setup, zygote, tmp_path, point, count, force):
+    src, reference, config = setup
     uri = f"delta://{tmp_path / 'enriched'}"
     params = BackfillParams(
         source=str(src), dest=uri, partition_column="date", engine=config, run=RunOptions(retries=0)

@@ -5,7 +5,6 @@ run half done (each commit is followed by a pause, `kill.py`'s `slow` point, so 
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import Counter
 from pathlib import Path
@@ -15,23 +14,11 @@ import pytest
 
 from bertetl.io.storage import parse_location
 from tests.conftest import write_partitioned
-from tests.faults.zygote import Zygote
 from tests.runs.test_object_store import read_by_manifests
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
 DAYS, ROWS = 3, 12
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def zygote(prefect_harness: dict, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory):
-    from prefect.settings import PREFECT_API_URL
-
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
-    zygote = Zygote(env, REPO, tmp_path_factory.mktemp("zygote"))
-    yield zygote
-    zygote.close()
 
 
 def _s3_rows(dest) -> Counter:
