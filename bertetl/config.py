@@ -14,6 +14,7 @@ from bertetl.errors import ConfigError
 Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 Quantize = Literal["none", "int8"]
+Backend = Literal["torch", "onnx"]
 Executor = Literal["local", "ray"]
 LongText = Literal["truncate", "window"]
 
@@ -373,6 +374,11 @@ class EngineConfig(BaseModel):
     )
     quantize: Quantize = Field(
         "none", description="int8: dynamic int8 quantization of Linear layers (CPU only)."
+    )
+    backend: Backend = Field(
+        "torch",
+        description="onnx: run the models with ONNX Runtime (CPU only; exported once from the "
+        "model folder and cached, int8 with --quantize int8; needs the 'onnx' extra).",
     )
     batch_tokens: int | None = Field(
         None,

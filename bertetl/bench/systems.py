@@ -7,6 +7,7 @@ warm-up and the median is reported, with ratios of the engine to each baseline.
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import json
@@ -41,8 +42,18 @@ SYSTEMS = (
     "engine-model",
     "engine-e2e",
     "engine-e2e-int8",
+    "engine-e2e-onnx",
+    "engine-e2e-onnx-int8",
     "host",
 )
+#: The engine's variants: the engine end to end with these EngineConfig fields, each
+#: reporting how close its outputs are to the fp32 torch engine's (`variant_agreement`).
+#: The ONNX ones need the onnx extra and run on the CPU only.
+VARIANTS: dict[str, dict[str, str]] = {
+    "engine-e2e-int8": {"quantize": "int8"},
+    "engine-e2e-onnx": {"backend": "onnx"},
+    "engine-e2e-onnx-int8": {"backend": "onnx", "quantize": "int8"},
+}
 BASELINE_BATCH = 32
 #: The systems each kind of model has (`split_task`); the others are skipped for it:
 #: sentence-transformers has no classifier or NER counterpart, the pipeline no zero-shot one
@@ -51,7 +62,7 @@ TASK_SYSTEMS = {
     "embed": SYSTEMS,
     "classify": tuple(s for s in SYSTEMS if s != "sentence-transformers"),
     "ner": ("pipeline", "engine-model", "engine-e2e", "engine-e2e-int8"),
-    "zero_shot": ("sentence-transformers", "engine-model", "engine-e2e", "engine-e2e-int8"),
+    "zero_shot": ("sentence-transformers", "engine-model", "engine-e2e", *VARIANTS),
 }
 #: Dense bf16 tensor-core peaks (FLOP/s) for MFU, by device-name substring.
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L4": 121e12}
@@ -82,7 +93,7 @@ class BenchConfig(BaseModel):
         description="Options of s3:// inputs (`--storage-option`, docs/STORAGE.md).",
     )
     systems: list[str] = Field(
-        [s for s in SYSTEMS if s not in ("engine-e2e-int8", "host")],
+        [s for s in SYSTEMS if s not in (*VARIANTS, "host")],
         description="Which systems to run.",
     )
     rows: int = Field(600, gt=0, description="Texts per input set.")
@@ -383,8 +394,8 @@ def _run_system(
         result.padded_tokens = (model.counters.padded_tokens - before) // runs
     if task in heads.REFERENCE:
         result.outputs = heads.comparable(task, last)
-    elif system == "engine-e2e-int8":
-        result.extra = int8_agreement(texts, pipeline)
+    elif system in VARIANTS:
+        result.extra = variant_agreement(texts, pipeline, VARIANTS[system])
     elif system == "pipeline":  # batches of 32 in input order, padded to their longest
         chunks = np.array_split(lengths, max(1, -(-len(lengths) // BASELINE_BATCH)))
         result.padded_tokens = int(sum(len(c) * c.max() for c in chunks))
@@ -509,36 +520,45 @@ def _engine_model_run(texts: list[str], pipeline: Any, **_: Any) -> Callable[[],
     return run
 
 
-def _engine_int8_run(texts: list[str], pipeline: Any, **kwargs: Any) -> Callable[[], None]:
-    """The engine end to end with dynamic int8 quantization (CPU)."""
+def _engine_variant_run(
+    system: str, texts: list[str], pipeline: Any, **kwargs: Any
+) -> Callable[[], None]:
+    """The engine end to end as one of `VARIANTS` runs it (`--quantize int8` and/or
+    `--backend onnx`; set up, and for ONNX exported or found in the cache, before the clock)."""
     from bertetl.engine.pipeline import Pipeline
 
-    quantized = Pipeline(pipeline.config.model_copy(update={"quantize": "int8"}))
-    quantized.setup()
-    return engine_e2e_run(texts, quantized, **kwargs)
+    variant = Pipeline(pipeline.config.model_copy(update=VARIANTS[system]))
+    variant.setup()
+    return engine_e2e_run(texts, variant, **kwargs)
 
 
-def int8_agreement(texts: list[str], pipeline: Any) -> dict[str, float]:
-    """How close int8 outputs are to fp32 on the same texts: embedding cosine, or the share
-    of identical labels for a classifier."""
+def variant_agreement(texts: list[str], pipeline: Any, update: dict[str, str]) -> dict[str, float]:
+    """How close a variant's outputs (`pipeline`'s config with `update`) are to the fp32 torch
+    engine's on the same texts: embedding cosine, or the share of identical labels for a
+    classifier; keys `int8_*` for a quantized variant, `onnx_*` for fp32 ONNX."""
     from bertetl.engine.pipeline import Pipeline
 
-    quantized = Pipeline(pipeline.config.model_copy(update={"quantize": "int8"}))
-    quantized.setup()
+    variant = Pipeline(pipeline.config.model_copy(update=update))
+    variant.setup()
+    key = "int8" if update.get("quantize") == "int8" else update.get("backend", "variant")
     batch = pa.RecordBatch.from_pydict({"text": texts})
     outputs = []
-    for engine in (pipeline, quantized):
+    for engine in (pipeline, variant):
         (out,) = engine.transform([batch])
         outputs.append(out.column(engine.models[0].fields()[0].name))
     if not pa.types.is_fixed_size_list(outputs[0].type):
         same = np.array(outputs[0].to_pylist()) == np.array(outputs[1].to_pylist())
-        return {"int8_label_agreement": round(float(same.mean()), 5)}
+        return {f"{key}_label_agreement": round(float(same.mean()), 5)}
     a, b = (column.values.to_numpy().reshape(len(texts), -1) for column in outputs)
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     return {
-        "int8_cosine_min": round(float(cos.min()), 5),
-        "int8_cosine_mean": round(float(cos.mean()), 5),
+        f"{key}_cosine_min": round(float(cos.min()), 5),
+        f"{key}_cosine_mean": round(float(cos.mean()), 5),
     }
+
+
+def _variant_runs() -> dict[str, Callable[..., Callable[[], None]]]:
+    return {system: functools.partial(_engine_variant_run, system) for system in VARIANTS}
 
 
 _SYSTEMS: dict[str, Callable[..., Callable[[], None]]] = {
@@ -546,7 +566,7 @@ _SYSTEMS: dict[str, Callable[..., Callable[[], None]]] = {
     "sentence-transformers": _sentence_transformers_run,
     "engine-model": _engine_model_run,
     "engine-e2e": engine_e2e_run,
-    "engine-e2e-int8": _engine_int8_run,
+    **_variant_runs(),
 }
 
 
@@ -559,7 +579,7 @@ def _head_systems() -> dict[str, Callable[..., Any]]:
         "sentence-transformers": heads.similarity_run,
         "engine-model": heads.stages_run,
         "engine-e2e": heads.e2e_run,
-        "engine-e2e-int8": _engine_int8_run,
+        **_variant_runs(),
     }
 
 
@@ -722,6 +742,9 @@ SYSTEM_COLUMNS = [
     ("entities", "entities"),
     ("agree", "rows_agree"),
     ("score diff", "score_max_diff"),
+    ("cos fp32", "cosine_mean"),
+    ("cos min", "cosine_min"),
+    ("= fp32", "label_agreement"),
     ("peak RSS MB", "peak_rss_mb"),
     ("peak GPU MB", "peak_gpu_mb"),
     ("MFU", "mfu"),
@@ -755,24 +778,37 @@ CODEC_COLUMNS = [
     ("null sample B/row", "sample_null_bytes_per_row"),
 ]
 LEFT = {"model", "inputs", "system", "codec"}
-PERCENT = {"padding_waste", "mfu", "rows_agree"}
+PERCENT = {"padding_waste", "mfu", "rows_agree", "label_agreement"}
 #: Columns shown in scientific notation (score differences: 1e-6 is not 0.00), or with three
-#: decimals (a head's cost, near 1.0).
+#: decimals (a head's cost, near 1.0), or four (a cosine to fp32).
 SCIENTIFIC = {"score_max_diff"}
 THREE_DECIMALS = {"x_embed_only"}
-#: Columns of the heads' systems, printed only when some row has them.
-HEAD_KEYS = {"x_embed_only", "entities", "rows_agree", "score_max_diff"}
+FOUR_DECIMALS = {"cosine_mean", "cosine_min"}
+#: Columns of the variants' agreement with fp32 torch (`variant_agreement`), whose keys in
+#: a result start with int8_ (quantized) or onnx_ (fp32 ONNX).
+AGREEMENT_KEYS = {"cosine_mean", "cosine_min", "label_agreement"}
+#: Columns of the heads' systems and the variants, printed only when some row has them.
+HEAD_KEYS = {"x_embed_only", "entities", "rows_agree", "score_max_diff", *AGREEMENT_KEYS}
 
 
-def _cell(row: dict[str, Any], key: str) -> str:
+def _value(row: dict[str, Any], key: str) -> Any:
+    if key in AGREEMENT_KEYS:
+        return next((row[f"{p}_{key}"] for p in ("int8", "onnx") if f"{p}_{key}" in row), None)
     value: Any = row
     for part in key.split("."):
         value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _cell(row: dict[str, Any], key: str) -> str:
+    value = _value(row, key)
     if isinstance(value, float):
         if key in PERCENT:
             value = f"{value:.1%}"
         elif key in SCIENTIFIC:
             value = f"{value:.1e}"
+        elif key in FOUR_DECIMALS:
+            value = f"{value:.4f}"
         else:
             value = f"{value:,.3f}" if key in THREE_DECIMALS else f"{value:,.2f}"
     return "" if value is None else str(value)
@@ -801,7 +837,7 @@ def format_table(report: dict[str, Any]) -> str:
         columns = [
             (title, key)
             for title, key in SYSTEM_COLUMNS
-            if key not in HEAD_KEYS or any(key in row for row in systems)
+            if key not in HEAD_KEYS or any(_value(row, key) is not None for row in systems)
         ]
         console.print(_table(f"bertetl bench on {device}", columns, systems))
     if host:

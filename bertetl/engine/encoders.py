@@ -79,6 +79,14 @@ def quantize_int8(model: Any) -> Any:
         )
 
 
+def check_weights(model_dir: Path, allow_pickle: bool) -> bool:
+    """Whether `model_dir` has safetensors weights; without, an error unless `allow_pickle`."""
+    has_safetensors = any(Path(model_dir).glob("*.safetensors"))
+    if not has_safetensors and not allow_pickle:
+        raise ModelError(f"{model_dir} has no safetensors weights (pickle needs --allow-pickle)")
+    return has_safetensors
+
+
 def load_model(
     model_dir: Path, kind: str, device: Any, dtype: Any, allow_pickle: bool = False
 ) -> Any:
@@ -93,9 +101,7 @@ def load_model(
         "classify": transformers.AutoModelForSequenceClassification,
         "ner": transformers.AutoModelForTokenClassification,
     }.get(kind, transformers.AutoModel)
-    has_safetensors = any(Path(model_dir).glob("*.safetensors"))
-    if not has_safetensors and not allow_pickle:
-        raise ModelError(f"{model_dir} has no safetensors weights (pickle needs --allow-pickle)")
+    has_safetensors = check_weights(model_dir, allow_pickle)
     kwargs = dict(
         local_files_only=True,
         use_safetensors=has_safetensors,
@@ -121,6 +127,7 @@ class ModelRuntime:
     device: str = "auto"
     dtype: str = "auto"
     quantize: str = "none"
+    backend: str = "torch"
     batch_tokens: int | None = None
     max_batch_rows: int = 256
     allow_pickle: bool = False
@@ -131,10 +138,51 @@ class ModelRuntime:
             device=config.device,
             dtype=config.dtype,
             quantize=config.quantize,
+            backend=config.backend,
             batch_tokens=config.batch_tokens,
             max_batch_rows=config.max_batch_rows,
             allow_pickle=config.allow_pickle,
         )
+
+
+def runtime_device(runtime: ModelRuntime) -> Any:
+    """The device a model stage runs on (`resolve_device`); `--quantize int8` and
+    `--backend onnx` run on the CPU only, so a CUDA device for them is an error."""
+    onnx = runtime.backend == "onnx"
+    if onnx and runtime.device == "cuda":
+        raise ModelError("--backend onnx runs on the CPU only; use --device cpu")
+    device = resolve_device(runtime.device)
+    if onnx and device.type != "cpu":
+        raise ModelError("--backend onnx runs on the CPU only; use --device cpu")
+    if runtime.quantize == "int8" and device.type != "cpu":
+        raise ModelError("--quantize int8 runs on the CPU only; use --device cpu")
+    return device
+
+
+def load_runtime_model(model_dir: Path, kind: str, device: Any, runtime: ModelRuntime) -> Any:
+    """The model a stage runs (`kind`: embed, classify or ner) on `device` (`runtime_device`):
+    `load_model`'s, int8-quantized with `quantize`, or with `backend` onnx an ONNX Runtime
+    session in its place (exported once and cached: `engine.onnx_backend`)."""
+    import torch
+
+    if runtime.backend != "onnx":
+        dtype = resolve_dtype(runtime.dtype, device)
+        model = load_model(model_dir, kind, device, dtype, allow_pickle=runtime.allow_pickle)
+        return quantize_int8(model) if runtime.quantize == "int8" else model
+    if runtime.dtype not in ("auto", "float32"):
+        raise ModelError(
+            f"--backend onnx runs float32 models (int8 with --quantize int8), not --dtype "
+            f"{runtime.dtype}; leave --dtype auto"
+        )
+    from bertetl.engine.onnx_backend import onnx_model
+
+    check_weights(model_dir, runtime.allow_pickle)
+    return onnx_model(
+        model_dir,
+        kind,
+        runtime.quantize,
+        lambda: load_model(model_dir, kind, device, torch.float32, runtime.allow_pickle),
+    )
 
 
 class EncoderStage:
@@ -156,16 +204,13 @@ class EncoderStage:
         windowed: bool = False,
     ) -> None:
         runtime = runtime or ModelRuntime()
+        self.runtime = runtime
         #: Long texts come as several token windows whose outputs are combined per row.
         self.windowed = windowed
         self.model_dir = Path(model_dir)
-        self.allow_pickle = runtime.allow_pickle
         self.tokens_column = tokens_column
         self.pad_token_id = 0  # from the model's config in setup(); masked out either way
         self.prefix = prefix
-        self.device_name = runtime.device
-        self.dtype_name = runtime.dtype
-        self.quantize = runtime.quantize
         self.batch_tokens = runtime.batch_tokens
         #: Padded tokens per batch: `batch_tokens`, else the device's default (in `setup`).
         self.token_budget: int = runtime.batch_tokens or 0
@@ -187,22 +232,12 @@ class EncoderStage:
         raise NotImplementedError
 
     def setup(self) -> None:
-        self.device = resolve_device(self.device_name)
+        self.device = runtime_device(self.runtime)
         pin_mmap_threshold(self.device.type)  # large blocks back to the OS (see engine.heap)
         if self.batch_tokens is None:
             self.token_budget = DEFAULT_BATCH_TOKENS.get(self.device.type, 4096)
-        if self.quantize == "int8" and self.device.type != "cpu":
-            raise ModelError("--quantize int8 runs on the CPU only; use --device cpu")
-        self.model = load_model(
-            self.model_dir,
-            self.kind,
-            self.device,
-            resolve_dtype(self.dtype_name, self.device),
-            allow_pickle=self.allow_pickle,
-        )
+        self.model = load_runtime_model(self.model_dir, self.kind, self.device, self.runtime)
         self.pad_token_id = int(getattr(self.model.config, "pad_token_id", None) or 0)
-        if self.quantize == "int8":
-            self.model = quantize_int8(self.model)
 
     def teardown(self) -> None:
         self.model = None

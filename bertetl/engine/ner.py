@@ -49,10 +49,8 @@ from bertetl.engine.batching import pad_batch, plan_batches
 from bertetl.engine.encoders import (
     DEFAULT_BATCH_TOKENS,
     ModelRuntime,
-    load_model,
-    quantize_int8,
-    resolve_device,
-    resolve_dtype,
+    load_runtime_model,
+    runtime_device,
 )
 from bertetl.engine.heap import pin_mmap_threshold
 from bertetl.engine.long_text import LongTextOptions, WindowRule, cut_windows
@@ -613,22 +611,12 @@ class NerStage:
         return ner_fields(self.prefix, self.head_name, self.options.redact)
 
     def setup(self) -> None:
-        self.device = resolve_device(self.runtime.device)
+        self.device = runtime_device(self.runtime)  # int8 and onnx: CPU only
         pin_mmap_threshold(self.device.type)  # as the encoders do (see engine.heap)
         if self.runtime.batch_tokens is None:
             self.token_budget = DEFAULT_BATCH_TOKENS.get(self.device.type, 4096)
-        if self.runtime.quantize == "int8" and self.device.type != "cpu":
-            raise ModelError("--quantize int8 runs on the CPU only; use --device cpu")
-        self.model = load_model(
-            self.model_dir,
-            "ner",
-            self.device,
-            resolve_dtype(self.runtime.dtype, self.device),
-            self.runtime.allow_pickle,
-        )
+        self.model = load_runtime_model(self.model_dir, "ner", self.device, self.runtime)
         self.pad_token_id = int(getattr(self.model.config, "pad_token_id", None) or 0)
-        if self.runtime.quantize == "int8":
-            self.model = quantize_int8(self.model)
 
     def teardown(self) -> None:
         self.model = None

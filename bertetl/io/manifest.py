@@ -57,6 +57,7 @@ OUTPUT_OPTIONS = (
 LATER_OUTPUT_OPTIONS: dict[str, object] = {
     "long_text": "truncate",
     "token_stats": False,
+    "backend": "torch",
 }
 #: Options that shape the output only when another option is set (long_text = window).
 WINDOW_OPTIONS = ("window_overlap", "max_windows")
