@@ -213,7 +213,7 @@ def test_a_sequence_classifier_given_as_ner_is_refused_and_ner_options_need_ner(
 ) -> None:
     import bertetl.engine.ner as ner
 
-    monkeypatch.setattr(ner, "load_model", lambda *a, **k: pytest.fail("loaded"))
+    monkeypatch.setattr(ner, "load_runtime_model", lambda *a, **k: pytest.fail("loaded"))
     config = EngineConfig(text_column="text", ner=[f"people={tiny_classifier_dir}"])
     with pytest.raises(ModelError, match="not a token-classification") as raised:
         Pipeline(config)
