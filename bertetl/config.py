@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -137,21 +138,26 @@ def split_head(value: str) -> tuple[str, str]:
     return "", value.strip()
 
 
-def _named_model_heads(value: Any, hint: str) -> Any:
-    """A field of `NAME=DIR` heads from the CLI's strings (`hint` says how, when one has no
-    name); head models and dicts pass through to the field's own validation."""
+def _heads_from_strings(value: Any, parse: Callable[[str], Any]) -> Any:
+    """A heads field with each string (the CLI's spelling) turned into a head by `parse`;
+    head models and dicts pass through to the field's own validation."""
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list | tuple):
         return value
-    heads = []
-    for item in items:
-        if isinstance(item, str):
-            name, model = split_head(item)
-            if not name or not model:
-                raise ConfigError(f"{item!r}: {hint}")
-            item = {"name": name, "model": model}
-        heads.append(item)
-    return heads
+    return [parse(item) if isinstance(item, str) else item for item in items]
+
+
+def _named_model_heads(value: Any, hint: str) -> Any:
+    """A field of `NAME=DIR` heads from the CLI's strings (`hint` says how, when one has no
+    name)."""
+
+    def parse(item: str) -> dict[str, str]:
+        name, model = split_head(item)
+        if not name or not model:
+            raise ConfigError(f"{item!r}: {hint}")
+        return {"name": name, "model": model}
+
+    return _heads_from_strings(value, parse)
 
 
 def read_labels(value: str) -> list[ZeroShotLabel]:
@@ -501,20 +507,16 @@ class EngineConfig(BaseModel):
     @classmethod
     def _zero_shot_heads(cls, value: Any) -> Any:
         """`LABELS` / `NAME=LABELS` strings (the CLI's spelling) into heads, label files read."""
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, list | tuple):
-            return value
-        heads = []
-        for item in items:
-            if isinstance(item, str):
-                name, labels = split_head(item)
-                resolved = read_labels(labels)
-                try:
-                    item = ZeroShotHead(name=name, labels=resolved)
-                except ValueError as e:  # a head's own checks: one line, not a nested error
-                    raise ConfigError(f"{item!r}: {_first_error(e)}") from e
-            heads.append(item)
-        return heads
+
+        def parse(item: str) -> ZeroShotHead:
+            name, labels = split_head(item)
+            resolved = read_labels(labels)
+            try:
+                return ZeroShotHead(name=name, labels=resolved)
+            except ValueError as e:  # a head's own checks: one line, not a nested error
+                raise ConfigError(f"{item!r}: {_first_error(e)}") from e
+
+        return _heads_from_strings(value, parse)
 
     @model_validator(mode="after")
     def _needs_a_model(self) -> EngineConfig:
