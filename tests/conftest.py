@@ -135,10 +135,14 @@ def tiny_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _classifier(path: Path, labels: list[str], seed: int, **kwargs: object) -> Path:
+def _classifier(
+    path: Path, labels: list[str], seed: int, head: str = "sequence", **kwargs: object
+) -> Path:
+    """A random tiny BERT with a `head` classifier (sequence or token) over `labels`."""
     import torch
-    from transformers import BertForSequenceClassification
+    from transformers import BertForSequenceClassification, BertForTokenClassification
 
+    model_class = {"sequence": BertForSequenceClassification, "token": BertForTokenClassification}
     _build_tokenizer(path)
     torch.manual_seed(seed)
     config = _tiny_config(
@@ -148,7 +152,7 @@ def _classifier(path: Path, labels: list[str], seed: int, **kwargs: object) -> P
         label2id={label: i for i, label in enumerate(labels)},
         **kwargs,
     )
-    BertForSequenceClassification(config).save_pretrained(path)
+    model_class[head](config).save_pretrained(path)
     return path
 
 
@@ -173,21 +177,8 @@ def tiny_multilabel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_token_classifier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random 2-layer BertForTokenClassification (a named-entity tagger): BIO tags of three
     types."""
-    import torch
-    from transformers import BertForTokenClassification
-
-    path = tmp_path_factory.mktemp("tiny-token-classifier")
-    _build_tokenizer(path)
-    torch.manual_seed(3)
     labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
-    config = _tiny_config(
-        _vocab_size(path),
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
-    )
-    BertForTokenClassification(config).save_pretrained(path)
-    return path
+    return _classifier(tmp_path_factory.mktemp("tiny-token-classifier"), labels, 3, head="token")
 
 
 @pytest.fixture
