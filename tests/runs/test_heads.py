@@ -10,19 +10,8 @@ from bertetl.config import EngineConfig
 from bertetl.executors.local import LocalExecutor
 from bertetl.io.manifest import read_manifest
 from bertetl.runs.enrich import enrich
-from bertetl.runs.plan import plan_partitions
-from bertetl.runs.staged import check_partitioned_run, enrich_partition
 from tests.outputs import assert_equivalent, edit_rows
-
-
-def run_all(executor: LocalExecutor, src: Path, dest: Path) -> dict[str, object]:
-    """The backfill flow's steps without Prefect: check, plan, enrich what needs it."""
-    partitions = check_partitioned_run(src, dest, "date")
-    plan = plan_partitions(src, dest, "date", executor.config, partitions=partitions)
-    return {
-        item.value: enrich_partition(executor, item, dest, plan)
-        for item in plan.by_action("enrich")
-    }
+from tests.runs.test_object_store import run_all
 
 
 def test_heads_are_reused_row_by_row_in_an_edited_partition(
