@@ -512,7 +512,7 @@ def _table_manifests(dest: TableRef, column: str | None) -> dict[str, tuple[obje
 
 
 def committed_manifests(
-    dest: str | os.PathLike[str] | Location, column: str | None = None
+    dest: str | os.PathLike[str] | Location | TableRef, column: str | None = None
 ) -> dict[str, tuple[Path, Manifest]]:
     """DEST's readable manifests (of partition column `column`, or of any column) by
     partition value, with the folder each sits in.

@@ -220,8 +220,7 @@ def _summarize_table(
     frames: list[pl.LazyFrame] = []
     damaged: list[tuple[str, str, str]] = []
     has_labels = False
-    manifests = committed_manifests(ref, partition_column)  # type: ignore[arg-type]
-    for value, (commit, manifest) in sorted(manifests.items()):
+    for value, (commit, manifest) in sorted(committed_manifests(ref, partition_column).items()):
         assert isinstance(commit, TableCommit)
         problem = commit_problem(commit, manifest.rows_out)
         if problem is not None:
