@@ -69,6 +69,11 @@ def running() -> Iterator[str]:
                 os.environ[key] = value
 
 
+def dead_endpoint() -> str:
+    """An endpoint URL on a loopback port nothing listens on (a store that is down)."""
+    return f"http://127.0.0.1:{_free_port()}"
+
+
 def new_bucket(endpoint: str) -> str:
     """A fresh bucket on the server (created with boto3, as a user would)."""
     import boto3

@@ -25,6 +25,7 @@ from bertetl.reports.summary import summarize
 from bertetl.runs.enrich import enrich
 from bertetl.runs.plan import plan_partitions
 from bertetl.runs.staged import check_partitioned_run, enrich_partition
+from tests.io.s3_server import dead_endpoint
 from tests.outputs import assert_equivalent, edit_rows
 
 
@@ -259,11 +260,7 @@ def test_cli_errors_for_a_missing_bucket_or_a_dead_endpoint_are_one_line(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and missing in lines[0] and "does not exist" in lines[0]
 
-    import socket
-
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    dead = dead_endpoint()  # a store that is down
     result = runner.invoke(
         app,
         [

@@ -5,7 +5,6 @@ errors are one line naming the URI."""
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from bertetl.errors import InputError
 from bertetl.io.storage import parse_location
 from bertetl.training.token_classification import TokenTrainConfig, train_tokens
 from bertetl.training.train import train
+from tests.io.s3_server import dead_endpoint
 from tests.runs.test_object_store import upload_tree
 from tests.training.test_token_classification import _sentences, _table
 from tests.training.test_train import _reviews
@@ -145,9 +145,7 @@ def test_cli_missing_bucket_and_dead_endpoint_are_one_line(
         ],
     )
     assert "does not exist" in one_line(result, missing)
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    dead = dead_endpoint()  # a store that is down
     result = runner.invoke(
         app,
         [
