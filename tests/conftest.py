@@ -229,6 +229,18 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         prefect_server.start(*_shared_server_home(session.config))
 
 
+@pytest.fixture(autouse=True)
+def _xdist_group_holds(request: pytest.FixtureRequest) -> None:
+    """Under `--dist loadgroup` a grouped test's id carries xdist's `@GROUP` tag (what keeps
+    a group on one worker): fail where it is missing, as with pytest 9.2 and xdist 3.8, which
+    silently ignore every group (see pyproject.toml)."""
+    node = request.node
+    if getattr(request.config.option, "loadgroup", False) and node.get_closest_marker(
+        "xdist_group"
+    ):
+        assert "@" in node.nodeid, f"--dist loadgroup ignored the xdist_group of {node.nodeid}"
+
+
 @pytest.fixture(scope="session")
 def prefect_harness(pytestconfig: pytest.Config):
     """One temporary Prefect API (SQLite) for every flow test of the session, shared by the
@@ -319,11 +331,15 @@ SERVER_FIXTURES = {"prefect_harness", "s3_endpoint"}
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under `pytest -n N --dist loadgroup` (make test), keep every test that runs Ray on one
-    worker: one local Ray at a time, never two on a 2-core machine. A test that needs a
-    Prefect or S3 server is `slow`: the inner loop (`make test-fast`) starts no server."""
+    worker: one local Ray at a time, never two on a 2-core machine; and every killed-run test
+    on one worker, so the session's one zygote (`tests/faults/zygote.py`) serves them all. A
+    test that needs a Prefect or S3 server is `slow`: the inner loop (`make test-fast`)
+    starts no server."""
     for item in items:
         if item.get_closest_marker("ray") is not None and "test_plan" not in item.nodeid:
             item.add_marker(pytest.mark.xdist_group("ray"))
+        elif "zygote" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("zygote"))
         if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
 

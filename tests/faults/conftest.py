@@ -31,11 +31,12 @@ def nothing_heavy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return attempted
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def zygote(prefect_harness: dict, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory):
-    """The module's killed runs fork from one process that imported the CLI
+    """The session's killed runs fork from one process that imported the CLI
     (`tests/faults/zygote.py`), started with the session's Prefect API URL and the S3
-    server's keys in its environment (both are read at import)."""
+    server's keys in its environment (both are read at import). Every test that uses it runs
+    on one xdist worker (`tests/conftest.py`), so it is started once."""
     import os
     from pathlib import Path
 
@@ -43,7 +44,11 @@ def zygote(prefect_harness: dict, s3_endpoint: str, tmp_path_factory: pytest.Tem
 
     from tests.faults.zygote import Zygote
 
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
     repo = Path(__file__).resolve().parents[2]
     zygote = Zygote(env, repo, tmp_path_factory.mktemp("zygote"))
     yield zygote

@@ -25,7 +25,6 @@ from bertetl.io.manifest import MANIFEST_NAME
 from bertetl.runs.enrich import enrich
 from tests.conftest import write_partitioned
 from tests.faults.kill import POINTS
-from tests.faults.zygote import Zygote
 from tests.outputs import assert_same_output, staging_is_empty
 
 pytestmark = pytest.mark.slow
@@ -41,7 +40,6 @@ CALLS = {
     "swap": DAYS,
     "after-swap": DAYS,
 }
-REPO = Path(__file__).resolve().parents[2]
 
 
 def schedule(count: int, seed: int) -> list[tuple[str, int, bool]]:
@@ -79,11 +77,9 @@ def check_visible_state(dest: Path, reference: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def campaign(tmp_path_factory: pytest.TempPathFactory, tiny_embed_dir: Path, prefect_harness):
+def campaign(tmp_path_factory: pytest.TempPathFactory, tiny_embed_dir: Path, zygote):
     """One source, its clean reference run and a committed DEST (for `--force` reruns), shared
     by every kill point; writes the campaign's tally to BERTETL_FAULT_REPORT at the end."""
-    from prefect.settings import PREFECT_API_URL
-
     root = tmp_path_factory.mktemp("kill")
     src = write_partitioned(root / "src", days=DAYS, rows=ROWS, files_per_day=FILES)
     config = EngineConfig(
@@ -97,13 +93,7 @@ def campaign(tmp_path_factory: pytest.TempPathFactory, tiny_embed_dir: Path, pre
         for p in (root / "reference").rglob("*.parquet")
         for i in pq.read_table(p).column("id").to_pylist()
     )
-    env = {
-        **os.environ,
-        "PREFECT_API_URL": PREFECT_API_URL.value(),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
     tally: Counter = Counter()
-    zygote = Zygote(env, REPO, root)
     yield {
         "zygote": zygote,
         "src": src,
@@ -111,10 +101,8 @@ def campaign(tmp_path_factory: pytest.TempPathFactory, tiny_embed_dir: Path, pre
         "committed": committed,
         "config": config,
         "expected_ids": expected_ids,
-        "env": env,
         "tally": tally,
     }
-    zygote.close()
     if report := os.environ.get("BERTETL_FAULT_REPORT"):
         summary = {"kill points": len(SCHEDULE), "seed": SEED, "killed": tally["killed"], **tally}
         Path(report).write_text(json.dumps({**summary, "rows lost": 0, "rows doubled": 0}))
