@@ -386,6 +386,20 @@ class EngineConfig(BaseModel):
         description="onnx: run the models with ONNX Runtime (CPU only; exported once from the "
         "model folder and cached, int8 with --quantize int8; needs the 'onnx' extra).",
     )
+    unpadded: bool = Field(
+        False,
+        description="Run embed and classify models on each batch's real tokens only, packed "
+        "end to end with attention per text (torch nested tensors + SDPA; a varlen kernel on "
+        "CUDA); BERT models. Same outputs as the padded path (to float rounding). Off by "
+        "default: no faster on the CPU, where batches are length-sorted already; not yet "
+        "measured on a GPU (make gpu-check compares both).",
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the models (dynamic shapes; the first batches of each new "
+        "shape pay for compiling). Off by default: not yet measured on a GPU (make gpu-check "
+        "compares both); on the CPU compiling costs more than it saves on a run.",
+    )
     batch_tokens: int | None = Field(
         None,
         gt=0,

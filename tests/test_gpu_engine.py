@@ -115,3 +115,39 @@ def test_a_cuda_run_gives_its_gpu_memory_back(write_table, tmp_path) -> None:
     torch.cuda.synchronize()
     assert report.rows == len(_texts()) and report.oom_splits == 0
     assert torch.cuda.memory_allocated() == before
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [{"unpadded": True}, {"compile": True}, {"unpadded": True, "compile": True}],
+    ids=["unpadded", "compiled", "unpadded-compiled"],
+)
+def test_cuda_variants_match_the_plain_cpu_forward(
+    variant: dict, minilm_classifier: Path, write_table, tmp_path
+) -> None:
+    """The unpadded (varlen) and compiled paths on CUDA, fp32: the same embeddings and labels
+    as plain transformers on the CPU."""
+    texts = _texts()
+    src = write_table({"text": texts})
+    config = EngineConfig(
+        text_column="text",
+        embed_model="minilm",
+        classify_model=str(minilm_classifier),
+        device="cuda",
+        dtype="float32",
+        include_scores=True,
+        batch_tokens=2048,
+        **variant,
+    )
+    enrich(src, tmp_path / "out", config)
+    out = pq.read_table(tmp_path / "out" / src.name)
+    model_dir = resolve_model_dir("minilm")
+    want = reference_embeddings(model_dir, texts, max_length_for(model_dir, None))
+    got = np.array(out.column("embedding").to_pylist(), dtype=np.float32)
+    assert cosine(got, want).min() >= 0.9999
+    probabilities = reference_probabilities(
+        minilm_classifier, texts, max_length_for(minilm_classifier, None)
+    )
+    scores = np.array(out.column("scores").to_pylist(), dtype=np.float32)
+    assert np.abs(scores - probabilities).max() <= 1e-4
+    assert out.column("label").to_pylist() == list(np.array(LABELS)[probabilities.argmax(1)])

@@ -10,11 +10,13 @@ and recording it in the JSON file whatever happens:
    BERT-base-sized model (random weights) on the real reviews: the transformers pipeline,
    sentence-transformers, the engine's model stage alone and end to end, each in its own
    process, in the device's default precision (bf16 on an H100), and the host path (null
-   model, `bertetl.bench.host`) on 1 core and on all. Engine variants (`--variant`, e.g. an
-   unpadded or compiled path once the engine offers one) run the engine's two systems again.
+   model, `bertetl.bench.host`) on 1 core and on all. Engine variants (`--variant`; by
+   default the unpadded and the compiled paths, both off by default in the engine) run the
+   engine's two systems again.
 4. verdicts: per model, whether the end-to-end engine is host-bound (the host path feeds fewer
    tokens/s than the model stage takes) or device-bound; the issue's GPU targets, met or not;
-   and the variants the engine does not offer, recorded as absent.
+   each variant's speed over the default path's, and whether it wins (then it is the one to
+   turn on by default); variants not run, recorded as absent.
 
 It prints one table and writes every figure to the JSON file. It is sized to finish in under 8
 minutes on one H100 (10,000 rows, 3 repeats); past `--budget-s` the systems not yet started are
@@ -49,6 +51,14 @@ VARIANTS = {
     "unpadded": ("unpad", "varlen", "nested", "packed"),
     "compiled": ("compile", "cuda_graph"),
 }
+#: The variants a check runs when none is named: each engine path that is off by default
+#: until a GPU measurement says it wins. A dry run leaves `compiled` out (compiling on the
+#: CPU costs half a minute; tests/engine/test_unpadded.py covers that path there).
+DEFAULT_VARIANTS: dict[str, dict[str, Any]] = {
+    "unpadded": {"unpadded": True},
+    "compiled": {"compile": True},
+}
+DRY_RUN_VARIANTS = ("unpadded",)
 #: The GPU targets of issue 19: (name, model role, system, result key, at least).
 TARGETS = [
     ("BERT-base model-only MFU >= 50%", "bert-base", "engine-model", "mfu", 0.5),
@@ -183,6 +193,36 @@ def verdicts(results: list[dict[str, Any]], roles: dict[str, str]) -> dict[str, 
     return out
 
 
+def variant_verdicts(
+    results: list[dict[str, Any]], roles: dict[str, str], dry_run: bool
+) -> list[dict[str, Any]]:
+    """Per variant, model and engine system: its tokens/s over the default path's in the same
+    run, and whether it wins (> 1.05x, beyond run-to-run noise): a variant that wins on the
+    GPU is the one to turn on by default (None on a dry run: not a measurement)."""
+    default = {
+        (r["model"], r["system"]): r["tokens_per_s"]
+        for r in results
+        if "variant" not in r and r.get("tokens_per_s")
+    }
+    out = []
+    for row in results:
+        if "variant" not in row or not row.get("tokens_per_s"):
+            continue
+        system = row["system"].removesuffix(f" [{row['variant']}]")
+        base = default.get((row["model"], system))
+        ratio = round(row["tokens_per_s"] / base, 3) if base else None
+        out.append(
+            {
+                "variant": row["variant"],
+                "model": roles.get(row["model"], row["model"]),
+                "system": system,
+                "x_default": ratio,
+                "wins": None if dry_run or ratio is None else ratio > 1.05,
+            }
+        )
+    return out
+
+
 def check_targets(
     results: list[dict[str, Any]], roles: dict[str, str], dry_run: bool
 ) -> list[dict[str, Any]]:
@@ -247,6 +287,12 @@ def summary_table(report: dict[str, Any]) -> str:
     for target in report["targets"]:
         met = {True: "met", False: "NOT met", None: "not measured"}[target["met"]]
         console.print(f"target: {target['target']}: {target['value']} ({met})")
+    for v in report["variants"]:
+        wins = {True: "wins: turn it on by default", False: "does not win", None: "not measured"}
+        console.print(
+            f"variant {v['variant']}: {v['model']} {v['system']}: {v['x_default']}x the "
+            f"default path ({wins[v['wins']]})"
+        )
     for note in report["absent"]:
         console.print(f"variant {note}")
     for error in report["bench"]["errors"]:
@@ -288,6 +334,7 @@ def run_check(plan: CheckPlan, out: Path) -> int:
         "bench": bench,
         "verdicts": verdicts(bench["results"], roles),
         "targets": check_targets(bench["results"], roles, plan.dry_run),
+        "variants": variant_verdicts(bench["results"], roles, plan.dry_run),
         "absent": absent_variants(plan.variants),
         "budget_s": plan.budget_s,
         "elapsed_s": round(time.monotonic() - started, 1),
@@ -297,6 +344,12 @@ def run_check(plan: CheckPlan, out: Path) -> int:
     print(f"results written to {out}")
     passed = tests["returncode"] in (0, 5, None)  # 5: no GPU test collected
     return 0 if passed and not bench["errors"] else 1
+
+
+def default_variants(dry_run: bool) -> dict[str, dict[str, Any]]:
+    """`DEFAULT_VARIANTS`, or on a dry run those in `DRY_RUN_VARIANTS`."""
+    names = DRY_RUN_VARIANTS if dry_run else tuple(DEFAULT_VARIANTS)
+    return {name: DEFAULT_VARIANTS[name] for name in names}
 
 
 def _variant(text: str) -> tuple[str, dict[str, Any]]:
@@ -338,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         repeats=args.repeats or (1 if args.dry_run else 3),
         budget_s=args.budget_s,
         tests=[p for p in args.tests.split(",") if p],
-        variants=dict(args.variant),
+        variants=dict(args.variant) or default_variants(args.dry_run),
     )
     return run_check(plan, args.out)
 

@@ -61,17 +61,27 @@ class NullForward:
         self.offset = 0
 
     def __call__(self, input_ids: Any, attention_mask: Any) -> Any:
+        return self._rows(input_ids.shape[0], input_ids.device)
+
+    def packed(self, input_ids: Any, position_ids: Any, starts: Any, longest: int) -> Any:
+        """The same for the unpadded path's packed row (`_forward_packed`)."""
+        return self._rows(starts.shape[0] - 1, input_ids.device)
+
+    def _rows(self, count: int, device: Any) -> Any:
         import torch
 
-        rows = (self.offset + np.arange(input_ids.shape[0])) % BANK_ROWS
+        rows = (self.offset + np.arange(count)) % BANK_ROWS
         self.offset = int(rows[-1]) + 1 if len(rows) else self.offset
-        return torch.from_numpy(self.bank[rows]).to(input_ids.device)
+        return torch.from_numpy(self.bank[rows]).to(device)
 
 
 def null_models(pipeline: Any) -> None:
-    """Replace each loaded model stage's forward pass with a `NullForward` (after `setup`)."""
+    """Replace each loaded model stage's forward pass, padded and packed, with a
+    `NullForward` (after `setup`)."""
     for number, stage in enumerate(pipeline.models):
-        stage._forward = NullForward(stage.width, stage.kind, seed=number)
+        null = NullForward(stage.width, stage.kind, seed=number)
+        stage._forward = null
+        stage._forward_packed = null.packed
 
 
 def _timed_stream(stream: Any, counters: StageCounters) -> Any:

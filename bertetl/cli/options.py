@@ -86,6 +86,8 @@ ENGINE_OPTIONS: list[EngineOption] = [
     _from_model(EngineConfig, "dtype"),
     _from_model(EngineConfig, "quantize"),
     _from_model(EngineConfig, "backend"),
+    _from_model(EngineConfig, "unpadded"),
+    _from_model(EngineConfig, "compile"),
     _from_model(EngineConfig, "batch_tokens"),
     _from_model(EngineConfig, "max_batch_rows"),
     _from_model(EngineConfig, "max_length"),

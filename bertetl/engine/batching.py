@@ -53,3 +53,22 @@ def pad_batch(
     input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
     input_ids[mask] = values[(starts[:, None] + positions[None, :])[mask]]
     return input_ids, mask.astype(np.int64)
+
+
+def pack_batch(
+    offsets: np.ndarray, values: np.ndarray, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gather the token ids of `rows` end to end, for the unpadded path (`engine.unpadded`).
+
+    Returns `(input_ids, position_ids, starts)`: the first two int64 of shape (1, tokens),
+    positions restarting at 0 for each row; `starts` (len(rows) + 1,) int64 where each row
+    begins in them, then the total.
+    """
+    first = offsets[rows].astype(np.int64)
+    lengths = offsets[rows + 1].astype(np.int64) - first
+    starts = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=starts[1:])
+    row_of_token = np.repeat(np.arange(len(rows)), lengths)
+    positions = np.arange(int(starts[-1]), dtype=np.int64) - starts[:-1][row_of_token]
+    input_ids = values[first[row_of_token] + positions].astype(np.int64)
+    return input_ids[None, :], positions[None, :], starts

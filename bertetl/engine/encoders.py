@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import pickle
 import time
@@ -15,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from bertetl.config import EngineConfig
-from bertetl.engine.batching import pad_batch, plan_batches
+from bertetl.engine.batching import pack_batch, pad_batch, plan_batches
 from bertetl.engine.heads import LabelColumns, check_sequence_classifier
 from bertetl.engine.heap import pin_mmap_threshold
 from bertetl.engine.long_text import combine_windows
@@ -131,6 +130,8 @@ class ModelRuntime:
     batch_tokens: int | None = None
     max_batch_rows: int = 256
     allow_pickle: bool = False
+    unpadded: bool = False
+    compile: bool = False
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> ModelRuntime:
@@ -142,6 +143,8 @@ class ModelRuntime:
             batch_tokens=config.batch_tokens,
             max_batch_rows=config.max_batch_rows,
             allow_pickle=config.allow_pickle,
+            unpadded=config.unpadded,
+            compile=config.compile,
         )
 
 
@@ -161,14 +164,25 @@ def runtime_device(runtime: ModelRuntime) -> Any:
 
 def load_runtime_model(model_dir: Path, kind: str, device: Any, runtime: ModelRuntime) -> Any:
     """The model a stage runs (`kind`: embed, classify or ner) on `device` (`runtime_device`):
-    `load_model`'s, int8-quantized with `quantize`, or with `backend` onnx an ONNX Runtime
-    session in its place (exported once and cached: `engine.onnx_backend`)."""
+    `load_model`'s, switched to packed attention with `unpadded` (embed and classify only),
+    int8-quantized with `quantize`, compiled with `compile`; or with `backend` onnx an ONNX
+    Runtime session in its place (exported once and cached: `engine.onnx_backend`)."""
     import torch
 
     if runtime.backend != "onnx":
         dtype = resolve_dtype(runtime.dtype, device)
         model = load_model(model_dir, kind, device, dtype, allow_pickle=runtime.allow_pickle)
-        return quantize_int8(model) if runtime.quantize == "int8" else model
+        if runtime.unpadded and kind != "ner":
+            from bertetl.engine.unpadded import use_unpadded
+
+            use_unpadded(model, model_dir)
+        if runtime.quantize == "int8":
+            model = quantize_int8(model)
+        return compile_encoder(model) if runtime.compile else model
+    if runtime.unpadded or runtime.compile:
+        raise ModelError(
+            "--backend onnx runs the padded, uncompiled path: drop --unpadded/--compile"
+        )
     if runtime.dtype not in ("auto", "float32"):
         raise ModelError(
             f"--backend onnx runs float32 models (int8 with --quantize int8), not --dtype "
@@ -183,6 +197,20 @@ def load_runtime_model(model_dir: Path, kind: str, device: Any, runtime: ModelRu
         runtime.quantize,
         lambda: load_model(model_dir, kind, device, torch.float32, runtime.allow_pickle),
     )
+
+
+def compile_encoder(model: Any) -> Any:
+    """`torch.compile` (dynamic shapes) the model's encoder, which does nearly all the work:
+    the model itself when it is one, else its base model in place (a head model keeps its
+    type, config and head, and the unpadded path, which calls the encoder directly, runs the
+    compiled one too)."""
+    import torch
+
+    base = model.base_model
+    if base is model:
+        return torch.compile(model, dynamic=True)
+    setattr(model, model.base_model_prefix, torch.compile(base, dynamic=True))
+    return model
 
 
 class EncoderStage:
@@ -249,6 +277,10 @@ class EncoderStage:
     def _forward(self, input_ids: Any, attention_mask: Any) -> Any:
         raise NotImplementedError
 
+    def _forward_packed(self, input_ids: Any, position_ids: Any, starts: Any, longest: int) -> Any:
+        """Per-text outputs of one packed row (`engine.unpadded`)."""
+        raise NotImplementedError
+
     def _columns(self, outputs: np.ndarray, missing: np.ndarray) -> list[pa.Array]:
         raise NotImplementedError
 
@@ -261,21 +293,45 @@ class EncoderStage:
             return tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor
 
+    def _infer(self, offsets: np.ndarray, values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """`_pass`, counted in the stage's counters."""
+        result, real, padded = self._pass(offsets, values, rows)
+        self.counters.batches += 1
+        self.counters.real_tokens += real
+        self.counters.padded_tokens += padded
+        return result
+
+    def _pass(
+        self, offsets: np.ndarray, values: np.ndarray, rows: np.ndarray
+    ) -> tuple[np.ndarray, int, int]:
+        """One forward pass over `rows`, padded or (`unpadded`) packed: the outputs (float32,
+        rows x width), the real tokens and the positions computed."""
+        if self.runtime.unpadded:
+            packed = pack_batch(offsets, values, rows)
+            longest = int(np.diff(packed[2]).max())
+            input_ids, position_ids, starts = (self._to_device(a) for a in packed)
+            out = self._forward_packed(input_ids, position_ids, starts, longest)
+            real = padded = packed[0].size
+        else:
+            ids, mask = pad_batch(offsets, values, rows, self.pad_token_id)
+            input_ids, attention_mask = (self._to_device(a) for a in (ids, mask))
+            out = self._forward(input_ids, attention_mask)
+            real, padded = int(mask.sum()), int(mask.size)
+        return out.float().cpu().numpy(), real, padded
+
     def _run_rows(self, offsets: np.ndarray, values: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Forward one batch; on CUDA out-of-memory halve the token budget and split it."""
         import torch
 
-        ids, mask = pad_batch(offsets, values, rows, self.pad_token_id)
         try:
             with torch.inference_mode():
-                input_ids, attention_mask = (self._to_device(a) for a in (ids, mask))
-                out = self._forward(input_ids, attention_mask).float().cpu().numpy()
+                return self._infer(offsets, values, rows)
         except torch.OutOfMemoryError:
             if len(rows) == 1:
                 raise
             self.oom_splits += 1
             self.token_budget = max(1, self.token_budget // 2)
-            log.warning("out of memory on %d rows x %d tokens; splitting", len(rows), ids.shape[1])
+            log.warning("out of memory on %d rows; splitting", len(rows))
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             half = len(rows) // 2
@@ -285,10 +341,6 @@ class EncoderStage:
                     self._run_rows(offsets, values, rows[half:]),
                 ]
             )
-        self.counters.batches += 1
-        self.counters.real_tokens += int(mask.sum())
-        self.counters.padded_tokens += int(mask.size)
-        return out
 
     def __call__(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
@@ -369,17 +421,28 @@ class EmbedStage(EncoderStage):
     def _dim(self) -> int:
         if self.model is not None:
             return int(self.model.config.hidden_size)
-        config = json.loads((self.model_dir / "config.json").read_text())
-        return int(config["hidden_size"])
+        from transformers import AutoConfig  # its attribute maps: DistilBERT's `dim`, ...
+
+        return int(AutoConfig.from_pretrained(self.model_dir, local_files_only=True).hidden_size)
 
     def fields(self) -> list[pa.Field]:
         return [embedding_field(self.prefix, self._dim())]
 
     def _forward(self, input_ids: Any, attention_mask: Any) -> Any:
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        if self.windowed:  # windows are averaged before the model's Normalize
-            return pool(hidden, attention_mask, replace(self.pooling, normalize=False))
-        return pool(hidden, attention_mask, self.pooling)
+        return pool(hidden, attention_mask, self._window_pooling())
+
+    def _forward_packed(self, input_ids: Any, position_ids: Any, starts: Any, longest: int) -> Any:
+        from bertetl.engine.unpadded import packed_forward, pool_packed
+
+        hidden = packed_forward(self.model, input_ids, position_ids, starts, longest)
+        hidden = hidden.last_hidden_state
+        return pool_packed(hidden[0], starts, self._window_pooling())
+
+    def _window_pooling(self) -> PoolingSpec:
+        """The pooling of one forward pass: long texts' windows are averaged before the
+        model's Normalize, so they are pooled without it."""
+        return replace(self.pooling, normalize=False) if self.windowed else self.pooling
 
     def encode_ids(self, ids: list[list[int]]) -> np.ndarray:
         """Sentence vectors (float32, rows x dim) of token id sequences (special tokens
@@ -394,15 +457,9 @@ class EmbedStage(EncoderStage):
         values = np.fromiter((i for row in ids for i in row), np.int64, int(offsets[-1]))
         outputs = np.zeros((len(ids), self.width), dtype=np.float32)
         for rows in plan_batches(lengths, self.token_budget, self.max_batch_rows):
-            input_ids, mask = pad_batch(offsets, values, rows, self.pad_token_id)
             with torch.inference_mode():
-                input_ids, attention_mask = (self._to_device(a) for a in (input_ids, mask))
-                hidden = self.model(
-                    input_ids=input_ids, attention_mask=attention_mask
-                ).last_hidden_state
-                pooled = pool(hidden, attention_mask, self.pooling)
-            outputs[rows] = pooled.float().cpu().numpy()
-        return outputs
+                outputs[rows] = self._pass(offsets, values, rows)[0]
+        return self._finish_rows(outputs)
 
     def _finish_rows(self, outputs: np.ndarray) -> np.ndarray:
         if not (self.windowed and self.pooling.normalize):
@@ -448,7 +505,17 @@ class ClassifyStage(EncoderStage):
         return self.label_columns.fields()
 
     def _forward(self, input_ids: Any, attention_mask: Any) -> Any:
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return self._probabilities(logits)
+
+    def _forward_packed(self, input_ids: Any, position_ids: Any, starts: Any, longest: int) -> Any:
+        from bertetl.engine.unpadded import classify_packed
+
+        logits = classify_packed(self.model, input_ids, position_ids, starts, longest)
+        return self._probabilities(logits)
+
+    def _probabilities(self, logits: Any) -> Any:
+        logits = logits.float()
         return logits.sigmoid() if self.multi_label else logits.softmax(dim=-1)
 
     def _columns(self, outputs: np.ndarray, missing: np.ndarray) -> list[pa.Array]:

@@ -68,11 +68,20 @@ def test_dry_run_exercises_every_step_on_the_cpu(tmp_path: Path, capsys) -> None
     if not torch.cuda.is_available():
         assert "skipped" in report["tests"]["summary"]
     assert report["bench"]["errors"] == []
-    seen = {(report["roles"][r["model"]], r["system"]) for r in report["bench"]["results"]}
+    results = [r for r in report["bench"]["results"] if "variant" not in r]
+    seen = {(report["roles"][r["model"]], r["system"]) for r in results}
     assert seen == {(role, s) for role in ("minilm", "bert-base") for s in GPU_SYSTEMS}
     assert {v["bound"] for v in report["verdicts"].values()} <= {"host", "device"}
     assert [t["met"] for t in report["targets"]] == [None] * len(TARGETS)
-    assert len(report["absent"]) == 2
+    # the unpadded variant ran both engine systems for both models; compiled is left out
+    variants = {(v["variant"], v["model"], v["system"]) for v in report["variants"]}
+    assert variants == {
+        ("unpadded", role, system)
+        for role in ("minilm", "bert-base")
+        for system in ("engine-model", "engine-e2e")
+    }
+    assert all(v["x_default"] > 0 and v["wins"] is None for v in report["variants"])
+    assert [n.split(":")[0] for n in report["absent"]] == ["compiled"]
     printed = capsys.readouterr().out
     assert "gpu-check on cpu (dry run" in printed and "target:" in printed
 
