@@ -35,8 +35,11 @@ def enrich(source: str, dest: str, config: EngineConfig, **kwargs: Any) -> Enric
     return run(source, dest, config, **kwargs)
 
 
-def train(table: str, model_out: str, config: TrainConfig) -> TrainReport:
-    """Fine-tune a classifier; see `bertetl.training.train.train`."""
+def train(
+    table: str, model_out: str, config: TrainConfig, storage_options: dict[str, str] | None = None
+) -> TrainReport:
+    """Fine-tune a classifier (TABLE may be an object-store URI, opened with
+    `storage_options`); see `bertetl.training.train.train`."""
     from bertetl.training.train import train as run
 
-    return run(table, model_out, config)
+    return run(table, model_out, config, storage_options)

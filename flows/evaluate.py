@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bertetl.evaluate.config import EvaluateConfig
 from bertetl.evaluate.run import REPORT, evaluate
-from bertetl.flows.params import RunOptions
+from bertetl.flows.params import RunOptions, storage_options_field
 from bertetl.flows.publish import publish_evaluation
 from bertetl.flows.tasks import quiet_user_errors, retry_transient, with_retries
 
@@ -26,25 +26,33 @@ class EvaluateParams(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    table: str = Field(description="Labelled Parquet file, folder or glob.")
+    table: str = Field(
+        description="Labelled Parquet file, folder or glob; or an s3://, gs:// or abfs:// URI "
+        "(with storage_options)."
+    )
     out: str = Field(
         description="Folder for metrics.json, the plots and report.html: new, empty, or an "
         "earlier evaluation (replaced)."
     )
     evaluate: EvaluateConfig
     run: RunOptions = RunOptions()
+    storage_options: dict[str, str] = storage_options_field()
 
 
 @task(name="evaluate-table", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
-def evaluate_task(table: str, out: str, config: EvaluateConfig) -> dict[str, Any]:
+def evaluate_task(
+    table: str, out: str, config: EvaluateConfig, storage_options: dict[str, str]
+) -> dict[str, Any]:
     """Run the evaluation and write the report; the metrics document."""
-    return evaluate(table, out, config).metrics
+    return evaluate(table, out, config, storage_options or None).metrics
 
 
 @flow(name="bertetl-evaluate")
 def evaluate_flow(params: EvaluateParams) -> dict[str, Any]:
     """Evaluate a classifier on a labelled table; the metrics document (metrics.json)."""
     quiet_user_errors()
-    metrics = with_retries(evaluate_task, params.run)(params.table, params.out, params.evaluate)
+    metrics = with_retries(evaluate_task, params.run)(
+        params.table, params.out, params.evaluate, params.storage_options
+    )
     publish_evaluation(f"evaluate {params.table}", metrics, f"{params.out}/{REPORT}")
     return metrics

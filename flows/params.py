@@ -20,7 +20,7 @@ class RunOptions(BaseModel):
     progress_bar: bool = Field(False, description="Draw a rich progress bar on the terminal.")
 
 
-def _storage_options() -> Field:  # type: ignore[valid-type]
+def storage_options_field() -> Field:  # type: ignore[valid-type]
     return Field(
         default_factory=dict,
         description=(
@@ -43,7 +43,7 @@ class EnrichParams(BaseModel):
         1_000_000, gt=0, description="Files with more rows are cut into row-group chunks."
     )
     run: RunOptions = RunOptions()
-    storage_options: dict[str, str] = _storage_options()
+    storage_options: dict[str, str] = storage_options_field()
 
 
 class PartitionedParams(BaseModel):
@@ -66,7 +66,7 @@ class PartitionedParams(BaseModel):
         DriftOptions(),
         description="Drift per partition against the ones before it: a warning, never a failure.",
     )
-    storage_options: dict[str, str] = _storage_options()
+    storage_options: dict[str, str] = storage_options_field()
 
 
 class BackfillParams(PartitionedParams):

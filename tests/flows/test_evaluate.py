@@ -63,3 +63,30 @@ def test_on_demand_deployment_has_a_parameter_form() -> None:
     fields = schema["definitions"]["EvaluateParams"]["properties"]
     assert {"table", "out", "evaluate"} <= set(fields)
     assert "label_column" in schema["definitions"]["EvaluateConfig"]["properties"]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_flow_evaluates_a_table_on_s3_as_it_does_a_local_one(
+    write_table, tmp_path: Path, bucket: str, storage: dict[str, str]
+) -> None:
+    from bertetl.io.storage import parse_location
+    from tests.runs.test_object_store import upload_tree
+
+    write_table(single_label_table(["neg", "pos", "pos"] * 8, ["neg", "pos"], seed=3))
+    uri = f"s3://{bucket}/labelled"
+    upload_tree(tmp_path / "src", parse_location(uri, storage))
+    config = EvaluateConfig(label_column="y", text_column="text")
+    outcomes = {}
+    for name, table, options in (("local", str(tmp_path / "src"), {}), ("s3", uri, storage)):
+        params = EvaluateParams(
+            table=table,
+            out=str(tmp_path / name),
+            evaluate=config,
+            run=RunOptions(retries=0),
+            storage_options=options,
+        )
+        outcomes[name] = evaluate_flow(params)
+    assert outcomes["s3"]["about"]["table"] == uri
+    drop = lambda metrics: {k: v for k, v in metrics.items() if k != "about"}  # noqa: E731
+    assert drop(outcomes["s3"]) == drop(outcomes["local"])
+    assert outcomes["s3"]["rows"]["total"] == 24
