@@ -282,7 +282,15 @@ def local_ray():
 
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        # Keep idle task workers for the next run (Ray keeps num_cpus of them and kills the
+        # rest after 1 s idle): each new worker process costs ~2 s CPU importing Ray Data.
+        _system_config={"num_workers_soft_limit": 8},
+    )
     yield ray
     ray.shutdown()
 

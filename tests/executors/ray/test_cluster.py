@@ -46,6 +46,11 @@ def two_nodes(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    # as --disable-usage-stats does for the nodes: no usage-collection actor for the driver
+    env |= {"RAY_USAGE_STATS_ENABLED": "0"}
+    # idle workers are kept for the next tasks, not stopped after 1 s (Ray keeps only as many
+    # as the node has CPUs) and restarted: each new worker costs ~2 s CPU importing Ray Data
+    node_env = env | {"RAY_num_workers_soft_limit": "8"}
     common = ["--num-cpus=2", "--disable-usage-stats", "--block"]
     nodes = []
     try:
@@ -59,7 +64,7 @@ def two_nodes(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
                     [RAY, "start", *args, *common],
                     stdout=out,
                     stderr=subprocess.STDOUT,
-                    env=env,
+                    env=node_env,
                     start_new_session=True,  # the node's processes form one group to stop
                 )
             nodes.append(process)
@@ -78,10 +83,12 @@ def test_enrich_on_a_two_node_cluster(two_nodes, tiny_embed_dir: Path, tmp_path:
     command = [sys.executable, "-m", "bertetl", "enrich", str(src), str(tmp_path / "ray")]
     command += ["--text-column", "text", "--embed-model", str(tiny_embed_dir)]
     command += ["--window-rows", "16", "--executor", "ray", "--ray-address", address]
+    command += ["--ray-tokenizers", "1"]  # one tokenizer actor (torch in each) feeds both nodes
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "enriched 160 rows from 4 file(s)" in done.stdout
     assert "model_actors=2" in done.stderr  # one model actor per node
+    assert "tokenize_actors=1" in done.stderr
     config = EngineConfig(text_column="text", embed_model=str(tiny_embed_dir), window_rows=16)
     enrich(src, tmp_path / "local", config)
     assert assert_equivalent(tmp_path / "ray", tmp_path / "local") == 160

@@ -127,10 +127,23 @@ def corrupt_page(path: Path, row_group: int) -> None:
 
 
 def model_actor_pids() -> set[int]:
+    """The model actors of this session's Ray (its raylet is this process's child), never
+    those of another Ray on the same machine."""
     found = subprocess.run(
         ["pgrep", "-f", r"MapBatches\(ModelActor\)"], capture_output=True, text=True
     )
-    return {int(pid) for pid in found.stdout.split()}
+    return {int(pid) for pid in found.stdout.split() if descends_from(int(pid), os.getpid())}
+
+
+def descends_from(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+        if pid == ancestor:
+            return True
+    return False
 
 
 def test_killed_model_actor_is_restarted_and_no_row_is_lost(local_config, tmp_path: Path) -> None:
