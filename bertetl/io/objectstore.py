@@ -180,6 +180,13 @@ def local_staging_root(dest: Location) -> Path:
     return Path(tempfile.gettempdir()) / LOCAL_STAGING / digest
 
 
+def is_machine_staging(path: Path) -> bool:
+    """Whether `path` is in this machine's staging for object-store and table DESTs
+    (`local_staging_root`): a folder other machines cannot see."""
+    root = Path(tempfile.gettempdir()).resolve() / LOCAL_STAGING
+    return root in Path(path).resolve().parents
+
+
 @contextlib.contextmanager
 def local_staged_folder(dest: Location) -> Iterator[Path]:
     """A fresh local folder for one partition (or scratch) bound for `dest`; removed on exit."""

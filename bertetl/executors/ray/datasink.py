@@ -31,6 +31,7 @@ from ray.data.datasource.datasink import WriteResult
 
 from bertetl.errors import CommitError, is_transient
 from bertetl.executors.ray.datasource import FILE_COLUMN, ROW_COLUMN, read_errors, record_error
+from bertetl.io.storage import Location
 from bertetl.io.write import ParquetSink
 from bertetl.report import FileResult, MeanColumns, add_column_sums, count_labels
 
@@ -47,11 +48,12 @@ class Part:
 
 @dataclass(frozen=True)
 class FileTarget:
-    """Where input file `index` (of `rows` rows) is committed, with its output schema."""
+    """Where input file `index` (of `rows` rows) is committed (a path, or an object-store
+    `Location`, uploaded whole by `ParquetSink`), with its output schema."""
 
     index: int
     source: str
-    target: str
+    target: Path | Location
     rows: int
     schema: pa.Schema
 
@@ -176,7 +178,7 @@ def commit_file(target: FileTarget, parts: list[Part], options: CommitOptions) -
     (nothing is written).
     """
     started = time.perf_counter()
-    result = FileResult(target.source, target.target)
+    result = FileResult(target.source, str(target.target))
     expected = 0
     ordered: list[tuple[Part, int]] = []  # (part, rows to skip at its start)
     for part in sorted(parts, key=lambda p: (p.first, -p.rows)):

@@ -36,8 +36,9 @@ from bertetl.executors.ray.actors import ModelActor, TokenizeActor
 from bertetl.executors.ray.datasink import CommitOptions, FileTarget, PartsDatasink
 from bertetl.executors.ray.datasource import ParquetFilesDatasource, ReadRange
 from bertetl.io.chunks import cut_row_groups
+from bertetl.io.objectstore import is_machine_staging
 from bertetl.io.read import SourceFile, read_metadata
-from bertetl.io.storage import is_remote
+from bertetl.io.storage import Location, is_remote
 from bertetl.processes import watch
 from bertetl.report import EnrichReport, FileResult
 
@@ -47,6 +48,25 @@ log = logging.getLogger(__name__)
 READ_RANGE_ROWS = 262_144
 #: How often the driver collects written rows for progress.
 PROGRESS_EVERY_S = 0.5
+
+
+def check_shared_scratch(scratch: Path, nodes: int) -> None:
+    """Refuse (`ExecutorError`) a run whose parts would be staged in this machine's own
+    staging (an object-store or table DEST: `is_machine_staging`) on a cluster of several
+    nodes, whose other nodes could neither write nor read them."""
+    if nodes > 1 and is_machine_staging(scratch):
+        raise ExecutorError(
+            f"--executor ray stages an object-store or table DEST's parts on this machine "
+            f"({scratch}), which the cluster's other {nodes - 1} node(s) cannot reach: run "
+            "on a single-node Ray (or a local one, the default), or write to a DEST on a "
+            "filesystem every node shares"
+        )
+
+
+def _absolute_target(target: Path | Location) -> Path | Location:
+    """A job's target as every node names it: an object-store `Location` as it is, a path
+    made absolute."""
+    return target if is_remote(target) else Path(target).resolve()
 
 
 def _absolute(file: SourceFile) -> SourceFile:
@@ -102,7 +122,7 @@ class RayExecutor:
         self.pipeline = Pipeline(config)
         self.config = config
         self.capabilities = Capabilities(
-            reuses_rows=False, group_rows=ray_options(config).group_rows, reads_object_storage=True
+            reuses_rows=False, group_rows=ray_options(config).group_rows, object_storage=True
         )
         self._started_ray = False
         self._watchdog: Any = None
@@ -171,23 +191,20 @@ class RayExecutor:
     ) -> list[FileResult]:
         """Enrich every job in one Ray Data pipeline; results in job order.
 
-        `scratch` (a fresh folder on a filesystem every node shares; the caller removes it)
-        holds the parts and error records until the files are committed. `reuse` is ignored
+        `scratch` (a fresh folder on a filesystem every node shares, or this machine's staging
+        on a single-node Ray: `check_shared_scratch`; the caller removes it) holds the parts
+        and error records until the files are committed, into local paths or, uploaded whole,
+        object-store `Location`s. `reuse` is ignored
         (`capabilities.reuses_rows` is false) and every job runs (`stop_at_error` too).
         """
         if not jobs:
             return []
-        remote = next((str(j.target) for j in jobs if is_remote(j.target)), None)
-        if remote is not None:  # runs check the capabilities first; this is a guard
-            raise ExecutorError(
-                f"{remote}: --executor ray does not write to object storage yet; use "
-                "--executor local (the default), or a DEST on a filesystem"
-            )
+        check_shared_scratch(scratch, sum(1 for node in ray.nodes() if node.get("Alive")))
         if any(job.row_groups is not None for job in jobs):
             raise ValueError("RayExecutor reads whole files: cut big files with READ_RANGE_ROWS")
         scratch = Path(scratch).resolve()
         started = time.perf_counter()
-        jobs = [Job(_absolute(job.file), Path(job.target).resolve(), job.schema) for job in jobs]
+        jobs = [Job(_absolute(job.file), _absolute_target(job.target), job.schema) for job in jobs]
         ranges, targets, footers = self._read_plan(jobs)
         plan = self.plan()
         options = CommitOptions(self.pipeline.validate.error_column, self.pipeline.label_columns())
@@ -230,7 +247,7 @@ class RayExecutor:
                 )
                 first += rows
             output = self.pipeline.output_schema(schema)
-            targets[index] = FileTarget(index, file.path, str(target), metadata.num_rows, output)
+            targets[index] = FileTarget(index, file.path, target, metadata.num_rows, output)
         return ranges, targets, footers
 
     def _dataset(

@@ -209,16 +209,16 @@ def test_without_ray_installed_a_one_line_hint(
     assert not (tmp_path / "out").exists()
 
 
-def test_ray_reads_an_s3_source_and_refuses_an_s3_dest(
+def test_ray_reads_an_s3_source_and_writes_an_s3_dest(
     tiny_embed_dir: Path, bucket: str, storage: dict, tmp_path: Path
 ) -> None:
-    """Read tasks open the S3 objects through the source's filesystem (pickled with its
-    options to wherever they run): the output equals the local executor's on the same files.
-    Writing to S3 from Ray is refused in one line, before any model loads."""
-    from bertetl.errors import ExecutorError
+    """Read tasks open the S3 objects through the source's filesystem, and commit tasks upload
+    each output whole through the DEST's (both pickled with their options to wherever they
+    run): S3 to local, then S3 to S3, each equal to the local executor's output, with no
+    object but the outputs (no part, no temp file) on the store."""
     from bertetl.io.storage import parse_location
     from tests.io.s3_server import ENVIRONMENT
-    from tests.runs.test_object_store import upload_tree
+    from tests.runs.test_object_store import download, objects, upload_tree
 
     src = write_source(tmp_path / "src", days=2, files_per_day=1, rows=30)
     upload_tree(src, parse_location(f"s3://{bucket}/src", storage))
@@ -232,5 +232,31 @@ def test_ray_reads_an_s3_source_and_refuses_an_s3_dest(
     assert report.rows == 60 and not report.failures
     enrich(src, tmp_path / "local", config)
     assert assert_equivalent(tmp_path / "ray", tmp_path / "local") == 60
-    with pytest.raises(ExecutorError, match="does not write to object storage yet"):
-        enrich(src, f"s3://{bucket}/out", on_ray(config), storage_options=options)
+
+    dest = parse_location(f"s3://{bucket}/out", options)
+    report = enrich(f"s3://{bucket}/src", dest.uri, on_ray(config), storage_options=options)
+    assert report.rows == 60 and not report.failures
+    assert {f.dest for f in report.files} == {
+        f"{dest.uri}/date=2026-02-0{day}/part-0.parquet" for day in (1, 2)
+    }
+    assert sorted(objects(dest)) == [
+        "date=2026-02-01/part-0.parquet",
+        "date=2026-02-02/part-0.parquet",
+    ]
+    assert assert_equivalent(download(dest, tmp_path / "from-s3"), tmp_path / "local") == 60
+
+
+def test_parts_staged_on_this_machine_are_refused_on_a_cluster(tmp_path: Path) -> None:
+    """An object-store or table DEST stages the parts on this machine: fine for one node,
+    refused in one line for a cluster whose other nodes cannot reach them."""
+    import tempfile
+
+    from bertetl.errors import ExecutorError
+    from bertetl.executors.ray.executor import check_shared_scratch
+    from bertetl.io.objectstore import LOCAL_STAGING
+
+    machine = Path(tempfile.gettempdir()) / LOCAL_STAGING / "abc" / "run"
+    check_shared_scratch(machine, nodes=1)
+    check_shared_scratch(tmp_path / "beside-dest", nodes=3)  # a DEST's shared filesystem
+    with pytest.raises(ExecutorError, match=r"other 2 node\(s\) cannot reach"):
+        check_shared_scratch(machine, nodes=3)
