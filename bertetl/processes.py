@@ -20,7 +20,8 @@ import sys
 _PR_SET_PDEATHSIG = 1
 
 #: Runs as a child of the run: when the run dies, this is re-parented, and it stops the
-#: watched processes and every descendant it saw them start (SIGTERM, then SIGKILL after 5 s).
+#: watched processes and every descendant it saw them start (SIGTERM, then SIGKILL after 5 s),
+#: plus Ray workers whose raylet it knew (`RAY_RAYLET_PID`), even one orphaned between scans.
 #: Linux only (/proc); elsewhere it stops nothing.
 WATCHDOG = """
 import json, os, signal, sys, time
@@ -57,8 +58,26 @@ else:  # watch every process the parent starts from now on (not those it had bef
 while os.getppid() == parent and (tops or any(alive(p, s) for p, s in known.items())):
     family(known, tops, skip)
     time.sleep(0.5)
+def ray_orphans(known, skip):
+    # Ray's workers name their raylet in RAY_RAYLET_PID; one the raylet started just before
+    # it died with the run was re-parented before any scan saw it as a descendant
+    names = {str(pid).encode() for pid in known}
+    for entry in os.listdir("/proc"):
+        pid = int(entry) if entry.isdigit() else None
+        if pid is None or pid in known or pid in skip:
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as handle:
+                environ = handle.read().split(b"\\0")
+        except OSError:
+            continue
+        if any(v[15:] in names for v in environ if v.startswith(b"RAY_RAYLET_PID=")):
+            if (fields := stat(pid)) is not None:
+                known[pid] = fields[19]
+    return known
 if os.getppid() != parent:  # the run is gone: stop what it left
     family(known, [], skip)
+    ray_orphans(known, skip)
     for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
         for pid, start in known.items():
             if alive(pid, start):

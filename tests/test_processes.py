@@ -1,0 +1,65 @@
+"""The watchdog (`bertetl.processes.watch`) stops what a killed run left, including a Ray
+worker orphaned before any scan saw it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+#: The "run": starts the watchdog, then a stand-in raylet that double-forks a stand-in worker
+#: (so the worker is re-parented at once, as one is when its raylet dies between two of the
+#: watchdog's scans) naming the raylet in RAY_RAYLET_PID, as Ray's workers do; prints the
+#: worker's pid, then waits to be killed.
+RUN = """
+import os, subprocess, sys, time
+from bertetl.processes import watch
+watch()
+raylet = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+env = {**os.environ, "RAY_RAYLET_PID": str(raylet.pid)}
+quiet = "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL"
+spawn = "import subprocess; print(subprocess.Popen(['sleep', '60'], env=%r, %s).pid)" % (env, quiet)
+worker = subprocess.run([sys.executable, "-c", spawn], capture_output=True, text=True)
+print(worker.stdout.strip(), raylet.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_a_killed_run_takes_an_orphaned_ray_worker_down() -> None:
+    run = subprocess.Popen(
+        [sys.executable, "-c", RUN],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parents[1],
+    )
+    assert run.stdout is not None
+    worker, raylet = (int(pid) for pid in run.stdout.readline().split())
+    try:
+        assert (
+            _alive(worker)
+            and int(Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            != run.pid
+        )  # not the run's descendant: only its RAY_RAYLET_PID ties it to the run
+        time.sleep(1.0)  # the watchdog has scanned (every 0.5 s) and knows the raylet
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+        deadline = time.monotonic() + 15
+        while (_alive(worker) or _alive(raylet)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(raylet), "the watched raylet outlived the run"
+        assert not _alive(worker), "the raylet's orphaned worker outlived the run"
+    finally:
+        for pid in (worker, raylet):
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
