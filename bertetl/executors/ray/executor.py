@@ -211,14 +211,19 @@ class RayExecutor:
         with _data_context(_window_bytes(footers, self.config.window_rows)):
             errors_dir, parts_dir = str(scratch / "ray-errors"), str(scratch / "ray-parts")
             counters = RunCounters.remote()
-            sink = PartsDatasink(targets, parts_dir, errors_dir, options, counters)
-            source = ParquetFilesDatasource(ranges, self.config.window_rows, errors_dir)
-            dataset = self._dataset(source, len(ranges), plan, errors_dir, counters)
-            write_cpus = {"num_cpus": plan.cpus_per_write_task}
-            _run_with_progress(
-                lambda: dataset.write_datasink(sink, ray_remote_args=write_cpus), counters, on_rows
-            )
-            truncated = ray.get(counters.truncated.remote())
+            try:
+                sink = PartsDatasink(targets, parts_dir, errors_dir, options, counters)
+                source = ParquetFilesDatasource(ranges, self.config.window_rows, errors_dir)
+                dataset = self._dataset(source, len(ranges), plan, errors_dir, counters)
+                write_cpus = {"num_cpus": plan.cpus_per_write_task}
+                _run_with_progress(
+                    lambda: dataset.write_datasink(sink, ray_remote_args=write_cpus),
+                    counters,
+                    on_rows,
+                )
+                truncated = ray.get(counters.truncated.remote())
+            finally:  # the dataset keeps a handle: without this the actor (and its worker
+                ray.kill(counters)  # process) lived on, one per call, on a long-lived cluster
         if len(sink.results) != len(jobs):  # every file is committed or failed, never missed
             raise CommitError(f"Ray reported {len(sink.results)} of {len(jobs)} files")
         for index, rows in truncated.items():  # results are in job (file index) order

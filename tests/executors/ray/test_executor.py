@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -126,12 +127,10 @@ def corrupt_page(path: Path, row_group: int) -> None:
         handle.write(b"\xff" * 16)
 
 
-def model_actor_pids() -> set[int]:
-    """The model actors of this session's Ray (its raylet is this process's child), never
-    those of another Ray on the same machine."""
-    found = subprocess.run(
-        ["pgrep", "-f", r"MapBatches\(ModelActor\)"], capture_output=True, text=True
-    )
+def model_actor_pids(pattern: str = r"MapBatches\(ModelActor\)") -> set[int]:
+    """The model actors (or other processes matching `pattern`) of this session's Ray (its
+    raylet is this process's child), never those of another Ray on the same machine."""
+    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
     return {int(pid) for pid in found.stdout.split() if descends_from(int(pid), os.getpid())}
 
 
@@ -244,6 +243,11 @@ def test_ray_reads_an_s3_source_and_writes_an_s3_dest(
         "date=2026-02-02/part-0.parquet",
     ]
     assert assert_equivalent(download(dest, tmp_path / "from-s3"), tmp_path / "local") == 60
+    # each run's progress counters actor is gone with its run (its worker process too)
+    deadline = time.monotonic() + 10
+    while model_actor_pids(r"ray::RunCounters") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not model_actor_pids(r"ray::RunCounters")
 
 
 def test_parts_staged_on_this_machine_are_refused_on_a_cluster(tmp_path: Path) -> None:
