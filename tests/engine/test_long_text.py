@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
@@ -271,16 +270,11 @@ def test_huge_rows_cost_their_windows_not_their_size(tmp_path: Path, tiny_embed_
     src = tmp_path / "src.parquet"
     pq.write_table(pa.table({"text": texts}), src, row_group_size=8192)
     out = tmp_path / "out.parquet"
-    # Large blocks in mmap (the documented BERTETL_MMAP_THRESHOLD, engine/heap.py), so the peak
-    # is what the engine holds, not glibc's heap: alone this run peaks at ~585 MiB either way,
-    # but once, under the whole suite's load, at 1,653 MiB with the default allocator.
-    env = {**os.environ, "BERTETL_MMAP_THRESHOLD": str(2**20)}
     run = subprocess.run(
         [sys.executable, "-c", HUGE_RUN, str(src), str(tiny_embed_dir), str(out)],
         capture_output=True,
         text=True,
         check=False,
-        env=env,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     truncated, peak = map(int, run.stdout.split()[-2:])
