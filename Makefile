@@ -37,15 +37,18 @@ $(VENV)/.demo: pyproject.toml $(VENV)/.base
 	$(PIP) install -q --no-deps $(ASSETS)
 	touch $@
 
-# Everything (what CI and the README run), in one pytest session of 3 xdist workers on a
-# 2-core machine: they wait on servers and subprocesses as much as they compute. The Ray tests
-# share one local Ray, so they run on one worker (their xdist group, tests/conftest.py) beside
-# the others: 378 s against 426 s when they ran alone after the rest.
+# Everything (what CI and the README run). Two phases on a 2-core machine: the tests that do
+# not run Ray in 3 workers (they wait on servers and subprocesses as much as they compute),
+# then the Ray tests alone, which start their own clusters and would starve beside the rest.
 # One torch/OpenMP thread per worker process (and per process a test starts): torch's default
 # of one thread per core in each of 3 workers oversubscribes 2 cores, and its spinning threads
 # made the model tests up to 5x slower.
+# The Ray phase collects only the files that hold Ray tests (collecting all costs ~18 s);
+# tests/test_make_test.py fails when a Ray test lives outside RAY_TESTS.
+RAY_TESTS := tests/executors/ray tests/flows/test_ray_flows.py tests/faults/test_processes.py
 test: $(VENV)/.dev
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 3 --dist loadgroup
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 3 --dist loadgroup -m "not ray"
+	$(PY) -m pytest -q -m ray $(RAY_TESTS)
 
 # The inner loop: everything but the `slow` tests (kill campaign, Ray, servers, subprocesses).
 test-fast: $(VENV)/.dev

@@ -339,10 +339,10 @@ SERVER_FIXTURES = {"prefect_harness", "s3_endpoint"}
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under `pytest -n N --dist loadgroup` (make test), keep every test that runs Ray on one
-    worker: one local Ray at a time (the session's), never two on a 2-core machine; and every
-    killed-run test on one worker, so the session's one zygote (`tests/faults/zygote.py`)
-    serves them all. A test that needs a Prefect or S3 server is `slow`: the inner loop
-    (`make test-fast`) starts no server."""
+    worker: one local Ray at a time, never two on a 2-core machine; and every killed-run test
+    on one worker, so the session's one zygote (`tests/faults/zygote.py`) serves them all. A
+    test that needs a Prefect or S3 server is `slow`: the inner loop (`make test-fast`)
+    starts no server."""
     for item in items:
         if item.get_closest_marker("ray") is not None and "test_plan" not in item.nodeid:
             item.add_marker(pytest.mark.xdist_group("ray"))
