@@ -46,14 +46,11 @@ class Capabilities:
     - `object_storage`: it reads `SourceFile`s on an object store and writes to a `Job`
       target that is an object-store `Location` (docs/STORAGE.md); runs refuse an
       object-store SOURCE or DEST for an executor without it.
-    - `reads_object_storage`: it reads `SourceFile`s on an object store (through their
-      `filesystem`), but writes only to paths: runs refuse an object-store DEST for it.
     """
 
     reuses_rows: bool
     group_rows: int | None = None
     object_storage: bool = False
-    reads_object_storage: bool = False
 
 
 class Executor(Protocol):

@@ -103,18 +103,11 @@ def _refuse_tables(source: object, dest: object) -> None:
 
 
 def check_storage(executor: Executor, source: object, dest: object) -> None:
-    """Refuse (`ExecutorError`) an object-store SOURCE for an executor that cannot read one,
-    or an object-store DEST for one that cannot write one (`Capabilities`)."""
-    capabilities = executor.capabilities
-    reads = capabilities.object_storage or capabilities.reads_object_storage
-    kind = executor.config.executor.kind
-    if is_remote(dest) and not capabilities.object_storage:
+    """Refuse (`ExecutorError`) an object-store SOURCE or DEST for an executor that cannot
+    read and write one (`Capabilities.object_storage`)."""
+    remote = next((str(p) for p in (source, dest) if is_remote(p)), None)
+    if remote is not None and not executor.capabilities.object_storage:
         raise ExecutorError(
-            f"{dest}: --executor {kind} does not write to object storage yet; use --executor "
-            "local (the default), or a DEST on a filesystem"
-        )
-    if is_remote(source) and not reads:
-        raise ExecutorError(
-            f"{source}: --executor {kind} does not read object storage yet; use "
-            "--executor local (the default)"
+            f"{remote}: --executor {executor.config.executor.kind} does not read or write "
+            "object storage yet; use --executor local (the default)"
         )

@@ -339,3 +339,28 @@ def test_backfill_and_incremental_flows_into_s3(
     assert rows["2026-01-01"]["status"] == rows["2026-01-02"]["status"] == "skipped"
     enrich(src, tmp_path / "reference", config)
     assert assert_equivalent(download(dest, tmp_path / "downloaded"), tmp_path / "reference")
+
+
+def test_an_executor_without_object_storage_is_refused_before_any_work() -> None:
+    """`check_storage` reads `Capabilities.object_storage` (local and Ray have it; a new
+    executor may not): an s3:// SOURCE or DEST for one without it is one line naming it."""
+    from types import SimpleNamespace
+
+    from bertetl.errors import ExecutorError
+    from bertetl.executors.base import Capabilities
+    from bertetl.runs.enrich import check_storage
+
+    config = EngineConfig(text_column="text", embed_model="minilm", executor="ray")
+    options = {"endpoint_url": "http://127.0.0.1:9"}  # never reached: the check comes first
+    source, dest = (parse_location(f"s3://bucket/{name}", options) for name in ("in", "out"))
+    for capable in (True, False):
+        executor = SimpleNamespace(
+            capabilities=Capabilities(reuses_rows=False, object_storage=capable), config=config
+        )
+        check_storage(executor, "/data/in", "/data/out")
+        for pair, remote in (((source, "/data/out"), source), (("/data/in", dest), dest)):
+            if capable:
+                check_storage(executor, *pair)
+                continue
+            with pytest.raises(ExecutorError, match=f"{remote}: --executor ray does not read"):
+                check_storage(executor, *pair)

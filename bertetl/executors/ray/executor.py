@@ -63,6 +63,11 @@ def check_shared_scratch(scratch: Path, nodes: int) -> None:
         )
 
 
+def _alive_nodes() -> int:
+    """How many nodes of the connected Ray cluster are alive."""
+    return sum(1 for node in ray.nodes() if node.get("Alive"))
+
+
 def _absolute_target(target: Path | Location) -> Path | Location:
     """A job's target as every node names it: an object-store `Location` as it is, a path
     made absolute."""
@@ -175,8 +180,7 @@ class RayExecutor:
 
     def plan(self) -> RayPlan:
         """Actor counts and resources for the cluster this pipeline is connected to."""
-        nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
-        plan = RayPlan.for_cluster(self.config, ray.cluster_resources(), nodes)
+        plan = RayPlan.for_cluster(self.config, ray.cluster_resources(), _alive_nodes())
         log.info("ray: %s", plan)
         return plan
 
@@ -199,7 +203,7 @@ class RayExecutor:
         """
         if not jobs:
             return []
-        check_shared_scratch(scratch, sum(1 for node in ray.nodes() if node.get("Alive")))
+        check_shared_scratch(scratch, _alive_nodes())
         if any(job.row_groups is not None for job in jobs):
             raise ValueError("RayExecutor reads whole files: cut big files with READ_RANGE_ROWS")
         scratch = Path(scratch).resolve()
