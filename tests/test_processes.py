@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.faults.test_processes import alive
+
 #: The "run": starts the watchdog, then a stand-in raylet that double-forks a stand-in worker
 #: (so the worker is re-parented at once, as one is when its raylet dies between two of the
 #: watchdog's scans) naming the raylet in RAY_RAYLET_PID, as Ray's workers do; prints the
@@ -28,14 +30,6 @@ time.sleep(60)
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def test_a_killed_run_takes_an_orphaned_ray_worker_down() -> None:
     run = subprocess.Popen(
         [sys.executable, "-c", RUN],
@@ -47,7 +41,7 @@ def test_a_killed_run_takes_an_orphaned_ray_worker_down() -> None:
     worker, raylet = (int(pid) for pid in run.stdout.readline().split())
     try:
         assert (
-            _alive(worker)
+            alive(worker)
             and int(Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[1])
             != run.pid
         )  # not the run's descendant: only its RAY_RAYLET_PID ties it to the run
@@ -55,11 +49,11 @@ def test_a_killed_run_takes_an_orphaned_ray_worker_down() -> None:
         run.send_signal(signal.SIGKILL)
         run.wait()
         deadline = time.monotonic() + 15
-        while (_alive(worker) or _alive(raylet)) and time.monotonic() < deadline:
+        while (alive(worker) or alive(raylet)) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not _alive(raylet), "the watched raylet outlived the run"
-        assert not _alive(worker), "the raylet's orphaned worker outlived the run"
+        assert not alive(raylet), "the watched raylet outlived the run"
+        assert not alive(worker), "the raylet's orphaned worker outlived the run"
     finally:
         for pid in (worker, raylet):
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)
