@@ -544,6 +544,14 @@ class EngineConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _check_backend(self) -> EngineConfig:
+        if self.backend == "onnx" and (self.unpadded or self.compile):
+            raise ConfigError(
+                "--backend onnx runs the padded, uncompiled path: drop --unpadded/--compile"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _check_heads(self) -> EngineConfig:
         if self.zero_shot and not (self.embed_model or self.zero_shot_model):
             raise ConfigError(

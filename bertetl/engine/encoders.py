@@ -179,10 +179,6 @@ def load_runtime_model(model_dir: Path, kind: str, device: Any, runtime: ModelRu
         if runtime.quantize == "int8":
             model = quantize_int8(model)
         return compile_encoder(model) if runtime.compile else model
-    if runtime.unpadded or runtime.compile:
-        raise ModelError(
-            "--backend onnx runs the padded, uncompiled path: drop --unpadded/--compile"
-        )
     if runtime.dtype not in ("auto", "float32"):
         raise ModelError(
             f"--backend onnx runs float32 models (int8 with --quantize int8), not --dtype "

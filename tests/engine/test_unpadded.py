@@ -233,3 +233,19 @@ def test_compiled_path_matches_the_eager_one(
                 )
             elif column != "score":
                 assert compiled.column(column).equals(eager.column(column)), column
+
+
+@pytest.mark.parametrize("option", ["--unpadded", "--compile"])
+def test_onnx_with_unpadded_or_compile_is_one_line_before_dest_is_touched(
+    option: str, tiny_embed_dir: Path, write_table, tmp_path: Path
+) -> None:
+    from tests.cli.test_cli import bertetl
+
+    src = write_table(_texts())
+    dest = tmp_path / "out"
+    args = ["--text-column", "text", "--embed-model", str(tiny_embed_dir), "--backend", "onnx"]
+    run = bertetl("enrich", str(src), str(dest), *args, option)
+    assert run.returncode == 2
+    (line,) = run.stderr.strip().splitlines()
+    assert "--backend onnx runs the padded, uncompiled path" in line
+    assert not dest.exists()
