@@ -47,8 +47,8 @@ $(VENV)/.demo: pyproject.toml $(VENV)/.base
 # tests/test_make_test.py fails when a Ray test lives outside RAY_TESTS.
 RAY_TESTS := tests/executors/ray tests/flows/test_ray_flows.py tests/faults/test_processes.py
 test: $(VENV)/.dev
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 3 --dist loadgroup -m "not ray"
-	$(PY) -m pytest -q -m ray $(RAY_TESTS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 3 --dist loadgroup -m "not ray" --durations=10
+	$(PY) -m pytest -q -m ray --durations=5 $(RAY_TESTS)
 
 # The inner loop: everything but the `slow` tests (kill campaign, Ray, servers, subprocesses).
 test-fast: $(VENV)/.dev

@@ -265,6 +265,14 @@ class LocalOptions(BaseModel):
         description="Processes, each with its own model copy and a share of the files; "
         "default one per visible GPU on CUDA, else 1.",
     )
+    tokenizers: int | None = Field(
+        None,
+        ge=0,
+        description="Processes per model process that validate and tokenize windows ahead of "
+        "the models (0: a thread of the model's process, where the tokenizer's own threads "
+        "use every core). Default: 0 on the CPU, where the model needs every core; on CUDA the "
+        "cores left after each model process's model and writer threads, at most 8.",
+    )
 
 
 class RayOptions(BaseModel):
@@ -300,13 +308,15 @@ class RayOptions(BaseModel):
 #: Each executor's options model, by `kind` (one line per executor).
 EXECUTOR_OPTIONS: dict[str, type[BaseModel]] = {"local": LocalOptions, "ray": RayOptions}
 ExecutorOptions = Annotated[LocalOptions | RayOptions, Field(discriminator="kind")]
-#: The CLI's flat option names (and older flow parameters') -> the field in `executor`.
+#: The CLI's flat option names (and older flow parameters') -> the executor kind and the
+#: field of its options.
 FLAT_EXECUTOR_OPTIONS = {
-    "workers": "workers",
-    "ray_address": "address",
-    "ray_actors": "actors",
-    "ray_tokenizers": "tokenizers",
-    "ray_group_rows": "group_rows",
+    "workers": ("local", "workers"),
+    "tokenizers": ("local", "tokenizers"),
+    "ray_address": ("ray", "address"),
+    "ray_actors": ("ray", "actors"),
+    "ray_tokenizers": ("ray", "tokenizers"),
+    "ray_group_rows": ("ray", "group_rows"),
 }
 
 
@@ -480,12 +490,13 @@ class EngineConfig(BaseModel):
         given = {name: value for name, value in flat.items() if value is not None}
         if kind == "ray" and given.get("workers"):
             raise ValueError("--workers is for --executor local; with ray use --ray-actors")
+        if kind == "ray" and "tokenizers" in given:
+            raise ValueError("--tokenizers is for --executor local; with ray use --ray-tokenizers")
         if kind == "local" and {"ray_address", "ray_actors", "ray_tokenizers"} & set(given):
             raise ValueError("--ray-address, --ray-actors and --ray-tokenizers need --executor ray")
-        options = EXECUTOR_OPTIONS.get(kind)
         for name, value in given.items():
-            field = FLAT_EXECUTOR_OPTIONS[name]
-            if options is not None and field in options.model_fields:
+            option_kind, field = FLAT_EXECUTOR_OPTIONS[name]
+            if option_kind == kind:
                 nested[field] = value
         data["executor"] = nested
         return data

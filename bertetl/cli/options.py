@@ -59,8 +59,8 @@ def _repeatable(model: type[BaseModel], name: str) -> EngineOption:
 def _executor_options() -> list[EngineOption]:
     """`--executor` and each executor's options under their flat CLI names."""
     options = [EngineOption("executor", Executor, "local", help_of(EngineConfig, "executor"))]
-    for flat, field in FLAT_EXECUTOR_OPTIONS.items():
-        model = next(m for m in EXECUTOR_OPTIONS.values() if field in m.model_fields)
+    for flat, (kind, field) in FLAT_EXECUTOR_OPTIONS.items():
+        model = EXECUTOR_OPTIONS[kind]
         options.append(_from_model(model, field, key=flat))
     return options
 

@@ -24,6 +24,7 @@ from bertetl.engine.prefetch import prefetch
 from bertetl.engine.reuse import ReuseIndex, transform_with_reuse
 from bertetl.engine.stage import Stage
 from bertetl.engine.tokenize import TokenizeStage, ValidateTextStage
+from bertetl.engine.tokenizer_pool import TokenizerPool
 from bertetl.engine.zero_shot import ZeroShotStage
 from bertetl.errors import InputError, is_transient
 from bertetl.io.read import SourceFile, check_text_column, read_schema, stream
@@ -102,6 +103,8 @@ class Pipeline:
         for each in config.heads():
             self.models.extend(getattr(self, self.HEAD_STAGES[each.kind])(each))
         self._ready = False
+        #: Worker processes that run `prepare` (`start_tokenizer_pool`); None: in-process.
+        self.tokenizer_pool: TokenizerPool | None = None
 
     def _resolve(self, spec: str) -> Path:
         return resolve_model_dir(spec, self.config.allow_pickle)
@@ -238,9 +241,23 @@ class Pipeline:
         for model in self.models:
             model.setup()
 
+    def start_tokenizer_pool(self, processes: int) -> None:
+        """Run `prepare` in `processes` worker processes from now on, each with its own copy
+        of the CPU stages (the executor decides how many; 0 keeps them in this process)."""
+        if processes < 1 or self.tokenizer_pool is not None:
+            return
+        pool = TokenizerPool(
+            Pipeline, self.absolute_config(), processes, self.config.prefetch_windows
+        )
+        pool.start()
+        self.tokenizer_pool = pool
+
     def teardown(self) -> None:
         for stage in self.stages:
             stage.teardown()
+        if self.tokenizer_pool is not None:
+            self.tokenizer_pool.close()
+            self.tokenizer_pool = None
         self._ready = False
 
     def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
@@ -257,13 +274,35 @@ class Pipeline:
             raise InputError(f"{file.path}: {e}") from e
         return schema
 
+    @property
+    def cpu_stages(self) -> list[Stage]:
+        """The stages before the models: validate, then each tokenizer."""
+        return [self.validate, *self.tokenize_stages]
+
     def prepare(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        """The CPU stages: validate the text, then tokenize it (token columns appended)."""
+        """The CPU stages: validate the text, then tokenize it (token columns appended); in
+        the tokenizer pool's processes when one is started, their counters added here."""
+        if self.tokenizer_pool is None:
+            return self.prepare_inline(batches)
+        return self._prepare_in_pool(self.tokenizer_pool, batches)
+
+    def prepare_inline(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """The CPU stages in this thread."""
         stream_: Iterable[pa.RecordBatch] = batches
-        cpu_stages: list[Stage] = [self.validate, *self.tokenize_stages]
-        for stage in cpu_stages:
+        for stage in self.cpu_stages:
             stream_ = stage(stream_)
         return iter(stream_)
+
+    def _prepare_in_pool(
+        self, pool: TokenizerPool, batches: Iterable[pa.RecordBatch]
+    ) -> Iterator[pa.RecordBatch]:
+        stages, tokenizers = self.cpu_stages, self.tokenize_stages
+        for window in pool.map(batches):
+            for stage, counters in zip(stages, window.counters, strict=True):
+                stage.counters.add(counters)
+            for tokenizer, truncated in zip(tokenizers, window.truncated_rows, strict=True):
+                tokenizer.truncated_rows += truncated
+            yield window.batch
 
     def infer(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         """The model stages, on prepared batches; then `finish` each batch."""

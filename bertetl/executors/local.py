@@ -28,6 +28,24 @@ def resolve_workers(config: EngineConfig) -> int:
     return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
 
 
+#: Tokenizer processes per model process at most, by default.
+MAX_DEFAULT_TOKENIZERS = 8
+
+
+def resolve_tokenizers(config: EngineConfig, workers: int) -> int:
+    """`tokenizers`, else 0 on the CPU (the model needs every core), else the cores left
+    after each model process's model and writer threads, shared out, at most 8 each."""
+    options = config.executor
+    if isinstance(options, LocalOptions) and options.tokenizers is not None:
+        return options.tokenizers
+    from bertetl.engine.encoders import ModelRuntime, runtime_device
+
+    if runtime_device(ModelRuntime.from_config(config)).type != "cuda":
+        return 0
+    left = len(os.sched_getaffinity(0)) - 2 * workers
+    return max(0, min(MAX_DEFAULT_TOKENIZERS, left // workers))
+
+
 def _pin_worker(index: int, count: int) -> None:
     """Worker `index` of `count` takes GPU `index` (round robin), or its share of CPU threads."""
     import torch
@@ -38,11 +56,15 @@ def _pin_worker(index: int, count: int) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // count))
 
 
-def run_in_worker(config: EngineConfig, jobs: list[Job], index: int, count: int) -> EnrichReport:
-    """A worker process's share: pin a GPU or CPU threads, load the models, run the jobs."""
+def run_in_worker(
+    config: EngineConfig, jobs: list[Job], index: int, count: int, tokenizers: int = 0
+) -> EnrichReport:
+    """A worker process's share: pin a GPU or CPU threads, load the models (and start its
+    `tokenizers` processes), run the jobs."""
     _pin_worker(index, count)
     pipeline = Pipeline(config)
     pipeline.setup()
+    pipeline.start_tokenizer_pool(tokenizers)
     report = EnrichReport()
     try:
         for job in jobs:
@@ -68,13 +90,18 @@ class LocalExecutor:
         self.config = config
         self.pipeline = Pipeline(config)
         self.workers = resolve_workers(config)
+        self.tokenizers = resolve_tokenizers(config, self.workers)
         self.capabilities = Capabilities(reuses_rows=True, object_storage=True)
         self._worker_reports: list[EnrichReport] = []
 
     def setup(self) -> None:
         """Load the models here (with workers, each worker loads its own instead)."""
         if self.workers <= 1:
-            self.pipeline.setup()
+            self._setup_here()
+
+    def _setup_here(self) -> None:
+        self.pipeline.setup()
+        self.pipeline.start_tokenizer_pool(self.tokenizers)
 
     def run_jobs(
         self,
@@ -90,7 +117,7 @@ class LocalExecutor:
         workers = min(self.workers, len(jobs))
         if workers > 1 and reuse is None:
             return self._run_in_pool(jobs, workers, on_rows)
-        self.pipeline.setup()
+        self._setup_here()
         results: list[FileResult] = []
         on_batch = None if on_rows is None else (lambda batch: on_rows(batch.num_rows))
         for job in jobs:
@@ -119,7 +146,7 @@ class LocalExecutor:
             workers, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)
         ) as pool:
             futures = [
-                pool.submit(run_in_worker, config, jobs[i::workers], i, workers)
+                pool.submit(run_in_worker, config, jobs[i::workers], i, workers, self.tokenizers)
                 for i in range(workers)
             ]
             by_source: dict[str, FileResult] = {}

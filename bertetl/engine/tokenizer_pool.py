@@ -1,0 +1,161 @@
+"""Validate and tokenize windows in a pool of worker processes (`--tokenizers N`).
+
+In one process the CPU stages run in the prefetch thread: the Rust tokenizer's `encode_batch`
+uses every core, but everything around it (text to Python strings, ids to Arrow, window
+cutting, validation) holds the GIL, and so does the Parquet writer on the main thread. A pool
+of processes, each with the pipeline's own CPU stages, runs all of that in parallel, as
+text-embeddings-inference's `--tokenization-workers` does. Windows travel both ways as Arrow
+record batches (pickled through Arrow's IPC buffers, not as Python lists), and come back in
+order; at most `processes + depth` windows are in flight, so memory stays bounded.
+
+The pool is `concurrent.futures.ProcessPoolExecutor` with spawned processes (a fork of a
+process that holds torch's and the tokenizer's threads is not safe). Each worker dies with the
+process that started it, so a killed run leaves none behind.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import pyarrow as pa
+
+from bertetl.config import EngineConfig
+from bertetl.processes import die_with_parent
+from bertetl.report import StageCounters
+
+
+class CountingStage(Protocol):
+    counters: StageCounters
+
+
+class CountingTokenizer(CountingStage, Protocol):
+    truncated_rows: int
+
+
+class Preparer(Protocol):
+    """What a worker needs of the pipeline (`bertetl.engine.pipeline.Pipeline`)."""
+
+    @property
+    def cpu_stages(self) -> Sequence[CountingStage]: ...
+
+    @property
+    def tokenize_stages(self) -> Sequence[CountingTokenizer]: ...
+
+    def setup_tokenizers(self) -> None: ...
+
+    def prepare_inline(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]: ...
+
+
+#: This worker process's pipeline, its tokenizers loaded (set by `_start_worker`).
+_worker_pipeline: Preparer | None = None
+
+
+@dataclass
+class PreparedWindow:
+    """One window after the CPU stages, with what they counted doing it (in stage order)."""
+
+    batch: pa.RecordBatch
+    counters: list[StageCounters] = field(default_factory=list)
+    truncated_rows: list[int] = field(default_factory=list)
+
+
+def _start_worker(
+    make_pipeline: Callable[[EngineConfig], Preparer], config: EngineConfig, parent: int
+) -> None:
+    """Worker set-up: die with the parent, one tokenizer thread (the pool is the
+    parallelism), then build the pipeline and load its tokenizers (local files only)."""
+    global _worker_pipeline
+    die_with_parent(parent)
+    os.environ["RAYON_NUM_THREADS"] = "1"  # read when the tokenizer first encodes a batch
+    pipeline = make_pipeline(config)
+    pipeline.setup_tokenizers()
+    _worker_pipeline = pipeline
+
+
+def _prepare_window(batch: pa.RecordBatch) -> PreparedWindow:
+    """Run this worker's CPU stages over one window; the counters are this window's alone."""
+    pipeline = _worker_pipeline
+    if pipeline is None:
+        raise RuntimeError("tokenizer pool worker used before its set-up")
+    stages = pipeline.cpu_stages
+    for stage in stages:
+        stage.counters = StageCounters()
+    tokenizers = pipeline.tokenize_stages
+    for tokenizer in tokenizers:
+        tokenizer.truncated_rows = 0
+    (out,) = pipeline.prepare_inline([batch])
+    return PreparedWindow(
+        out, [stage.counters for stage in stages], [t.truncated_rows for t in tokenizers]
+    )
+
+
+class TokenizerPool:
+    """`processes` worker processes running a pipeline's CPU stages over windows, in order.
+
+    Each worker builds its own pipeline with `make_pipeline(config)` (the `Pipeline` class: a
+    picklable reference, so this module needs no import of it).
+    """
+
+    def __init__(
+        self,
+        make_pipeline: Callable[[EngineConfig], Preparer],
+        config: EngineConfig,
+        processes: int,
+        depth: int = 2,
+    ) -> None:
+        if processes < 1:
+            raise ValueError("a tokenizer pool needs at least one process")
+        self.make_pipeline = make_pipeline
+        self.config = config
+        self.processes = processes
+        self.depth = depth
+        self._pool: ProcessPoolExecutor | None = None
+
+    def start(self) -> None:
+        """Start the worker processes and wait until they are up (an error in their set-up
+        surfaces here, not on the first window)."""
+        if self._pool is not None:
+            return
+        pool = ProcessPoolExecutor(
+            self.processes,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker,
+            initargs=(self.make_pipeline, self.config, os.getpid()),
+        )
+        self._pool = pool
+        try:  # each no-op waits for one worker's set-up; an error in it surfaces here
+            for future in [pool.submit(int) for _ in range(self.processes)]:
+                future.result()
+        except BaseException:
+            self.close()
+            raise
+
+    def map(self, batches: Iterable[pa.RecordBatch]) -> Iterator[PreparedWindow]:
+        """Each window through the workers, yielded in input order, with at most
+        `processes + depth` windows submitted and not yet yielded."""
+        if self._pool is None:
+            raise RuntimeError("TokenizerPool.map before start()")
+        pool = self._pool
+        pending: deque[Future[PreparedWindow]] = deque()
+        try:
+            for batch in batches:
+                pending.append(pool.submit(_prepare_window, batch))
+                if len(pending) >= self.processes + self.depth:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+    def close(self) -> None:
+        """Stop the workers (windows not yet started are dropped)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,78 @@
+"""`--tokenizers N`: validation and tokenization in worker processes give what the prefetch
+thread gives, file for file and counter for counter."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from bertetl.config import EngineConfig, LocalOptions
+from bertetl.errors import ConfigError
+from bertetl.executors.local import resolve_tokenizers
+from bertetl.runs.enrich import enrich
+from tests.conftest import TEXTS
+
+
+def _texts(rows: int) -> list[str | None]:
+    """Varied texts (long ones among them, cut at the model's 48 tokens), a null and a blank."""
+    texts: list[str | None] = [f"{TEXTS[i % len(TEXTS)]} row {i}" for i in range(rows)]
+    texts[5], texts[11] = None, "  "
+    return texts
+
+
+def _run(
+    source: Path, dest: Path, tokenizers: int, **engine: object
+) -> tuple[pa.Table, dict[str, tuple[int, int, int]], int]:
+    config = EngineConfig(
+        text_column="text",
+        device="cpu",
+        window_rows=7,  # 9 windows: the pool must give them back in order
+        token_stats=True,
+        tokenizers=tokenizers,
+        **engine,
+    )
+    report = enrich(source, dest, config)
+    counters = {
+        name: (c.rows, c.batches, c.real_tokens)
+        for name, c in report.stages.items()
+        if name.startswith(("validate", "tokenize", "ner-tokenize"))
+    }
+    return pq.read_table(dest), counters, sum(f.rows_truncated for f in report.files)
+
+
+def test_pool_gives_the_threads_output_and_counters(
+    tiny_embed_dir: Path, tiny_token_classifier_dir: Path, write_table, tmp_path: Path
+) -> None:
+    texts = _texts(60)
+    source = write_table({"id": list(range(len(texts))), "text": texts})
+    before = set(multiprocessing.active_children())
+    models = {"embed_model": str(tiny_embed_dir), "ner": [f"who={tiny_token_classifier_dir}"]}
+
+    thread, thread_counters, thread_truncated = _run(source, tmp_path / "thread", 0, **models)
+    pooled, pooled_counters, pooled_truncated = _run(source, tmp_path / "pool", 2, **models)
+
+    assert pooled.equals(thread)  # every column: originals, embeddings, entities, stats
+    assert pooled.column("id").to_pylist() == list(range(len(texts)))
+    assert pooled.column("enrich_error").null_count == len(texts) - 2
+    assert pooled_counters == thread_counters
+    assert {"validate", "tokenize", "ner-tokenize"} <= set(pooled_counters)
+    assert pooled_counters["tokenize"][0] == len(texts)
+    assert pooled_truncated == thread_truncated > 0
+    # the workers stop with the run
+    assert set(multiprocessing.active_children()) == before
+
+
+def test_tokenizers_is_a_local_executor_option() -> None:
+    config = EngineConfig(text_column="text", embed_model="m", tokenizers=3)
+    assert config.executor == LocalOptions(tokenizers=3)
+    assert resolve_tokenizers(config, 1) == 3
+    on_cpu = EngineConfig(text_column="text", embed_model="m", device="cpu")
+    assert resolve_tokenizers(on_cpu, 1) == 0  # the model needs every core
+    with pytest.raises((ConfigError, ValueError), match="--ray-tokenizers"):
+        EngineConfig(text_column="text", embed_model="m", executor="ray", tokenizers=2)
+    with pytest.raises(ValueError, match="need --executor ray"):
+        EngineConfig(text_column="text", embed_model="m", ray_tokenizers=2)
