@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from bertetl.bench.systems import BenchConfig, environment, run_bench, tiny_model
+from bertetl.executors.local import MAX_DEFAULT_TOKENIZERS
 
 #: The systems the check runs for each model.
 GPU_SYSTEMS = ["pipeline", "sentence-transformers", "engine-model", "engine-e2e", "host"]
@@ -82,7 +83,8 @@ class CheckPlan:
 
     def bench_config(self, models: list[str], workdir: Path) -> BenchConfig:
         """The bench's config: the GPU's own precision, each system in its own process, the
-        host path at 1 core and all; or, dry, the CPU, in this process."""
+        host path at 1 core and all, without and with a tokenizer pool; or, dry, the CPU, in
+        this process."""
         return BenchConfig(
             models=models,
             inputs=["reviews"],
@@ -93,6 +95,9 @@ class CheckPlan:
             workdir=str(workdir),
             isolate=not self.dry_run,
             cores=[1] if self.dry_run else None,
+            # the host path without and with a tokenizer pool (`--tokenizers`; the engine's
+            # default on CUDA: the cores left, at most MAX_DEFAULT_TOKENIZERS)
+            tokenizers=[0, 1] if self.dry_run else [0, MAX_DEFAULT_TOKENIZERS],
         )
 
 
@@ -172,18 +177,21 @@ def variant_rows(
 
 def verdicts(results: list[dict[str, Any]], roles: dict[str, str]) -> dict[str, dict[str, Any]]:
     """Per model: the model stage's tokens/s (what the device takes), the host path's on all
-    cores (what the host feeds), the end-to-end share of model-only, and which bounds it."""
+    cores, with the better tokenizer pool size (what the host feeds), the end-to-end share of
+    model-only, and which bounds it."""
     out = {}
     for spec, role in roles.items():
         mine = [r for r in results if r["model"] == spec and "variant" not in r]
         device = next((r for r in mine if r["system"] == "engine-model"), None)
         e2e = next((r for r in mine if r["system"] == "engine-e2e"), None)
         hosts = [r for r in mine if r["system"] == "host"]
-        host = max(hosts, key=lambda r: r["cores"]) if hosts else None
+        # all cores, the faster of without and with a tokenizer pool
+        host = max(hosts, key=lambda r: (r["cores"], r["tokens_per_s"])) if hosts else None
         verdict: dict[str, Any] = {
             "device_tokens_per_s": device and device["tokens_per_s"],
             "host_tokens_per_s": host and host["tokens_per_s"],
             "host_cores": host and host["cores"],
+            "host_tokenizers": host and host.get("tokenizers", 0),
             "e2e_share_of_model_only": e2e and e2e.get("share_of_model_only"),
         }
         if device and host:
@@ -270,7 +278,9 @@ def summary_table(report: dict[str, Any]) -> str:
         table.add_column(title, justify="left" if title in ("model", "system") else "right")
     for row in report["bench"]["results"]:
         role = roles.get(row["model"], row["model"])
-        system = row["system"] + (f" x{row['cores']} cores" if row["system"] == "host" else "")
+        system = row["system"]
+        if system == "host":
+            system += f" x{row['cores']} cores, {row.get('tokenizers', 0)} tokenizers"
         cells = [role, system]
         for key in (k for _, k in columns[2:-1]):
             value = row.get(key)

@@ -326,9 +326,11 @@ def host_measure(
     repeats: int,
     compressions: list[str],
     measure_codecs: bool,
+    tokenizers: tuple[int, ...] = (0,),
 ) -> dict[str, Any]:
-    """One core count: the host path once per codec; with `measure_codecs` (and an embedding
-    model), the codecs' costs on its output, with real model outputs beside the null model's."""
+    """One core count: the host path once per codec and tokenizer pool size (`--tokenizers`;
+    the other codecs with the first size only); with `measure_codecs` (and an embedding model),
+    the codecs' costs on its output, with real model outputs beside the null model's."""
     from bertetl.engine.encoders import EncoderStage
     from bertetl.engine.pipeline import Pipeline
 
@@ -340,10 +342,15 @@ def host_measure(
     measure_codecs = measure_codecs and first.kind == "embed"
     real = _output_sample(pipeline, texts[:REAL_SAMPLE_ROWS]) if measure_codecs else None
     runs = []
-    for compression in compressions:
-        run = host_run(texts, pipeline, Path(workdir), repeats, compression)
-        run.update(cores=cores, compression=compression)
-        runs.append(run)
+    for index, processes in enumerate(tokenizers):
+        pipeline.start_tokenizer_pool(processes)
+        for compression in compressions if index == 0 else compressions[:1]:
+            run = host_run(texts, pipeline, Path(workdir), repeats, compression)
+            run.update(cores=cores, compression=compression, tokenizers=processes)
+            runs.append(run)
+        if pipeline.tokenizer_pool is not None:
+            pipeline.tokenizer_pool.close()
+            pipeline.tokenizer_pool = None
     out: dict[str, Any] = {
         "runs": runs,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -394,9 +401,12 @@ def host_bench(
     repeats: int,
     compressions: list[str],
     isolate: bool = True,
+    tokenizers: tuple[int, ...] = (0,),
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
-    """Each core count (isolated, pinned), with the engine's zstd; the other codecs and the
-    codecs' costs at the largest core count. Returns runs, codec costs and errors."""
+    """Each core count (isolated, pinned) with each tokenizer pool size, with the engine's
+    zstd; the other codecs and the codecs' costs at the largest core count. Returns runs,
+    codec costs and errors; `x_first_cores` compares the first core count (same pool size),
+    `x_first_tokenizers` the first pool size (same core count)."""
     runs: list[dict[str, Any]] = []
     codecs: list[dict[str, Any]] = []
     errors: list[str] = []
@@ -405,7 +415,7 @@ def host_bench(
     for count in sorted(set(cores)):
         measure = count == largest and bool(others)
         wanted = [first, *others] if count == largest else [first]
-        args = (pipeline_config, texts, str(workdir), count, repeats, wanted, measure)
+        args = (pipeline_config, texts, str(workdir), count, repeats, wanted, measure, tokenizers)
         if isolate:
             outcome = run_pinned(count, args)
         else:
@@ -421,11 +431,20 @@ def host_bench(
             run["cpus"] = outcome["affinity"]
         runs.extend(outcome["runs"])
         codecs.extend(outcome.get("codecs", []))
-    base = next((r for r in runs if r["compression"] == first), None)
     for run in runs:
-        if base is not None and run["compression"] == first:
-            run["x_first_cores"] = round(run["rows_per_s"] / base["rows_per_s"], 3)
-            run["per_core_efficiency"] = round(
-                run["x_first_cores"] * base["cores"] / run["cores"], 3
-            )
+        if run["compression"] != first:
+            continue
+        same_pool = [
+            r for r in runs if (r["compression"], r["tokenizers"]) == (first, run["tokenizers"])
+        ]
+        base = min(same_pool, key=lambda r: r["cores"])
+        run["x_first_cores"] = round(run["rows_per_s"] / base["rows_per_s"], 3)
+        run["per_core_efficiency"] = round(run["x_first_cores"] * base["cores"] / run["cores"], 3)
+        no_pool = next(
+            r
+            for r in runs
+            if (r["compression"], r["cores"], r["tokenizers"])
+            == (first, run["cores"], tokenizers[0])
+        )
+        run["x_first_tokenizers"] = round(run["rows_per_s"] / no_pool["rows_per_s"], 3)
     return runs, codecs, errors

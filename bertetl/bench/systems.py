@@ -132,11 +132,24 @@ class BenchConfig(BaseModel):
         "every core count, the others at the largest, and then each codec's cost on the output.",
     )
 
+    tokenizers: list[int] = Field(
+        [0],
+        description="With --systems host: tokenizer pool sizes (--tokenizers) to run at each "
+        "core count; the first is the baseline of the 'x tokenizers' ratios.",
+    )
+
     @field_validator("cores")
     @classmethod
     def _positive_cores(cls, value: list[int] | None) -> list[int] | None:
         if value is not None and (not value or min(value) < 1):
             raise ValueError("core counts are positive integers, e.g. 1,2")
+        return value
+
+    @field_validator("tokenizers")
+    @classmethod
+    def _pool_sizes(cls, value: list[int]) -> list[int]:
+        if not value or min(value) < 0:
+            raise ValueError("tokenizer pool sizes are integers >= 0, e.g. 0,2")
         return value
 
     @field_validator("compression")
@@ -621,7 +634,14 @@ def host_system(
     pipeline = _engine_pipeline(task, model_dir, config)
     cores = config.cores or sorted({1, len(os.sched_getaffinity(0))})
     runs, codecs, errors = host_bench(
-        pipeline.config, texts, workdir, cores, config.repeats, config.compression, config.isolate
+        pipeline.config,
+        texts,
+        workdir,
+        cores,
+        config.repeats,
+        config.compression,
+        config.isolate,
+        tuple(config.tokenizers),
     )
     tokenizer = next(iter(pipeline.tokenizers.values()))
     tokenizer.setup()
@@ -756,7 +776,9 @@ HOST_COLUMNS = [
     ("codec", "compression"),
     ("rows/s", "rows_per_s"),
     ("tokens/s", "tokens_per_s"),
+    ("tokenizers", "tokenizers"),
     ("x first", "x_first_cores"),
+    ("x tokenizers", "x_first_tokenizers"),
     ("read s", "stage_seconds.read"),
     ("validate s", "stage_seconds.validate"),
     ("tokenize s", "stage_seconds.tokenize"),

@@ -67,6 +67,9 @@ def bench(
         str,
         typer.Option(help="With --systems host: " + help_of(BenchConfig, "compression")),
     ] = ",".join(BENCH["compression"]),
+    tokenizers: Annotated[str, typer.Option(help=help_of(BenchConfig, "tokenizers"))] = ",".join(
+        str(n) for n in BENCH["tokenizers"]
+    ),
     ner_aggregation: Annotated[
         NerAggregation, typer.Option(help=help_of(BenchConfig, "ner_aggregation"))
     ] = BENCH["ner_aggregation"],
@@ -150,6 +153,7 @@ def bench(
             batch_tokens=batch_tokens,
             cores=split_list(cores) if cores else None,
             compression=split_list(compression),
+            tokenizers=split_list(tokenizers),
             ner_aggregation=ner_aggregation,
             zero_shot_labels=zero_shot_labels,
             engine_options={"long_text": long_text} if long_text != "truncate" else {},

@@ -42,13 +42,17 @@ def test_verdicts_compare_the_host_path_with_the_model_stage() -> None:
         {"model": "m", "system": "engine-e2e", "tokens_per_s": 500.0, "share_of_model_only": 0.5,
          "x_pipeline": 5.0, "x_sentence-transformers": 1.5},
         {"model": "m", "system": "host", "cores": 1, "tokens_per_s": 300.0},
-        {"model": "m", "system": "host", "cores": 16, "tokens_per_s": 600.0},
+        {"model": "m", "system": "host", "cores": 16, "tokens_per_s": 600.0, "tokenizers": 0},
+        {"model": "m", "system": "host", "cores": 16, "tokens_per_s": 900.0, "tokenizers": 8},
         {"model": "b", "system": "engine-model", "tokens_per_s": 100.0, "mfu": 0.55},
         {"model": "b", "system": "host", "cores": 16, "tokens_per_s": 600.0},
     ]  # fmt: skip
     roles = {"m": "minilm", "b": "bert-base"}
     found = verdicts(rows, roles)
     assert found["minilm"]["bound"] == "host" and found["minilm"]["host_cores"] == 16
+    # the faster of the host runs on all cores: with the tokenizer pool
+    assert found["minilm"]["host_tokens_per_s"] == 900.0
+    assert found["minilm"]["host_tokenizers"] == 8
     assert found["bert-base"]["bound"] == "device"
     met = {t["target"]: t["met"] for t in check_targets(rows, roles, dry_run=False)}
     assert list(met.values()) == [True, False, False, True]
@@ -72,6 +76,8 @@ def test_dry_run_exercises_every_step_on_the_cpu(tmp_path: Path, capsys) -> None
     seen = {(report["roles"][r["model"]], r["system"]) for r in results}
     assert seen == {(role, s) for role in ("minilm", "bert-base") for s in GPU_SYSTEMS}
     assert {v["bound"] for v in report["verdicts"].values()} <= {"host", "device"}
+    hosts = [r for r in results if r["system"] == "host"]
+    assert sorted(r["tokenizers"] for r in hosts) == [0, 0, 1, 1]  # without and with a pool
     assert [t["met"] for t in report["targets"]] == [None] * len(TARGETS)
     # the unpadded variant ran both engine systems for both models; compiled is left out
     variants = {(v["variant"], v["model"], v["system"]) for v in report["variants"]}

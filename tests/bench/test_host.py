@@ -96,6 +96,9 @@ def test_bench_config_checks_cores_and_codecs() -> None:
         BenchConfig(compression=["brotli9"])
     with pytest.raises(ValidationError, match="core"):
         BenchConfig(cores=[0])
+    assert BenchConfig(tokenizers=["0", "2"]).tokenizers == [0, 2]
+    with pytest.raises(ValidationError, match="pool sizes"):
+        BenchConfig(tokenizers=[-1])
     with pytest.raises(ValueError, match="only"):
         pinned(len(os.sched_getaffinity(0)) + 1)
 
@@ -107,12 +110,26 @@ def test_host_bench_pins_each_core_count_in_its_own_process(
     config = EngineConfig(text_column="text", embed_model=str(tiny_embed_dir), device="cpu")
     texts = [t for t in _texts() if t]
     runs, codecs, errors = host_bench(
-        config, texts, tmp_path, cores=[1], repeats=1, compressions=["zstd", "none"]
+        config,
+        texts,
+        tmp_path,
+        cores=[1],
+        repeats=1,
+        compressions=["zstd", "none"],
+        tokenizers=(0, 1),
     )
     assert errors == []
-    assert [(r["cores"], r["compression"]) for r in runs] == [(1, "zstd"), (1, "none")]
+    assert [(r["cores"], r["compression"], r["tokenizers"]) for r in runs] == [
+        (1, "zstd", 0),
+        (1, "none", 0),
+        (1, "zstd", 1),  # a tokenizer process beside the engine: the first codec only
+    ]
     assert all(len(r["cpus"]) == 1 for r in runs)  # the child ran on one CPU
-    assert runs[0]["x_first_cores"] == 1.0
+    assert runs[0]["x_first_cores"] == runs[0]["x_first_tokenizers"] == 1.0
+    pooled = runs[2]
+    assert pooled["real_tokens"] == runs[0]["real_tokens"] > 0  # the same work, tokenized apart
+    assert pooled["stage_seconds"]["tokenize"] > 0  # the workers' counters came back
+    assert pooled["x_first_tokenizers"] == round(pooled["rows_per_s"] / runs[0]["rows_per_s"], 3)
     assert {c["compression"] for c in codecs} >= set(CODECS)
     rows = [{**r, "system": "host", "model": "tiny", "inputs": "mine"} for r in runs]
     report = {"environment": {"device": "cpu"}, "results": rows, "errors": [], "codecs": codecs}
