@@ -16,6 +16,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 _PR_SET_PDEATHSIG = 1
 
@@ -137,3 +139,18 @@ def die_with_parent(parent: int) -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:
         os._exit(1)
+
+
+def exit_with_parent(parent: int, interval: float = 0.5) -> None:
+    """Exit this process within `interval` seconds of its parent process dying, whichever of
+    the parent's threads started it (unlike `die_with_parent`, whose signal follows the
+    starting thread): for pool workers that write nothing, started from any thread."""
+    if os.getppid() != parent:
+        os._exit(1)
+
+    def watch_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch_parent, name="bertetl-exit-with-parent", daemon=True).start()

@@ -57,3 +57,48 @@ def test_a_killed_run_takes_an_orphaned_ray_worker_down() -> None:
         for pid in (worker, raylet):
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+#: A "run" whose worker is started from a thread that then exits (as a pool's workers may be),
+#: prints the worker's pid once the worker is up, then waits to be killed.
+POOL_RUN = """
+import os, subprocess, sys, threading, time
+code = (
+    "import sys, time; from bertetl.processes import exit_with_parent; "
+    "exit_with_parent(int(sys.argv[1])); print('up', flush=True); time.sleep(60)"
+)
+started = []
+def start():
+    started.append(subprocess.Popen(
+        [sys.executable, "-c", code, str(os.getpid())], stdout=subprocess.PIPE, text=True
+    ))
+thread = threading.Thread(target=start)
+thread.start()
+thread.join()
+worker = started[0]
+assert worker.stdout.readline().strip() == "up"
+print(worker.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_pool_worker_outlives_its_starting_thread_but_not_its_run() -> None:
+    run = subprocess.Popen(
+        [sys.executable, "-c", POOL_RUN],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parents[1],
+    )
+    assert run.stdout is not None
+    worker = int(run.stdout.readline())
+    try:
+        assert alive(worker)  # its starting thread is gone; it stays for the run
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+        deadline = time.monotonic() + 15
+        while alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(worker), "the pool worker outlived its killed run"
+    finally:
+        if alive(worker):
+            os.kill(worker, signal.SIGKILL)

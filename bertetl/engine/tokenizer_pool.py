@@ -9,8 +9,9 @@ record batches (pickled through Arrow's IPC buffers, not as Python lists), and c
 order; at most `processes + depth` windows are in flight, so memory stays bounded.
 
 The pool is `concurrent.futures.ProcessPoolExecutor` with spawned processes (a fork of a
-process that holds torch's and the tokenizer's threads is not safe). Each worker dies with the
-process that started it, so a killed run leaves none behind.
+process that holds torch's and the tokenizer's threads is not safe). Each worker exits within
+half a second of the process that started it, so a killed run leaves none behind; it writes
+nothing, so that half second cannot touch an output.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Protocol
 import pyarrow as pa
 
 from bertetl.config import EngineConfig
-from bertetl.processes import die_with_parent
+from bertetl.processes import exit_with_parent
 from bertetl.report import StageCounters
 
 
@@ -71,7 +72,7 @@ def _start_worker(
     """Worker set-up: die with the parent, one tokenizer thread (the pool is the
     parallelism), then build the pipeline and load its tokenizers (local files only)."""
     global _worker_pipeline
-    die_with_parent(parent)
+    exit_with_parent(parent)
     os.environ["RAYON_NUM_THREADS"] = "1"  # read when the tokenizer first encodes a batch
     pipeline = make_pipeline(config)
     pipeline.setup_tokenizers()

@@ -76,3 +76,18 @@ def test_tokenizers_is_a_local_executor_option() -> None:
         EngineConfig(text_column="text", embed_model="m", executor="ray", tokenizers=2)
     with pytest.raises(ValueError, match="need --executor ray"):
         EngineConfig(text_column="text", embed_model="m", ray_tokenizers=2)
+
+
+def test_one_pool_serves_every_file_of_a_run(
+    tiny_embed_dir: Path, write_table, tmp_path: Path
+) -> None:
+    """The pool outlives each file's prefetch thread (the thread that feeds it): the workers
+    must not be tied to it, or the second file finds them gone."""
+    for part in range(3):
+        texts = _texts(20 + part)
+        write_table({"text": texts}, f"src/part-{part}.parquet")
+    source = tmp_path / "src"
+    pooled, _, _ = _run(source, tmp_path / "pool", 2, embed_model=str(tiny_embed_dir))
+    thread, _, _ = _run(source, tmp_path / "thread", 0, embed_model=str(tiny_embed_dir))
+    assert pooled.num_rows == 63
+    assert pooled.sort_by("text").equals(thread.sort_by("text"))
