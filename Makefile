@@ -48,7 +48,7 @@ $(VENV)/.demo: pyproject.toml $(VENV)/.base
 RAY_TESTS := tests/executors/ray tests/flows/test_ray_flows.py tests/faults/test_processes.py
 test: $(VENV)/.dev
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 3 --dist loadgroup -m "not ray" --durations=10
-	$(PY) -m pytest -q -m ray --durations=5 $(RAY_TESTS)
+	$(PY) -m pytest -q --durations=5 -m ray $(RAY_TESTS)
 
 # The inner loop: everything but the `slow` tests (kill campaign, Ray, servers, subprocesses).
 test-fast: $(VENV)/.dev
