@@ -38,6 +38,8 @@ def resolve_tokenizers(config: EngineConfig, workers: int) -> int:
     options = config.executor
     if isinstance(options, LocalOptions) and options.tokenizers is not None:
         return options.tokenizers
+    if config.device == "cpu":
+        return 0
     from bertetl.engine.encoders import ModelRuntime, runtime_device
 
     if runtime_device(ModelRuntime.from_config(config)).type != "cuda":
