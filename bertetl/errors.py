@@ -42,13 +42,18 @@ class OrchestrationError(BertEtlError):
 class FilesFailedError(BertEtlError):
     """Some input files failed; the others were committed. `failures` maps file to cause."""
 
-    def __init__(self, failures: dict[str, str], report: object = None) -> None:
+    def __init__(
+        self,
+        failures: dict[str, str],
+        report: object = None,
+        outcome: str = "files that did not fail were committed",
+    ) -> None:
         self.failures = dict(failures)
         self.report = report
         cause = next(iter(self.failures.values()))
         count = len(self.failures)
         more = f" (and {count - 1} more failed file(s); the report lists all)" if count > 1 else ""
-        super().__init__(f"{cause}{more}; files that did not fail were committed")
+        super().__init__(f"{cause}{more}; {outcome}")
 
 
 class PartitionsFailedError(BertEtlError):

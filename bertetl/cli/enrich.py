@@ -16,11 +16,17 @@ from bertetl.report import EnrichReport
 
 Source = Annotated[
     str,
-    typer.Argument(help="Parquet file, directory (hive folders kept), or glob; or s3://... URI."),
+    typer.Argument(
+        help="Parquet file, directory (hive folders kept), or glob; or s3://... URI; or a "
+        "table, read at one version: delta://PATH_OR_URI, iceberg://CATALOG/NAMESPACE.TABLE."
+    ),
 ]
 Dest = Annotated[
     str,
-    typer.Argument(help="Output directory (or .parquet file for one input file); or s3://..."),
+    typer.Argument(
+        help="Output directory (or .parquet file for one input file); or s3://...; or an "
+        "unpartitioned table, replaced whole in one commit: delta://..., iceberg://..."
+    ),
 ]
 ReportPath = Annotated[
     Path | None, typer.Option(help="Also write the run's report (counters, files) as JSON.")

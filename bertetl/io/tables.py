@@ -197,6 +197,34 @@ class _Delta:
         dataset = table.to_pyarrow_dataset(partitions=[(column, "=", value)])
         return dataset.scanner(columns=columns).to_reader()
 
+    def all_batches(self, version: int | None) -> pa.RecordBatchReader:
+        return self._require(version).to_pyarrow_dataset().scanner().to_reader()
+
+    def partition_columns(self) -> list[str]:
+        table = self.open()
+        return [] if table is None else list(table.metadata().partition_columns)
+
+    def replace_all(
+        self, schema: pa.Schema, batches: Iterator[pa.RecordBatch], record: str
+    ) -> None:
+        from deltalake import CommitProperties
+
+        exists = self.open() is not None
+        reader = pa.RecordBatchReader.from_batches(schema, batches)
+        try:  # one overwrite: the new rows and schema in one commit
+            self.deltalake.write_deltalake(
+                self.ref.address,
+                reader,
+                mode="overwrite" if exists else "append",
+                schema_mode="overwrite" if exists else None,
+                commit_properties=CommitProperties(custom_metadata={MANIFEST_KEY: record}),
+                storage_options=self.storage_options or None,
+            )
+        except self.deltalake.exceptions.CommitFailedError as e:
+            raise TransientError(f"{self.ref.uri}: commit failed: {e}") from e
+        except (self.deltalake.exceptions.DeltaError, OSError, pa.ArrowException) as e:
+            raise CommitError(f"{self.ref.uri}: cannot commit: {e}") from e
+
     def records(self, column: str) -> list[tuple[int, str]]:
         table = self.open()
         if table is None:
@@ -418,6 +446,44 @@ class _Iceberg:
         )
         return scan.to_arrow_batch_reader()
 
+    def all_batches(self, version: int | None) -> pa.RecordBatchReader:
+        return self._require().scan(snapshot_id=version).to_arrow_batch_reader()
+
+    def partition_columns(self) -> list[str]:
+        table = self.open()
+        if table is None:
+            return []
+        schema = table.schema()
+        return [schema.find_field(field.source_id).name for field in table.spec().fields]
+
+    def replace_all(
+        self, schema: pa.Schema, batches: Iterator[pa.RecordBatch], record: str
+    ) -> None:
+        from pyiceberg.exceptions import CommitFailedException
+        from pyiceberg.expressions import AlwaysTrue
+
+        try:
+            table = self.open()
+            if table is None:
+                namespace = self.identifier.rsplit(".", 1)[0]
+                self.catalog.create_namespace_if_not_exists(namespace)
+                table = self.catalog.create_table(self.identifier, schema=schema)
+            # pyiceberg appends Arrow tables, not streams: a chunk of rows at a time, all of
+            # them in ONE transaction (one catalog commit), the old rows deleted first
+            properties = {MANIFEST_KEY: record}
+            with table.transaction() as transaction:
+                with transaction.update_schema() as update:
+                    update.union_by_name(schema)
+                with warnings.catch_warnings():  # an empty table: the delete matches nothing
+                    warnings.filterwarnings("ignore", "Delete operation did not match any records")
+                    transaction.delete(AlwaysTrue(), snapshot_properties=properties)
+                for chunk in _chunks(schema, batches):
+                    transaction.append(chunk, snapshot_properties=properties)
+        except CommitFailedException as e:
+            raise TransientError(f"{self.ref.uri}: commit failed: {e}") from e
+        except (ValueError, OSError, pa.ArrowException) as e:
+            raise CommitError(f"{self.ref.uri}: cannot commit: {e}") from e
+
     def records(self, column: str) -> list[tuple[int, str]]:
         from pyiceberg.table.snapshots import ancestors_of
 
@@ -513,6 +579,20 @@ class _Iceberg:
     def count_commits(self) -> int:
         table = self.open()
         return 0 if table is None else len(table.metadata.metadata_log) + 1
+
+
+def _chunks(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Table]:
+    """`batches` as tables of about ROW_GROUP_ROWS rows (bounded memory)."""
+    pending: list[pa.RecordBatch] = []
+    rows = 0
+    for batch in batches:
+        pending.append(batch)
+        rows += batch.num_rows
+        if rows >= ROW_GROUP_ROWS:
+            yield pa.Table.from_batches(pending, schema)
+            pending, rows = [], 0
+    if pending:
+        yield pa.Table.from_batches(pending, schema)
 
 
 def _format(ref: TableRef) -> _Delta | _Iceberg:
@@ -709,3 +789,43 @@ def count_commits(ref: TableRef) -> int:
 def same_table(a: object, b: object) -> bool:
     """Whether SOURCE and DEST name one table (a run never writes its own input)."""
     return isinstance(a, TableRef) and isinstance(b, TableRef) and a.uri == b.uri
+
+
+# -- whole tables (`bertetl enrich`) ----------------------------------------------------------
+
+
+def materialize_all(snapshot: TableSnapshot, path: Path) -> int:
+    """Read the whole pinned table (every partition, partition columns included) into a local
+    Parquet file at `path`, streaming; returns its rows."""
+    reader = _format(snapshot.ref).all_batches(snapshot.version)
+    rows = 0
+    with pq.ParquetWriter(path, reader.schema) as writer:
+        for batch in reader:
+            if batch.num_rows:
+                writer.write_batch(batch, row_group_size=ROW_GROUP_ROWS)
+                rows += batch.num_rows
+    return rows
+
+
+def partition_columns(ref: TableRef) -> list[str]:
+    """The table's partition columns ([] when unpartitioned or when there is no table)."""
+    return _format(ref).partition_columns()
+
+
+def replace_table(ref: TableRef, files: list[Path], record: str) -> None:
+    """Replace every row of the table with the rows of the staged Parquet `files` (the table
+    created when there is none), in ONE table transaction carrying `record` in its metadata:
+    readers see the old rows or the new ones."""
+    if not files:
+        raise CommitError(f"{ref.uri}: no staged output to commit")
+    schema = pq.read_schema(files[0])
+    target = pa.schema([pa.field(f.name, table_type(f.type)) for f in schema])
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for file in files:
+            for batch in pq.ParquetFile(file).iter_batches():
+                yield pa.RecordBatch.from_arrays(
+                    [batch.column(f.name).cast(f.type) for f in target], schema=target
+                )
+
+    _format(ref).replace_all(target, batches(), record)

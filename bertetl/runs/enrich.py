@@ -13,7 +13,7 @@ from bertetl.errors import ExecutorError, FilesFailedError, InputError
 from bertetl.executors import Executor, Job, make_executor
 from bertetl.io.commit import clean_leftovers, destination_lock, staging_for
 from bertetl.io.paths import check_run_paths, dest_path, dest_root
-from bertetl.io.read import check_text_column, read_schema
+from bertetl.io.read import SourceFile, check_text_column, read_schema
 from bertetl.io.storage import Location, is_remote, is_table, resolve_run
 from bertetl.report import EnrichReport, FileResult, merge_label_counts
 
@@ -36,26 +36,23 @@ def enrich(
     `storage_options` (docs/STORAGE.md): each output object is uploaded whole.
     """
     started = time.perf_counter()
-    source, dest = resolve_run(source, dest, storage_options)
-    _refuse_tables(source, dest)
+    run_source, run_dest = resolve_run(source, dest, storage_options)
+    if is_table(run_source) or is_table(run_dest):
+        from bertetl.runs.enrich_tables import enrich_with_tables
+
+        report = enrich_with_tables(
+            run_source, run_dest, config, enrich, on_file_done, raise_on_failure
+        )
+        report.seconds = time.perf_counter() - started
+        return report
+    source, dest = run_source, run_dest
     if not isinstance(source, Location):
         source = os.fspath(source)
     if not isinstance(dest, Location):
         dest = os.fspath(dest)
     files = check_run_paths(source, dest)  # before DEST is locked or written
     report = EnrichReport()
-    schemas: dict[str, pa.Schema] = {}
-    preflight_errors: list[InputError] = []
-    for file in files:
-        try:
-            schema = read_schema(file)
-            check_text_column(file, schema, config.text_column)
-            schemas[file.path] = schema
-        except InputError as e:
-            preflight_errors.append(e)
-            report.files.append(FileResult(file.path, None, error=str(e)))
-    if not schemas:
-        raise preflight_errors[0]
+    schemas = _check_schemas(files, config.text_column, report)
     executor = make_executor(config)
     check_storage(executor, source, dest)
     for path, schema in schemas.items():
@@ -91,15 +88,24 @@ def enrich(
     return report
 
 
-def _refuse_tables(source: object, dest: object) -> None:
-    """A Delta or Iceberg table is not (yet) a SOURCE or DEST of `enrich`: say where it is."""
-    table = next((side for side in (source, dest) if is_table(side)), None)
-    if table is not None:
-        raise InputError(
-            f"{table}: bertetl enrich reads and writes Parquet files and folders; a Delta or "
-            "Iceberg table is a SOURCE or DEST of bertetl backfill and incremental "
-            "(--partition-column)"
-        )
+def _check_schemas(
+    files: list[SourceFile], text_column: str, report: EnrichReport
+) -> dict[str, pa.Schema]:
+    """Each readable file's schema, by path, once its text column is checked; a file that
+    fails is a failed result in `report`. When every file fails, the first error is raised."""
+    schemas: dict[str, pa.Schema] = {}
+    errors: list[InputError] = []
+    for file in files:
+        try:
+            schema = read_schema(file)
+            check_text_column(file, schema, text_column)
+            schemas[file.path] = schema
+        except InputError as e:
+            errors.append(e)
+            report.files.append(FileResult(file.path, None, error=str(e)))
+    if not schemas:
+        raise errors[0]
+    return schemas
 
 
 def check_storage(executor: Executor, source: object, dest: object) -> None:

@@ -1,0 +1,141 @@
+"""`bertetl enrich` with a Delta Lake or Iceberg table as SOURCE or DEST.
+
+- A table SOURCE is read at one version (Delta) or snapshot (Iceberg), the whole table with its
+  partition columns, streamed into a local Parquet file that is then enriched as any file.
+- A table DEST is written in ONE table transaction that replaces all of its rows (Delta: an
+  overwrite; Iceberg: a delete and the appends in one transaction), from outputs staged on
+  this machine, with a record of the run (source, version, rows, config hash) in the commit's
+  metadata. Readers see the old rows or the new ones; a rerun replaces, never duplicates.
+  When any file fails, nothing is committed and the table stays as it was.
+- A DEST table partitioned by a column is refused: `bertetl backfill` commits it one partition
+  at a time, with manifests, and skips what did not change.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bertetl.config import EngineConfig
+from bertetl.errors import FilesFailedError, InputError
+from bertetl.io.commit import clean_leftovers, destination_lock, staging_for
+from bertetl.io.manifest import config_hash
+from bertetl.io.storage import Location, TableRef
+from bertetl.report import EnrichReport, FileResult
+
+if TYPE_CHECKING:
+    from bertetl.io.tables import TableSnapshot
+
+#: The run's own record in the DEST table's commit metadata (`bertetl.io.tables.MANIFEST_KEY`).
+RUN_KIND = "enrich"
+
+
+def enrich_with_tables(
+    source: Path | Location | TableRef,
+    dest: Path | Location | TableRef,
+    config: EngineConfig,
+    run_files: Callable[..., EnrichReport],
+    on_file_done: Callable[[FileResult], None] | None = None,
+    raise_on_failure: bool = True,
+) -> EnrichReport:
+    """Enrich where SOURCE or DEST (or both) is a table; `run_files(source, dest, config,
+    on_file_done=..., raise_on_failure=...)` is the Parquet run it stages through."""
+    from bertetl.io import tables
+
+    _check(source, dest)
+    with tempfile.TemporaryDirectory(prefix="bertetl-enrich-") as work:
+        local_source: Path | Location | TableRef = source
+        version = None
+        if isinstance(source, TableRef):
+            snapshot = tables.pin(source)  # the one version the whole run reads
+            local_source, version = _stage_source(snapshot, Path(work)), snapshot.version
+        if not isinstance(dest, TableRef):
+            report = run_files(
+                local_source, dest, config, on_file_done=None, raise_on_failure=False
+            )
+            return _finish(report, source, on_file_done, raise_on_failure, None)
+        with destination_lock(dest):
+            clean_leftovers(dest)
+            with staging_for(dest) as staged:
+                out = staged / "out"
+                report = run_files(
+                    local_source, out, config, on_file_done=None, raise_on_failure=False
+                )
+                if not report.failures:
+                    files = sorted(out.rglob("*.parquet"))
+                    record = {
+                        "run": RUN_KIND,
+                        "source": str(source),
+                        "source_version": version,
+                        "rows": sum(f.rows for f in report.files),
+                        "config_hash": config_hash(config, _models(config)),
+                    }
+                    tables.replace_table(dest, files, json.dumps(record, sort_keys=True))
+        for result in report.files:  # the staged outputs are gone: the table holds the rows
+            result.dest = str(dest) if not report.failures and result.error is None else None
+        return _finish(report, source, on_file_done, raise_on_failure, dest)
+
+
+def _check(source: object, dest: object) -> None:
+    """Both tables reachable (their packages and catalogs), not one table, and a DEST table
+    that is not partitioned."""
+    from bertetl.io import tables
+
+    if tables.same_table(source, dest):
+        raise InputError(f"{dest}: SOURCE and DEST are one table; a run never writes its input")
+    for side in (source, dest):
+        if isinstance(side, TableRef):
+            tables.check_table(side)
+    if isinstance(dest, TableRef) and (columns := tables.partition_columns(dest)):
+        raise InputError(
+            f"{dest} is partitioned by {', '.join(columns)}: bertetl enrich replaces a whole "
+            f"table; use bertetl backfill --partition-column {columns[0]}, which commits it "
+            "one partition at a time"
+        )
+
+
+def _stage_source(snapshot: TableSnapshot, work: Path) -> Path:
+    """The pinned table, streamed into `work/source/<table>.parquet`."""
+    from bertetl.io import tables
+
+    folder = work / "source"
+    folder.mkdir()
+    ref = snapshot.ref
+    name = ref.address.rstrip("/").rsplit("/", 1)[-1] or ref.format
+    tables.materialize_all(snapshot, folder / f"{name}.parquet")
+    return folder
+
+
+def _models(config: EngineConfig) -> dict[str, str]:
+    from bertetl.runs.plan import model_fingerprints
+
+    return model_fingerprints(config)
+
+
+def _finish(
+    report: EnrichReport,
+    source: object,
+    on_file_done: Callable[[FileResult], None] | None,
+    raise_on_failure: bool,
+    dest_table: TableRef | None,
+) -> EnrichReport:
+    """Name the table, not its staged copy, as each file's source; then report as
+    `bertetl.runs.enrich.enrich` does (a DEST table: nothing committed when a file failed)."""
+    if isinstance(source, TableRef):
+        for result in report.files:
+            result.source = str(source)
+    for result in report.files:
+        if on_file_done is not None:
+            on_file_done(result)
+    if raise_on_failure and report.failures:
+        if dest_table is None:
+            raise FilesFailedError(report.failures, report)
+        raise FilesFailedError(
+            report.failures,
+            report,
+            f"{dest_table} was left as it was (a table is committed whole, never without a file)",
+        )
+    return report
