@@ -17,7 +17,7 @@ from bertetl.errors import FilesFailedError, InputError
 from bertetl.io.storage import resolve_run
 from bertetl.io.tables import MANIFEST_KEY, count_commits
 from bertetl.runs.enrich import enrich
-from tests.runs.test_tables import config, iceberg_catalog, read_table  # noqa: F401 (fixtures)
+from tests.runs.test_tables import read_table
 
 pytest.importorskip("deltalake")
 pytest.importorskip("pyiceberg")
