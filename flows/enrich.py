@@ -10,6 +10,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import State
 
+from bertetl.config import EngineConfig
 from bertetl.executors import Executor, Job, make_executor
 from bertetl.flows.params import EnrichParams
 from bertetl.flows.progress import RunProgress
@@ -23,15 +24,24 @@ from bertetl.flows.tasks import (
 from bertetl.io.chunks import Chunk, assemble, plan_chunks
 from bertetl.io.commit import clean_leftovers, destination_lock, staging_for
 from bertetl.io.paths import check_run_paths, dest_root
-from bertetl.io.storage import resolve_run
-from bertetl.report import FileResult, SummaryRow
-from bertetl.runs.enrich import check_storage
+from bertetl.io.storage import is_table, resolve_run
+from bertetl.report import EnrichReport, FileResult, SummaryRow
+from bertetl.runs.enrich import check_storage, enrich
 
 
 @task(name="assemble-file", cache_policy=NO_CACHE)
 def assemble_task(parts: list[Path], target: Path, schema: Any) -> int:
     """Join a big file's enriched parts into its single output file."""
     return assemble(parts, target, schema)
+
+
+@task(name="enrich-table", cache_policy=NO_CACHE)
+def enrich_table_task(
+    source: str, dest: str, engine: EngineConfig, storage_options: dict[str, str]
+) -> EnrichReport:
+    """The whole run where SOURCE or DEST is a table (`bertetl.runs.enrich_tables`): one
+    task, as a table DEST is one commit; failed files are in the report, not raised."""
+    return enrich(source, dest, engine, raise_on_failure=False, storage_options=storage_options)
 
 
 def _row(name: str, status: str, results: Sequence[FileResult] = ()) -> dict[str, Any]:
@@ -57,6 +67,12 @@ def enrich_flow(params: EnrichParams) -> list[dict[str, Any]] | State:
     quiet_user_errors()
     title = f"enrich {params.source} -> {params.dest}"
     source, dest = resolve_run(params.source, params.dest, params.storage_options)
+    if is_table(source) or is_table(dest):
+        task_fn = with_retries(enrich_table_task, params.run)
+        report = task_fn(params.source, params.dest, params.engine, params.storage_options)
+        failures = report.failures
+        rows = [_row(f.source, "failed" if f.error else "committed", [f]) for f in report.files]
+        return finish_run(title, rows, failures)
     files = check_run_paths(source, dest)  # before DEST is locked or written
     executor = make_executor(params.engine)
     check_storage(executor, source, dest)

@@ -56,3 +56,23 @@ def test_bad_file_fails_alone(tiny_embed_dir: Path, write_table, tmp_path: Path)
         state.result()
     assert pq.read_table(tmp_path / "dest" / "a.parquet").num_rows == 2
     assert not (tmp_path / "dest" / "b.parquet").exists()
+
+
+def test_the_flow_enriches_into_a_delta_table_in_one_commit(
+    tiny_embed_dir: Path, write_table, tmp_path: Path
+) -> None:
+    """A table DEST: the engine's table run in one retried task; its rows read back, and the
+    flow's summary names each file."""
+    deltalake = pytest.importorskip("deltalake")
+    write_table({"id": [1, 2, 3], "text": ["good", "bad", None]}, "src/a.parquet")
+    write_table({"id": [4], "text": ["fine"]}, "src/b.parquet")
+    uri = f"delta://{tmp_path / 'table'}"
+    config = EngineConfig(text_column="text", embed_model=str(tiny_embed_dir))
+    params = EnrichParams(source=str(tmp_path / "src"), dest=uri, engine=config)
+    rows = enrich_flow(params)
+    assert sorted((r["status"], r["rows"]) for r in rows) == [("committed", 1), ("committed", 3)]
+    table = deltalake.DeltaTable(tmp_path / "table")
+    assert table.version() == 0  # one commit for the whole run
+    read = table.to_pyarrow_table().sort_by("id")
+    assert read.column("id").to_pylist() == [1, 2, 3, 4]
+    assert read.column("enrich_error").to_pylist() == [None, None, "text is null", None]
