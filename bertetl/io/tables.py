@@ -812,20 +812,39 @@ def partition_columns(ref: TableRef) -> list[str]:
     return _format(ref).partition_columns()
 
 
-def replace_table(ref: TableRef, files: list[Path], record: str) -> None:
-    """Replace every row of the table with the rows of the staged Parquet `files` (the table
-    created when there is none), in ONE table transaction carrying `record` in its metadata:
-    readers see the old rows or the new ones."""
+def replace_table(ref: TableRef, root: Path, record: str) -> None:
+    """Replace every row of the table with the rows of the Parquet files staged under `root`
+    (the table created when there is none), in ONE table transaction carrying `record` in its
+    metadata: readers see the old rows or the new ones. Hive folders under `root`
+    (`date=2026-01-01/`) become columns, as a reader of the folder would see them."""
+    import pyarrow.dataset as ds
+
+    files = [
+        path
+        for path in sorted(root.rglob("*.parquet"))
+        if not any(part.startswith(("_", ".")) for part in path.relative_to(root).parts)
+    ]
     if not files:
         raise CommitError(f"{ref.uri}: no staged output to commit")
-    schema = pq.read_schema(files[0])
-    target = pa.schema([pa.field(f.name, table_type(f.type)) for f in schema])
+    partitioning = ds.HivePartitioning.discover(infer_dictionary=False)
+    columns = pa.unify_schemas([pq.read_schema(file) for file in files])
+    folders = ds.dataset(
+        files, format="parquet", partitioning=partitioning, partition_base_dir=str(root)
+    )
+    keys = [f for f in folders.schema if f.name not in columns.names]
+    dataset = ds.dataset(
+        files,
+        format="parquet",
+        partitioning=partitioning,
+        partition_base_dir=str(root),
+        schema=pa.schema([*columns, *keys]),
+    )
+    target = pa.schema([pa.field(f.name, table_type(f.type)) for f in dataset.schema])
 
     def batches() -> Iterator[pa.RecordBatch]:
-        for file in files:
-            for batch in pq.ParquetFile(file).iter_batches():
-                yield pa.RecordBatch.from_arrays(
-                    [batch.column(f.name).cast(f.type) for f in target], schema=target
-                )
+        for batch in dataset.to_batches():
+            yield pa.RecordBatch.from_arrays(
+                [batch.column(f.name).cast(f.type) for f in target], schema=target
+            )
 
     _format(ref).replace_all(target, batches(), record)

@@ -65,7 +65,6 @@ def enrich_with_tables(
                     local_source, out, config, on_file_done=None, raise_on_failure=False
                 )
                 if not report.failures:
-                    files = sorted(out.rglob("*.parquet"))
                     record = {
                         "run": RUN_KIND,
                         "source": str(source),
@@ -73,7 +72,7 @@ def enrich_with_tables(
                         "rows": sum(f.rows for f in report.files),
                         "config_hash": config_hash(config, _models(config)),
                     }
-                    tables.replace_table(dest, files, json.dumps(record, sort_keys=True))
+                    tables.replace_table(dest, out, json.dumps(record, sort_keys=True))
         for result in report.files:  # the staged outputs are gone: the table holds the rows
             result.dest = str(dest) if not report.failures and result.error is None else None
         return _finish(report, source, on_file_done, raise_on_failure, dest)

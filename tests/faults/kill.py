@@ -16,6 +16,8 @@ POINT is where the N-th call of a step kills the process (a real SIGKILL, no cle
     upload       before the N-th output object is uploaded to an object-store DEST
     table-commit        before the N-th partition's transaction on a Delta or Iceberg DEST
     after-table-commit  right after it
+    table-replace       before `enrich` replaces a whole Delta or Iceberg DEST (N = 1)
+    after-table-replace right after it
 
 POINT `slow` kills nothing: each partition's commit (its manifest, or its table transaction)
 is followed by N tenths of a second of sleep, so a reader polling DEST meanwhile sees the run
@@ -40,7 +42,7 @@ POINTS = ("read", "infer", "write", "file-commit", "manifest", "swap", "after-sw
 #: Points only an object-store DEST reaches.
 STORE_POINTS = ("delete", "upload")
 #: Points only a table DEST reaches.
-TABLE_POINTS = ("table-commit", "after-table-commit")
+TABLE_POINTS = ("table-commit", "after-table-commit", "table-replace", "after-table-replace")
 
 
 def _die() -> None:
@@ -96,6 +98,8 @@ def _targets() -> dict[str, tuple[Any, str, bool]]:
         "upload": (objectstore, "upload_file", False),
         "table-commit": (tables, "commit_partition", False),
         "after-table-commit": (tables, "commit_partition", True),
+        "table-replace": (tables, "replace_table", False),
+        "after-table-replace": (tables, "replace_table", True),
     }
 
 

@@ -79,3 +79,31 @@ def test_kill_into_a_delta_table_then_rerun(setup, zygote, tmp_path, point, coun
     statuses = {row["partition"]: row["status"] for row in state.result()}
     assert {value for value, status in statuses.items() if status == "skipped"} == committed
     assert_same_rows(_rows(uri), reference)  # every row once, equal to the clean run
+
+
+@pytest.mark.parametrize(
+    ("point", "count"),
+    [("write", 5), ("table-replace", 1), ("after-table-replace", 1)],
+    ids=["mid-run", "before-commit", "after-commit"],
+)
+def test_kill_an_enrich_into_a_delta_table_then_rerun(setup, zygote, tmp_path, point, count):
+    """`bertetl enrich` replaces a whole table in one commit: killed before it, readers see
+    the table as it was (here: enriched without the classifier); killed after, the new one;
+    never a mix, never a row twice. The rerun ends equal to a clean run."""
+    src, reference, config = setup
+    uri = f"delta://{tmp_path / 'enriched'}"
+    enrich(src, uri, EngineConfig(text_column="text", embed_model=config.embed_model))
+    args = [
+        "enrich", str(src), uri, "--text-column", "text", "--embed-model", config.embed_model,
+        "--classify-model", config.classify_model, "--window-rows", "4",
+    ]  # fmt: skip
+    run = zygote.run(point, count, args)
+    assert run.returncode == -9, f"{point} {count}: not killed; {run.stderr[-3000:]}"
+
+    seen = _rows(uri)
+    assert ("label" in seen.columns) == (point == "after-table-replace")  # old or new, whole
+    assert seen.height == DAYS * ROWS
+    assert seen.group_by("date", "id").len()["len"].max() == 1
+
+    enrich(src, uri, config)  # the rerun
+    assert_same_rows(_rows(uri), reference)

@@ -17,7 +17,7 @@ from bertetl.errors import FilesFailedError, InputError
 from bertetl.io.storage import resolve_run
 from bertetl.io.tables import MANIFEST_KEY, count_commits
 from bertetl.runs.enrich import enrich
-from tests.runs.test_tables import read_table
+from tests.runs.test_tables import assert_same_rows, read_parquet, read_table
 
 pytest.importorskip("deltalake")
 pytest.importorskip("pyiceberg")
@@ -154,3 +154,15 @@ def test_cli_enrich_into_a_delta_table(tiny_embed_dir: Path, source: Path, tmp_p
     assert result.exit_code == 0, result.output
     assert "enriched 15 rows" in result.output
     assert read_table(uri).height == 15
+
+
+def test_hive_folders_become_the_tables_columns(
+    config: EngineConfig, partitioned_source, table_uri: str, tmp_path: Path
+) -> None:
+    """A hive-partitioned folder into a table: each row keeps its folder's `date`, as a
+    reader of the folder sees it, and equals the Parquet run read that way."""
+    src = partitioned_source(days=2)
+    enrich(src, tmp_path / "local", config)
+    expected = read_parquet(tmp_path / "local")
+    enrich(src, table_uri, config)
+    assert_same_rows(read_table(table_uri), expected)
