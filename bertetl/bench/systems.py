@@ -33,8 +33,9 @@ from bertetl.bench.e2e import engine_e2e_run
 from bertetl.bench.host import CODECS
 from bertetl.config import Device, DType, NerAggregation
 from bertetl.errors import InputError
+from bertetl.io.inputs import resolve_inputs
 from bertetl.io.read import discover, read_columns
-from bertetl.io.storage import StorageError, resolve_inputs
+from bertetl.io.storage import StorageError
 
 SYSTEMS = (
     "pipeline",

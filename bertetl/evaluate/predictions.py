@@ -356,12 +356,28 @@ def _read_file(
     parts.score.append(score.to_numpy(zero_copy_only=False).astype(np.float32))
     if layout.has_scores:
         scores = as_plain_text(data.column(prefix + SCORES)).take(take)
-        width = scores.type.list_size
-        flat = scores.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-        parts.scores.append(flat.reshape(len(kept_rows), width))
+        parts.scores.append(_score_matrix(scores, file))
     parts.file_index.append(np.full(len(kept_rows), index, dtype=np.int32))
     parts.row.append(kept_rows.astype(np.int64))
     parts.kept += len(kept_rows)
+
+
+def _score_matrix(scores: pa.Array, file: SourceFile) -> np.ndarray:
+    """Rows x labels from a `scores` column: a fixed-size list as bertetl writes Parquet, or a
+    plain list as in a Delta or Iceberg table (which have no fixed-size list), every row the
+    same length."""
+    if pa.types.is_fixed_size_list(scores.type):
+        width = scores.type.list_size
+    else:
+        lengths = pc.list_value_length(scores).to_numpy(zero_copy_only=False)
+        width = int(lengths[0]) if len(lengths) else 0
+        if scores.null_count or (lengths != width).any():
+            raise InputError(
+                f"{file.path}: column {SCORES!r} holds lists of different lengths or nulls; "
+                "expected one score per label on every predicted row"
+            )
+    flat = scores.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    return flat.reshape(len(scores), width)
 
 
 def _codes(values: pa.Array, labels: list[str]) -> np.ndarray:

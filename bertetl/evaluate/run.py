@@ -34,9 +34,10 @@ from bertetl.evaluate.predictions import (
     model_classes,
     read_predictions,
 )
+from bertetl.io.inputs import resolve_inputs
 from bertetl.io.paths import check_replaceable_folder
 from bertetl.io.read import discover, source_root
-from bertetl.io.storage import Location, StorageError, is_uri, resolve_inputs
+from bertetl.io.storage import Location, StorageError, is_uri
 
 log = logging.getLogger(__name__)
 

@@ -394,23 +394,6 @@ def resolve_run(
     return resolve(source, options), resolve(dest, options)
 
 
-def resolve_inputs(
-    paths: Iterable[str | os.PathLike[str] | Location], options: Mapping[str, str] | None = None
-) -> list[str | Location]:
-    """A command's input tables (`train`, `evaluate`, `bench`): each URI a `Location` opened
-    with `options`, each local path as given; options with no URI among them are refused
-    (they would be ignored without a word)."""
-    given = list(paths)
-    if options and not any(is_uri(p) or is_remote(p) for p in given):
-        names = " and ".join(os.fspath(p) for p in given)
-        are = "is a local path" if len(given) == 1 else "are local paths"
-        raise StorageError(f"--storage-option is for object-store URIs (s3://...); {names} {are}")
-    return [
-        parse_location(p, options) if is_uri(p) else p if isinstance(p, Location) else os.fspath(p)
-        for p in given
-    ]
-
-
 def _takes_options(text: object) -> bool:
     """Whether storage options apply to `text`: an object-store URI, a Delta table on one, an
     Iceberg table (its catalog's properties)."""

@@ -447,7 +447,12 @@ class _Iceberg:
         return scan.to_arrow_batch_reader()
 
     def all_batches(self, version: int | None) -> pa.RecordBatchReader:
-        return self._require().scan(snapshot_id=version).to_arrow_batch_reader()
+        table = self._require()
+        reader = table.scan(snapshot_id=version).to_arrow_batch_reader()
+        schema = _with_metadata(reader.schema, dict(table.properties))
+        return pa.RecordBatchReader.from_batches(
+            schema, (pa.RecordBatch.from_arrays(b.columns, schema=schema) for b in reader)
+        )
 
     def partition_columns(self) -> list[str]:
         table = self.open()
@@ -474,6 +479,8 @@ class _Iceberg:
             with table.transaction() as transaction:
                 with transaction.update_schema() as update:
                     update.union_by_name(schema)
+                if metadata := _metadata_properties(schema):
+                    transaction.set_properties(metadata)
                 with warnings.catch_warnings():  # an empty table: the delete matches nothing
                     warnings.filterwarnings("ignore", "Delete operation did not match any records")
                     transaction.delete(AlwaysTrue(), snapshot_properties=properties)
@@ -537,11 +544,14 @@ class _Iceberg:
                 table = self._create(data.schema, column)
             with warnings.catch_warnings():  # a first commit of the partition deletes nothing
                 warnings.filterwarnings("ignore", "Delete operation did not match any records")
-                table.overwrite(
-                    data,
-                    overwrite_filter=_equal_to(column, value),
-                    snapshot_properties={MANIFEST_KEY: manifest_json},
-                )
+                with table.transaction() as transaction:
+                    if metadata := _metadata_properties(reader.schema):
+                        transaction.set_properties(metadata)
+                    transaction.overwrite(
+                        data,
+                        overwrite_filter=_equal_to(column, value),
+                        snapshot_properties={MANIFEST_KEY: manifest_json},
+                    )
         except CommitFailedException as e:
             raise TransientError(f"{self.ref.uri}: commit of {column}={value} failed: {e}") from e
         except (ValueError, OSError, pa.ArrowException) as e:
@@ -579,6 +589,31 @@ class _Iceberg:
     def count_commits(self) -> int:
         table = self.open()
         return 0 if table is None else len(table.metadata.metadata_log) + 1
+
+
+#: Table property prefix holding a column's Arrow field metadata (e.g. the label order of
+#: `scores`), which Iceberg's schema cannot carry.
+FIELD_METADATA_PREFIX = "bertetl.field-metadata."
+
+
+def _metadata_properties(schema: pa.Schema) -> dict[str, str]:
+    """Each field's Arrow metadata as a table property (JSON), for formats without it."""
+    return {
+        FIELD_METADATA_PREFIX + f.name: json.dumps(
+            {k.decode(): v.decode() for k, v in f.metadata.items()}, sort_keys=True
+        )
+        for f in schema
+        if f.metadata
+    }
+
+
+def _with_metadata(schema: pa.Schema, properties: dict[str, str]) -> pa.Schema:
+    """`schema` with the field metadata kept in table `properties` put back."""
+    fields = []
+    for f in schema:
+        raw = properties.get(FIELD_METADATA_PREFIX + f.name)
+        fields.append(f.with_metadata(json.loads(raw)) if raw else f)
+    return pa.schema(fields, metadata=schema.metadata)
 
 
 def _chunks(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Table]:
@@ -759,7 +794,11 @@ def commit_partition(
     if schema is None:
         raise CommitError(f"{ref.uri}: partition {column}={value} has no staged output")
     partition_type = backend.field_type(column) or pa.string()
-    fields = [pa.field(f.name, table_type(f.type)) for f in schema if f.name != column]
+    fields = [
+        pa.field(f.name, table_type(f.type), metadata=f.metadata)
+        for f in schema
+        if f.name != column
+    ]
     target = pa.schema([*fields, pa.field(column, partition_type)])
 
     def batches() -> Iterator[pa.RecordBatch]:
@@ -839,7 +878,9 @@ def replace_table(ref: TableRef, root: Path, record: str) -> None:
         partition_base_dir=str(root),
         schema=pa.schema([*columns, *keys]),
     )
-    target = pa.schema([pa.field(f.name, table_type(f.type)) for f in dataset.schema])
+    target = pa.schema(
+        [pa.field(f.name, table_type(f.type), metadata=f.metadata) for f in dataset.schema]
+    )
 
     def batches() -> Iterator[pa.RecordBatch]:
         for batch in dataset.to_batches():

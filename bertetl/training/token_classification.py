@@ -34,6 +34,7 @@ from bertetl.engine.encoders import resolve_device
 from bertetl.engine.model_files import max_length_for, resolve_model_dir
 from bertetl.engine.tokenize import as_plain_text, text_problems
 from bertetl.errors import InputError
+from bertetl.io.inputs import resolve_inputs
 from bertetl.io.read import (
     SourceFile,
     check_text_column,
@@ -42,7 +43,7 @@ from bertetl.io.read import (
     read_schema,
     require_column,
 )
-from bertetl.io.storage import Location, resolve_inputs
+from bertetl.io.storage import Location
 from bertetl.training.train import EVAL_DIR, _batches, _save, check_model_out
 
 log = logging.getLogger(__name__)

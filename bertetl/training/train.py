@@ -24,6 +24,7 @@ from bertetl.errors import InputError
 from bertetl.evaluate.metrics import compute_metrics
 from bertetl.evaluate.predictions import Predictions, is_label_value
 from bertetl.evaluate.run import write_report
+from bertetl.io.inputs import resolve_inputs
 from bertetl.io.paths import check_replaceable_folder
 from bertetl.io.read import (
     SourceFile,
@@ -33,7 +34,7 @@ from bertetl.io.read import (
     read_schema,
     require_column,
 )
-from bertetl.io.storage import Location, StorageError, is_uri, resolve_inputs
+from bertetl.io.storage import Location, StorageError, is_uri
 
 log = logging.getLogger(__name__)
 

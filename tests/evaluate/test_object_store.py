@@ -122,3 +122,43 @@ def test_cli_reads_s3_and_a_missing_bucket_is_one_line(
     run = bertetl("evaluate", enriched, *common, "--out", "s3://b/x", "--storage-option", endpoint)
     assert "s3://b/x" in one_line_error(run)
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("fmt", ["delta", "iceberg"])
+def test_a_delta_or_iceberg_table_evaluates_as_its_parquet_does(
+    fmt: str, write_table, tmp_path: Path, no_plots, request
+) -> None:
+    """A table TABLE (`delta://`, `iceberg://`) is read at one version into a local copy:
+    the report equals the one of the Parquet it was written from (but for the file names
+    of the examples: the copy's)."""
+    from bertetl.io.storage import resolve
+    from bertetl.io.tables import replace_table
+
+    truth = [SENTIMENT[(i * 5) % 3] for i in range(30)]
+    write_table(single_label_table(truth, SENTIMENT, seed=2, missing={4}), "enriched/p.parquet")
+    if fmt == "delta":
+        uri = f"delta://{tmp_path / 'delta'}"
+    else:
+        uri = f"iceberg://{request.getfixturevalue('iceberg_catalog')}/evals.enriched"
+    # written as bertetl enrich writes a table (the label order of `scores` kept)
+    replace_table(resolve(uri), tmp_path / "enriched", "{}")
+    config = EvaluateConfig(label_column="y", text_column="text")
+    local = evaluate(tmp_path / "enriched", tmp_path / "local", config)
+    from_table = evaluate(uri, tmp_path / "from-table", config)
+    assert from_table.metrics["about"]["table"] == uri
+    assert without_files(from_table.metrics) == without_files(local.metrics)
+    assert from_table.metrics["roc_auc"]["macro"] is not None  # the scores' labels came along
+    assert from_table.metrics["rows"]["total"] == 30
+
+
+def without_files(metrics: dict) -> dict:
+    """The metrics but `about` and the examples' file names."""
+    out = without_about(metrics)
+    out["worst_confusions"] = [
+        {
+            **pair,
+            "examples": [{k: v for k, v in e.items() if k != "file"} for e in pair["examples"]],
+        }
+        for pair in out["worst_confusions"]
+    ]
+    return out

@@ -1,0 +1,54 @@
+"""A command's input tables (`train`, `evaluate`, `bench`): a local path, an object-store URI,
+or a Delta Lake / Iceberg table read at one version into a local Parquet copy."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from bertetl.io import storage
+from bertetl.io.storage import Location, StorageError, TableRef, is_remote, is_table_uri, is_uri
+
+
+def resolve_inputs(
+    paths: Iterable[str | os.PathLike[str] | Location], options: Mapping[str, str] | None = None
+) -> list[str | Location]:
+    """Each input as the commands read it: a URI a `Location` opened with `options`, a local
+    path as given, and a table (`delta://...`, `iceberg://...`) pinned at its current version
+    and streamed into a local Parquet file (`stage_table`). Options with no URI or table on an
+    object store among them are refused (they would be ignored without a word)."""
+    given = list(paths)
+    takes = [p for p in given if is_uri(p) or is_remote(p) or is_table_uri(p)]
+    if options and not takes:
+        names = " and ".join(os.fspath(p) for p in given)
+        are = "is a local path" if len(given) == 1 else "are local paths"
+        raise StorageError(f"--storage-option is for object-store URIs (s3://...); {names} {are}")
+    resolved: list[str | Location] = []
+    for path in given:
+        if is_table_uri(path):
+            resolved.append(str(stage_table(storage.resolve(path, options))))
+        elif isinstance(path, Location):
+            resolved.append(path)
+        elif is_uri(path):
+            resolved.append(storage.parse_location(path, options))
+        else:
+            resolved.append(os.fspath(path))
+    return resolved
+
+
+def stage_table(ref: TableRef) -> Path:
+    """The table at its current version (Delta) or snapshot (Iceberg), every partition with its
+    partition columns, streamed into `<tmp>/<table>.parquet`; returns that folder, removed
+    when this process exits."""
+    from bertetl.io import tables
+
+    tables.check_table(ref)
+    folder = Path(tempfile.mkdtemp(prefix="bertetl-table-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    name = ref.address.rstrip("/").rsplit("/", 1)[-1] or ref.format
+    tables.materialize_all(tables.pin(ref), folder / f"{name}.parquet")
+    return folder
