@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.faults.test_processes import alive
 
 #: The "run": starts the watchdog, then a stand-in raylet that double-forks a stand-in worker
@@ -82,6 +84,7 @@ time.sleep(60)
 """
 
 
+@pytest.mark.slow  # a subprocess that waits to be killed
 def test_a_pool_worker_outlives_its_starting_thread_but_not_its_run() -> None:
     run = subprocess.Popen(
         [sys.executable, "-c", POOL_RUN],

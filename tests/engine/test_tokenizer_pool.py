@@ -44,6 +44,7 @@ def _run(
     return pq.read_table(dest), counters, sum(f.rows_truncated for f in report.files)
 
 
+@pytest.mark.slow  # spawns tokenizer processes
 def test_pool_gives_the_threads_output_and_counters(
     tiny_embed_dir: Path, tiny_token_classifier_dir: Path, write_table, tmp_path: Path
 ) -> None:
@@ -78,6 +79,7 @@ def test_tokenizers_is_a_local_executor_option() -> None:
         EngineConfig(text_column="text", embed_model="m", ray_tokenizers=2)
 
 
+@pytest.mark.slow
 def test_one_pool_serves_every_file_of_a_run(
     tiny_embed_dir: Path, write_table, tmp_path: Path
 ) -> None:
