@@ -19,6 +19,7 @@ from bertetl.flows.tasks import (
     enrich_chunk_task,
     enrich_files_task,
     quiet_user_errors,
+    retry_transient,
     with_retries,
 )
 from bertetl.io.chunks import Chunk, assemble, plan_chunks
@@ -35,7 +36,7 @@ def assemble_task(parts: list[Path], target: Path, schema: Any) -> int:
     return assemble(parts, target, schema)
 
 
-@task(name="enrich-table", cache_policy=NO_CACHE)
+@task(name="enrich-table", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
 def enrich_table_task(
     source: str, dest: str, engine: EngineConfig, storage_options: dict[str, str]
 ) -> EnrichReport:
@@ -70,8 +71,15 @@ def enrich_flow(params: EnrichParams) -> list[dict[str, Any]] | State:
     if is_table(source) or is_table(dest):
         task_fn = with_retries(enrich_table_task, params.run)
         report = task_fn(params.source, params.dest, params.engine, params.storage_options)
+        # a table DEST is one commit: when a file failed, none was committed
+        rows = [_row(f.source, "committed" if f.dest else "failed", [f]) for f in report.files]
         failures = report.failures
-        rows = [_row(f.source, "failed" if f.error else "committed", [f]) for f in report.files]
+        if failures and is_table(dest):
+            failures |= {
+                f.source: f"not committed: {dest} is replaced whole, and another file failed"
+                for f in report.files
+                if f.error is None
+            }
         return finish_run(title, rows, failures)
     files = check_run_paths(source, dest)  # before DEST is locked or written
     executor = make_executor(params.engine)

@@ -344,13 +344,15 @@ def host_measure(
     runs = []
     for index, processes in enumerate(tokenizers):
         pipeline.start_tokenizer_pool(processes)
-        for compression in compressions if index == 0 else compressions[:1]:
-            run = host_run(texts, pipeline, Path(workdir), repeats, compression)
-            run.update(cores=cores, compression=compression, tokenizers=processes)
-            runs.append(run)
-        if pipeline.tokenizer_pool is not None:
-            pipeline.tokenizer_pool.close()
-            pipeline.tokenizer_pool = None
+        try:
+            for compression in compressions if index == 0 else compressions[:1]:
+                run = host_run(texts, pipeline, Path(workdir), repeats, compression)
+                run.update(cores=cores, compression=compression, tokenizers=processes)
+                runs.append(run)
+        finally:  # its processes stop with each size, also when a run failed
+            if pipeline.tokenizer_pool is not None:
+                pipeline.tokenizer_pool.close()
+                pipeline.tokenizer_pool = None
     out: dict[str, Any] = {
         "runs": runs,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

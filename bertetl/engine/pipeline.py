@@ -297,11 +297,13 @@ class Pipeline:
         self, pool: TokenizerPool, batches: Iterable[pa.RecordBatch]
     ) -> Iterator[pa.RecordBatch]:
         stages, tokenizers = self.cpu_stages, self.tokenize_stages
-        for window in pool.map(batches):
-            for stage, counters in zip(stages, window.counters, strict=True):
-                stage.counters.add(counters)
-            for tokenizer, truncated in zip(tokenizers, window.truncated_rows, strict=True):
-                tokenizer.truncated_rows += truncated
+        for window in pool.map(batches, self.prepare_inline):
+            if window.counters is not None:  # counted in a worker: add it here
+                for stage, counters in zip(stages, window.counters, strict=True):
+                    stage.counters.add(counters)
+            if window.truncated_rows is not None:
+                for tokenizer, truncated in zip(tokenizers, window.truncated_rows, strict=True):
+                    tokenizer.truncated_rows += truncated
             yield window.batch
 
     def infer(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:

@@ -16,12 +16,15 @@ nothing, so that half second cannot touch an output.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from itertools import chain
 from typing import Protocol
 
 import pyarrow as pa
@@ -53,17 +56,20 @@ class Preparer(Protocol):
     def prepare_inline(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]: ...
 
 
+log = logging.getLogger(__name__)
+
 #: This worker process's pipeline, its tokenizers loaded (set by `_start_worker`).
 _worker_pipeline: Preparer | None = None
 
 
 @dataclass
 class PreparedWindow:
-    """One window after the CPU stages, with what they counted doing it (in stage order)."""
+    """One window after the CPU stages, with what they counted doing it (in stage order);
+    None when they ran in this process and counted there."""
 
     batch: pa.RecordBatch
-    counters: list[StageCounters] = field(default_factory=list)
-    truncated_rows: list[int] = field(default_factory=list)
+    counters: list[StageCounters] | None
+    truncated_rows: list[int] | None
 
 
 def _start_worker(
@@ -94,6 +100,14 @@ def _prepare_window(batch: pa.RecordBatch) -> PreparedWindow:
     return PreparedWindow(
         out, [stage.counters for stage in stages], [t.truncated_rows for t in tokenizers]
     )
+
+
+def _first(pending: deque[tuple[pa.RecordBatch, Future[PreparedWindow]]]) -> PreparedWindow:
+    """The oldest window's result; it leaves `pending` only once it is in hand (a dead
+    worker leaves it there, to be prepared again)."""
+    window = pending[0][1].result()
+    pending.popleft()
+    return window
 
 
 class TokenizerPool:
@@ -137,22 +151,47 @@ class TokenizerPool:
             self.close()
             raise
 
-    def map(self, batches: Iterable[pa.RecordBatch]) -> Iterator[PreparedWindow]:
+    def map(
+        self,
+        batches: Iterable[pa.RecordBatch],
+        fallback: Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]],
+    ) -> Iterator[PreparedWindow]:
         """Each window through the workers, yielded in input order, with at most
-        `processes + depth` windows submitted and not yet yielded."""
-        if self._pool is None:
-            raise RuntimeError("TokenizerPool.map before start()")
+        `processes + depth` windows submitted and not yet yielded.
+
+        When a worker dies (killed, out of memory), the pool is closed and the windows not
+        yet prepared, in flight or still to come, go through `fallback` (the CPU stages in
+        this process, which count themselves: `counters` None); the next `start()` brings
+        the pool back. Same output either way."""
+        self.start()
+        assert self._pool is not None
         pool = self._pool
-        pending: deque[Future[PreparedWindow]] = deque()
+        pending: deque[tuple[pa.RecordBatch, Future[PreparedWindow]]] = deque()
+        remaining = iter(batches)
+        taken: list[pa.RecordBatch] = []  # read, not yet submitted (a dead pool refuses it)
         try:
-            for batch in batches:
-                pending.append(pool.submit(_prepare_window, batch))
-                if len(pending) >= self.processes + self.depth:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
+            try:
+                for batch in remaining:
+                    taken.append(batch)
+                    pending.append((batch, pool.submit(_prepare_window, batch)))
+                    taken.clear()
+                    if len(pending) >= self.processes + self.depth:
+                        yield _first(pending)
+                while pending:
+                    yield _first(pending)
+            except BrokenProcessPool as e:
+                log.warning(
+                    "a tokenizer process died (%s); this file's remaining windows are "
+                    "prepared in this process, and the pool restarts for the next one",
+                    e,
+                )
+                self.close()
+                unprepared = [batch for batch, _ in pending] + taken
+                pending.clear()
+                for batch in fallback(chain(unprepared, remaining)):
+                    yield PreparedWindow(batch, None, None)
         finally:
-            for future in pending:
+            for _, future in pending:
                 future.cancel()
 
     def close(self) -> None:

@@ -467,25 +467,38 @@ class _Iceberg:
         from pyiceberg.exceptions import CommitFailedException
         from pyiceberg.expressions import AlwaysTrue
 
+        properties = {MANIFEST_KEY: record}
+        metadata = _metadata_properties(schema)
+        rows = pa.RecordBatchReader.from_batches(schema, batches)  # streamed, one data commit
         try:
             table = self.open()
-            if table is None:
+            if table is None:  # created and filled in ONE catalog commit
                 namespace = self.identifier.rsplit(".", 1)[0]
                 self.catalog.create_namespace_if_not_exists(namespace)
-                table = self.catalog.create_table(self.identifier, schema=schema)
-            # pyiceberg appends Arrow tables, not streams: a chunk of rows at a time, all of
-            # them in ONE transaction (one catalog commit), the old rows deleted first
-            properties = {MANIFEST_KEY: record}
+                create = self.catalog.create_table_transaction(
+                    self.identifier, schema=schema, properties=metadata
+                )
+                with create as transaction:
+                    transaction.append(rows, snapshot_properties=properties)
+                return
+            # ONE transaction (one catalog commit): the schema becomes this run's (columns of
+            # an earlier run dropped, as Delta's schema overwrite does), every old row deleted
+            # and the new rows appended
+            stale = [name for name in table.schema().as_arrow().names if name not in schema.names]
             with table.transaction() as transaction:
                 with transaction.update_schema() as update:
                     update.union_by_name(schema)
-                if metadata := _metadata_properties(schema):
+                    for name in stale:
+                        update.delete_column(name)
+                old = [k for k in table.properties if k.startswith(FIELD_METADATA_PREFIX)]
+                if gone := [k for k in old if k not in metadata]:
+                    transaction.remove_properties(*gone)
+                if metadata:
                     transaction.set_properties(metadata)
                 with warnings.catch_warnings():  # an empty table: the delete matches nothing
                     warnings.filterwarnings("ignore", "Delete operation did not match any records")
                     transaction.delete(AlwaysTrue(), snapshot_properties=properties)
-                for chunk in _chunks(schema, batches):
-                    transaction.append(chunk, snapshot_properties=properties)
+                transaction.append(rows, snapshot_properties=properties)
         except CommitFailedException as e:
             raise TransientError(f"{self.ref.uri}: commit failed: {e}") from e
         except (ValueError, OSError, pa.ArrowException) as e:
@@ -614,20 +627,6 @@ def _with_metadata(schema: pa.Schema, properties: dict[str, str]) -> pa.Schema:
         raw = properties.get(FIELD_METADATA_PREFIX + f.name)
         fields.append(f.with_metadata(json.loads(raw)) if raw else f)
     return pa.schema(fields, metadata=schema.metadata)
-
-
-def _chunks(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Table]:
-    """`batches` as tables of about ROW_GROUP_ROWS rows (bounded memory)."""
-    pending: list[pa.RecordBatch] = []
-    rows = 0
-    for batch in batches:
-        pending.append(batch)
-        rows += batch.num_rows
-        if rows >= ROW_GROUP_ROWS:
-            yield pa.Table.from_batches(pending, schema)
-            pending, rows = [], 0
-    if pending:
-        yield pa.Table.from_batches(pending, schema)
 
 
 def _format(ref: TableRef) -> _Delta | _Iceberg:
@@ -851,32 +850,41 @@ def partition_columns(ref: TableRef) -> list[str]:
     return _format(ref).partition_columns()
 
 
-def replace_table(ref: TableRef, root: Path, record: str) -> None:
-    """Replace every row of the table with the rows of the Parquet files staged under `root`
-    (the table created when there is none), in ONE table transaction carrying `record` in its
-    metadata: readers see the old rows or the new ones. Hive folders under `root`
-    (`date=2026-01-01/`) become columns, as a reader of the folder would see them."""
+def replace_table(ref: TableRef, root: Path, files: list[Path], rows: int, record: str) -> None:
+    """Replace every row of the table with the rows of the staged Parquet `files` under
+    `root` (the table created when there is none), in ONE table transaction carrying `record`
+    in its metadata: readers see the old rows or the new ones. Hive folders under `root`
+    (`date=2026-01-01/`) become string columns, as `backfill` writes partition values. The
+    files must hold `rows` rows, or nothing is committed."""
     import pyarrow.dataset as ds
 
-    files = [
-        path
-        for path in sorted(root.rglob("*.parquet"))
-        if not any(part.startswith(("_", ".")) for part in path.relative_to(root).parts)
-    ]
     if not files:
         raise CommitError(f"{ref.uri}: no staged output to commit")
-    partitioning = ds.HivePartitioning.discover(infer_dictionary=False)
-    columns = pa.unify_schemas([pq.read_schema(file) for file in files])
-    folders = ds.dataset(
-        files, format="parquet", partitioning=partitioning, partition_base_dir=str(root)
+    staged = sum(pq.ParquetFile(file).metadata.num_rows for file in files)
+    if staged != rows:
+        raise CommitError(f"{ref.uri}: the staged output holds {staged:,} rows, not {rows:,}")
+    keys = sorted(
+        {
+            part.split("=", 1)[0]
+            for f in files
+            for part in f.relative_to(root).parts[:-1]
+            if "=" in part
+        }
     )
-    keys = [f for f in folders.schema if f.name not in columns.names]
+    partitioning = ds.partitioning(pa.schema([(key, pa.string()) for key in keys]), flavor="hive")
+    try:
+        columns = pa.unify_schemas(
+            [pq.read_schema(file) for file in files], promote_options="permissive"
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise CommitError(f"{ref.uri}: the input files' schemas do not agree: {e}") from e
+    added = [pa.field(key, pa.string()) for key in keys if key not in columns.names]
     dataset = ds.dataset(
-        files,
+        [str(file) for file in files],
         format="parquet",
         partitioning=partitioning,
         partition_base_dir=str(root),
-        schema=pa.schema([*columns, *keys]),
+        schema=pa.schema([*columns, *added]),
     )
     target = pa.schema(
         [pa.field(f.name, table_type(f.type), metadata=f.metadata) for f in dataset.schema]

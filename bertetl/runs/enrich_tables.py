@@ -25,6 +25,7 @@ from bertetl.io.commit import clean_leftovers, destination_lock, staging_for
 from bertetl.io.manifest import config_hash
 from bertetl.io.storage import Location, TableRef
 from bertetl.report import EnrichReport, FileResult
+from bertetl.runs.staged import overlaps
 
 if TYPE_CHECKING:
     from bertetl.io.tables import TableSnapshot
@@ -65,14 +66,17 @@ def enrich_with_tables(
                     local_source, out, config, on_file_done=None, raise_on_failure=False
                 )
                 if not report.failures:
+                    rows = sum(f.rows for f in report.files)
                     record = {
                         "run": RUN_KIND,
                         "source": str(source),
                         "source_version": version,
-                        "rows": sum(f.rows for f in report.files),
+                        "rows": rows,
                         "config_hash": config_hash(config, _models(config)),
                     }
-                    tables.replace_table(dest, out, json.dumps(record, sort_keys=True))
+                    # the outputs the run committed, whatever their names (not a glob)
+                    files = [Path(f.dest) for f in report.files if f.dest is not None]
+                    tables.replace_table(dest, out, files, rows, json.dumps(record, sort_keys=True))
         for result in report.files:  # the staged outputs are gone: the table holds the rows
             result.dest = str(dest) if not report.failures and result.error is None else None
         return _finish(report, source, on_file_done, raise_on_failure, dest)
@@ -83,8 +87,11 @@ def _check(source: object, dest: object) -> None:
     that is not partitioned."""
     from bertetl.io import tables
 
-    if tables.same_table(source, dest):
-        raise InputError(f"{dest}: SOURCE and DEST are one table; a run never writes its input")
+    if overlaps(source, dest):
+        raise InputError(
+            f"SOURCE {source} and DEST {dest} are one table, or one lies inside the other; a "
+            "run never writes its input"
+        )
     for side in (source, dest):
         if isinstance(side, TableRef):
             tables.check_table(side)
@@ -97,15 +104,17 @@ def _check(source: object, dest: object) -> None:
 
 
 def _stage_source(snapshot: TableSnapshot, work: Path) -> Path:
-    """The pinned table, streamed into `work/source/<table>.parquet`."""
+    """The pinned table, streamed into `work/source/<table>.parquet` (that file: DEST is then
+    a folder for it, or a `.parquet` file, as for any one input file)."""
     from bertetl.io import tables
 
     folder = work / "source"
     folder.mkdir()
     ref = snapshot.ref
     name = ref.address.rstrip("/").rsplit("/", 1)[-1] or ref.format
-    tables.materialize_all(snapshot, folder / f"{name}.parquet")
-    return folder
+    path = folder / f"{name}.parquet"
+    tables.materialize_all(snapshot, path)
+    return path
 
 
 def _models(config: EngineConfig) -> dict[str, str]:

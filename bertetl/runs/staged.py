@@ -449,7 +449,7 @@ def _check_table_run(
     for side in (source, dest):
         if is_table(side):
             check_table(side)
-    if _overlap(source, dest):
+    if overlaps(source, dest):
         raise InputError(
             f"DEST {dest} is SOURCE {source}, or one holds the other: a run never writes into "
             "its own input; pick another DEST"
@@ -461,7 +461,7 @@ def _check_table_run(
     return partitions
 
 
-def _overlap(source: Any, dest: Any) -> bool:
+def overlaps(source: Any, dest: Any) -> bool:
     """Whether SOURCE and DEST are one table, or a local Delta table and a local folder
     one of which lies in the other."""
 

@@ -93,3 +93,59 @@ def test_one_pool_serves_every_file_of_a_run(
     thread, _, _ = _run(source, tmp_path / "thread", 0, embed_model=str(tiny_embed_dir))
     assert pooled.num_rows == 63
     assert pooled.sort_by("text").equals(thread.sort_by("text"))
+
+
+@pytest.mark.slow
+def test_a_dead_tokenizer_process_costs_no_window(
+    tiny_embed_dir: Path, write_table, tmp_path: Path
+) -> None:
+    """A pool worker SIGKILLed (as the OOM killer would) between files: the next file's
+    windows are prepared in this process, the file after that through a fresh pool, and
+    every output equals the thread's."""
+    import os
+    import signal
+
+    import pyarrow.parquet as pq
+
+    from bertetl.engine.pipeline import Pipeline
+    from bertetl.io.read import SourceFile
+
+    paths = [write_table({"text": _texts(30 + i)}, f"src/part-{i}.parquet") for i in range(3)]
+    config = EngineConfig(text_column="text", embed_model=str(tiny_embed_dir), window_rows=7)
+    thread = Pipeline(config)
+    thread.setup()
+    before = set(multiprocessing.active_children())
+    pooled = Pipeline(config)
+    pooled.setup()
+    pooled.start_tokenizer_pool(2)
+    workers = set(multiprocessing.active_children()) - before
+    assert len(workers) == 2
+    try:
+        for i, path in enumerate(paths):
+            if i == 1:
+                os.kill(next(iter(workers)).pid, signal.SIGKILL)
+            source = SourceFile(str(path), path.name)
+            for name, pipeline in (("thread", thread), ("pool", pooled)):
+                result = pipeline.run_file(
+                    source, tmp_path / name / path.name, pq.read_schema(path)
+                )
+                assert result.error is None and result.rows == 30 + i
+            assert pq.read_table(tmp_path / "pool" / path.name).equals(
+                pq.read_table(tmp_path / "thread" / path.name)
+            )
+            if i == 1:
+                assert pooled.tokenizer_pool is not None  # kept, to start again
+        assert set(multiprocessing.active_children()) - before - workers  # a fresh pool
+        stages = {s.name: s.counters.rows for s in pooled.cpu_stages}
+        assert (
+            stages
+            == {s.name: s.counters.rows for s in thread.cpu_stages}
+            == {
+                "validate": 93,
+                "tokenize": 93,
+            }
+        )
+    finally:
+        pooled.teardown()
+        thread.teardown()
+    assert set(multiprocessing.active_children()) == before

@@ -76,3 +76,28 @@ def test_the_flow_enriches_into_a_delta_table_in_one_commit(
     read = table.to_pyarrow_table().sort_by("id")
     assert read.column("id").to_pylist() == [1, 2, 3, 4]
     assert read.column("enrich_error").to_pylist() == [None, None, "text is null", None]
+
+
+def test_a_bad_file_leaves_the_table_dest_uncommitted(
+    tiny_embed_dir: Path, write_table, tmp_path: Path
+) -> None:
+    """A table DEST is one commit: one bad file and no file is committed, which the flow's
+    summary and error say."""
+    pytest.importorskip("deltalake")
+    write_table({"text": ["good text", "more"]}, "src/a.parquet")
+    write_table({"text": [1, 2]}, "src/b.parquet")
+    uri = f"delta://{tmp_path / 'table'}"
+    config = EngineConfig(text_column="text", embed_model=str(tiny_embed_dir))
+    params = EnrichParams(
+        source=str(tmp_path / "src"), dest=uri, engine=config, run=RunOptions(retries=0)
+    )
+    state = enrich_flow(params, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(PartitionsFailedError) as failed:
+        state.result()
+    assert set(failed.value.failures) == {
+        str(tmp_path / "src" / n) for n in ("a.parquet", "b.parquet")
+    }
+    assert "not committed" in failed.value.failures[str(tmp_path / "src" / "a.parquet")]
+    assert {row["status"] for row in failed.value.rows} == {"failed"}
+    assert not (tmp_path / "table" / "_delta_log").exists()

@@ -166,3 +166,24 @@ def test_hive_folders_become_the_tables_columns(
     expected = read_parquet(tmp_path / "local")
     enrich(src, table_uri, config)
     assert_same_rows(read_table(table_uri), expected)
+
+
+def test_every_committed_file_reaches_the_table_and_old_columns_go(
+    tiny_embed_dir: Path, config: EngineConfig, write_table, table_uri: str, tmp_path: Path
+) -> None:
+    """Files of any name (Hive writes `000000_0`) and hive values kept as strings (`007`);
+    a rerun with fewer heads leaves the table with this run's columns only, in both formats."""
+    write_table({"id": [1, 2], "text": ["good", "bad"]}, "src/region=007/a.parquet")
+    write_table({"id": [3, 4, 5], "text": ["x", "y", "z"]}, "src/region=007/000000_0")
+    source = tmp_path / "src"
+    enrich(source, table_uri, config)
+    table = read_table(table_uri).sort("id")
+    assert table["id"].to_list() == [1, 2, 3, 4, 5]
+    assert table["region"].to_list() == ["007"] * 5
+    assert "label" in table.columns
+
+    embed_only = EngineConfig(text_column="text", embed_model=str(tiny_embed_dir))
+    enrich(source, table_uri, embed_only)
+    again = read_table(table_uri)
+    assert again.height == 5
+    assert not {"label", "score"} & set(again.columns)
