@@ -141,7 +141,9 @@ def test_a_delta_or_iceberg_table_evaluates_as_its_parquet_does(
     else:
         uri = f"iceberg://{request.getfixturevalue('iceberg_catalog')}/evals.enriched"
     # written as bertetl enrich writes a table (the label order of `scores` kept)
-    replace_table(resolve(uri), tmp_path / "enriched", "{}")
+    replace_table(
+        resolve(uri), tmp_path / "enriched", [tmp_path / "enriched" / "p.parquet"], 30, "{}"
+    )
     config = EvaluateConfig(label_column="y", text_column="text")
     local = evaluate(tmp_path / "enriched", tmp_path / "local", config)
     from_table = evaluate(uri, tmp_path / "from-table", config)
