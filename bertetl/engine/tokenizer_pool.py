@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -30,6 +31,7 @@ from typing import Protocol
 import pyarrow as pa
 
 from bertetl.config import EngineConfig
+from bertetl.errors import ModelError
 from bertetl.processes import exit_with_parent
 from bertetl.report import StageCounters
 
@@ -85,6 +87,17 @@ def _start_worker(
     _worker_pipeline = pipeline
 
 
+#: Seconds `start()` waits for every worker to answer before going on (a worker still
+#: loading then answers its first window a little later).
+START_TIMEOUT_S = 120.0
+
+
+def _probe() -> int:
+    """A worker's pid, after a moment (so one fast worker cannot answer every probe)."""
+    time.sleep(0.05)
+    return os.getpid()
+
+
 def _prepare_window(batch: pa.RecordBatch) -> PreparedWindow:
     """Run this worker's CPU stages over one window; the counters are this window's alone."""
     pipeline = _worker_pipeline
@@ -133,8 +146,8 @@ class TokenizerPool:
         self._pool: ProcessPoolExecutor | None = None
 
     def start(self) -> None:
-        """Start the worker processes and wait until they are up (an error in their set-up
-        surfaces here, not on the first window)."""
+        """Start the worker processes and wait until each has answered (set up: an error in
+        a worker's set-up surfaces here as a `ModelError`, not on the first window)."""
         if self._pool is not None:
             return
         pool = ProcessPoolExecutor(
@@ -144,9 +157,17 @@ class TokenizerPool:
             initargs=(self.make_pipeline, self.config, os.getpid()),
         )
         self._pool = pool
-        try:  # each no-op waits for one worker's set-up; an error in it surfaces here
-            for future in [pool.submit(int) for _ in range(self.processes)]:
-                future.result()
+        try:  # rounds of short probes until every worker answered: all set up
+            seen: set[int] = set()
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while len(seen) < self.processes and time.monotonic() < deadline:
+                probes = [pool.submit(_probe) for _ in range(self.processes)]
+                seen.update(probe.result() for probe in probes)
+        except BrokenProcessPool as e:
+            self.close()
+            raise ModelError(
+                f"a tokenizer process could not start ({e}); its error is above, on stderr"
+            ) from e
         except BaseException:
             self.close()
             raise

@@ -149,3 +149,20 @@ def test_a_dead_tokenizer_process_costs_no_window(
         pooled.teardown()
         thread.teardown()
     assert set(multiprocessing.active_children()) == before
+
+
+def _no_pipeline(config: EngineConfig) -> None:
+    """A worker set-up that fails (module level: the spawned worker imports it)."""
+    raise RuntimeError("no tokenizer here")
+
+
+@pytest.mark.slow
+def test_a_worker_that_cannot_start_is_one_error_at_start() -> None:
+    from bertetl.engine.tokenizer_pool import TokenizerPool
+    from bertetl.errors import ModelError
+
+    before = set(multiprocessing.active_children())
+    pool = TokenizerPool(_no_pipeline, EngineConfig(text_column="text", embed_model="m"), 2)  # type: ignore[arg-type]
+    with pytest.raises(ModelError, match="could not start"):
+        pool.start()
+    assert set(multiprocessing.active_children()) == before  # nothing left running
