@@ -50,5 +50,5 @@ def stage_table(ref: TableRef) -> Path:
     folder = Path(tempfile.mkdtemp(prefix="bertetl-table-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     name = ref.address.rstrip("/").rsplit("/", 1)[-1] or ref.format
-    tables.materialize_all(tables.pin(ref), folder / f"{name}.parquet")
+    tables.materialize_all(tables.pin(ref), folder, name)
     return folder

@@ -832,17 +832,37 @@ def same_table(a: object, b: object) -> bool:
 # -- whole tables (`bertetl enrich`) ----------------------------------------------------------
 
 
-def materialize_all(snapshot: TableSnapshot, path: Path) -> int:
-    """Read the whole pinned table (every partition, partition columns included) into a local
-    Parquet file at `path`, streaming; returns its rows."""
+def materialize_all(
+    snapshot: TableSnapshot, folder: Path, name: str, rows_per_file: int | None = None
+) -> list[Path]:
+    """Read the whole pinned table (every partition, partition columns included) into local
+    Parquet files in `folder`, streaming: `name.parquet`, or with `rows_per_file` a new file
+    once one holds that many rows (at a batch boundary: `name-00000.parquet`, ...; a single
+    file keeps the plain name), so that several workers can share them. Returns the files."""
     reader = _format(snapshot.ref).all_batches(snapshot.version)
+    files: list[Path] = []
+    writer: pq.ParquetWriter | None = None
     rows = 0
-    with pq.ParquetWriter(path, reader.schema) as writer:
+    try:
         for batch in reader:
-            if batch.num_rows:
-                writer.write_batch(batch, row_group_size=ROW_GROUP_ROWS)
-                rows += batch.num_rows
-    return rows
+            if not batch.num_rows and writer is not None:
+                continue
+            if writer is None or (rows_per_file and rows >= rows_per_file):
+                if writer is not None:
+                    writer.close()
+                files.append(folder / f"{name}-{len(files):05d}.parquet")
+                writer, rows = pq.ParquetWriter(files[-1], reader.schema), 0
+            writer.write_batch(batch, row_group_size=ROW_GROUP_ROWS)
+            rows += batch.num_rows
+        if writer is None:  # an empty table: one empty file of its schema
+            files.append(folder / f"{name}-00000.parquet")
+            writer = pq.ParquetWriter(files[-1], reader.schema)
+    finally:
+        if writer is not None:
+            writer.close()
+    if len(files) == 1:
+        files = [files[0].rename(folder / f"{name}.parquet")]
+    return files
 
 
 def partition_columns(ref: TableRef) -> list[str]:

@@ -30,6 +30,9 @@ from bertetl.runs.staged import overlaps
 if TYPE_CHECKING:
     from bertetl.io.tables import TableSnapshot
 
+#: Rows per local file a table SOURCE is staged into (each file is one job of the executor).
+STAGED_FILE_ROWS = 1_000_000
+
 #: The run's own record in the DEST table's commit metadata (`bertetl.io.tables.MANIFEST_KEY`).
 RUN_KIND = "enrich"
 
@@ -104,17 +107,18 @@ def _check(source: object, dest: object) -> None:
 
 
 def _stage_source(snapshot: TableSnapshot, work: Path) -> Path:
-    """The pinned table, streamed into `work/source/<table>.parquet` (that file: DEST is then
-    a folder for it, or a `.parquet` file, as for any one input file)."""
+    """The pinned table, streamed into `work/source/`: one file `<table>.parquet` (returned:
+    DEST is then a folder for it, or a `.parquet` file, as for any one input file), or, past
+    STAGED_FILE_ROWS rows, several files (the folder returned), one job each, so `--workers`
+    processes share a big table."""
     from bertetl.io import tables
 
     folder = work / "source"
     folder.mkdir()
     ref = snapshot.ref
     name = ref.address.rstrip("/").rsplit("/", 1)[-1] or ref.format
-    path = folder / f"{name}.parquet"
-    tables.materialize_all(snapshot, path)
-    return path
+    files = tables.materialize_all(snapshot, folder, name, STAGED_FILE_ROWS)
+    return files[0] if len(files) == 1 else folder
 
 
 def _models(config: EngineConfig) -> dict[str, str]:

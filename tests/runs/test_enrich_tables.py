@@ -187,3 +187,24 @@ def test_every_committed_file_reaches_the_table_and_old_columns_go(
     again = read_table(table_uri)
     assert again.height == 5
     assert not {"label", "score"} & set(again.columns)
+
+
+def test_a_big_table_source_is_staged_as_several_jobs(
+    config: EngineConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past STAGED_FILE_ROWS rows a table SOURCE is staged in several files (one job each,
+    for --workers): every row once, in the order the table gives them."""
+    import deltalake
+
+    monkeypatch.setattr("bertetl.runs.enrich_tables.STAGED_FILE_ROWS", 4)
+    for part in range(3):  # three data files: three batches
+        rows = pa.table(
+            {"id": [part * 5 + i for i in range(5)], "text": [f"t {part} {i}" for i in range(5)]}
+        )
+        deltalake.write_deltalake(tmp_path / "t", rows, mode="append")
+    report = enrich(f"delta://{tmp_path / 't'}", tmp_path / "out", config)
+    outputs = sorted((tmp_path / "out").glob("*.parquet"))
+    assert len(outputs) == len(report.files) == 3
+    assert [f.source for f in report.files] == [f"delta://{tmp_path / 't'}"] * 3
+    ids = pl.read_parquet(tmp_path / "out" / "*.parquet")["id"].to_list()
+    assert sorted(ids) == list(range(15))
