@@ -144,8 +144,14 @@ def clean_leftovers(
 
 
 def _table_key(dest: TableRef) -> Location:
-    """A table as the `Location` local staging is keyed by (its URI)."""
-    return Location(dest.uri, dest.address)
+    """A table as the `Location` its local staging is keyed by: its lock place (the run's
+    lock guards the staging), which tells apart two Iceberg catalogs that give one table
+    name (a URI alone does not: `iceberg://local/db.t` in two warehouses)."""
+    from bertetl.io.tables import lock_place
+
+    where = lock_place(dest)
+    place = where.uri if isinstance(where, Location) else str(where)
+    return Location(place, place)
 
 
 def _read_holder(fd: int) -> str:

@@ -82,3 +82,25 @@ def test_enrich_takes_the_lock_and_cleans_temp_files(
     enrich(src.parent, dest, config)
     assert not leftover.exists()
     assert (dest / "part-0.parquet").exists()
+
+
+def test_one_table_name_in_two_iceberg_warehouses_stages_apart(
+    iceberg_catalog: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Local staging of a table DEST is keyed by its lock place: two catalogs (here one name
+    pointed at two warehouses) giving one table URI never clean each other's staging."""
+    pytest.importorskip("pyiceberg")
+    import pyiceberg.catalog
+    from pyiceberg.utils.config import Config
+
+    from bertetl.io.storage import resolve
+
+    uri = f"iceberg://{iceberg_catalog}/db.t"
+    with commit.staging_for(resolve(uri)) as first:
+        (tmp_path / "other").mkdir()
+        monkeypatch.setenv("PYICEBERG_CATALOG__LOCAL__WAREHOUSE", f"file://{tmp_path / 'other'}")
+        monkeypatch.setattr(pyiceberg.catalog, "_ENV_CONFIG", Config())
+        assert commit.clean_leftovers(resolve(uri)) == 0  # the other warehouse's run
+        assert first.is_dir()
+        with commit.staging_for(resolve(uri)) as second:
+            assert first.parent != second.parent  # one staging root per warehouse
