@@ -23,14 +23,6 @@ pytest.importorskip("deltalake")
 pytest.importorskip("pyiceberg")
 
 
-@pytest.fixture(params=["delta", "iceberg"])
-def table_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A DEST table that does not exist yet, in each format."""
-    if request.param == "delta":
-        return f"delta://{tmp_path / 'enriched'}"
-    return f"iceberg://{request.getfixturevalue('iceberg_catalog')}/bertetl.enriched"
-
-
 @pytest.fixture
 def source(write_table, tmp_path: Path) -> Path:
     """Two files of reviews, a null and a blank among them."""
