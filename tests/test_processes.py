@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.test_processes import alive
+from tests.faults.test_processes import alive, wait_until
 
 #: The "run": starts the watchdog, then a stand-in raylet that double-forks a stand-in worker
 #: (so the worker is re-parented at once, as one is when its raylet dies between two of the
@@ -32,15 +32,20 @@ time.sleep(60)
 """
 
 
-def test_a_killed_run_takes_an_orphaned_ray_worker_down() -> None:
+def _start(code: str) -> tuple[subprocess.Popen, list[int]]:
+    """A stand-in run (`code`) and the pids it prints on its first line."""
     run = subprocess.Popen(
-        [sys.executable, "-c", RUN],
+        [sys.executable, "-c", code],
         stdout=subprocess.PIPE,
         text=True,
         cwd=Path(__file__).parents[1],
     )
     assert run.stdout is not None
-    worker, raylet = (int(pid) for pid in run.stdout.readline().split())
+    return run, [int(pid) for pid in run.stdout.readline().split()]
+
+
+def test_a_killed_run_takes_an_orphaned_ray_worker_down() -> None:
+    run, (worker, raylet) = _start(RUN)
     try:
         assert (
             alive(worker)
@@ -50,11 +55,8 @@ def test_a_killed_run_takes_an_orphaned_ray_worker_down() -> None:
         time.sleep(1.0)  # the watchdog has scanned (every 0.5 s) and knows the raylet
         run.send_signal(signal.SIGKILL)
         run.wait()
-        deadline = time.monotonic() + 15
-        while (alive(worker) or alive(raylet)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not alive(raylet), "the watched raylet outlived the run"
-        assert not alive(worker), "the raylet's orphaned worker outlived the run"
+        wait_until(lambda: not alive(raylet), 15, "the watched raylet outlived the run")
+        wait_until(lambda: not alive(worker), 15, "the raylet's orphaned worker outlived the run")
     finally:
         for pid in (worker, raylet):
             if alive(pid):
@@ -86,22 +88,12 @@ time.sleep(60)
 
 @pytest.mark.slow  # a subprocess that waits to be killed
 def test_a_pool_worker_outlives_its_starting_thread_but_not_its_run() -> None:
-    run = subprocess.Popen(
-        [sys.executable, "-c", POOL_RUN],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).parents[1],
-    )
-    assert run.stdout is not None
-    worker = int(run.stdout.readline())
+    run, (worker,) = _start(POOL_RUN)
     try:
         assert alive(worker)  # its starting thread is gone; it stays for the run
         run.send_signal(signal.SIGKILL)
         run.wait()
-        deadline = time.monotonic() + 15
-        while alive(worker) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not alive(worker), "the pool worker outlived its killed run"
+        wait_until(lambda: not alive(worker), 15, "the pool worker outlived its killed run")
     finally:
         if alive(worker):
             os.kill(worker, signal.SIGKILL)

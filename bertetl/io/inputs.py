@@ -42,13 +42,12 @@ def resolve_inputs(
 
 def stage_table(ref: TableRef) -> Path:
     """The table at its current version (Delta) or snapshot (Iceberg), every partition with its
-    partition columns, streamed into `<tmp>/<table>.parquet`; returns that folder, removed
-    when this process exits."""
+    partition columns, streamed into `<tmp>/<table>.parquet` (`materialize_all`); returns that
+    folder, removed when this process exits."""
     from bertetl.io import tables
 
     tables.check_table(ref)
     folder = Path(tempfile.mkdtemp(prefix="bertetl-table-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    name = ref.address.rstrip("/").rsplit("/", 1)[-1] or ref.format
-    tables.materialize_all(tables.pin(ref), folder, name)
+    tables.materialize_all(tables.pin(ref), folder)
     return folder

@@ -824,22 +824,20 @@ def count_commits(ref: TableRef) -> int:
     return _format(ref).count_commits()
 
 
-def same_table(a: object, b: object) -> bool:
-    """Whether SOURCE and DEST name one table (a run never writes its own input)."""
-    return isinstance(a, TableRef) and isinstance(b, TableRef) and a.uri == b.uri
-
-
 # -- whole tables (`bertetl enrich`) ----------------------------------------------------------
 
 
 def materialize_all(
-    snapshot: TableSnapshot, folder: Path, name: str, rows_per_file: int | None = None
+    snapshot: TableSnapshot, folder: Path, rows_per_file: int | None = None
 ) -> list[Path]:
     """Read the whole pinned table (every partition, partition columns included) into local
-    Parquet files in `folder`, streaming: `name.parquet`, or with `rows_per_file` a new file
-    once one holds that many rows (at a batch boundary: `name-00000.parquet`, ...; a single
-    file keeps the plain name), so that several workers can share them. Returns the files."""
-    reader = _format(snapshot.ref).all_batches(snapshot.version)
+    Parquet files in `folder`, streaming: `NAME.parquet` (NAME: the table's last path or
+    identifier part), or with `rows_per_file` a new file once one holds that many rows (at a
+    batch boundary: `NAME-00000.parquet`, ...; a single file keeps the plain name), so that
+    several workers can share them. Returns the files."""
+    ref = snapshot.ref
+    name = ref.address.rstrip("/").rsplit("/", 1)[-1] or ref.format
+    reader = _format(ref).all_batches(snapshot.version)
     files: list[Path] = []
     writer: pq.ParquetWriter | None = None
     rows = 0

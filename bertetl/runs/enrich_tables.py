@@ -115,9 +115,7 @@ def _stage_source(snapshot: TableSnapshot, work: Path) -> Path:
 
     folder = work / "source"
     folder.mkdir()
-    ref = snapshot.ref
-    name = ref.address.rstrip("/").rsplit("/", 1)[-1] or ref.format
-    files = tables.materialize_all(snapshot, folder, name, STAGED_FILE_ROWS)
+    files = tables.materialize_all(snapshot, folder, STAGED_FILE_ROWS)
     return files[0] if len(files) == 1 else folder
 
 
