@@ -12,6 +12,7 @@ import pyarrow as pa
 import typer
 from pydantic import BaseModel, ValidationError
 
+from bertetl.config import FLAT_EXECUTOR_OPTIONS
 from bertetl.errors import BertEtlError
 
 #: Errors from libraries that reach the CLI as one line rather than a traceback.
@@ -63,9 +64,19 @@ def build_config(model: type[ModelT], debug: bool, **values: Any) -> ModelT:
         first = e.errors()[0]
         message = first["msg"].removeprefix("Value error, ")
         if first["loc"]:
-            name = str(first["loc"][0])
+            name = _option_of(first["loc"])
             message = f"{OPTION_NAMES.get(name, '--' + name.replace('_', '-'))}: {message}"
         fail(message, debug, code=2)
+
+
+def _option_of(loc: tuple[int | str, ...]) -> str:
+    """The option a validation error's location names: its first part, but for an executor's
+    option (`executor.local.workers`) the flat name the CLI takes (`workers`)."""
+    if len(loc) >= 3 and loc[0] == "executor":
+        for flat, where in FLAT_EXECUTOR_OPTIONS.items():
+            if where == (loc[1], loc[2]):
+                return flat
+    return str(loc[0])
 
 
 def help_of(model: type[BaseModel], name: str) -> str:

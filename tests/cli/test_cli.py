@@ -151,6 +151,23 @@ def test_bad_option_value_names_the_flag(tiny_embed_dir, write_table, tmp_path) 
     assert run.stderr.strip() == "error: --batch-tokens: Input should be greater than 0"
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--workers", "0", "Input should be greater than 0"),
+        ("--tokenizers", "-1", "Input should be greater than or equal to 0"),
+    ],
+)
+def test_bad_executor_option_names_its_flag(
+    tiny_embed_dir, write_table, tmp_path, option: str, value: str, message: str
+) -> None:
+    """An executor's option (nested under `executor` in the config) is named by its flag."""
+    src = write_table({"text": ["x"]})
+    run = enrich_cli(src, tmp_path / "out", "--embed-model", str(tiny_embed_dir), option, value)
+    assert run.returncode == 2
+    assert run.stderr.strip() == f"error: {option}: {message}"
+
+
 def test_failed_file_exits_non_zero_and_names_it(tiny_embed_dir, write_table, tmp_path) -> None:
     write_table({"text": ["x"]}, "src/good.parquet")
     (tmp_path / "src" / "bad.parquet").write_bytes(b"PAR1 truncated")
