@@ -333,7 +333,7 @@ def partitioned_source(tmp_path: Path) -> Callable[..., Path]:
 
 
 #: Fixtures that start a server: a test using one is `slow` (out of `make test-fast`).
-SERVER_FIXTURES = {"prefect_harness", "s3_endpoint"}
+SERVER_FIXTURES = {"prefect_harness", "s3_endpoint", "gcs_endpoint", "store"}
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -376,6 +376,32 @@ def bucket(s3_endpoint: str) -> str:
 def storage(s3_endpoint: str) -> dict[str, str]:
     """The storage options that reach the server: what `--storage-option` passes."""
     return {"endpoint_url": s3_endpoint}
+
+
+# -- a real GCS-compatible server on loopback (fake-gcs-server), and either store
+
+
+@pytest.fixture(scope="session")
+def gcs_endpoint() -> Iterator[str]:
+    """The session's GCS server (`tests/io/gcs_server.py`), its endpoint URL."""
+    from tests.io import gcs_server
+
+    with gcs_server.running() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(params=["s3", "gs"])
+def store(request: pytest.FixtureRequest):
+    """A fresh bucket on the S3 server, then on the GCS server (`tests.io.stores.Store`)."""
+    from tests.io import gcs_server, s3_server
+    from tests.io.stores import Store
+
+    if request.param == "s3":
+        endpoint = request.getfixturevalue("s3_endpoint")
+        return Store("s3", endpoint, s3_server.new_bucket(endpoint), {"endpoint_url": endpoint})
+    endpoint = request.getfixturevalue("gcs_endpoint")
+    options = {"endpoint_url": endpoint, "anonymous": "true"}
+    return Store("gs", endpoint, gcs_server.new_bucket(endpoint), options)
 
 
 @pytest.fixture

@@ -1,24 +1,26 @@
-"""Writing to an object store (S3): whole objects, deletes of bertetl's own objects, and the
-one-run-per-DEST lock as a conditional create with a lease.
+"""Writing to an object store (S3, Google Cloud Storage): whole objects, deletes of
+bertetl's own objects, and the one-run-per-DEST lock as a conditional create with a lease.
 
 Object stores have no rename, so the local staged swap (`bertetl.io.commit`) cannot apply.
 What holds instead (docs/STORAGE.md):
 
-- each object is uploaded whole from a local file: one `PutObject` below the multipart
-  threshold, else a multipart upload that S3 makes visible only once completed (and that
-  boto3's transfer manager aborts on a failure). A reader sees the old object or the new one;
-- a partition's `_manifest.json` is written last (one `PutObject`): it is the commit point
+- each object is uploaded whole from a local file: one request below the store's multipart
+  threshold, else a multipart (S3) or resumable (GCS) upload that the store makes visible
+  only once completed. A reader sees the old object or the new one;
+- a partition's `_manifest.json` is written last (one request): it is the commit point
   (`bertetl.runs.staged` orders the steps);
-- the lock is `DEST/.bertetl.lock`, created with `PutObject(IfNoneMatch='*')`, so two runs
-  never both hold it; it carries a lease that a heartbeat thread renews with
-  `PutObject(IfMatch=<our ETag>)`; a lease that ran out (a killed run) is taken over with
-  `PutObject(IfMatch=<its ETag>)`, so of two runs taking it over only one wins. A lock
-  whose holder certainly is gone (same host, kernel boot and pid namespace, no such pid) is
-  taken over the same way at once (`holder_is_dead`).
+- the lock is `DEST/.bertetl.lock`, created only if absent (S3 `IfNoneMatch='*'`, GCS
+  `ifGenerationMatch=0`), so two runs never both hold it; it carries a lease that a
+  heartbeat thread renews with a write conditional on our version of it; a lease that ran
+  out (a killed run) is taken over with a write conditional on its version, so of two runs
+  taking it over only one wins. A lock whose holder certainly is gone (same host, kernel
+  boot and pid namespace, no such pid) is taken over the same way at once
+  (`holder_is_dead`).
 
-Writes go through boto3 (the `s3` extra), reads through pyarrow's S3 filesystem; both take
-credentials from the standard AWS chain. Other stores (`gs://`, `abfs://`) are read-only
-here: a DEST there is refused with a message (`writable`).
+The calls themselves are each store's client (`bertetl.io.object_clients`: boto3,
+google-cloud-storage); reads go through pyarrow's filesystems. Credentials come from each
+store's standard chain. `abfs://` is read-only here: a DEST there is refused with a message
+(`writable`).
 """
 
 from __future__ import annotations
@@ -35,12 +37,12 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 from bertetl.errors import CommitError
-from bertetl.io.storage import EXTRAS, LOCK_NAME, Location, StorageError, storage_error
+from bertetl.io.object_clients import client
+from bertetl.io.storage import LOCK_NAME, Location
 
 log = logging.getLogger(__name__)
 
@@ -52,121 +54,32 @@ LOCAL_STAGING = "bertetl-staging"
 
 
 def writable(location: Location) -> None:
-    """Refuse (`StorageError`) a DEST on a store bertetl cannot lock or write whole."""
-    if location.store != "s3":
-        raise StorageError(
-            f"DEST {location.uri}: bertetl writes object storage on s3:// only (its lock needs "
-            f"a conditional create); {location.store} can be a SOURCE; write to s3:// or a "
-            "local folder"
-        )
-    client(location)  # a missing boto3 fails here, before any work
-
-
-_BOTO_NAMES = {
-    "endpoint_url": "endpoint_url",
-    "endpoint_override": "endpoint_url",
-    "region": "region_name",
-    "region_name": "region_name",
-    "access_key": "aws_access_key_id",
-    "aws_access_key_id": "aws_access_key_id",
-    "secret_key": "aws_secret_access_key",
-    "aws_secret_access_key": "aws_secret_access_key",
-    "session_token": "aws_session_token",
-    "aws_session_token": "aws_session_token",
-}
-
-
-@cache
-def _client(options: tuple[tuple[str, str], ...]) -> Any:
-    import boto3
-    from botocore.config import Config
-
-    kwargs: dict[str, Any] = {}
-    for key, value in options:
-        name = _BOTO_NAMES.get(key)
-        if name == "endpoint_url" and "://" not in value:
-            value = f"https://{value}"
-        if name:
-            kwargs[name] = value
-    if dict(options).get("anonymous", "").lower() in ("1", "true", "yes", "on"):
-        from botocore import UNSIGNED
-
-        kwargs["config"] = Config(signature_version=UNSIGNED)
-    return boto3.session.Session().client("s3", **kwargs)
-
-
-def client(location: Location) -> Any:
-    """A boto3 S3 client for `location`'s storage options (cached per options)."""
-    try:
-        return _client(location.options)
-    except ImportError as e:
-        extra, package = EXTRAS["s3"]
-        raise StorageError(
-            f"writing {location.uri} needs {package}: pip install 'bertetl[{extra}]'"
-        ) from e
-
-
-def _error_code(error: BaseException) -> str:
-    response = getattr(error, "response", None) or {}
-    return str(response.get("Error", {}).get("Code", ""))
-
-
-def _s3_call(location: Location, doing: str, call: Any, **kwargs: Any) -> Any:
-    """One boto3 call; client errors as one-line `CommitError`s naming the URI."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
-        return call(Bucket=location.bucket, **kwargs)
-    except (ClientError, BotoCoreError) as e:
-        raise CommitError(str(storage_error(location, doing, e))) from e
+    """Refuse (`StorageError`) a DEST on a store bertetl cannot lock or write whole (a
+    missing client package fails here too, before any work)."""
+    client(location)
 
 
 def check_bucket(location: Location) -> None:
     """Fail early, in one line naming the URI, when DEST's bucket is missing or not ours."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
-        client(location).head_bucket(Bucket=location.bucket)
-    except ClientError as e:
-        code = _error_code(e)
-        if code in ("404", "NoSuchBucket", "NotFound"):
-            raise StorageError(
-                f"DEST {location.uri}: bucket {location.bucket!r} does not exist; create it "
-                "or fix the URI (and --storage-option endpoint_url)"
-            ) from e
-        raise storage_error(location, "cannot write", e) from e
-    except BotoCoreError as e:
-        raise storage_error(location, "cannot reach", e) from e
+    client(location).check_bucket(location)
 
 
 def upload_file(local: Path, target: Location) -> None:
-    """Upload a local file whole to `target` (one PUT, or a multipart upload completed only
-    when every part is in; aborted on a failure), then check the size S3 reports."""
-    from boto3.s3.transfer import TransferConfig
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    s3 = client(target)
-    try:
-        s3.upload_file(
-            str(local), target.bucket, target.key, Config=TransferConfig(use_threads=False)
-        )
-        size = s3.head_object(Bucket=target.bucket, Key=target.key)["ContentLength"]
-    except (ClientError, BotoCoreError, OSError) as e:
-        raise CommitError(str(storage_error(target, "cannot upload", e))) from e
-    if size != local.stat().st_size:
-        raise CommitError(f"{target.uri}: uploaded {size} bytes of {local.stat().st_size}")
+    """Upload a local file whole to `target` (never visible half-written), then check the
+    size the store reports."""
+    client(target).upload_file(local, target)
 
 
 def put_bytes(target: Location, data: bytes) -> None:
-    """Write a small object (a manifest) with one `PutObject`."""
-    _s3_call(target, "cannot write", client(target).put_object, Key=target.key, Body=data)
+    """Write a small object (a manifest) in one request."""
+    client(target).put(target, data)
 
 
 def delete_objects(targets: Iterable[Location]) -> int:
     """Delete the given objects (bertetl's own: callers pass only what it wrote)."""
     removed = 0
     for target in targets:
-        _s3_call(target, "cannot delete", client(target).delete_object, Key=target.key)
+        client(target).delete(target)
         removed += 1
     return removed
 
@@ -230,8 +143,8 @@ def check_held(dest: Location) -> None:
 
 
 class ObjectStoreLock:
-    """`DEST/.bertetl.lock` on S3: created only if absent, held under a lease renewed by a
-    heartbeat thread; a lease that ran out is taken over. Same interface as the local
+    """`DEST/.bertetl.lock` on the store: created only if absent, held under a lease renewed
+    by a heartbeat thread; a lease that ran out is taken over. Same interface as the local
     `DestinationLock` (`acquire`, `release`, a context manager)."""
 
     def __init__(self, dest: Location, lease_seconds: float = LEASE_SECONDS) -> None:
@@ -241,7 +154,7 @@ class ObjectStoreLock:
         self.lease_seconds = lease_seconds
         self.owner = uuid.uuid4().hex
         self.since = 0.0
-        self._etag: str | None = None
+        self._version: str | None = None
         self._lost: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -258,50 +171,29 @@ class ObjectStoreLock:
         }
         return json.dumps(info).encode()
 
-    def _put(self, **condition: str) -> str | None:
-        """One conditional `PutObject` of the lock; its ETag, or None when the condition
-        failed (412: someone else holds or just took the lock)."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        s3 = client(self.target)
+    def _put(self, *, if_absent: bool = False, if_version: str = "") -> str | None:
+        """One conditional write of the lock; its version, or None when the condition
+        failed (someone else holds or just took the lock)."""
         try:
-            response = s3.put_object(
-                Bucket=self.target.bucket, Key=self.target.key, Body=self._body(), **condition
+            return client(self.target).put(
+                self.target, self._body(), if_absent=if_absent, if_version=if_version
             )
-        except ClientError as e:
-            if _error_code(e) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
-                return None
-            if _error_code(e) in ("NotImplemented", "501"):
-                raise CommitError(
-                    f"{self.dest.uri}: the store does not support conditional writes, so "
-                    "bertetl cannot lock it; refusing to write"
-                ) from e
-            raise CommitError(str(storage_error(self.target, "cannot lock", e))) from e
-        except BotoCoreError as e:
-            raise CommitError(str(storage_error(self.target, "cannot lock", e))) from e
-        return str(response["ETag"])
+        except CommitError as e:
+            raise CommitError(str(e).replace("cannot write", "cannot lock", 1)) from e
 
     def _holder(self) -> tuple[dict[str, Any], str] | None:
-        """The lock's content and ETag, or None when it is gone."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        s3 = client(self.target)
-        try:
-            response = s3.get_object(Bucket=self.target.bucket, Key=self.target.key)
-            body = response["Body"].read()
-        except ClientError as e:
-            if _error_code(e) in ("NoSuchKey", "404"):
-                return None
-            raise CommitError(str(storage_error(self.target, "cannot read lock", e))) from e
-        except BotoCoreError as e:
-            raise CommitError(str(storage_error(self.target, "cannot read lock", e))) from e
+        """The lock's content and version, or None when it is gone."""
+        found = client(self.target).get(self.target)
+        if found is None:
+            return None
+        body, version = found
         try:
             info = json.loads(body)
             if not isinstance(info, dict):
                 info = {}
         except ValueError:
             info = {}
-        return info, str(response["ETag"])
+        return info, version
 
     def acquire(self) -> None:
         """Take the lock, or take over one whose lease ran out; else `CommitError` naming
@@ -309,13 +201,13 @@ class ObjectStoreLock:
         check_bucket(self.dest)
         self.since = time.time()
         for _ in range(3):  # the lock may vanish or change between our calls
-            etag = self._put(IfNoneMatch="*")
-            if etag is not None:
+            version = self._put(if_absent=True)
+            if version is not None:
                 break
             found = self._holder()
             if found is None:
                 continue
-            info, their_etag = found
+            info, their_version = found
             expires = info.get("expires")
             why = (
                 "its lease ran out"
@@ -325,8 +217,8 @@ class ObjectStoreLock:
                 else None
             )
             if why is not None:
-                etag = self._put(IfMatch=their_etag)
-                if etag is not None:
+                version = self._put(if_version=their_version)
+                if version is not None:
                     log.warning(
                         "took over the lock of %s: %s (%s)", self.dest.uri, why, _describe(info)
                     )
@@ -340,7 +232,7 @@ class ObjectStoreLock:
             )
         else:
             raise CommitError(f"cannot take the lock of {self.dest.uri}: it keeps changing")
-        self._etag, self._lost = etag, None
+        self._version, self._lost = version, None
         _HELD[self.dest.uri] = self
         self._stop.clear()
         self._thread = threading.Thread(target=self._heartbeat, name="bertetl-lock", daemon=True)
@@ -349,14 +241,14 @@ class ObjectStoreLock:
     def renew(self) -> None:
         """Extend the lease (the heartbeat calls this); a lock taken over meanwhile is lost."""
         with self._mutex:
-            if self._etag is None or self._lost:
+            if self._version is None or self._lost:
                 return
-            etag = self._put(IfMatch=self._etag)
-            if etag is None:
+            version = self._put(if_version=self._version)
+            if version is None:
                 self._lost = "another run took it over (our lease ran out)"
                 log.error("lost the lock of %s: %s", self.dest.uri, self._lost)
             else:
-                self._etag = etag
+                self._version = version
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(max(self.lease_seconds / 3, 1.0)):
@@ -377,16 +269,12 @@ class ObjectStoreLock:
             self._thread = None
         _HELD.pop(self.dest.uri, None)
         with self._mutex:
-            etag, self._etag = self._etag, None
-        if etag is None or self._lost:
+            version, self._version = self._version, None
+        if version is None or self._lost:
             return
-        from botocore.exceptions import BotoCoreError, ClientError
-
         try:  # only our own lock: a lock taken over meanwhile is not ours to delete
-            client(self.target).delete_object(
-                Bucket=self.target.bucket, Key=self.target.key, IfMatch=etag
-            )
-        except (ClientError, BotoCoreError) as e:
+            client(self.target).delete(self.target, if_version=version)
+        except CommitError as e:
             log.warning("could not release the lock of %s: %s", self.dest.uri, e)
 
     def __enter__(self) -> ObjectStoreLock:

@@ -42,7 +42,11 @@ SCHEMES = {
 }
 #: The extra that brings what a store needs beyond pyarrow (the lock's client, fsspec's
 #: filesystem), and what it is.
-EXTRAS = {"s3": ("s3", "boto3"), "gcs": ("gcs", "gcsfs"), "azure": ("azure", "adlfs")}
+EXTRAS = {
+    "s3": ("s3", "boto3"),
+    "gcs": ("gcs", "google-cloud-storage"),
+    "azure": ("azure", "adlfs"),
+}
 
 #: `--storage-option` keys per store: ours -> the filesystem's keyword. Values are strings;
 #: `_BOOL` and `_FLOAT` keys are converted.

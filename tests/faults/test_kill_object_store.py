@@ -1,7 +1,8 @@
-"""SIGKILL a real `bertetl backfill` process writing to S3 (moto on loopback) at the steps of
-an object-store commit; the rerun must end equal to a clean run, with no row lost or doubled
-for a reader that follows the manifests, nothing stale left behind, and the killed run's lock
-taken over at once (its process is gone) rather than after its lease.
+"""SIGKILL a real `bertetl backfill` process writing to S3 or GCS (moto, fake-gcs-server, on
+loopback) at the steps of an object-store commit; the rerun must end equal to a clean run,
+with no row lost or doubled for a reader that follows the manifests, nothing stale left
+behind, and the killed run's lock taken over at once (its process is gone) rather than after
+its lease.
 
 The points: `delete` (the first commit step of a partition removes its old manifest), `upload`
 (between the outputs of a partition) and `manifest` (every output uploaded, the commit point
@@ -20,7 +21,7 @@ from bertetl.config import EngineConfig
 from bertetl.flows.params import BackfillParams, RunOptions
 from bertetl.flows.partitioned import backfill_flow
 from bertetl.io.objectstore import clean_local_staging
-from bertetl.io.storage import LOCK_NAME, parse_location
+from bertetl.io.storage import LOCK_NAME
 from bertetl.runs.enrich import enrich
 from tests.conftest import write_partitioned
 from tests.outputs import assert_equivalent
@@ -60,16 +61,24 @@ def _by_manifests(dest) -> Counter:
 
 
 @pytest.mark.parametrize(
-    ("point", "count", "force"),
-    [("delete", 2, True), ("upload", 3, True), ("manifest", 2, False)],
-    ids=["delete-2-force", "upload-3-force", "manifest-2-fresh"],
-)
-def test_kill_into_s3_then_rerun_equals_a_clean_run(
-    source, zygote, tiny_embed_dir, bucket: str, storage: dict, tmp_path: Path, point, count, force
+    ("store", "point", "count", "force"),
+    [
+        ("s3", "delete", 2, True),
+        ("s3", "upload", 3, True),
+        ("s3", "manifest", 2, False),
+        ("gs", "upload", 3, True),
+        ("gs", "manifest", 2, False),
+    ],
+    ids=["s3-delete-2-force", "s3-upload-3-force", "s3-manifest-2-fresh", "gs-upload-3-force",
+         "gs-manifest-2-fresh"],
+    indirect=["store"],
+)  # fmt: skip
+def test_kill_into_a_store_then_rerun_equals_a_clean_run(
+    source, zygote, tiny_embed_dir, store, tmp_path: Path, point, count, force
 ) -> None:
     src, reference, config = source
-    uri = f"s3://{bucket}/enriched"
-    dest = parse_location(uri, storage)
+    uri, storage = store.uri("enriched"), store.options
+    dest = store.location("enriched")
     if force:  # committed partitions that readers see, then re-enriched with --force
         assert backfill_flow(_params(src, uri, config, storage), return_state=True).is_completed()
     expected = Counter(
@@ -80,7 +89,7 @@ def test_kill_into_s3_then_rerun_equals_a_clean_run(
     args = [
         "backfill", str(src), uri, "--partition-column", "date", "--text-column", "text",
         "--embed-model", str(tiny_embed_dir), "--window-rows", "4", "--retries", "0",
-        "--storage-option", f"endpoint_url={storage['endpoint_url']}",
+        *(f"--storage-option={key}={value}" for key, value in storage.items()),
     ]  # fmt: skip
     run = zygote.run(point, count, args + (["--force"] if force else []))
     assert run.returncode == -9, f"{point} {count}: not killed; {run.stderr[-3000:]}"

@@ -1,5 +1,5 @@
-"""Runs into and out of a real S3-compatible server (moto on loopback), through the same
-code path as AWS (`--storage-option endpoint_url=...`, credentials from the environment),
+"""Runs into and out of real S3- and GCS-compatible servers (moto, fake-gcs-server, on
+loopback), through the same code path as the clouds (`--storage-option endpoint_url=...`),
 checked against local runs of the same input and read back as a manifest-following reader."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import boto3
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -26,6 +25,7 @@ from bertetl.runs.enrich import enrich
 from bertetl.runs.plan import plan_partitions
 from bertetl.runs.staged import check_partitioned_run, enrich_partition
 from tests.io.s3_server import dead_endpoint
+from tests.io.stores import objects
 from tests.outputs import assert_equivalent, edit_rows
 
 
@@ -48,32 +48,28 @@ def executor(config: EngineConfig):
 
 
 def upload_tree(local: Path, target: Location) -> None:
-    """Copy a local folder to the store (as a user's `aws s3 cp --recursive` would)."""
-    pafs.copy_files(
-        str(local),
-        target.path,
-        source_filesystem=pafs.LocalFileSystem(),
-        destination_filesystem=target.fs,
-    )
+    """Copy a local file or folder to the store, file by file (as a user's `aws s3 cp --recursive` or
+    `gcloud storage cp -r` would)."""
+    if local.is_file():
+        with target.fs.open_output_stream(target.path) as out:
+            out.write(local.read_bytes())
+        return
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        with target.fs.open_output_stream(f"{target.path}/{path.relative_to(local)}") as out:
+            out.write(path.read_bytes())
 
 
 def download(source: Location, local: Path) -> Path:
-    """Every object under `source` into `local` (hidden ones too)."""
-    pafs.copy_files(
-        source.path,
-        str(local),
-        source_filesystem=source.fs,
-        destination_filesystem=pafs.LocalFileSystem(),
-    )
+    """Every object under `source` into `local` (hidden ones too; folders made here, since a
+    GCS listing has no folder entries for `copy_files` to make)."""
+    selector = pafs.FileSelector(source.path, recursive=True)
+    for info in source.fs.get_file_info(selector):
+        if info.type == pafs.FileType.File:
+            target = local / info.path[len(source.path) + 1 :]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with source.fs.open_input_stream(info.path) as stream:
+                target.write_bytes(stream.read())
     return local
-
-
-def objects(location: Location) -> dict[str, str]:
-    """Object name (relative) -> ETag, by boto3 (what S3 itself lists)."""
-    s3 = boto3.client("s3", endpoint_url=dict(location.options)["endpoint_url"])
-    prefix = location.key + "/"
-    listed = s3.list_objects_v2(Bucket=location.bucket, Prefix=prefix).get("Contents", [])
-    return {item["Key"][len(prefix) :]: item["ETag"] for item in listed}
 
 
 def read_by_manifests(dest: Location) -> pa.Table:
@@ -104,22 +100,22 @@ def run_all(executor: LocalExecutor, src, dest: Location) -> dict[str, object]:
     }
 
 
-def test_enrich_to_s3_and_from_s3_equals_a_local_run(
-    config, partitioned_source, bucket, storage, tmp_path: Path
+def test_enrich_to_the_store_and_from_it_equals_a_local_run(
+    config, partitioned_source, store, tmp_path: Path
 ) -> None:
     src = partitioned_source(days=2, files_per_day=2)
     enrich(src, tmp_path / "reference", config)
 
-    report = enrich(src, f"s3://{bucket}/from-local", config, storage_options=storage)
+    report = enrich(src, store.uri("from-local"), config, storage_options=store.options)
     assert report.rows == 2 * 24 and not report.failures
-    assert all(f.dest.startswith(f"s3://{bucket}/from-local/") for f in report.files)
+    assert all(f.dest.startswith(store.uri("from-local/")) for f in report.files)
 
-    remote_src = parse_location(f"s3://{bucket}/src", storage)
+    remote_src = parse_location(store.uri("src"), store.options)
     upload_tree(src, remote_src)
-    enrich(f"s3://{bucket}/src", f"s3://{bucket}/from-s3", config, storage_options=storage)
+    enrich(store.uri("src"), store.uri("from-store"), config, storage_options=store.options)
 
-    for name in ("from-local", "from-s3"):
-        dest = parse_location(f"s3://{bucket}/{name}", storage)
+    for name in ("from-local", "from-store"):
+        dest = store.location(name)
         assert sorted(objects(dest)) == [
             f"date=2026-01-0{d}/part-{k}.parquet" for d in (1, 2) for k in (0, 1)
         ]  # the lock is released, nothing staged or half-written is left
@@ -128,10 +124,10 @@ def test_enrich_to_s3_and_from_s3_equals_a_local_run(
 
 
 def test_backfill_then_incremental_reenriches_only_the_edited_partition(
-    executor, partitioned_source, bucket, storage, tmp_path: Path
+    executor, partitioned_source, store, tmp_path: Path
 ) -> None:
     src = partitioned_source(days=3)
-    dest = parse_location(f"s3://{bucket}/enriched", storage)
+    dest = parse_location(store.uri("enriched"), store.options)
     manifests = run_all(executor, src, dest)
     assert sorted(manifests) == ["2026-01-01", "2026-01-02", "2026-01-03"]
     before = objects(dest)
@@ -158,22 +154,20 @@ def test_backfill_then_incremental_reenriches_only_the_edited_partition(
     tables = summarize(dest, "date")
     assert "damaged" not in tables
     assert tables["rows"]["rows"].sum() == 3 * 24
-    option = f"endpoint_url={storage['endpoint_url']}"
-    result = CliRunner().invoke(
-        app, ["summary", dest.uri, "--partition-column", "date", "--storage-option", option]
-    )
+    options = [f"--storage-option={key}={value}" for key, value in store.options.items()]
+    result = CliRunner().invoke(app, ["summary", dest.uri, "--partition-column", "date", *options])
     assert result.exit_code == 0, result.stderr
     assert "2026-01-02" in result.stdout and "look at" in result.stdout
 
 
 def test_a_crash_mid_commit_leaves_no_duplicates_and_the_rerun_cleans_up(
-    executor, partitioned_source, bucket, storage, tmp_path: Path, monkeypatch
+    executor, partitioned_source, store, tmp_path: Path, monkeypatch
 ) -> None:
     """A run that dies after some objects of a partition are uploaded: a reader following
     the manifests never sees a row twice (the partition is uncommitted meanwhile), and the
     rerun removes the stale output of a source file that is gone."""
     src = partitioned_source(days=2, files_per_day=2)
-    dest = parse_location(f"s3://{bucket}/enriched", storage)
+    dest = parse_location(store.uri("enriched"), store.options)
     run_all(executor, src, dest)
     (src / "date=2026-01-02" / "part-1.parquet").unlink()  # its output becomes stale
     edit_rows(src / "date=2026-01-02" / "part-0.parquet", [1])
@@ -206,25 +200,24 @@ def test_a_crash_mid_commit_leaves_no_duplicates_and_the_rerun_cleans_up(
     assert assert_equivalent(download(dest, tmp_path / "downloaded"), tmp_path / "reference")
 
 
-def test_foreign_objects_are_never_removed(executor, partitioned_source, bucket, storage) -> None:
+def test_foreign_objects_are_never_removed(executor, partitioned_source, store) -> None:
     src = partitioned_source(days=1)
-    dest = parse_location(f"s3://{bucket}/enriched", storage)
+    dest = parse_location(store.uri("enriched"), store.options)
     run_all(executor, src, dest)
-    s3 = boto3.client("s3", endpoint_url=storage["endpoint_url"])
-    s3.put_object(Bucket=bucket, Key="enriched/date=2026-01-01/notes.txt", Body=b"mine")
+    store.put("enriched/date=2026-01-01/notes.txt", b"mine")
     with pytest.raises(InputError, match=r"notes\.txt"):
         check_partitioned_run(src, dest, "date")
     assert "date=2026-01-01/notes.txt" in objects(dest)
 
 
-def test_a_bad_file_on_s3_fails_only_its_partition(
-    executor, partitioned_source, bucket, storage
+def test_a_bad_file_on_the_store_fails_only_its_partition(
+    executor, partitioned_source, store
 ) -> None:
     src = partitioned_source(days=3)
     (src / "date=2026-01-02" / "part-0.parquet").write_bytes(b"not parquet at all")
-    remote_src = parse_location(f"s3://{bucket}/src", storage)
+    remote_src = parse_location(store.uri("src"), store.options)
     upload_tree(src, remote_src)
-    dest = parse_location(f"s3://{bucket}/enriched", storage)
+    dest = parse_location(store.uri("enriched"), store.options)
     plan = plan_partitions(remote_src, dest, "date", executor.config)
     outcomes: dict[str, str] = {}
     for item in plan.by_action("enrich"):
@@ -234,7 +227,10 @@ def test_a_bad_file_on_s3_fails_only_its_partition(
         except InputError as e:
             outcomes[item.value] = str(e)
     assert outcomes["2026-01-01"] == outcomes["2026-01-03"] == "committed"
-    assert "s3://" in outcomes["2026-01-02"] and "part-0.parquet" in outcomes["2026-01-02"]
+    assert (
+        f"{store.scheme}://" in outcomes["2026-01-02"]
+        and "part-0.parquet" in outcomes["2026-01-02"]
+    )
     assert not any(name.startswith("date=2026-01-02/") for name in objects(dest))
 
 
@@ -284,18 +280,17 @@ def test_cli_errors_for_a_missing_bucket_or_a_dead_endpoint_are_one_line(
     assert result.exit_code == 1 and "KEY=VALUE" in result.stderr
 
 
-def test_a_lost_lock_stops_the_commit(executor, partitioned_source, bucket, storage) -> None:
+def test_a_lost_lock_stops_the_commit(executor, partitioned_source, store) -> None:
     """A run whose lease ran out and was taken over by another run commits nothing more."""
     from bertetl.io.objectstore import ObjectStoreLock
 
     src = partitioned_source(days=1)
-    dest = parse_location(f"s3://{bucket}/enriched", storage)
+    dest = parse_location(store.uri("enriched"), store.options)
     lock = ObjectStoreLock(dest)
     lock.acquire()
     try:
         other = {"owner": "other", "pid": 2, "host": "elsewhere", "since": 0, "expires": 1e12}
-        s3 = boto3.client("s3", endpoint_url=storage["endpoint_url"])
-        s3.put_object(Bucket=bucket, Key=f"enriched/{LOCK}", Body=json.dumps(other).encode())
+        store.put(f"enriched/{LOCK}", json.dumps(other).encode())
         lock.renew()  # the heartbeat finds the lock taken over
         with pytest.raises(CommitError, match="lost the lock"):
             run_all(executor, src, dest)

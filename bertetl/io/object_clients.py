@@ -1,0 +1,327 @@
+"""The object-level calls bertetl writes with, one client per store: S3 through boto3,
+Google Cloud Storage through google-cloud-storage. Reads go through pyarrow's filesystems
+(`bertetl.io.storage`); these clients do what a filesystem cannot: a whole-object upload,
+and conditional writes and deletes for the DEST lock (`bertetl.io.objectstore`).
+
+Each store names an object's version its own way (S3 an ETag, GCS a generation); here it is
+an opaque `version` string. The conditional calls are the same on both stores:
+
+| call | S3 | GCS |
+|---|---|---|
+| create only if absent | `PutObject(IfNoneMatch='*')` | `ifGenerationMatch=0` |
+| replace only this version | `PutObject(IfMatch=etag)` | `ifGenerationMatch=generation` |
+| delete only this version | `DeleteObject(IfMatch=etag)` | `ifGenerationMatch=generation` |
+
+Credentials come from each store's standard chain (AWS: environment, profile, instance role;
+Google: Application Default Credentials); `--storage-option` passes the endpoint and the like.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any, Protocol
+
+from bertetl.errors import CommitError
+from bertetl.io.storage import EXTRAS, Location, StorageError, storage_error
+
+#: GCS calls give up on transient errors (an unreachable endpoint) after this long.
+GCS_RETRY_SECONDS = 60.0
+
+
+class ObjectClient(Protocol):
+    """What bertetl needs of a store to write DEST there (see the module's table)."""
+
+    def check_bucket(self, location: Location) -> None:
+        """`StorageError` naming the URI when the bucket is missing or cannot be written."""
+
+    def upload_file(self, local: Path, target: Location) -> None:
+        """Upload `local` whole (never visible half-written); `CommitError` on a failure."""
+
+    def put(
+        self, target: Location, data: bytes, *, if_absent: bool = False, if_version: str = ""
+    ) -> str | None:
+        """Write a small object, only if absent or only over `if_version` when asked; its new
+        version, or None when that condition failed."""
+
+    def get(self, target: Location) -> tuple[bytes, str] | None:
+        """A small object's bytes and version, or None when it does not exist."""
+
+    def delete(self, target: Location, *, if_version: str = "") -> bool:
+        """Delete an object (only `if_version`, when given); False when that condition
+        failed. A missing object is not an error."""
+
+
+def client(location: Location) -> ObjectClient:
+    """The client for `location`'s store and storage options (cached); a store bertetl cannot
+    write, or a missing package, is a `StorageError` naming the URI."""
+    factory = _CLIENTS.get(location.store)
+    if factory is None:
+        raise StorageError(
+            f"DEST {location.uri}: bertetl writes object storage on s3:// and gs:// (its lock "
+            f"needs a conditional create); {location.store} can be a SOURCE; write to s3://, "
+            "gs:// or a local folder"
+        )
+    try:
+        return factory(location.options)
+    except ImportError as e:
+        extra, package = EXTRAS[location.store]
+        raise StorageError(
+            f"writing {location.uri} needs {package}: pip install 'bertetl[{extra}]'"
+        ) from e
+
+
+# -- S3 ----------------------------------------------------------------------------------------
+
+_BOTO_NAMES = {
+    "endpoint_url": "endpoint_url",
+    "endpoint_override": "endpoint_url",
+    "region": "region_name",
+    "region_name": "region_name",
+    "access_key": "aws_access_key_id",
+    "aws_access_key_id": "aws_access_key_id",
+    "secret_key": "aws_secret_access_key",
+    "aws_secret_access_key": "aws_secret_access_key",
+    "session_token": "aws_session_token",
+    "aws_session_token": "aws_session_token",
+}
+_PRECONDITION = ("PreconditionFailed", "412", "ConditionalRequestConflict")
+
+
+def _truthy(options: dict[str, str], key: str) -> bool:
+    return options.get(key, "").lower() in ("1", "true", "yes", "on")
+
+
+def _error_code(error: BaseException) -> str:
+    response = getattr(error, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+class S3Objects:
+    """S3 (and S3-compatible servers) through boto3 (the `s3` extra)."""
+
+    def __init__(self, options: tuple[tuple[str, str], ...]) -> None:
+        import boto3
+        from botocore.config import Config
+
+        kwargs: dict[str, Any] = {}
+        for key, value in options:
+            name = _BOTO_NAMES.get(key)
+            if name == "endpoint_url" and "://" not in value:
+                value = f"https://{value}"
+            if name:
+                kwargs[name] = value
+        if _truthy(dict(options), "anonymous"):
+            from botocore import UNSIGNED
+
+            kwargs["config"] = Config(signature_version=UNSIGNED)
+        self.s3 = boto3.session.Session().client("s3", **kwargs)
+
+    def _call(self, target: Location, doing: str, call: Any, **kwargs: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return call(Bucket=target.bucket, **kwargs)
+        except (ClientError, BotoCoreError) as e:
+            raise CommitError(str(storage_error(target, doing, e))) from e
+
+    def check_bucket(self, location: Location) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.s3.head_bucket(Bucket=location.bucket)
+        except ClientError as e:
+            if _error_code(e) in ("404", "NoSuchBucket", "NotFound"):
+                raise _missing_bucket(location) from e
+            raise storage_error(location, "cannot write", e) from e
+        except BotoCoreError as e:
+            raise storage_error(location, "cannot reach", e) from e
+
+    def upload_file(self, local: Path, target: Location) -> None:
+        """One PUT, or a multipart upload completed only when every part is in (and aborted
+        by boto3's transfer manager on a failure); then the size S3 reports is checked."""
+        from boto3.s3.transfer import TransferConfig
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.s3.upload_file(
+                str(local), target.bucket, target.key, Config=TransferConfig(use_threads=False)
+            )
+            size = self.s3.head_object(Bucket=target.bucket, Key=target.key)["ContentLength"]
+        except (ClientError, BotoCoreError, OSError) as e:
+            raise CommitError(str(storage_error(target, "cannot upload", e))) from e
+        _check_size(target, local, size)
+
+    def put(
+        self, target: Location, data: bytes, *, if_absent: bool = False, if_version: str = ""
+    ) -> str | None:
+        from botocore.exceptions import ClientError
+
+        condition = {"IfNoneMatch": "*"} if if_absent else {}
+        if if_version:
+            condition["IfMatch"] = if_version
+        try:
+            response = self._call(
+                target, "cannot write", self.s3.put_object, Key=target.key, Body=data, **condition
+            )
+        except CommitError as e:
+            cause = e.__cause__
+            if condition and isinstance(cause, ClientError):
+                if _error_code(cause) in _PRECONDITION:
+                    return None
+                if _error_code(cause) in ("NotImplemented", "501"):
+                    raise CommitError(
+                        f"{target.uri}: the store does not support conditional writes, so "
+                        "bertetl cannot lock it; refusing to write"
+                    ) from cause
+            raise
+        return str(response["ETag"])
+
+    def get(self, target: Location) -> tuple[bytes, str] | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            response = self._call(target, "cannot read", self.s3.get_object, Key=target.key)
+        except CommitError as e:
+            cause = e.__cause__
+            if isinstance(cause, ClientError) and _error_code(cause) in ("NoSuchKey", "404"):
+                return None
+            raise
+        return response["Body"].read(), str(response["ETag"])
+
+    def delete(self, target: Location, *, if_version: str = "") -> bool:
+        from botocore.exceptions import ClientError
+
+        condition = {"IfMatch": if_version} if if_version else {}
+        try:
+            self._call(target, "cannot delete", self.s3.delete_object, Key=target.key, **condition)
+        except CommitError as e:
+            cause = e.__cause__
+            if condition and isinstance(cause, ClientError) and _error_code(cause) in _PRECONDITION:
+                return False
+            raise
+        return True
+
+
+# -- Google Cloud Storage ---------------------------------------------------------------------
+
+
+class GcsObjects:
+    """Google Cloud Storage through google-cloud-storage (the `gcs` extra). Storage options:
+    `endpoint_url` (an emulator or private endpoint), `project_id`, `anonymous`."""
+
+    def __init__(self, options: tuple[tuple[str, str], ...]) -> None:
+        from google.api_core.retry import Retry
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        given = dict(options)
+        kwargs: dict[str, Any] = {"project": given.get("project_id") or None}
+        endpoint = given.get("endpoint_url") or given.get("endpoint_override")
+        if endpoint:
+            scheme = given.get("scheme", "https")
+            url = endpoint if "://" in endpoint else f"{scheme}://{endpoint}"
+            kwargs["client_options"] = {"api_endpoint": url}
+        if _truthy(given, "anonymous"):
+            from google.auth.credentials import AnonymousCredentials
+
+            kwargs["credentials"] = AnonymousCredentials()
+            kwargs["project"] = kwargs["project"] or "anonymous"
+        self._kwargs = kwargs
+        self._storage: Any = None
+        self.retry: Retry = DEFAULT_RETRY.with_timeout(GCS_RETRY_SECONDS)
+
+    @property
+    def storage(self) -> Any:
+        """The google-cloud-storage client, made on first use (credentials are looked up
+        then, so an error names the URI being written)."""
+        if self._storage is None:
+            from google.cloud import storage
+
+            self._storage = storage.Client(**self._kwargs)
+        return self._storage
+
+    def _blob(self, target: Location) -> Any:
+        return self.storage.bucket(target.bucket).blob(target.key)
+
+    def _errors(self) -> tuple[type[BaseException], ...]:
+        import requests
+        from google.api_core.exceptions import GoogleAPIError
+        from google.auth.exceptions import GoogleAuthError
+
+        return (GoogleAPIError, GoogleAuthError, requests.RequestException)
+
+    def check_bucket(self, location: Location) -> None:
+        try:
+            exists = self.storage.bucket(location.bucket).exists(retry=self.retry)
+        except self._errors() as e:
+            raise storage_error(location, "cannot reach", e) from e
+        if not exists:
+            raise _missing_bucket(location)
+
+    def upload_file(self, local: Path, target: Location) -> None:
+        """One multipart upload, or above 8 MiB a resumable upload that GCS makes visible
+        only once finalized; then the size GCS reports is checked."""
+        blob = self._blob(target)
+        errors: tuple[type[BaseException], ...] = (*self._errors(), OSError)
+        try:
+            blob.upload_from_filename(str(local), retry=self.retry)
+            blob.reload(retry=self.retry)
+        except errors as e:
+            raise CommitError(str(storage_error(target, "cannot upload", e))) from e
+        _check_size(target, local, blob.size)
+
+    def put(
+        self, target: Location, data: bytes, *, if_absent: bool = False, if_version: str = ""
+    ) -> str | None:
+        from google.api_core.exceptions import PreconditionFailed
+
+        blob = self._blob(target)
+        match = 0 if if_absent else int(if_version) if if_version else None
+        try:
+            blob.upload_from_string(data, if_generation_match=match, retry=self.retry)
+        except PreconditionFailed:
+            return None
+        except self._errors() as e:
+            raise CommitError(str(storage_error(target, "cannot write", e))) from e
+        return str(blob.generation)
+
+    def get(self, target: Location) -> tuple[bytes, str] | None:
+        from google.api_core.exceptions import NotFound
+
+        blob = self._blob(target)
+        try:
+            data = blob.download_as_bytes(retry=self.retry)
+        except NotFound:
+            return None
+        except self._errors() as e:
+            raise CommitError(str(storage_error(target, "cannot read", e))) from e
+        return data, str(blob.generation)
+
+    def delete(self, target: Location, *, if_version: str = "") -> bool:
+        from google.api_core.exceptions import NotFound, PreconditionFailed
+
+        match = int(if_version) if if_version else None
+        try:
+            self._blob(target).delete(if_generation_match=match, retry=self.retry)
+        except NotFound:
+            return True
+        except PreconditionFailed:
+            return False
+        except self._errors() as e:
+            raise CommitError(str(storage_error(target, "cannot delete", e))) from e
+        return True
+
+
+def _missing_bucket(location: Location) -> StorageError:
+    return StorageError(
+        f"DEST {location.uri}: bucket {location.bucket!r} does not exist; create it "
+        "or fix the URI (and --storage-option endpoint_url)"
+    )
+
+
+def _check_size(target: Location, local: Path, size: int | None) -> None:
+    if size != local.stat().st_size:
+        raise CommitError(f"{target.uri}: uploaded {size} bytes of {local.stat().st_size}")
+
+
+_CLIENTS: dict[str, Any] = {"s3": cache(S3Objects), "gcs": cache(GcsObjects)}

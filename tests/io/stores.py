@@ -1,0 +1,65 @@
+"""The test object stores side by side: S3 (moto) and GCS (fake-gcs-server), each seen
+through its own client library, as a user outside bertetl would see it (`Store`, made by the
+`store` fixture in tests/conftest.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from bertetl.io.storage import Location, parse_location
+
+
+@dataclass(frozen=True)
+class Store:
+    """A fresh bucket on one test server: `uri(path)`, the storage options that reach it,
+    and direct object access (put, get, list with versions) through the store's own SDK."""
+
+    scheme: str  # "s3" or "gs"
+    endpoint: str
+    bucket: str
+    options: dict[str, str]
+
+    def uri(self, path: str) -> str:
+        return f"{self.scheme}://{self.bucket}/{path}"
+
+    def location(self, path: str) -> Location:
+        return parse_location(self.uri(path), self.options)
+
+    def _s3(self) -> Any:
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint)
+
+    def _gcs_bucket(self) -> Any:
+        from tests.io import gcs_server
+
+        return gcs_server.client(self.endpoint).bucket(self.bucket)
+
+    def put(self, key: str, body: bytes) -> None:
+        if self.scheme == "s3":
+            self._s3().put_object(Bucket=self.bucket, Key=key, Body=body)
+        else:
+            self._gcs_bucket().blob(key).upload_from_string(body)
+
+    def get(self, key: str) -> bytes:
+        if self.scheme == "s3":
+            return self._s3().get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        return self._gcs_bucket().blob(key).download_as_bytes()
+
+    def objects(self, prefix: str) -> dict[str, str]:
+        """Object name (below `prefix`) -> its version (S3 ETag, GCS generation)."""
+        prefix = prefix.rstrip("/") + "/"
+        if self.scheme == "s3":
+            listed = self._s3().list_objects_v2(Bucket=self.bucket, Prefix=prefix)
+            return {o["Key"][len(prefix) :]: o["ETag"] for o in listed.get("Contents", [])}
+        blobs = self._gcs_bucket().client.list_blobs(self.bucket, prefix=prefix)
+        return {b.name[len(prefix) :]: str(b.generation) for b in blobs}
+
+
+def objects(location: Location) -> dict[str, str]:
+    """Object name (relative to `location`) -> version, listed by the store's own SDK."""
+    options = dict(location.options)
+    scheme = "s3" if location.store == "s3" else "gs"
+    store = Store(scheme, options["endpoint_url"], location.bucket, options)
+    return store.objects(location.key)
