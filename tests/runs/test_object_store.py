@@ -48,8 +48,8 @@ def executor(config: EngineConfig):
 
 
 def upload_tree(local: Path, target: Location) -> None:
-    """Copy a local file or folder to the store, file by file (as a user's `aws s3 cp --recursive` or
-    `gcloud storage cp -r` would)."""
+    """Copy a local file or folder to the store, file by file (as a user's
+    `aws s3 cp --recursive` or `gcloud storage cp -r` would)."""
     if local.is_file():
         with target.fs.open_output_stream(target.path) as out:
             out.write(local.read_bytes())
@@ -278,6 +278,34 @@ def test_cli_errors_for_a_missing_bucket_or_a_dead_endpoint_are_one_line(
         app, ["enrich", str(src), str(src.parent / "x"), *model, "--storage-option", "oops"]
     )
     assert result.exit_code == 1 and "KEY=VALUE" in result.stderr
+
+
+def test_cli_into_gcs_names_a_missing_bucket_then_enriches(
+    tiny_embed_dir: Path, partitioned_source, gcs_endpoint: str, tmp_path: Path
+) -> None:
+    """`bertetl enrich ... gs://...` with the options a user gives for a private endpoint: a
+    missing bucket is one line naming it; an existing one gets every row, equal to a local
+    run."""
+    from tests.io import gcs_server
+
+    src = partitioned_source(days=2)
+    model = ["--text-column", "text", "--embed-model", str(tiny_embed_dir)]
+    options = ["--storage-option", f"endpoint_url={gcs_endpoint}", "--storage-option",
+               "anonymous=true"]  # fmt: skip
+    runner = CliRunner()
+    result = runner.invoke(app, ["enrich", str(src), "gs://no-such-bucket/out", *model, *options])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "gs://no-such-bucket/out" in lines[0]
+    assert "does not exist" in lines[0]
+
+    bucket = gcs_server.new_bucket(gcs_endpoint)
+    result = runner.invoke(app, ["enrich", str(src), f"gs://{bucket}/out", *model, *options])
+    assert result.exit_code == 0, result.stderr
+    dest = parse_location(f"gs://{bucket}/out", {"endpoint_url": gcs_endpoint, "anonymous": "true"})
+    assert sorted(objects(dest)) == [f"date=2026-01-0{d}/part-0.parquet" for d in (1, 2)]
+    runner.invoke(app, ["enrich", str(src), str(tmp_path / "reference"), *model])
+    assert assert_equivalent(download(dest, tmp_path / "got"), tmp_path / "reference") == 2 * 24
 
 
 def test_a_lost_lock_stops_the_commit(executor, partitioned_source, store) -> None:
