@@ -26,8 +26,16 @@ $(CHROMIUM):
 		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; \
 	else echo "no apt-get: install Chromium for the report test, or it is skipped"; fi
 
+# The object-store tests run Azure Blob Storage on Azurite, Microsoft's emulator, from the npm
+# registry (into .azurite/; without npm those tests are skipped, saying why).
+AZURITE := .azurite/node_modules/.bin/azurite-blob
+$(AZURITE):
+	if command -v npm >/dev/null; then \
+		npm install --prefix .azurite --no-audit --no-fund --silent azurite@3.37.0; \
+	else echo "no npm: install Node.js for the Azure tests, or they are skipped"; fi
+
 # dev includes the ray extra, so the tests cover --executor ray.
-$(VENV)/.dev: pyproject.toml $(VENV)/.base | $(CHROMIUM)
+$(VENV)/.dev: pyproject.toml $(VENV)/.base | $(CHROMIUM) $(AZURITE)
 	$(PIP) install -q -e '.[dev,ray]'
 	$(PIP) install -q --no-deps $(ASSETS)
 	touch $@

@@ -333,7 +333,13 @@ def partitioned_source(tmp_path: Path) -> Callable[..., Path]:
 
 
 #: Fixtures that start a server: a test using one is `slow` (out of `make test-fast`).
-SERVER_FIXTURES = {"prefect_harness", "s3_endpoint", "gcs_endpoint", "store"}
+SERVER_FIXTURES = {
+    "prefect_harness",
+    "s3_endpoint",
+    "gcs_endpoint",
+    "azure_connection",
+    "store",
+}
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -390,18 +396,35 @@ def gcs_endpoint() -> Iterator[str]:
         yield endpoint
 
 
-@pytest.fixture(params=["s3", "gs"])
+@pytest.fixture(scope="session")
+def azure_connection() -> Iterator[str]:
+    """The session's Azure Blob Storage server (`tests/io/azure_server.py`), its connection
+    string."""
+    from tests.io import azure_server
+
+    if azure_server.binary() is None:  # as the Chromium test without apt
+        pytest.skip("Azurite is not installed (make test installs it with npm)")
+    with azure_server.running() as connection:
+        yield connection
+
+
+@pytest.fixture(params=["s3", "gs", "abfs"])
 def store(request: pytest.FixtureRequest):
-    """A fresh bucket on the S3 server, then on the GCS server (`tests.io.stores.Store`)."""
-    from tests.io import gcs_server, s3_server
+    """A fresh bucket on the S3 server, then on the GCS server, then a container on the Azure
+    one (`tests.io.stores.Store`)."""
+    from tests.io import azure_server, gcs_server, s3_server
     from tests.io.stores import Store
 
     if request.param == "s3":
         endpoint = request.getfixturevalue("s3_endpoint")
         return Store("s3", endpoint, s3_server.new_bucket(endpoint), {"endpoint_url": endpoint})
-    endpoint = request.getfixturevalue("gcs_endpoint")
-    options = {"endpoint_url": endpoint, "anonymous": "true"}
-    return Store("gs", endpoint, gcs_server.new_bucket(endpoint), options)
+    if request.param == "gs":
+        endpoint = request.getfixturevalue("gcs_endpoint")
+        options = {"endpoint_url": endpoint, "anonymous": "true"}
+        return Store("gs", endpoint, gcs_server.new_bucket(endpoint), options)
+    connection = request.getfixturevalue("azure_connection")
+    container = azure_server.new_container(connection)
+    return Store("abfs", connection, container, {"connection_string": connection})
 
 
 @pytest.fixture

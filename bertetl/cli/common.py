@@ -27,9 +27,9 @@ StorageOption = Annotated[
     typer.Option(
         "--storage-option",
         metavar="KEY=VALUE",
-        help="Option of an s3:// or gs:// (abfs://) SOURCE or DEST, repeatable: endpoint_url, "
-        "region, ... (docs/STORAGE.md). Credentials come from each cloud's standard chain "
-        "(environment, profile, instance role; Google's Application Default Credentials).",
+        help="Option of an s3://, gs:// or abfs:// SOURCE or DEST, repeatable: endpoint_url, "
+        "region, connection_string, ... (docs/STORAGE.md). Credentials come from each cloud's "
+        "standard chain (environment, profile, instance role, managed identity).",
     ),
 ]
 

@@ -1,23 +1,26 @@
 """The object-level calls bertetl writes with, one client per store: S3 through boto3,
-Google Cloud Storage through google-cloud-storage. Reads go through pyarrow's filesystems
+Google Cloud Storage through google-cloud-storage, Azure Blob Storage through
+azure-storage-blob. Reads go through pyarrow's filesystems
 (`bertetl.io.storage`); these clients do what a filesystem cannot: a whole-object upload,
 and conditional writes and deletes for the DEST lock (`bertetl.io.objectstore`).
 
-Each store names an object's version its own way (S3 an ETag, GCS a generation); here it is
-an opaque `version` string. The conditional calls are the same on both stores:
+Each store names an object's version its own way (S3 and Azure an ETag, GCS a generation);
+here it is an opaque `version` string. The conditional calls are the same on every store:
 
-| call | S3 | GCS |
-|---|---|---|
-| create only if absent | `PutObject(IfNoneMatch='*')` | `ifGenerationMatch=0` |
-| replace only this version | `PutObject(IfMatch=etag)` | `ifGenerationMatch=generation` |
-| delete only this version | `DeleteObject(IfMatch=etag)` | `ifGenerationMatch=generation` |
+| call | S3 | GCS | Azure |
+|---|---|---|---|
+| create if absent | `PutObject(IfNoneMatch='*')` | `ifGenerationMatch=0` | `If-None-Match: *` |
+| replace this version | `PutObject(IfMatch=etag)` | `ifGenerationMatch=gen` | `If-Match: etag` |
+| delete this version | `DeleteObject(IfMatch=etag)` | `ifGenerationMatch=gen` | `If-Match: etag` |
 
 Credentials come from each store's standard chain (AWS: environment, profile, instance role;
-Google: Application Default Credentials); `--storage-option` passes the endpoint and the like.
+Google: Application Default Credentials; Azure: a key, SAS or connection string given as a
+storage option, else `DefaultAzureCredential`); `--storage-option` passes the endpoint and the like.
 """
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
@@ -58,9 +61,9 @@ def client(location: Location) -> ObjectClient:
     factory = _CLIENTS.get(location.store)
     if factory is None:
         raise StorageError(
-            f"DEST {location.uri}: bertetl writes object storage on s3:// and gs:// (its lock "
-            f"needs a conditional create); {location.store} can be a SOURCE; write to s3://, "
-            "gs:// or a local folder"
+            f"DEST {location.uri}: bertetl writes object storage on s3://, gs:// and abfs:// "
+            f"(its lock needs a conditional create); {location.store} can be a SOURCE; write to "
+            "one of those or a local folder"
         )
     try:
         return factory(location.options)
@@ -312,6 +315,111 @@ class GcsObjects:
         return True
 
 
+# -- Azure Blob Storage ------------------------------------------------------------------------
+
+
+class AzureObjects:
+    """Azure Blob Storage (and ADLS Gen2) through azure-storage-blob (the `azure` extra).
+    Storage options as adlfs takes them for reading: `connection_string`, or `account_name`
+    with `account_key`, `sas_token` or neither (then azure-identity's
+    `DefaultAzureCredential`: environment, managed identity, Azure CLI), and `account_host`
+    for a private endpoint."""
+
+    def __init__(self, options: tuple[tuple[str, str], ...]) -> None:
+        from azure.storage.blob import BlobServiceClient
+
+        given = dict(options)
+        if given.get("connection_string"):
+            self.service = BlobServiceClient.from_connection_string(given["connection_string"])
+            return
+        account = given.get("account_name") or os.environ.get("AZURE_STORAGE_ACCOUNT_NAME")
+        if not account:
+            raise StorageError(
+                "an abfs:// DEST needs --storage-option account_name=... (or connection_string)"
+            )
+        host = given.get("account_host") or f"{account}.blob.core.windows.net"
+        credential: Any = given.get("account_key") or given.get("sas_token")
+        if credential is None and not _truthy(given, "anon"):
+            from azure.identity import DefaultAzureCredential
+
+            credential = DefaultAzureCredential()
+        self.service = BlobServiceClient(f"https://{host}", credential=credential)
+
+    def _blob(self, target: Location) -> Any:
+        return self.service.get_blob_client(target.bucket, target.key)
+
+    def _errors(self) -> tuple[type[BaseException], ...]:
+        from azure.core.exceptions import AzureError
+
+        return (AzureError,)
+
+    def check_bucket(self, location: Location) -> None:
+        try:
+            exists = self.service.get_container_client(location.bucket).exists()
+        except self._errors() as e:
+            raise storage_error(location, "cannot reach", e) from e
+        if not exists:
+            raise _missing_bucket(location)
+
+    def upload_file(self, local: Path, target: Location) -> None:
+        """One Put Blob, or staged blocks that become the blob only when the block list is
+        committed; then the size Azure reports is checked."""
+        blob = self._blob(target)
+        errors: tuple[type[BaseException], ...] = (*self._errors(), OSError)
+        try:
+            with local.open("rb") as data:
+                blob.upload_blob(data, overwrite=True)
+            size = blob.get_blob_properties().size
+        except errors as e:
+            raise CommitError(str(storage_error(target, "cannot upload", e))) from e
+        _check_size(target, local, size)
+
+    def put(
+        self, target: Location, data: bytes, *, if_absent: bool = False, if_version: str = ""
+    ) -> str | None:
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
+
+        condition: dict[str, Any] = {"overwrite": not if_absent}
+        if if_version:
+            condition |= {"etag": if_version, "match_condition": MatchConditions.IfNotModified}
+        try:
+            response = self._blob(target).upload_blob(data, **condition)
+        except (ResourceExistsError, ResourceModifiedError):
+            return None
+        except self._errors() as e:
+            raise CommitError(str(storage_error(target, "cannot write", e))) from e
+        return str(response["etag"])
+
+    def get(self, target: Location) -> tuple[bytes, str] | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            download = self._blob(target).download_blob()
+            return download.readall(), str(download.properties.etag)
+        except ResourceNotFoundError:
+            return None
+        except self._errors() as e:
+            raise CommitError(str(storage_error(target, "cannot read", e))) from e
+
+    def delete(self, target: Location, *, if_version: str = "") -> bool:
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
+        condition: dict[str, Any] = {}
+        if if_version:
+            condition = {"etag": if_version, "match_condition": MatchConditions.IfNotModified}
+        try:
+            self._blob(target).delete_blob(**condition)
+        except ResourceNotFoundError:
+            return True
+        except ResourceModifiedError:
+            return False
+        except self._errors() as e:
+            raise CommitError(str(storage_error(target, "cannot delete", e))) from e
+        return True
+
+
 def _missing_bucket(location: Location) -> StorageError:
     return StorageError(
         f"DEST {location.uri}: bucket {location.bucket!r} does not exist; create it "
@@ -324,4 +432,8 @@ def _check_size(target: Location, local: Path, size: int | None) -> None:
         raise CommitError(f"{target.uri}: uploaded {size} bytes of {local.stat().st_size}")
 
 
-_CLIENTS: dict[str, Any] = {"s3": cache(S3Objects), "gcs": cache(GcsObjects)}
+_CLIENTS: dict[str, Any] = {
+    "s3": cache(S3Objects),
+    "gcs": cache(GcsObjects),
+    "azure": cache(AzureObjects),
+}

@@ -1,26 +1,27 @@
-"""Writing to an object store (S3, Google Cloud Storage): whole objects, deletes of
-bertetl's own objects, and the one-run-per-DEST lock as a conditional create with a lease.
+"""Writing to an object store (S3, Google Cloud Storage, Azure Blob Storage): whole objects,
+deletes of bertetl's own objects, and the one-run-per-DEST lock as a conditional create with
+a lease.
 
 Object stores have no rename, so the local staged swap (`bertetl.io.commit`) cannot apply.
 What holds instead (docs/STORAGE.md):
 
 - each object is uploaded whole from a local file: one request below the store's multipart
-  threshold, else a multipart (S3) or resumable (GCS) upload that the store makes visible
-  only once completed. A reader sees the old object or the new one;
+  threshold, else a multipart (S3), resumable (GCS) or block-list (Azure) upload that the
+  store makes visible only once completed. A reader sees the old object or the new one;
 - a partition's `_manifest.json` is written last (one request): it is the commit point
   (`bertetl.runs.staged` orders the steps);
 - the lock is `DEST/.bertetl.lock`, created only if absent (S3 `IfNoneMatch='*'`, GCS
-  `ifGenerationMatch=0`), so two runs never both hold it; it carries a lease that a
-  heartbeat thread renews with a write conditional on our version of it; a lease that ran
-  out (a killed run) is taken over with a write conditional on its version, so of two runs
-  taking it over only one wins. A lock whose holder certainly is gone (same host, kernel
-  boot and pid namespace, no such pid) is taken over the same way at once
-  (`holder_is_dead`).
+  `ifGenerationMatch=0`, Azure `If-None-Match: *`), so two runs never both hold it; it
+  carries a lease that a heartbeat thread renews with a write conditional on our version of
+  it; a lease that ran out (a killed run) is taken over with a write conditional on its
+  version, so of two runs taking it over only one wins. A lock whose holder certainly is
+  gone (same host, kernel boot and pid namespace, no such pid) is taken over the same way at
+  once (`holder_is_dead`).
 
 The calls themselves are each store's client (`bertetl.io.object_clients`: boto3,
-google-cloud-storage); reads go through pyarrow's filesystems. Credentials come from each
-store's standard chain. `abfs://` is read-only here: a DEST there is refused with a message
-(`writable`).
+google-cloud-storage, azure-storage-blob); reads go through pyarrow's filesystems (fsspec's
+adlfs for Azure). Credentials come from each store's standard chain. A store without a client
+there (another fsspec scheme) can be a SOURCE; a DEST there is refused (`writable`).
 """
 
 from __future__ import annotations

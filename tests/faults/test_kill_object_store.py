@@ -1,8 +1,8 @@
-"""SIGKILL a real `bertetl backfill` process writing to S3 or GCS (moto, fake-gcs-server, on
-loopback) at the steps of an object-store commit; the rerun must end equal to a clean run,
-with no row lost or doubled for a reader that follows the manifests, nothing stale left
-behind, and the killed run's lock taken over at once (its process is gone) rather than after
-its lease.
+"""SIGKILL a real `bertetl backfill` process writing to S3, GCS or Azure (moto,
+fake-gcs-server, Azurite, on loopback) at the steps of an object-store commit; the rerun must
+end equal to a clean run, with no row lost or doubled for a reader that follows the
+manifests, nothing stale left behind, and the killed run's lock taken over at once (its
+process is gone) rather than after its lease.
 
 The points: `delete` (the first commit step of a partition removes its old manifest), `upload`
 (between the outputs of a partition) and `manifest` (every output uploaded, the commit point
@@ -68,9 +68,10 @@ def _by_manifests(dest) -> Counter:
         ("s3", "manifest", 2, False),
         ("gs", "upload", 3, True),
         ("gs", "manifest", 2, False),
+        ("abfs", "upload", 3, True),
     ],
     ids=["s3-delete-2-force", "s3-upload-3-force", "s3-manifest-2-fresh", "gs-upload-3-force",
-         "gs-manifest-2-fresh"],
+         "gs-manifest-2-fresh", "abfs-upload-3-force"],
     indirect=["store"],
 )  # fmt: skip
 def test_kill_into_a_store_then_rerun_equals_a_clean_run(

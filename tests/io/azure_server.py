@@ -1,0 +1,83 @@
+"""One real Azure Blob Storage-compatible server (Azurite, Microsoft's emulator, from the npm
+registry: `make test` installs it into `.azurite/`) on loopback per test session, reached
+through the `azure_connection` session fixture in tests/conftest.py.
+
+bertetl reaches it as a user reaches a storage account, through `--storage-option
+connection_string=...` (Azurite's well-known development account and key).
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+#: Where `make test` installs Azurite (`npm install --prefix .azurite azurite`).
+INSTALLED = Path(__file__).resolve().parents[2] / ".azurite" / "node_modules" / ".bin"
+#: Azurite's documented development account.
+ACCOUNT = "devstoreaccount1"
+KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def binary() -> str | None:
+    """The `azurite-blob` command: the one `make test` installed, else one on PATH."""
+    installed = INSTALLED / "azurite-blob"
+    return str(installed) if installed.exists() else shutil.which("azurite-blob")
+
+
+@contextmanager
+def running() -> Iterator[str]:
+    """Start Azurite's blob service in memory; yields the connection string, then stops it."""
+    import httpx
+
+    command = binary()
+    assert command, "Azurite is not installed: run `make test` (npm install --prefix .azurite)"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    endpoint = f"http://127.0.0.1:{port}/{ACCOUNT}"
+    folder = tempfile.mkdtemp(prefix="azurite-")  # its debug log and workspace, if any
+    server = subprocess.Popen(
+        [command, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
+         "--silent", "--skipApiVersionCheck", "--loose"],
+        cwd=folder,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, f"Azurite exited ({server.returncode})"
+            try:
+                httpx.get(endpoint, timeout=2)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "Azurite did not start in 60 s"
+                time.sleep(0.1)
+        yield (
+            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
+            f"BlobEndpoint={endpoint};"
+        )
+    finally:
+        server.kill()
+        server.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def service(connection: str):
+    """An azure-storage-blob service client (as a user's own code would make one)."""
+    from azure.storage.blob import BlobServiceClient
+
+    return BlobServiceClient.from_connection_string(connection)
+
+
+def new_container(connection: str) -> str:
+    """A fresh container on the server."""
+    name = f"bertetl-{uuid.uuid4().hex[:12]}"
+    service(connection).create_container(name)
+    return name
