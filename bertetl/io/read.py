@@ -16,7 +16,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from bertetl.errors import InputError
-from bertetl.io.storage import Location, storage_error
+from bertetl.io.storage import SCHEMES, Location, storage_error
 from bertetl.schema import is_text_type
 
 GLOB_CHARS = set("*?[")
@@ -46,8 +46,8 @@ class SourceFile:
         """The file as a `Location` (local or on its store)."""
         if self.filesystem is None:
             return Location(self.path, self.path)
-        store = "s3" if isinstance(self.filesystem, pafs.S3FileSystem) else self.path.split(":")[0]
-        return Location(self.path, self.fs_path, self.filesystem, store)
+        scheme = self.path.split("://", 1)[0].lower()
+        return Location(self.path, self.fs_path, self.filesystem, SCHEMES.get(scheme, scheme))
 
 
 def read_metadata(file: SourceFile) -> pq.FileMetaData:

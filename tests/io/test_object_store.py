@@ -62,6 +62,28 @@ def test_discover_and_stream_hive_objects(store) -> None:
         discover(store.location("nothing"))
 
 
+def test_a_discovered_file_is_on_the_store_its_uri_names(store) -> None:
+    """A source file's `Location` names the same store as the URI it was found under (`gcs`
+    for `gs://`, `azure` for `abfs://`), so the per-partition overlap check compares it with
+    DEST as one store (it once named `gs://` files' store `gs`, and passed them as two)."""
+    from bertetl.io.partitions import Partition
+    from bertetl.runs.staged import _check_partition_paths
+
+    store.put("t/date=1/a.parquet", _parquet_bytes(pa.table({"text": ["a"]})))
+    source = store.location("t")
+    (file,) = discover(source)
+    assert file.location.store == source.store and file.location.is_relative_to(source)
+    partition = Partition("date", "1", "date=1", (file,))
+    with pytest.raises(InputError, match="lies inside SOURCE"):
+        _check_partition_paths(partition, store.location("t/out"))
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
 def test_sink_uploads_whole_objects_or_nothing(store) -> None:
     target = store.location("out/part-0.parquet")
     table = pa.table({"x": list(range(100))})

@@ -308,6 +308,18 @@ def test_cli_into_gcs_names_a_missing_bucket_then_enriches(
     assert assert_equivalent(download(dest, tmp_path / "got"), tmp_path / "reference") == 2 * 24
 
 
+def test_a_dest_inside_the_source_is_refused_on_every_store(
+    executor, partitioned_source, store
+) -> None:
+    """A run never writes into its input: on every store, the partitioned check refuses a
+    DEST inside SOURCE before anything is written."""
+    remote_src = store.location("src")
+    upload_tree(partitioned_source(days=1), remote_src)
+    with pytest.raises(InputError, match=r"DEST .*/src/enriched lies inside SOURCE"):
+        check_partitioned_run(remote_src, store.location("src/enriched"), "date")
+    assert sorted(objects(remote_src)) == ["date=2026-01-01/part-0.parquet"]  # nothing written
+
+
 def test_a_lost_lock_stops_the_commit(executor, partitioned_source, store) -> None:
     """A run whose lease ran out and was taken over by another run commits nothing more."""
     from bertetl.io.objectstore import ObjectStoreLock
