@@ -9,14 +9,12 @@ connection_string=...` (Azurite's well-known development account and key).
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
-import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from tests.io.servers import free_port, serving
 
 #: Where `make test` installs Azurite (`npm install --prefix .azurite azurite`).
 INSTALLED = Path(__file__).resolve().parents[2] / ".azurite" / "node_modules" / ".bin"
@@ -34,39 +32,17 @@ def binary() -> str | None:
 @contextmanager
 def running() -> Iterator[str]:
     """Start Azurite's blob service in memory; yields the connection string, then stops it."""
-    import httpx
-
     command = binary()
     assert command, "Azurite is not installed: run `make test` (npm install --prefix .azurite)"
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}/{ACCOUNT}"
-    folder = tempfile.mkdtemp(prefix="azurite-")  # its debug log and workspace, if any
-    server = subprocess.Popen(
-        [command, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
-         "--silent", "--skipApiVersionCheck", "--loose"],
-        cwd=folder,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, f"Azurite exited ({server.returncode})"
-            try:
-                httpx.get(endpoint, timeout=2)
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline, "Azurite did not start in 60 s"
-                time.sleep(0.1)
+    arguments = ["--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
+                 "--silent", "--skipApiVersionCheck", "--loose"]  # fmt: skip
+    with serving([command, *arguments], endpoint, "Azurite"):
         yield (
             f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
             f"BlobEndpoint={endpoint};"
         )
-    finally:
-        server.kill()
-        server.wait()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def service(connection: str):

@@ -9,14 +9,12 @@ endpoint_url=...` (and `anonymous=true`: the server takes no credentials); the w
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from tests.io.servers import free_port, serving
 
 
 def _binary() -> Path:
@@ -28,38 +26,16 @@ def _binary() -> Path:
 
 @contextmanager
 def running() -> Iterator[str]:
-    """Start the server (in-memory objects; its log in the temp folder); yields its endpoint
-    URL, then stops it. Not through the wrapper's `FakeGCSServer`: that one stores objects on
-    disk, where the server was seen to stop answering mid-session, and sets
-    `STORAGE_EMULATOR_HOST`, which would let clients find the server without the options."""
-    import httpx
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+    """Start the server (objects in memory); yields its endpoint URL, then stops it. Not
+    through the wrapper's `FakeGCSServer`: that one stores objects on disk, where the server
+    was seen to stop answering mid-session, and sets `STORAGE_EMULATOR_HOST`, which would let
+    clients find the server without the options."""
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    log = Path(tempfile.gettempdir()) / f"fake-gcs-server-{port}.log"
-    with log.open("wb") as out:
-        server = subprocess.Popen(
-            [str(_binary()), "-backend", "memory", "-scheme", "http", "-host", "127.0.0.1",
-             "-port", str(port), "-external-url", endpoint, "-log-level", "warn"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, f"the GCS server exited: {log.read_text()}"
-            try:
-                httpx.get(f"{endpoint}/storage/v1/b", timeout=2).raise_for_status()
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline, "the GCS server did not start in 60 s"
-                time.sleep(0.1)
+    command = [str(_binary()), "-backend", "memory", "-scheme", "http", "-host", "127.0.0.1",
+               "-port", str(port), "-external-url", endpoint, "-log-level", "warn"]  # fmt: skip
+    with serving(command, f"{endpoint}/storage/v1/b", "the GCS server"):
         yield endpoint
-    finally:
-        server.kill()
-        server.wait()
-        log.unlink(missing_ok=True)
 
 
 def client(endpoint: str):

@@ -9,13 +9,12 @@ otherwise wait forever on a server that needs that GIL to answer.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from tests.io.servers import free_port, serving
 
 #: Credentials the server accepts (any); set in the environment, the standard chain.
 ENVIRONMENT = {
@@ -26,42 +25,19 @@ ENVIRONMENT = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def running() -> Iterator[str]:
     """Start the server with the credentials in the environment; yields its endpoint URL,
     then stops it and restores the environment."""
-    import httpx
-
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        stdin=subprocess.DEVNULL,
-    )
+    command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
     saved = {key: os.environ.get(key) for key in ENVIRONMENT}
     os.environ.update(ENVIRONMENT)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, f"the S3 server exited ({server.returncode})"
-            try:
-                httpx.get(endpoint, timeout=2)
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline, "the S3 server did not start in 60 s"
-                time.sleep(0.1)
-        yield endpoint
+        with serving(command, endpoint, "the S3 server"):
+            yield endpoint
     finally:
-        server.kill()
-        server.wait()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -71,7 +47,7 @@ def running() -> Iterator[str]:
 
 def dead_endpoint() -> str:
     """An endpoint URL on a loopback port nothing listens on (a store that is down)."""
-    return f"http://127.0.0.1:{_free_port()}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 def new_bucket(endpoint: str) -> str:
