@@ -91,6 +91,8 @@ def setup_logging(debug: bool) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Prefect's API calls, one per log
+    if not debug:  # the Azure SDK logs each HTTP request (INFO) and each credential it tried
+        logging.getLogger("azure").setLevel(logging.ERROR)  # (WARNING): the error says it once
 
 
 def split_list(value: str) -> list[str]:

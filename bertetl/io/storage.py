@@ -328,7 +328,7 @@ def _filesystem(store: str, scheme: str, options: Mapping[str, str], uri: str) -
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
     try:
-        fs = fsspec.filesystem(scheme, **kwargs)
+        implementation = fsspec.get_filesystem_class(scheme)
     except ImportError as e:
         extra, package = EXTRAS.get(store, (store, "its fsspec filesystem"))
         raise StorageError(f"{uri} needs {package}: pip install 'bertetl[{extra}]' ({e})") from e
@@ -337,6 +337,10 @@ def _filesystem(store: str, scheme: str, options: Mapping[str, str], uri: str) -
             f"{uri}: unsupported storage scheme {scheme!r}; use a local path, s3://, gs:// or "
             "abfs://"
         ) from e
+    try:
+        fs = implementation(**kwargs)
+    except (OSError, TypeError, ValueError) as e:  # e.g. adlfs without an account
+        raise storage_error(uri, "cannot open", e) from e
     return PyFileSystem(FSSpecHandler(fs))
 
 

@@ -36,6 +36,9 @@ def test_locations_and_options(storage) -> None:
         parse_location("some/folder", storage)
     with pytest.raises(StorageError, match="unsupported storage scheme 'nosuch'"):
         parse_location("nosuch://bucket/x")
+    # a known scheme whose filesystem refuses its options: what it said, naming the URI
+    with pytest.raises(StorageError, match=r"^cannot open abfs://container/x: .*account_name"):
+        parse_location("abfs://container/x")
 
 
 def test_discover_and_stream_hive_objects(store) -> None:
