@@ -209,6 +209,9 @@ class ObjectStoreLock:
             if found is None:
                 continue
             info, their_version = found
+            if info.get("owner") == self.owner:  # our own write, retried by the client after
+                version = their_version  # it reached the store: the lock is ours
+                break
             expires = info.get("expires")
             why = (
                 "its lease ran out"
@@ -246,6 +249,10 @@ class ObjectStoreLock:
                 return
             version = self._put(if_version=self._version)
             if version is None:
+                found = self._holder()
+                if found is not None and found[0].get("owner") == self.owner:
+                    self._version = found[1]  # our own renewal, retried after it landed
+                    return
                 self._lost = "another run took it over (our lease ran out)"
                 log.error("lost the lock of %s: %s", self.dest.uri, self._lost)
             else:

@@ -132,6 +132,34 @@ def test_the_lock_refuses_a_second_run_and_takes_over_an_expired_lease(store) ->
     assert json.loads(store.get(f"dest/{LOCK_NAME}"))["owner"] == "other"
 
 
+def test_a_lock_write_that_landed_before_its_retry_failed_is_still_ours(store, monkeypatch) -> None:
+    """A client retries a conditional write whose answer was lost: the write landed, so the
+    retry's precondition fails. The lock reads its holder: its own owner id means the lock is
+    ours (taking it, and renewing it), not another run's."""
+    from bertetl.io import objectstore
+
+    dest = store.location("dest")
+    real = objectstore.client(dest)
+
+    class AnswerLost:
+        def __getattr__(self, name: str):
+            return getattr(real, name)
+
+        def put(self, target, data, **condition):
+            real.put(target, data, **condition)  # it reached the store ...
+            return None  # ... but the retry was refused: as a precondition failure
+
+    monkeypatch.setattr(objectstore, "client", lambda location: AnswerLost())
+    lock = ObjectStoreLock(dest)
+    lock.acquire()
+    assert json.loads(store.get(f"dest/{LOCK_NAME}"))["owner"] == lock.owner
+    lock.renew()
+    lock.check()  # not lost: the renewal was ours
+    monkeypatch.undo()
+    lock.release()
+    assert store.objects("dest") == {}
+
+
 def test_a_killed_runs_lock_on_this_machine_is_taken_over_before_its_lease_ends(
     bucket, storage
 ) -> None:
