@@ -67,6 +67,8 @@ def client(location: Location) -> ObjectClient:
         )
     try:
         return factory(location.options)
+    except ValueError as e:  # options that cannot make a client
+        raise StorageError(f"DEST {location.uri} {e}") from e
     except ImportError as e:
         extra, package = EXTRAS[location.store]
         raise StorageError(
@@ -291,9 +293,11 @@ class GcsObjects:
     def get(self, target: Location) -> tuple[bytes, str] | None:
         from google.api_core.exceptions import NotFound
 
-        blob = self._blob(target)
         try:
+            blob = self._blob(target)
             data = blob.download_as_bytes(retry=self.retry)
+            if blob.generation is None:  # no generation header on the download: ask for it
+                blob.reload(retry=self.retry)
         except NotFound:
             return None
         except self._errors() as e:
@@ -320,29 +324,40 @@ class GcsObjects:
 
 class AzureObjects:
     """Azure Blob Storage (and ADLS Gen2) through azure-storage-blob (the `azure` extra).
-    Storage options as adlfs takes them for reading: `connection_string`, or `account_name`
-    with `account_key`, `sas_token` or neither (then azure-identity's
-    `DefaultAzureCredential`: environment, managed identity, Azure CLI), and `account_host`
-    for a private endpoint."""
+    Credentials as adlfs takes them for reading (each option, else its `AZURE_STORAGE_*`
+    variable): `connection_string`, or `account_name` with `account_key`, `sas_token`, a
+    service principal (`client_id`, `client_secret`, `tenant_id`) or none of them (then
+    azure-identity's `DefaultAzureCredential`: managed identity, Azure CLI, ...), and
+    `account_host` for a private endpoint."""
 
     def __init__(self, options: tuple[tuple[str, str], ...]) -> None:
         from azure.storage.blob import BlobServiceClient
 
-        given = dict(options)
-        if given.get("connection_string"):
-            self.service = BlobServiceClient.from_connection_string(given["connection_string"])
-            return
-        account = given.get("account_name") or os.environ.get("AZURE_STORAGE_ACCOUNT_NAME")
-        if not account:
-            raise StorageError(
-                "an abfs:// DEST needs --storage-option account_name=... (or connection_string)"
-            )
-        host = given.get("account_host") or f"{account}.blob.core.windows.net"
-        credential: Any = given.get("account_key") or given.get("sas_token")
-        if credential is None and not _truthy(given, "anon"):
-            from azure.identity import DefaultAzureCredential
+        def option(key: str) -> str | None:  # as adlfs reads it: the option, else AZURE_STORAGE_*
+            return given.get(key) or os.environ.get(f"AZURE_STORAGE_{key.upper()}") or None
 
-            credential = DefaultAzureCredential()
+        given = dict(options)
+        connection = option("connection_string")
+        if connection:
+            self.service = BlobServiceClient.from_connection_string(connection)
+            return
+        account = option("account_name")
+        if not account:
+            raise ValueError("needs --storage-option account_name=... (or connection_string)")
+        host = given.get("account_host") or f"{account}.blob.core.windows.net"
+        credential: Any = option("account_key") or option("sas_token")
+        if credential is None and not _truthy(given, "anon"):
+            client_id, secret, tenant = (
+                option(k) for k in ("client_id", "client_secret", "tenant_id")
+            )
+            if client_id and secret and tenant:
+                from azure.identity import ClientSecretCredential
+
+                credential = ClientSecretCredential(tenant, client_id, secret)
+            else:
+                from azure.identity import DefaultAzureCredential
+
+                credential = DefaultAzureCredential()
         self.service = BlobServiceClient(f"https://{host}", credential=credential)
 
     def _blob(self, target: Location) -> Any:
@@ -385,8 +400,14 @@ class AzureObjects:
             condition |= {"etag": if_version, "match_condition": MatchConditions.IfNotModified}
         try:
             response = self._blob(target).upload_blob(data, **condition)
-        except (ResourceExistsError, ResourceModifiedError):
-            return None
+        except ResourceExistsError as e:  # any 409: only BlobAlreadyExists is our condition
+            if if_absent and getattr(e, "error_code", None) == "BlobAlreadyExists":
+                return None
+            raise CommitError(str(storage_error(target, "cannot write", e))) from e
+        except ResourceModifiedError as e:
+            if if_version:
+                return None
+            raise CommitError(str(storage_error(target, "cannot write", e))) from e
         except self._errors() as e:
             raise CommitError(str(storage_error(target, "cannot write", e))) from e
         return str(response["etag"])

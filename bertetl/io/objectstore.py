@@ -50,6 +50,10 @@ log = logging.getLogger(__name__)
 #: How long a lock stays valid without a heartbeat; a run killed without releasing it
 #: blocks DEST at most this long. The heartbeat renews it every third of it.
 LEASE_SECONDS = 120.0
+#: A run trusts its lock only until this long before its lease ends (counted from when the
+#: last successful write of the lock was sent), so clocks a little apart cannot let a taker in
+#: while it still commits.
+LEASE_MARGIN_SECONDS = 30.0
 #: Local folder (under the system's temp folder) where object-store runs stage partitions.
 LOCAL_STAGING = "bertetl-staging"
 
@@ -73,7 +77,8 @@ def upload_file(local: Path, target: Location) -> None:
 
 def put_bytes(target: Location, data: bytes) -> None:
     """Write a small object (a manifest) in one request."""
-    client(target).put(target, data)
+    if client(target).put(target, data) is None:  # no condition was sent: cannot happen
+        raise CommitError(f"{target.uri}: the store refused an unconditional write")
 
 
 def delete_objects(targets: Iterable[Location]) -> int:
@@ -155,8 +160,10 @@ class ObjectStoreLock:
         self.lease_seconds = lease_seconds
         self.owner = uuid.uuid4().hex
         self.since = 0.0
+        self.since_monotonic = 0.0
         self._version: str | None = None
         self._lost: str | None = None
+        self._valid_until = 0.0  # time.monotonic() after which the lease may have run out
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._mutex = threading.Lock()
@@ -174,13 +181,21 @@ class ObjectStoreLock:
 
     def _put(self, *, if_absent: bool = False, if_version: str = "") -> str | None:
         """One conditional write of the lock; its version, or None when the condition
-        failed (someone else holds or just took the lock)."""
+        failed (someone else holds or just took the lock). Success moves `_valid_until`."""
+        sent = time.monotonic()
         try:
-            return client(self.target).put(
+            version = client(self.target).put(
                 self.target, self._body(), if_absent=if_absent, if_version=if_version
             )
         except CommitError as e:
             raise CommitError(str(e).replace("cannot write", "cannot lock", 1)) from e
+        if version is not None:
+            self._lease_from(sent)
+        return version
+
+    def _lease_from(self, sent: float) -> None:
+        margin = min(LEASE_MARGIN_SECONDS, self.lease_seconds / 4)
+        self._valid_until = sent + self.lease_seconds - margin
 
     def _holder(self) -> tuple[dict[str, Any], str] | None:
         """The lock's content and version, or None when it is gone."""
@@ -200,7 +215,7 @@ class ObjectStoreLock:
         """Take the lock, or take over one whose lease ran out; else `CommitError` naming
         the holder."""
         check_bucket(self.dest)
-        self.since = time.time()
+        self.since, self.since_monotonic = time.time(), time.monotonic()
         for _ in range(3):  # the lock may vanish or change between our calls
             version = self._put(if_absent=True)
             if version is not None:
@@ -211,6 +226,7 @@ class ObjectStoreLock:
             info, their_version = found
             if info.get("owner") == self.owner:  # our own write, retried by the client after
                 version = their_version  # it reached the store: the lock is ours
+                self._lease_from(self.since_monotonic)
                 break
             expires = info.get("expires")
             why = (
@@ -247,11 +263,13 @@ class ObjectStoreLock:
         with self._mutex:
             if self._version is None or self._lost:
                 return
+            sent = time.monotonic()
             version = self._put(if_version=self._version)
             if version is None:
                 found = self._holder()
                 if found is not None and found[0].get("owner") == self.owner:
                     self._version = found[1]  # our own renewal, retried after it landed
+                    self._lease_from(sent)
                     return
                 self._lost = "another run took it over (our lease ran out)"
                 log.error("lost the lock of %s: %s", self.dest.uri, self._lost)
@@ -267,6 +285,11 @@ class ObjectStoreLock:
 
     def check(self) -> None:
         """`CommitError` when the lock was lost: nothing more may be committed."""
+        if not self._lost and time.monotonic() > self._valid_until:
+            self._lost = (
+                f"its lease was not renewed for {self.lease_seconds:.0f}s (the store did not "
+                "answer the heartbeat), so another run may have taken it over"
+            )
         if self._lost:
             raise CommitError(f"lost the lock of {self.dest.uri}: {self._lost}; not committed")
 

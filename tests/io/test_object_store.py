@@ -160,6 +160,28 @@ def test_a_lock_write_that_landed_before_its_retry_failed_is_still_ours(store, m
     assert store.objects("dest") == {}
 
 
+def test_a_lease_not_renewed_in_time_stops_the_commits(store, monkeypatch) -> None:
+    """The heartbeat could not reach the store for longer than the lease (less a margin):
+    another run may have taken the lock over by now, so nothing more may be committed, and
+    the lock is not deleted on release (it may be theirs)."""
+    import types
+
+    from bertetl.io import objectstore
+
+    dest = store.location("dest")
+    lock = ObjectStoreLock(dest)
+    lock.acquire()
+    lock.check()  # freshly written: valid
+    real = time.monotonic
+    later = types.SimpleNamespace(time=time.time, monotonic=lambda: real() + lock.lease_seconds)
+    monkeypatch.setattr(objectstore, "time", later)
+    with pytest.raises(CommitError, match=r"lost the lock .* not renewed"):
+        lock.check()
+    monkeypatch.undo()
+    lock.release()
+    assert LOCK_NAME in store.objects("dest")
+
+
 def test_a_killed_runs_lock_on_this_machine_is_taken_over_before_its_lease_ends(
     bucket, storage
 ) -> None:
@@ -212,3 +234,26 @@ def test_a_dest_on_a_store_without_a_lock_is_refused_by_name() -> None:
     assert dest.store == "memory" and not dest.local
     with pytest.raises(StorageError, match=r"DEST memory://bucket/x: .*s3://, gs:// and abfs://"):
         writable(dest)
+
+
+def test_an_azure_dest_without_an_account_names_its_uri(monkeypatch) -> None:
+    """Reads may work from `AZURE_STORAGE_CONNECTION_STRING` alone; so do writes (the same
+    chain as adlfs), and without any account the DEST's error names it."""
+    import pyarrow.fs as pafs
+
+    from bertetl.io import object_clients
+    from bertetl.io.storage import Location
+
+    for name in ("CONNECTION_STRING", "ACCOUNT_NAME"):
+        monkeypatch.delenv(f"AZURE_STORAGE_{name}", raising=False)
+    dest = Location("abfs://container/x", "container/x", pafs.LocalFileSystem(), "azure")
+    with pytest.raises(StorageError, match=r"^DEST abfs://container/x needs .*account_name"):
+        object_clients.client(dest)
+    connection = (
+        "DefaultEndpointsProtocol=http;AccountName=a;AccountKey=a2V5;BlobEndpoint=http://h/a;"
+    )
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", connection)
+    try:
+        assert object_clients.client(dest).service.account_name == "a"
+    finally:  # clients are cached by options: this one must not outlive the variable
+        object_clients._CLIENTS["azure"].cache_clear()
