@@ -110,10 +110,11 @@ class S3Objects:
         from botocore.config import Config
 
         kwargs: dict[str, Any] = {}
+        scheme = dict(options).get("scheme", "https")  # as pyarrow's reads take it
         for key, value in options:
             name = _BOTO_NAMES.get(key)
             if name == "endpoint_url" and "://" not in value:
-                value = f"https://{value}"
+                value = f"{scheme}://{value}"
             if name:
                 kwargs[name] = value
         if _truthy(dict(options), "anonymous"):

@@ -268,14 +268,23 @@ class Location:
         return self.fs.open_input_file(self.path)
 
 
+#: What to check when a store refuses or cannot be reached, by store (`storage_error`).
+CHECK = {
+    "s3": "the credentials (environment, profile or instance role) and --storage-option "
+    "(e.g. endpoint_url, region)",
+    "gcs": "the credentials (Application Default Credentials) and --storage-option "
+    "(e.g. endpoint_url, project_id)",
+    "azure": "the credentials (connection string, account key, SAS or DefaultAzureCredential) "
+    "and --storage-option (e.g. account_name, connection_string)",
+}
+
+
 def storage_error(location: Location | str, doing: str, error: BaseException) -> StorageError:
     """`error` from a store as one line naming the URI, with what to check."""
     uri = location.uri if isinstance(location, Location) else location
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return StorageError(
-        f"{doing} {uri}: {text}; check the bucket, the credentials (environment, profile or "
-        "instance role) and --storage-option (e.g. endpoint_url, region)"
-    )
+    store = SCHEMES.get(uri.split("://", 1)[0].lower(), "s3") if "://" in uri else "s3"
+    return StorageError(f"{doing} {uri}: {text}; check the bucket, {CHECK.get(store, CHECK['s3'])}")
 
 
 def _convert(key: str, value: str) -> Any:
