@@ -65,8 +65,12 @@ def client(location: Location) -> ObjectClient:
             f"(its lock needs a conditional create); {location.store} can be a SOURCE; write to "
             "one of those or a local folder"
         )
+    options = location.options
+    account = azure_account(location)
+    if account and not {"account_name", "connection_string"} & set(dict(options)):
+        options = tuple(sorted((*options, ("account_name", account))))
     try:
-        return factory(location.options)
+        return factory(options)
     except ValueError as e:  # options that cannot make a client
         raise StorageError(f"DEST {location.uri} {e}") from e
     except ImportError as e:
@@ -74,6 +78,19 @@ def client(location: Location) -> ObjectClient:
         raise StorageError(
             f"writing {location.uri} needs {package}: pip install 'bertetl[{extra}]'"
         ) from e
+
+
+def azure_account(location: Location) -> str | None:
+    """The account of an ADLS Gen2 URI `abfss://CONTAINER@ACCOUNT.dfs.core.windows.net/...`
+    (None for `abfs://CONTAINER/...`, whose account comes from the options)."""
+    if location.store != "azure" or "@" not in location.bucket:
+        return None
+    return location.bucket.split("@", 1)[1].split(".", 1)[0] or None
+
+
+def _container(location: Location) -> str:
+    """The container of an Azure location (`CONTAINER` of `CONTAINER@ACCOUNT.host`)."""
+    return location.bucket.split("@", 1)[0]
 
 
 # -- S3 ----------------------------------------------------------------------------------------
@@ -362,7 +379,7 @@ class AzureObjects:
         self.service = BlobServiceClient(f"https://{host}", credential=credential)
 
     def _blob(self, target: Location) -> Any:
-        return self.service.get_blob_client(target.bucket, target.key)
+        return self.service.get_blob_client(_container(target), target.key)
 
     def _errors(self) -> tuple[type[BaseException], ...]:
         from azure.core.exceptions import AzureError
@@ -371,7 +388,7 @@ class AzureObjects:
 
     def check_bucket(self, location: Location) -> None:
         try:
-            exists = self.service.get_container_client(location.bucket).exists()
+            exists = self.service.get_container_client(_container(location)).exists()
         except self._errors() as e:
             raise storage_error(location, "cannot reach", e) from e
         if not exists:

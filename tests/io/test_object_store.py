@@ -257,3 +257,22 @@ def test_an_azure_dest_without_an_account_names_its_uri(monkeypatch) -> None:
         assert object_clients.client(dest).service.account_name == "a"
     finally:  # clients are cached by options: this one must not outlive the variable
         object_clients._CLIENTS["azure"].cache_clear()
+
+
+def test_an_adls_gen2_uri_names_its_container_and_account() -> None:
+    """`abfss://CONTAINER@ACCOUNT.dfs.core.windows.net/PATH`, the form Spark and Databricks
+    write: the writer's container is CONTAINER and its account ACCOUNT."""
+    import pyarrow.fs as pafs
+
+    from bertetl.io import object_clients
+    from bertetl.io.storage import Location
+
+    path = "lake@myacct.dfs.core.windows.net/enriched/x.parquet"
+    target = Location(f"abfss://{path}", path, pafs.LocalFileSystem(), "azure", (("anon", "1"),))
+    assert object_clients.azure_account(target) == "myacct"
+    try:
+        blob = object_clients.client(target)._blob(target)  # type: ignore[attr-defined]
+        assert (blob.account_name, blob.container_name) == ("myacct", "lake")
+        assert blob.blob_name == "enriched/x.parquet"
+    finally:
+        object_clients._CLIENTS["azure"].cache_clear()
