@@ -326,15 +326,13 @@ class GcsObjects:
         from google.api_core.exceptions import NotFound, PreconditionFailed
 
         match = int(if_version) if if_version else None
-        try:
-            self._blob(target).delete(if_generation_match=match, retry=self.retry)
-        except NotFound:
-            return True
-        except PreconditionFailed:
-            return False
-        except self._errors() as e:
-            raise CommitError(str(storage_error(target, "cannot delete", e))) from e
-        return True
+        return _delete(
+            target,
+            lambda: self._blob(target).delete(if_generation_match=match, retry=self.retry),
+            missing=NotFound,
+            refused=PreconditionFailed,
+            errors=self._errors(),
+        )
 
 
 # -- Azure Blob Storage ------------------------------------------------------------------------
@@ -410,12 +408,9 @@ class AzureObjects:
     def put(
         self, target: Location, data: bytes, *, if_absent: bool = False, if_version: str = ""
     ) -> str | None:
-        from azure.core import MatchConditions
         from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
 
-        condition: dict[str, Any] = {"overwrite": not if_absent}
-        if if_version:
-            condition |= {"etag": if_version, "match_condition": MatchConditions.IfNotModified}
+        condition = {"overwrite": not if_absent, **_if_match(if_version)}
         try:
             response = self._blob(target).upload_blob(data, **condition)
         except ResourceExistsError as e:  # any 409: only BlobAlreadyExists is our condition
@@ -442,21 +437,45 @@ class AzureObjects:
             raise CommitError(str(storage_error(target, "cannot read", e))) from e
 
     def delete(self, target: Location, *, if_version: str = "") -> bool:
-        from azure.core import MatchConditions
         from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 
-        condition: dict[str, Any] = {}
-        if if_version:
-            condition = {"etag": if_version, "match_condition": MatchConditions.IfNotModified}
-        try:
-            self._blob(target).delete_blob(**condition)
-        except ResourceNotFoundError:
-            return True
-        except ResourceModifiedError:
-            return False
-        except self._errors() as e:
-            raise CommitError(str(storage_error(target, "cannot delete", e))) from e
+        return _delete(
+            target,
+            lambda: self._blob(target).delete_blob(**_if_match(if_version)),
+            missing=ResourceNotFoundError,
+            refused=ResourceModifiedError,
+            errors=self._errors(),
+        )
+
+
+def _if_match(version: str) -> dict[str, Any]:
+    """Azure's keywords for "only this version" (`If-Match: etag`); none without a version."""
+    if not version:
+        return {}
+    from azure.core import MatchConditions
+
+    return {"etag": version, "match_condition": MatchConditions.IfNotModified}
+
+
+def _delete(
+    target: Location,
+    call: Any,
+    *,
+    missing: type[BaseException],
+    refused: type[BaseException],
+    errors: tuple[type[BaseException], ...],
+) -> bool:
+    """Run one store's delete call: an object already gone counts as deleted, a refused
+    condition is False, any other store error a `CommitError` naming the URI."""
+    try:
+        call()
+    except missing:
         return True
+    except refused:
+        return False
+    except errors as e:
+        raise CommitError(str(storage_error(target, "cannot delete", e))) from e
+    return True
 
 
 def _missing_bucket(location: Location) -> StorageError:

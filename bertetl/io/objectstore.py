@@ -160,7 +160,6 @@ class ObjectStoreLock:
         self.lease_seconds = lease_seconds
         self.owner = uuid.uuid4().hex
         self.since = 0.0
-        self.since_monotonic = 0.0
         self._version: str | None = None
         self._lost: str | None = None
         self._valid_until = 0.0  # time.monotonic() after which the lease may have run out
@@ -215,7 +214,7 @@ class ObjectStoreLock:
         """Take the lock, or take over one whose lease ran out; else `CommitError` naming
         the holder."""
         check_bucket(self.dest)
-        self.since, self.since_monotonic = time.time(), time.monotonic()
+        self.since, started = time.time(), time.monotonic()
         for _ in range(3):  # the lock may vanish or change between our calls
             version = self._put(if_absent=True)
             if version is not None:
@@ -226,7 +225,7 @@ class ObjectStoreLock:
             info, their_version = found
             if info.get("owner") == self.owner:  # our own write, retried by the client after
                 version = their_version  # it reached the store: the lock is ours
-                self._lease_from(self.since_monotonic)
+                self._lease_from(started)
                 break
             expires = info.get("expires")
             why = (
