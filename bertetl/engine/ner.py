@@ -58,6 +58,7 @@ from bertetl.engine.model_files import max_length_for, tokenizer_key
 from bertetl.engine.tokenize import (
     CHARS_PER_TOKEN,
     PREFIX_SLACK,
+    TokenizerSnapshot,
     _before_last_word,
     as_plain_text,
     special_tokens,
@@ -395,7 +396,9 @@ class NerTokenizeStage:
         tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = (
             True
         )
-        self.head, self.tail = special_tokens(tokenizer)
+        self.head, self.tail = special_tokens(
+            TokenizerSnapshot(tokenizer.backend_tokenizer.to_str()).build()
+        )
         options = self.long_text
         windowed = options.long_text == "window"
         try:

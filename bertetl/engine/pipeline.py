@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -23,7 +23,7 @@ from bertetl.engine.ner import NerOptions, NerStage, NerTokenizeStage, ner_stage
 from bertetl.engine.prefetch import prefetch
 from bertetl.engine.reuse import ReuseIndex, transform_with_reuse
 from bertetl.engine.stage import Stage
-from bertetl.engine.tokenize import TokenizeStage, ValidateTextStage
+from bertetl.engine.tokenize import TokenizerSnapshot, TokenizeStage, ValidateTextStage
 from bertetl.engine.tokenizer_pool import TokenizerPool
 from bertetl.engine.zero_shot import ZeroShotStage
 from bertetl.errors import InputError, is_transient
@@ -231,10 +231,24 @@ class Pipeline:
         self.setup_models()
         self._ready = True
 
-    def setup_tokenizers(self) -> None:
-        """Load the tokenizers only (a worker that runs `prepare()`)."""
-        for tokenizer in self.tokenize_stages:
-            tokenizer.setup()
+    def setup_tokenizers(self, snapshots: Mapping[str, TokenizerSnapshot] | None = None) -> None:
+        """Load the tokenizers only (a worker that runs `prepare()`); those in `snapshots`
+        (`tokenizer_snapshots()` of another process's pipeline) are built from them."""
+        snapshots = snapshots or {}
+        for key, tokenizer in self.tokenizers.items():
+            tokenizer.setup(snapshots.get(key))
+        for ner in self.ner_tokenizers.values():
+            ner.setup()
+
+    def tokenizer_snapshots(self) -> dict[str, TokenizerSnapshot]:
+        """The loaded tokenizers, for `setup_tokenizers` in worker processes (loaded here
+        first when they are not yet)."""
+        snapshots = {}
+        for key, tokenizer in self.tokenizers.items():
+            if not tokenizer.loaded:
+                tokenizer.setup()
+            snapshots[key] = tokenizer.snapshot()
+        return snapshots
 
     def setup_models(self) -> None:
         """Load the models only (a worker that runs `infer()` and `finish()`)."""
@@ -247,7 +261,11 @@ class Pipeline:
         if processes < 1 or self.tokenizer_pool is not None:
             return
         pool = TokenizerPool(
-            Pipeline, self.absolute_config(), processes, self.config.prefetch_windows
+            Pipeline,
+            self.absolute_config(),
+            processes,
+            self.config.prefetch_windows,
+            self.tokenizer_snapshots(),
         )
         pool.start()
         self.tokenizer_pool = pool

@@ -145,25 +145,13 @@ class TokenizeStage:
     def produces(self) -> tuple[str, ...]:
         return (self.tokens_column, self.stats_column)
 
-    def setup(self) -> None:
-        from transformers import AutoTokenizer
-
+    def setup(self, snapshot: TokenizerSnapshot | None = None) -> None:
+        """Load the tokenizer from the model folder, or build it from `snapshot` (what
+        another process loaded: no transformers import, so no torch, in a worker)."""
         from bertetl.errors import ModelError
 
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(
-                self.model_dir, local_files_only=True, trust_remote_code=False
-            )
-        except (OSError, ValueError) as e:
-            raise ModelError(f"cannot load the tokenizer of {self.model_dir}: {e}") from e
-        if not tokenizer.is_fast:
-            raise ModelError(f"{self.model_dir}: no fast tokenizer (tokenizer.json) could be built")
-        # Rows are cut to the model's length here, not by the tokenizer: its once-per-process
-        # "longer than the maximum" warning would only confuse.
-        tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = (
-            True
-        )
-        self.head, self.tail = special_tokens(tokenizer)
+        backend = (snapshot or load_tokenizer(self.model_dir)).build()
+        self.head, self.tail = special_tokens(backend)
         options = self.long_text
         try:
             self.rule = WindowRule(
@@ -173,7 +161,17 @@ class TokenizeStage:
             )
         except ValueError as e:
             raise ModelError(f"{self.model_dir}: {e}") from e
-        self._tokenizer = tokenizer
+        self._tokenizer = backend
+
+    @property
+    def loaded(self) -> bool:
+        return self._tokenizer is not None
+
+    def snapshot(self) -> TokenizerSnapshot:
+        """The loaded tokenizer, for `setup(snapshot)` in another process."""
+        if self._tokenizer is None:
+            raise RuntimeError("TokenizeStage used before setup()")
+        return TokenizerSnapshot(self._tokenizer.to_str())
 
     def teardown(self) -> None:
         self._tokenizer = None
@@ -184,19 +182,12 @@ class TokenizeStage:
         return self.rule
 
     def _content(self, texts: list[str]) -> list[list[int]]:
-        """Content token ids of each text. Through the fast tokenizer's Rust backend and its
-        `encode_batch_fast` (no character offsets): the ids `tokenizer(texts)` gives, ~20%
-        sooner on one core (BENCHMARKS.md, host path)."""
-        backend = getattr(self._tokenizer, "backend_tokenizer", None)
-        if backend is not None and hasattr(backend, "encode_batch_fast"):
-            return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
-        encoded = self._tokenizer(
-            texts,
-            add_special_tokens=False,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )
-        return encoded["input_ids"]
+        """Content token ids of each text, through the Rust tokenizer's `encode_batch_fast`
+        (no character offsets): the ids `tokenizer(texts)` gives, ~20% sooner on one core
+        (BENCHMARKS.md, host path)."""
+        backend = self._tokenizer
+        encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+        return [e.ids for e in encode(texts, add_special_tokens=False)]
 
     def content_tokens(self, texts: list[str]) -> list[RowTokens]:
         """Each text's first `rule.limit` content tokens, its token count and whether the
@@ -239,15 +230,9 @@ class TokenizeStage:
         size = cutoff
         while pending:
             prefixes = [texts[i][:size] for i in pending]
-            encoded = self._tokenizer(
-                prefixes,
-                add_special_tokens=False,
-                return_attention_mask=False,
-                return_token_type_ids=False,
-                return_offsets_mapping=True,
-            )
+            encoded = self._tokenizer.encode_batch(prefixes, add_special_tokens=False)
             still = []
-            for i, encoding in zip(pending, encoded.encodings, strict=True):
+            for i, encoding in zip(pending, encoded, strict=True):
                 text = texts[i]
                 if size >= len(text):
                     ids = encoding.ids
@@ -271,9 +256,7 @@ class TokenizeStage:
         size = COUNT_SLICE
         while start < len(text):
             end = start + size
-            (encoding,) = self._tokenizer(
-                [text[start:end]], add_special_tokens=False, return_offsets_mapping=True
-            ).encodings
+            encoding = self._tokenizer.encode(text[start:end], add_special_tokens=False)
             if end >= len(text):
                 return total + len(encoding.ids)
             safe = _before_last_word(encoding.word_ids)
@@ -345,11 +328,12 @@ def _before_last_word(word_ids: list[int | None]) -> int:
     return index
 
 
-def special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
+def special_tokens(backend: Any) -> tuple[list[int], list[int]]:
     """The ids the tokenizer puts before and after one sequence ([CLS] and [SEP] for BERT),
-    read off its own post-processing of a one-word text."""
-    encoded = tokenizer("a", add_special_tokens=True, return_special_tokens_mask=True)
-    ids, special = encoded["input_ids"], encoded["special_tokens_mask"]
+    read off its own post-processing of a one-word text (`backend`: a Rust tokenizer with
+    no truncation or padding, as `TokenizerSnapshot.build` makes)."""
+    encoded = backend.encode("a", add_special_tokens=True)
+    ids, special = encoded.ids, encoded.special_tokens_mask
     head = 0
     while head < len(ids) and special[head]:
         head += 1
@@ -357,3 +341,42 @@ def special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
     while tail > head and special[tail - 1]:
         tail -= 1
     return list(ids[:head]), list(ids[tail:])
+
+
+@dataclass(frozen=True)
+class TokenizerSnapshot:
+    """A loaded fast tokenizer's whole Rust pipeline (normalizer, pre-tokenizer, model,
+    post-processor, added tokens) as transformers built it from the model folder, in the
+    `tokenizer.json` format. Worker processes (the tokenizer pool, Ray's tokenize actors)
+    build their tokenizer from it: the same ids by construction, without importing
+    transformers and, through it, torch (~3.5 s of CPU and ~230 MB per worker)."""
+
+    pipeline: str
+
+    def build(self) -> Any:
+        """A `tokenizers.Tokenizer` with truncation and padding off (a `tokenizer.json` may
+        carry both, e.g. all-MiniLM-L6-v2's 128; rows are cut here, by `WindowRule`)."""
+        from tokenizers import Tokenizer
+
+        backend = Tokenizer.from_str(self.pipeline)
+        backend.no_truncation()
+        backend.no_padding()
+        return backend
+
+
+def load_tokenizer(model_dir: Path) -> TokenizerSnapshot:
+    """The model folder's fast tokenizer, loaded as `AutoTokenizer` loads it (local files
+    only), as a snapshot; `ModelError` when it cannot load or has no fast tokenizer."""
+    from transformers import AutoTokenizer
+
+    from bertetl.errors import ModelError
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            model_dir, local_files_only=True, trust_remote_code=False
+        )
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load the tokenizer of {model_dir}: {e}") from e
+    if not tokenizer.is_fast:
+        raise ModelError(f"{model_dir}: no fast tokenizer (tokenizer.json) could be built")
+    return TokenizerSnapshot(tokenizer.backend_tokenizer.to_str())

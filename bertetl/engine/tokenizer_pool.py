@@ -21,7 +21,7 @@ import multiprocessing
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -31,6 +31,7 @@ from typing import Protocol
 import pyarrow as pa
 
 from bertetl.config import EngineConfig
+from bertetl.engine.tokenize import TokenizerSnapshot
 from bertetl.errors import ModelError
 from bertetl.processes import exit_with_parent
 from bertetl.report import StageCounters
@@ -53,7 +54,9 @@ class Preparer(Protocol):
     @property
     def tokenize_stages(self) -> Sequence[CountingTokenizer]: ...
 
-    def setup_tokenizers(self) -> None: ...
+    def setup_tokenizers(
+        self, snapshots: Mapping[str, TokenizerSnapshot] | None = None
+    ) -> None: ...
 
     def prepare_inline(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]: ...
 
@@ -75,15 +78,18 @@ class PreparedWindow:
 
 
 def _start_worker(
-    make_pipeline: Callable[[EngineConfig], Preparer], config: EngineConfig, parent: int
+    make_pipeline: Callable[[EngineConfig], Preparer],
+    config: EngineConfig,
+    parent: int,
+    snapshots: Mapping[str, TokenizerSnapshot],
 ) -> None:
     """Worker set-up: die with the parent, one tokenizer thread (the pool is the
-    parallelism), then build the pipeline and load its tokenizers (local files only)."""
+    parallelism), then build the pipeline and its tokenizers from the parent's snapshots."""
     global _worker_pipeline
     exit_with_parent(parent)
     os.environ["RAYON_NUM_THREADS"] = "1"  # read when the tokenizer first encodes a batch
     pipeline = make_pipeline(config)
-    pipeline.setup_tokenizers()
+    pipeline.setup_tokenizers(snapshots)
     _worker_pipeline = pipeline
 
 
@@ -136,6 +142,7 @@ class TokenizerPool:
         config: EngineConfig,
         processes: int,
         depth: int = 2,
+        snapshots: Mapping[str, TokenizerSnapshot] | None = None,
     ) -> None:
         if processes < 1:
             raise ValueError("a tokenizer pool needs at least one process")
@@ -143,6 +150,7 @@ class TokenizerPool:
         self.config = config
         self.processes = processes
         self.depth = depth
+        self.snapshots = dict(snapshots or {})
         self._pool: ProcessPoolExecutor | None = None
 
     def start(self) -> None:
@@ -154,7 +162,7 @@ class TokenizerPool:
             self.processes,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_worker,
-            initargs=(self.make_pipeline, self.config, os.getpid()),
+            initargs=(self.make_pipeline, self.config, os.getpid(), self.snapshots),
         )
         self._pool = pool
         try:  # rounds of short probes until every worker answered: all set up

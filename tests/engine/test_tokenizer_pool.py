@@ -163,3 +163,32 @@ def test_a_worker_that_cannot_start_is_one_error_at_start() -> None:
     with pytest.raises(ModelError, match="could not start"):
         pool.start()
     assert set(multiprocessing.active_children()) == before  # nothing left running
+
+
+@pytest.mark.slow  # spawns a tokenizer process
+def test_workers_build_the_parents_tokenizer_without_torch(
+    tiny_embed_dir: Path, write_table, tmp_path: Path
+) -> None:
+    """A worker tokenizes with the tokenizer the parent loaded (its snapshot), so it never
+    imports transformers, nor through it torch: its memory maps hold no libtorch."""
+    from bertetl.engine.pipeline import Pipeline
+
+    texts = _texts(30)
+    batch = pa.record_batch({"text": pa.array(texts, pa.string())})
+    config = EngineConfig(text_column="text", embed_model=str(tiny_embed_dir), window_rows=7)
+    inline = Pipeline(config)
+    inline.setup_tokenizers()
+    want = pa.Table.from_batches(list(inline.prepare([batch])))
+    pooled = Pipeline(config)
+    pooled.start_tokenizer_pool(1)
+    try:
+        got = pa.Table.from_batches(list(pooled.prepare([batch])))
+        assert pooled.tokenizer_pool is not None and pooled.tokenizer_pool._pool is not None
+        workers = list(pooled.tokenizer_pool._pool._processes)
+        assert len(workers) == 1
+        maps = Path(f"/proc/{workers[0]}/maps").read_text()
+        assert "libtokenizers" in maps or "tokenizers" in maps  # the Rust tokenizer is there
+        assert "libtorch" not in maps
+    finally:
+        pooled.teardown()
+    assert got.equals(want)

@@ -15,7 +15,7 @@ missing.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from bertetl.config import EngineConfig
 from bertetl.engine.pipeline import Pipeline
+from bertetl.engine.tokenize import TokenizerSnapshot
 from bertetl.errors import is_transient
 from bertetl.executors.ray.datasource import FILE_COLUMN, record_error
 
@@ -49,9 +50,15 @@ def _apply(
 class TokenizeActor:
     """Validate and tokenize on a CPU actor (the tokenizers load once, here)."""
 
-    def __init__(self, config: EngineConfig, errors_dir: str, counters: Any = None) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        errors_dir: str,
+        counters: Any = None,
+        snapshots: Mapping[str, TokenizerSnapshot] | None = None,
+    ) -> None:
         self.pipeline = Pipeline(config)
-        self.pipeline.setup_tokenizers()
+        self.pipeline.setup_tokenizers(snapshots)  # the driver's: no torch in this actor
         self.errors_dir = errors_dir
         self.counters = counters
 

@@ -276,7 +276,12 @@ class RayExecutor:
             )
             .map_batches(
                 TokenizeActor,
-                fn_constructor_args=(worker_config, errors_dir, counters),
+                fn_constructor_args=(
+                    worker_config,
+                    errors_dir,
+                    counters,
+                    self.pipeline.tokenizer_snapshots(),
+                ),
                 batch_format="pyarrow",
                 batch_size=None,
                 compute=actors(size=plan.tokenize_actors),

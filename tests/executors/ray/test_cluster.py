@@ -83,7 +83,7 @@ def test_enrich_on_a_two_node_cluster(two_nodes, tiny_embed_dir: Path, tmp_path:
     command = [sys.executable, "-m", "bertetl", "enrich", str(src), str(tmp_path / "ray")]
     command += ["--text-column", "text", "--embed-model", str(tiny_embed_dir)]
     command += ["--window-rows", "16", "--executor", "ray", "--ray-address", address]
-    command += ["--ray-tokenizers", "1"]  # one tokenizer actor (torch in each) feeds both nodes
+    command += ["--ray-tokenizers", "1"]  # one tokenizer actor feeds both nodes
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "enriched 160 rows from 4 file(s)" in done.stdout
