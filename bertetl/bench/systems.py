@@ -877,20 +877,26 @@ def format_table(report: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- memory
 
 
-def tiny_model(workdir: Path) -> Path:
-    """A 1-layer, 32-wide random BERT with MiniLM's tokenizer: memory, not compute, is measured."""
+#: One-layer random BERTs for `tiny_model`: a 32-wide toy (what the engine holds, not the
+#: model), or one layer of all-MiniLM-L6-v2's width (its activations, allocated as MiniLM's are).
+MEMORY_LAYERS = {
+    "toy": {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64},
+    "minilm": {"hidden_size": 384, "num_attention_heads": 12, "intermediate_size": 1536},
+}
+
+
+def tiny_model(workdir: Path, layer: str = "toy") -> Path:
+    """A 1-layer random BERT (`MEMORY_LAYERS[layer]`) with MiniLM's tokenizer."""
     import torch
     from transformers import BertConfig, BertModel
 
     from bertetl.engine.model_files import resolve_model_dir
 
-    path = workdir / "tiny"
+    path = workdir / ("tiny" if layer == "toy" else f"one-layer-{layer}")
     if not (path / "config.json").is_file():
         minilm = resolve_model_dir("minilm")
         torch.manual_seed(0)
-        config = BertConfig(
-            hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
-        )
+        config = BertConfig(num_hidden_layers=1, **MEMORY_LAYERS[layer])
         BertModel(config).save_pretrained(path)
         for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
             shutil.copy(minilm / name, path / name)
@@ -907,13 +913,16 @@ def _enrich_peak_rss(queue: Any, source: str, dest: str, model: str) -> None:
     queue.put((report.rows, rss, time.perf_counter() - started))
 
 
-def memory_check(sizes: list[int], workdir: str | None = None) -> dict[str, Any]:
+def memory_check(
+    sizes: list[int], workdir: str | None = None, layer: str = "toy"
+) -> dict[str, Any]:
     """Peak RSS of an end-to-end run for tables of each size (real reviews, cycled), each run
-    in a fresh process; the model is tiny, so the figures show what the engine holds."""
+    in a fresh process, with a one-layer model (`MEMORY_LAYERS[layer]`): the toy shows what
+    the engine holds, `minilm` adds activations of a real model's width."""
     from bertetl.bench.corpus import rotten_tomatoes
 
     root = Path(workdir or tempfile.mkdtemp(prefix="bertetl-mem-"))
-    model = tiny_model(root)
+    model = tiny_model(root, layer)
     reviews = rotten_tomatoes().select(["review_id", "text"])
     results = []
     for size in sizes:
@@ -935,4 +944,8 @@ def memory_check(sizes: list[int], workdir: str | None = None) -> dict[str, Any]
     if workdir is None:
         shutil.rmtree(root, ignore_errors=True)
     ratio = results[-1]["peak_rss_mb"] / results[0]["peak_rss_mb"]
-    return {"memory": results, "peak_rss_ratio_largest_to_smallest": round(ratio, 3)}
+    return {
+        "layer": layer,
+        "memory": results,
+        "peak_rss_ratio_largest_to_smallest": round(ratio, 3),
+    }

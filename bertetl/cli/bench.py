@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -20,6 +20,8 @@ from bertetl.cli.common import (
 from bertetl.config import Device, DType, EngineConfig, LongText, NerAggregation
 
 BENCH = {name: info.default for name, info in BenchConfig.model_fields.items()}
+#: `--memory-layer`: the keys of `bertetl.bench.systems.MEMORY_LAYERS` (imported lazily there).
+MemoryLayer = Literal["toy", "minilm"]
 
 
 def bench(
@@ -82,6 +84,13 @@ def bench(
             help="Instead: peak RSS of end-to-end runs at these row counts, e.g. 100000,1000000."
         ),
     ] = None,
+    memory_layer: Annotated[
+        MemoryLayer,
+        typer.Option(
+            help="--memory's one-layer model: a 32-wide toy (what the engine holds) or one "
+            "layer of MiniLM's width (its activations too)."
+        ),
+    ] = "toy",
     executors: Annotated[
         str | None,
         typer.Option(
@@ -134,7 +143,7 @@ def bench(
             debug,
         )
     elif memory:
-        _bench_memory([int(v) for v in split_list(memory)], out, debug)
+        _bench_memory([int(v) for v in split_list(memory)], memory_layer, out, debug)
     else:
         from bertetl.io.storage import parse_storage_options
 
@@ -187,12 +196,12 @@ def _bench_long_text(documents: int, model: str, out: Path, debug: bool) -> None
     typer.echo(json.dumps(result, indent=2))
 
 
-def _bench_memory(sizes: list[int], out: Path, debug: bool) -> None:
+def _bench_memory(sizes: list[int], layer: str, out: Path, debug: bool) -> None:
     """Peak RSS of end-to-end runs at these row counts."""
     from bertetl.bench.systems import memory_check
 
     with user_errors(debug):
-        result = memory_check(sizes)
+        result = memory_check(sizes, layer=layer)
         out.write_text(json.dumps(result, indent=2))
     typer.echo(json.dumps(result, indent=2))
 
