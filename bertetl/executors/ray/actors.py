@@ -48,7 +48,8 @@ def _apply(
 
 
 class TokenizeActor:
-    """Validate and tokenize on a CPU actor (the tokenizers load once, here)."""
+    """Validate and tokenize on a CPU actor (its tokenizers built once, here, from the driver's
+    snapshots)."""
 
     def __init__(
         self,
