@@ -70,16 +70,15 @@ def test_bench_classifier_against_the_text_classification_pipeline(
     assert by_system["engine-e2e-int8"]["x_pipeline"] > 0
 
 
-@pytest.mark.slow  # two spawned end-to-end runs
-def test_memory_check_runs_each_size_with_the_chosen_layer(tmp_path: Path) -> None:
+@pytest.mark.slow  # a spawned end-to-end run
+def test_memory_check_runs_with_the_chosen_layer(tmp_path: Path) -> None:
     import json
 
     from bertetl.bench.systems import memory_check
 
-    result = memory_check([40, 90], workdir=str(tmp_path), layer="minilm")
-    assert [run["rows"] for run in result["memory"]] == [40, 90]
-    assert all(run["peak_rss_mb"] > 0 for run in result["memory"])
-    ratio = result["memory"][1]["peak_rss_mb"] / result["memory"][0]["peak_rss_mb"]
-    assert result["peak_rss_ratio_largest_to_smallest"] == pytest.approx(ratio, abs=1e-3)
+    result = memory_check([40], workdir=str(tmp_path), layer="minilm")
+    [run] = result["memory"]
+    assert run["rows"] == 40 and run["peak_rss_mb"] > 100  # torch alone is more
+    assert result["layer"] == "minilm"
     config = json.loads((tmp_path / "one-layer-minilm" / "config.json").read_text())
     assert (config["hidden_size"], config["num_hidden_layers"]) == (384, 1)
