@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ def _worker_figures(pid: int) -> tuple[float, float]:
     rss_kb = int(next(line for line in status if line.startswith("VmRSS")).split()[1])
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = int(fields[11]) + int(fields[12])  # utime + stime
-    return rss_kb / 1024, ticks / 100
+    return rss_kb / 1024, ticks / os.sysconf("SC_CLK_TCK")
 
 
 def start_pool(
@@ -42,11 +43,13 @@ def start_pool(
     """Start and close a pool of `processes` workers; what the start cost."""
     pool = TokenizerPool(Pipeline, pipeline.absolute_config(), processes, 2, snapshots)
     started = time.perf_counter()
-    pool.start()
-    wall = time.perf_counter() - started
-    assert pool._pool is not None
-    figures = [_worker_figures(pid) for pid in pool._pool._processes]
-    pool.close()
+    try:
+        pool.start()
+        wall = time.perf_counter() - started
+        assert pool._pool is not None
+        figures = [_worker_figures(pid) for pid in pool._pool._processes]
+    finally:
+        pool.close()
     return PoolStart(
         wall,
         statistics.mean(rss for rss, _ in figures),

@@ -397,7 +397,7 @@ class NerTokenizeStage:
             True
         )
         self.head, self.tail = special_tokens(
-            TokenizerSnapshot(tokenizer.backend_tokenizer.to_str()).build()
+            TokenizerSnapshot.of(tokenizer.backend_tokenizer).build()
         )
         options = self.long_text
         windowed = options.long_text == "window"

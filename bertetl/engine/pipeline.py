@@ -233,9 +233,13 @@ class Pipeline:
 
     def setup_tokenizers(self, snapshots: Mapping[str, TokenizerSnapshot] | None = None) -> None:
         """Load the tokenizers only (a worker that runs `prepare()`); those in `snapshots`
-        (`tokenizer_snapshots()` of another process's pipeline) are built from them."""
+        (`tokenizer_snapshots()` of another process's pipeline) are built from them, without
+        importing transformers. NER heads still load theirs (offsets and vocabulary through
+        transformers), so a worker with one imports torch."""
         snapshots = snapshots or {}
         for key, tokenizer in self.tokenizers.items():
+            if snapshots and key not in snapshots:
+                log.warning("no tokenizer snapshot for %s: loading it here", tokenizer.model_dir)
             tokenizer.setup(snapshots.get(key))
         for ner in self.ner_tokenizers.values():
             ner.setup()

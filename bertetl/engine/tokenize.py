@@ -171,7 +171,7 @@ class TokenizeStage:
         """The loaded tokenizer, for `setup(snapshot)` in another process."""
         if self._tokenizer is None:
             raise RuntimeError("TokenizeStage used before setup()")
-        return TokenizerSnapshot(self._tokenizer.to_str())
+        return TokenizerSnapshot.of(self._tokenizer)
 
     def teardown(self) -> None:
         self._tokenizer = None
@@ -352,6 +352,14 @@ class TokenizerSnapshot:
     transformers and, through it, torch (~3.5 s of CPU and ~230 MB per worker)."""
 
     pipeline: str
+    #: transformers' `split_special_tokens` (a literal "[SEP]" in a text is split as text),
+    #: a flag of the Rust tokenizer that its `tokenizer.json` does not keep
+    encode_special_tokens: bool = False
+
+    @classmethod
+    def of(cls, backend: Any) -> TokenizerSnapshot:
+        """The snapshot of a loaded `tokenizers.Tokenizer`."""
+        return cls(backend.to_str(), bool(getattr(backend, "encode_special_tokens", False)))
 
     def build(self) -> Any:
         """A `tokenizers.Tokenizer` with truncation and padding off (a `tokenizer.json` may
@@ -361,6 +369,8 @@ class TokenizerSnapshot:
         backend = Tokenizer.from_str(self.pipeline)
         backend.no_truncation()
         backend.no_padding()
+        if self.encode_special_tokens:
+            backend.encode_special_tokens = True
         return backend
 
 
@@ -379,4 +389,4 @@ def load_tokenizer(model_dir: Path) -> TokenizerSnapshot:
         raise ModelError(f"cannot load the tokenizer of {model_dir}: {e}") from e
     if not tokenizer.is_fast:
         raise ModelError(f"{model_dir}: no fast tokenizer (tokenizer.json) could be built")
-    return TokenizerSnapshot(tokenizer.backend_tokenizer.to_str())
+    return TokenizerSnapshot.of(tokenizer.backend_tokenizer)

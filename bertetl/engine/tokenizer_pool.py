@@ -84,7 +84,8 @@ def _start_worker(
     snapshots: Mapping[str, TokenizerSnapshot],
 ) -> None:
     """Worker set-up: die with the parent, one tokenizer thread (the pool is the
-    parallelism), then build the pipeline and its tokenizers from the parent's snapshots."""
+    parallelism), then build the pipeline and its tokenizers from the parent's snapshots
+    (transformers, and torch, are imported only for an NER head's tokenizer)."""
     global _worker_pipeline
     exit_with_parent(parent)
     os.environ["RAYON_NUM_THREADS"] = "1"  # read when the tokenizer first encodes a batch

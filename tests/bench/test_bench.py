@@ -82,3 +82,12 @@ def test_memory_check_runs_with_the_chosen_layer(tmp_path: Path) -> None:
     assert result["layer"] == "minilm"
     config = json.loads((tmp_path / "one-layer-minilm" / "config.json").read_text())
     assert (config["hidden_size"], config["num_hidden_layers"]) == (384, 1)
+
+
+def test_memory_layer_choices_are_the_bench_layers() -> None:
+    from typing import get_args
+
+    from bertetl.bench.systems import MEMORY_LAYERS
+    from bertetl.cli.bench import MemoryLayer
+
+    assert get_args(MemoryLayer) == tuple(MEMORY_LAYERS)

@@ -77,3 +77,27 @@ def test_the_backend_batch_gives_the_tokenizers_own_ids_on_hostile_text() -> Non
     reference = AutoTokenizer.from_pretrained(model)
     for text, ids in zip(texts, tokens, strict=True):
         assert ids == reference(text, truncation=True, max_length=64)["input_ids"], text
+
+
+def test_split_special_tokens_survives_the_snapshot(tiny_embed_dir: Path, tmp_path: Path) -> None:
+    """A model whose tokenizer_config sets `split_special_tokens` tokenizes a literal [SEP] as
+    text, in this process and from the snapshot a worker gets: the Rust flag behind it is
+    not kept in `tokenizer.json`, so the snapshot carries it."""
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    model = tmp_path / "split"
+    shutil.copytree(tiny_embed_dir, model)
+    path = model / "tokenizer_config.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"split_special_tokens": True}))
+    texts = ["the fox [SEP] good", "[CLS] hello"]
+    reference = AutoTokenizer.from_pretrained(model)
+    want = [reference(text)["input_ids"] for text in texts]
+    assert want != [AutoTokenizer.from_pretrained(tiny_embed_dir)(t)["input_ids"] for t in texts]
+    tokens, stage = _tokenize(model, texts)
+    assert tokens == want
+    worker = TokenizeStage(model, "text", stage.error_column, "k")
+    worker.setup(stage.snapshot())
+    assert worker.encode(texts) == want

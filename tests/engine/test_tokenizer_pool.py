@@ -187,7 +187,6 @@ def test_workers_build_the_parents_tokenizer_without_torch(
         workers = list(pooled.tokenizer_pool._pool._processes)
         assert len(workers) == 1
         maps = Path(f"/proc/{workers[0]}/maps").read_text()
-        assert "libtokenizers" in maps or "tokenizers" in maps  # the Rust tokenizer is there
         assert "libtorch" not in maps
     finally:
         pooled.teardown()

@@ -59,7 +59,7 @@ class TokenizeActor:
         snapshots: Mapping[str, TokenizerSnapshot] | None = None,
     ) -> None:
         self.pipeline = Pipeline(config)
-        self.pipeline.setup_tokenizers(snapshots)  # the driver's: no torch in this actor
+        self.pipeline.setup_tokenizers(snapshots)  # the driver's (torch only for NER heads)
         self.errors_dir = errors_dir
         self.counters = counters
 

@@ -267,7 +267,9 @@ class RayExecutor:
         errors_dir: str,
         counters: Any,
     ) -> Any:
-        """read -> tokenize actors -> model actors, as a lazy Ray dataset."""
+        """read -> tokenize actors -> model actors, as a lazy Ray dataset. The tokenize actors
+        build their tokenizers from the driver's snapshots, so the driver loads them once
+        (importing transformers and torch here) and the actors do not."""
         worker_config = self._worker_config()
         actors = ray.data.ActorPoolStrategy
         return (
