@@ -61,6 +61,7 @@ from bertetl.engine.tokenize import (
     TokenizerSnapshot,
     _before_last_word,
     as_plain_text,
+    load_fast_tokenizer,
     special_tokens,
 )
 from bertetl.errors import ModelError
@@ -383,16 +384,7 @@ class NerTokenizeStage:
         return (self.tokens_column, self.offsets_column)
 
     def setup(self) -> None:
-        from transformers import AutoTokenizer
-
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(
-                self.model_dir, local_files_only=True, trust_remote_code=False
-            )
-        except (OSError, ValueError) as e:
-            raise ModelError(f"cannot load the tokenizer of {self.model_dir}: {e}") from e
-        if not tokenizer.is_fast:
-            raise ModelError(f"{self.model_dir}: no fast tokenizer (tokenizer.json) could be built")
+        tokenizer = load_fast_tokenizer(self.model_dir)
         tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = (
             True
         )

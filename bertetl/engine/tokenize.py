@@ -374,9 +374,9 @@ class TokenizerSnapshot:
         return backend
 
 
-def load_tokenizer(model_dir: Path) -> TokenizerSnapshot:
-    """The model folder's fast tokenizer, loaded as `AutoTokenizer` loads it (local files
-    only), as a snapshot; `ModelError` when it cannot load or has no fast tokenizer."""
+def load_fast_tokenizer(model_dir: Path) -> Any:
+    """The model folder's fast tokenizer, loaded by `AutoTokenizer` (local files only);
+    `ModelError` when it cannot load or has no fast tokenizer."""
     from transformers import AutoTokenizer
 
     from bertetl.errors import ModelError
@@ -389,4 +389,9 @@ def load_tokenizer(model_dir: Path) -> TokenizerSnapshot:
         raise ModelError(f"cannot load the tokenizer of {model_dir}: {e}") from e
     if not tokenizer.is_fast:
         raise ModelError(f"{model_dir}: no fast tokenizer (tokenizer.json) could be built")
-    return TokenizerSnapshot.of(tokenizer.backend_tokenizer)
+    return tokenizer
+
+
+def load_tokenizer(model_dir: Path) -> TokenizerSnapshot:
+    """The model folder's fast tokenizer (`load_fast_tokenizer`), as a snapshot."""
+    return TokenizerSnapshot.of(load_fast_tokenizer(model_dir).backend_tokenizer)
