@@ -9,34 +9,47 @@ free bytes it keeps resident grew with the number of batches (MiniLM, 2k rows 89
 RSS, 100k rows 1,511 MB). Pinning the threshold keeps large blocks in `mmap`, so they go back
 to the kernel when freed and the heap holds only small objects.
 
+Pinned, the threshold still leaves smaller blocks (a window's tensors and tokenizer buffers,
+Python's larger objects) to the arenas of several threads, where free gaps kept growing:
+`release_free_heap` trims them, and the threshold is 256 KiB, under which those arenas held
+still over 140k rows (at 1 MiB they grew the whole run: BENCHMARKS.md, "Memory").
+
 The price is a page fault per fresh page of every large block: with the model on the CPU
-that measured about 20% slower end to end (MiniLM, real reviews, 2 cores: 27 against 34
-rows/s, system time 23 s against 5 s per 1,500 rows), so it is the default only where the
-activations live on the GPU and the host's blocks are few. On the CPU it is a choice:
-`BERTETL_MMAP_THRESHOLD=1048576` pins it (peak RSS flat: 20k rows 753 MB, 100k 824 MB with
-a real-sized layer), `BERTETL_MMAP_THRESHOLD=0` never pins it.
+that measured about 25% slower end to end (MiniLM, 1,500 real reviews, 2 cores: 27 against
+36 rows/s, system time 23 s against 2.4 s), so it is the default only where the activations
+live on the GPU and the host's blocks are few. On the CPU it is a choice:
+`BERTETL_MMAP_THRESHOLD=262144` pins it, `BERTETL_MMAP_THRESHOLD=0` never pins it.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import platform
+import time
 
 log = logging.getLogger(__name__)
 
 #: `mallopt` parameter number of M_MMAP_THRESHOLD in glibc's malloc.h.
 _M_MMAP_THRESHOLD = -3
-#: Blocks of this size or more are mmapped: well above Python's and Arrow's small objects,
-#: well below one batch's activations (4096 tokens x 384 floats = 6 MiB).
-DEFAULT_MMAP_THRESHOLD = 1 << 20
+#: Blocks of this size or more are mmapped: above Python's small objects, well below one
+#: batch's activations (4096 tokens x 384 floats = 6 MiB). At 1 MiB the arenas still grew
+#: (one layer of MiniLM's width: 196 -> 229 MB of arena over 100k rows, the free part 38 -> 67
+#: MB); at 256 KiB they stayed at 184-194 MB, for the same page faults (+1%).
+DEFAULT_MMAP_THRESHOLD = 1 << 18
 ENV = "BERTETL_MMAP_THRESHOLD"
 
 _applied: int | None = None
+#: When `release_free_heap` last trimmed (time.monotonic()).
+_last_trim: float | None = None
+#: Seconds between two trims of the heap.
+TRIM_INTERVAL_S = 5.0
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
@@ -63,3 +76,28 @@ def pin_mmap_threshold(device_type: str = "cuda") -> int | None:
         return None
     _applied = threshold
     return threshold
+
+
+def release_free_heap(min_interval_s: float = TRIM_INTERVAL_S) -> bool:
+    """Hand the free pages inside malloc's arenas back to the kernel (`malloc_trim(0)`), where
+    `pin_mmap_threshold` pinned the threshold and `min_interval_s` has passed since the last
+    trim in this process. The model stages call it after each window. Returns whether it trimmed.
+
+    With the threshold pinned, blocks under it (Python objects, a window's Arrow buffers,
+    torch's smaller tensors) still come from the arenas of several threads, and the free space
+    between live blocks grows slowly with the windows. `malloc_trim(0)` returns every whole
+    free page of every arena (`MADV_DONTNEED`); it took about 14 ms with ~50 MB free, so it
+    runs at most every `min_interval_s` (a GPU's model thread must not wait on it per window).
+    """
+    global _last_trim
+    if _applied is None:
+        return False
+    now = time.monotonic()
+    if _last_trim is not None and now - _last_trim < min_interval_s:
+        return False
+    libc = _libc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    _last_trim = time.monotonic()
+    return True

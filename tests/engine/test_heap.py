@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from bertetl.engine.heap import DEFAULT_MMAP_THRESHOLD, ENV
 from tests.conftest import _build_tokenizer, _vocab_size
 
 pytestmark = pytest.mark.slow
@@ -79,7 +80,7 @@ def test_peak_rss_does_not_grow_with_the_table_for_a_real_sized_layer(tmp_path: 
     pq.write_table(_texts(60), small)
     pq.write_table(_texts(240), large)
     # on the CPU the pin is opt-in (it costs page faults); on a GPU it is the default
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "BERTETL_MMAP_THRESHOLD": str(1 << 20)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", ENV: str(DEFAULT_MMAP_THRESHOLD)}
     run = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(model), str(small), str(large), str(tmp_path / "out")],
         capture_output=True,
@@ -93,3 +94,52 @@ def test_peak_rss_does_not_grow_with_the_table_for_a_real_sized_layer(tmp_path: 
     # freed activations and the peak grew 19% from 60 to 240 rows; with it, 12 MB and 3%.
     assert result["heap_free_mb"] < 64, result
     assert large_peak <= small_peak * 1.08, result
+
+
+#: Fills malloc's arena with 16 KiB blocks (under the pinned threshold, so not mmapped), frees
+#: 15 of every 16 (holes between live blocks: glibc's `free` gives none of it back), then
+#: measures resident memory around `release_free_heap`.
+TRIM_SCRIPT = """
+import ctypes, ctypes.util, json, os, sys
+from bertetl.engine import heap
+
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+
+def rss():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+pinned = heap.pin_mmap_threshold("cpu")
+size, count = 16384, 8192
+blocks = [libc.malloc(size) for _ in range(count)]
+for block in blocks:
+    ctypes.memset(block, 1, size)
+for i, block in enumerate(blocks):
+    if i % 16:
+        libc.free(block)
+before = rss()
+trimmed = heap.release_free_heap()
+released = before - rss()
+print(json.dumps({"pinned": pinned, "trimmed": trimmed, "released": released,
+                  "again": heap.release_free_heap(),
+                  "freed": size * (count - count // 16)}))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the heap guard is glibc's")
+@pytest.mark.parametrize("threshold", [DEFAULT_MMAP_THRESHOLD, 0])
+def test_release_free_heap_returns_the_free_pages_between_live_blocks(threshold: int) -> None:
+    env = {**os.environ, ENV: str(threshold)}
+    run = subprocess.run(
+        [sys.executable, "-c", TRIM_SCRIPT], capture_output=True, text=True, env=env, check=True
+    )
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    if threshold:  # pinned: the model stages trim after each window
+        assert result["pinned"] == threshold and result["trimmed"], result
+        assert result["released"] > result["freed"] * 0.8, result
+        assert not result["again"], result  # at most one trim every TRIM_INTERVAL_S
+    else:  # not pinned (BERTETL_MMAP_THRESHOLD=0): malloc is left alone, pages stay
+        assert result["pinned"] is None and not result["trimmed"], result
+        assert result["released"] < result["freed"] * 0.1, result
