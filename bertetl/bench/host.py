@@ -220,6 +220,25 @@ def host_run(
     }
 
 
+def tokenizer_alone(pipeline: Any, texts: list[str], repeats: int) -> float:
+    """Rows/s of the first model's Rust tokenizer alone (`encode_batch_fast` over the texts
+    in windows of `window_rows`; median of `repeats` after a warm-up): no Python around it, no
+    GIL held, so how it scales with cores is the ceiling for the host path's scaling."""
+    backend = next(iter(pipeline.tokenizers.values())).snapshot().build()
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    step = pipeline.config.window_rows
+    windows = [texts[start : start + step] for start in range(0, len(texts), step)]
+
+    def once() -> float:
+        started = time.perf_counter()
+        for window in windows:
+            encode(window, add_special_tokens=False)
+        return time.perf_counter() - started
+
+    once()
+    return round(len(texts) / statistics.median(once() for _ in range(repeats)), 1)
+
+
 # ---------------------------------------------------------------- Parquet codecs
 
 
@@ -355,6 +374,7 @@ def host_measure(
                 pipeline.tokenizer_pool = None
     out: dict[str, Any] = {
         "runs": runs,
+        "tokenizer_rows_per_s": tokenizer_alone(pipeline, texts, repeats),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "affinity": sorted(os.sched_getaffinity(0)),
     }
@@ -431,6 +451,7 @@ def host_bench(
         for run in outcome["runs"]:
             run["peak_rss_mb"] = outcome["peak_rss_mb"]
             run["cpus"] = outcome["affinity"]
+            run["tokenizer_rows_per_s"] = outcome["tokenizer_rows_per_s"]
         runs.extend(outcome["runs"])
         codecs.extend(outcome.get("codecs", []))
     for run in runs:
@@ -441,6 +462,10 @@ def host_bench(
         ]
         base = min(same_pool, key=lambda r: r["cores"])
         run["x_first_cores"] = round(run["rows_per_s"] / base["rows_per_s"], 3)
+        # the same ratio for the tokenizer alone: the most the cores could give the host path
+        run["tokenizer_x_first_cores"] = round(
+            run["tokenizer_rows_per_s"] / base["tokenizer_rows_per_s"], 3
+        )
         run["per_core_efficiency"] = round(run["x_first_cores"] * base["cores"] / run["cores"], 3)
         no_pool = next(
             r

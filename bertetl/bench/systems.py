@@ -779,6 +779,8 @@ HOST_COLUMNS = [
     ("tokens/s", "tokens_per_s"),
     ("tokenizers", "tokenizers"),
     ("x first", "x_first_cores"),
+    ("tok. alone rows/s", "tokenizer_rows_per_s"),
+    ("tok. alone x first", "tokenizer_x_first_cores"),
     ("x tokenizers", "x_first_tokenizers"),
     ("read s", "stage_seconds.read"),
     ("validate s", "stage_seconds.validate"),

@@ -126,6 +126,7 @@ def test_host_bench_pins_each_core_count_in_its_own_process(
     ]
     assert all(len(r["cpus"]) == 1 for r in runs)  # the child ran on one CPU
     assert runs[0]["x_first_cores"] == runs[0]["x_first_tokenizers"] == 1.0
+    assert runs[0]["tokenizer_rows_per_s"] > 0 and runs[0]["tokenizer_x_first_cores"] == 1.0
     pooled = runs[2]
     assert pooled["real_tokens"] == runs[0]["real_tokens"] > 0  # the same work, tokenized apart
     assert pooled["stage_seconds"]["tokenize"] > 0  # the workers' counters came back
@@ -134,3 +135,4 @@ def test_host_bench_pins_each_core_count_in_its_own_process(
     rows = [{**r, "system": "host", "model": "tiny", "inputs": "mine"} for r in runs]
     report = {"environment": {"device": "cpu"}, "results": rows, "errors": [], "codecs": codecs}
     assert "host path" in format_table(report) and "byte_stream_split" in format_table(report)
+    assert "alone" in format_table(report)
