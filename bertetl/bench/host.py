@@ -222,8 +222,10 @@ def host_run(
 
 def tokenizer_alone(pipeline: Any, texts: list[str], repeats: int) -> float:
     """Rows/s of the first model's Rust tokenizer alone (`encode_batch_fast` over the texts
-    in windows of `window_rows`; median of `repeats` after a warm-up): no Python around it, no
-    GIL held, so how it scales with cores is the ceiling for the host path's scaling."""
+    in windows of `window_rows`; median of `repeats` after a warm-up): no Python around it and
+    the GIL released, so how it scales with cores is the reference for the host path's scaling
+    (not a strict bound: with more cores the host path also overlaps its write). Texts are
+    encoded whole: for long ones (over the stage's prefix cutoff) the stage does other work."""
     backend = next(iter(pipeline.tokenizers.values())).snapshot().build()
     encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
     step = pipeline.config.window_rows
@@ -428,6 +430,7 @@ def host_bench(
     """Each core count (isolated, pinned) with each tokenizer pool size, with the engine's
     zstd; the other codecs and the codecs' costs at the largest core count. Returns runs,
     codec costs and errors; `x_first_cores` compares the first core count (same pool size),
+    `tokenizer_x_first_cores` the same for the tokenizer alone (`tokenizer_alone`), and
     `x_first_tokenizers` the first pool size (same core count)."""
     runs: list[dict[str, Any]] = []
     codecs: list[dict[str, Any]] = []

@@ -352,7 +352,7 @@ class EncoderStage:
             outputs = np.zeros((len(lengths), self.width), dtype=np.float32)
             for batch_rows in plan_batches(lengths, self.token_budget, self.max_batch_rows):
                 outputs[batch_rows] = self._run_rows(offsets, values, batch_rows + first)
-            release_free_heap()  # this window's activations: pages back to the OS
+            release_free_heap()  # free arena pages back to the OS (every 5 s at most)
             if windows.max(initial=0) > 1:
                 outputs = combine_windows(outputs, windows, lengths - self._special(batch))
             else:

@@ -9,14 +9,14 @@ free bytes it keeps resident grew with the number of batches (MiniLM, 2k rows 89
 RSS, 100k rows 1,511 MB). Pinning the threshold keeps large blocks in `mmap`, so they go back
 to the kernel when freed and the heap holds only small objects.
 
-Pinned, the threshold still leaves smaller blocks (a window's tensors and tokenizer buffers,
-Python's larger objects) to the arenas of several threads, where free gaps kept growing:
-`release_free_heap` trims them, and the threshold is 256 KiB, under which those arenas held
-still over 140k rows (at 1 MiB they grew the whole run: BENCHMARKS.md, "Memory").
+Pinned, the threshold still leaves smaller blocks (a window's smaller tensors, tokenizer
+buffers, Python's larger objects) to the arenas of several threads, where free gaps kept
+growing: at 256 KiB the arenas grew 186 -> 193 MB from 20k to 100k rows (at 1 MiB, 212 -> 237
+MB), and `release_free_heap` hands their free pages back (BENCHMARKS.md, "Memory").
 
 The price is a page fault per fresh page of every large block: with the model on the CPU
 that measured about 25% slower end to end (MiniLM, 1,500 real reviews, 2 cores: 27 against
-36 rows/s, system time 23 s against 2.4 s), so it is the default only where the activations
+36 rows/s, system time 24 s against 2.4 s), so it is the default only where the activations
 live on the GPU and the host's blocks are few. On the CPU it is a choice:
 `BERTETL_MMAP_THRESHOLD=262144` pins it, `BERTETL_MMAP_THRESHOLD=0` never pins it.
 """
@@ -36,9 +36,9 @@ log = logging.getLogger(__name__)
 #: `mallopt` parameter number of M_MMAP_THRESHOLD in glibc's malloc.h.
 _M_MMAP_THRESHOLD = -3
 #: Blocks of this size or more are mmapped: above Python's small objects, well below one
-#: batch's activations (4096 tokens x 384 floats = 6 MiB). At 1 MiB the arenas still grew
-#: (one layer of MiniLM's width: 196 -> 229 MB of arena over 100k rows, the free part 38 -> 67
-#: MB); at 256 KiB they stayed at 184-194 MB, for the same page faults (+1%).
+#: batch's activations (4096 tokens x 384 floats = 6 MiB). At 1 MiB the arenas kept growing
+#: (one layer of MiniLM's width, 20k -> 100k rows: 212 -> 237 MB, 53 -> 69 MB of it free); at
+#: 256 KiB 186 -> 193 MB (32 -> 36 MB free), for about the same page faults (+1%).
 DEFAULT_MMAP_THRESHOLD = 1 << 18
 ENV = "BERTETL_MMAP_THRESHOLD"
 
@@ -54,7 +54,12 @@ def _libc() -> ctypes.CDLL | None:
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
     name = ctypes.util.find_library("c")
-    return ctypes.CDLL(name) if name else None
+    if not name:
+        return None
+    libc = ctypes.CDLL(name)
+    libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return libc
 
 
 def pin_mmap_threshold(device_type: str = "cuda") -> int | None:
@@ -83,7 +88,7 @@ def release_free_heap(min_interval_s: float = TRIM_INTERVAL_S) -> bool:
     `pin_mmap_threshold` pinned the threshold and `min_interval_s` has passed since the last
     trim in this process. The model stages call it after each window. Returns whether it trimmed.
 
-    With the threshold pinned, blocks under it (Python objects, a window's Arrow buffers,
+    With the threshold pinned, blocks under it (Python's larger objects, tokenizer buffers,
     torch's smaller tensors) still come from the arenas of several threads, and the free space
     between live blocks grows slowly with the windows. `malloc_trim(0)` returns every whole
     free page of every arena (`MADV_DONTNEED`); it took about 14 ms with ~50 MB free, so it
@@ -98,6 +103,6 @@ def release_free_heap(min_interval_s: float = TRIM_INTERVAL_S) -> bool:
     libc = _libc()
     if libc is None:
         return False
+    _last_trim = now  # before the call, which releases the GIL: one trim per interval
     libc.malloc_trim(0)
-    _last_trim = time.monotonic()
     return True

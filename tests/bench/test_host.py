@@ -135,4 +135,26 @@ def test_host_bench_pins_each_core_count_in_its_own_process(
     rows = [{**r, "system": "host", "model": "tiny", "inputs": "mine"} for r in runs]
     report = {"environment": {"device": "cpu"}, "results": rows, "errors": [], "codecs": codecs}
     assert "host path" in format_table(report) and "byte_stream_split" in format_table(report)
-    assert "alone" in format_table(report)
+    assert f"{runs[0]['tokenizer_rows_per_s']:,.2f}" in format_table(report)
+
+
+def test_host_bench_compares_core_counts_and_names_a_failed_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import bertetl.bench.host as host
+
+    rates = {1: (1000.0, 4000.0), 2: (1500.0, 7000.0)}  # host path, tokenizer alone
+
+    def measure(config, texts, workdir, cores, *rest):
+        if cores == 3:
+            raise RuntimeError("no third core")
+        run = {"cores": cores, "compression": "zstd", "tokenizers": 0}
+        run["rows_per_s"] = rates[cores][0]
+        return {"runs": [run], "peak_rss_mb": 1.0, "affinity": list(range(cores)),
+                "tokenizer_rows_per_s": rates[cores][1]}  # fmt: skip
+
+    monkeypatch.setattr(host, "host_measure", measure)
+    runs, _, errors = host.host_bench(None, [], tmp_path, [1, 2, 3], 1, ["zstd"], isolate=False)
+    assert errors == ["host / 3 cores: RuntimeError: no third core"]
+    two = next(r for r in runs if r["cores"] == 2)
+    assert (two["x_first_cores"], two["tokenizer_x_first_cores"]) == (1.5, 1.75)
