@@ -226,8 +226,9 @@ def tokenizer_alone(pipeline: Any, texts: list[str], repeats: int) -> float:
     the GIL released, so how it scales with cores is the reference for the host path's scaling
     (not a strict bound: with more cores the host path also overlaps its write). Texts are
     encoded whole: for long ones (over the stage's prefix cutoff) the stage does other work."""
-    backend = next(iter(pipeline.tokenizers.values())).snapshot().build()
-    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    from bertetl.engine.tokenize import ids_only_encoder
+
+    encode = ids_only_encoder(next(iter(pipeline.tokenizers.values())).snapshot().build())
     step = pipeline.config.window_rows
     windows = [texts[start : start + step] for start in range(0, len(texts), step)]
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 from bertetl.config import EngineConfig
 from bertetl.engine.batching import pack_batch, pad_batch, plan_batches
 from bertetl.engine.heads import LabelColumns, check_sequence_classifier
-from bertetl.engine.heap import pin_mmap_threshold, release_free_heap
+from bertetl.engine.heap import pin_mmap_threshold
 from bertetl.engine.long_text import combine_windows
 from bertetl.engine.model_files import PoolingSpec, read_pooling
 from bertetl.errors import ModelError
@@ -352,7 +352,6 @@ class EncoderStage:
             outputs = np.zeros((len(lengths), self.width), dtype=np.float32)
             for batch_rows in plan_batches(lengths, self.token_budget, self.max_batch_rows):
                 outputs[batch_rows] = self._run_rows(offsets, values, batch_rows + first)
-            release_free_heap()  # free arena pages back to the OS (every 5 s at most)
             if windows.max(initial=0) > 1:
                 outputs = combine_windows(outputs, windows, lengths - self._special(batch))
             else:

@@ -86,7 +86,7 @@ def pin_mmap_threshold(device_type: str = "cuda") -> int | None:
 def release_free_heap(min_interval_s: float = TRIM_INTERVAL_S) -> bool:
     """Hand the free pages inside malloc's arenas back to the kernel (`malloc_trim(0)`), where
     `pin_mmap_threshold` pinned the threshold and `min_interval_s` has passed since the last
-    trim in this process. The model stages call it after each window. Returns whether it trimmed.
+    trim in this process. `Pipeline.infer` calls it after each window. Returns whether it trimmed.
 
     With the threshold pinned, blocks under it (Python's larger objects, tokenizer buffers,
     torch's smaller tensors) still come from the arenas of several threads, and the free space

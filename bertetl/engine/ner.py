@@ -52,7 +52,7 @@ from bertetl.engine.encoders import (
     load_runtime_model,
     runtime_device,
 )
-from bertetl.engine.heap import pin_mmap_threshold, release_free_heap
+from bertetl.engine.heap import pin_mmap_threshold
 from bertetl.engine.long_text import LongTextOptions, WindowRule, cut_windows
 from bertetl.engine.model_files import max_length_for, tokenizer_key
 from bertetl.engine.tokenize import (
@@ -709,7 +709,6 @@ class NerStage:
         for batch in batches:
             started = time.perf_counter()
             found, missing = self.entities(batch)
-            release_free_heap()  # free arena pages back to the OS (every 5 s at most)
             for field_, column in zip(
                 self.fields(), self._columns(batch, found, missing), strict=True
             ):

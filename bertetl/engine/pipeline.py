@@ -17,6 +17,7 @@ import pyarrow as pa
 from bertetl.config import ClassifierHead, EngineConfig, NerHead, ZeroShotHead
 from bertetl.engine.encoders import ClassifyStage, EmbedStage, EncoderStage, ModelRuntime
 from bertetl.engine.heads import check_sequence_classifier, head_prefix
+from bertetl.engine.heap import release_free_heap
 from bertetl.engine.long_text import LongTextOptions
 from bertetl.engine.model_files import max_length_for, resolve_model_dir, tokenizer_key
 from bertetl.engine.ner import NerOptions, NerStage, NerTokenizeStage, ner_stages
@@ -329,11 +330,14 @@ class Pipeline:
             yield window.batch
 
     def infer(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        """The model stages, on prepared batches; then `finish` each batch."""
+        """The model stages, on prepared batches; then `finish` each batch. After each window
+        the heap's free pages go back to the OS (`release_free_heap`: every 5 s at most, and
+        only where a model stage pinned the mmap threshold)."""
         stream_: Iterable[pa.RecordBatch] = batches
         for stage in self.models:
             stream_ = stage(stream_)
         for batch in stream_:
+            release_free_heap()
             yield self.finish(batch)
 
     def finish(self, batch: pa.RecordBatch) -> pa.RecordBatch:
