@@ -144,6 +144,9 @@ class BenchConfig(BaseModel):
     def _positive_cores(cls, value: list[int] | None) -> list[int] | None:
         if value is not None and (not value or min(value) < 1):
             raise ValueError("core counts are positive integers, e.g. 1,2")
+        available = len(os.sched_getaffinity(0))
+        if value is not None and max(value) > available:
+            raise ValueError(f"{max(value)} cores asked, but this process may use only {available}")
         return value
 
     @field_validator("tokenizers")

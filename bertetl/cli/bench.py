@@ -13,6 +13,7 @@ from bertetl.cli.common import (
     Debug,
     StorageOption,
     build_config,
+    fail,
     help_of,
     split_list,
     user_errors,
@@ -143,7 +144,7 @@ def bench(
             debug,
         )
     elif memory:
-        _bench_memory([int(v) for v in split_list(memory)], memory_layer, out, debug)
+        _bench_memory(_row_counts(memory, debug), memory_layer, out, debug)
     else:
         from bertetl.io.storage import parse_storage_options
 
@@ -194,6 +195,17 @@ def _bench_long_text(documents: int, model: str, out: Path, debug: bool) -> None
         result = run_long_text_bench(Path(work), documents, model)
     out.write_text(json.dumps(result, indent=2))
     typer.echo(json.dumps(result, indent=2))
+
+
+def _row_counts(value: str, debug: bool) -> list[int]:
+    """`--memory`'s row counts: positive integers (one line and exit 2 otherwise)."""
+    try:
+        sizes = [int(v) for v in split_list(value)]
+        if not sizes or min(sizes) < 1:
+            raise ValueError(f"got {value!r}")
+    except ValueError as e:
+        fail(f"--memory: row counts are positive integers, e.g. 20000,100000 ({e})", debug, 2)
+    return sizes
 
 
 def _bench_memory(sizes: list[int], layer: str, out: Path, debug: bool) -> None:

@@ -101,6 +101,8 @@ def test_bench_config_checks_cores_and_codecs() -> None:
         BenchConfig(tokenizers=[-1])
     with pytest.raises(ValueError, match="only"):
         pinned(len(os.sched_getaffinity(0)) + 1)
+    with pytest.raises(ValidationError, match="may use only"):  # before any model loads
+        BenchConfig(cores=[1, len(os.sched_getaffinity(0)) + 1])
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import traceback
@@ -332,3 +333,28 @@ def test_summary_prints_the_drift_and_the_partitions_to_look_at(
         "--drift-js-threshold", "1", "--drift-cosine-threshold", "2",
     )  # fmt: skip
     assert run.returncode == 0 and "look at: none" in run.stdout
+
+
+@pytest.mark.parametrize(
+    ("sizes", "why"),
+    [
+        ("100,abc", "invalid literal for int() with base 10: 'abc'"),
+        ("0", "got '0'"),
+        (",", "got ','"),
+    ],
+)
+def test_bench_memory_row_counts_are_checked_before_any_run(sizes: str, why: str) -> None:
+    run = bertetl("bench", "--memory", sizes)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert run.stderr.strip().splitlines() == [
+        f"error: --memory: row counts are positive integers, e.g. 20000,100000 ({why})"
+    ]
+
+
+def test_bench_cores_beyond_this_machine_is_one_line() -> None:
+    run = bertetl("bench", "--systems", "host", "--cores", "1,4096")
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert run.stderr.strip().splitlines() == [
+        f"error: --cores: 4096 cores asked, but this process may use only "
+        f"{len(os.sched_getaffinity(0))}"
+    ]
