@@ -39,17 +39,29 @@ TEXTS = [
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def _build_tokenizer(path: Path) -> None:
+def _wordpiece_vocab(corpus: list[str]) -> dict[str, int]:
+    """A WordPiece vocab made from `corpus` the same way in every process: the special tokens,
+    every character alone and as a `##` continuation, then every whole word, each sorted.
+    (`WordPieceTrainer` breaks ties in hash-map order, so its vocab changes from run to run.)"""
+    from tokenizers import normalizers, pre_tokenizers
+
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    split = pre_tokenizers.BertPreTokenizer()
+    texts = [normalizer.normalize_str(text) for text in corpus]
+    words = sorted({word for text in texts for word, _ in split.pre_tokenize_str(text)})
+    chars = sorted({char for word in words for char in word})
+    tokens = SPECIAL_TOKENS + chars + [f"##{char}" for char in chars]
+    tokens += [word for word in words if len(word) > 1]
+    return {token: index for index, token in enumerate(tokens)}
+
+
+def _build_tokenizer(path: Path, corpus: list[str] = CORPUS) -> None:
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from tokenizers.trainers import WordPieceTrainer
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok = Tokenizer(models.WordPiece(_wordpiece_vocab(corpus), unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(
-        CORPUS * 5, WordPieceTrainer(vocab_size=300, special_tokens=SPECIAL_TOKENS)
-    )
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",

@@ -84,8 +84,12 @@ def test_several_heads_equal_each_head_alone(
 
 
 def test_heads_share_one_tokenization_and_take_the_prefix(
-    tiny_embed_dir: Path, tiny_classifier_dir: Path, tiny_multilabel_dir: Path
+    tiny_embed_dir: Path, tiny_classifier_dir: Path, tiny_multilabel_dir: Path, tmp_path: Path
 ) -> None:
+    import shutil
+
+    from tests.conftest import CORPUS, _build_tokenizer
+
     config = EngineConfig(
         text_column="text",
         embed_model=str(tiny_embed_dir),
@@ -94,12 +98,17 @@ def test_heads_share_one_tokenization_and_take_the_prefix(
         prefix="v2_",
     )
     pipeline = Pipeline(config)
-    assert len(pipeline.tokenizers) == 3  # the tiny models' tokenizers differ
-    same = EngineConfig(
+    # the embedding model's (48 tokens, zero-shot rides on it) and one for both heads: the
+    # heads have the same vocab and length, so the texts are not tokenized twice for them
+    assert len(pipeline.tokenizers) == 2
+    other = tmp_path / "other-vocab"
+    shutil.copytree(tiny_multilabel_dir, other)
+    _build_tokenizer(other, CORPUS[:4])
+    apart = EngineConfig(
         **config.model_dump(exclude={"classify"}),
-        classify=[f"a={tiny_classifier_dir}", f"b={tiny_classifier_dir}"],
+        classify=[f"a={tiny_classifier_dir}", f"b={other}"],
     )
-    assert len(Pipeline(same).tokenizers) == 2  # not tokenized twice for two heads
+    assert len(Pipeline(apart).tokenizers) == 3  # a head with its own vocab: its own pass
     assert [f.name for f in pipeline.added_fields()] == [
         "v2_embedding",
         "v2_a_label",

@@ -354,16 +354,16 @@ def test_models_with_the_same_tokenizer_share_one_tokenization(
     import shutil
 
     from bertetl.engine.pipeline import Pipeline
+    from tests.conftest import CORPUS, _build_tokenizer
 
-    # the fixtures' WordPiece vocabs are trained separately, so their ids differ: two passes
-    both = {"embed_model": str(tiny_embed_dir), "classify_model": str(tiny_classifier_dir)}
+    # a classifier whose vocab comes from other texts, so its ids differ: two passes
+    other = tmp_path / "other"
+    shutil.copytree(tiny_classifier_dir, other)
+    _build_tokenizer(other, CORPUS[:4])
+    both = {"embed_model": str(tiny_embed_dir), "classify_model": str(other)}
     assert len(Pipeline(EngineConfig(text_column="text", max_length=32, **both)).tokenizers) == 2
     # a classifier carrying the embedding model's tokenizer (as a fine-tune of it does)
-    classifier = tmp_path / "cls"
-    shutil.copytree(tiny_classifier_dir, classifier)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(tiny_embed_dir / name, classifier / name)
-    same = {"embed_model": str(tiny_embed_dir), "classify_model": str(classifier)}
+    same = {"embed_model": str(tiny_embed_dir), "classify_model": str(tiny_classifier_dir)}
     shared = Pipeline(EngineConfig(text_column="text", max_length=32, **same))
     assert len(shared.tokenizers) == 1
     assert shared.models[0].tokens_column == shared.models[1].tokens_column
