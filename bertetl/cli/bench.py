@@ -48,10 +48,15 @@ def bench(
         str,
         typer.Option(
             help="Comma-separated: pipeline, sentence-transformers, engine-model, engine-e2e, "
-            "engine-e2e-int8 (CPU; reports its agreement with fp32), host (the engine end to "
-            "end with a null model: what the host's cores can feed a GPU; see --cores)."
+            "engine-e2e-int8, engine-e2e-onnx, engine-e2e-onnx-int8 (CPU; each reports its "
+            "agreement with fp32), host (the engine end to end with a null model: what the "
+            "host's cores can feed a GPU; see --cores), sentence-transformers-onnx-int8 "
+            "(its own export and int8 preset for this CPU, in the peer venv: make peers)."
         ),
     ] = ",".join(BENCH["systems"]),
+    peer_python: Annotated[str, typer.Option(help=help_of(BenchConfig, "peer_python"))] = BENCH[
+        "peer_python"
+    ],
     rows: Annotated[int, typer.Option(help=help_of(BenchConfig, "rows"))] = BENCH["rows"],
     repeats: Annotated[int, typer.Option(help=help_of(BenchConfig, "repeats"))] = BENCH["repeats"],
     device: Annotated[Device, typer.Option(help=help_of(EngineConfig, "device"))] = BENCH["device"],
@@ -166,6 +171,7 @@ def bench(
             tokenizers=split_list(tokenizers),
             ner_aggregation=ner_aggregation,
             zero_shot_labels=zero_shot_labels,
+            peer_python=peer_python,
             engine_options={"long_text": long_text} if long_text != "truncate" else {},
             storage_options=storage_options,
         )
