@@ -112,7 +112,7 @@ def _equal_to(column: str, value: str) -> Any:
     """pyiceberg's `EqualTo(column, value)` (its pydantic signature confuses type checkers)."""
     from pyiceberg.expressions import EqualTo
 
-    return EqualTo(column, value)  # type: ignore[call-arg, misc]
+    return EqualTo(column, value)  # type: ignore[call-arg]
 
 
 def _quote(value: str) -> str:
