@@ -112,7 +112,8 @@ def _equal_to(column: str, value: str) -> Any:
     """pyiceberg's `EqualTo(column, value)` (its pydantic signature confuses type checkers)."""
     from pyiceberg.expressions import EqualTo
 
-    return EqualTo(column, value)  # type: ignore[call-arg]
+    equal_to: Any = EqualTo
+    return equal_to(column, value)
 
 
 def _quote(value: str) -> str:
