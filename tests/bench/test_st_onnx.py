@@ -31,7 +31,7 @@ def test_the_peer_encodes_the_same_texts_and_sits_beside_the_engine(
     tokenizer_config = json.loads((model / "tokenizer_config.json").read_text())
     tokenizer_config["tokenizer_class"] = "BertTokenizerFast"
     (model / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
-    systems = ["engine-e2e-onnx-int8", st_onnx.SYSTEM]
+    systems = ["engine-e2e", st_onnx.SYSTEM]
     config = BenchConfig(
         models=[str(model)],
         inputs=["reviews"],
