@@ -46,7 +46,7 @@ $(VENV)/.dev: pyproject.toml $(VENV)/.base | $(CHROMIUM) $(AZURITE)
 PEER_VENV := .venv-peers
 PEERS := sentence-transformers[onnx]==5.7.0 transformers==4.57.6 optimum-onnx[onnxruntime]==0.1.0 \
 	onnxruntime==1.32.0
-$(PEER_VENV)/.ok:
+$(PEER_VENV)/.ok: Makefile
 	$(PYTHON) -m venv $(PEER_VENV)
 	$(PEER_VENV)/bin/python -m pip install -q torch==2.13.0
 	$(PEER_VENV)/bin/python -m pip install -q $(foreach p,$(PEERS),'$(p)')

@@ -24,6 +24,16 @@ PEER_PYTHON = ".venv-peers/bin/python"
 PEER_SCRIPT = Path(__file__).with_name("st_onnx_peer.py")
 
 
+def check_peer(python: str) -> None:
+    """A one-line error before any system runs when the peer venv is missing."""
+    if not Path(python).is_file():
+        raise ConfigError(
+            f"{SYSTEM} runs in its own venv, and {python} is missing (a relative path is "
+            f"from {os.getcwd()}): run `make peers` in the repository, or give --peer-python "
+            "(sentence-transformers 5 with optimum-onnx, which needs transformers < 4.58)"
+        )
+
+
 def _peer(python: str, *args: str) -> dict[str, Any]:
     """Run the peer script; its last stdout line is its JSON report."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
@@ -35,25 +45,34 @@ def _peer(python: str, *args: str) -> dict[str, Any]:
     if done.returncode or not lines:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise ModelError(f"{SYSTEM} {args[0]} failed (exit {done.returncode}): {last}")
-    report: dict[str, Any] = json.loads(lines[-1])
+    try:
+        report: dict[str, Any] = json.loads(lines[-1])
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{SYSTEM} {args[0]}: its last line is not JSON: {lines[-1]!r}") from e
     return report
 
 
+def export_folder(model_dir: Path, workdir: Path) -> Path:
+    """Where the peer's export of `model_dir` lives under `workdir`: keyed by the model's
+    files (names and contents), so a changed model is exported again."""
+    from bertetl.io.manifest import model_fingerprint
+
+    key = hashlib.sha256(model_fingerprint(model_dir).encode()).hexdigest()[:16]
+    return workdir / f"st-onnx-int8-{key}"
+
+
 def peer_run(
-    texts: list[str], model_dir: Path, workdir: Path, repeats: int, python: str = PEER_PYTHON
-) -> tuple[dict[str, Any], np.ndarray]:
+    texts: list[str], model_dir: Path, workdir: Path, repeats: int, python: str
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """Export and quantize `model_dir` with sentence-transformers' preset for this CPU (once
-    per workdir), then time its encode of `texts` (batch 32, after a 64-text warm-up).
-    Returns the peer's report (seconds, peak RSS, preset, versions) and its embeddings."""
-    if not Path(python).is_file():
-        raise ConfigError(
-            f"{SYSTEM} runs in its own venv, and {python} is missing: run `make peers` "
-            "(sentence-transformers 5 with optimum-onnx, which needs transformers < 4.58)"
-        )
-    key = hashlib.sha256(str(model_dir.resolve()).encode()).hexdigest()[:12]
-    folder = workdir / f"st-onnx-int8-{key}"
+    per workdir and model), then time its encode of `texts` (batch 32, after a 64-text
+    warm-up). Returns the peer's report (seconds, peak RSS, preset, max length, versions), its
+    int8 embeddings and, untimed, its fp32 ONNX model's."""
+    check_peer(python)
+    folder = export_folder(model_dir, workdir)
     _peer(python, "export", str(model_dir), str(folder))
-    texts_file, embeddings_file = workdir / "st-onnx-texts.json", workdir / "st-onnx.npy"
+    texts_file = workdir / "st-onnx-texts.json"
+    int8, fp32 = workdir / "st-onnx-int8.npy", workdir / "st-onnx-fp32.npy"
     texts_file.write_text(json.dumps(texts))
-    report = _peer(python, "run", str(folder), str(texts_file), str(embeddings_file), str(repeats))
-    return report, np.load(embeddings_file)
+    report = _peer(python, "run", str(folder), str(texts_file), str(int8), str(fp32), str(repeats))
+    return report, np.load(int8), np.load(fp32)

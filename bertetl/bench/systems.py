@@ -29,10 +29,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from bertetl.bench import st_onnx
 from bertetl.bench.e2e import engine_e2e_run
 from bertetl.bench.host import CODECS
 from bertetl.config import Device, DType, NerAggregation
-from bertetl.errors import InputError
+from bertetl.errors import ConfigError, InputError, ModelError
 from bertetl.io.inputs import resolve_inputs
 from bertetl.io.read import discover, read_columns
 from bertetl.io.storage import StorageError
@@ -46,7 +47,7 @@ SYSTEMS = (
     "engine-e2e-onnx",
     "engine-e2e-onnx-int8",
     "host",
-    "sentence-transformers-onnx-int8",
+    st_onnx.SYSTEM,
 )
 #: The engine's variants: the engine end to end with these EngineConfig fields, each
 #: reporting how close its outputs are to the fp32 torch engine's (`variant_agreement`).
@@ -95,11 +96,11 @@ class BenchConfig(BaseModel):
         description="Options of s3:// inputs (`--storage-option`, docs/STORAGE.md).",
     )
     systems: list[str] = Field(
-        [s for s in SYSTEMS if s not in (*VARIANTS, "host", "sentence-transformers-onnx-int8")],
+        [s for s in SYSTEMS if s not in (*VARIANTS, "host", st_onnx.SYSTEM)],
         description="Which systems to run.",
     )
     peer_python: str = Field(
-        ".venv-peers/bin/python",
+        st_onnx.PEER_PYTHON,
         description="The interpreter of the peer venv (`make peers`) that runs "
         "sentence-transformers-onnx-int8: sentence-transformers 5 with optimum-onnx, which "
         "needs transformers < 4.58.",
@@ -237,6 +238,15 @@ def own_input(inputs: str) -> tuple[str, str]:
     return path, column or "text"
 
 
+def check_peer(config: BenchConfig) -> None:
+    """With sentence-transformers' ONNX int8 asked for: its venv is there, and the engine
+    truncates long texts as it does."""
+    if st_onnx.SYSTEM in config.systems:
+        st_onnx.check_peer(config.peer_python)
+        if config.engine_options.get("long_text", "truncate") != "truncate":
+            raise ConfigError(f"{st_onnx.SYSTEM} truncates long texts: drop --long-text")
+
+
 def check_inputs(config: BenchConfig) -> None:
     """Find the Parquet files of each own input set (`PATH[:COLUMN]`) before any system
     runs: a missing file, bucket or endpoint is one error naming it, not one per system."""
@@ -366,7 +376,7 @@ def _run_system(
     import torch
     import transformers
 
-    from bertetl.bench import heads, st_onnx
+    from bertetl.bench import heads
     from bertetl.engine.encoders import resolve_device, resolve_dtype
 
     transformers.utils.logging.disable_progress_bar()
@@ -390,16 +400,9 @@ def _run_system(
     result = Result(system, model_name, inputs, len(texts), int(lengths.sum()), [])
     result.flops = forward_flops(model_config, lengths, params)
     if peer:
-        report, embeddings = st_onnx.peer_run(
-            texts, model_dir, workdir, config.repeats, config.peer_python
+        result.seconds, result.peak_rss_mb, result.extra = _peer_figures(
+            texts, model_dir, workdir, config, pipeline
         )
-        result.seconds, result.peak_rss_mb = report["seconds"], report["peak_rss_mb"]
-        reference = engine_column(pipeline, texts).values.to_numpy().reshape(len(texts), -1)
-        result.extra = {
-            **cosine_agreement(reference, embeddings, "int8"),
-            "preset": report["preset"],
-            "peer_versions": report["versions"],
-        }
         return result
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -440,6 +443,33 @@ def _run_system(
     if device.type == "cuda":
         result.peak_gpu_mb = torch.cuda.max_memory_allocated() / 2**20
     return result
+
+
+def _peer_figures(
+    texts: list[str], model_dir: Path, workdir: Path, config: BenchConfig, pipeline: Any
+) -> tuple[list[float], float, dict[str, Any]]:
+    """sentence-transformers' ONNX int8 (`st_onnx`): its seconds, peak RSS and agreement with
+    the fp32 torch engine. Its own fp32 ONNX model must agree with the engine's (cosine >=
+    0.999, the same max length), or the two did not embed the same texts the same way."""
+    report, int8, fp32 = st_onnx.peer_run(
+        texts, model_dir, workdir, config.repeats, config.peer_python
+    )
+    reference = engine_column(pipeline, texts).values.to_numpy().reshape(len(texts), -1)
+    same = cosine_agreement(reference, fp32, "fp32")
+    max_length = pipeline.tokenize_stages[0].max_length
+    if report["max_seq_length"] != max_length or same["fp32_cosine_min"] < 0.999:
+        raise ModelError(
+            f"{st_onnx.SYSTEM} does not embed as the engine does: its max length "
+            f"{report['max_seq_length']} (the engine's {max_length}), its fp32 ONNX model's "
+            f"least cosine to the engine's {same['fp32_cosine_min']}"
+        )
+    extra = {
+        **cosine_agreement(reference, int8, "int8"),
+        "peer_fp32_cosine_min": same["fp32_cosine_min"],
+        "preset": report["preset"],
+        "peer_versions": report["versions"],
+    }
+    return report["seconds"], report["peak_rss_mb"], extra
 
 
 def token_lengths(tokenizer: Any, texts: list[str]) -> np.ndarray:
@@ -734,6 +764,7 @@ def run_bench(config: BenchConfig, until: float | None = None) -> dict[str, Any]
     """Run every (model, input set, system) and return results with ratios; a system not
     started by `until` (a `time.monotonic()` deadline) is reported as skipped."""
     check_inputs(config)  # before any system: a bad input is one error, not one per system
+    check_peer(config)
     env = environment()
     peak = peak_flops(env["device"])
     workdir = Path(config.workdir or tempfile.mkdtemp(prefix="bertetl-bench-"))
