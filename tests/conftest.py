@@ -81,6 +81,15 @@ def _build_tokenizer(path: Path, corpus: list[str] = CORPUS) -> None:
     fast.save_pretrained(path)
 
 
+def with_other_vocab(model_dir: Path, dest: Path) -> Path:
+    """A copy of a tiny model whose tokenizer has a vocab from other texts (its ids differ)."""
+    import shutil
+
+    shutil.copytree(model_dir, dest)
+    _build_tokenizer(dest, CORPUS[:4])
+    return dest
+
+
 def _tiny_config(vocab_size: int, **kwargs: object):
     from transformers import BertConfig
 

@@ -753,7 +753,7 @@ def add_ratios(group: list[dict[str, Any]]) -> None:
     for row in group:
         if not row["system"].startswith("engine"):
             continue
-        for base in ("pipeline", "sentence-transformers", "sentence-transformers-onnx-int8"):
+        for base in ("pipeline", "sentence-transformers", st_onnx.SYSTEM):
             if base in rates:
                 row[f"x_{base}"] = round(row["rows_per_s"] / rates[base], 2)
         if "engine-model" in rates and row["system"] != "engine-model":
@@ -819,7 +819,7 @@ SYSTEM_COLUMNS = [
     ("pad waste", "padding_waste"),
     ("x pipeline", "x_pipeline"),
     ("x s-t", "x_sentence-transformers"),
-    ("x s-t int8", "x_sentence-transformers-onnx-int8"),
+    ("x s-t int8", f"x_{st_onnx.SYSTEM}"),
     ("e2e/model", "share_of_model_only"),
     ("x embed-only", "x_embed_only"),
     ("entities", "entities"),
@@ -881,7 +881,7 @@ HEAD_KEYS = {
     "entities",
     "rows_agree",
     "score_max_diff",
-    "x_sentence-transformers-onnx-int8",
+    f"x_{st_onnx.SYSTEM}",
     *AGREEMENT_KEYS,
 }
 

@@ -86,9 +86,7 @@ def test_several_heads_equal_each_head_alone(
 def test_heads_share_one_tokenization_and_take_the_prefix(
     tiny_embed_dir: Path, tiny_classifier_dir: Path, tiny_multilabel_dir: Path, tmp_path: Path
 ) -> None:
-    import shutil
-
-    from tests.conftest import CORPUS, _build_tokenizer
+    from tests.conftest import with_other_vocab
 
     config = EngineConfig(
         text_column="text",
@@ -101,9 +99,7 @@ def test_heads_share_one_tokenization_and_take_the_prefix(
     # the embedding model's (48 tokens, zero-shot rides on it) and one for both heads: the
     # heads have the same vocab and length, so the texts are not tokenized twice for them
     assert len(pipeline.tokenizers) == 2
-    other = tmp_path / "other-vocab"
-    shutil.copytree(tiny_multilabel_dir, other)
-    _build_tokenizer(other, CORPUS[:4])
+    other = with_other_vocab(tiny_multilabel_dir, tmp_path / "other-vocab")
     apart = EngineConfig(
         **config.model_dump(exclude={"classify"}),
         classify=[f"a={tiny_classifier_dir}", f"b={other}"],

@@ -351,15 +351,11 @@ def test_two_worker_processes_match_one(
 def test_models_with_the_same_tokenizer_share_one_tokenization(
     tiny_embed_dir: Path, tiny_classifier_dir: Path, tmp_path: Path
 ) -> None:
-    import shutil
-
     from bertetl.engine.pipeline import Pipeline
-    from tests.conftest import CORPUS, _build_tokenizer
+    from tests.conftest import with_other_vocab
 
     # a classifier whose vocab comes from other texts, so its ids differ: two passes
-    other = tmp_path / "other"
-    shutil.copytree(tiny_classifier_dir, other)
-    _build_tokenizer(other, CORPUS[:4])
+    other = with_other_vocab(tiny_classifier_dir, tmp_path / "other")
     both = {"embed_model": str(tiny_embed_dir), "classify_model": str(other)}
     assert len(Pipeline(EngineConfig(text_column="text", max_length=32, **both)).tokenizers) == 2
     # a classifier carrying the embedding model's tokenizer (as a fine-tune of it does)
