@@ -410,6 +410,15 @@ class EngineConfig(BaseModel):
         "shape pay for compiling). Off by default: not yet measured on a GPU (make gpu-check "
         "compares both); on the CPU compiling costs more than it saves on a run.",
     )
+    cuda_graphs: bool = Field(
+        False,
+        description="Replay each embed and classify batch from a CUDA graph captured once per "
+        "batch shape (batches padded to widths in steps of 32 tokens and power-of-two row "
+        "counts); cuts "
+        "kernel-launch time, which bounds small models on large GPUs. CUDA only; the padded, "
+        "uncompiled torch path. Off by default: not yet measured on a GPU (make gpu-check "
+        "compares both).",
+    )
     batch_tokens: int | None = Field(
         None,
         gt=0,
@@ -556,10 +565,26 @@ class EngineConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_backend(self) -> EngineConfig:
-        if self.backend == "onnx" and (self.unpadded or self.compile):
+        if self.backend == "onnx" and (self.unpadded or self.compile or self.cuda_graphs):
             raise ConfigError(
-                "--backend onnx runs the padded, uncompiled path: drop --unpadded/--compile"
+                "--backend onnx runs the padded, uncompiled path on the CPU: drop "
+                "--unpadded/--compile/--cuda-graphs"
             )
+        if self.cuda_graphs:
+            given = [
+                option
+                for option, on in (
+                    ("--unpadded", self.unpadded),
+                    ("--compile", self.compile),
+                    ("--quantize int8", self.quantize == "int8"),
+                    ("--device cpu", self.device == "cpu"),
+                )
+                if on
+            ]
+            if given:
+                raise ConfigError(
+                    f"--cuda-graphs replays the padded torch path on a GPU: drop {', '.join(given)}"
+                )
         return self
 
     @model_validator(mode="after")

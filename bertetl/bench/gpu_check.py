@@ -11,8 +11,8 @@ and recording it in the JSON file whatever happens:
    sentence-transformers, the engine's model stage alone and end to end, each in its own
    process, in the device's default precision (bf16 on an H100), and the host path (null
    model, `bertetl.bench.host`) on 1 core and on all. Engine variants (`--variant`; by
-   default the unpadded and the compiled paths, both off by default in the engine) run the
-   engine's two systems again.
+   default the unpadded, the compiled and the CUDA-graph paths, all off by default in the
+   engine) run the engine's two systems again.
 4. verdicts: per model, whether the end-to-end engine is host-bound (the host path feeds fewer
    tokens/s than the model stage takes) or device-bound; the issue's GPU targets, met or not;
    each variant's speed over the default path's, and whether it wins (then it is the one to
@@ -50,15 +50,18 @@ GPU_SYSTEMS = ["pipeline", "sentence-transformers", "engine-model", "engine-e2e"
 #: carry; with no such field the variant is recorded as absent.
 VARIANTS = {
     "unpadded": ("unpad", "varlen", "nested", "packed"),
-    "compiled": ("compile", "cuda_graph"),
+    "compiled": ("compile",),
+    "cuda_graphs": ("cuda_graph",),
 }
 #: The variants a check runs when none is named: each engine path that is off by default
 #: until a GPU measurement says it wins. A dry run leaves `compiled` out (compiling on the
-#: CPU costs half a minute; tests/engine/test_unpadded.py covers that path there).
+#: CPU costs half a minute; tests/engine/test_unpadded.py covers that path there), and
+#: `cuda_graphs` (CUDA only; tests/engine/test_graphs.py covers its batch shapes on the CPU).
 DEFAULT_VARIANTS: dict[str, dict[str, Any]] = {
     "unpadded": {"unpadded": True},
-    "compiled": {"compile": True},
-}
+    "cuda_graphs": {"cuda_graphs": True},
+    "compiled": {"compile": True},  # last: compiling takes longest, so it is what a slow
+}  # run skips first (past --budget-s)
 DRY_RUN_VARIANTS = ("unpadded",)
 #: The GPU targets of issue 19: (name, model role, system, result key, at least).
 TARGETS = [

@@ -88,6 +88,7 @@ ENGINE_OPTIONS: list[EngineOption] = [
     _from_model(EngineConfig, "backend"),
     _from_model(EngineConfig, "unpadded"),
     _from_model(EngineConfig, "compile"),
+    _from_model(EngineConfig, "cuda_graphs"),
     _from_model(EngineConfig, "batch_tokens"),
     _from_model(EngineConfig, "max_batch_rows"),
     _from_model(EngineConfig, "max_length"),

@@ -39,20 +39,54 @@ def plan_batches(lengths: np.ndarray, token_budget: int, max_rows: int) -> list[
 
 
 def pad_batch(
-    offsets: np.ndarray, values: np.ndarray, rows: np.ndarray, pad_id: int
+    offsets: np.ndarray,
+    values: np.ndarray,
+    rows: np.ndarray,
+    pad_id: int,
+    shape: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Gather the token ids of `rows` from a flat list layout into a right-padded matrix.
 
-    Returns `(input_ids, attention_mask)`, both int64 of shape (len(rows), longest row).
+    Returns `(input_ids, attention_mask)`, both int64 of shape (len(rows), longest row), or
+    `shape` (at least that) for a replayed CUDA graph (`graph_shape`): the rows beyond
+    `rows` are filler, one unmasked pad token each (no row is wholly masked), to be dropped.
     """
     starts = offsets[rows].astype(np.int64)
     lengths = offsets[rows + 1].astype(np.int64) - starts
-    width = int(lengths.max())
+    longest = int(lengths.max())
+    height, width = shape or (len(rows), longest)
+    if height < len(rows) or width < longest:
+        raise ValueError(f"shape {shape} is smaller than the batch ({len(rows)}, {longest})")
+    lengths = np.concatenate([lengths, np.ones(height - len(rows), dtype=np.int64)])
+    starts = np.concatenate([starts, np.zeros(height - len(rows), dtype=np.int64)])
     positions = np.arange(width, dtype=np.int64)
     mask = positions[None, :] < lengths[:, None]
-    input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-    input_ids[mask] = values[(starts[:, None] + positions[None, :])[mask]]
+    real = mask.copy()
+    real[len(rows) :] = False
+    input_ids = np.full((height, width), pad_id, dtype=np.int64)
+    input_ids[real] = values[(starts[:, None] + positions[None, :])[real]]
     return input_ids, mask.astype(np.int64)
+
+
+#: Batches replayed through CUDA graphs (`--cuda-graphs`) are padded to a width that is a
+#: multiple of this and to a power-of-two row count, so a run captures few shapes.
+GRAPH_WIDTH_STEP = 32
+
+
+def graph_width(lengths: np.ndarray) -> np.ndarray:
+    """Token lengths rounded up to the graph width step (0 stays 0): what a batch of rows
+    that long is padded to for a CUDA graph, so batches are planned on these lengths."""
+    return -(-lengths // GRAPH_WIDTH_STEP) * GRAPH_WIDTH_STEP
+
+
+def graph_shape(rows: int, longest: int, token_budget: int, max_rows: int) -> tuple[int, int]:
+    """The (rows, width) a batch of `rows` rows, the longest `longest` tokens, is padded to
+    for a CUDA graph: the width up to the step (`graph_width`); the rows up to a power of two,
+    but no more than the token budget holds at that width or `max_rows` (nor fewer than
+    `rows`), so the padded batch costs no more memory than a planned one."""
+    width = int(graph_width(np.array(longest)))
+    cap = max(rows, min(max_rows, token_budget // width))
+    return min(1 << (rows - 1).bit_length(), cap), width
 
 
 def pack_batch(

@@ -14,7 +14,13 @@ import numpy as np
 import pyarrow as pa
 
 from bertetl.config import EngineConfig
-from bertetl.engine.batching import pack_batch, pad_batch, plan_batches
+from bertetl.engine.batching import (
+    graph_shape,
+    graph_width,
+    pack_batch,
+    pad_batch,
+    plan_batches,
+)
 from bertetl.engine.heads import LabelColumns, check_sequence_classifier
 from bertetl.engine.heap import pin_mmap_threshold
 from bertetl.engine.long_text import combine_windows
@@ -132,6 +138,7 @@ class ModelRuntime:
     allow_pickle: bool = False
     unpadded: bool = False
     compile: bool = False
+    cuda_graphs: bool = False
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> ModelRuntime:
@@ -145,6 +152,7 @@ class ModelRuntime:
             allow_pickle=config.allow_pickle,
             unpadded=config.unpadded,
             compile=config.compile,
+            cuda_graphs=config.cuda_graphs,
         )
 
 
@@ -243,6 +251,8 @@ class EncoderStage:
         self.oom_splits = 0
         self.model: Any = None
         self.device: Any = None
+        #: `engine.graphs.CudaGraphs` over `_forward` with `cuda_graphs` (set in `setup`).
+        self.graphs: Any = None
 
     @property
     def requires(self) -> tuple[str, ...]:
@@ -262,9 +272,13 @@ class EncoderStage:
             self.token_budget = DEFAULT_BATCH_TOKENS.get(self.device.type, 4096)
         self.model = load_runtime_model(self.model_dir, self.kind, self.device, self.runtime)
         self.pad_token_id = int(getattr(self.model.config, "pad_token_id", None) or 0)
+        if self.runtime.cuda_graphs:
+            from bertetl.engine.graphs import CudaGraphs
+
+            self.graphs = CudaGraphs(lambda ids, mask: self._forward(ids, mask), self.device)
 
     def teardown(self) -> None:
-        self.model = None
+        self.model = self.graphs = None
         if self.device is not None and self.device.type == "cuda":
             import torch
 
@@ -309,11 +323,25 @@ class EncoderStage:
             out = self._forward_packed(input_ids, position_ids, starts, longest)
             real = padded = packed[0].size
         else:
-            ids, mask = pad_batch(offsets, values, rows, self.pad_token_id)
+            shape = self._graph_shape(offsets, rows) if self.graphs is not None else None
+            ids, mask = pad_batch(offsets, values, rows, self.pad_token_id, shape)
             input_ids, attention_mask = (self._to_device(a) for a in (ids, mask))
-            out = self._forward(input_ids, attention_mask)
-            real, padded = int(mask.sum()), int(mask.size)
+            forward = self.graphs if self.graphs is not None else self._forward
+            out = forward(input_ids, attention_mask)[: len(rows)]
+            real = int(mask[: len(rows)].sum())
+            padded = int(mask.size)
         return out.float().cpu().numpy(), real, padded
+
+    def _graph_shape(self, offsets: np.ndarray, rows: np.ndarray) -> tuple[int, int]:
+        """The padded shape of a batch replayed from a CUDA graph (`batching.graph_shape`)."""
+        longest = int((offsets[rows + 1] - offsets[rows]).max())
+        return graph_shape(len(rows), longest, self.token_budget, self.max_batch_rows)
+
+    def _plan(self, lengths: np.ndarray) -> list[np.ndarray]:
+        """Token-budget batches of rows (`plan_batches`); with CUDA graphs planned on the
+        lengths their batches are padded to, so a padded batch keeps within the budget."""
+        planned = graph_width(lengths) if self.graphs is not None else lengths
+        return plan_batches(planned, self.token_budget, self.max_batch_rows)
 
     def _run_rows(self, offsets: np.ndarray, values: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Forward one batch; on CUDA out-of-memory halve the token budget and split it."""
@@ -350,7 +378,7 @@ class EncoderStage:
             first = int(row_offsets[0])
             lengths = np.diff(offsets)[first : int(row_offsets[-1])]
             outputs = np.zeros((len(lengths), self.width), dtype=np.float32)
-            for batch_rows in plan_batches(lengths, self.token_budget, self.max_batch_rows):
+            for batch_rows in self._plan(lengths):
                 outputs[batch_rows] = self._run_rows(offsets, values, batch_rows + first)
             if windows.max(initial=0) > 1:
                 outputs = combine_windows(outputs, windows, lengths - self._special(batch))
@@ -452,7 +480,7 @@ class EmbedStage(EncoderStage):
         np.cumsum(lengths, out=offsets[1:])
         values = np.fromiter((i for row in ids for i in row), np.int64, int(offsets[-1]))
         outputs = np.zeros((len(ids), self.width), dtype=np.float32)
-        for rows in plan_batches(lengths, self.token_budget, self.max_batch_rows):
+        for rows in self._plan(lengths):
             with torch.inference_mode():
                 outputs[rows] = self._pass(offsets, values, rows)[0]
         return self._finish_rows(outputs)

@@ -31,9 +31,9 @@ def test_variant_option_parses_engine_fields() -> None:
 
 def test_variants_the_engine_lacks_are_recorded_as_absent() -> None:
     notes = absent_variants({})
-    assert len(notes) == 2
+    assert len(notes) == 3
     assert all(("absent" in n) or ("--variant" in n) for n in notes)
-    assert len(absent_variants({"unpadded": {"x": 1}})) == 1
+    assert len(absent_variants({"unpadded": {"x": 1}})) == 2
 
 
 def test_verdicts_compare_the_host_path_with_the_model_stage() -> None:
@@ -79,7 +79,7 @@ def test_dry_run_exercises_every_step_on_the_cpu(tmp_path: Path, capsys) -> None
     hosts = [r for r in results if r["system"] == "host"]
     assert sorted(r["tokenizers"] for r in hosts) == [0, 0, 1, 1]  # without and with a pool
     assert [t["met"] for t in report["targets"]] == [None] * len(TARGETS)
-    # the unpadded variant ran both engine systems for both models; compiled is left out
+    # the unpadded variant ran both engine systems for both models; the others are left out
     variants = {(v["variant"], v["model"], v["system"]) for v in report["variants"]}
     assert variants == {
         ("unpadded", role, system)
@@ -87,7 +87,7 @@ def test_dry_run_exercises_every_step_on_the_cpu(tmp_path: Path, capsys) -> None
         for system in ("engine-model", "engine-e2e")
     }
     assert all(v["x_default"] > 0 and v["wins"] is None for v in report["variants"])
-    assert [n.split(":")[0] for n in report["absent"]] == ["compiled"]
+    assert [n.split(":")[0] for n in report["absent"]] == ["compiled", "cuda_graphs"]
     printed = capsys.readouterr().out
     assert "gpu-check on cpu (dry run" in printed and "target:" in printed
 
