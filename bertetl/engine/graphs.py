@@ -80,6 +80,8 @@ class CudaGraphs:
                 self.forward(static_ids, static_mask)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        # thread_local: the engine's other threads (prefetch, writer) may touch CUDA (pinned
+        # host memory) while this one captures; only this thread's calls are captured
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
             output = self.forward(static_ids, static_mask)
         return CapturedShape(static_ids, static_mask, graph, output)
