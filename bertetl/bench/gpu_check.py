@@ -13,7 +13,9 @@ and recording it in the JSON file whatever happens:
    model, `bertetl.bench.host`) on 1 core and on all. Engine variants (`--variant`; by
    default the unpadded, the compiled and the CUDA-graph paths, all off by default in the
    engine) run the engine's two systems again.
-4. verdicts: per model, whether the end-to-end engine is host-bound (the host path feeds fewer
+4. long documents (issue 16): `--long-text window` against hand-cut chunks through
+   sentence-transformers (`bertetl.bench.long_text`), MiniLM, alternating rounds.
+5. verdicts: per model, whether the end-to-end engine is host-bound (the host path feeds fewer
    tokens/s than the model stage takes) or device-bound; the issue's GPU targets, met or not;
    each variant's speed over the default path's, and whether it wins (then it is the one to
    turn on by default); variants not run, recorded as absent.
@@ -63,6 +65,10 @@ DEFAULT_VARIANTS: dict[str, dict[str, Any]] = {
     "compiled": {"compile": True},  # last: compiling takes longest, so it is what a slow
 }  # run skips first (past --budget-s)
 DRY_RUN_VARIANTS = ("unpadded",)
+#: Issue 16's long documents on the GPU: `--long-text window` against hand-cut chunks through
+#: sentence-transformers (`bench.long_text`), with MiniLM, in alternating rounds.
+LONG_DOCUMENTS = 128
+LONG_TEXT_TARGET = ("long documents: window mode >= 1.5x hand-written chunks + ST", 1.5)
 #: The GPU targets of issue 19: (name, model role, system, result key, at least).
 TARGETS = [
     ("BERT-base model-only MFU >= 50%", "bert-base", "engine-model", "mfu", 0.5),
@@ -300,6 +306,10 @@ def summary_table(report: dict[str, Any]) -> str:
     for target in report["targets"]:
         met = {True: "met", False: "NOT met", None: "not measured"}[target["met"]]
         console.print(f"target: {target['target']}: {target['value']} ({met})")
+    long_text = report["long_text"]
+    met = {True: "met", False: "NOT met", None: "not measured"}[long_text["met"]]
+    why = long_text.get("skipped") or long_text.get("error") or ""
+    console.print(f"target: {long_text['target']}: {long_text.get('value')} ({met}) {why}")
     for v in report["variants"]:
         wins = {True: "wins: turn it on by default", False: "does not win", None: "not measured"}
         console.print(
@@ -312,6 +322,33 @@ def summary_table(report: dict[str, Any]) -> str:
         console.print(f"error: {error}")
     console.print(f"{report['elapsed_s']:.0f} s (budget {report['budget_s']:.0f} s)")
     return console.export_text()
+
+
+def long_text_step(plan: CheckPlan, model: str, workdir: Path, until: float) -> dict[str, Any]:
+    """Issue 16's window-mode benchmark on the device (or, dry, two documents on the CPU):
+    its report, the target met or not, or why it did not run."""
+    from bertetl.bench.long_text import run_long_text_bench
+
+    name, least = LONG_TEXT_TARGET
+    if time.monotonic() > until:
+        return {"target": name, "met": None, "skipped": "past --budget-s"}
+    try:
+        report = run_long_text_bench(
+            workdir / "long-documents",
+            documents=2 if plan.dry_run else LONG_DOCUMENTS,
+            model=model,
+            device="cpu" if plan.dry_run else "cuda",
+            repeats=1 if plan.dry_run else plan.repeats,
+        )
+    except Exception as e:  # recorded and reported; the check's other figures still count
+        return {"target": name, "met": None, "error": f"{type(e).__name__}: {e}"}
+    value = report["speedup_window_vs_hand_written"]
+    return {
+        "target": name,
+        "value": value,
+        "met": None if plan.dry_run else value >= least,
+        "report": report,
+    }
 
 
 def run_check(plan: CheckPlan, out: Path) -> int:
@@ -336,9 +373,13 @@ def run_check(plan: CheckPlan, out: Path) -> int:
         else:
             roles = {"minilm": "minilm", "bert-base": "bert-base"}
         bench = run_bench(plan.bench_config(list(roles), workdir), until=until)
+        minilm = next(spec for spec, role in roles.items() if role == "minilm")
+        long_text = long_text_step(plan, minilm, workdir, until)
         rows, errors = variant_rows(plan, list(roles), workdir, until)
     bench["results"].extend(rows)
     bench["errors"].extend(errors)
+    if "error" in long_text:
+        bench["errors"].append(f"[long documents] {long_text['error']}")
     report = {
         "dry_run": plan.dry_run,
         "environment": env,
@@ -348,6 +389,7 @@ def run_check(plan: CheckPlan, out: Path) -> int:
         "verdicts": verdicts(bench["results"], roles),
         "targets": check_targets(bench["results"], roles, plan.dry_run),
         "variants": variant_verdicts(bench["results"], roles, plan.dry_run),
+        "long_text": long_text,
         "absent": absent_variants(plan.variants),
         "budget_s": plan.budget_s,
         "elapsed_s": round(time.monotonic() - started, 1),

@@ -3,7 +3,9 @@ alternative a user would write (cut the tokens into chunks, decode them, sentenc
 `encode` over the chunks, then a weighted group mean), end to end and in the same run.
 
 Every system reads the same Parquet file and writes a Parquet file with an embedding column;
-the figures are ratios between systems measured one after the other in one process.
+the figures are ratios between systems measured one after the other in one process, in
+alternating rounds (`repeats`), each system's median against the others'. Every run loads its
+model, as a one-off job does.
 """
 
 from __future__ import annotations
@@ -40,12 +42,12 @@ def long_documents(count: int, seed: int = 0) -> list[str]:
     return documents
 
 
-def _engine(src: Path, dest: Path, model: str, long_text: str) -> dict[str, Any]:
+def _engine(src: Path, dest: Path, model: str, long_text: str, device: str) -> dict[str, Any]:
     from bertetl.config import EngineConfig
     from bertetl.runs.enrich import enrich
 
     config = EngineConfig(
-        text_column="text", embed_model=model, device="cpu", long_text=long_text, token_stats=True
+        text_column="text", embed_model=model, device=device, long_text=long_text, token_stats=True
     )
     report = enrich(src, dest, config)
     embed = report.stages["embed"]
@@ -58,15 +60,25 @@ def _engine(src: Path, dest: Path, model: str, long_text: str) -> dict[str, Any]
     }
 
 
-def _hand_written(src: Path, dest: Path, model_dir: Path, overlap: int, max_windows: int) -> dict:
-    """What a user writes without window mode: same windows, cut by hand, re-encoded by ST."""
+def _hand_written(
+    src: Path, dest: Path, model_dir: Path, overlap: int, max_windows: int, device: str
+) -> dict:
+    """What a user writes without window mode: same windows, cut by hand, re-encoded by ST
+    (in the device's default precision, as the engine runs)."""
+    import torch
     from sentence_transformers import SentenceTransformer
     from transformers import AutoTokenizer
 
     table = pq.read_table(src)
     texts = table.column("text").to_pylist()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = SentenceTransformer(str(model_dir), device="cpu")
+    from bertetl.engine.encoders import resolve_device, resolve_dtype
+
+    where = resolve_device(device)
+    model = SentenceTransformer(str(model_dir), device=str(where))
+    dtype = resolve_dtype("auto", where)  # the engine's default precision on this device
+    if dtype != torch.float32:
+        model = model.to(dtype)
     width = model.max_seq_length - 2
     stride = width - overlap
     chunks: list[list[int]] = []
@@ -90,31 +102,46 @@ def _hand_written(src: Path, dest: Path, model_dir: Path, overlap: int, max_wind
     return {"model_tokens": int(weights.sum() + 2 * len(chunks)), "windows": len(chunks)}
 
 
-def run_long_text_bench(workdir: Path, documents: int = 24, model: str = "minilm") -> dict:
-    """Time the three systems on the same long documents; rows/s, tokens/s and ratios."""
+def run_long_text_bench(
+    workdir: Path,
+    documents: int = 24,
+    model: str = "minilm",
+    device: str = "cpu",
+    repeats: int = 1,
+) -> dict:
+    """Time the three systems on the same long documents, `repeats` rounds in turn, on
+    `device`; each system's median seconds, rows/s, tokens/s, and the ratios of medians."""
     from bertetl.engine.model_files import resolve_model_dir
 
     model_dir = resolve_model_dir(model)
     workdir.mkdir(parents=True, exist_ok=True)
     src = workdir / "long.parquet"
     pq.write_table(pa.table({"id": range(documents), "text": long_documents(documents)}), src)
-    systems: dict[str, dict[str, Any]] = {}
     runs = {
-        "bertetl truncate": lambda: _engine(src, workdir / "truncate.parquet", model, "truncate"),
-        "bertetl window": lambda: _engine(src, workdir / "window.parquet", model, "window"),
+        "bertetl truncate": lambda: _engine(
+            src, workdir / "truncate.parquet", model, "truncate", device
+        ),
+        "bertetl window": lambda: _engine(src, workdir / "window.parquet", model, "window", device),
         "hand-written chunks + ST": lambda: _hand_written(
-            src, workdir / "hand.parquet", model_dir, overlap=32, max_windows=64
+            src, workdir / "hand.parquet", model_dir, overlap=32, max_windows=64, device=device
         ),
     }
-    for name, run in runs.items():
-        started = time.perf_counter()
-        figures = run()
-        seconds = time.perf_counter() - started
+    figures: dict[str, dict[str, Any]] = {}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            started = time.perf_counter()
+            figures[name] = run()
+            times[name].append(round(time.perf_counter() - started, 2))
+    systems: dict[str, dict[str, Any]] = {}
+    for name, seconds in times.items():
+        median = float(np.median(seconds))
         systems[name] = {
-            **figures,
-            "seconds": round(seconds, 2),
-            "rows_per_s": round(documents / seconds, 2),
-            "model_tokens_per_s": round(figures["model_tokens"] / seconds, 1),
+            **figures[name],
+            "seconds": round(median, 2),
+            "seconds_per_round": seconds,
+            "rows_per_s": round(documents / median, 2),
+            "model_tokens_per_s": round(figures[name]["model_tokens"] / median, 1),
         }
     window = pq.read_table(workdir / "window.parquet")
     hand = pq.read_table(workdir / "hand.parquet")
@@ -123,6 +150,8 @@ def run_long_text_bench(workdir: Path, documents: int = 24, model: str = "minilm
     tokens = np.array(window.column("tokens").to_pylist())
     return {
         "documents": documents,
+        "device": device,
+        "repeats": repeats,
         "content_tokens": {
             "mean": int(tokens.mean()),
             "min": int(tokens.min()),

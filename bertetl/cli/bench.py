@@ -113,7 +113,8 @@ def bench(
         typer.Option(
             help="Instead: on this many long documents (1-8k tokens of joined reviews), "
             "--long-text window against truncate and against hand-cut chunks through "
-            "sentence-transformers, end to end, with the same token windows."
+            "sentence-transformers, end to end, with the same token windows, in --repeats "
+            "alternating rounds on --device (medians)."
         ),
     ] = None,
     partitions: Annotated[int, typer.Option(help="With --executors: date partitions.")] = 4,
@@ -128,7 +129,7 @@ def bench(
     padding waste, ratios to each baseline, peak RSS and, on GPU, peak GPU memory and MFU.
     """
     if long_documents:
-        _bench_long_text(long_documents, split_list(models)[0], out, debug)
+        _bench_long_text(long_documents, split_list(models)[0], device, repeats, out, debug)
         return
     if executors:
         _bench_executors(
@@ -191,14 +192,17 @@ def _bench_systems(config: BenchConfig, out: Path, debug: bool) -> None:
         raise typer.Exit(1)
 
 
-def _bench_long_text(documents: int, model: str, out: Path, debug: bool) -> None:
-    """`bertetl bench --long-documents N`: window vs truncate vs hand-cut chunks."""
+def _bench_long_text(
+    documents: int, model: str, device: str, repeats: int, out: Path, debug: bool
+) -> None:
+    """`bertetl bench --long-documents N`: window vs truncate vs hand-cut chunks, in
+    `repeats` alternating rounds."""
     import tempfile
 
     from bertetl.bench.long_text import run_long_text_bench
 
     with user_errors(debug), tempfile.TemporaryDirectory(prefix="bertetl-long-") as work:
-        result = run_long_text_bench(Path(work), documents, model)
+        result = run_long_text_bench(Path(work), documents, model, device, repeats)
     out.write_text(json.dumps(result, indent=2))
     typer.echo(json.dumps(result, indent=2))
 

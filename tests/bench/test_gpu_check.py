@@ -88,8 +88,14 @@ def test_dry_run_exercises_every_step_on_the_cpu(tmp_path: Path, capsys) -> None
     }
     assert all(v["x_default"] > 0 and v["wins"] is None for v in report["variants"])
     assert [n.split(":")[0] for n in report["absent"]] == ["compiled", "cuda_graphs"]
+    # issue 16's long documents ran, window mode and hand-cut chunks on the same windows
+    long_text = report["long_text"]
+    assert long_text["met"] is None and long_text["value"] > 0
+    systems = long_text["report"]["systems"]
+    assert systems["bertetl window"]["windows"] == systems["hand-written chunks + ST"]["windows"]
     printed = capsys.readouterr().out
     assert "gpu-check on cpu (dry run" in printed and "target:" in printed
+    assert "target: long documents: window mode >= 1.5x" in printed
 
 
 @pytest.mark.gpu

@@ -36,6 +36,7 @@ def test_bench_long_documents_command(tmp_path: Path, tiny_embed_dir: Path) -> N
 
     out = tmp_path / "long.json"
     args = ["bench", "--long-documents", "2", "--models", str(tiny_embed_dir), "--out", str(out)]
+    args += ["--repeats", "2", "--device", "cpu"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
@@ -44,3 +45,8 @@ def test_bench_long_documents_command(tmp_path: Path, tiny_embed_dir: Path) -> N
         "bertetl window",
         "hand-written chunks + ST",
     }
+    # alternating rounds: every system ran twice, and its figure is the median of the two
+    for system in report["systems"].values():
+        rounds = system["seconds_per_round"]
+        assert len(rounds) == 2 and system["seconds"] == round(sum(rounds) / 2, 2)
+    assert report["repeats"] == 2 and report["device"] == "cpu"
