@@ -73,18 +73,24 @@ def pad_batch(
 GRAPH_WIDTH_STEP = 32
 
 
-def graph_width(lengths: np.ndarray) -> np.ndarray:
-    """Token lengths rounded up to the graph width step (0 stays 0): what a batch of rows
-    that long is padded to for a CUDA graph, so batches are planned on these lengths."""
-    return -(-lengths // GRAPH_WIDTH_STEP) * GRAPH_WIDTH_STEP
+def graph_width(lengths: np.ndarray, max_width: int | None = None) -> np.ndarray:
+    """Token lengths rounded up to the graph width step (0 stays 0), at most `max_width` (the
+    model's positions): what a batch of rows that long is padded to for a CUDA graph, so
+    batches are planned on these lengths."""
+    widths = -(-lengths // GRAPH_WIDTH_STEP) * GRAPH_WIDTH_STEP
+    return (
+        widths if max_width is None else np.minimum(widths, max(max_width, lengths.max(initial=0)))
+    )
 
 
-def graph_shape(rows: int, longest: int, token_budget: int, max_rows: int) -> tuple[int, int]:
+def graph_shape(
+    rows: int, longest: int, token_budget: int, max_rows: int, max_width: int | None = None
+) -> tuple[int, int]:
     """The (rows, width) a batch of `rows` rows, the longest `longest` tokens, is padded to
-    for a CUDA graph: the width up to the step (`graph_width`); the rows up to a power of two,
-    but no more than the token budget holds at that width or `max_rows` (nor fewer than
-    `rows`), so the padded batch costs no more memory than a planned one."""
-    width = int(graph_width(np.array(longest)))
+    for a CUDA graph: the width up to the step (`graph_width`, at most `max_width`); the rows
+    up to a power of two, but no more than the token budget holds at that width or `max_rows`
+    (nor fewer than `rows`), so the padded batch costs no more memory than a planned one."""
+    width = int(graph_width(np.array(longest), max_width))
     cap = max(rows, min(max_rows, token_budget // width))
     return min(1 << (rows - 1).bit_length(), cap), width
 

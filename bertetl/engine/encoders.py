@@ -335,13 +335,20 @@ class EncoderStage:
     def _graph_shape(self, offsets: np.ndarray, rows: np.ndarray) -> tuple[int, int]:
         """The padded shape of a batch replayed from a CUDA graph (`batching.graph_shape`)."""
         longest = int((offsets[rows + 1] - offsets[rows]).max())
-        return graph_shape(len(rows), longest, self.token_budget, self.max_batch_rows)
+        return graph_shape(
+            len(rows), longest, self.token_budget, self.max_batch_rows, self._positions()
+        )
+
+    def _positions(self) -> int | None:
+        """The model's position limit, which a padded width must not pass."""
+        return getattr(self.model.config, "max_position_embeddings", None)
 
     def _plan(self, lengths: np.ndarray) -> list[np.ndarray]:
         """Token-budget batches of rows (`plan_batches`); with CUDA graphs planned on the
         lengths their batches are padded to, so a padded batch keeps within the budget."""
-        planned = graph_width(lengths) if self.graphs is not None else lengths
-        return plan_batches(planned, self.token_budget, self.max_batch_rows)
+        if self.graphs is not None:
+            lengths = graph_width(lengths, self._positions())
+        return plan_batches(lengths, self.token_budget, self.max_batch_rows)
 
     def _run_rows(self, offsets: np.ndarray, values: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Forward one batch; on CUDA out-of-memory halve the token budget and split it."""

@@ -73,15 +73,22 @@ class CudaGraphs:
         import torch
 
         static_ids, static_mask = input_ids.clone(), attention_mask.clone()
+        # Warm up on a mask with one padded position: a capture always builds the attention
+        # mask (transformers skips an all-ones mask only outside a capture), so the masked
+        # attention kernels are the ones to load before capturing, even for a full batch.
+        warm_mask = static_mask.clone()
+        warm_mask[-1, -1] = 0
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(WARMUP_PASSES):
-                self.forward(static_ids, static_mask)
+                self.forward(static_ids, warm_mask)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        # thread_local: the engine's other threads (prefetch, writer) may touch CUDA (pinned
-        # host memory) while this one captures; only this thread's calls are captured
+        # thread_local: only this thread's CUDA calls are checked against the capture, so
+        # another thread's (a second model stage's, pinned host memory) cannot break it
         with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-            output = self.forward(static_ids, static_mask)
+            # a copy: the forward's result may be a view of a larger buffer (CLS pooling is
+            # `hidden[:, 0]`), which the graph would otherwise keep from the pool
+            output = self.forward(static_ids, static_mask).clone()
         return CapturedShape(static_ids, static_mask, graph, output)

@@ -69,6 +69,9 @@ def test_graph_widths_step_up_and_keep_empty_rows_empty() -> None:
     step = GRAPH_WIDTH_STEP
     lengths = np.array([0, 1, step - 1, step, step + 1, 7 * step + 3])
     assert graph_width(lengths).tolist() == [0, step, step, step, 2 * step, 8 * step]
+    # never past the model's positions (a 500-position model), nor below a row's length
+    assert graph_width(np.array([490, 500]), max_width=500).tolist() == [500, 500]
+    assert graph_shape(3, 490, 32768, 256, max_width=500) == (4, 500)
 
 
 @pytest.mark.parametrize("rows,longest", [(1, 5), (3, 40), (17, 100), (100, 64), (130, 250)])

@@ -79,6 +79,35 @@ def test_graph_shaped_batches_give_the_padded_paths_outputs(
     assert s.padded_tokens > p.padded_tokens
 
 
+def test_out_of_memory_with_graphs_splits_into_smaller_shapes(
+    tiny_embed_dir: Path, write_table, tmp_path, monkeypatch
+) -> None:
+    """An out-of-memory batch is split as on the eager path; its halves get their own
+    (smaller) graph shapes, and the outputs stay the padded path's."""
+    src = write_table({"id": list(range(302)), "text": _texts()})
+    config = EngineConfig(text_column="text", embed_model=str(tiny_embed_dir), batch_tokens=1024)
+    enrich(src, tmp_path / "plain", config)
+
+    class RunsOutOfMemory(EagerShapes):
+        def __call__(self, input_ids: Any, attention_mask: Any) -> Any:
+            if input_ids.shape[0] > 8:
+                raise torch.OutOfMemoryError("simulated CUDA out of memory")
+            return super().__call__(input_ids, attention_mask)
+
+    made: list[EagerShapes] = []
+    monkeypatch.setattr(
+        graphs, "CudaGraphs", lambda *a: made.append(RunsOutOfMemory(*a)) or made[-1]
+    )
+    report = enrich(src, tmp_path / "split", config.model_copy(update={"cuda_graphs": True}))
+    assert report.oom_splits > 0
+    assert all(h <= 8 and h * w <= 1024 for h, w in made[0].shapes)
+    x, y = (
+        np.array(pq.read_table(tmp_path / name / src.name).column("embedding").to_pylist()[:-2])
+        for name in ("plain", "split")
+    )
+    assert cosine(x, y).min() >= 0.9999
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
 def test_cuda_graphs_without_a_gpu_is_a_clear_error(
     tiny_embed_dir: Path, write_table, tmp_path
@@ -122,12 +151,20 @@ def test_cuda_graphs_with_unpadded_is_one_line_before_dest_is_touched(
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("model", ["embed", "classify"])
 def test_replayed_graphs_match_the_eager_path_on_cuda(
-    model: str, tiny_embed_dir: Path, tiny_classifier_dir: Path, write_table, tmp_path, monkeypatch
+    model: str,
+    dtype: str,
+    tiny_embed_dir: Path,
+    tiny_classifier_dir: Path,
+    write_table,
+    tmp_path,
+    monkeypatch,
 ) -> None:
-    """fp32 on CUDA: replayed graphs against eager forward passes, after every shape was
-    captured once and replayed again."""
+    """On CUDA: replayed graphs against eager forward passes, with shapes replayed on other
+    batches' data after their capture (several windows), in fp32 and in bf16 (the GPU's
+    default, where the masked attention kernel may differ from an unmasked eager one)."""
     src = write_table({"id": list(range(302)), "text": _texts()})
     option = (
         {"embed_model": str(tiny_embed_dir)}
@@ -135,7 +172,7 @@ def test_replayed_graphs_match_the_eager_path_on_cuda(
         else {"classify_model": str(tiny_classifier_dir), "include_scores": True}
     )
     config = EngineConfig(
-        text_column="text", device="cuda", dtype="float32", batch_tokens=1024, **option
+        text_column="text", device="cuda", dtype=dtype, batch_tokens=1024, **option
     )
     enrich(src, tmp_path / "eager", config)
     made: list[Any] = []
@@ -148,6 +185,9 @@ def test_replayed_graphs_match_the_eager_path_on_cuda(
     b = pq.read_table(tmp_path / "graphs" / src.name)
     if model == "embed":
         x, y = (np.array(t.column("embedding").to_pylist()[:-2]) for t in (a, b))
-        assert cosine(x, y).min() >= 0.9999
+        assert cosine(x, y).min() >= (0.9999 if dtype == "float32" else 0.999)
     else:
-        assert b.column("label").to_pylist() == a.column("label").to_pylist()
+        scores = [np.array(t.column("scores").to_pylist()[:-2]) for t in (a, b)]
+        np.testing.assert_allclose(*scores, atol=1e-4 if dtype == "float32" else 2e-2)
+        if dtype == "float32":
+            assert b.column("label").to_pylist() == a.column("label").to_pylist()
