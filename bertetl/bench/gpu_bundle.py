@@ -30,8 +30,15 @@ from importlib.metadata import version
 from pathlib import Path
 
 #: What the lent GPU image lacks of what `bertetl.bench.gpu_check` imports (that image's
-#: package list as read on 2026-11-17): pydantic and its own needs.
-WHEELS = ("pydantic", "pydantic-core", "annotated-types", "typing-inspection")
+#: package list as read on 2026-11-17): pydantic and its own needs, and typing-extensions at
+#: a version pydantic-core can use (the image's may be older; it is pure Python).
+WHEELS = (
+    "pydantic",
+    "pydantic-core",
+    "annotated-types",
+    "typing-inspection",
+    "typing-extensions",
+)
 #: bertetl's dependencies (and the suite's) that the lent GPU image does not have, and that
 #: the GPU check must therefore never import (tests/bench/test_gpu_bundle.py checks it).
 ABSENT_ON_GPU_IMAGE = (
