@@ -3,11 +3,11 @@
 A small encoder on a large GPU can spend much of a forward pass launching kernels (each layer
 is a dozen or more small ones, over a batch the device may finish in milliseconds). A CUDA
 graph records those launches once and replays them in one call; whether that wins here is for
-`make gpu-check` to measure. A graph is fixed to the shapes it
-was captured with, so batches are padded to a few shapes (`batching.graph_shape`: widths in
-steps of 32 tokens, power-of-two row counts) and each shape is captured on first use, with
-torch's own `torch.cuda.graph`. All graphs share one memory pool (as vLLM's do): they run one
-at a time, and each output is copied to the host before the next replay.
+`make gpu-check` to measure. A graph is fixed to the shapes it was captured with, so batches
+are padded to a few shapes (`batching.graph_shape`: widths in steps of 32 tokens, power-of-two
+row counts) and each shape is captured on first use, with torch's own `torch.cuda.graph`. All
+graphs share one memory pool (as vLLM's do): they run one at a time, and each output is copied
+to the host before the next replay.
 """
 
 from __future__ import annotations
