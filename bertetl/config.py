@@ -414,10 +414,9 @@ class EngineConfig(BaseModel):
         False,
         description="Replay each embed and classify batch from a CUDA graph captured once per "
         "batch shape (batches padded to widths in steps of 32 tokens and power-of-two row "
-        "counts); cuts "
-        "kernel-launch time, which bounds small models on large GPUs. CUDA only; the padded, "
-        "uncompiled torch path. Off by default: not yet measured on a GPU (make gpu-check "
-        "compares both).",
+        "counts); cuts kernel-launch time, which bounds small models on large GPUs. CUDA only; "
+        "the padded, uncompiled torch path. Off by default: not yet measured on a GPU (make "
+        "gpu-check compares both).",
     )
     batch_tokens: int | None = Field(
         None,

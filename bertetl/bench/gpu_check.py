@@ -312,13 +312,14 @@ def summary_table(report: dict[str, Any]) -> str:
     console.print(table)
     tests = report["tests"]
     console.print(f"gpu tests: {tests.get('summary')} (exit {tests.get('returncode')})")
+    met = {True: "met", False: "NOT met", None: "not measured"}
     for target in report["targets"]:
-        met = {True: "met", False: "NOT met", None: "not measured"}[target["met"]]
-        console.print(f"target: {target['target']}: {target['value']} ({met})")
+        console.print(f"target: {target['target']}: {target['value']} ({met[target['met']]})")
     long_text = report["long_text"]
-    met = {True: "met", False: "NOT met", None: "not measured"}[long_text["met"]]
     why = long_text.get("skipped") or long_text.get("error") or ""
-    console.print(f"target: {long_text['target']}: {long_text.get('value')} ({met}) {why}")
+    console.print(
+        f"target: {long_text['target']}: {long_text.get('value')} ({met[long_text['met']]}) {why}"
+    )
     for v in report["variants"]:
         wins = {True: "wins: turn it on by default", False: "does not win", None: "not measured"}
         console.print(

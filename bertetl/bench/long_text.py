@@ -69,11 +69,11 @@ def _hand_written(
     from sentence_transformers import SentenceTransformer
     from transformers import AutoTokenizer
 
+    from bertetl.engine.encoders import resolve_device, resolve_dtype
+
     table = pq.read_table(src)
     texts = table.column("text").to_pylist()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    from bertetl.engine.encoders import resolve_device, resolve_dtype
-
     where = resolve_device(device)
     model = SentenceTransformer(str(model_dir), device=str(where))
     dtype = resolve_dtype("auto", where)  # the engine's default precision on this device

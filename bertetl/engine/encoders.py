@@ -275,6 +275,7 @@ class EncoderStage:
         if self.runtime.cuda_graphs:
             from bertetl.engine.graphs import CudaGraphs
 
+            # `_forward` looked up at each call, as the eager path does (bench.host swaps it)
             self.graphs = CudaGraphs(lambda ids, mask: self._forward(ids, mask), self.device)
 
     def teardown(self) -> None:
