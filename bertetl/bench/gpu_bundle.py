@@ -68,7 +68,10 @@ def download_wheels(dest: Path, python_version: str) -> list[Path]:
     for platform in platforms:
         command += ["--platform", platform]
     command += [f"{name}=={version(name)}" for name in WHEELS]
-    subprocess.run(command, check=True)
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SystemExit(f"gpu-bundle: pip download failed (exit {done.returncode}): {last}")
     return sorted(dest.glob("*.whl"))
 
 

@@ -112,7 +112,12 @@ def run_long_text_bench(
     """Time the three systems on the same long documents, `repeats` rounds in turn, on
     `device`; each system's median seconds, rows/s, tokens/s, and the ratios of medians."""
     from bertetl.engine.model_files import resolve_model_dir
+    from bertetl.errors import ConfigError
 
+    if documents < 1 or repeats < 1:
+        raise ConfigError(
+            f"--long-documents and --repeats are at least 1 (got {documents} and {repeats})"
+        )
     model_dir = resolve_model_dir(model)
     workdir.mkdir(parents=True, exist_ok=True)
     src = workdir / "long.parquet"

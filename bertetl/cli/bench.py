@@ -128,7 +128,7 @@ def bench(
     Runs every system on the same texts in its own process and prints rows/s, tokens/s,
     padding waste, ratios to each baseline, peak RSS and, on GPU, peak GPU memory and MFU.
     """
-    if long_documents:
+    if long_documents is not None:
         _bench_long_text(long_documents, split_list(models)[0], device, repeats, out, debug)
         return
     if executors:

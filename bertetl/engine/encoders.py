@@ -158,7 +158,8 @@ class ModelRuntime:
 
 def runtime_device(runtime: ModelRuntime) -> Any:
     """The device a model stage runs on (`resolve_device`); `--quantize int8` and
-    `--backend onnx` run on the CPU only, so a CUDA device for them is an error."""
+    `--backend onnx` run on the CPU only, so a CUDA device for them is an error, and
+    `--cuda-graphs` on CUDA only."""
     onnx = runtime.backend == "onnx"
     if onnx and runtime.device == "cuda":
         raise ModelError("--backend onnx runs on the CPU only; use --device cpu")
@@ -167,6 +168,8 @@ def runtime_device(runtime: ModelRuntime) -> Any:
         raise ModelError("--backend onnx runs on the CPU only; use --device cpu")
     if runtime.quantize == "int8" and device.type != "cpu":
         raise ModelError("--quantize int8 runs on the CPU only; use --device cpu")
+    if runtime.cuda_graphs and device.type != "cuda":
+        raise ModelError(f"--cuda-graphs needs a CUDA device; this run's device is {device}")
     return device
 
 

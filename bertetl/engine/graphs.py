@@ -16,8 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bertetl.errors import ModelError
-
 #: Eager passes on a side stream before a shape is captured (cuBLAS and SDPA pick and
 #: initialise their kernels there, not inside the capture).
 WARMUP_PASSES = 1
@@ -42,10 +40,10 @@ class CudaGraphs:
     """
 
     def __init__(self, forward: Callable[[Any, Any], Any], device: Any) -> None:
+        """`device`: a CUDA device (`encoders.runtime_device` refuses `--cuda-graphs` on
+        others)."""
         import torch
 
-        if device.type != "cuda":
-            raise ModelError(f"--cuda-graphs needs a CUDA device; this run's device is {device}")
         self.forward = forward
         self.device = device
         self.pool = torch.cuda.graph_pool_handle()

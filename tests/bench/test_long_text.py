@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from bertetl.bench.long_text import TOKENS_RANGE, long_documents, run_long_text_bench
 
 
@@ -50,3 +52,19 @@ def test_bench_long_documents_command(tmp_path: Path, tiny_embed_dir: Path) -> N
         rounds = system["seconds_per_round"]
         assert len(rounds) == 2 and system["seconds"] == round(sum(rounds) / 2, 2)
     assert report["repeats"] == 2 and report["device"] == "cpu"
+
+
+@pytest.mark.parametrize(
+    "args", [["--long-documents", "0"], ["--long-documents", "2", "--repeats", "0"]]
+)
+def test_no_documents_or_no_rounds_is_one_line(args: list[str], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from bertetl.cli import app
+
+    out = tmp_path / "long.json"
+    result = CliRunner().invoke(app, ["bench", *args, "--out", str(out)])
+    assert result.exit_code == 1
+    (line,) = result.output.strip().splitlines()
+    assert "--long-documents and --repeats are at least 1" in line
+    assert not out.exists()

@@ -3,6 +3,7 @@ it cannot run with are refused. The capture and replay themselves run in the GPU
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +13,23 @@ import pytest
 import torch
 
 from bertetl.config import EngineConfig
-from bertetl.engine import graphs
+from bertetl.engine import encoders, graphs
 from bertetl.engine.batching import GRAPH_WIDTH_STEP
 from bertetl.errors import ModelError
 from bertetl.runs.enrich import enrich
 from tests.reference import cosine
+
+
+def _on_the_cpu(monkeypatch: pytest.MonkeyPatch, stand_in: type[EagerShapes]) -> list[Any]:
+    """`--cuda-graphs` runs here with `stand_in` for the graphs: the device check lets the
+    CPU through (its own test is below), and the instances made are listed."""
+    real = encoders.runtime_device
+    monkeypatch.setattr(
+        encoders, "runtime_device", lambda runtime: real(replace(runtime, cuda_graphs=False))
+    )
+    made: list[Any] = []
+    monkeypatch.setattr(graphs, "CudaGraphs", lambda *a: made.append(stand_in(*a)) or made[-1])
+    return made
 
 
 class EagerShapes:
@@ -51,8 +64,7 @@ def test_graph_shaped_batches_give_the_padded_paths_outputs(
     )
     config = EngineConfig(text_column="text", batch_tokens=1024, **option)
     plain = enrich(src, tmp_path / "plain", config)
-    made: list[EagerShapes] = []
-    monkeypatch.setattr(graphs, "CudaGraphs", lambda *a: made.append(EagerShapes(*a)) or made[-1])
+    made = _on_the_cpu(monkeypatch, EagerShapes)
     shaped = enrich(src, tmp_path / "graphs", config.model_copy(update={"cuda_graphs": True}))
 
     shapes = made[0].shapes
@@ -94,10 +106,7 @@ def test_out_of_memory_with_graphs_splits_into_smaller_shapes(
                 raise torch.OutOfMemoryError("simulated CUDA out of memory")
             return super().__call__(input_ids, attention_mask)
 
-    made: list[EagerShapes] = []
-    monkeypatch.setattr(
-        graphs, "CudaGraphs", lambda *a: made.append(RunsOutOfMemory(*a)) or made[-1]
-    )
+    made = _on_the_cpu(monkeypatch, RunsOutOfMemory)
     report = enrich(src, tmp_path / "split", config.model_copy(update={"cuda_graphs": True}))
     assert report.oom_splits > 0
     assert all(h <= 8 and h * w <= 1024 for h, w in made[0].shapes)
@@ -116,7 +125,7 @@ def test_cuda_graphs_without_a_gpu_is_a_clear_error(
     config = EngineConfig(text_column="text", embed_model=str(tiny_embed_dir), cuda_graphs=True)
     with pytest.raises(ModelError, match="--cuda-graphs needs a CUDA device"):
         enrich(src, tmp_path / "out", config)
-    assert not (tmp_path / "out" / src.name).exists()
+    assert not (tmp_path / "out").exists()  # refused before DEST is made
 
 
 @pytest.mark.parametrize(
