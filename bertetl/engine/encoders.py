@@ -122,6 +122,13 @@ def load_model(
             model = cls.from_pretrained(model_dir, attn_implementation="eager", **kwargs)
     except (OSError, ValueError, KeyError, pickle.UnpicklingError) as e:
         raise ModelError(f"cannot load model {model_dir}: {e}") from e
+    except RuntimeError as e:  # transformers' weight checks, e.g. a shape mismatch
+        if "mismatched" in str(e):
+            raise ModelError(
+                f"cannot load model {model_dir}: some of its weights have other shapes than "
+                "its config.json gives them (a config edited, or weights from another model)"
+            ) from e
+        raise ModelError(f"cannot load model {model_dir}: {e}") from e
     return model.to(device).eval()
 
 

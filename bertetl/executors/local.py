@@ -32,20 +32,28 @@ def resolve_workers(config: EngineConfig) -> int:
 MAX_DEFAULT_TOKENIZERS = 8
 
 
-def resolve_tokenizers(config: EngineConfig, workers: int) -> int:
+def resolve_tokenizers(config: EngineConfig, workers: int, device: str | None = None) -> int:
     """`tokenizers`, else 0 on the CPU (the model needs every core), else the cores left
-    after each model process's model and writer threads, shared out, at most 8 each."""
+    after each model process's model and writer threads, shared out, at most 8 each
+    (`device`: `check_device`'s, found here when not given)."""
     options = config.executor
     if isinstance(options, LocalOptions) and options.tokenizers is not None:
         return options.tokenizers
-    if config.device == "cpu":
-        return 0
-    from bertetl.engine.encoders import ModelRuntime, runtime_device
-
-    if runtime_device(ModelRuntime.from_config(config)).type != "cuda":
+    if (device or check_device(config)) != "cuda":
         return 0
     left = len(os.sched_getaffinity(0)) - 2 * workers
     return max(0, min(MAX_DEFAULT_TOKENIZERS, left // workers))
+
+
+def check_device(config: EngineConfig) -> str:
+    """The kind of device the models will run on ("cpu" or "cuda"), refusing at once what
+    `runtime_device` refuses (`--device cuda` without CUDA, `--cuda-graphs` off CUDA, int8 or
+    ONNX on CUDA): before DEST is locked, not when the models load."""
+    if config.device == "cpu":
+        return "cpu"
+    from bertetl.engine.encoders import ModelRuntime, runtime_device
+
+    return str(runtime_device(ModelRuntime.from_config(config)).type)
 
 
 def _pin_worker(index: int, count: int) -> None:
@@ -92,7 +100,8 @@ class LocalExecutor:
         self.config = config
         self.pipeline = Pipeline(config)
         self.workers = resolve_workers(config)
-        self.tokenizers = resolve_tokenizers(config, self.workers)
+        self.device = check_device(config)  # refused here, before DEST is locked
+        self.tokenizers = resolve_tokenizers(config, self.workers, self.device)
         self.capabilities = Capabilities(reuses_rows=True, object_storage=True)
         self._worker_reports: list[EnrichReport] = []
 

@@ -44,36 +44,56 @@ log = logging.getLogger(__name__)
 
 class DestinationLock:
     """An exclusive lock on DEST (`flock` on `DEST/.bertetl.lock`), so two runs never write
-    one destination at once. The kernel drops it when the holder dies, even by SIGKILL."""
+    one destination at once. The kernel drops it when the holder dies, even by SIGKILL.
+
+    A DEST folder that the lock itself created and that holds nothing but the lock file at
+    release (the run failed before writing anything, e.g. its model would not load) is
+    removed, lock file and all, so a failed run leaves no empty DEST behind. A waiting run
+    then finds its lock file unlinked and takes the lock afresh (`acquire` checks that the
+    file it locked is still the one at the path)."""
 
     def __init__(self, dest: str | os.PathLike[str]) -> None:
         self.dest = Path(dest)
         self.path = self.dest / LOCK_NAME
         self._fd: int | None = None
+        self._made_dest = False
 
     def acquire(self, wait: bool = False) -> None:
         """Take the lock; when another run holds it, wait (`wait`) or raise `CommitError`."""
-        try:
-            self.dest.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise CommitError(f"cannot create lock file {self.path}: {e}") from e
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            holder = _read_holder(fd)
-            os.close(fd)
-            raise CommitError(
-                f"another bertetl run is writing {self.dest} ({holder}); "
-                "wait for it to finish, or pick another DEST"
-            ) from None
+        while True:
+            made = not os.path.lexists(self.dest)
+            try:
+                self.dest.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise CommitError(f"cannot create lock file {self.path}: {e}") from e
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                os.close(fd)
+                raise CommitError(
+                    f"another bertetl run is writing {self.dest} ({holder}); "
+                    "wait for it to finish, or pick another DEST"
+                ) from None
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)  # its holder removed it (and maybe DEST) before we got it: again
         os.ftruncate(fd, 0)
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
         os.pwrite(fd, json.dumps(info).encode(), 0)
         self._fd = fd
+        self._made_dest = made
 
     def release(self) -> None:
-        if self._fd is not None:
+        if self._fd is None:
+            return
+        try:
+            if self._made_dest and _holds_only_the_lock(self.dest):
+                with contextlib.suppress(OSError):  # a file appeared: keep the folder
+                    self.path.unlink()
+                    self.dest.rmdir()
+        finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
@@ -84,6 +104,23 @@ class DestinationLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether `path` still names the file open as `fd` (not unlinked or replaced)."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _holds_only_the_lock(folder: Path) -> bool:
+    try:
+        return os.listdir(folder) == [LOCK_NAME]
+    except OSError:
+        return False
 
 
 def destination_lock(dest: str | os.PathLike[str] | Location | TableRef) -> Any:

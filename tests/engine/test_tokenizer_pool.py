@@ -191,3 +191,27 @@ def test_workers_build_the_parents_tokenizer_without_torch(
     finally:
         pooled.teardown()
     assert got.equals(want)
+
+
+def test_a_device_that_is_not_there_is_refused_before_dest_is_made(
+    tiny_embed_dir: Path, write_table, tmp_path: Path
+) -> None:
+    """With `--tokenizers N` given, no default is worked out from the device, yet the device
+    is still checked before DEST is locked (and made), as without it."""
+    import torch
+
+    from bertetl.errors import ModelError
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the error on a machine without CUDA")
+    src = write_table({"text": ["a b c"]})
+    for tokenizers in (None, 1):
+        config = EngineConfig(
+            text_column="text",
+            embed_model=str(tiny_embed_dir),
+            device="cuda",
+            tokenizers=tokenizers,
+        )
+        with pytest.raises(ModelError, match="no CUDA device is available"):
+            enrich(src, tmp_path / "out", config)
+        assert not (tmp_path / "out").exists()

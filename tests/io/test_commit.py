@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +36,51 @@ def test_lock_of_a_killed_process_is_released(tmp_path: Path) -> None:
     assert result.returncode == -9
     with DestinationLock(tmp_path / "dest"):
         pass
+
+
+def test_a_dest_the_lock_made_and_left_empty_is_removed(tmp_path: Path) -> None:
+    made = tmp_path / "new" / "dest"
+    with DestinationLock(made):
+        assert (made / commit.LOCK_NAME).exists()
+    assert not made.exists()  # nothing was written: no empty DEST left behind
+    assert (tmp_path / "new").exists()  # only the folder the lock stands in
+    given = tmp_path / "given"
+    given.mkdir()
+    with DestinationLock(given):
+        pass
+    assert given.exists()  # the user's own folder stays
+    with DestinationLock(made):
+        (made / "part-0.parquet").write_text("output")
+    assert sorted(p.name for p in made.iterdir()) == [commit.LOCK_NAME, "part-0.parquet"]
+
+
+def test_a_waiter_retakes_the_lock_when_the_holder_removed_dest(tmp_path: Path) -> None:
+    """A run waiting on DEST's lock file, which its holder unlinks with the empty DEST it
+    made, locks the new file at the path, so a third run is refused, not let in beside it."""
+    dest = tmp_path / "dest"
+    first = DestinationLock(dest)
+    first.acquire()
+    waiter = DestinationLock(dest)
+    waiting = threading.Thread(target=waiter.acquire, kwargs={"wait": True})
+    waiting.start()
+    deadline = time.monotonic() + 30
+    while not _someone_waits_on(first.path):  # the waiter is blocked in flock
+        assert time.monotonic() < deadline, "the waiter never queued on the lock"
+        time.sleep(0.01)
+    first.release()  # removes the lock file and DEST, which it made
+    waiting.join(timeout=30)
+    assert not waiting.is_alive()
+    assert (dest / commit.LOCK_NAME).exists()  # the waiter's lock is on the file at the path
+    with pytest.raises(CommitError, match="another bertetl run is writing"):
+        DestinationLock(dest).acquire()
+    waiter.release()
+
+
+def _someone_waits_on(path: Path) -> bool:
+    """Whether a `flock` on `path` is queued behind its holder (/proc/locks marks it `->`)."""
+    inode = str(path.stat().st_ino)
+    lines = Path("/proc/locks").read_text().splitlines()
+    return any("->" in line and line.split()[-3].endswith(f":{inode}") for line in lines)
 
 
 @pytest.mark.parametrize("exchange", [True, False])
@@ -82,6 +131,29 @@ def test_enrich_takes_the_lock_and_cleans_temp_files(
     enrich(src.parent, dest, config)
     assert not leftover.exists()
     assert (dest / "part-0.parquet").exists()
+
+
+def test_a_model_that_fails_to_load_leaves_no_empty_dest(
+    tiny_embed_dir: Path, write_table, tmp_path: Path
+) -> None:
+    """The weights load after DEST is locked (and so made): a model whose weights do not fit
+    its config passes the checks before the lock, fails to load, and the run removes DEST."""
+    from bertetl.config import EngineConfig
+    from bertetl.errors import ModelError
+    from bertetl.runs.enrich import enrich
+
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny_embed_dir, broken)
+    config_file = broken / "config.json"  # weights of the wrong shape for this config
+    model_config = json.loads(config_file.read_text())
+    model_config["intermediate_size"] += 8
+    config_file.write_text(json.dumps(model_config))
+    src = write_table({"text": ["one", "two"]})
+    config = EngineConfig(text_column="text", embed_model=str(broken))
+    with pytest.raises(ModelError, match=r"other shapes than its config\.json"):
+        enrich(src.parent, tmp_path / "out" / "dest", config)
+    assert not (tmp_path / "out" / "dest").exists()
+    assert list((tmp_path / "out").iterdir()) == []  # no staging folder beside it either
 
 
 def test_one_table_name_in_two_iceberg_warehouses_stages_apart(

@@ -227,9 +227,9 @@ def test_one_run_per_table_and_no_table_is_its_own_dest(partitioned_source, tmp_
     src = partitioned_source(days=1)
     _, dest = resolve_run(src, f"delta://{tmp_path / 't'}")
     with destination_lock(dest):
+        assert (tmp_path / "t.bertetl" / ".bertetl.lock").exists()  # in the sidecar folder
         with pytest.raises(CommitError, match="another bertetl run"):
             destination_lock(dest).acquire()
-    assert (tmp_path / "t.bertetl" / ".bertetl.lock").exists()
     same = TableRef("delta", f"delta://{tmp_path / 't'}", str(tmp_path / "t"))
     with pytest.raises(InputError, match="its own input"):
         check_partitioned_run(same, same, "date")
