@@ -4,13 +4,13 @@ or a Delta Lake / Iceberg table read at one version into a local Parquet copy.""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from bertetl.io import storage
+from bertetl.io.scratch import run_scratch
 from bertetl.io.storage import Location, StorageError, TableRef, is_remote, is_table_uri, is_uri
 
 
@@ -42,12 +42,14 @@ def resolve_inputs(
 
 def stage_table(ref: TableRef) -> Path:
     """The table at its current version (Delta) or snapshot (Iceberg), every partition with its
-    partition columns, streamed into `<tmp>/<table>.parquet` (`materialize_all`); returns that
-    folder, removed when this process exits."""
+    partition columns, streamed into `<scratch>/<table>.parquet` (`materialize_all`); returns
+    that folder, removed when this process exits (or, if it is killed, by the next run that
+    makes a scratch folder: `bertetl.io.scratch`)."""
     from bertetl.io import tables
 
     tables.check_table(ref)
-    folder = Path(tempfile.mkdtemp(prefix="bertetl-table-"))
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    scratch = contextlib.ExitStack()
+    folder = scratch.enter_context(run_scratch("table-"))  # a killed run's: see io.scratch
+    atexit.register(scratch.close)
     tables.materialize_all(tables.pin(ref), folder)
     return folder

@@ -1,7 +1,8 @@
 """`bertetl enrich` with a Delta Lake or Iceberg table as SOURCE or DEST.
 
 - A table SOURCE is read at one version (Delta) or snapshot (Iceberg), the whole table with its
-  partition columns, streamed into a local Parquet file that is then enriched as any file.
+  partition columns, streamed into a local Parquet file that is then enriched as any file (in
+  a scratch folder that the next run removes if this one is killed: `bertetl.io.scratch`).
 - A table DEST is written in ONE table transaction that replaces all of its rows (Delta: an
   overwrite; Iceberg: a delete and the appends in one transaction), from outputs staged on
   this machine, with a record of the run (source, version, rows, config hash) in the commit's
@@ -13,8 +14,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +24,7 @@ from bertetl.config import EngineConfig
 from bertetl.errors import FilesFailedError, InputError
 from bertetl.io.commit import clean_leftovers, destination_lock, staging_for
 from bertetl.io.manifest import config_hash
+from bertetl.io.scratch import run_scratch
 from bertetl.io.storage import Location, TableRef
 from bertetl.report import EnrichReport, FileResult
 from bertetl.runs.staged import overlaps
@@ -50,12 +52,13 @@ def enrich_with_tables(
     from bertetl.io import tables
 
     _check(source, dest)
-    with tempfile.TemporaryDirectory(prefix="bertetl-enrich-") as work:
+    with contextlib.ExitStack() as stack:
         local_source: Path | Location | TableRef = source
         version = None
         if isinstance(source, TableRef):
             snapshot = tables.pin(source)  # the one version the whole run reads
-            local_source, version = _stage_source(snapshot, Path(work)), snapshot.version
+            work = stack.enter_context(run_scratch("enrich-"))  # gone with the run, even killed
+            local_source, version = _stage_source(snapshot, work), snapshot.version
         if not isinstance(dest, TableRef):
             report = run_files(
                 local_source, dest, config, on_file_done=None, raise_on_failure=False
