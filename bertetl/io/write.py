@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import tempfile
 import uuid
 from pathlib import Path
 from types import TracebackType
@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bertetl.errors import CommitError
+from bertetl.io.scratch import run_scratch
 from bertetl.io.storage import Location, is_remote
 
 TEMP_SUFFIX = ".bertetl-tmp"
@@ -61,7 +62,8 @@ class ParquetSink:
     Used as a context manager it commits on success and aborts on an exception.
 
     With an object-store `Location` as its path, the file is written to a local temp file
-    (in the system's temp folder) and `commit()` uploads it whole
+    (in a scratch folder of the system's temp folder, which the next run removes if this one
+    is killed: `bertetl.io.scratch`) and `commit()` uploads it whole
     (`bertetl.io.objectstore.upload_file`): the object is the old one or the whole new one.
     """
 
@@ -75,15 +77,18 @@ class ParquetSink:
         self.path = Path(path) if self.remote is None else Path(self.remote.name)
         self.schema = schema
         self.compression = compression
-        folder = self.path.parent if self.remote is None else Path(tempfile.gettempdir())
-        self.temp_path = folder / f".{self.path.name}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
+        self.temp_path = self.path.parent / f".{self.path.name}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
         self.rows = 0
         self._writer: pq.ParquetWriter | None = None
+        self._scratch = contextlib.ExitStack()  # the scratch folder of a remote target's file
 
     def open(self) -> ParquetSink:
         try:
             if self.remote is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+            else:
+                folder = self._scratch.enter_context(run_scratch("upload-"))
+                self.temp_path = folder / self.temp_path.name
             self._writer = pq.ParquetWriter(
                 self.temp_path,
                 self.schema,
@@ -149,6 +154,7 @@ class ParquetSink:
                 pass  # the temp file is removed below either way
             self._writer = None
         self.temp_path.unlink(missing_ok=True)
+        self._scratch.close()
 
     def __enter__(self) -> ParquetSink:
         return self.open()

@@ -14,6 +14,7 @@ import pytest
 from bertetl.errors import CommitError, InputError
 from bertetl.io.objectstore import LOCK_NAME, ObjectStoreLock
 from bertetl.io.read import discover, read_schema, stream
+from bertetl.io.scratch import HELD, scratch_root
 from bertetl.io.storage import StorageError, parse_location, parse_storage_options
 from bertetl.io.write import ParquetSink
 
@@ -93,6 +94,10 @@ def test_sink_uploads_whole_objects_or_nothing(store) -> None:
     with ParquetSink(target, table.schema) as sink:
         sink.write(table.to_batches()[0])
         assert not target.exists()  # nothing visible before commit
+        # written locally in a scratch folder that the next run removes if this one is killed
+        assert sink.temp_path.parent.parent == scratch_root()
+        assert (sink.temp_path.parent / HELD).exists()
+    assert not sink.temp_path.parent.exists()
     with target.open_input_file() as handle:
         assert pq.read_table(handle).equals(table)
 
@@ -101,7 +106,7 @@ def test_sink_uploads_whole_objects_or_nothing(store) -> None:
         raise RuntimeError("the engine failed")
     with target.open_input_file() as handle:
         assert pq.read_table(handle).equals(table)  # the committed object is untouched
-    assert not sink.temp_path.exists()
+    assert not sink.temp_path.parent.exists()
 
 
 def test_the_lock_refuses_a_second_run_and_takes_over_an_expired_lease(store) -> None:
