@@ -22,13 +22,13 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from bertetl.config import EngineConfig
-from bertetl.errors import CommitError
+from bertetl.errors import CommitError, InputError
 from bertetl.io.commit import LOCK_NAME
 from bertetl.io.storage import Location, TableRef, is_remote, is_table, storage_error
 from bertetl.report import ColumnSum
@@ -491,8 +491,20 @@ def _remote_manifests(dest: Location, column: str | None) -> dict[str, tuple[Loc
         folder = dest / str(PurePosixPath(relative).parent)
         manifest = read_manifest(folder)
         if manifest is not None and column in (None, manifest.partition_column):
-            found.setdefault(manifest.partition, (folder, manifest))
+            _add_manifest(found, dest, folder, manifest)
     return found
+
+
+def _add_manifest(found: dict[str, Any], dest: object, folder: Any, manifest: Manifest) -> None:
+    """Add a partition's committed folder to `found`; a value already found in another folder
+    is an `InputError`: readers of DEST would see its rows twice."""
+    earlier = found.setdefault(manifest.partition, (folder, manifest))[0]
+    if earlier != folder:
+        raise InputError(
+            f"DEST {dest} holds partition {manifest.partition_column}={manifest.partition} in "
+            f"two folders, {earlier} and {folder} (two spellings of one value), so its readers "
+            "see those rows twice; remove the older folder, then rerun"
+        )
 
 
 def _table_manifests(dest: TableRef, column: str | None) -> dict[str, tuple[object, Manifest]]:
@@ -540,7 +552,7 @@ def committed_manifests(
             continue
         manifest = read_manifest(folder)
         if manifest is not None and column in (None, manifest.partition_column):
-            found.setdefault(manifest.partition, (Path(folder), manifest))
+            _add_manifest(found, dest, Path(folder), manifest)
     return found
 
 

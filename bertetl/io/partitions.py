@@ -34,6 +34,15 @@ class Partition:
     #: and rows (None: not known from metadata).
     inputs: tuple[FileFingerprint, ...] | None = None
     rows: int | None = None
+    #: Its folder under DEST when DEST already holds the value under another spelling of the
+    #: folder name (`day=a%20b` for `day=a b`, after the SOURCE folder was renamed): the
+    #: commit replaces that folder, so DEST keeps one folder per value (None: `folder`).
+    dest_name: str | None = None
+
+    @property
+    def dest_relative(self) -> str:
+        """The partition's folder under DEST, relative to it."""
+        return self.dest_name or self.folder
 
     def relative(self, file: SourceFile) -> str:
         """The file's path inside the partition folder."""
@@ -138,18 +147,19 @@ def _table_partitions(
 def dest_folder(dest: str | os.PathLike[str] | Location, partition: Partition) -> Any:
     """The partition's folder under DEST, checked to stay inside DEST (a `Location` on an
     object store)."""
+    folder = partition.dest_relative
     if is_remote(dest):
         assert isinstance(dest, Location)
-        parts = PurePosixPath(partition.folder).parts
-        if not parts or any(p in ("..", ".") for p in parts) or partition.folder.startswith("/"):
-            raise InputError(f"partition folder {partition.folder!r} would write outside {dest}")
-        return dest / partition.folder
+        parts = PurePosixPath(folder).parts
+        if not parts or any(p in ("..", ".") for p in parts) or folder.startswith("/"):
+            raise InputError(f"partition folder {folder!r} would write outside {dest}")
+        return dest / folder
     if isinstance(dest, Location):
         dest = dest.path
     root = Path(dest).resolve()
-    target = (root / partition.folder).resolve()
+    target = (root / folder).resolve()
     if not target.is_relative_to(root) or target == root:
-        raise InputError(f"partition folder {partition.folder!r} would write outside {dest}")
+        raise InputError(f"partition folder {folder!r} would write outside {dest}")
     return target
 
 

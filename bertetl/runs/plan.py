@@ -4,6 +4,7 @@ DEST, after checking that the outputs it lists are still as committed
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -133,6 +134,18 @@ def _tables(
     return source_table, manifest_table
 
 
+def _at_dest_folder(partition: Partition, dest: Any, folder: Any) -> Partition:
+    """`partition`, committed to `folder` (DEST's folder for its value, relative to `dest`)
+    when that is another spelling of its SOURCE folder's name (`a%20b` for `a b`)."""
+    if isinstance(folder, Location):
+        relative = folder.path[len(dest.path) :].strip("/")
+    else:
+        relative = Path(folder).relative_to(dest).as_posix()
+    if relative == partition.folder:
+        return partition
+    return dataclasses.replace(partition, dest_name=relative)
+
+
 def plan_partitions(
     source: str | os.PathLike[str] | Location | TableRef,
     dest: str | os.PathLike[str] | Location | TableRef,
@@ -168,6 +181,8 @@ def plan_partitions(
     for value, (folder, manifest) in committed_manifests(where, column).items():
         if (start is None or value >= start) and (end is None or value <= end):
             folders[value], committed[value] = folder, manifest
+            if value in by_value and not is_table(dest):  # commit where DEST holds it
+                by_value[value] = _at_dest_folder(by_value[value], where, folder)
     damage = {
         value: tuple(verify_outputs(folders[value], manifest))
         for value, manifest in committed.items()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -183,6 +184,43 @@ def test_range_and_orphans(pipeline, partitioned_source, tmp_path: Path) -> None
     assert actions["2026-01-03"] == ("orphan", "source partition removed")
     assert actions["2026-01-01"] == ("enrich", "new")
     assert actions["2026-01-02"] == ("skip", "unchanged")
+
+
+def test_a_renamed_spelling_of_a_partition_folder_commits_into_dests_folder(
+    pipeline, write_table, tmp_path: Path
+) -> None:
+    """`day=a b` renamed `day=a%20b` (another tool's escaping) is one value: the rerun
+    replaces DEST's folder for it, not a second folder that readers would read twice."""
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    texts = {"id": [1, 2, 3], "text": ["one two", "three", "four five"]}
+    spaced = src / "day=a b"
+    spaced.mkdir(parents=True)
+    pq.write_table(pa.table(texts), spaced / "part-0.parquet")
+    plan = plan_partitions(src, dest, "day", pipeline.config)
+    (item,) = plan.by_action("enrich")
+    enrich_partition(pipeline, item, dest, plan)
+    spaced.rename(src / "day=a%20b")
+    pq.write_table(pa.table({"id": [4], "text": ["six"]}), src / "day=a%20b" / "part-1.parquet")
+    plan = plan_partitions(src, dest, "day", pipeline.config)
+    (item,) = plan.by_action("enrich")
+    assert (item.value, item.reason) == ("a b", "input changed")
+    enrich_partition(pipeline, item, dest, plan)
+    assert sorted(p.name for p in dest.iterdir() if not p.name.startswith(".")) == ["day=a b"]
+    assert sorted(pq.read_table(dest).column("id").to_pylist()) == [1, 2, 3, 4]
+    plan = plan_partitions(src, dest, "day", pipeline.config)  # and it settles
+    assert [(p.action, p.reason) for p in plan.partitions] == [("skip", "unchanged")]
+
+
+def test_a_dest_holding_one_value_in_two_folders_is_refused(
+    pipeline, partitioned_source, tmp_path: Path
+) -> None:
+    """Left by an earlier version: readers see those rows twice, and the run says so."""
+    src = partitioned_source(days=1)
+    dest = tmp_path / "dest"
+    run_all(pipeline, src, dest)
+    shutil.copytree(dest / "date=2026-01-01", dest / "date=2026%2D01%2D01")
+    with pytest.raises(InputError, match=r"partition date=2026-01-01 in two folders"):
+        plan_partitions(src, dest, "date", pipeline.config)
 
 
 def test_corrupt_file_fails_its_partition_and_keeps_the_committed_version(
