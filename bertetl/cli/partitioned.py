@@ -195,7 +195,7 @@ def _run(kind: str, params: Any, debug: bool) -> None:
     with user_errors(debug):
         from bertetl.executors import make_executor
         from bertetl.flows.local import local_api
-        from bertetl.io.commit import destination_lock
+        from bertetl.io.commit import holding
         from bertetl.io.storage import resolve_run
         from bertetl.runs.enrich import check_storage
         from bertetl.runs.staged import check_partitioned_run
@@ -211,15 +211,13 @@ def _run(kind: str, params: Any, debug: bool) -> None:
         # a missing executor (no Ray) or model folder fails here, and an executor that
         # cannot reach object storage
         check_storage(make_executor(params.engine), source, dest)
-        lock = destination_lock(dest)
-        lock.acquire()  # fail at once, before any server starts, if another run holds DEST
-        lock.release()
         if kind == "backfill":
             from bertetl.flows.partitioned import backfill_flow as flow_fn
         else:
             from bertetl.flows.partitioned import incremental_flow as flow_fn
-        try:
-            with local_api():
+        try:  # DEST's lock: refused at once, before any server starts, if another run holds
+            # it; then held through the flow, so no run can start on DEST in between
+            with holding(dest), local_api():
                 rows = flow_fn(params)
         except PartitionsFailedError as e:
             print_summary(kind, e.rows, params.dest)

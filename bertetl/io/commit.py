@@ -13,6 +13,7 @@ during the run is moved into the new one (`swap_in`'s `owned`).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import ctypes
 import ctypes.util
 import errno
@@ -123,12 +124,68 @@ def _holds_only_the_lock(folder: Path) -> bool:
         return False
 
 
+#: The DEST locks this context holds already (`holding`), by `_lock_key`.
+_HELD: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
+    "bertetl_held_locks", default=()
+)
+
+
+class HeldLock:
+    """What `destination_lock` gives for a DEST whose lock the caller holds (`holding`):
+    acquiring and releasing it do nothing; the holder releases the real one."""
+
+    def acquire(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+    def __enter__(self) -> HeldLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def holding(dest: str | os.PathLike[str] | Location | TableRef) -> Iterator[None]:
+    """Take DEST's lock (refused at once if another run holds it) and keep it for the code
+    inside, where `destination_lock(dest)` gives a `HeldLock`: the CLI holds it from its
+    early checks, through starting Prefect's server, to the end of the flow, so no other run
+    can start on DEST in between. Only code in this context (this thread, and what it runs
+    in copies of its context) sees the hold; another run in this process is still refused."""
+    lock = destination_lock(dest)
+    lock.acquire()
+    token = _HELD.set((*_HELD.get(), _lock_key(dest)))
+    try:
+        yield
+    finally:
+        _HELD.reset(token)
+        lock.release()
+
+
+def _lock_key(dest: str | os.PathLike[str] | Location | TableRef) -> str:
+    """Which lock `destination_lock(dest)` takes: its place, as a string."""
+    if is_table(dest):
+        from bertetl.io.tables import lock_place
+
+        assert isinstance(dest, TableRef)
+        return _lock_key(lock_place(dest))
+    if is_remote(dest):
+        assert isinstance(dest, Location)
+        return dest.uri
+    return str(Path(dest.path if isinstance(dest, Location) else dest).resolve())
+
+
 def destination_lock(dest: str | os.PathLike[str] | Location | TableRef) -> Any:
     """DEST's one-run lock: `flock` on a local folder (`DestinationLock`), a conditional
     create with a lease on S3 (`bertetl.io.objectstore.ObjectStoreLock`); a store that
     cannot be locked is refused there. Both are context managers with `acquire`/`release`.
     A table DEST is locked the same way at its lock place (`bertetl.io.tables.lock_place`:
-    a sidecar folder beside a Delta table, the warehouse for Iceberg)."""
+    a sidecar folder beside a Delta table, the warehouse for Iceberg). Inside `holding(dest)`
+    it is a `HeldLock`."""
+    if _lock_key(dest) in _HELD.get():
+        return HeldLock()
     if is_table(dest):
         from bertetl.io.tables import lock_place
 

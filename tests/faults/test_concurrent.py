@@ -3,6 +3,7 @@ is never interleaved with anything, and after the first dies a rerun completes c
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -70,3 +71,40 @@ def test_second_run_is_refused_while_the_first_holds_dest(
     assert state.is_completed()
     enrich(src, tmp_path / "reference", config)
     assert assert_same_output(dest, tmp_path / "reference") == 3 * 24
+
+
+def test_the_cli_holds_dest_from_its_checks_to_the_end_of_the_flow(
+    tiny_embed_dir: Path, partitioned_source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No gap between the CLI's early lock check and the flow's lock: while Prefect's server
+    starts, another run is refused; the flow itself, in the CLI's context, runs."""
+    from typer.testing import CliRunner
+
+    from bertetl.cli import app
+    from bertetl.io.commit import DestinationLock
+
+    src, dest = partitioned_source(days=1), tmp_path / "dest"
+    refused: list[str] = []
+
+    @contextlib.contextmanager
+    def server_starting():
+        other = DestinationLock(dest)  # another run, at the moment the server would start
+        try:
+            other.acquire()
+        except CommitError as e:
+            refused.append(str(e))
+        else:
+            other.release()
+        yield
+
+    monkeypatch.setattr("bertetl.flows.local.local_api", server_starting)
+    args = [
+        "backfill", str(src), str(dest), "--partition-column", "date",
+        "--text-column", "text", "--embed-model", str(tiny_embed_dir),
+    ]  # fmt: skip
+    run = CliRunner().invoke(app, args)
+    assert run.exit_code == 0, run.output
+    assert refused and f"pid {os.getpid()}" in refused[0]
+    assert "1 partition(s) committed" in run.output
+    with DestinationLock(dest):  # released at the end
+        pass
