@@ -437,6 +437,9 @@ class Pipeline:
         except InputError as e:
             sink.abort()
             result.error, result.dest, result.retryable = str(e), None, is_transient(e)
+        except pa.ArrowInvalid as e:  # data Arrow refused (checked rows aside): this file fails
+            sink.abort()
+            result.error, result.dest = f"{file.path}: {e}", None
         except BaseException:
             sink.abort()
             raise

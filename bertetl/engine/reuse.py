@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bertetl.engine.tokenize import as_plain_text
+from bertetl.engine.tokenize import as_plain_text, without_invalid_utf8
 from bertetl.io.read import open_parquet
 from bertetl.io.storage import Location
 
@@ -92,7 +92,8 @@ class ReuseIndex:
 
     def lookup(self, text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         """For each row: whether an earlier output exists (equal text), and its index."""
-        text = pc.cast(as_plain_text(text), pa.large_string())
+        # rows that are not valid UTF-8 are never reused (they have no outputs to reuse)
+        text, _ = without_invalid_utf8(pc.cast(as_plain_text(text), pa.large_string()))
         found = np.zeros(len(text), dtype=bool)
         rows = np.zeros(len(text), dtype=np.int64)
         if not len(self.sorted_hashes) or not len(text):

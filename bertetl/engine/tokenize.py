@@ -21,6 +21,8 @@ from bertetl.schema import ENRICH_ERROR, STATS_PREFIX, TOKENS_PREFIX, token_stat
 NULL_TEXT = "text is null"
 EMPTY_TEXT = "text is empty"
 BLANK_TEXT = "text is whitespace-only"
+#: A string column's bytes are meant to be UTF-8, but a Parquet writer can store any bytes.
+INVALID_TEXT = "text is not valid UTF-8"
 
 
 def as_plain_text(column: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -30,6 +32,27 @@ def as_plain_text(column: pa.Array | pa.ChunkedArray) -> pa.Array:
     if pa.types.is_dictionary(column.type):
         column = column.dictionary_decode()
     return column
+
+
+def without_invalid_utf8(text: pa.Array) -> tuple[pa.Array, np.ndarray | None]:
+    """`text` (a plain string array) with the rows that are not valid UTF-8 nulled, and which
+    rows those are (None when every row is valid: one pass over the bytes, the usual case).
+    Such rows would stop pyarrow's string kernels, polars and the tokenizer alike; the
+    original bytes stay in the row's own column, which is written out unchanged."""
+    try:
+        text.validate(full=True)
+        return text, None
+    except pa.ArrowInvalid:
+        pass
+    raw = text.view(pa.large_binary() if pa.types.is_large_string(text.type) else pa.binary())
+    invalid = np.zeros(len(raw), dtype=bool)
+    for row, value in enumerate(raw.to_pylist()):  # only for a window that holds such a row
+        if value is not None:
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError:
+                invalid[row] = True
+    return pc.if_else(pa.array(invalid), pa.scalar(None, text.type), text), invalid
 
 
 def text_problems(text: pa.Array) -> pa.Array:
@@ -76,7 +99,10 @@ class ValidateTextStage:
     def __call__(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             started = time.perf_counter()
-            problems = text_problems(as_plain_text(batch.column(self.text_column)))
+            text, invalid = without_invalid_utf8(as_plain_text(batch.column(self.text_column)))
+            problems = text_problems(text)
+            if invalid is not None:
+                problems = pc.if_else(pa.array(invalid), pa.scalar(INVALID_TEXT), problems)
             out = batch.append_column(self.error_column, problems)
             self.counters.rows += batch.num_rows
             self.counters.batches += 1

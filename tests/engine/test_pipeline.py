@@ -225,6 +225,34 @@ def test_unreadable_files_fail_alone(tiny_embed_dir: Path, write_table, tmp_path
     assert pq.read_table(tmp_path / "out" / "c.parquet").num_rows == 5000
 
 
+def test_data_arrow_refuses_fails_its_file_alone(
+    tiny_embed_dir: Path, write_table, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever else in a file's data Arrow refuses (an `ArrowInvalid` from a stage, here
+    injected into the text checks for one file's text), that file fails, named; the others
+    are committed and the run goes on."""
+    import bertetl.engine.tokenize as tokenize
+
+    checks = tokenize.text_problems
+
+    def refusing(text: pa.Array) -> pa.Array:
+        if "poison" in text.to_pylist():
+            raise pa.ArrowInvalid("a value Arrow cannot take")
+        return checks(text)
+
+    monkeypatch.setattr(tokenize, "text_problems", refusing)
+    write_table({"text": ["good one"]}, "src/a.parquet")
+    bad = write_table({"text": ["fine", "poison"]}, "src/b.parquet")
+    write_table({"text": ["good two"]}, "src/c.parquet")
+    config = EngineConfig(text_column="text", embed_model=str(tiny_embed_dir))
+    with pytest.raises(FilesFailedError) as info:
+        enrich(tmp_path / "src", tmp_path / "out", config)
+    assert list(info.value.failures) == [str(bad)]
+    assert f"{bad}: a value Arrow cannot take" in info.value.failures[str(bad)]
+    outputs = sorted(p.name for p in (tmp_path / "out").iterdir() if p.name != LOCK_NAME)
+    assert outputs == ["a.parquet", "c.parquet"]
+
+
 def test_missing_text_column_everywhere_fails_before_models(write_table, tmp_path: Path) -> None:
     src = write_table({"body": ["x"]})
     config = EngineConfig(text_column="text", embed_model=str(tmp_path / "no-such-model"))

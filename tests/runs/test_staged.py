@@ -211,6 +211,29 @@ def test_a_renamed_spelling_of_a_partition_folder_commits_into_dests_folder(
     assert [(p.action, p.reason) for p in plan.partitions] == [("skip", "unchanged")]
 
 
+def test_rows_that_are_not_utf8_are_an_outcome_and_rerun_with_reuse(
+    pipeline, tmp_path: Path
+) -> None:
+    """A string column a careless writer filled with other bytes: those rows get their
+    `enrich_error`, the others their outputs, and a rerun reuses rows beside them."""
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    folder = src / "date=2026-01-01"
+    folder.mkdir(parents=True)
+    raw = [b"good text", b"\xff\xfe not utf-8 \xc3", b"more good text"]
+    text = pa.array(raw, pa.binary()).view(pa.string())
+    pq.write_table(pa.table({"id": [1, 2, 3], "text": text}), folder / "part-0.parquet")
+    (manifest,) = run_all(pipeline, src, dest).values()
+    assert (manifest.rows_out, manifest.rows_failed) == (3, 1)
+    raw.append(b"a new row")
+    text = pa.array(raw, pa.binary()).view(pa.string())
+    pq.write_table(pa.table({"id": [1, 2, 3, 4], "text": text}), folder / "part-0.parquet")
+    (manifest,) = run_all(pipeline, src, dest).values()
+    assert (manifest.rows_inferred, manifest.rows_reused, manifest.rows_failed) == (1, 2, 1)
+    out = pq.read_table(dest)
+    assert out.column("enrich_error").to_pylist() == [None, "text is not valid UTF-8", None, None]
+    assert out.column("text").combine_chunks().view(pa.binary()).to_pylist() == raw
+
+
 def test_a_dest_holding_one_value_in_two_folders_is_refused(
     pipeline, partitioned_source, tmp_path: Path
 ) -> None:
