@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -12,10 +13,12 @@ from bertetl.config import EngineConfig
 from bertetl.errors import ExecutorError, FilesFailedError, InputError
 from bertetl.executors import Executor, Job, make_executor
 from bertetl.io.commit import clean_leftovers, destination_lock, staging_for
+from bertetl.io.partitions import SHOWN_FILES
 from bertetl.io.paths import check_run_paths, dest_path, dest_root
-from bertetl.io.read import SourceFile, check_text_column, read_schema
+from bertetl.io.read import SourceFile, check_text_column, open_parquet, read_schema
 from bertetl.io.storage import Location, is_remote, is_table, resolve_run
 from bertetl.report import EnrichReport, FileResult, merge_label_counts
+from bertetl.schema import ENRICH_ERROR
 
 
 def enrich(
@@ -65,6 +68,7 @@ def enrich(
         for file in files
         if file.path in schemas
     ]
+    check_outputs_replaceable([job.target for job in jobs])
     lock_dir, only_file = dest_root(source, dest)
     with destination_lock(lock_dir):
         clean_leftovers(lock_dir, only_file)
@@ -86,6 +90,29 @@ def enrich(
     if raise_on_failure and report.failures:
         raise FilesFailedError(report.failures, report)
     return report
+
+
+def check_outputs_replaceable(targets: list[Path | Location]) -> None:
+    """Refuse (`InputError`, one line naming them) files at this run's output paths that
+    bertetl did not write: an output is replaced by a rerun, and a run deletes only what it
+    wrote. A bertetl output ends with its `enrich_error` column (any `--prefix`)."""
+    foreign = []
+    for target in targets:
+        if not (target.exists() if isinstance(target, Location) else os.path.lexists(target)):
+            continue
+        try:
+            names = open_parquet(target).schema_arrow.names
+        except (OSError, pa.ArrowException):
+            names = []  # not Parquet: not an output of ours
+        if not names or not names[-1].endswith(ENRICH_ERROR):
+            foreign.append(str(target))
+    if foreign:
+        more = f" and {len(foreign) - SHOWN_FILES} more" if len(foreign) > SHOWN_FILES else ""
+        raise InputError(
+            f"{len(foreign)} file(s) bertetl did not write are where this run writes its "
+            f"outputs: {', '.join(foreign[:SHOWN_FILES])}{more}; a run replaces only its own "
+            "outputs, so move them (or pick another DEST)"
+        )
 
 
 def _check_schemas(

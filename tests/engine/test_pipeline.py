@@ -253,6 +253,29 @@ def test_data_arrow_refuses_fails_its_file_alone(
     assert outputs == ["a.parquet", "c.parquet"]
 
 
+def test_files_bertetl_did_not_write_at_output_paths_are_refused(
+    tiny_embed_dir: Path, write_table, tmp_path: Path
+) -> None:
+    write_table({"text": ["one"]}, "src/a.parquet")
+    write_table({"text": ["two"]}, "src/b.parquet")
+    dest = tmp_path / "out"
+    dest.mkdir()
+    users = pa.table({"x": [1, 2]})
+    pq.write_table(users, dest / "a.parquet")  # the user's own table, at a's output path
+    (dest / "b.parquet").write_text("notes")  # not even Parquet
+    config = EngineConfig(text_column="text", embed_model=str(tiny_embed_dir))
+    with pytest.raises(InputError, match=r"2 file\(s\) bertetl did not write .*a\.parquet"):
+        enrich(tmp_path / "src", dest, config)
+    assert pq.read_table(dest / "a.parquet").equals(users)
+    assert (dest / "b.parquet").read_text() == "notes"
+    assert sorted(p.name for p in dest.iterdir()) == ["a.parquet", "b.parquet"]  # no lock
+    for name in ("a.parquet", "b.parquet"):
+        (dest / name).unlink()
+    enrich(tmp_path / "src", dest, config)
+    enrich(tmp_path / "src", dest, config.model_copy(update={"prefix": "p_"}))  # its own: replaced
+    assert pq.read_table(dest / "a.parquet").column_names[-1] == "p_enrich_error"
+
+
 def test_missing_text_column_everywhere_fails_before_models(write_table, tmp_path: Path) -> None:
     src = write_table({"body": ["x"]})
     config = EngineConfig(text_column="text", embed_model=str(tmp_path / "no-such-model"))
