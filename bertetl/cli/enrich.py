@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import glob
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -54,6 +56,8 @@ def enrich(
     from bertetl.runs.enrich import enrich as run
 
     with user_errors(debug):
+        if report is not None:
+            check_report_path(report, source, dest)
         try:
             options = parse_storage_options(storage_option)
             result = run(source, dest, engine, storage_options=options)
@@ -74,4 +78,30 @@ def print_report(result: EnrichReport, dest: str, report_path: Path | None) -> N
     )
     if report_path is not None:
         report_path.parent.mkdir(parents=True, exist_ok=True)
-        report_path.write_text(json.dumps(result.to_dict(), indent=2))
+        temp = report_path.with_name(f".{report_path.name}.{os.getpid()}.tmp")
+        temp.write_text(json.dumps(result.to_dict(), indent=2))
+        os.replace(temp, report_path)  # a reader sees the old report or the whole new one
+
+
+def check_report_path(report: Path, source: str, dest: str) -> None:
+    """Refuse, before the run, a `--report` path that is a folder or lies in SOURCE or DEST
+    (it would overwrite an input or an output, or land among them as a stray file)."""
+    from bertetl.errors import InputError
+    from bertetl.io.storage import is_table_uri, is_uri
+
+    path = report.resolve()
+    if path.is_dir():
+        raise InputError(f"--report {report} is a folder; give the path of a JSON file")
+    for label, given in (("SOURCE", source), ("DEST", dest)):
+        if is_uri(given) or is_table_uri(given):
+            continue  # the report is a local file
+        if glob.has_magic(given):  # a glob SOURCE: the report must not be one of its files
+            inside = path in {Path(f).resolve() for f in glob.glob(given, recursive=True)}
+        else:
+            root = Path(given).resolve()
+            inside = path == root or root in path.parents
+        if inside:
+            raise InputError(
+                f"--report {report} lies in {label} {given}; a run writes neither into its "
+                "input nor among its outputs: give a path outside both"
+            )

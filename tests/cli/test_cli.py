@@ -358,3 +358,38 @@ def test_bench_cores_beyond_this_machine_is_one_line() -> None:
         f"error: --cores: 4096 cores asked, but this process may use only "
         f"{len(os.sched_getaffinity(0))}"
     ]
+
+
+def test_a_report_path_in_source_or_dest_or_a_folder_is_refused_before_the_run(
+    tiny_embed_dir: Path, write_table, tmp_path: Path
+) -> None:
+    src = write_table({"text": ["one"]}, "src/a.parquet")
+    before = src.read_bytes()
+    (tmp_path / "reports").mkdir()
+    cases = {
+        str(src): "lies in SOURCE",  # would overwrite the input
+        str(tmp_path / "src" / "r.json"): "lies in SOURCE",  # a stray file for the next run
+        str(tmp_path / "out" / "a.parquet"): "lies in DEST",  # would replace an output
+        str(tmp_path / "reports"): "is a folder",
+    }
+    for report, expected in cases.items():
+        run = enrich_cli(
+            tmp_path / "src", tmp_path / "out", "--embed-model", str(tiny_embed_dir),
+            "--report", report,
+        )  # fmt: skip
+        assert run.returncode == 1, run.stderr
+        assert expected in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
+        assert not (tmp_path / "out").exists()  # refused before the run
+    glob_run = bertetl(
+        "enrich", str(tmp_path / "src" / "*.parquet"), str(tmp_path / "out"), "--text-column",
+        "text", "--embed-model", str(tiny_embed_dir), "--report", str(src),
+    )  # fmt: skip
+    assert glob_run.returncode == 1 and "lies in SOURCE" in glob_run.stderr
+    assert src.read_bytes() == before
+    run = enrich_cli(
+        tmp_path / "src", tmp_path / "out", "--embed-model", str(tiny_embed_dir),
+        "--report", str(tmp_path / "reports" / "run.json"),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert json.loads((tmp_path / "reports" / "run.json").read_text())["rows"] == 1
+    assert [p.name for p in (tmp_path / "reports").iterdir()] == ["run.json"]  # no temp left
