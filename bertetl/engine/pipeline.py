@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from bertetl.config import ClassifierHead, EngineConfig, NerHead, ZeroShotHead
 from bertetl.engine.encoders import ClassifyStage, EmbedStage, EncoderStage, ModelRuntime
@@ -351,6 +352,8 @@ class Pipeline:
             if not name.startswith(STAGE_PREFIXES) and name != error_column
         ]
         out = batch.select(keep)
+        if len(self.tokenize_stages) > 1:  # a row one tokenizer finds no tokens in: no outputs
+            out = _null_where(out, batch.column(error_column).is_valid(), self._output_names)
         if self.config.token_stats:
             stats = batch.column(self.stats_column)
             for field, column in zip(
@@ -358,6 +361,16 @@ class Pipeline:
             ):
                 out = out.append_column(field, column)
         return out.append_column(error_field(self.config.prefix), batch.column(error_column))
+
+    @property
+    def _output_names(self) -> list[str]:
+        """The models' written output columns."""
+        return [
+            f.name
+            for model in self.models
+            for f in model.fields()
+            if not f.name.startswith(INTERNAL_PREFIX)
+        ]
 
     @property
     def stats_column(self) -> str:
@@ -474,3 +487,16 @@ class Pipeline:
             report.stages.setdefault(stage.name, StageCounters()).add(stage.counters)
         for model in self.models:
             report.oom_splits += getattr(model, "oom_splits", 0)
+
+
+def _null_where(batch: pa.RecordBatch, mask: pa.Array, names: list[str]) -> pa.RecordBatch:
+    """`batch` with the `names` columns null in the rows where `mask` is true."""
+    if not pc.any(mask).as_py():
+        return batch
+    for name in names:
+        index = batch.schema.get_field_index(name)
+        column = batch.column(index)
+        batch = batch.set_column(
+            index, batch.schema.field(index), pc.if_else(mask, pa.scalar(None, column.type), column)
+        )
+    return batch

@@ -23,6 +23,9 @@ EMPTY_TEXT = "text is empty"
 BLANK_TEXT = "text is whitespace-only"
 #: A string column's bytes are meant to be UTF-8, but a Parquet writer can store any bytes.
 INVALID_TEXT = "text is not valid UTF-8"
+#: Only characters the tokenizer drops (zero-width, control, format characters): the model
+#: would see nothing but its special tokens, and give every such row the same output.
+NO_TOKENS = "text has no tokens"
 
 
 def as_plain_text(column: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -314,13 +317,16 @@ class TokenizeStage:
             values = np.fromiter(
                 chain.from_iterable(row.ids for row in rows), dtype=np.int32, count=int(offsets[-1])
             )
+            total = np.zeros(batch.num_rows, dtype=np.int64)
+            total[valid] = [row.total for row in rows]
+            no_tokens = np.zeros(batch.num_rows, dtype=bool)
+            no_tokens[valid] = total[valid] == 0
             windows = np.zeros(batch.num_rows, dtype=np.int64)
             windows[valid] = rule.windows(kept[valid])
+            windows[no_tokens] = 0
             tokens = cut_windows(offsets, values, windows, rule, self.head, self.tail)
             truncated = np.zeros(batch.num_rows, dtype=bool)
             truncated[valid] = [row.truncated for row in rows]
-            total = np.zeros(batch.num_rows, dtype=np.int64)
-            total[valid] = [row.total for row in rows]
             invalid = windows == 0
             stats = pa.StructArray.from_arrays(
                 [
@@ -335,6 +341,10 @@ class TokenizeStage:
             self.counters.batches += 1
             self.counters.real_tokens += int(offsets[-1])
             self.counters.seconds += time.perf_counter() - started
+            if no_tokens.any():
+                error = batch.schema.get_field_index(self.error_column)
+                errors = pc.if_else(pa.array(no_tokens), pa.scalar(NO_TOKENS), batch.column(error))
+                batch = batch.set_column(error, self.error_column, errors)
             special = {b"special_tokens": str(len(self.head) + len(self.tail)).encode()}
             batch = batch.append_column(
                 pa.field(self.tokens_column, tokens.type, metadata=special), tokens

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -274,6 +276,50 @@ def test_files_bertetl_did_not_write_at_output_paths_are_refused(
     enrich(tmp_path / "src", dest, config)
     enrich(tmp_path / "src", dest, config.model_copy(update={"prefix": "p_"}))  # its own: replaced
     assert pq.read_table(dest / "a.parquet").column_names[-1] == "p_enrich_error"
+
+
+def test_text_with_no_tokens_is_an_outcome_not_an_output(
+    tiny_embed_dir: Path, tiny_classifier_dir: Path, write_table, tmp_path: Path
+) -> None:
+    """Texts of only characters the tokenizer drops (zero-width, control, format) would give
+    the model just [CLS] [SEP], and every such row the same embedding and a confident label."""
+    texts = ["\u200b", "\x00\x01", "\ufeff", "\u200b\u200c\u2060 \u200b", "good film"]
+    src = write_table({"text": texts})
+    config = EngineConfig(
+        text_column="text",
+        embed_model=str(tiny_embed_dir),
+        classify_model=str(tiny_classifier_dir),
+        token_stats=True,
+    )
+    enrich(src, tmp_path / "out", config)
+    out = pq.read_table(tmp_path / "out" / src.name)
+    assert out.column("enrich_error").to_pylist() == ["text has no tokens"] * 4 + [None]
+    for name in ("embedding", "label", "score", "tokens"):
+        assert out.column(name).is_valid().to_pylist() == [False] * 4 + [True], name
+
+
+def test_a_row_one_tokenizer_finds_no_tokens_in_has_no_outputs_from_any_model(
+    tiny_embed_dir: Path, tiny_classifier_dir: Path, write_table, tmp_path: Path
+) -> None:
+    """A lone combining accent: the embedding model's tokenizer (accents kept) gives [UNK],
+    the classifier's (accents stripped) nothing. The row gets the error and no output from
+    either model, not an embedding beside an error."""
+    keeps_accents = tmp_path / "keeps-accents"
+    shutil.copytree(tiny_embed_dir, keeps_accents)
+    spec = json.loads((keeps_accents / "tokenizer.json").read_text())
+    spec["normalizer"]["strip_accents"] = False
+    (keeps_accents / "tokenizer.json").write_text(json.dumps(spec))
+    src = write_table({"text": ["\u0301", "good film"]})
+    config = EngineConfig(
+        text_column="text",
+        embed_model=str(keeps_accents),
+        classify_model=str(tiny_classifier_dir),
+    )
+    enrich(src, tmp_path / "out", config)
+    out = pq.read_table(tmp_path / "out" / src.name)
+    assert out.column("enrich_error").to_pylist() == ["text has no tokens", None]
+    assert out.column("embedding").is_valid().to_pylist() == [False, True]
+    assert out.column("label").is_valid().to_pylist() == [False, True]
 
 
 def test_missing_text_column_everywhere_fails_before_models(write_table, tmp_path: Path) -> None:
