@@ -127,6 +127,18 @@ def _descendants() -> list[int]:
     return found
 
 
+def pool_worker(parent: int, exit_poll: float | None = None) -> None:
+    """Set up a pool worker: it dies with `parent` (`die_with_parent`, or with `exit_poll`
+    `exit_with_parent`, polled that often), and ignores Ctrl-C, which its parent handles by
+    stopping the pool (a terminal sends SIGINT to every process of the job: the workers would
+    each print a traceback)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if exit_poll is None:
+        die_with_parent(parent)
+    else:
+        exit_with_parent(parent, exit_poll)
+
+
 def die_with_parent(parent: int) -> None:
     """Make the kernel SIGKILL this process when its parent dies (Linux), so a worker never
     outlives a killed run nor writes after it; exit at once if the parent is already gone.

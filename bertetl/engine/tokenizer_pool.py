@@ -33,7 +33,7 @@ import pyarrow as pa
 from bertetl.config import EngineConfig
 from bertetl.engine.tokenize import TokenizerSnapshot
 from bertetl.errors import ModelError
-from bertetl.processes import exit_with_parent
+from bertetl.processes import pool_worker
 from bertetl.report import StageCounters
 
 
@@ -87,7 +87,7 @@ def _start_worker(
     parallelism), then build the pipeline and its tokenizers from the parent's snapshots
     (transformers, and torch, are imported only for an NER head's tokenizer)."""
     global _worker_pipeline
-    exit_with_parent(parent)
+    pool_worker(parent, exit_poll=0.5)  # dies with the parent, which handles Ctrl-C
     os.environ["RAYON_NUM_THREADS"] = "1"  # read when the tokenizer first encodes a batch
     pipeline = make_pipeline(config)
     pipeline.setup_tokenizers(snapshots)

@@ -12,7 +12,7 @@ from bertetl.config import EngineConfig, LocalOptions
 from bertetl.engine.pipeline import Pipeline
 from bertetl.engine.reuse import ReuseIndex
 from bertetl.executors.base import Capabilities, Job
-from bertetl.processes import die_with_parent
+from bertetl.processes import pool_worker
 from bertetl.report import EnrichReport, FileResult
 
 
@@ -153,9 +153,10 @@ class LocalExecutor:
         config = self.pipeline.config
         # the workers are started from, and waited for in, this thread: they die with it
         # (PR_SET_PDEATHSIG), so a killed run leaves no worker writing behind it
-        with ProcessPoolExecutor(
-            workers, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)
-        ) as pool:
+        pool = ProcessPoolExecutor(
+            workers, mp_context=context, initializer=pool_worker, initargs=(os.getpid(),)
+        )
+        try:
             futures = [
                 pool.submit(run_in_worker, config, jobs[i::workers], i, workers, self.tokenizers)
                 for i in range(workers)
@@ -168,6 +169,10 @@ class LocalExecutor:
                     on_rows(sum(result.rows for result in part.files))
                 part.files = []  # the counters stay, for collect()
                 self._worker_reports.append(part)
+        except BaseException:  # Ctrl-C, or a failure: stop the workers now, not after their files
+            _stop_workers(pool)
+            raise
+        pool.shutdown(wait=True)
         return [by_source[job.file.path] for job in jobs]
 
     def collect(self, report: EnrichReport) -> None:
@@ -179,3 +184,14 @@ class LocalExecutor:
 
     def teardown(self) -> None:
         self.pipeline.teardown()
+
+
+def _stop_workers(pool: ProcessPoolExecutor, timeout: float = 30.0) -> None:
+    """Terminate the pool's worker processes and wait for them (a file a worker was writing
+    stays a hidden temp file, never committed; the next run removes it)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout)

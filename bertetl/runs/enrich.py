@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -73,12 +74,17 @@ def enrich(
     with destination_lock(lock_dir):
         clean_leftovers(lock_dir, only_file)
         executor.setup()
+        stopped = True
         try:
             with staging_for(lock_dir) as scratch:
                 results = executor.run_jobs(jobs, scratch=scratch)
             executor.collect(report)
+            stopped = False
         finally:
             executor.teardown()
+            if stopped:  # Ctrl-C or a failure: the temp files of files being written go now
+                with contextlib.suppress(OSError):
+                    clean_leftovers(lock_dir, only_file)
     for result in results:
         report.files.append(result)
         if result.error is None:  # the labels of committed files only

@@ -1,0 +1,44 @@
+"""The local executor's worker pool: stopped at once by Ctrl-C, not after its files."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from bertetl.config import EngineConfig
+from bertetl.executors.base import Job
+from bertetl.executors.local import LocalExecutor
+from bertetl.io.read import SourceFile
+
+pytestmark = pytest.mark.slow  # worker processes, each loading a model
+
+
+def test_ctrl_c_stops_the_workers_before_their_files_are_done(
+    tiny_embed_dir: Path, write_table, tmp_path: Path
+) -> None:
+    """Ctrl-C arrives (here: raised where the run waits, as soon as the small file's worker
+    is done) while the other worker is mid-way through a big file: the run stops now, that
+    worker is terminated, and its file is never committed."""
+    small = write_table({"text": ["one"]}, "src/a.parquet")
+    big = write_table({"text": [f"row {i} of a long file" for i in range(30_000)]}, "src/b.parquet")
+    config = EngineConfig(
+        text_column="text", embed_model=str(tiny_embed_dir), workers=2, window_rows=512
+    )
+    executor = LocalExecutor(config)
+    jobs = [
+        Job(SourceFile(str(path), path.name), tmp_path / "out" / path.name, pq.read_schema(path))
+        for path in (small, big)
+    ]
+
+    def interrupt(rows: int) -> None:
+        raise KeyboardInterrupt
+
+    before = set(multiprocessing.active_children())
+    with pytest.raises(KeyboardInterrupt):
+        executor.run_jobs(jobs, scratch=tmp_path / "scratch", on_rows=interrupt)
+    assert set(multiprocessing.active_children()) == before  # the workers are gone
+    assert (tmp_path / "out" / "a.parquet").exists()
+    assert not (tmp_path / "out" / "b.parquet").exists()  # stopped mid-file: not committed
