@@ -63,6 +63,9 @@ def run_partitioned(
             sum(1 for item in todo if item.damage),
             len(plan.by_action("skip")),
         )
+        for item in todo:  # why each is redone (damaged ones were warned about above)
+            if not item.damage:
+                logger.info("%s=%s: %s", item.column, item.value, item.reason)
         progress = RunProgress(
             sum(item.rows for item in todo), title, logger, bar=params.run.progress_bar
         )

@@ -228,7 +228,8 @@ def _run(kind: str, params: Any, debug: bool) -> None:
 
 
 def print_summary(kind: str, rows: list[dict[str, Any]], dest: str) -> None:
-    """One line: partitions committed, unchanged and failed; rows written, by origin."""
+    """One line: partitions committed, unchanged and failed; rows written, by origin; then
+    one line per failed partition with its cause (the run summary of this run)."""
     committed = [r for r in rows if r["status"] == "committed"]
     failed = sum(r["status"] == "failed" for r in rows)
     typer.echo(
@@ -240,6 +241,9 @@ def print_summary(kind: str, rows: list[dict[str, Any]], dest: str) -> None:
         f"{sum(r['failed'] for r in committed)} with enrich_error, "
         f"{sum(r.get('truncated', 0) for r in committed)} truncated) into {dest}"
     )
+    for row in rows:
+        if row["status"] == "failed":
+            typer.echo(f"  failed: {row['partition']}: {row['reason']}")
 
 
 def print_drift(rows: list[dict[str, Any]], column: str, dest: Any) -> None:

@@ -367,6 +367,8 @@ def verify_outputs(
     if isinstance(folder, TableCommit):
         changed = commit_problem(folder, manifest.rows_out)
         return [] if changed is None else [OutputDamage("", changed)]
+    if manifest.version >= 2 and (wrong := _count_problem(manifest)) is not None:
+        return [OutputDamage("", wrong)]
     if is_remote(folder):
         assert isinstance(folder, Location)
         return _remote_damage(folder, manifest)
@@ -386,6 +388,18 @@ def verify_outputs(
         if problem is not None:
             damage.append(OutputDamage(relative, problem))
     return damage
+
+
+def _count_problem(manifest: Manifest) -> str | None:
+    """Why the manifest's own row counts disagree (every row in is a row out, and the rows
+    out are those its output fingerprints hold), or None: a manifest edited by hand."""
+    held = sum(f.rows for f in manifest.output_files)
+    if manifest.rows_out != held or manifest.rows_in != manifest.rows_out:
+        return (
+            f"the manifest's counts disagree (rows_in {manifest.rows_in}, rows_out "
+            f"{manifest.rows_out}, its outputs {held} rows)"
+        )
+    return None
 
 
 def verified_outputs(manifest: Manifest, damage: list[OutputDamage]) -> list[str]:

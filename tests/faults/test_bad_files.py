@@ -93,3 +93,31 @@ def test_schema_drift_inside_a_partition_is_handled(tiny_embed_dir: Path, tmp_pa
         original = pq.read_table(folder / f"{name}.parquet")
         enriched = pq.read_table(out / f"{name}.parquet")
         assert enriched.select(original.column_names).equals(original)
+
+
+def test_the_cli_lists_every_failed_partition_and_says_why_each_is_redone(
+    tiny_embed_dir: Path, partitioned_source, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The final error names the first failure "and 1 more; the run summary lists all": the
+    CLI's summary does, one line each; and the log says why each partition is (re)done."""
+    import logging
+
+    from typer.testing import CliRunner
+
+    from bertetl.cli import app
+
+    src, dest = partitioned_source(days=3), tmp_path / "dest"
+    _not_parquet(src / "date=2026-01-01" / "part-0.parquet")
+    _no_text(src / "date=2026-01-03" / "part-0.parquet")
+    args = [
+        "backfill", str(src), str(dest), "--partition-column", "date", "--text-column", "text",
+        "--embed-model", str(tiny_embed_dir), "--retries", "0",
+    ]  # fmt: skip
+    with caplog.at_level(logging.INFO):
+        run = CliRunner().invoke(app, args)
+    assert run.exit_code == 1
+    assert "and 1 more; the run summary lists all" in run.stderr
+    listed = [line for line in run.stdout.splitlines() if line.startswith("  failed: ")]
+    assert [line.split(":")[1].strip() for line in listed] == ["2026-01-01", "2026-01-03"]
+    assert "cannot read Parquet file" in listed[0] and "'text' not found" in listed[1]
+    assert "date=2026-01-02: new" in caplog.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -232,6 +233,26 @@ def test_rows_that_are_not_utf8_are_an_outcome_and_rerun_with_reuse(
     out = pq.read_table(dest)
     assert out.column("enrich_error").to_pylist() == [None, "text is not valid UTF-8", None, None]
     assert out.column("text").combine_chunks().view(pa.binary()).to_pylist() == raw
+
+
+def test_a_manifest_whose_counts_were_edited_is_redone(
+    pipeline, partitioned_source, tmp_path: Path
+) -> None:
+    """Its output files verify, but its rows do not add up: the files are the truth."""
+    src, dest = partitioned_source(days=2), tmp_path / "dest"
+    run_all(pipeline, src, dest)
+    path = dest / "date=2026-01-02" / "_manifest.json"
+    edited = json.loads(path.read_text())
+    edited["rows_in"] = edited["rows_out"] = 999
+    path.write_text(json.dumps(edited))
+    plan = plan_partitions(src, dest, "date", pipeline.config)
+    actions = {p.value: (p.action, p.reason) for p in plan.partitions}
+    assert actions["2026-01-01"] == ("skip", "unchanged")
+    action, reason = actions["2026-01-02"]
+    assert action == "enrich" and "counts disagree (rows_in 999, rows_out 999" in reason
+    assert read_manifest(dest / "date=2026-01-02") is not None
+    (manifest,) = run_all(pipeline, src, dest).values()
+    assert manifest.rows_in == manifest.rows_out == 24
 
 
 def test_a_dest_holding_one_value_in_two_folders_is_refused(
