@@ -63,6 +63,11 @@ class DestinationLock:
         """Take the lock; when another run holds it, wait (`wait`) or raise `CommitError`."""
         while True:
             made = not os.path.lexists(self.dest)
+            if not made and not self.dest.is_dir():
+                raise CommitError(
+                    f"DEST {self.dest} is a file, not a folder; give a folder (or, for one "
+                    "input file, the path of its .parquet output)"
+                )
             try:
                 self.dest.mkdir(parents=True, exist_ok=True)
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)

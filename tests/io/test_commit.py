@@ -54,6 +54,13 @@ def test_a_dest_the_lock_made_and_left_empty_is_removed(tmp_path: Path) -> None:
     assert sorted(p.name for p in made.iterdir()) == [commit.LOCK_NAME, "part-0.parquet"]
 
 
+def test_a_dest_that_is_a_file_is_named_as_one(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("a file")
+    with pytest.raises(CommitError, match=r"DEST .*notes\.txt is a file, not a folder"):
+        DestinationLock(tmp_path / "notes.txt").acquire()
+    assert (tmp_path / "notes.txt").read_text() == "a file"
+
+
 def test_a_waiter_retakes_the_lock_when_the_holder_removed_dest(tmp_path: Path) -> None:
     """A run waiting on DEST's lock file, which its holder unlinks with the empty DEST it
     made, locks the new file at the path, so a third run is refused, not let in beside it."""
