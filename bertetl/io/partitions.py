@@ -196,7 +196,7 @@ def owned_files(folder: Path | Location, partition: Partition) -> set[str]:
         if manifest is not None:
             owned.update(manifest.outputs)
         for relative in remote_files(folder):
-            if relative not in owned and _is_output(folder / relative):
+            if relative not in owned and is_output(folder / relative):
                 owned.add(relative)
         return owned
     manifest = read_manifest(folder)
@@ -204,12 +204,14 @@ def owned_files(folder: Path | Location, partition: Partition) -> set[str]:
         owned.update(manifest.outputs)
     for file in partition.files:
         relative = partition.relative(file)
-        if relative not in owned and _is_output(folder / relative):
+        if relative not in owned and is_output(folder / relative):
             owned.add(relative)
     return owned
 
 
-def _is_output(path: Path | Location) -> bool:
+def is_output(path: Path | Location) -> bool:
+    """Whether the file at `path` is bertetl output: Parquet with an `enrich_error` column
+    (any `--prefix`)."""
     try:
         if is_remote(path):
             names = open_parquet(path).schema_arrow.names

@@ -14,12 +14,11 @@ from bertetl.config import EngineConfig
 from bertetl.errors import ExecutorError, FilesFailedError, InputError
 from bertetl.executors import Executor, Job, make_executor
 from bertetl.io.commit import clean_leftovers, destination_lock, staging_for
-from bertetl.io.partitions import SHOWN_FILES
+from bertetl.io.partitions import SHOWN_FILES, is_output, remote_files
 from bertetl.io.paths import check_run_paths, dest_path, dest_root
-from bertetl.io.read import SourceFile, check_text_column, open_parquet, read_schema
+from bertetl.io.read import SourceFile, check_text_column, read_schema
 from bertetl.io.storage import Location, is_remote, is_table, resolve_run
 from bertetl.report import EnrichReport, FileResult, merge_label_counts
-from bertetl.schema import ENRICH_ERROR
 
 
 def enrich(
@@ -69,7 +68,7 @@ def enrich(
         for file in files
         if file.path in schemas
     ]
-    check_outputs_replaceable([job.target for job in jobs])
+    check_outputs_replaceable(dest, [job.target for job in jobs])
     lock_dir, only_file = dest_root(source, dest)
     with destination_lock(lock_dir):
         clean_leftovers(lock_dir, only_file)
@@ -98,19 +97,22 @@ def enrich(
     return report
 
 
-def check_outputs_replaceable(targets: list[Path | Location]) -> None:
+def check_outputs_replaceable(dest: object, targets: list[Path | Location]) -> None:
     """Refuse (`InputError`, one line naming them) files at this run's output paths that
-    bertetl did not write: an output is replaced by a rerun, and a run deletes only what it
-    wrote. A bertetl output ends with its `enrich_error` column (any `--prefix`)."""
+    bertetl did not write (`is_output`): an output is replaced by a rerun, and a run deletes
+    only what it wrote. On an object store, DEST is listed once, not asked per output."""
+    below = [t for t in targets if isinstance(dest, Location) and _strictly_below(t, dest)]
+    listed = set(remote_files(dest)) if below and isinstance(dest, Location) else set()
     foreign = []
     for target in targets:
-        if not (target.exists() if isinstance(target, Location) else os.path.lexists(target)):
-            continue
-        try:
-            names = open_parquet(target).schema_arrow.names
-        except (OSError, pa.ArrowException):
-            names = []  # not Parquet: not an output of ours
-        if not names or not names[-1].endswith(ENRICH_ERROR):
+        if target in below:
+            assert isinstance(target, Location) and isinstance(dest, Location)
+            exists = target.relative_to(dest) in listed
+        elif isinstance(target, Location) and is_remote(target):
+            exists = target.exists()
+        else:
+            exists = os.path.lexists(target)
+        if exists and not is_output(target):
             foreign.append(str(target))
     if foreign:
         more = f" and {len(foreign) - SHOWN_FILES} more" if len(foreign) > SHOWN_FILES else ""
@@ -119,6 +121,17 @@ def check_outputs_replaceable(targets: list[Path | Location]) -> None:
             f"outputs: {', '.join(foreign[:SHOWN_FILES])}{more}; a run replaces only its own "
             "outputs, so move them (or pick another DEST)"
         )
+
+
+def _strictly_below(target: object, dest: Location) -> bool:
+    """Whether `target` is an object-store location inside the object-store `dest`."""
+    return (
+        isinstance(target, Location)
+        and is_remote(target)
+        and is_remote(dest)
+        and target.is_relative_to(dest)
+        and target.path.rstrip("/") != dest.path.rstrip("/")
+    )
 
 
 def _check_schemas(

@@ -210,6 +210,18 @@ def test_foreign_objects_are_never_removed(executor, partitioned_source, store) 
     assert "date=2026-01-01/notes.txt" in objects(dest)
 
 
+def test_enrich_refuses_an_object_it_did_not_write_at_an_output_key(
+    config, partitioned_source, store
+) -> None:
+    src = partitioned_source(days=1, files_per_day=2)
+    store.put("out/date=2026-01-01/part-1.parquet", b"the user's own object")
+    with pytest.raises(InputError, match=r"1 file\(s\) bertetl did not write .*part-1\.parquet"):
+        enrich(src, store.uri("out"), config, storage_options=store.options)
+    assert list(objects(store.location("out"))) == ["date=2026-01-01/part-1.parquet"]  # kept
+    enrich(src, store.uri("out2"), config, storage_options=store.options)
+    enrich(src, store.uri("out2"), config, storage_options=store.options)  # its own: replaced
+
+
 def test_a_bad_file_on_the_store_fails_only_its_partition(
     executor, partitioned_source, store
 ) -> None:
