@@ -92,7 +92,8 @@ class ReuseIndex:
 
     def lookup(self, text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         """For each row: whether an earlier output exists (equal text), and its index."""
-        # rows that are not valid UTF-8 are never reused (they have no outputs to reuse)
+        # bytes that are not UTF-8 are kept from polars' hash, whose strings must be UTF-8
+        # (such rows have no outputs to reuse: the index holds only rows without an error)
         text, _ = without_invalid_utf8(pc.cast(as_plain_text(text), pa.large_string()))
         found = np.zeros(len(text), dtype=bool)
         rows = np.zeros(len(text), dtype=np.int64)

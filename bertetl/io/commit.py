@@ -189,13 +189,13 @@ def destination_lock(dest: str | os.PathLike[str] | Location | TableRef) -> Any:
     A table DEST is locked the same way at its lock place (`bertetl.io.tables.lock_place`:
     a sidecar folder beside a Delta table, the warehouse for Iceberg). Inside `holding(dest)`
     it is a `HeldLock`."""
-    if _lock_key(dest) in _HELD.get():
-        return HeldLock()
     if is_table(dest):
         from bertetl.io.tables import lock_place
 
         assert isinstance(dest, TableRef)
         return destination_lock(lock_place(dest))
+    if _lock_key(dest) in _HELD.get():
+        return HeldLock()
     if is_remote(dest):
         from bertetl.io.objectstore import ObjectStoreLock
 

@@ -101,12 +101,13 @@ def check_outputs_replaceable(dest: object, targets: list[Path | Location]) -> N
     """Refuse (`InputError`, one line naming them) files at this run's output paths that
     bertetl did not write (`is_output`): an output is replaced by a rerun, and a run deletes
     only what it wrote. On an object store, DEST is listed once, not asked per output."""
-    below = [t for t in targets if isinstance(dest, Location) and _strictly_below(t, dest)]
-    listed = set(remote_files(dest)) if below and isinstance(dest, Location) else set()
+    listed: set[str] | None = None  # DEST's objects, relative to it, when any target is below
+    if isinstance(dest, Location) and any(_strictly_below(t, dest) for t in targets):
+        listed = set(remote_files(dest))
     foreign = []
     for target in targets:
-        if target in below:
-            assert isinstance(target, Location) and isinstance(dest, Location)
+        if listed is not None and isinstance(dest, Location) and _strictly_below(target, dest):
+            assert isinstance(target, Location)
             exists = target.relative_to(dest) in listed
         elif isinstance(target, Location) and is_remote(target):
             exists = target.exists()

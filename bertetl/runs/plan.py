@@ -138,7 +138,7 @@ def _at_dest_folder(partition: Partition, dest: Any, folder: Any) -> Partition:
     """`partition`, committed to `folder` (DEST's folder for its value, relative to `dest`)
     when that is another spelling of its SOURCE folder's name (`a%20b` for `a b`)."""
     if isinstance(folder, Location):
-        relative = folder.path[len(dest.path) :].strip("/")
+        relative = folder.relative_to(dest)
     else:
         relative = Path(folder).relative_to(dest).as_posix()
     if relative == partition.folder:
