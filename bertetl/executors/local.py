@@ -190,8 +190,11 @@ def _stop_workers(pool: ProcessPoolExecutor, timeout: float = 30.0) -> None:
     """Terminate the pool's worker processes and wait for them (a file a worker was writing
     stays a hidden temp file, never committed; the next run removes it)."""
     processes = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         process.terminate()
     for process in processes:
         process.join(timeout)
+    # the pool's own thread reaps the workers too, and a worker it reaped first looks alive
+    # to our join until that thread is done: wait for it (it ends once its workers are dead).
+    # shutdown(wait=False) would forget the thread, so it must not come first
+    pool.shutdown(wait=True, cancel_futures=True)
