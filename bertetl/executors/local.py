@@ -6,6 +6,7 @@ import multiprocessing
 import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing.connection import wait
 from pathlib import Path
 
 from bertetl.config import EngineConfig, LocalOptions
@@ -194,6 +195,8 @@ def _stop_workers(pool: ProcessPoolExecutor, timeout: float = 30.0) -> None:
         process.terminate()
     for process in processes:
         process.join(timeout)
+        if process.exitcode is None and not wait([process.sentinel], 0):  # still running
+            process.kill()
     # the pool's own thread reaps the workers too, and a worker it reaped first looks alive
     # to our join until that thread is done: wait for it (it ends once its workers are dead).
     # shutdown(wait=False) would forget the thread, so it must not come first

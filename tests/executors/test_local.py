@@ -42,3 +42,26 @@ def test_ctrl_c_stops_the_workers_before_their_files_are_done(
     assert set(multiprocessing.active_children()) == before  # the workers are gone
     assert (tmp_path / "out" / "a.parquet").exists()
     assert not (tmp_path / "out" / "b.parquet").exists()  # stopped mid-file: not committed
+
+
+def test_a_worker_that_ignores_sigterm_is_killed() -> None:
+    """A worker that does not stop on SIGTERM within the wait is killed, and the pool waited
+    for: nothing is left running."""
+    import signal
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+
+    from bertetl.executors.local import _stop_workers
+
+    before = set(multiprocessing.active_children())
+    pool = ProcessPoolExecutor(
+        1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=signal.signal,
+        initargs=(signal.SIGTERM, signal.SIG_IGN),
+    )
+    assert pool.submit(abs, -1).result() == 1  # the worker is up
+    job = pool.submit(time.sleep, 600)
+    _stop_workers(pool, timeout=0.5)
+    assert set(multiprocessing.active_children()) == before
+    assert job.done()
