@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import ray
 
 from bertetl.config import EngineConfig
 from bertetl.engine.pipeline import Pipeline
@@ -68,7 +69,7 @@ class TokenizeActor:
         if self.counters is not None and out.num_rows:
             truncated = truncated_by_file(out, self.pipeline.stats_column)
             if truncated:
-                self.counters.add_truncated.remote(truncated)
+                ray.get(self.counters.add_truncated.remote(truncated))  # counted by the end
         return out
 
 

@@ -133,8 +133,8 @@ class PartsDatasink(Datasink[list[Part]]):
                         raise
                     written.append(Part(int(index), first, len(take), str(path)))
                     rows += len(take)
-        if self.counters is not None:
-            self.counters.add.remote(rows)
+        if self.counters is not None:  # counted before this task ends: the driver's last
+            ray.get(self.counters.add.remote(rows))  # read, after the dataset, sees it
         return written
 
     def on_write_complete(self, write_result: WriteResult[list[Part]]) -> None:
