@@ -18,17 +18,23 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 
 _PR_SET_PDEATHSIG = 1
 
+#: The environment variable `watch()` sets: processes that carry its value are the run's.
+WATCH_TAG = "BERTETL_WATCH_TAG"
+
 #: Runs as a child of the run: when the run dies, this is re-parented, and it stops the
 #: watched processes and every descendant it saw them start (SIGTERM, then SIGKILL after 5 s),
-#: plus Ray workers whose raylet it knew (`RAY_RAYLET_PID`), even one orphaned between scans.
+#: plus, found even when orphaned before a scan saw them, the processes that carry its tag
+#: (`WATCH_TAG`) and Ray workers whose raylet it knew (`RAY_RAYLET_PID`).
 #: Linux only (/proc); elsewhere it stops nothing.
 WATCHDOG = """
 import json, os, signal, sys, time
 args = json.loads(sys.argv[1])
 parent, roots, existing = args["parent"], args["roots"], set(args["existing"])
+tag = args["tag"]
 def stat(pid):
     try:
         with open(f"/proc/{pid}/stat") as handle:
@@ -60,26 +66,32 @@ else:  # watch every process the parent starts from now on (not those it had bef
 while os.getppid() == parent and (tops or any(alive(p, s) for p, s in known.items())):
     family(known, tops, skip)
     time.sleep(0.5)
-def ray_orphans(known, skip):
-    # Ray's workers name their raylet in RAY_RAYLET_PID; one the raylet started just before
-    # it died with the run was re-parented before any scan saw it as a descendant
-    names = {str(pid).encode() for pid in known}
+def strays(known, skip):
+    # processes whose parent died before any scan saw them as descendants: those that carry
+    # this watch's tag in their environment (what the run started after `watch()`, and what
+    # those started, inherit it), then Ray workers naming a raylet we know in RAY_RAYLET_PID
+    environs = {}
     for entry in os.listdir("/proc"):
-        pid = int(entry) if entry.isdigit() else None
-        if pid is None or pid in known or pid in skip:
-            continue
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as handle:
-                environ = handle.read().split(b"\\0")
-        except OSError:
-            continue
-        if any(v[15:] in names for v in environ if v.startswith(b"RAY_RAYLET_PID=")):
+        if entry.isdigit() and int(entry) not in known and int(entry) not in skip:
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as handle:
+                    environs[int(entry)] = handle.read().split(b"\\0")
+            except OSError:
+                pass
+    mark = ("BERTETL_WATCH_TAG=" + tag).encode() if tag else None
+    tagged = [pid for pid, environ in environs.items() if mark is not None and mark in environ]
+    for pid in tagged:
+        if (fields := stat(pid)) is not None:
+            known[pid] = fields[19]
+    names = {b"RAY_RAYLET_PID=" + str(pid).encode() for pid in known}
+    for pid, environ in environs.items():
+        if pid not in known and names.intersection(environ):
             if (fields := stat(pid)) is not None:
                 known[pid] = fields[19]
     return known
 if os.getppid() != parent:  # the run is gone: stop what it left
     family(known, [], skip)
-    ray_orphans(known, skip)
+    strays(known, skip)
     for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
         for pid, start in known.items():
             if alive(pid, start):
@@ -96,11 +108,18 @@ if os.getppid() != parent:  # the run is gone: stop what it left
 def watch(pids: list[int] | None = None) -> subprocess.Popen:
     """Start a watchdog that stops `pids` and their descendants once this process is gone
     (it exits by itself when they are all gone first); without `pids`, every process this
-    one starts from now on (stop the watchdog with `.terminate()` when they are done)."""
+    one starts from now on (stop the watchdog with `.terminate()` when they are done), tagged
+    with `WATCH_TAG` in their environment so that one started just before the kill and
+    re-parented before a scan saw it is stopped too."""
+    tag = None if pids else uuid.uuid4().hex
     args = {"parent": os.getpid(), "roots": list(pids or []), "existing": _descendants()}
-    return subprocess.Popen(
-        [sys.executable, "-c", WATCHDOG, json.dumps(args)], stdin=subprocess.DEVNULL
+    watchdog = subprocess.Popen(
+        [sys.executable, "-c", WATCHDOG, json.dumps({**args, "tag": tag})],
+        stdin=subprocess.DEVNULL,
     )
+    if tag is not None:  # what this process starts from now on carries the tag, and what
+        os.environ[WATCH_TAG] = tag  # those start: found even once re-parented, unscanned
+    return watchdog
 
 
 def _descendants() -> list[int]:

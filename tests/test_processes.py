@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,18 +15,22 @@ from tests.faults.test_processes import alive, wait_until
 
 #: The "run": starts the watchdog, then a stand-in raylet that double-forks a stand-in worker
 #: (so the worker is re-parented at once, as one is when its raylet dies between two of the
-#: watchdog's scans) naming the raylet in RAY_RAYLET_PID, as Ray's workers do; prints the
-#: worker's pid, then waits to be killed.
+#: watchdog's scans) naming the raylet in RAY_RAYLET_PID, as Ray's workers do, and without the
+#: watch's tag in its environment; prints the worker's, the raylet's and the watchdog's pids,
+#: then waits to be killed. The watchdog is stopped (SIGSTOP) before the raylet starts, so no
+#: scan of it can see the raylet as the run's child: the run dies first.
 RUN = """
-import os, subprocess, sys, time
-from bertetl.processes import watch
-watch()
+import os, signal, subprocess, sys, time
+from bertetl.processes import WATCH_TAG, watch
+watchdog = watch()
+os.kill(watchdog.pid, signal.SIGSTOP)
 raylet = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
 env = {**os.environ, "RAY_RAYLET_PID": str(raylet.pid)}
+del env[WATCH_TAG]
 quiet = "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL"
 spawn = "import subprocess; print(subprocess.Popen(['sleep', '60'], env=%r, %s).pid)" % (env, quiet)
 worker = subprocess.run([sys.executable, "-c", spawn], capture_output=True, text=True)
-print(worker.stdout.strip(), raylet.pid, flush=True)
+print(worker.stdout.strip(), raylet.pid, watchdog.pid, flush=True)
 time.sleep(60)
 """
 
@@ -45,20 +48,21 @@ def _start(code: str) -> tuple[subprocess.Popen, list[int]]:
 
 
 def test_a_killed_run_takes_an_orphaned_ray_worker_down() -> None:
-    run, (worker, raylet) = _start(RUN)
+    run, (worker, raylet, watchdog) = _start(RUN)
     try:
         assert (
             alive(worker)
             and int(Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[1])
             != run.pid
         )  # not the run's descendant: only its RAY_RAYLET_PID ties it to the run
-        time.sleep(1.0)  # the watchdog has scanned (every 0.5 s) and knows the raylet
         run.send_signal(signal.SIGKILL)
         run.wait()
+        os.kill(watchdog, signal.SIGCONT)  # its first look finds the run gone: the tag in
+        # the raylet's environment names it the run's, and the raylet's pid names the worker
         wait_until(lambda: not alive(raylet), 15, "the watched raylet outlived the run")
         wait_until(lambda: not alive(worker), 15, "the raylet's orphaned worker outlived the run")
     finally:
-        for pid in (worker, raylet):
+        for pid in (worker, raylet, watchdog):
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
