@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
+import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -10,8 +14,9 @@ import pytest
 
 from bertetl.config import EngineConfig
 from bertetl.executors.base import Job
-from bertetl.executors.local import LocalExecutor
+from bertetl.executors.local import LocalExecutor, _stop_workers
 from bertetl.io.read import SourceFile
+from bertetl.processes import die_with_parent
 
 pytestmark = pytest.mark.slow  # worker processes, each loading a model
 
@@ -44,24 +49,28 @@ def test_ctrl_c_stops_the_workers_before_their_files_are_done(
     assert not (tmp_path / "out" / "b.parquet").exists()  # stopped mid-file: not committed
 
 
+def _ignore_sigterm(parent: int) -> None:
+    """A pool worker that ignores SIGTERM (and still dies with the test, whatever happens)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    die_with_parent(parent)
+
+
 def test_a_worker_that_ignores_sigterm_is_killed() -> None:
     """A worker that does not stop on SIGTERM within the wait is killed, and the pool waited
     for: nothing is left running."""
-    import signal
-    import time
-    from concurrent.futures import ProcessPoolExecutor
-
-    from bertetl.executors.local import _stop_workers
-
     before = set(multiprocessing.active_children())
     pool = ProcessPoolExecutor(
         1,
         mp_context=multiprocessing.get_context("spawn"),
-        initializer=signal.signal,
-        initargs=(signal.SIGTERM, signal.SIG_IGN),
+        initializer=_ignore_sigterm,
+        initargs=(os.getpid(),),
     )
-    assert pool.submit(abs, -1).result() == 1  # the worker is up
-    job = pool.submit(time.sleep, 600)
-    _stop_workers(pool, timeout=0.5)
-    assert set(multiprocessing.active_children()) == before
-    assert job.done()
+    try:
+        assert pool.submit(abs, -1).result() == 1  # the worker is up
+        job = pool.submit(time.sleep, 600)
+        _stop_workers(pool, timeout=0.5)
+        assert set(multiprocessing.active_children()) == before
+        assert job.done()
+    finally:
+        for process in set(multiprocessing.active_children()) - before:
+            process.kill()
