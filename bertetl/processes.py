@@ -19,10 +19,13 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 _PR_SET_PDEATHSIG = 1
 
-#: The environment variable `watch()` sets: processes that carry its value are the run's.
+#: The environment variable `tagging()` sets: processes that carry a watchdog's value are the
+#: run's.
 WATCH_TAG = "BERTETL_WATCH_TAG"
 
 #: Runs as a child of the run: when the run dies, this is re-parented, and it stops the
@@ -83,7 +86,11 @@ def strays(known, skip):
     for pid in tagged:
         if (fields := stat(pid)) is not None:
             known[pid] = fields[19]
-    names = {b"RAY_RAYLET_PID=" + str(pid).encode() for pid in known}
+    names = {  # a known pid now another process's (reused) names no raylet of ours
+        b"RAY_RAYLET_PID=" + str(pid).encode()
+        for pid, start in known.items()
+        if (fields := stat(pid)) is None or fields[19] == start
+    }
     for pid, environ in environs.items():
         if pid not in known and names.intersection(environ):
             if (fields := stat(pid)) is not None:
@@ -108,18 +115,39 @@ if os.getppid() != parent:  # the run is gone: stop what it left
 def watch(pids: list[int] | None = None) -> subprocess.Popen:
     """Start a watchdog that stops `pids` and their descendants once this process is gone
     (it exits by itself when they are all gone first); without `pids`, every process this
-    one starts from now on (stop the watchdog with `.terminate()` when they are done), tagged
-    with `WATCH_TAG` in their environment so that one started just before the kill and
-    re-parented before a scan saw it is stopped too."""
+    one starts from now on (stop the watchdog with `.terminate()` when they are done), and
+    those started under `tagging(watchdog)` even if they were re-parented before a scan saw
+    them."""
     tag = None if pids else uuid.uuid4().hex
     args = {"parent": os.getpid(), "roots": list(pids or []), "existing": _descendants()}
     watchdog = subprocess.Popen(
         [sys.executable, "-c", WATCHDOG, json.dumps({**args, "tag": tag})],
         stdin=subprocess.DEVNULL,
+        env={k: v for k, v in os.environ.items() if k != WATCH_TAG},  # no one's stray
     )
-    if tag is not None:  # what this process starts from now on carries the tag, and what
-        os.environ[WATCH_TAG] = tag  # those start: found even once re-parented, unscanned
+    watchdog.tag = tag  # type: ignore[attr-defined]
     return watchdog
+
+
+@contextmanager
+def tagging(watchdog: subprocess.Popen | None) -> Iterator[None]:
+    """Processes started inside (and those they start) carry `watchdog`'s tag in their
+    environment: once the run is gone the watchdog stops them wherever they were re-parented.
+    Wrap only what starts the run's own processes (a local Ray's `ray.init`), never a daemon
+    meant to outlive the run. A no-op for a watchdog of given pids, or none."""
+    tag = getattr(watchdog, "tag", None)
+    if tag is None:
+        yield
+        return
+    saved = os.environ.get(WATCH_TAG)
+    os.environ[WATCH_TAG] = tag
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(WATCH_TAG, None)
+        else:
+            os.environ[WATCH_TAG] = saved
 
 
 def _descendants() -> list[int]:

@@ -21,12 +21,12 @@ from tests.faults.test_processes import alive, wait_until
 #: scan of it can see the raylet as the run's child: the run dies first.
 RUN = """
 import os, signal, subprocess, sys, time
-from bertetl.processes import WATCH_TAG, watch
+from bertetl.processes import tagging, watch
 watchdog = watch()
 os.kill(watchdog.pid, signal.SIGSTOP)
-raylet = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-env = {**os.environ, "RAY_RAYLET_PID": str(raylet.pid)}
-del env[WATCH_TAG]
+with tagging(watchdog):
+    raylet = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+env = {**os.environ, "RAY_RAYLET_PID": str(raylet.pid)}  # untagged: tagging() is over
 quiet = "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL"
 spawn = "import subprocess; print(subprocess.Popen(['sleep', '60'], env=%r, %s).pid)" % (env, quiet)
 worker = subprocess.run([sys.executable, "-c", spawn], capture_output=True, text=True)

@@ -191,13 +191,16 @@ def _stop_workers(pool: ProcessPoolExecutor, timeout: float = 30.0) -> None:
     """Terminate the pool's worker processes and wait for them (a file a worker was writing
     stays a hidden temp file, never committed; the next run removes it)."""
     processes = list((getattr(pool, "_processes", None) or {}).values())
+    manager = getattr(pool, "_executor_manager_thread", None)  # shutdown() forgets it
     for process in processes:
         process.terminate()
     for process in processes:
         process.join(timeout)
         if process.exitcode is None and not wait([process.sentinel], 0):  # still running
             process.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
     # the pool's own thread reaps the workers too, and a worker it reaped first looks alive
-    # to our join until that thread is done: wait for it (it ends once its workers are dead).
-    # shutdown(wait=False) would forget the thread, so it must not come first
-    pool.shutdown(wait=True, cancel_futures=True)
+    # to our join until that thread is done: wait for it, a bounded time (it ends once its
+    # workers are dead, unless one died half-way through sending a result)
+    if manager is not None:
+        manager.join(timeout)

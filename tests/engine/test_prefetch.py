@@ -41,9 +41,12 @@ def test_closing_the_consumer_stops_the_producer() -> None:
             yield i
             i += 1
 
-    before = set(threading.enumerate())
+    def producers() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name == "bertetl-prefetch"}
+
+    before = producers()  # another test's, in this worker, are not this one's
     stream = prefetch(endless(), depth=1)
     assert next(stream) == 0
-    assert set(threading.enumerate()) - before  # the producer runs
+    assert producers() - before  # the producer runs
     stream.close()
-    assert not set(threading.enumerate()) - before  # and is gone
+    assert not producers() - before  # and is gone

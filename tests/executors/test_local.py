@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -44,7 +45,7 @@ def test_ctrl_c_stops_the_workers_before_their_files_are_done(
     before = set(multiprocessing.active_children())
     with pytest.raises(KeyboardInterrupt):
         executor.run_jobs(jobs, scratch=tmp_path / "scratch", on_rows=interrupt)
-    assert set(multiprocessing.active_children()) == before  # the workers are gone
+    assert not set(multiprocessing.active_children()) - before  # the workers are gone
     assert (tmp_path / "out" / "a.parquet").exists()
     assert not (tmp_path / "out" / "b.parquet").exists()  # stopped mid-file: not committed
 
@@ -67,9 +68,12 @@ def test_a_worker_that_ignores_sigterm_is_killed() -> None:
     )
     try:
         assert pool.submit(abs, -1).result() == 1  # the worker is up
-        job = pool.submit(time.sleep, 600)
-        _stop_workers(pool, timeout=0.5)
-        assert set(multiprocessing.active_children()) == before
+        job = pool.submit(time.sleep, 60)
+        stopping = threading.Thread(target=_stop_workers, args=(pool, 0.5))
+        stopping.start()
+        stopping.join(30)
+        assert not stopping.is_alive(), "stopping the pool hung on the worker"
+        assert not set(multiprocessing.active_children()) - before
         assert job.done()
     finally:
         for process in set(multiprocessing.active_children()) - before:

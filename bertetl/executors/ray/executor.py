@@ -39,7 +39,7 @@ from bertetl.io.chunks import cut_row_groups
 from bertetl.io.objectstore import is_machine_staging
 from bertetl.io.read import SourceFile, read_metadata
 from bertetl.io.storage import Location, is_remote
-from bertetl.processes import watch
+from bertetl.processes import tagging, watch
 from bertetl.report import EnrichReport, FileResult
 
 log = logging.getLogger(__name__)
@@ -141,16 +141,20 @@ class RayExecutor:
         if address == "local":  # everything the local Ray starts is stopped with this run,
             self._watchdog = watch()  # even if it is killed while Ray is still starting
         try:
-            ray.init(
-                address=address,
-                include_dashboard=False,
-                logging_level=logging.WARNING,
-                log_to_driver=True,
-            )
+            with tagging(self._watchdog):
+                ray.init(
+                    address=address,
+                    include_dashboard=False,
+                    logging_level=logging.WARNING,
+                    log_to_driver=True,
+                )
         except (ConnectionError, RuntimeError, ValueError) as e:
             self._stop_watchdog()
             where = "a local Ray" if address == "local" else address
             raise ExecutorError(f"cannot start or reach Ray at {where}: {e}") from e
+        except BaseException:  # Ctrl-C while Ray starts: no watchdog left behind
+            self._stop_watchdog()
+            raise
         self._started_ray = True
 
     def teardown(self) -> None:
