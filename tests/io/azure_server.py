@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.io.servers import free_port, serving
+from tests.io.servers import serving
 
 #: Where `make test` installs Azurite (`npm install --prefix .azurite azurite`).
 INSTALLED = Path(__file__).resolve().parents[2] / ".azurite" / "node_modules" / ".bin"
@@ -34,11 +34,14 @@ def running() -> Iterator[str]:
     """Start Azurite's blob service in memory; yields the connection string, then stops it."""
     command = binary()
     assert command, "Azurite is not installed: run `make test` (npm install --prefix .azurite)"
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}/{ACCOUNT}"
-    arguments = ["--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
-                 "--silent", "--skipApiVersionCheck", "--loose"]  # fmt: skip
-    with serving([command, *arguments], endpoint, "Azurite"):
+
+    def start(port: int) -> tuple[list[str], str]:
+        arguments = ["--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
+                     "--silent", "--skipApiVersionCheck", "--loose"]  # fmt: skip
+        return [command, *arguments], f"http://127.0.0.1:{port}/{ACCOUNT}"
+
+    with serving(start, "Azurite") as port:
+        endpoint = f"http://127.0.0.1:{port}/{ACCOUNT}"
         yield (
             f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
             f"BlobEndpoint={endpoint};"

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.io.servers import free_port, serving
+from tests.io.servers import serving
 
 
 def _binary() -> Path:
@@ -30,12 +30,15 @@ def running() -> Iterator[str]:
     through the wrapper's `FakeGCSServer`: that one stores objects on disk, where the server
     was seen to stop answering mid-session, and sets `STORAGE_EMULATOR_HOST`, which would let
     clients find the server without the options."""
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    command = [str(_binary()), "-backend", "memory", "-scheme", "http", "-host", "127.0.0.1",
-               "-port", str(port), "-external-url", endpoint, "-log-level", "warn"]  # fmt: skip
-    with serving(command, f"{endpoint}/storage/v1/b", "the GCS server"):
-        yield endpoint
+
+    def start(port: int) -> tuple[list[str], str]:
+        endpoint = f"http://127.0.0.1:{port}"
+        command = [str(_binary()), "-backend", "memory", "-scheme", "http", "-host", "127.0.0.1",
+                   "-port", str(port), "-external-url", endpoint, "-log-level", "warn"]  # fmt: skip
+        return command, f"{endpoint}/storage/v1/b"
+
+    with serving(start, "the GCS server") as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def client(endpoint: str):

@@ -29,14 +29,16 @@ ENVIRONMENT = {
 def running() -> Iterator[str]:
     """Start the server with the credentials in the environment; yields its endpoint URL,
     then stops it and restores the environment."""
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+
+    def start(port: int) -> tuple[list[str], str]:
+        command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+        return command, f"http://127.0.0.1:{port}"
+
     saved = {key: os.environ.get(key) for key in ENVIRONMENT}
     os.environ.update(ENVIRONMENT)
     try:
-        with serving(command, endpoint, "the S3 server"):
-            yield endpoint
+        with serving(start, "the S3 server") as port:
+            yield f"http://127.0.0.1:{port}"
     finally:
         for key, value in saved.items():
             if value is None:
