@@ -37,7 +37,7 @@ WATCHDOG = """
 import json, os, signal, sys, time
 args = json.loads(sys.argv[1])
 parent, roots, existing = args["parent"], args["roots"], set(args["existing"])
-tag = args["tag"]
+mark = args["mark"].encode() if args["mark"] else None  # "BERTETL_WATCH_TAG=<tag>"
 def stat(pid):
     try:
         with open(f"/proc/{pid}/stat") as handle:
@@ -81,10 +81,8 @@ def strays(known, skip):
                     environs[int(entry)] = handle.read().split(b"\\0")
             except OSError:
                 pass
-    mark = ("BERTETL_WATCH_TAG=" + tag).encode() if tag else None
-    tagged = [pid for pid, environ in environs.items() if mark is not None and mark in environ]
-    for pid in tagged:
-        if (fields := stat(pid)) is not None:
+    for pid, environ in environs.items():
+        if mark is not None and mark in environ and (fields := stat(pid)) is not None:
             known[pid] = fields[19]
     names = {  # a known pid now another process's (reused) names no raylet of ours
         b"RAY_RAYLET_PID=" + str(pid).encode()
@@ -119,9 +117,14 @@ def watch(pids: list[int] | None = None) -> subprocess.Popen:
     those started under `tagging(watchdog)` even if they were re-parented before a scan saw
     them."""
     tag = None if pids else uuid.uuid4().hex
-    args = {"parent": os.getpid(), "roots": list(pids or []), "existing": _descendants()}
+    args = {
+        "parent": os.getpid(),
+        "roots": list(pids or []),
+        "existing": _descendants(),
+        "mark": tag and f"{WATCH_TAG}={tag}",  # how a tagged process's environment shows it
+    }
     watchdog = subprocess.Popen(
-        [sys.executable, "-c", WATCHDOG, json.dumps({**args, "tag": tag})],
+        [sys.executable, "-c", WATCHDOG, json.dumps(args)],
         stdin=subprocess.DEVNULL,
         env={k: v for k, v in os.environ.items() if k != WATCH_TAG},  # no one's stray
     )

@@ -39,7 +39,7 @@ def serving(start: Callable[[int], tuple[list[str], str]], name: str) -> Iterato
         with _running(command, probe, name) as server:
             if server is None and attempt < ATTEMPTS:  # the port was taken: another one
                 continue
-            assert server is not None
+            assert server is not None, f"{name} found its port in use {ATTEMPTS} times"
             yield port
             return
 
