@@ -10,10 +10,11 @@ random probabilities), not zeros: zeros would compress to nothing and understate
 Each core count runs in its own spawned process born with the CPU affinity of the first k
 cores of this one, so every thread pool (torch's, Arrow's, the tokenizer's rayon pool) sizes
 itself to k; torch's threads and Arrow's CPU count are set to k as well. Read and write are
-timed by wrapping the `stream` and `ParquetSink` that the pipeline module uses (in that process
-only); validate, tokenize and infer come from the stages' own counters. Read, validate and
-tokenize run in the prefetch thread, infer and write on the calling thread, so the stage
-seconds add up to more than the wall time where the two overlap.
+timed by wrapping the `stream` that the pipeline module uses (in that process only) and by
+giving `run_file` a timed sink (the sink seam, `bertetl.io.sink`); validate, tokenize and
+infer come from the stages' own counters. Read, validate and tokenize run in the prefetch
+thread, infer and write on the calling thread, so the stage seconds add up to more than the
+wall time where the two overlap.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bertetl.io.write import ParquetSink
 from bertetl.report import StageCounters
 
 #: Parquet codecs `--compression` compares (the engine writes zstd).
@@ -190,17 +192,16 @@ def host_run(
     file, schema = _source_file(texts, workdir)
     target = workdir / f"host-out-{os.getpid()}.parquet"
     with ExitStack() as patches:
-        sink = _timed_sink(engine_pipeline.ParquetSink, write, compression)
-        patches.enter_context(mock.patch.object(engine_pipeline, "ParquetSink", sink))
+        sink = _timed_sink(ParquetSink, write, compression)  # through the sink seam
         stream = _timed_stream(engine_pipeline.stream, read)
         patches.enter_context(mock.patch.object(engine_pipeline, "stream", stream))
-        pipeline.run_file(warm_file, target, warm_schema)
+        pipeline.run_file(warm_file, target, warm_schema, sink_factory=sink)
         before = _snapshot(pipeline, read, write)
         tokens_before = pipeline.models[0].counters.real_tokens
         seconds = []
         for _ in range(repeats):
             started = time.perf_counter()
-            result = pipeline.run_file(file, target, schema)
+            result = pipeline.run_file(file, target, schema, sink_factory=sink)
             seconds.append(time.perf_counter() - started)
             if result.error:
                 raise RuntimeError(result.error)

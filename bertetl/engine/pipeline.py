@@ -29,16 +29,15 @@ from bertetl.engine.tokenize import TokenizerSnapshot, TokenizeStage, ValidateTe
 from bertetl.engine.tokenizer_pool import TokenizerPool
 from bertetl.engine.zero_shot import ZeroShotStage
 from bertetl.errors import InputError, is_transient
+from bertetl.io.output import OutputCounts, write_output
 from bertetl.io.read import SourceFile, check_text_column, read_schema, stream
+from bertetl.io.sink import SinkFactory
 from bertetl.io.storage import Location
 from bertetl.io.write import ParquetSink
 from bertetl.report import (
     EnrichReport,
     FileResult,
-    MeanColumns,
     StageCounters,
-    add_column_sums,
-    count_labels,
 )
 from bertetl.schema import (
     INTERNAL_PREFIX,
@@ -410,8 +409,10 @@ class Pipeline:
         row_groups: list[int] | tuple[int, ...] | None = None,
         reuse: ReuseIndex | None = None,
         on_batch: Callable[[pa.RecordBatch], None] | None = None,
+        sink_factory: SinkFactory = ParquetSink,
     ) -> FileResult:
-        """Enrich one file (or some of its row groups) into `target`, atomically.
+        """Enrich one file (or some of its row groups) into `target`, atomically, through the
+        sink `sink_factory` makes for it (`write_output`).
 
         Rows whose text is in `reuse` take their earlier outputs instead of the models.
         `on_batch` sees each output batch before it is written. Read failures are recorded
@@ -420,10 +421,10 @@ class Pipeline:
         started = time.perf_counter()
         result = FileResult(file.path, str(target))
         output = self.output_schema(schema)
-        sink = ParquetSink(target, output)
-        error_name = error_field(self.config.prefix).name
-        label_columns = self.label_columns()
-        mean_columns = MeanColumns.of(output, error_name, label_columns)
+        sink = sink_factory(target, output)
+        output_counts = OutputCounts.of(
+            output, error_field(self.config.prefix).name, self.label_columns()
+        )
         counts: dict[str, int] = {}
         batches = stream(
             file, self.config.window_rows, list(row_groups) if row_groups is not None else None
@@ -437,25 +438,12 @@ class Pipeline:
         if self.config.write_behind_windows:  # the models run ahead; this thread writes
             enriched = prefetch(enriched, self.config.write_behind_windows)
         truncated_before = self.truncated_rows
-        sink.open()
         try:
-            for batch in enriched:
-                if on_batch is not None:
-                    on_batch(batch)
-                sink.write(batch)
-                result.rows_failed += batch.num_rows - batch.column(error_name).null_count
-                count_labels(batch, label_columns, result.label_counts)
-                add_column_sums(batch, mean_columns, result)
-            sink.commit()
+            write_output(enriched, sink, output_counts, result, on_batch)
         except InputError as e:
-            sink.abort()
             result.error, result.dest, result.retryable = str(e), None, is_transient(e)
         except pa.ArrowInvalid as e:  # data Arrow refused (checked rows aside): this file fails
-            sink.abort()
             result.error, result.dest = f"{file.path}: {e}", None
-        except BaseException:
-            sink.abort()
-            raise
         finally:  # stop the models' thread, when the writer stopped early
             close = getattr(enriched, "close", None)
             if close is not None:

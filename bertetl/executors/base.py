@@ -17,7 +17,9 @@ import pyarrow as pa
 
 from bertetl.config import EngineConfig
 from bertetl.io.read import SourceFile
+from bertetl.io.sink import SinkFactory
 from bertetl.io.storage import Location
+from bertetl.io.write import ParquetSink
 from bertetl.report import EnrichReport, FileResult
 
 if TYPE_CHECKING:
@@ -27,12 +29,14 @@ if TYPE_CHECKING:
 
 class Job(NamedTuple):
     """One unit of work: `file` (or its row groups `row_groups`) enriched into `target` (a
-    local path, or an object-store `Location` when `capabilities.object_storage`)."""
+    local path, or an object-store `Location` when `capabilities.object_storage`), written
+    through the sink `sink` makes for it (the destination's, `Destination.sink`)."""
 
     file: SourceFile
     target: Path | Location
     schema: pa.Schema
     row_groups: tuple[int, ...] | None = None
+    sink: SinkFactory = ParquetSink
 
 
 @dataclass(frozen=True)

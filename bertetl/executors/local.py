@@ -85,6 +85,7 @@ def run_in_worker(
                     job.target,
                     job.schema,
                     row_groups=job.row_groups,
+                    sink_factory=job.sink,
                 )
             )
     finally:
@@ -143,6 +144,7 @@ class LocalExecutor:
                     row_groups=job.row_groups,
                     reuse=reuse,
                     on_batch=on_batch,
+                    sink_factory=job.sink,
                 )
             )
         return results

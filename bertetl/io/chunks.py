@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from bertetl.errors import CommitError, InputError
 from bertetl.io.paths import dest_path
 from bertetl.io.read import SourceFile, read_metadata
+from bertetl.io.sink import SinkFactory
 from bertetl.io.storage import Location
 from bertetl.io.write import ParquetSink
 
@@ -95,12 +96,18 @@ def plan_chunks(
     return chunks, failures
 
 
-def assemble(parts: list[Path], target: Path | Location, schema: pa.Schema) -> int:
-    """Concatenate part files, in order, into `target` atomically; returns the rows written.
+def assemble(
+    parts: list[Path],
+    target: Path | Location,
+    schema: pa.Schema,
+    sink_factory: SinkFactory = ParquetSink,
+) -> int:
+    """Concatenate part files, in order, into `target` atomically, through the sink
+    `sink_factory` makes (the destination's); returns the rows written.
 
     The parts are removed once the target is committed.
     """
-    sink = ParquetSink(target, schema)
+    sink = sink_factory(target, schema)
     sink.open()
     try:
         for part in parts:

@@ -165,3 +165,9 @@ def check_replaceable_folder(
             "give a new or empty folder"
         )
     return path
+
+
+def absolute_target(target: Path | Location) -> Path | Location:
+    """A job's target as every node names it: an object-store `Location` as it is, a path
+    made absolute."""
+    return target if is_remote(target) else Path(target).resolve()

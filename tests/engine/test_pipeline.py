@@ -495,10 +495,10 @@ def test_a_failed_write_stops_the_models_thread_and_commits_nothing(
     nothing of it is committed, and no models' thread is left running."""
     import threading
 
-    import bertetl.engine.pipeline as engine_pipeline
+    from bertetl.io import write
 
     write_table({"id": list(range(80)), "text": [f"row {i} of text" for i in range(80)]})
-    real_write, calls = engine_pipeline.ParquetSink.write, []
+    real_write, calls = write.ParquetSink.write, []
 
     def failing_write(self, batch):
         calls.append(batch.num_rows)
@@ -506,7 +506,7 @@ def test_a_failed_write_stops_the_models_thread_and_commits_nothing(
             raise InputError("disk said no")
         return real_write(self, batch)
 
-    monkeypatch.setattr(engine_pipeline.ParquetSink, "write", failing_write)
+    monkeypatch.setattr(write.ParquetSink, "write", failing_write)
     config = EngineConfig(text_column="text", embed_model=str(tiny_embed_dir), window_rows=8)
     before = set(threading.enumerate())  # another test's, in this worker, are not this one's
     report = enrich(tmp_path / "src", tmp_path / "out", config, raise_on_failure=False)

@@ -7,7 +7,8 @@ Arrow IPC part under the run's staging folder, named by file, first row and writ
 (deterministic: a retried write task overwrites its own parts). `on_write_complete()` then
 commits each file: its parts, sorted by first row, must cover rows 0..n-1 (a part that
 repeats rows, from a re-executed block, is trimmed; a gap fails the file), and are streamed
-into the target through the engine's `ParquetSink` (temp file, fsync, rename). Files are
+into the target through the destination's sink by `write_output` (for Parquet: temp file,
+fsync, rename). Files are
 committed by Ray tasks, near the data on a cluster. A file with a gap or a recorded error is
 reported failed and not committed; every other file is.
 """
@@ -31,9 +32,11 @@ from ray.data.datasource.datasink import WriteResult
 
 from bertetl.errors import CommitError, is_transient
 from bertetl.executors.ray.datasource import FILE_COLUMN, ROW_COLUMN, read_errors, record_error
+from bertetl.io.output import OutputCounts, write_output
+from bertetl.io.sink import SinkFactory
 from bertetl.io.storage import Location
 from bertetl.io.write import ParquetSink
-from bertetl.report import FileResult, MeanColumns, add_column_sums, count_labels
+from bertetl.report import FileResult
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,8 @@ class FileTarget:
     target: Path | Location
     rows: int
     schema: pa.Schema
+    #: Makes the sink the file is written through (the destination's, `Job.sink`).
+    sink: SinkFactory = ParquetSink
 
 
 @dataclass
@@ -196,26 +201,18 @@ def commit_file(target: FileTarget, parts: list[Part], options: CommitOptions) -
         )
         result.dest = None
         return result
-    sink = ParquetSink(target.target, target.schema)
-    mean_columns = MeanColumns.of(target.schema, options.error_column, options.label_columns)
-    try:
-        sink.open()
+    counts = OutputCounts.of(target.schema, options.error_column, options.label_columns)
+
+    def batches() -> Iterable[pa.RecordBatch]:
         for part, skip in ordered:
             with pa.memory_map(part.path) as source:
                 table = pa.ipc.open_file(source).read_all().slice(skip)
-            for batch in table.to_batches():
-                sink.write(batch)
-                result.rows_failed += batch.num_rows - batch.column(options.error_column).null_count
-                count_labels(batch, options.label_columns, result.label_counts)
-                add_column_sums(batch, mean_columns, result)
-        sink.commit()
+            yield from table.to_batches()
+
+    try:
+        write_output(batches(), target.sink(target.target, target.schema), counts, result)
     except (OSError, pa.ArrowException, CommitError) as e:
-        sink.abort()
         result.error, result.dest, result.retryable = str(e), None, is_transient(e)
         return result
-    except BaseException:
-        sink.abort()
-        raise
-    result.rows = sink.rows
     result.seconds = time.perf_counter() - started
     return result

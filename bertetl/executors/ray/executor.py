@@ -37,8 +37,8 @@ from bertetl.executors.ray.datasink import CommitOptions, FileTarget, PartsDatas
 from bertetl.executors.ray.datasource import ParquetFilesDatasource, ReadRange
 from bertetl.io.chunks import cut_row_groups
 from bertetl.io.objectstore import is_machine_staging
+from bertetl.io.paths import absolute_target
 from bertetl.io.read import SourceFile, read_metadata
-from bertetl.io.storage import Location, is_remote
 from bertetl.processes import tagging, watch
 from bertetl.report import EnrichReport, FileResult
 
@@ -66,12 +66,6 @@ def check_shared_scratch(scratch: Path, nodes: int) -> None:
 def _alive_nodes() -> int:
     """How many nodes of the connected Ray cluster are alive."""
     return sum(1 for node in ray.nodes() if node.get("Alive"))
-
-
-def _absolute_target(target: Path | Location) -> Path | Location:
-    """A job's target as every node names it: an object-store `Location` as it is, a path
-    made absolute."""
-    return target if is_remote(target) else Path(target).resolve()
 
 
 def _absolute(file: SourceFile) -> SourceFile:
@@ -212,7 +206,10 @@ class RayExecutor:
             raise ValueError("RayExecutor reads whole files: cut big files with READ_RANGE_ROWS")
         scratch = Path(scratch).resolve()
         started = time.perf_counter()
-        jobs = [Job(_absolute(job.file), _absolute_target(job.target), job.schema) for job in jobs]
+        jobs = [
+            job._replace(file=_absolute(job.file), target=absolute_target(job.target))
+            for job in jobs
+        ]
         ranges, targets, footers = self._read_plan(jobs)
         plan = self.plan()
         options = CommitOptions(self.pipeline.validate.error_column, self.pipeline.label_columns())
@@ -249,7 +246,7 @@ class RayExecutor:
         ranges: list[ReadRange] = []
         targets: dict[int, FileTarget] = {}
         footers: list[pq.FileMetaData] = []
-        for index, (file, target, schema, _) in enumerate(jobs):
+        for index, (file, target, schema, _, sink) in enumerate(jobs):
             metadata = read_metadata(file)
             footers.append(metadata)
             first = 0
@@ -260,7 +257,7 @@ class RayExecutor:
                 )
                 first += rows
             output = self.pipeline.output_schema(schema)
-            targets[index] = FileTarget(index, file.path, target, metadata.num_rows, output)
+            targets[index] = FileTarget(index, file.path, target, metadata.num_rows, output, sink)
         return ranges, targets, footers
 
     def _dataset(
