@@ -23,17 +23,18 @@ from bertetl.flows.tasks import (
     with_retries,
 )
 from bertetl.io.chunks import Chunk, assemble, plan_chunks
-from bertetl.io.commit import clean_leftovers, destination_lock, staging_for
-from bertetl.io.paths import check_run_paths, dest_root
-from bertetl.io.storage import is_table, resolve_run
+from bertetl.io.destinations import Destination, parse_run
+from bertetl.io.paths import check_run_paths
+from bertetl.io.sink import SinkFactory
+from bertetl.io.sources import source_capabilities
 from bertetl.report import EnrichReport, FileResult, SummaryRow
 from bertetl.runs.enrich import check_storage, enrich
 
 
 @task(name="assemble-file", cache_policy=NO_CACHE)
-def assemble_task(parts: list[Path], target: Path, schema: Any) -> int:
-    """Join a big file's enriched parts into its single output file."""
-    return assemble(parts, target, schema)
+def assemble_task(parts: list[Path], target: Path, schema: Any, sink: SinkFactory) -> int:
+    """Join a big file's enriched parts into its single output file, through `sink`."""
+    return assemble(parts, target, schema, sink)
 
 
 @task(name="enrich-table", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
@@ -67,29 +68,31 @@ def enrich_flow(params: EnrichParams) -> list[dict[str, Any]] | State:
     logger = get_run_logger()
     quiet_user_errors()
     title = f"enrich {params.source} -> {params.dest}"
-    source, dest = resolve_run(params.source, params.dest, params.storage_options)
-    if is_table(source) or is_table(dest):
+    source, dest = parse_run(params.source, params.dest, params.storage_options)
+    if source_capabilities(source).pinned or not dest.capabilities.files:
         task_fn = with_retries(enrich_table_task, params.run)
         report = task_fn(params.source, params.dest, params.engine, params.storage_options)
-        # a table DEST is one commit: when a file failed, none was committed
+        # a DEST committed whole: when a file failed, none was committed
         rows = [_row(f.source, "committed" if f.dest else "failed", [f]) for f in report.files]
         failures = report.failures
-        if failures and is_table(dest):
+        if failures and not dest.capabilities.files:
             failures |= {
                 f.source: f"not committed: {dest} is replaced whole, and another file failed"
                 for f in report.files
                 if f.error is None
             }
         return finish_run(title, rows, failures)
-    files = check_run_paths(source, dest)  # before DEST is locked or written
+    files = check_run_paths(source, dest.place)  # before DEST is locked or written
     executor = make_executor(params.engine)
     check_storage(executor, source, dest)
     pipeline = executor.pipeline
-    lock_dir, only_file = dest_root(source, dest)
+    lock_dir, only_file = dest.root_for(source)
     rows: list[dict[str, Any]] = []
-    with destination_lock(lock_dir):
-        clean_leftovers(lock_dir, only_file)
-        chunks, failures = plan_chunks(files, source, dest, pipeline.check_file, params.chunk_rows)
+    with lock_dir.lock():
+        lock_dir.clean_leftovers(only_file)
+        chunks, failures = plan_chunks(
+            files, source, dest.place, pipeline.check_file, params.chunk_rows
+        )
         for path, cause in failures.items():
             logger.error("%s failed its checks: %s", path, cause)
             rows.append(_row(path, "failed"))
@@ -116,7 +119,7 @@ def enrich_flow(params: EnrichParams) -> list[dict[str, Any]] | State:
 def _enrich_chunks(
     executor: Executor,
     chunks: list[Chunk],
-    lock_dir: Any,
+    lock_dir: Destination,
     params: EnrichParams,
     progress: RunProgress,
     failures: dict[str, str],
@@ -129,7 +132,7 @@ def _enrich_chunks(
     for chunk in chunks:
         by_file.setdefault(chunk.file.path, []).append(chunk)
     rows = []
-    with staging_for(lock_dir) as staging:
+    with lock_dir.staging() as staging:
         for path, file_chunks in by_file.items():
             try:
                 done = [task_fn(executor, chunk, staging, progress) for chunk in file_chunks]
@@ -139,6 +142,7 @@ def _enrich_chunks(
                         [c.part_path(staging) for c in file_chunks],
                         first.target,
                         executor.pipeline.output_schema(first.schema),
+                        lock_dir.sink,
                     )
             except Exception as e:
                 failures[path] = str(e)
@@ -152,7 +156,7 @@ def _enrich_chunks(
 def _enrich_files(
     executor: Executor,
     chunks: list[Chunk],
-    lock_dir: Any,
+    lock_dir: Destination,
     params: EnrichParams,
     progress: RunProgress,
     failures: dict[str, str],
@@ -160,11 +164,11 @@ def _enrich_files(
     """Every file in one retried task and one executor call (executors that start up per
     call); summary rows per file, failed files added to `failures`."""
     logger = get_run_logger()
-    jobs = [Job(c.file, c.target, c.schema) for c in chunks if c.part == 0]
+    jobs = [Job(c.file, c.target, c.schema, sink=lock_dir.sink) for c in chunks if c.part == 0]
     if not jobs:
         return []
     task_fn = with_retries(enrich_files_task, params.run)
-    with staging_for(lock_dir) as scratch:
+    with lock_dir.staging() as scratch:
         results = task_fn(executor, jobs, scratch, progress)
     rows = []
     for result in results:

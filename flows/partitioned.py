@@ -18,8 +18,7 @@ from bertetl.flows.tasks import (
     quiet_user_errors,
     with_retries,
 )
-from bertetl.io.commit import clean_leftovers, destination_lock
-from bertetl.io.storage import is_table, resolve_run
+from bertetl.io.destinations import parse_run
 from bertetl.reports.drift import drift_report, plot_path
 from bertetl.runs.enrich import check_storage
 from bertetl.runs.plan import PartitionPlan, Plan, plan_partitions
@@ -39,10 +38,10 @@ def run_partitioned(
     """
     logger = get_run_logger()
     quiet_user_errors()
-    source, dest = resolve_run(params.source, params.dest, params.storage_options)
+    source, dest = parse_run(params.source, params.dest, params.storage_options)
     partitions = check_partitioned_run(source, dest, params.partition_column, start, end)
-    with destination_lock(dest):
-        removed = clean_leftovers(dest)
+    with dest.lock():
+        removed = dest.clean_leftovers()
         if removed:
             logger.info("removed %d leftover(s) of an interrupted run", removed)
         plan = plan_partitions(
@@ -102,10 +101,11 @@ def _drift(
     why = {p.partition: p.reason for p in report.flagged}
     for row in rows:
         row["drift"] = why.get(row["partition"], "")
-    if is_table(dest):  # a table has no folder of its own to put a plot in
+    where = plot_path(dest)
+    if where is None:  # a table has no folder of its own to put a plot in
         return RunDrift(report, None)
     try:
-        plot = report.draw(plot_path(dest))
+        plot = report.draw(where)
     except Exception as e:  # a plot that cannot be drawn or written (a full disk) is a warning
         logger.warning("drift plot not drawn: %s: %s", type(e).__name__, e)
         plot = None

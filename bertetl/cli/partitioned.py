@@ -19,7 +19,6 @@ from bertetl.cli.common import (
 from bertetl.cli.options import engine_options
 from bertetl.config import EngineConfig
 from bertetl.errors import PartitionsFailedError
-from bertetl.io.storage import is_table
 from bertetl.reports.drift import DriftOptions, plot_path
 
 Source = Annotated[
@@ -252,7 +251,7 @@ def print_drift(rows: list[dict[str, Any]], column: str, dest: Any) -> None:
         typer.echo("drift: not computed (see the warning above)")
         return
     flagged = [f"{column}={r['partition']} ({r['drift']})" for r in rows if r.get("drift")]
-    plot = None if is_table(dest) else plot_path(dest)
+    plot = plot_path(dest)
     where = f"; plot: {plot}" if plot is not None and plot.exists() else ""
     if flagged:
         typer.echo(f"drift: {len(flagged)} partition(s) to look at: {', '.join(flagged)}{where}")

@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -169,3 +172,23 @@ class ParquetSink:
             self.commit()
         else:
             self.abort()
+
+
+def write_file(
+    target: str | os.PathLike[str] | Location, produce: Callable[[Path], Path | None]
+) -> Any:
+    """A file a run writes beside its outputs (a plot): `produce(path)` writes it at a local
+    path and returns it (None: nothing to write). A local `target` is written in place; an
+    object-store one is produced in a temporary folder and uploaded whole. Returns the
+    target, or None when nothing was written."""
+    if not is_remote(target):
+        return produce(Path(target))
+    from bertetl.io.objectstore import upload_file
+
+    assert isinstance(target, Location)
+    with tempfile.TemporaryDirectory(prefix="bertetl-file-") as folder:
+        made = produce(Path(folder) / target.name)
+        if made is None:
+            return None
+        upload_file(made, target)
+    return target

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import uuid
 from collections import deque
 from collections.abc import Sequence
@@ -33,8 +32,10 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from bertetl.io.manifest import Manifest, committed_manifests
-from bertetl.io.storage import Location, is_remote
+from bertetl.io.destinations import as_destination
+from bertetl.io.manifest import Manifest
+from bertetl.io.storage import Location
+from bertetl.io.write import write_file
 from bertetl.schema import EMBEDDING, LABEL, SCORE
 
 #: Where a run writes its drift plot, inside DEST: hidden, so readers and the partition
@@ -245,17 +246,7 @@ class DriftReport:
         thresholds, flagged partitions in red, as a PNG at `path` (written atomically; an
         object-store `Location` is drawn locally and uploaded whole); None when there is
         nothing to draw."""
-        if is_remote(path):
-            from bertetl.io.objectstore import upload_file
-
-            assert isinstance(path, Location)
-            with tempfile.TemporaryDirectory(prefix="bertetl-plot-") as folder:
-                drawn = draw_drift(self, Path(folder) / PLOT_NAME)
-                if drawn is None:
-                    return None
-                upload_file(drawn, path)
-            return path
-        return draw_drift(self, Path(path))
+        return write_file(path, lambda local: draw_drift(self, local))
 
 
 def drift_report(
@@ -269,7 +260,7 @@ def drift_report(
     """The drift of DEST's committed partitions of `column` in [start, end], each against
     the partitions before it (also those before `start`). `column` None: the partition
     column of DEST's manifests, when they all have the same one."""
-    manifests = committed_manifests(dest, column)
+    manifests = as_destination(dest).committed_manifests(column)
     columns = sorted({m.partition_column for _, m in manifests.values()})
     if column is None and len(columns) > 1:
         note = f"manifests of several partition columns ({', '.join(columns)}): give one"
@@ -285,13 +276,10 @@ def drift_report(
     return DriftReport(chosen, options, rows)
 
 
-def plot_path(dest: str | os.PathLike[str] | Location) -> Any:
-    """Where a run over DEST writes its drift plot (replaced by each run): a `Path`, or a
-    `Location` for an object-store DEST."""
-    if is_remote(dest):
-        assert isinstance(dest, Location)
-        return dest / f"{REPORTS_FOLDER}/{PLOT_NAME}"
-    return Path(dest.path if isinstance(dest, Location) else dest) / REPORTS_FOLDER / PLOT_NAME
+def plot_path(dest: object) -> Any:
+    """Where a run over DEST writes its drift plot (replaced by each run): a `Path`, a
+    `Location` for an object-store DEST, None for a DEST with no folder (a table)."""
+    return as_destination(dest).file_path(f"{REPORTS_FOLDER}/{PLOT_NAME}")
 
 
 def draw_drift(report: DriftReport, path: Path) -> Path | None:

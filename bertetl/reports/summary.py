@@ -11,22 +11,16 @@ reported as damaged rather than failing the summary.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path, PurePath, PurePosixPath
 
 import polars as pl
 import pyarrow as pa
 
 from bertetl.errors import InputError
-from bertetl.io.manifest import (
-    MANIFEST_NAME,
-    Manifest,
-    read_manifest,
-    verified_outputs,
-    verify_outputs,
-)
-from bertetl.io.read import SourceFile, discover, open_parquet
-from bertetl.io.storage import Location, TableRef, is_remote, is_table
+from bertetl.io.destinations import as_destination
+from bertetl.io.read import SourceFile, open_parquet
+from bertetl.io.storage import Location, TableRef
+from bertetl.io.verify import DamagedFile, _damaged_file, _first_line
 from bertetl.reports.sql import run_query
 from bertetl.schema import EMBEDDING, ENRICH_ERROR, LABEL
 
@@ -34,131 +28,6 @@ from bertetl.schema import EMBEDDING, ENRICH_ERROR, LABEL
 READ_ERRORS = (pa.ArrowException, pl.exceptions.PolarsError, OSError)
 #: How a readable Parquet file without bertetl's columns is described.
 NOT_OUTPUT = "not bertetl output"
-
-
-@dataclass(frozen=True)
-class DamagedFile:
-    """An output that is not read: `folder` and `file` relative to DEST, and why."""
-
-    folder: str
-    file: str
-    problem: str
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-def _relative(path: PurePath, root: PurePath) -> str:
-    """`path` as shown to users: relative to DEST (to its folder when DEST is a file; an
-    object-store DEST, a `PurePosixPath` of its path on the store, is a prefix)."""
-    base = root if not isinstance(root, Path) or root.is_dir() else root.parent
-    try:
-        return path.relative_to(base).as_posix() if path != base else "."
-    except ValueError:
-        return str(path)
-
-
-def _damaged_file(path: PurePath, root: PurePath, problem: str) -> DamagedFile:
-    return DamagedFile(_relative(path.parent, root), _relative(path, root), problem)
-
-
-def _manifests(dest: Path) -> dict[Path, Manifest | None]:
-    """Every folder under DEST with a `_manifest.json` (hidden folders skipped, as readers
-    skip them), with its manifest or None when that cannot be read."""
-    if not dest.is_dir():
-        return {}
-    found: dict[Path, Manifest | None] = {}
-    for path in sorted(dest.rglob(MANIFEST_NAME)):
-        if any(part.startswith((".", "_")) for part in path.relative_to(dest).parts[:-1]):
-            continue
-        found[path.parent] = read_manifest(path.parent)
-    return found
-
-
-def _remote_manifests(dest: Location) -> dict[Location, Manifest | None]:
-    """`_manifests` on an object store: from one listing of DEST."""
-    from bertetl.io.partitions import remote_files
-
-    found: dict[Location, Manifest | None] = {}
-    for relative in remote_files(dest):
-        parts = PurePosixPath(relative).parts
-        if parts[-1] != MANIFEST_NAME or any(p.startswith((".", "_")) for p in parts[:-1]):
-            continue
-        folder = dest / str(PurePosixPath(relative).parent)
-        found[folder] = read_manifest(folder)
-    return found
-
-
-def _remote_check_outputs(dest: Location) -> tuple[list[SourceFile], list[DamagedFile]]:
-    """`check_outputs` on an object store (paths compared as they are: no links there)."""
-    root = PurePosixPath(dest.path)
-    folders = _remote_manifests(dest)
-    damaged: list[DamagedFile] = []
-    claimed: set[str] = set()
-    for folder, manifest in folders.items():
-        where = _relative(PurePosixPath(folder.path), root)
-        if manifest is None:
-            problem = "unreadable manifest; the folder's files are read as found"
-            damaged.append(DamagedFile(where, f"{where}/{MANIFEST_NAME}", problem))
-            continue
-        damage = verify_outputs(folder, manifest)
-        for item in damage:
-            name = PurePosixPath(folder.path) / item.relative
-            damaged.append(DamagedFile(where, _relative(name, root), item.problem))
-        claimed.update(f"{folder.path}/{name}" for name in verified_outputs(manifest, damage))
-    committed = {PurePosixPath(f.path) for f, m in folders.items() if m is not None}
-    try:
-        found = discover(dest)
-    except InputError:
-        if not committed:
-            raise
-        found = []
-    files = [
-        file
-        for file in found
-        if file.fs_path in claimed or not committed & set(PurePosixPath(file.fs_path).parents)
-    ]
-    return files, damaged
-
-
-def check_outputs(
-    dest: str | os.PathLike[str] | Location,
-) -> tuple[list[SourceFile], list[DamagedFile]]:
-    """The data files under DEST to read, and the damaged ones: in a folder with a manifest,
-    the outputs it lists that verify (`verify_outputs`); elsewhere, every data file."""
-    if is_remote(dest):
-        assert isinstance(dest, Location)
-        return _remote_check_outputs(dest)
-    root = Path(dest.path if isinstance(dest, Location) else dest)
-    folders = _manifests(root)
-    damaged: list[DamagedFile] = []
-    claimed: set[Path] = set()
-    for folder, manifest in folders.items():
-        where = _relative(folder, root)
-        if manifest is None:
-            problem = "unreadable manifest; the folder's files are read as found"
-            damaged.append(DamagedFile(where, f"{where}/{MANIFEST_NAME}", problem))
-            continue
-        damage = verify_outputs(folder, manifest)
-        for item in damage:
-            name = (folder / item.relative) if item.relative else folder
-            damaged.append(DamagedFile(where, _relative(name, root), item.problem))
-        claimed.update((folder / name).resolve() for name in verified_outputs(manifest, damage))
-    committed = {folder.resolve() for folder, manifest in folders.items() if manifest is not None}
-    try:
-        found = discover(dest)
-    except InputError:
-        if not committed:
-            raise
-        found = []  # every output listed is gone: the damage says so
-    files = []
-    for file in found:  # compared as real paths: however discovery spells them
-        path = Path(file.path).resolve()
-        if path in claimed or not committed & set(path.parents):
-            files.append(file)
-    return files, damaged
 
 
 def _file_frame(
@@ -265,15 +134,11 @@ def summarize(
     `sql/output_table.sql`) of the outputs that can be read, and a `damaged` table
     (folder, file, problem) when some cannot (see the module's docstring). A Delta or
     Iceberg DEST is read from the table (`_summarize_table`)."""
-    if is_table(dest):
-        return _summarize_table(dest, partition_column, prefix)
-    assert not isinstance(dest, TableRef)
-    root: PurePath = (
-        PurePosixPath(dest.path)
-        if isinstance(dest, Location) and is_remote(dest)
-        else Path(dest.path if isinstance(dest, Location) else dest)
-    )
-    files, damaged = check_outputs(dest)
+    destination = as_destination(dest)
+    if not destination.capabilities.files:
+        return _summarize_table(destination.place, partition_column, prefix)
+    root = destination.shown_root
+    files, damaged = destination.committed_outputs()
     frames: dict[str, pl.LazyFrame] = {}
     foreign: list[DamagedFile] = []
     has_labels = False

@@ -6,18 +6,16 @@ import contextlib
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pyarrow as pa
 
 from bertetl.config import EngineConfig
 from bertetl.errors import ExecutorError, FilesFailedError, InputError
 from bertetl.executors import Executor, Job, make_executor
-from bertetl.io.commit import clean_leftovers, destination_lock, staging_for
-from bertetl.io.partitions import SHOWN_FILES, is_output, remote_files
-from bertetl.io.paths import check_run_paths, dest_path, dest_root
+from bertetl.io.destinations import as_destination, parse_run
+from bertetl.io.paths import check_run_paths
 from bertetl.io.read import SourceFile, check_text_column, read_schema
-from bertetl.io.storage import Location, is_remote, is_table, resolve_run
+from bertetl.io.sources import source_capabilities
 from bertetl.report import EnrichReport, FileResult, merge_label_counts
 
 
@@ -39,43 +37,43 @@ def enrich(
     `storage_options` (docs/STORAGE.md): each output object is uploaded whole.
     """
     started = time.perf_counter()
-    run_source, run_dest = resolve_run(source, dest, storage_options)
-    if is_table(run_source) or is_table(run_dest):
+    source, destination = parse_run(source, dest, storage_options)
+    if source_capabilities(source).pinned or not destination.capabilities.files:
         from bertetl.runs.enrich_tables import enrich_with_tables
 
         report = enrich_with_tables(
-            run_source, run_dest, config, enrich, on_file_done, raise_on_failure
+            source, destination, config, enrich, on_file_done, raise_on_failure
         )
         report.seconds = time.perf_counter() - started
         return report
-    source, dest = run_source, run_dest
-    if not isinstance(source, Location):
-        source = os.fspath(source)
-    if not isinstance(dest, Location):
-        dest = os.fspath(dest)
-    files = check_run_paths(source, dest)  # before DEST is locked or written
+    files = check_run_paths(source, destination.place)  # before DEST is locked or written
     report = EnrichReport()
     schemas = _check_schemas(files, config.text_column, report)
     executor = make_executor(config)
-    check_storage(executor, source, dest)
+    check_storage(executor, source, destination)
     for path, schema in schemas.items():
         try:
             executor.pipeline.output_schema(schema)  # name clashes fail before any model loads
         except InputError as e:
             raise InputError(f"{path}: {e}") from e
     jobs = [
-        Job(file, dest_path(file, source, dest), schemas[file.path])
+        Job(
+            file,
+            destination.output_target(file, source),
+            schemas[file.path],
+            sink=destination.sink,
+        )
         for file in files
         if file.path in schemas
     ]
-    check_outputs_replaceable(dest, [job.target for job in jobs])
-    lock_dir, only_file = dest_root(source, dest)
-    with destination_lock(lock_dir):
-        clean_leftovers(lock_dir, only_file)
+    destination.check_outputs_replaceable([job.target for job in jobs])
+    root, only_file = destination.root_for(source)
+    with root.lock():
+        root.clean_leftovers(only_file)
         executor.setup()
         stopped = True
         try:
-            with staging_for(lock_dir) as scratch:
+            with root.staging() as scratch:
                 results = executor.run_jobs(jobs, scratch=scratch)
             executor.collect(report)
             stopped = False
@@ -83,7 +81,7 @@ def enrich(
             executor.teardown()
             if stopped:  # Ctrl-C or a failure: the temp files of files being written go now
                 with contextlib.suppress(OSError):
-                    clean_leftovers(lock_dir, only_file)
+                    root.clean_leftovers(only_file)
     for result in results:
         report.files.append(result)
         if result.error is None:  # the labels of committed files only
@@ -95,44 +93,6 @@ def enrich(
     if raise_on_failure and report.failures:
         raise FilesFailedError(report.failures, report)
     return report
-
-
-def check_outputs_replaceable(dest: object, targets: list[Path | Location]) -> None:
-    """Refuse (`InputError`, one line naming them) files at this run's output paths that
-    bertetl did not write (`is_output`): an output is replaced by a rerun, and a run deletes
-    only what it wrote. On an object store, DEST is listed once, not asked per output."""
-    listed: set[str] | None = None  # DEST's objects, relative to it, when any target is below
-    if isinstance(dest, Location) and any(_strictly_below(t, dest) for t in targets):
-        listed = set(remote_files(dest))
-    foreign = []
-    for target in targets:
-        if listed is not None and isinstance(dest, Location) and _strictly_below(target, dest):
-            assert isinstance(target, Location)
-            exists = target.relative_to(dest) in listed
-        elif isinstance(target, Location) and is_remote(target):
-            exists = target.exists()
-        else:
-            exists = os.path.lexists(target)
-        if exists and not is_output(target):
-            foreign.append(str(target))
-    if foreign:
-        more = f" and {len(foreign) - SHOWN_FILES} more" if len(foreign) > SHOWN_FILES else ""
-        raise InputError(
-            f"{len(foreign)} file(s) bertetl did not write are where this run writes its "
-            f"outputs: {', '.join(foreign[:SHOWN_FILES])}{more}; a run replaces only its own "
-            "outputs, so move them (or pick another DEST)"
-        )
-
-
-def _strictly_below(target: object, dest: Location) -> bool:
-    """Whether `target` is an object-store location inside the object-store `dest`."""
-    return (
-        isinstance(target, Location)
-        and is_remote(target)
-        and is_remote(dest)
-        and target.is_relative_to(dest)
-        and target.path.rstrip("/") != dest.path.rstrip("/")
-    )
 
 
 def _check_schemas(
@@ -158,7 +118,11 @@ def _check_schemas(
 def check_storage(executor: Executor, source: object, dest: object) -> None:
     """Refuse (`ExecutorError`) an object-store SOURCE or DEST for an executor that cannot
     read and write one (`Capabilities.object_storage`)."""
-    remote = next((str(p) for p in (source, dest) if is_remote(p)), None)
+    needs = (
+        (source, source_capabilities(source).object_storage),
+        (dest, as_destination(dest).capabilities.object_storage),
+    )
+    remote = next((str(side) for side, remote in needs if remote), None)
     if remote is not None and not executor.capabilities.object_storage:
         raise ExecutorError(
             f"{remote}: --executor {executor.config.executor.kind} does not read or write "

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING
 
 from bertetl.config import EngineConfig
 from bertetl.errors import FilesFailedError, InputError
-from bertetl.io.commit import clean_leftovers, destination_lock, staging_for
+from bertetl.io.destinations import Destination
 from bertetl.io.manifest import config_hash
 from bertetl.io.scratch import run_scratch
+from bertetl.io.sources import check_source, source_capabilities
 from bertetl.io.storage import Location, TableRef
 from bertetl.report import EnrichReport, FileResult
-from bertetl.runs.staged import overlaps
 
 if TYPE_CHECKING:
     from bertetl.io.tables import TableSnapshot
@@ -41,7 +41,7 @@ RUN_KIND = "enrich"
 
 def enrich_with_tables(
     source: Path | Location | TableRef,
-    dest: Path | Location | TableRef,
+    dest: Destination,
     config: EngineConfig,
     run_files: Callable[..., EnrichReport],
     on_file_done: Callable[[FileResult], None] | None = None,
@@ -49,24 +49,24 @@ def enrich_with_tables(
 ) -> EnrichReport:
     """Enrich where SOURCE or DEST (or both) is a table; `run_files(source, dest, config,
     on_file_done=..., raise_on_failure=...)` is the Parquet run it stages through."""
-    from bertetl.io import tables
-
     _check(source, dest)
     with contextlib.ExitStack() as stack:
         local_source: Path | Location | TableRef = source
         version = None
-        if isinstance(source, TableRef):
-            snapshot = tables.pin(source)  # the one version the whole run reads
+        if source_capabilities(source).pinned:
+            from bertetl.io import tables
+
+            snapshot = tables.pin(source)  # type: ignore[arg-type]  # the one version read
             work = stack.enter_context(run_scratch("enrich-"))  # gone with the run, even killed
             local_source, version = _stage_source(snapshot, work), snapshot.version
-        if not isinstance(dest, TableRef):
+        if dest.capabilities.files:
             report = run_files(
                 local_source, dest, config, on_file_done=None, raise_on_failure=False
             )
             return _finish(report, source, on_file_done, raise_on_failure, None)
-        with destination_lock(dest):
-            clean_leftovers(dest)
-            with staging_for(dest) as staged:
+        with dest.lock():
+            dest.clean_leftovers()
+            with dest.staging() as staged:
                 out = staged / "out"
                 report = run_files(
                     local_source, out, config, on_file_done=None, raise_on_failure=False
@@ -82,31 +82,24 @@ def enrich_with_tables(
                     }
                     # the outputs the run committed, whatever their names (not a glob)
                     files = [Path(f.dest) for f in report.files if f.dest is not None]
-                    tables.replace_table(dest, out, files, rows, json.dumps(record, sort_keys=True))
+                    dest.replace_all(out, files, rows, json.dumps(record, sort_keys=True))
         for result in report.files:  # the staged outputs are gone: the table holds the rows
             result.dest = str(dest) if not report.failures and result.error is None else None
         return _finish(report, source, on_file_done, raise_on_failure, dest)
 
 
-def _check(source: object, dest: object) -> None:
-    """Both tables reachable (their packages and catalogs), not one table, and a DEST table
-    that is not partitioned."""
-    from bertetl.io import tables
-
-    if overlaps(source, dest):
+def _check(source: object, dest: Destination) -> None:
+    """Both tables reachable (their packages and catalogs), not one table, and a DEST that
+    can take a whole run in one commit (a table that is not partitioned)."""
+    if dest.overlaps(source):
         raise InputError(
             f"SOURCE {source} and DEST {dest} are one table, or one lies inside the other; a "
             "run never writes its input"
         )
-    for side in (source, dest):
-        if isinstance(side, TableRef):
-            tables.check_table(side)
-    if isinstance(dest, TableRef) and (columns := tables.partition_columns(dest)):
-        raise InputError(
-            f"{dest} is partitioned by {', '.join(columns)}: bertetl enrich replaces a whole "
-            f"table; use bertetl backfill --partition-column {columns[0]}, which commits it "
-            "one partition at a time"
-        )
+    check_source(source)
+    dest.check()
+    if not dest.capabilities.files:
+        dest.check_replace_all()
 
 
 def _stage_source(snapshot: TableSnapshot, work: Path) -> Path:
@@ -133,11 +126,11 @@ def _finish(
     source: object,
     on_file_done: Callable[[FileResult], None] | None,
     raise_on_failure: bool,
-    dest_table: TableRef | None,
+    dest_table: Destination | None,
 ) -> EnrichReport:
     """Name the table, not its staged copy, as each file's source; then report as
     `bertetl.runs.enrich.enrich` does (a DEST table: nothing committed when a file failed)."""
-    if isinstance(source, TableRef):
+    if source_capabilities(source).pinned:
         for result in report.files:
             result.source = str(source)
     for result in report.files:

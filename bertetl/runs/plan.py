@@ -8,7 +8,6 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -16,21 +15,20 @@ import pyarrow as pa
 
 from bertetl.config import EngineConfig
 from bertetl.engine.model_files import resolve_model_dir
+from bertetl.io.destinations import Destination, as_destination
 from bertetl.io.manifest import (
     FileFingerprint,
     Manifest,
     OutputDamage,
-    committed_manifests,
     config_hash,
     fingerprint_source,
     inputs_fingerprint,
     model_fingerprint,
     verified_outputs,
-    verify_outputs,
 )
 from bertetl.io.partitions import Partition, list_partitions
 from bertetl.io.read import read_metadata
-from bertetl.io.storage import Location, TableRef, is_remote, is_table
+from bertetl.io.storage import Location, TableRef
 from bertetl.reports.sql import run_query
 
 
@@ -134,13 +132,10 @@ def _tables(
     return source_table, manifest_table
 
 
-def _at_dest_folder(partition: Partition, dest: Any, folder: Any) -> Partition:
+def _at_dest_folder(partition: Partition, dest: Destination, folder: Any) -> Partition:
     """`partition`, committed to `folder` (DEST's folder for its value, relative to `dest`)
     when that is another spelling of its SOURCE folder's name (`a%20b` for `a b`)."""
-    if isinstance(folder, Location):
-        relative = folder.relative_to(dest)
-    else:
-        relative = Path(folder).relative_to(dest).as_posix()
+    relative = dest.relative(folder)
     if relative == partition.folder:
         return partition
     return dataclasses.replace(partition, dest_name=relative)
@@ -175,16 +170,14 @@ def plan_partitions(
     by_value = {p.value: p for p in partitions}
     folders: dict[str, Any] = {}
     committed: dict[str, Manifest] = {}
-    where: Any = dest
-    if not is_remote(dest) and not is_table(dest):
-        where = Path(dest.path if isinstance(dest, Location) else dest)
-    for value, (folder, manifest) in committed_manifests(where, column).items():
+    destination = as_destination(dest)
+    for value, (folder, manifest) in destination.committed_manifests(column).items():
         if (start is None or value >= start) and (end is None or value <= end):
             folders[value], committed[value] = folder, manifest
-            if value in by_value and not is_table(dest):  # commit where DEST holds it
-                by_value[value] = _at_dest_folder(by_value[value], where, folder)
+            if value in by_value and destination.capabilities.files:  # where DEST holds it
+                by_value[value] = _at_dest_folder(by_value[value], destination, folder)
     damage = {
-        value: tuple(verify_outputs(folders[value], manifest))
+        value: tuple(destination.verify(folders[value], manifest))
         for value, manifest in committed.items()
     }
     inputs: dict[str, tuple[FileFingerprint, ...]] = {}

@@ -36,7 +36,8 @@ from typing import Any
 import bertetl.engine.encoders as infer
 import bertetl.engine.pipeline as pipeline
 import bertetl.io.write as write
-import bertetl.runs.staged as partitioned
+import bertetl.io.commit as commits
+import bertetl.io.manifest as manifests
 
 POINTS = ("read", "infer", "write", "file-commit", "manifest", "swap", "after-swap")
 #: Points only an object-store DEST reaches.
@@ -91,9 +92,9 @@ def _targets() -> dict[str, tuple[Any, str, bool]]:
         "infer": (infer.EncoderStage, "_run_rows", False),
         "write": (write.ParquetSink, "write", False),
         "file-commit": (write.ParquetSink, "commit", False),
-        "manifest": (partitioned, "write_manifest", False),
-        "swap": (partitioned, "swap_in", False),
-        "after-swap": (partitioned, "swap_in", True),
+        "manifest": (manifests, "write_manifest", False),
+        "swap": (commits, "swap_in", False),
+        "after-swap": (commits, "swap_in", True),
         "delete": (objectstore, "delete_objects", False),
         "upload": (objectstore, "upload_file", False),
         "table-commit": (tables, "commit_partition", False),
@@ -119,7 +120,7 @@ def _install(point: str, count: int) -> None:
     elif point == "slow":
         import bertetl.io.tables as tables
 
-        partitioned.write_manifest = _then_sleep(partitioned.write_manifest, count / 10)
+        manifests.write_manifest = _then_sleep(manifests.write_manifest, count / 10)
         tables.commit_partition = _then_sleep(tables.commit_partition, count / 10)
     elif point in (targets := _targets()):
         owner, name, after = targets[point]

@@ -71,7 +71,7 @@ def test_a_discovered_file_is_on_the_store_its_uri_names(store) -> None:
     for `gs://`, `azure` for `abfs://`), so the per-partition overlap check compares it with
     DEST as one store (it once named `gs://` files' store `gs`, and passed them as two)."""
     from bertetl.io.partitions import Partition
-    from bertetl.runs.staged import _check_partition_paths
+    from bertetl.io.run_checks import check_partition_paths
 
     store.put("t/date=1/a.parquet", _parquet_bytes(pa.table({"text": ["a"]})))
     source = store.location("t")
@@ -79,7 +79,7 @@ def test_a_discovered_file_is_on_the_store_its_uri_names(store) -> None:
     assert file.location.store == source.store and file.location.is_relative_to(source)
     partition = Partition("date", "1", "date=1", (file,))
     with pytest.raises(InputError, match="lies inside SOURCE"):
-        _check_partition_paths(partition, store.location("t/out"))
+        check_partition_paths(partition, store.location("t/out"))
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:

@@ -1,0 +1,79 @@
+"""Every place a run writes, one class per kind behind one protocol (`Destination`).
+
+`DESTINATIONS` is the one place that names the kinds. `parse_destination` turns DEST (and its
+storage options) into one, once, where a run is resolved; `as_destination` takes what a caller
+already has (a destination, a path, a `Location`, a `TableRef`). Adding a kind is one module
+and one line here, and `tests/io/test_destinations.py`'s contract passing for it
+(ARCHITECTURE.md, "Adding a destination").
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from bertetl.io.destinations.base import Capabilities, Destination
+from bertetl.io.destinations.delta import DeltaTable
+from bertetl.io.destinations.iceberg import IcebergTable
+from bertetl.io.destinations.local import LocalFolder
+from bertetl.io.destinations.objectstore import ObjectStorePrefix
+from bertetl.io.destinations.overlap import overlaps
+from bertetl.io.storage import resolve, resolve_run
+
+#: The kinds of destination, by name; the first that accepts a resolved DEST is its class.
+DESTINATIONS: dict[str, Any] = {
+    "folder": LocalFolder,
+    "object-store": ObjectStorePrefix,
+    "delta": DeltaTable,
+    "iceberg": IcebergTable,
+}
+
+
+def as_destination(dest: object) -> Destination:
+    """`dest` as a destination: returned as it is when it is one; a path, a `Location` or a
+    `TableRef` (already resolved) wrapped by the kind that accepts it."""
+    if isinstance(dest, Destination):
+        return dest
+    for kind in DESTINATIONS.values():
+        if kind.accepts(dest):
+            return kind(dest)  # type: ignore[no-any-return]
+    raise TypeError(f"no destination kind takes {dest!r}")
+
+
+def parse_destination(
+    dest: str | os.PathLike[str] | object, options: Mapping[str, str] | None = None
+) -> Destination:
+    """DEST as the user gave it (a path, `s3://...`, `delta://...`, `iceberg://...`), opened
+    with its storage options, as a destination."""
+    if isinstance(dest, Destination):
+        return dest
+    return as_destination(resolve(dest, options))  # type: ignore[arg-type]
+
+
+def parse_run(
+    source: str | os.PathLike[str] | object,
+    dest: str | os.PathLike[str] | object,
+    options: Mapping[str, str] | None = None,
+) -> tuple[Any, Destination]:
+    """SOURCE resolved (a path, a `Location`, a `TableRef`) and DEST as a destination; storage
+    options that neither takes are refused (`resolve_run`)."""
+    source = getattr(source, "place", source)
+    place = getattr(dest, "place", dest)
+    run_source, run_dest = resolve_run(source, place, options)  # type: ignore[arg-type]
+    return run_source, as_destination(run_dest)
+
+
+__all__ = [
+    "DESTINATIONS",
+    "Capabilities",
+    "DeltaTable",
+    "Destination",
+    "IcebergTable",
+    "LocalFolder",
+    "ObjectStorePrefix",
+    "as_destination",
+    "overlaps",
+    "parse_destination",
+    "parse_run",
+]

@@ -1,0 +1,132 @@
+"""The `Destination` protocol: every place a run writes, asked rather than inspected.
+
+A destination is parsed once from DEST (`bertetl.io.destinations.parse_destination`) and then
+answers for itself: its lock, its staging area, cleaning an earlier attempt's leftovers,
+where a partition goes and what bertetl owns there, committing a partition with its manifest,
+the manifests it holds, verifying outputs against them, refusing files it did not write, where
+a drift plot goes, the sink an output file is written through, and its `Capabilities`. Code
+above `bertetl.io` never asks "is this remote, is this a table": it asks the destination.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import pyarrow as pa
+
+from bertetl.io.manifest import Manifest, OutputDamage
+from bertetl.io.partitions import Partition
+from bertetl.io.sink import OutputSink
+
+#: How a destination makes a commit atomic: a staged folder swapped in (`swap`), objects
+#: uploaded whole then the manifest written last (`manifest-last`), one table transaction
+#: (`transaction`).
+CommitKind = Literal["swap", "manifest-last", "transaction"]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a destination can do; runs branch on these, never on its kind."""
+
+    #: How a commit is made atomic.
+    commit: CommitKind
+    #: Outputs are Parquet files under DEST, one per input file, that readers list (a folder
+    #: or prefix, which a plot can go into); False: rows of one table, committed whole.
+    files: bool
+    #: Written through an object-store client: an executor needs `object_storage` for it.
+    object_storage: bool
+    #: Its staging is reachable from every node of a cluster (workers could write into it).
+    every_node: bool
+    #: It can merge rows by key (upsert and delete) in one commit.
+    merge_by_key: bool = False
+
+
+@runtime_checkable
+class Destination(Protocol):
+    """One place a run writes (a local folder, an object-store prefix, a Delta or Iceberg
+    table). `place` is what the `bertetl.io` functions take (a `Path`, a `Location`, a
+    `TableRef`); nothing above `bertetl.io` looks inside it."""
+
+    kind: str
+    place: Any
+    capabilities: Capabilities
+
+    @property
+    def uri(self) -> str:
+        """DEST as users name it."""
+
+    def lock(self) -> Any:
+        """The one-run lock: a context manager with `acquire`/`release`."""
+
+    def holding(self) -> contextlib.AbstractContextManager[None]:
+        """Take the lock and keep it for the code inside (`bertetl.io.commit.holding`)."""
+
+    def staging(self) -> contextlib.AbstractContextManager[Path]:
+        """A fresh local staging folder for this DEST, removed on exit."""
+
+    def clean_leftovers(self, only_file: str | None = None) -> int:
+        """Remove what a killed run left (call holding the lock); how many were removed."""
+
+    def check(self) -> None:
+        """Refuse (one line) a DEST that cannot be reached or written."""
+
+    def root_for(self, source: object) -> tuple[Destination, str | None]:
+        """The destination a run over `source` locks and cleans, and the one output file
+        name when DEST names that file (`DEST.parquet` for a one-file SOURCE)."""
+
+    def output_target(self, file: Any, source: object) -> Any:
+        """Where an input file's output goes (a path or object-store location)."""
+
+    def check_outputs_replaceable(self, targets: list[Any]) -> None:
+        """Refuse files bertetl did not write at this run's output paths."""
+
+    def sink(self, target: Any, schema: pa.Schema) -> OutputSink:
+        """The sink an output file at `target` is written through."""
+
+    def partition_target(self, partition: Partition) -> Any:
+        """Where a partition is committed (its folder, or the table itself)."""
+
+    def check_foreign(self, partitions: list[Partition]) -> dict[str, frozenset[str]]:
+        """Refuse partitions whose place holds what bertetl did not write; returns what
+        bertetl owns there, by partition value."""
+
+    def commit_partition(
+        self,
+        target: Any,
+        staged: Path,
+        manifest: Manifest,
+        owned: frozenset[str],
+        files: list[Path],
+    ) -> Manifest:
+        """Commit a staged partition (`files`, under `staged`) with its manifest, atomically."""
+
+    def committed_manifests(self, column: str | None = None) -> dict[str, tuple[Any, Manifest]]:
+        """The committed manifests by partition value, with where each was read from."""
+
+    def verify(self, where: Any, manifest: Manifest) -> list[OutputDamage]:
+        """How the outputs `manifest` lists differ from what `where` holds (empty: verified)."""
+
+    def earlier_outputs(
+        self,
+        target: Any,
+        partition: Partition,
+        outputs: list[str],
+        damaged: bool,
+        fields: list[pa.Field],
+        scratch: Path,
+    ) -> list[Any]:
+        """The earlier outputs of a partition whose rows may be reused (files to read):
+        `outputs` are those of its last commit that verified; `damaged`, whether any did not."""
+
+    def relative(self, folder: Any) -> str:
+        """A partition folder's path below DEST (destinations with `capabilities.files`)."""
+
+    def file_path(self, relative: str) -> Any:
+        """A file of the run's own under DEST (a drift plot), or None where DEST has no
+        folder to hold one (a table)."""
+
+    def overlaps(self, source: object) -> bool:
+        """Whether SOURCE and this DEST are one place, or one holds the other."""

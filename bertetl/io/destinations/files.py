@@ -1,0 +1,140 @@
+"""What the two destinations of Parquet files share (a local folder, an object-store prefix):
+one output file per input file at a deterministic path, a partition per folder with its
+`_manifest.json`, outputs checked against their fingerprints."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pyarrow as pa
+
+from bertetl.errors import InputError
+from bertetl.io import commit as commits
+from bertetl.io import manifest as manifests
+from bertetl.io import partitions as partitions_io
+from bertetl.io import paths
+from bertetl.io.destinations.base import Capabilities, Destination
+from bertetl.io.manifest import Manifest, OutputDamage
+from bertetl.io.partitions import SHOWN_FILES, Partition
+from bertetl.io.write import ParquetSink
+
+
+class FileDestination:
+    """The shared part of `LocalFolder` and `ObjectStorePrefix`; `place` is a `Path` or a
+    `Location` on a store, which the `bertetl.io` functions below take either way."""
+
+    kind: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+    #: Output files are Parquet, committed atomically by `ParquetSink`.
+    sink = ParquetSink
+
+    def __init__(self, place: Any) -> None:
+        self.place = place
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.uri!r})"
+
+    def __str__(self) -> str:
+        return self.uri
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and str(other) == str(self)
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self.uri))
+
+    @property
+    def uri(self) -> str:
+        return str(self.place)
+
+    def lock(self) -> Any:
+        return commits.destination_lock(self.place)
+
+    def holding(self) -> contextlib.AbstractContextManager[None]:
+        return commits.holding(self.place)
+
+    def staging(self) -> contextlib.AbstractContextManager[Path]:
+        return commits.staging_for(self.place)
+
+    def clean_leftovers(self, only_file: str | None = None) -> int:
+        return commits.clean_leftovers(self.place, only_file)
+
+    def check(self) -> None:
+        """Nothing to check before the run's path checks (`check_run_paths`)."""
+
+    @property
+    def given(self) -> Any:
+        """`place` as the path functions of `bertetl.io.paths` take it."""
+        return self.place
+
+    def root_for(self, source: object) -> tuple[Destination, str | None]:
+        root, only_file = paths.dest_root(_place(source), self.given)
+        return type(self)(root), only_file
+
+    def output_target(self, file: Any, source: object) -> Any:
+        return paths.dest_path(file, _place(source), self.given)
+
+    def foreign_outputs(self, targets: list[Any]) -> list[str]:
+        """The targets holding a file bertetl did not write."""
+        raise NotImplementedError
+
+    def check_outputs_replaceable(self, targets: list[Any]) -> None:
+        """Refuse (`InputError`, one line naming them) files at this run's output paths that
+        bertetl did not write (`is_output`): an output is replaced by a rerun, and a run
+        deletes only what it wrote."""
+        foreign = self.foreign_outputs(targets)
+        if foreign:
+            more = f" and {len(foreign) - SHOWN_FILES} more" if len(foreign) > SHOWN_FILES else ""
+            raise InputError(
+                f"{len(foreign)} file(s) bertetl did not write are where this run writes its "
+                f"outputs: {', '.join(foreign[:SHOWN_FILES])}{more}; a run replaces only its own "
+                "outputs, so move them (or pick another DEST)"
+            )
+
+    def partition_target(self, partition: Partition) -> Any:
+        return partitions_io.dest_folder(self.place, partition)
+
+    def check_foreign(self, partitions: list[Partition]) -> dict[str, frozenset[str]]:
+        return partitions_io.check_foreign_files(self.place, partitions)
+
+    def committed_manifests(self, column: str | None = None) -> dict[str, tuple[Any, Manifest]]:
+        return manifests.committed_manifests(self.place, column)
+
+    def verify(self, where: Any, manifest: Manifest) -> list[OutputDamage]:
+        return manifests.verify_outputs(where, manifest)
+
+    def earlier_outputs(
+        self,
+        target: Any,
+        partition: Partition,
+        outputs: list[str],
+        damaged: bool,
+        fields: list[pa.Field],
+        scratch: Path,
+    ) -> list[Any]:
+        """The outputs of the partition's last commit that verified, where they are."""
+        return [target / name for name in outputs]
+
+    def relative(self, folder: Any) -> str:
+        """A folder's path below DEST, as a POSIX path."""
+        if isinstance(self.place, Path):
+            return Path(folder).relative_to(self.place).as_posix()
+        return str(folder.relative_to(self.place))
+
+    def file_path(self, relative: str) -> Any:
+        return self.place / relative
+
+    def overlaps(self, source: object) -> bool:
+        from bertetl.io.destinations.overlap import overlaps
+
+        return overlaps(_place(source), self.place)
+
+
+def _place(side: object) -> Any:
+    """A SOURCE or DEST as the `bertetl.io` functions take it (a destination's own place; a
+    local path as a string)."""
+    side = getattr(side, "place", side)
+    return os.fspath(side) if isinstance(side, Path) else side

@@ -1,0 +1,69 @@
+"""A local folder as DEST: partitions staged beside it and swapped in with one rename
+(`bertetl.io.commit.swap_in`), the lock a `flock` on `DEST/.bertetl.lock`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from bertetl.io import commit as commits
+from bertetl.io.destinations.base import Capabilities
+from bertetl.io.destinations.files import FileDestination
+from bertetl.io import manifest as manifests
+from bertetl.io.manifest import Manifest
+from bertetl.io.partitions import is_output
+from bertetl.io.storage import Location
+
+
+class LocalFolder(FileDestination):
+    """A folder on this machine's filesystem (`place`: a `Path`)."""
+
+    kind = "folder"
+    capabilities = Capabilities(commit="swap", files=True, object_storage=False, every_node=False)
+
+    def __init__(self, place: str | os.PathLike[str] | Location) -> None:
+        super().__init__(Path(place.path if isinstance(place, Location) else place))
+
+    @property
+    def uri(self) -> str:
+        return os.fspath(self.place)
+
+    @property
+    def given(self) -> str:
+        return os.fspath(self.place)
+
+    @classmethod
+    def accepts(cls, place: object) -> bool:
+        if isinstance(place, Location):  # a `Location` is a PathLike, local or not
+            return place.local
+        return isinstance(place, (str, os.PathLike))
+
+    @property
+    def shown_root(self) -> Path:
+        """What paths in reports are shown relative to."""
+        return self.place
+
+    def committed_outputs(self) -> tuple[list[Any], list[Any]]:
+        """The data files to read and the damaged ones (`bertetl.io.verify`)."""
+        from bertetl.io.verify import local_outputs
+
+        return local_outputs(self.place)
+
+    def foreign_outputs(self, targets: list[Any]) -> list[str]:
+        """The targets holding a file bertetl did not write (`is_output`)."""
+        return [str(t) for t in targets if os.path.lexists(t) and not is_output(t)]
+
+    def commit_partition(
+        self,
+        target: Any,
+        staged: Path,
+        manifest: Manifest,
+        owned: frozenset[str],
+        files: list[Path],
+    ) -> Manifest:
+        """The manifest written last into the staged folder, then swapped in whole: readers
+        see the old partition or the new one."""
+        manifests.write_manifest(staged, manifest)  # the module's: fault tests wrap it
+        commits.swap_in(staged, target, owned=owned | set(manifest.outputs))
+        return manifest

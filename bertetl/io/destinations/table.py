@@ -1,0 +1,171 @@
+"""A table as DEST (Delta Lake, Iceberg; `bertetl.io.tables` holds the formats): each
+partition, or a whole run, is ONE table transaction carrying the manifest in its metadata.
+The staged outputs are local files read back into that transaction, so the table holds no
+file of bertetl's own: a partition is checked against the commit that wrote it."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pyarrow as pa
+
+from bertetl.io import commit as commits
+from bertetl.io import manifest as manifests
+from bertetl.io.destinations.base import Capabilities, Destination
+from bertetl.io.manifest import Manifest, OutputDamage
+from bertetl.io.partitions import Partition
+from bertetl.io.storage import TableRef
+from bertetl.io.write import ParquetSink
+
+
+class TableDestination:
+    """A table (`place`: a `TableRef`); a format's destination sets `format`."""
+
+    kind: ClassVar[str]
+    format: ClassVar[str]
+    capabilities = Capabilities(
+        commit="transaction", files=False, object_storage=False, every_node=False
+    )
+    #: Outputs are staged as local Parquet files, then read into the table's transaction.
+    sink = ParquetSink
+
+    def __init__(self, place: TableRef) -> None:
+        self.place = place
+
+    @classmethod
+    def accepts(cls, place: object) -> bool:
+        return isinstance(place, TableRef) and place.format == cls.format
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.uri!r})"
+
+    def __str__(self) -> str:
+        return self.uri
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and str(other) == str(self)
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self.uri))
+
+    @property
+    def uri(self) -> str:
+        return self.place.uri
+
+    def lock(self) -> Any:
+        return commits.destination_lock(self.place)
+
+    def holding(self) -> contextlib.AbstractContextManager[None]:
+        return commits.holding(self.place)
+
+    def staging(self) -> contextlib.AbstractContextManager[Path]:
+        return commits.staging_for(self.place)
+
+    def clean_leftovers(self, only_file: str | None = None) -> int:
+        return commits.clean_leftovers(self.place)
+
+    def check(self) -> None:
+        """The table's package and catalog load (`check_table`)."""
+        from bertetl.io.tables import check_table
+
+        check_table(self.place)
+
+    def root_for(self, source: object) -> tuple[Destination, str | None]:
+        return self, None
+
+    def output_target(self, file: Any, source: object) -> Any:
+        raise NotImplementedError(f"{self.uri}: a table is written by a staged run")
+
+    def check_outputs_replaceable(self, targets: list[Any]) -> None:
+        """A table's commit replaces only its own rows: nothing to refuse by path."""
+
+    def partition_target(self, partition: Partition) -> Any:
+        return self.place  # one table transaction at commit; nothing on disk to check
+
+    def check_foreign(self, partitions: list[Partition]) -> dict[str, frozenset[str]]:
+        """A table's commit replaces only the rows of its partition."""
+        return {partition.value: frozenset() for partition in partitions}
+
+    def commit_partition(
+        self,
+        target: Any,
+        staged: Path,
+        manifest: Manifest,
+        owned: frozenset[str],
+        files: list[Path],
+    ) -> Manifest:
+        """Commit the staged partition as ONE table transaction that replaces exactly this
+        partition, the manifest in the commit's metadata (`bertetl.io.tables.commit_partition`).
+        The staged files are not the table's files, so the manifest lists no outputs: a
+        table's partition is checked against the commit that wrote it (`verify_outputs`)."""
+        from bertetl.io.tables import commit_partition
+
+        manifest.outputs, manifest.output_files = [], []
+        commit_partition(
+            self.place,
+            manifest.partition_column,
+            manifest.partition,
+            files,
+            manifest.model_dump_json(),
+        )
+        return manifest
+
+    def check_replace_all(self) -> None:
+        """Refuse (one line) a partitioned table for a run committed whole (`replace_all`):
+        `bertetl backfill` commits it one partition at a time."""
+        from bertetl.errors import InputError
+        from bertetl.io.tables import partition_columns
+
+        if columns := partition_columns(self.place):
+            raise InputError(
+                f"{self.uri} is partitioned by {', '.join(columns)}: bertetl enrich replaces a "
+                f"whole table; use bertetl backfill --partition-column {columns[0]}, which "
+                "commits it one partition at a time"
+            )
+
+    def replace_all(self, staged: Path, files: list[Path], rows: int, record: str) -> None:
+        """Replace every row of the table with the staged `files` (`rows` rows) in ONE
+        transaction carrying the run's `record` (`bertetl.io.tables.replace_table`)."""
+        from bertetl.io.tables import replace_table
+
+        replace_table(self.place, staged, files, rows, record)
+
+    def committed_manifests(self, column: str | None = None) -> dict[str, tuple[Any, Manifest]]:
+        return manifests.committed_manifests(self.place, column)
+
+    def verify(self, where: Any, manifest: Manifest) -> list[OutputDamage]:
+        return manifests.verify_outputs(where, manifest)
+
+    def earlier_outputs(
+        self,
+        target: Any,
+        partition: Partition,
+        outputs: list[str],
+        damaged: bool,
+        fields: list[pa.Field],
+        scratch: Path,
+    ) -> list[Any]:
+        """The partition's rows in the table's current snapshot, read into a local file
+        (none when they cannot be read, or when the partition was changed since its commit:
+        `damaged`)."""
+        from bertetl.io.tables import read_committed
+
+        if damaged:
+            return []
+        path = read_committed(
+            self.place, partition.column, partition.value, fields, scratch / "earlier.parquet"
+        )
+        return [] if path is None else [path]
+
+    def relative(self, folder: Any) -> str:
+        raise NotImplementedError(f"{self.uri}: a table has no folders")
+
+    def file_path(self, relative: str) -> Any:
+        return None  # a table has no folder of its own to put a file in
+
+    def overlaps(self, source: object) -> bool:
+        from bertetl.io.destinations.overlap import overlaps
+
+        return overlaps(getattr(source, "place", source), self.place)
