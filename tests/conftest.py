@@ -440,19 +440,9 @@ def azure_connection() -> Iterator[str]:
 def store(request: pytest.FixtureRequest):
     """A fresh bucket on the S3 server, then on the GCS server, then a container on the Azure
     one (`tests.io.stores.Store`)."""
-    from tests.io import azure_server, gcs_server, s3_server
-    from tests.io.stores import Store
+    from tests.io.stores import store_for
 
-    if request.param == "s3":
-        endpoint = request.getfixturevalue("s3_endpoint")
-        return Store("s3", endpoint, s3_server.new_bucket(endpoint), {"endpoint_url": endpoint})
-    if request.param == "gs":
-        endpoint = request.getfixturevalue("gcs_endpoint")
-        options = {"endpoint_url": endpoint, "anonymous": "true"}
-        return Store("gs", endpoint, gcs_server.new_bucket(endpoint), options)
-    connection = request.getfixturevalue("azure_connection")
-    container = azure_server.new_container(connection)
-    return Store("abfs", connection, container, {"connection_string": connection})
+    return store_for(request, request.param)
 
 
 @pytest.fixture

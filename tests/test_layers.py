@@ -8,6 +8,7 @@ counts, also the lazy ones inside functions (the heavy ones live there).
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,36 @@ def test_only_the_ray_executor_imports_ray() -> None:
                 else []
             )
             assert not [n for n in names if n.split(".")[0] in {"ray", "prefect_ray"}], module
+
+
+def test_destinations_import_nothing_above_io() -> None:
+    """The destination package sits in `io`: it never reaches up into runs, flows or the CLI
+    (nor the engine or the executors that write through it)."""
+    package = [m for m in MODULES if m.startswith("bertetl.io.destinations")]
+    assert package
+    for module in package:
+        above = [name for name in imports(MODULES[module]) if layer(name) > layer(module)]
+        assert not above, f"{module} imports {above}"
+
+
+#: Where code above `bertetl.io` may still tell kinds of place apart by hand, and why: each
+#: asks about a user's given path or a model table, not about a run's DEST.
+KIND_CHECKS_ALLOWED = {
+    "bertetl.cli.enrich": "--report's path against the SOURCE/DEST strings the user gave",
+    "bertetl.evaluate.run": "--out against an evaluated TABLE on an object store",
+}
+KIND_CHECK = re.compile(r"\bis_remote\(|\bis_table\(|isinstance\([^)]*\b(Location|TableRef)\b")
+
+
+def test_no_module_above_io_tells_destination_kinds_apart() -> None:
+    """Above `bertetl.io`, code asks a destination (`bertetl.io.destinations`) what it can do
+    instead of asking what it is: at most the few allowed sites check a kind by hand."""
+    found = {}
+    for module, path in MODULES.items():
+        if module.startswith("bertetl.io"):
+            continue
+        hits = KIND_CHECK.findall(path.read_text(encoding="utf-8"))
+        if hits:
+            found[module] = len(hits)
+    assert set(found) <= set(KIND_CHECKS_ALLOWED), found
+    assert sum(found.values()) <= 5, found

@@ -76,3 +76,20 @@ def objects(location: Location) -> dict[str, str]:
     scheme = {"s3": "s3", "gcs": "gs", "azure": "abfs"}[location.store]
     endpoint = options.get("endpoint_url") or options["connection_string"]
     return Store(scheme, endpoint, location.bucket, options).objects(location.key)
+
+
+def store_for(request: Any, scheme: str) -> Store:
+    """A fresh bucket on the session's server of `scheme` ("s3", "gs", "abfs"), reached
+    through the fixtures of `request` (its servers are session fixtures)."""
+    from tests.io import azure_server, gcs_server, s3_server
+
+    if scheme == "s3":
+        endpoint = request.getfixturevalue("s3_endpoint")
+        return Store("s3", endpoint, s3_server.new_bucket(endpoint), {"endpoint_url": endpoint})
+    if scheme == "gs":
+        endpoint = request.getfixturevalue("gcs_endpoint")
+        options = {"endpoint_url": endpoint, "anonymous": "true"}
+        return Store("gs", endpoint, gcs_server.new_bucket(endpoint), options)
+    connection = request.getfixturevalue("azure_connection")
+    container = azure_server.new_container(connection)
+    return Store("abfs", connection, container, {"connection_string": connection})
