@@ -18,6 +18,10 @@ from bertetl.io.read import SourceFile, discover, open_parquet
 from bertetl.io.storage import Location, TableRef, is_remote, is_table, storage_error
 from bertetl.schema import ENRICH_ERROR
 
+#: What an object-store commit of a partition owns there, written before it deletes anything
+#: and removed after its manifest is in (hidden: readers skip names starting with `.`).
+COMMIT_INTENT = ".bertetl-commit.json"
+
 
 @dataclass(frozen=True)
 class Partition:
@@ -184,29 +188,39 @@ def owned_files(folder: Path | Location, partition: Partition) -> set[str]:
     """What bertetl may replace in a partition's DEST folder (paths relative to it): the
     `_manifest.json`, the outputs that manifest lists, and bertetl output (a Parquet file
     with an `enrich_error` column, e.g. from `bertetl enrich`) at the paths this
-    partition's files write to. Everything else there is foreign.
+    partition's files write to. Everything else there is foreign, even a Parquet file with
+    an `enrich_error` column under another name (a copy a user put there).
 
-    On an object store a commit is not one step: a run killed inside it leaves bertetl
-    outputs that no manifest lists (a source file removed meanwhile). So there any object
-    of the folder that is bertetl output (by its `enrich_error` column) is owned."""
+    On an object store a commit is not one step: a run killed inside it, after the old
+    manifest was deleted, leaves outputs that no manifest lists (of a source file removed
+    meanwhile). So before it deletes anything, a commit there writes what it owns into
+    `COMMIT_INTENT` (`bertetl.io.destinations.objectstore`), removed once the new manifest is
+    in; what an intent left behind lists is owned too."""
     owned = {MANIFEST_NAME}
-    if is_remote(folder):
-        assert isinstance(folder, Location)
-        manifest = read_manifest(folder)
-        if manifest is not None:
-            owned.update(manifest.outputs)
-        for relative in remote_files(folder):
-            if relative not in owned and is_output(folder / relative):
-                owned.add(relative)
-        return owned
     manifest = read_manifest(folder)
     if manifest is not None:
         owned.update(manifest.outputs)
+    if is_remote(folder):
+        assert isinstance(folder, Location)
+        owned.add(COMMIT_INTENT)
+        owned.update(read_intent(folder))
     for file in partition.files:
         relative = partition.relative(file)
         if relative not in owned and is_output(folder / relative):
             owned.add(relative)
     return owned
+
+
+def read_intent(folder: Location) -> list[str]:
+    """The paths an interrupted object-store commit of `folder` owned (its `COMMIT_INTENT`);
+    none when there is no intent, or it cannot be read (then nothing more is owned)."""
+    import json
+
+    try:
+        listed = json.loads((folder / COMMIT_INTENT).read_bytes()).get("owned", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [name for name in listed if isinstance(name, str)]
 
 
 def is_output(path: Path | Location) -> bool:

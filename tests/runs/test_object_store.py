@@ -210,6 +210,25 @@ def test_foreign_objects_are_never_removed(executor, partitioned_source, store) 
     assert "date=2026-01-01/notes.txt" in objects(dest)
 
 
+def test_a_copy_of_an_output_under_another_name_is_foreign_and_kept(
+    executor, partitioned_source, store
+) -> None:
+    """A Parquet file with an `enrich_error` column that a user copied into a partition
+    folder under another name is not bertetl's: a --force backfill is refused naming it (as
+    in a local DEST), and it is still there, byte for byte."""
+    src = partitioned_source(days=1)
+    dest = parse_location(store.uri("enriched"), store.options)
+    run_all(executor, src, dest)
+    copy = store.get("enriched/date=2026-01-01/part-0.parquet")
+    store.put("enriched/date=2026-01-01/backup-of-part-0.parquet", copy)
+    with pytest.raises(InputError, match=r"backup-of-part-0\.parquet"):
+        check_partitioned_run(src, dest, "date")
+    plan = plan_partitions(src, dest, "date", executor.config, force=True)
+    with pytest.raises(InputError, match=r"backup-of-part-0\.parquet"):
+        enrich_partition(executor, plan.partitions[0], dest, plan)
+    assert store.get("enriched/date=2026-01-01/backup-of-part-0.parquet") == copy
+
+
 def test_enrich_refuses_an_object_it_did_not_write_at_an_output_key(
     config, partitioned_source, store
 ) -> None:

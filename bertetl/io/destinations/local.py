@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from bertetl.io import commit as commits
+from bertetl.io import manifest as manifests
 from bertetl.io.destinations.base import Capabilities
 from bertetl.io.destinations.files import FileDestination
-from bertetl.io import manifest as manifests
 from bertetl.io.manifest import Manifest
 from bertetl.io.partitions import is_output
 from bertetl.io.storage import Location

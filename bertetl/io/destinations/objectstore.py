@@ -4,14 +4,15 @@ a partition committed manifest last, the lock a conditional create with a lease
 
 from __future__ import annotations
 
+import json
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from bertetl.io import manifest as manifests
 from bertetl.io.destinations.base import Capabilities
 from bertetl.io.destinations.files import FileDestination
-from bertetl.io import manifest as manifests
 from bertetl.io.manifest import MANIFEST_NAME, Manifest
-from bertetl.io.partitions import is_output, remote_files
+from bertetl.io.partitions import COMMIT_INTENT, is_output, remote_files
 from bertetl.io.storage import Location
 
 
@@ -64,7 +65,8 @@ class ObjectStorePrefix(FileDestination):
     ) -> Manifest:
         """Commit the staged partition to its object-store folder, where nothing renames:
 
-        1. the lock must still be ours (`check_held`);
+        1. the lock must still be ours (`check_held`), and what this commit owns there is
+           written into `COMMIT_INTENT` (so a rerun after a kill below still owns it);
         2. the old `_manifest.json` is deleted: from here on the partition is uncommitted,
            so a reader following manifests sees it missing, never a mix of old and new;
         3. bertetl's own objects there that the new manifest does not list (outputs of
@@ -72,16 +74,18 @@ class ObjectStorePrefix(FileDestination):
         4. each staged output is uploaded whole to its deterministic name (replacing an
            earlier version of the same file; see `upload_file`);
         5. the new manifest is written (one PUT), fingerprints taken from the store: the
-           commit point.
+           commit point; then the intent is deleted.
         A kill anywhere leaves no manifest or the old one over outputs it no longer
         matches; the next run redoes the partition and duplicates nothing."""
-        from bertetl.io.objectstore import check_held, delete_objects, upload_file
+        from bertetl.io.objectstore import check_held, delete_objects, put_bytes, upload_file
 
         check_held(target)
         present = set(remote_files(target))
+        intent = {"owned": sorted((owned & present) | set(manifest.outputs))}
+        put_bytes(target / COMMIT_INTENT, json.dumps(intent).encode())
         if MANIFEST_NAME in present:
             delete_objects([target / MANIFEST_NAME])
-        stale = sorted((owned & present) - set(manifest.outputs) - {MANIFEST_NAME})
+        stale = sorted((owned & present) - set(manifest.outputs) - {MANIFEST_NAME, COMMIT_INTENT})
         delete_objects(target / name for name in stale)
         for name in manifest.outputs:
             upload_file(staged / name, target / name)
@@ -92,6 +96,7 @@ class ObjectStorePrefix(FileDestination):
         ]
         check_held(target)
         manifests.write_manifest(target, manifest)  # the module's: fault tests wrap it
+        delete_objects([target / COMMIT_INTENT])
         return manifest
 
 
