@@ -98,16 +98,13 @@ def parse_storage_options(pairs: Iterable[str] | None) -> dict[str, str]:
     return options
 
 
-#: Table formats (`delta://PATH_OR_URI`, `iceberg://CATALOG/NAMESPACE.TABLE`): the extra and
-#: the package each needs (`bertetl.io.tables`).
-TABLE_FORMATS = {"delta": ("delta", "deltalake"), "iceberg": ("iceberg", "pyiceberg")}
-
-
 @dataclass(frozen=True)
 class TableRef:
-    """A Delta Lake or Iceberg table as SOURCE or DEST (`bertetl.io.tables` reads and commits
-    it). `address`: for Delta the table's path or URI (`/data/t`, `s3://bucket/t`); for
-    Iceberg `CATALOG/NAMESPACE.TABLE`. `options`: the storage options it was given."""
+    """A table (Delta Lake, Iceberg, ...) as SOURCE or DEST (`bertetl.io.tables` reads and
+    commits it). `format`: its URI scheme, a key of `bertetl.io.tables.registry.FORMATS`;
+    `address`: what follows `SCHEME://` as its format reads it (for Delta the table's path or
+    URI, `/data/t`, `s3://bucket/t`; for Iceberg `CATALOG/NAMESPACE.TABLE`). `options`: the
+    storage options it was given."""
 
     format: str
     uri: str
@@ -119,38 +116,39 @@ class TableRef:
 
     @property
     def local(self) -> bool:
-        """A Delta table in a local folder (its lock is a local `flock`)."""
-        return self.format == "delta" and not is_uri(self.address)
+        """A table in a local folder (its lock is a local `flock`), as its format says."""
+        from bertetl.io.tables.registry import format_class
+
+        return bool(format_class(self.format).is_local(self.address))
+
+
+def table_uri_parts(text: str) -> tuple[str, str]:
+    """`SCHEME://REST` as its lower-case scheme and REST without trailing slashes."""
+    scheme, rest = text.split("://", 1)
+    return scheme.lower(), rest.rstrip("/")
 
 
 def is_table_uri(text: object) -> bool:
-    """Whether `text` names a table (`delta://...`, `iceberg://...`)."""
-    return (
-        isinstance(text, str)
-        and text.split("://", 1)[0].lower() in TABLE_FORMATS
-        and ("://" in text)
-    )
+    """Whether `text` names a table: `SCHEME://...` of a registered table format
+    (`bertetl.io.tables.registry.FORMATS`: `delta://...`, `iceberg://...`)."""
+    from bertetl.io.tables.registry import FORMATS
+
+    return isinstance(text, str) and "://" in text and table_uri_parts(text)[0] in FORMATS
 
 
 def parse_table(text: str, options: Mapping[str, str] | None = None) -> TableRef:
-    """`delta:///data/t`, `delta://s3://bucket/t` or `iceberg://CATALOG/NAMESPACE.TABLE` as a
-    `TableRef` (a `StorageError` naming the expected form otherwise)."""
-    scheme, rest = text.split("://", 1)
-    scheme = scheme.lower()
-    rest = rest.rstrip("/")
-    options_tuple = tuple(sorted((options or {}).items()))
-    if scheme == "delta":
-        if not rest:
-            raise StorageError(f"{text}: expected delta:///PATH or delta://s3://BUCKET/PATH")
-        if is_uri(rest) and SCHEMES.get(rest.split("://", 1)[0].lower()) != "s3":
-            raise StorageError(f"{text}: a Delta table is a local path or on s3://")
-        if not is_uri(rest):
-            options_tuple = ()  # a local table takes none (`resolve_run` refuses them)
-        return TableRef("delta", f"delta://{rest}", rest, options_tuple)
-    catalog, _, identifier = rest.partition("/")
-    if not catalog or "." not in identifier or identifier.startswith(".") or "/" in identifier:
-        raise StorageError(f"{text}: expected iceberg://CATALOG/NAMESPACE.TABLE")
-    return TableRef("iceberg", f"iceberg://{rest}", rest, options_tuple)
+    """A table URI as a `TableRef`, parsed by the format its scheme names
+    (`delta:///data/t`, `delta://s3://bucket/t`, `iceberg://CATALOG/NAMESPACE.TABLE`); a
+    `StorageError` naming the expected form otherwise."""
+    from bertetl.io.tables.registry import FORMATS, format_class
+
+    if not is_table_uri(text):
+        known = ", ".join(f"{scheme}://" for scheme in FORMATS)
+        raise StorageError(f"{text}: expected a table URI ({known})")
+    ref: TableRef = format_class(table_uri_parts(text)[0]).parse(
+        text, tuple(sorted((options or {}).items()))
+    )
+    return ref
 
 
 def is_table(location: object) -> TypeIs[TableRef]:
