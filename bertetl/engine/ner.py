@@ -55,6 +55,7 @@ from bertetl.engine.encoders import (
 from bertetl.engine.heap import pin_mmap_threshold
 from bertetl.engine.long_text import LongTextOptions, WindowRule, cut_windows
 from bertetl.engine.model_files import max_length_for, tokenizer_key
+from bertetl.engine.oom import forward_splitting, join_padded
 from bertetl.engine.tokenize import (
     CHARS_PER_TOKEN,
     PREFIX_SLACK,
@@ -621,30 +622,21 @@ class NerStage:
             torch.cuda.empty_cache()
 
     def _run_rows(self, offsets: np.ndarray, values: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Token scores (windows x longest x labels) of one batch; on CUDA out-of-memory the
-        batch is split in two and the token budget halved."""
+        """Token scores (windows x longest x labels) of one batch; on out-of-memory it is
+        split (`engine.oom.forward_splitting`), the halves padded to the longer one."""
+        return forward_splitting(
+            self, lambda part: self._scores(offsets, values, part), rows, join_padded
+        )
+
+    def _scores(self, offsets: np.ndarray, values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """One forward pass over `rows`: the softmax scores, counted in the stage's counters."""
         import torch
 
         ids, mask = pad_batch(offsets, values, rows, self.pad_token_id)
-        try:
-            with torch.inference_mode():
-                input_ids = torch.from_numpy(ids).to(self.device)
-                attention_mask = torch.from_numpy(mask).to(self.device)
-                logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-                out = logits.float().softmax(dim=-1).cpu().numpy()
-        except torch.OutOfMemoryError:
-            if len(rows) == 1:
-                raise
-            self.oom_splits += 1
-            self.token_budget = max(1, self.token_budget // 2)
-            log.warning("out of memory on %d rows x %d tokens; splitting", len(rows), ids.shape[1])
-            torch.cuda.empty_cache()
-            half = len(rows) // 2
-            parts = [self._run_rows(offsets, values, part) for part in (rows[:half], rows[half:])]
-            width = max(p.shape[1] for p in parts)
-            return np.concatenate(
-                [np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0))) for p in parts]
-            )
+        input_ids = torch.from_numpy(ids).to(self.device)
+        attention_mask = torch.from_numpy(mask).to(self.device)
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        out = logits.float().softmax(dim=-1).cpu().numpy()
         self.counters.batches += 1
         self.counters.real_tokens += int(mask.sum())
         self.counters.padded_tokens += int(mask.size)
