@@ -57,11 +57,9 @@ from bertetl.engine.long_text import LongTextOptions, WindowRule, cut_windows
 from bertetl.engine.model_files import max_length_for, tokenizer_key
 from bertetl.engine.oom import forward_splitting, join_padded
 from bertetl.engine.tokenize import (
-    CHARS_PER_TOKEN,
-    PREFIX_SLACK,
     TokenizerSnapshot,
-    _before_last_word,
     as_plain_text,
+    first_tokens,
     load_fast_tokenizer,
     special_tokens,
 )
@@ -428,38 +426,10 @@ class NerTokenizeStage:
         ).encodings
 
     def encodings(self, texts: list[str]) -> tuple[list[Any], np.ndarray]:
-        """Each text's encoding (content tokens; at least its first `rule.limit` are the whole
-        text's) and whether the text has more tokens than that. Long texts are tokenized from
-        a growing prefix, as `TokenizeStage._from_prefix` explains."""
-        limit = self._rule().limit
-        cutoff = limit * CHARS_PER_TOKEN + PREFIX_SLACK
-        out: list[Any] = [None] * len(texts)
-        truncated = np.zeros(len(texts), dtype=bool)
-        pending = list(range(len(texts)))
-        size = cutoff
-        first = True
-        while pending:
-            if first:
-                short = [i for i in pending if len(texts[i]) <= cutoff]
-                for i, encoding in zip(short, self._encode([texts[i] for i in short]), strict=True):
-                    out[i], truncated[i] = encoding, len(encoding.ids) > limit
-                pending = [i for i in pending if len(texts[i]) > cutoff]
-                first = False
-                continue
-            still = []
-            encoded = self._encode([texts[i][:size] for i in pending])
-            for i, encoding in zip(pending, encoded, strict=True):
-                if size >= len(texts[i]):
-                    out[i], truncated[i] = encoding, len(encoding.ids) > limit
-                    continue
-                safe = _before_last_word(encoding.word_ids)
-                if safe > limit or (safe == limit and len(encoding.ids) > safe):
-                    out[i], truncated[i] = encoding, True
-                else:
-                    still.append(i)
-            pending = still
-            size *= 4
-        return out, truncated
+        """Each text's encoding with offsets (content tokens; at least its first `rule.limit`
+        are the whole text's: `first_tokens`) and whether the text has more tokens than that."""
+        first = first_tokens(texts, self._rule().limit, self._encode)
+        return [f.encoding for f in first], np.array([f.truncated for f in first], dtype=bool)
 
     def _flags(
         self, texts: list[str], kept: np.ndarray, ids: np.ndarray, spans: np.ndarray
