@@ -11,7 +11,6 @@ import functools
 import io
 import itertools
 import json
-import multiprocessing
 import os
 import platform
 import resource
@@ -30,6 +29,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bertetl.bench import st_onnx
+from bertetl.bench.child import ChildError, run_in_child
 from bertetl.bench.e2e import engine_e2e_run
 from bertetl.bench.host import CODECS
 from bertetl.config import Device, DType, NerAggregation
@@ -657,28 +657,18 @@ def _head_systems() -> dict[str, Callable[..., Any]]:
     }
 
 
-def _child(queue: Any, *args: Any) -> None:
-    try:
-        queue.put(("ok", _run_system(*args)))
-    except Exception as e:  # reported to the parent, which prints it in the table
-        queue.put(("error", f"{type(e).__name__}: {e}"))
-
-
 def _in_process(*args: Any) -> Result | str:
     try:
         return _run_system(*args)
-    except Exception as e:  # reported as _child reports it
+    except Exception as e:  # reported as an isolated system's error is (`run_in_child`)
         return f"{type(e).__name__}: {e}"
 
 
 def _isolated(*args: Any) -> Result | str:
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=_child, args=(queue, *args))
-    process.start()
-    _, value = queue.get()
-    process.join()
-    return value
+    try:
+        return run_in_child(_run_system, *args, name=f"the process of {args[0]}")
+    except ChildError as e:
+        return str(e)
 
 
 def host_system(
@@ -975,14 +965,15 @@ def tiny_model(workdir: Path, layer: str = "toy") -> Path:
     return path
 
 
-def _enrich_peak_rss(queue: Any, source: str, dest: str, model: str) -> None:
+def _enrich_peak_rss(source: str, dest: str, model: str) -> tuple[int, float, float]:
+    """Rows, peak RSS (MB) and seconds of an end-to-end run (in its own process)."""
     from bertetl.config import EngineConfig
     from bertetl.runs.enrich import enrich
 
     started = time.perf_counter()
     report = enrich(source, dest, EngineConfig(text_column="text", embed_model=model, device="cpu"))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put((report.rows, rss, time.perf_counter() - started))
+    return report.rows, rss, time.perf_counter() - started
 
 
 def memory_check(
@@ -1002,14 +993,13 @@ def memory_check(
         with pq.ParquetWriter(src, reviews.schema) as writer:
             for start in range(0, size, reviews.num_rows):
                 writer.write_table(reviews.slice(0, min(reviews.num_rows, size - start)))
-        context = multiprocessing.get_context("spawn")
-        queue = context.Queue()
-        process = context.Process(
-            target=_enrich_peak_rss, args=(queue, str(src), str(root / f"out-{size}"), str(model))
+        rows, rss, seconds = run_in_child(
+            _enrich_peak_rss,
+            str(src),
+            str(root / f"out-{size}"),
+            str(model),
+            name=f"the run of {size} rows",
         )
-        process.start()
-        rows, rss, seconds = queue.get()
-        process.join()
         results.append({"rows": rows, "peak_rss_mb": round(rss, 1), "seconds": round(seconds, 1)})
         src.unlink()
         shutil.rmtree(root / f"out-{size}", ignore_errors=True)
