@@ -21,7 +21,7 @@ from bertetl.cli.common import (
 from bertetl.config import Device, DType, EngineConfig, LongText, NerAggregation
 
 BENCH = {name: info.default for name, info in BenchConfig.model_fields.items()}
-#: `--memory-layer`: the keys of `bertetl.bench.systems.MEMORY_LAYERS` (imported lazily there).
+#: `--memory-layer`: the keys of `bertetl.bench.memory.MEMORY_LAYERS` (imported lazily there).
 MemoryLayer = Literal["toy", "minilm"]
 
 
@@ -220,7 +220,7 @@ def _row_counts(value: str, debug: bool) -> list[int]:
 
 def _bench_memory(sizes: list[int], layer: str, out: Path, debug: bool) -> None:
     """Peak RSS of end-to-end runs at these row counts."""
-    from bertetl.bench.systems import memory_check
+    from bertetl.bench.memory import memory_check
 
     with user_errors(debug):
         result = memory_check(sizes, layer=layer)
