@@ -1,4 +1,4 @@
-"""`bertetl bench --systems host`: the engine's host path, with the device's work nulled.
+"""`bertetl bench host`: the engine's host path, with the device's work nulled.
 
 Everything a GPU run does on the host's CPU cores stays real: `Pipeline.run_file` reads the
 Parquet file, validates, tokenizes (in the prefetch thread), batches, pads, copies, builds the

@@ -138,6 +138,7 @@ def test_cli_benchmarks_heads(
     out = tmp_path / "bench.json"
     args = [
         "bench",
+        "systems",
         "--models",
         f"ner:{tiny_token_classifier_dir},zero-shot:{tiny_embed_dir}",
         "--inputs",

@@ -113,7 +113,7 @@ class BenchConfig(BaseModel):
 
     tokenizers: list[int] = Field(
         [0],
-        description="With --systems host: tokenizer pool sizes (--tokenizers) to run at each "
+        description="Tokenizer pool sizes (as enrich's --tokenizers) the host bench runs at each "
         "core count; the first is the baseline of the 'x tokenizers' ratios.",
     )
 
