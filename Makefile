@@ -88,9 +88,11 @@ soak: $(VENV)/.dev
 		$(PY) -m pytest -q tests/faults/test_kill.py
 	cat soak.json
 
-# CPU: about 7 minutes. Extra options: make bench BENCH_ARGS="--models minilm,bert-base"
+# CPU: about 7 minutes. Options: make bench BENCH_ARGS="--models minilm,bert-base"; another
+# benchmark: make bench BENCH=host BENCH_ARGS="--cores 1,2" (a `bertetl bench` subcommand)
+BENCH ?= systems
 bench: $(VENV)/.dev
-	$(BERTETL) bench $(BENCH_ARGS)
+	$(BERTETL) bench $(BENCH) $(BENCH_ARGS)
 
 # On a GPU machine: the GPU tests, then MiniLM and a BERT-base-sized model against
 # sentence-transformers and the transformers pipeline (under 8 minutes on one H100; one table,

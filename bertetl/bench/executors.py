@@ -9,7 +9,6 @@ run's rows/s and the paired ratio ray / local per repeat, and their median.
 
 from __future__ import annotations
 
-import multiprocessing
 import statistics
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bertetl.bench.child import run_in_child
 from bertetl.config import EngineConfig
 
 
@@ -39,32 +39,22 @@ def write_table(root: Path, rows: int, partitions: int, files_per_partition: int
     return root
 
 
-def _run(queue: Any, source: str, dest: str, config_json: str) -> None:
+def _run(source: str, dest: str, config_json: str) -> tuple[int, float]:
+    """Rows written and seconds of one enrich run (in its own process)."""
     from bertetl.config import EngineConfig
     from bertetl.runs.enrich import enrich
 
     config = EngineConfig.model_validate_json(config_json)
     started = time.perf_counter()
-    try:
-        report = enrich(source, dest, config)
-    except Exception as e:  # reported to the parent
-        queue.put(("error", f"{type(e).__name__}: {e}"))
-        return
-    queue.put(("ok", (report.rows, time.perf_counter() - started)))
+    report = enrich(source, dest, config)
+    return report.rows, time.perf_counter() - started
 
 
 def _timed(source: Path, dest: Path, config: Any) -> tuple[int, float]:
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(
-        target=_run, args=(queue, str(source), str(dest), config.model_dump_json())
+    """`_run` in a spawned process; `ChildError` when it failed."""
+    return run_in_child(
+        _run, str(source), str(dest), config.model_dump_json(), name=f"the {config.executor} run"
     )
-    process.start()
-    status, value = queue.get()
-    process.join()
-    if status != "ok":
-        raise RuntimeError(value)
-    return value
 
 
 def executor_bench(

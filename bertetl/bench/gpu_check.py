@@ -43,7 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bertetl.bench.systems import BenchConfig, environment, run_bench, tiny_model
+from bertetl.bench.memory import tiny_model
+from bertetl.bench.systems import BenchConfig, environment, run_bench
 from bertetl.executors.local import MAX_DEFAULT_TOKENIZERS
 
 #: The test files that hold `gpu`-marked tests (tests/bench/test_gpu_check.py checks the list):

@@ -1,4 +1,4 @@
-"""`bertetl bench --systems host`: the engine's host path, with the device's work nulled.
+"""`bertetl bench host`: the engine's host path, with the device's work nulled.
 
 Everything a GPU run does on the host's CPU cores stays real: `Pipeline.run_file` reads the
 Parquet file, validates, tokenizes (in the prefetch thread), batches, pads, copies, builds the
@@ -19,7 +19,6 @@ wall time where the two overlap.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import resource
 import statistics
@@ -29,7 +28,6 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
-from queue import Empty
 from typing import Any
 from unittest import mock
 
@@ -37,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bertetl.bench.child import ChildError, run_in_child
 from bertetl.io.write import ParquetSink
 from bertetl.report import StageCounters
 
@@ -333,14 +332,6 @@ def _limit_threads(cores: int) -> None:
     pa.set_cpu_count(cores)
 
 
-def host_child(queue: Any, *args: Any) -> None:
-    """`host_measure` in its own process, its outcome (or error) put on `queue`."""
-    try:
-        queue.put(("ok", host_measure(*args)))
-    except Exception as e:  # reported to the parent, which prints it in the table
-        queue.put(("error", f"{type(e).__name__}: {e}"))
-
-
 def host_measure(
     pipeline_config: Any,
     texts: list[str],
@@ -398,25 +389,14 @@ def pinned(cores: int) -> set[int]:
 
 
 def run_pinned(cores: int, args: tuple[Any, ...]) -> dict[str, Any] | str:
-    """`host_child` in a spawned process born with the affinity of `cores` CPUs."""
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=host_child, args=(queue, *args))
-    saved = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, pinned(cores))  # this thread's mask, inherited by the child
+    """`host_measure` in a spawned process born with the affinity of `cores` CPUs; its
+    error, or how it died, as text."""
     try:
-        process.start()
-    finally:
-        os.sched_setaffinity(0, saved)
-    while True:  # a child that dies without a word (killed, out of memory) is an error
-        try:
-            status, value = queue.get(timeout=1.0)
-            break
-        except Empty:
-            if not process.is_alive():
-                return f"the process for {cores} cores died (exit code {process.exitcode})"
-    process.join()
-    return value if status == "ok" else str(value)
+        return run_in_child(
+            host_measure, *args, name=f"the process for {cores} cores", cpus=pinned(cores)
+        )
+    except ChildError as e:
+        return str(e)
 
 
 def host_bench(

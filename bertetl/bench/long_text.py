@@ -116,7 +116,7 @@ def run_long_text_bench(
 
     if documents < 1 or repeats < 1:
         raise ConfigError(
-            f"--long-documents and --repeats are at least 1 (got {documents} and {repeats})"
+            f"--documents and --repeats are at least 1 (got {documents} and {repeats})"
         )
     model_dir = resolve_model_dir(model)
     workdir.mkdir(parents=True, exist_ok=True)

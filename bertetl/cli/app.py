@@ -18,5 +18,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for command in (enrich, backfill, incremental, summary, train, evaluate, bench):
+for command in (enrich, backfill, incremental, summary, train, evaluate):
     app.command()(command)
+app.add_typer(bench, name="bench")

@@ -1,10 +1,12 @@
-"""`bertetl bench`: the engine against its peers, executors against each other, memory."""
+"""`bertetl bench`: one subcommand per benchmark: the engine against its peers (`systems`, also
+what `bertetl bench` alone runs), its host path (`host`), memory against table size (`memory`),
+executors against each other (`executors`), long documents (`long-text`)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -21,11 +23,54 @@ from bertetl.cli.common import (
 from bertetl.config import Device, DType, EngineConfig, LongText, NerAggregation
 
 BENCH = {name: info.default for name, info in BenchConfig.model_fields.items()}
-#: `--memory-layer`: the keys of `bertetl.bench.systems.MEMORY_LAYERS` (imported lazily there).
+#: `--memory-layer`: the keys of `bertetl.bench.memory.MEMORY_LAYERS` (imported lazily there).
 MemoryLayer = Literal["toy", "minilm"]
 
+# Options several benchmarks share, declared once.
+Rows = Annotated[int, typer.Option(help=help_of(BenchConfig, "rows"))]
+Repeats = Annotated[int, typer.Option(help=help_of(BenchConfig, "repeats"))]
+DeviceOption = Annotated[Device, typer.Option("--device", help=help_of(EngineConfig, "device"))]
+DTypeOption = Annotated[DType, typer.Option("--dtype", help=help_of(EngineConfig, "dtype"))]
+BatchTokens = Annotated[int | None, typer.Option(help=help_of(EngineConfig, "batch_tokens"))]
+Inputs = Annotated[
+    str,
+    typer.Option(
+        help="Comma-separated input sets: reviews (real), synthetic (length mix), "
+        "or PATH.parquet[:COLUMN] (your own texts; PATH may also be a folder, or an "
+        "s3://... file or prefix with --storage-option)."
+    ),
+]
+LongTextOption = Annotated[
+    LongText,
+    typer.Option("--long-text", help="The engine systems' " + help_of(EngineConfig, "long_text")),
+]
+NerAggregationOption = Annotated[
+    NerAggregation,
+    typer.Option("--ner-aggregation", help=help_of(BenchConfig, "ner_aggregation")),
+]
+ZeroShotLabels = Annotated[str | None, typer.Option(help=help_of(BenchConfig, "zero_shot_labels"))]
+Out = Annotated[Path, typer.Option(help="Write the results as JSON here.")]
+OUT = Path("bench.json")
+MODELS = ",".join(BENCH["models"])
+INPUTS = ",".join(BENCH["inputs"])
 
-def bench(
+bench = typer.Typer(
+    help="Benchmark the engine: against its peers (systems; what `bertetl bench` alone runs), "
+    "its host path, memory against table size, executors, long documents.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@bench.callback(invoke_without_command=True)
+def _default(ctx: typer.Context) -> None:
+    """With no subcommand: `bertetl bench systems` with its defaults."""
+    if ctx.invoked_subcommand is None:
+        systems()
+
+
+@bench.command("systems")
+def systems(
     models: Annotated[
         str,
         typer.Option(
@@ -35,91 +80,30 @@ def bench(
             "embedding model (against sentence-transformers similarity, and the embedding "
             "alone)."
         ),
-    ] = ",".join(BENCH["models"]),
-    inputs: Annotated[
-        str,
-        typer.Option(
-            help="Comma-separated input sets: reviews (real), synthetic (length mix), "
-            "or PATH.parquet[:COLUMN] (your own texts; PATH may also be a folder, or an "
-            "s3://... file or prefix with --storage-option)."
-        ),
-    ] = ",".join(BENCH["inputs"]),
+    ] = MODELS,
+    inputs: Inputs = INPUTS,
     systems: Annotated[
         str,
         typer.Option(
             help="Comma-separated: pipeline, sentence-transformers, engine-model, engine-e2e, "
             "engine-e2e-int8, engine-e2e-onnx, engine-e2e-onnx-int8 (CPU; each reports its "
-            "agreement with fp32), host (the engine end to end with a null model: what the "
-            "host's cores can feed a GPU; see --cores), sentence-transformers-onnx-int8 "
-            "(its own export and int8 preset for this CPU, in the peer venv: make peers)."
+            "agreement with fp32), sentence-transformers-onnx-int8 (its own export and int8 "
+            "preset for this CPU, in the peer venv: make peers). The host path is `bertetl "
+            "bench host`."
         ),
     ] = ",".join(BENCH["systems"]),
     peer_python: Annotated[str, typer.Option(help=help_of(BenchConfig, "peer_python"))] = BENCH[
         "peer_python"
     ],
-    rows: Annotated[int, typer.Option(help=help_of(BenchConfig, "rows"))] = BENCH["rows"],
-    repeats: Annotated[int, typer.Option(help=help_of(BenchConfig, "repeats"))] = BENCH["repeats"],
-    device: Annotated[Device, typer.Option(help=help_of(EngineConfig, "device"))] = BENCH["device"],
-    dtype: Annotated[DType, typer.Option(help=help_of(EngineConfig, "dtype"))] = BENCH["dtype"],
-    batch_tokens: Annotated[
-        int | None, typer.Option(help=help_of(EngineConfig, "batch_tokens"))
-    ] = None,
-    cores: Annotated[
-        str | None,
-        typer.Option(
-            help="With --systems host: core counts, e.g. 1,2; each runs in a process pinned to "
-            "that many CPUs. Default: 1 and all."
-        ),
-    ] = None,
-    compression: Annotated[
-        str,
-        typer.Option(help="With --systems host: " + help_of(BenchConfig, "compression")),
-    ] = ",".join(BENCH["compression"]),
-    tokenizers: Annotated[str, typer.Option(help=help_of(BenchConfig, "tokenizers"))] = ",".join(
-        str(n) for n in BENCH["tokenizers"]
-    ),
-    ner_aggregation: Annotated[
-        NerAggregation, typer.Option(help=help_of(BenchConfig, "ner_aggregation"))
-    ] = BENCH["ner_aggregation"],
-    zero_shot_labels: Annotated[
-        str | None, typer.Option(help=help_of(BenchConfig, "zero_shot_labels"))
-    ] = None,
-    memory: Annotated[
-        str | None,
-        typer.Option(
-            help="Instead: peak RSS of end-to-end runs at these row counts, e.g. 100000,1000000."
-        ),
-    ] = None,
-    memory_layer: Annotated[
-        MemoryLayer,
-        typer.Option(
-            help="--memory's one-layer model: a 32-wide toy (what the engine holds) or one "
-            "layer of MiniLM's width (its activations too)."
-        ),
-    ] = "toy",
-    executors: Annotated[
-        str | None,
-        typer.Option(
-            help="Instead: end-to-end enrich rate of these executors (e.g. local,ray) on the "
-            "real reviews cycled to --rows rows in --partitions x --files-per-partition files; "
-            "reports each run and the paired ratio."
-        ),
-    ] = None,
-    long_text: Annotated[
-        LongText, typer.Option(help="The engine systems' " + help_of(EngineConfig, "long_text"))
-    ] = "truncate",
-    long_documents: Annotated[
-        int | None,
-        typer.Option(
-            help="Instead: on this many long documents (1-8k tokens of joined reviews), "
-            "--long-text window against truncate and against hand-cut chunks through "
-            "sentence-transformers, end to end, with the same token windows, in --repeats "
-            "alternating rounds on --device (medians)."
-        ),
-    ] = None,
-    partitions: Annotated[int, typer.Option(help="With --executors: date partitions.")] = 4,
-    files_per_partition: Annotated[int, typer.Option(help="With --executors: files each.")] = 2,
-    out: Annotated[Path, typer.Option(help="Write the results as JSON here.")] = Path("bench.json"),
+    rows: Rows = BENCH["rows"],
+    repeats: Repeats = BENCH["repeats"],
+    device: DeviceOption = BENCH["device"],
+    dtype: DTypeOption = BENCH["dtype"],
+    batch_tokens: BatchTokens = None,
+    ner_aggregation: NerAggregationOption = BENCH["ner_aggregation"],
+    zero_shot_labels: ZeroShotLabels = None,
+    long_text: LongTextOption = "truncate",
+    out: Out = OUT,
     storage_option: StorageOption = None,
     debug: Debug = False,
 ) -> None:
@@ -128,58 +112,94 @@ def bench(
     Runs every system on the same texts in its own process and prints rows/s, tokens/s,
     padding waste, ratios to each baseline, peak RSS and, on GPU, peak GPU memory and MFU.
     """
-    if long_documents is not None:
-        _bench_long_text(long_documents, split_list(models)[0], device, repeats, out, debug)
-        return
-    if executors:
-        _bench_executors(
-            BenchConfig(
-                models=split_list(models)[:1],
-                rows=rows,
-                repeats=repeats,
-                device=device,
-                dtype=dtype,
-                batch_tokens=batch_tokens,
-                ner_aggregation=ner_aggregation,
-                zero_shot_labels=zero_shot_labels,
-            ),
-            split_list(executors),
-            partitions,
-            files_per_partition,
-            out,
-            debug,
-        )
-    elif memory:
-        _bench_memory(_row_counts(memory, debug), memory_layer, out, debug)
-    else:
-        from bertetl.io.storage import parse_storage_options
-
-        with user_errors(debug):
-            storage_options = parse_storage_options(storage_option)
-        config = build_config(
-            BenchConfig,
-            debug,
-            models=split_list(models),
-            inputs=split_list(inputs),
-            systems=split_list(systems),
-            rows=rows,
-            repeats=repeats,
-            device=device,
-            dtype=dtype,
-            batch_tokens=batch_tokens,
-            cores=split_list(cores) if cores else None,
-            compression=split_list(compression),
-            tokenizers=split_list(tokenizers),
-            ner_aggregation=ner_aggregation,
-            zero_shot_labels=zero_shot_labels,
-            peer_python=peer_python,
-            engine_options={"long_text": long_text} if long_text != "truncate" else {},
-            storage_options=storage_options,
-        )
-        _bench_systems(config, out, debug)
+    if "host" in split_list(systems):
+        fail("--systems host: the host path is its own command, `bertetl bench host`", debug, 2)
+    config = _bench_config(
+        debug,
+        storage_option,
+        models=split_list(models),
+        inputs=split_list(inputs),
+        systems=split_list(systems),
+        rows=rows,
+        repeats=repeats,
+        device=device,
+        dtype=dtype,
+        batch_tokens=batch_tokens,
+        ner_aggregation=ner_aggregation,
+        zero_shot_labels=zero_shot_labels,
+        peer_python=peer_python,
+        engine_options={"long_text": long_text} if long_text != "truncate" else {},
+    )
+    _run_systems(config, out, debug)
 
 
-def _bench_systems(config: BenchConfig, out: Path, debug: bool) -> None:
+@bench.command("host")
+def host(
+    models: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated: minilm, bert-base (random weights), embedding model dirs, "
+            "classify:DIR for a classifier."
+        ),
+    ] = MODELS,
+    inputs: Inputs = INPUTS,
+    rows: Rows = BENCH["rows"],
+    repeats: Repeats = BENCH["repeats"],
+    device: DeviceOption = BENCH["device"],
+    dtype: DTypeOption = BENCH["dtype"],
+    batch_tokens: BatchTokens = None,
+    cores: Annotated[
+        str | None,
+        typer.Option(
+            help="Core counts, e.g. 1,2; each runs in a process pinned to that many CPUs. "
+            "Default: 1 and all."
+        ),
+    ] = None,
+    compression: Annotated[str, typer.Option(help=help_of(BenchConfig, "compression"))] = ",".join(
+        BENCH["compression"]
+    ),
+    tokenizers: Annotated[str, typer.Option(help=help_of(BenchConfig, "tokenizers"))] = ",".join(
+        str(n) for n in BENCH["tokenizers"]
+    ),
+    long_text: LongTextOption = "truncate",
+    out: Out = OUT,
+    storage_option: StorageOption = None,
+    debug: Debug = False,
+) -> None:
+    """The engine end to end with a null model: what the host's cores can feed a GPU.
+
+    Runs the real read, tokenize, batch and write path at each core count (each in a process
+    pinned to that many CPUs) and prints seconds per stage, and the cores an H100 would need.
+    """
+    config = _bench_config(
+        debug,
+        storage_option,
+        models=split_list(models),
+        inputs=split_list(inputs),
+        systems=["host"],
+        rows=rows,
+        repeats=repeats,
+        device=device,
+        dtype=dtype,
+        batch_tokens=batch_tokens,
+        cores=split_list(cores) if cores else None,
+        compression=split_list(compression),
+        tokenizers=split_list(tokenizers),
+        engine_options={"long_text": long_text} if long_text != "truncate" else {},
+    )
+    _run_systems(config, out, debug)
+
+
+def _bench_config(debug: bool, storage_option: list[str] | None, **values: Any) -> BenchConfig:
+    """The systems bench's config from its options (one line and exit 2 when one is bad)."""
+    from bertetl.io.storage import parse_storage_options
+
+    with user_errors(debug):
+        storage_options = parse_storage_options(storage_option)
+    return build_config(BenchConfig, debug, storage_options=storage_options, **values)
+
+
+def _run_systems(config: BenchConfig, out: Path, debug: bool) -> None:
     """The engine against its peers on the same texts; exit 1 when a system failed."""
     from bertetl.bench.systems import format_table, run_bench
 
@@ -192,75 +212,127 @@ def _bench_systems(config: BenchConfig, out: Path, debug: bool) -> None:
         raise typer.Exit(1)
 
 
-def _bench_long_text(
-    documents: int, model: str, device: str, repeats: int, out: Path, debug: bool
+@bench.command("memory")
+def memory(
+    rows: Annotated[
+        str, typer.Option(help="Row counts of the tables, one run each, e.g. 100000,1000000.")
+    ] = "100000,1000000",
+    memory_layer: Annotated[
+        MemoryLayer,
+        typer.Option(
+            help="The one-layer model: a 32-wide toy (what the engine holds) or one layer of "
+            "MiniLM's width (its activations too)."
+        ),
+    ] = "toy",
+    out: Out = OUT,
+    debug: Debug = False,
 ) -> None:
-    """`bertetl bench --long-documents N`: window vs truncate vs hand-cut chunks, in
-    `repeats` alternating rounds."""
-    import tempfile
+    """Peak RSS of end-to-end runs against the table's size, each in a fresh process."""
+    from bertetl.bench.memory import memory_check
 
-    from bertetl.bench.long_text import run_long_text_bench
-
-    with user_errors(debug), tempfile.TemporaryDirectory(prefix="bertetl-long-") as work:
-        result = run_long_text_bench(Path(work), documents, model, device, repeats)
-    out.write_text(json.dumps(result, indent=2))
+    sizes = _row_counts(rows, debug)
+    with user_errors(debug):
+        result = memory_check(sizes, layer=memory_layer)
+        out.write_text(json.dumps(result, indent=2))
     typer.echo(json.dumps(result, indent=2))
 
 
 def _row_counts(value: str, debug: bool) -> list[int]:
-    """`--memory`'s row counts: positive integers (one line and exit 2 otherwise)."""
+    """`memory --rows`: positive integers (one line and exit 2 otherwise)."""
     try:
         sizes = [int(v) for v in split_list(value)]
         if not sizes or min(sizes) < 1:
             raise ValueError(f"got {value!r}")
     except ValueError as e:
-        fail(f"--memory: row counts are positive integers, e.g. 20000,100000 ({e})", debug, 2)
+        fail(f"--rows: row counts are positive integers, e.g. 20000,100000 ({e})", debug, 2)
     return sizes
 
 
-def _bench_memory(sizes: list[int], layer: str, out: Path, debug: bool) -> None:
-    """Peak RSS of end-to-end runs at these row counts."""
-    from bertetl.bench.systems import memory_check
-
-    with user_errors(debug):
-        result = memory_check(sizes, layer=layer)
-        out.write_text(json.dumps(result, indent=2))
-    typer.echo(json.dumps(result, indent=2))
-
-
-def _bench_executors(
-    bench: BenchConfig,
-    executors: list[str],
-    partitions: int,
-    files_per_partition: int,
-    out: Path,
-    debug: bool,
+@bench.command("executors")
+def executors(
+    executors: Annotated[
+        str, typer.Option(help="Comma-separated executors to compare, e.g. local,ray.")
+    ] = "local,ray",
+    models: Annotated[
+        str,
+        typer.Option(help="The model (as `bertetl bench systems --models` takes one)."),
+    ] = MODELS,
+    rows: Annotated[int, typer.Option(help="Rows of the table: the real reviews, cycled.")] = BENCH[
+        "rows"
+    ],
+    partitions: Annotated[int, typer.Option(help="Date partitions of the table.")] = 4,
+    files_per_partition: Annotated[int, typer.Option(help="Files in each partition.")] = 2,
+    repeats: Repeats = BENCH["repeats"],
+    device: DeviceOption = BENCH["device"],
+    dtype: DTypeOption = BENCH["dtype"],
+    batch_tokens: BatchTokens = None,
+    ner_aggregation: NerAggregationOption = BENCH["ner_aggregation"],
+    zero_shot_labels: ZeroShotLabels = None,
+    out: Out = OUT,
+    debug: Debug = False,
 ) -> None:
-    """`bertetl bench --executors`: the same enrich job on each executor, in turns."""
+    """End-to-end enrich rate of each executor on the same partitioned table, in turns.
+
+    Each run is in its own process; reports each run and the paired ratio per repeat.
+    """
     import tempfile
 
     from bertetl.bench.executors import executor_bench
     from bertetl.bench.systems import engine_fields, split_task
 
-    task, name = split_task(bench.models[0])
+    bench_config = BenchConfig(
+        models=split_list(models)[:1],
+        rows=rows,
+        repeats=repeats,
+        ner_aggregation=ner_aggregation,
+        zero_shot_labels=zero_shot_labels,
+    )
+    task, name = split_task(bench_config.models[0])
     config = build_config(
         EngineConfig,
         debug,
         text_column="text",
-        **engine_fields(task, name, bench),
-        device=bench.device,
-        dtype=bench.dtype,
-        batch_tokens=bench.batch_tokens,
+        **engine_fields(task, name, bench_config),
+        device=device,
+        dtype=dtype,
+        batch_tokens=batch_tokens,
     )
     with user_errors(debug), tempfile.TemporaryDirectory(prefix="bertetl-executors-") as work:
         result = executor_bench(
             config,
-            executors,
-            bench.rows,
+            split_list(executors),
+            rows,
             partitions,
             files_per_partition,
-            bench.repeats,
+            repeats,
             Path(work),
         )
+    out.write_text(json.dumps(result, indent=2))
+    typer.echo(json.dumps(result, indent=2))
+
+
+@bench.command("long-text")
+def long_text(
+    documents: Annotated[
+        int, typer.Option(help="Long documents (1-8k tokens of joined reviews) to run on.")
+    ] = 16,
+    models: Annotated[
+        str, typer.Option(help="The embedding model (the first, if several are given).")
+    ] = MODELS,
+    device: DeviceOption = BENCH["device"],
+    repeats: Annotated[
+        int, typer.Option(help="Alternating rounds of the three systems; medians reported.")
+    ] = BENCH["repeats"],
+    out: Out = OUT,
+    debug: Debug = False,
+) -> None:
+    """`--long-text window` against truncate and against hand-cut chunks through
+    sentence-transformers, end to end, with the same token windows."""
+    import tempfile
+
+    from bertetl.bench.long_text import run_long_text_bench
+
+    with user_errors(debug), tempfile.TemporaryDirectory(prefix="bertetl-long-") as work:
+        result = run_long_text_bench(Path(work), documents, split_list(models)[0], device, repeats)
     out.write_text(json.dumps(result, indent=2))
     typer.echo(json.dumps(result, indent=2))

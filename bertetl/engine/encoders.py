@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import pickle
 import time
 from collections.abc import Iterable, Iterator
@@ -25,11 +24,10 @@ from bertetl.engine.heads import LabelColumns, check_sequence_classifier
 from bertetl.engine.heap import pin_mmap_threshold
 from bertetl.engine.long_text import combine_windows
 from bertetl.engine.model_files import PoolingSpec, read_pooling
+from bertetl.engine.oom import forward_splitting
 from bertetl.errors import ModelError
 from bertetl.report import StageCounters
 from bertetl.schema import embedding_field
-
-log = logging.getLogger(__name__)
 
 
 def resolve_device(device: str) -> Any:
@@ -362,27 +360,8 @@ class EncoderStage:
         return plan_batches(lengths, self.token_budget, self.max_batch_rows)
 
     def _run_rows(self, offsets: np.ndarray, values: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Forward one batch; on CUDA out-of-memory halve the token budget and split it."""
-        import torch
-
-        try:
-            with torch.inference_mode():
-                return self._infer(offsets, values, rows)
-        except torch.OutOfMemoryError:
-            if len(rows) == 1:
-                raise
-            self.oom_splits += 1
-            self.token_budget = max(1, self.token_budget // 2)
-            log.warning("out of memory on %d rows; splitting", len(rows))
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            half = len(rows) // 2
-            return np.concatenate(
-                [
-                    self._run_rows(offsets, values, rows[:half]),
-                    self._run_rows(offsets, values, rows[half:]),
-                ]
-            )
+        """Forward one batch; on out-of-memory split it (`engine.oom.forward_splitting`)."""
+        return forward_splitting(self, lambda part: self._infer(offsets, values, part), rows)
 
     def __call__(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:

@@ -55,12 +55,11 @@ from bertetl.engine.encoders import (
 from bertetl.engine.heap import pin_mmap_threshold
 from bertetl.engine.long_text import LongTextOptions, WindowRule, cut_windows
 from bertetl.engine.model_files import max_length_for, tokenizer_key
+from bertetl.engine.oom import forward_splitting, join_padded
 from bertetl.engine.tokenize import (
-    CHARS_PER_TOKEN,
-    PREFIX_SLACK,
     TokenizerSnapshot,
-    _before_last_word,
     as_plain_text,
+    first_tokens,
     load_fast_tokenizer,
     special_tokens,
 )
@@ -427,38 +426,10 @@ class NerTokenizeStage:
         ).encodings
 
     def encodings(self, texts: list[str]) -> tuple[list[Any], np.ndarray]:
-        """Each text's encoding (content tokens; at least its first `rule.limit` are the whole
-        text's) and whether the text has more tokens than that. Long texts are tokenized from
-        a growing prefix, as `TokenizeStage._from_prefix` explains."""
-        limit = self._rule().limit
-        cutoff = limit * CHARS_PER_TOKEN + PREFIX_SLACK
-        out: list[Any] = [None] * len(texts)
-        truncated = np.zeros(len(texts), dtype=bool)
-        pending = list(range(len(texts)))
-        size = cutoff
-        first = True
-        while pending:
-            if first:
-                short = [i for i in pending if len(texts[i]) <= cutoff]
-                for i, encoding in zip(short, self._encode([texts[i] for i in short]), strict=True):
-                    out[i], truncated[i] = encoding, len(encoding.ids) > limit
-                pending = [i for i in pending if len(texts[i]) > cutoff]
-                first = False
-                continue
-            still = []
-            encoded = self._encode([texts[i][:size] for i in pending])
-            for i, encoding in zip(pending, encoded, strict=True):
-                if size >= len(texts[i]):
-                    out[i], truncated[i] = encoding, len(encoding.ids) > limit
-                    continue
-                safe = _before_last_word(encoding.word_ids)
-                if safe > limit or (safe == limit and len(encoding.ids) > safe):
-                    out[i], truncated[i] = encoding, True
-                else:
-                    still.append(i)
-            pending = still
-            size *= 4
-        return out, truncated
+        """Each text's encoding with offsets (content tokens; at least its first `rule.limit`
+        are the whole text's: `first_tokens`) and whether the text has more tokens than that."""
+        first = first_tokens(texts, self._rule().limit, self._encode)
+        return [f.encoding for f in first], np.array([f.truncated for f in first], dtype=bool)
 
     def _flags(
         self, texts: list[str], kept: np.ndarray, ids: np.ndarray, spans: np.ndarray
@@ -621,30 +592,21 @@ class NerStage:
             torch.cuda.empty_cache()
 
     def _run_rows(self, offsets: np.ndarray, values: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Token scores (windows x longest x labels) of one batch; on CUDA out-of-memory the
-        batch is split in two and the token budget halved."""
+        """Token scores (windows x longest x labels) of one batch; on out-of-memory it is
+        split (`engine.oom.forward_splitting`), the halves padded to the longer one."""
+        return forward_splitting(
+            self, lambda part: self._scores(offsets, values, part), rows, join_padded
+        )
+
+    def _scores(self, offsets: np.ndarray, values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """One forward pass over `rows`: the softmax scores, counted in the stage's counters."""
         import torch
 
         ids, mask = pad_batch(offsets, values, rows, self.pad_token_id)
-        try:
-            with torch.inference_mode():
-                input_ids = torch.from_numpy(ids).to(self.device)
-                attention_mask = torch.from_numpy(mask).to(self.device)
-                logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-                out = logits.float().softmax(dim=-1).cpu().numpy()
-        except torch.OutOfMemoryError:
-            if len(rows) == 1:
-                raise
-            self.oom_splits += 1
-            self.token_budget = max(1, self.token_budget // 2)
-            log.warning("out of memory on %d rows x %d tokens; splitting", len(rows), ids.shape[1])
-            torch.cuda.empty_cache()
-            half = len(rows) // 2
-            parts = [self._run_rows(offsets, values, part) for part in (rows[:half], rows[half:])]
-            width = max(p.shape[1] for p in parts)
-            return np.concatenate(
-                [np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0))) for p in parts]
-            )
+        input_ids = torch.from_numpy(ids).to(self.device)
+        attention_mask = torch.from_numpy(mask).to(self.device)
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        out = logits.float().softmax(dim=-1).cpu().numpy()
         self.counters.batches += 1
         self.counters.real_tokens += int(mask.sum())
         self.counters.padded_tokens += int(mask.size)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -115,8 +116,8 @@ class ValidateTextStage:
 
 #: Characters tokenized first per content token a row may need: rows longer than
 #: `limit * CHARS_PER_TOKEN + PREFIX_SLACK` characters are tokenized from a prefix (grown
-#: until it provably holds the tokens the model will see), so a 10 MB text costs about what
-#: its first windows do. English runs 4-5 characters per token.
+#: until it provably holds the tokens the model will see: `first_tokens`), so a 10 MB text
+#: costs about what its first windows do. English runs 4-5 characters per token.
 CHARS_PER_TOKEN = 8
 PREFIX_SLACK = 256
 #: Characters per slice when counting a long text's tokens for `--token-stats`.
@@ -210,73 +211,23 @@ class TokenizeStage:
             raise RuntimeError("TokenizeStage used before setup()")
         return self.rule
 
-    def _content(self, texts: list[str]) -> list[list[int]]:
-        """Content token ids of each text, through the Rust tokenizer's `encode_batch_fast`
-        (no character offsets): the ids `tokenizer(texts)` gives, ~20% sooner on one core
-        (BENCHMARKS.md, host path)."""
-        encode = ids_only_encoder(self._tokenizer)
-        return [e.ids for e in encode(texts, add_special_tokens=False)]
-
     def content_tokens(self, texts: list[str]) -> list[RowTokens]:
         """Each text's first `rule.limit` content tokens, its token count and whether the
-        model misses some of it. Long texts are tokenized from a prefix: see `_from_prefix`."""
-        rule = self._rule()
-        cutoff = rule.limit * CHARS_PER_TOKEN + PREFIX_SLACK
-        short = [i for i, text in enumerate(texts) if len(text) <= cutoff]
-        rows: list[RowTokens | None] = [None] * len(texts)
-        if not short:
-            encoded: list[list[int]] = []
-        else:
-            encoded = self._content(
-                texts if len(short) == len(texts) else [texts[i] for i in short]
-            )
-        for i, ids in zip(short, encoded, strict=True):
-            rows[i] = RowTokens(ids[: rule.limit], len(ids), len(ids) > rule.limit)
-        if len(short) < len(texts):
-            long = [i for i, text in enumerate(texts) if len(text) > cutoff]
-            for i, row in zip(
-                long, self._from_prefix([texts[i] for i in long], cutoff), strict=True
-            ):
-                rows[i] = row
-        return [row for row in rows if row is not None]
-
-    def _from_prefix(self, texts: list[str], cutoff: int) -> list[RowTokens]:
-        """Tokens of long texts from a prefix of `cutoff` characters, grown 4x until resolved.
-
-        Why a prefix gives the same tokens as the whole text: the tokenizer splits text into
-        words (its pre-tokenizer: whitespace and punctuation for BERT) and tokenizes each word
-        on its own, after a normalizer that works character by character. Cutting the text can
-        only change the word the cut falls in, which is the prefix's last word; every token of
-        an earlier word is the same as in the whole text. So the prefix settles the row once
-        more than `limit` tokens come before its last word (the row is truncated), or exactly
-        `limit` do and the last word has tokens too (the whole text then has more than `limit`).
-        Otherwise the prefix grows; at the text's full length it is the whole text.
-        """
+        model misses some of it. Long texts are tokenized from a prefix (`first_tokens`);
+        short ones through the Rust tokenizer's `encode_batch_fast` (no character offsets):
+        the ids `tokenizer(texts)` gives, ~20% sooner on one core (BENCHMARKS.md, host path)."""
         limit = self._rule().limit
-        rows: list[RowTokens | None] = [None] * len(texts)
-        pending = list(range(len(texts)))
-        size = cutoff
-        while pending:
-            prefixes = [texts[i][:size] for i in pending]
-            encoded = self._tokenizer.encode_batch(prefixes, add_special_tokens=False)
-            still = []
-            for i, encoding in zip(pending, encoded, strict=True):
-                text = texts[i]
-                if size >= len(text):
-                    ids = encoding.ids
-                    rows[i] = RowTokens(ids[:limit], len(ids), len(ids) > limit)
-                    continue
-                safe = _before_last_word(encoding.word_ids)
-                if safe > limit or (safe == limit and len(encoding.ids) > safe):
-                    total = safe
-                    if self.long_text.token_stats:
-                        total += self._count(text, encoding.offsets[safe][0])
-                    rows[i] = RowTokens(encoding.ids[:limit], total, True)
-                else:
-                    still.append(i)
-            pending = still
-            size *= 4
-        return [row for row in rows if row is not None]
+        with_offsets = functools.partial(self._tokenizer.encode_batch, add_special_tokens=False)
+        ids_only = functools.partial(ids_only_encoder(self._tokenizer), add_special_tokens=False)
+        rows = []
+        for text, first in zip(
+            texts, first_tokens(texts, limit, with_offsets, ids_only), strict=True
+        ):
+            total = first.settled
+            if not first.complete and self.long_text.token_stats:
+                total += self._count(text, first.encoding.offsets[first.settled][0])
+            rows.append(RowTokens(first.encoding.ids[:limit], total, first.truncated))
+        return rows
 
     def _count(self, text: str, start: int) -> int:
         """Content tokens of `text[start:]` (`start` at a word's start), a slice at a time."""
@@ -350,6 +301,72 @@ class TokenizeStage:
                 pa.field(self.tokens_column, tokens.type, metadata=special), tokens
             )
             yield batch.append_column(self.stats_column, stats)
+
+
+@dataclass(frozen=True)
+class FirstTokens:
+    """A text's encoding whose first `limit` content tokens are the whole text's."""
+
+    #: The encoding of the whole text (`complete`) or of a prefix of it.
+    encoding: Any
+    #: Whether the whole text has more than `limit` content tokens.
+    truncated: bool
+    #: Whether `encoding` is of the whole text.
+    complete: bool
+    #: The encoding's first tokens that are the whole text's: all of them when `complete`,
+    #: else those before the prefix's last word.
+    settled: int
+
+
+def first_tokens(
+    texts: list[str],
+    limit: int,
+    encode: Callable[[list[str]], list[Any]],
+    encode_whole: Callable[[list[str]], list[Any]] | None = None,
+) -> list[FirstTokens]:
+    """Each text's encoding, at least its first `limit` content tokens exactly the whole text's.
+
+    `encode` gives texts' encodings (content tokens: no special tokens) with character
+    offsets and word ids (a Rust tokenizer's `encode_batch`, or transformers' tokenizer call
+    with offsets); `encode_whole` (default `encode`) encodes the texts short enough to take
+    whole, and may leave offsets out. Texts longer than `limit * CHARS_PER_TOKEN +
+    PREFIX_SLACK` characters are encoded from a prefix of that many, grown 4x until settled,
+    so a 10 MB text costs about what its first windows do.
+
+    Why a prefix gives the same tokens as the whole text: the tokenizer splits text into
+    words (its pre-tokenizer: whitespace and punctuation for BERT) and tokenizes each word
+    on its own, after a normalizer that works character by character. Cutting the text can
+    only change the word the cut falls in, which is the prefix's last word; every token of
+    an earlier word is the same as in the whole text. So the prefix settles the row once
+    more than `limit` tokens come before its last word (the row is truncated), or exactly
+    `limit` do and the last word has tokens too (the whole text then has more than `limit`).
+    Otherwise the prefix grows; at the text's full length it is the whole text.
+    """
+    cutoff = limit * CHARS_PER_TOKEN + PREFIX_SLACK
+    out: list[FirstTokens | None] = [None] * len(texts)
+    short = [i for i, text in enumerate(texts) if len(text) <= cutoff]
+    if short:
+        whole = encode_whole or encode
+        encoded = whole(texts if len(short) == len(texts) else [texts[i] for i in short])
+        for i, encoding in zip(short, encoded, strict=True):
+            out[i] = FirstTokens(encoding, len(encoding.ids) > limit, True, len(encoding.ids))
+    pending = [i for i, text in enumerate(texts) if len(text) > cutoff]
+    size = cutoff
+    while pending:
+        still = []
+        encoded = encode([texts[i][:size] for i in pending])
+        for i, encoding in zip(pending, encoded, strict=True):
+            if size >= len(texts[i]):
+                out[i] = FirstTokens(encoding, len(encoding.ids) > limit, True, len(encoding.ids))
+                continue
+            safe = _before_last_word(encoding.word_ids)
+            if safe > limit or (safe == limit and len(encoding.ids) > safe):
+                out[i] = FirstTokens(encoding, True, False, safe)
+            else:
+                still.append(i)
+        pending = still
+        size *= 4
+    return [first for first in out if first is not None]
 
 
 def ids_only_encoder(backend: Any) -> Any:

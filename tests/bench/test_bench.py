@@ -74,7 +74,7 @@ def test_bench_classifier_against_the_text_classification_pipeline(
 def test_memory_check_runs_with_the_chosen_layer(tmp_path: Path) -> None:
     import json
 
-    from bertetl.bench.systems import memory_check
+    from bertetl.bench.memory import memory_check
 
     result = memory_check([40], workdir=str(tmp_path), layer="minilm")
     [run] = result["memory"]
@@ -87,7 +87,7 @@ def test_memory_check_runs_with_the_chosen_layer(tmp_path: Path) -> None:
 def test_memory_layer_choices_are_the_bench_layers() -> None:
     from typing import get_args
 
-    from bertetl.bench.systems import MEMORY_LAYERS
+    from bertetl.bench.memory import MEMORY_LAYERS
     from bertetl.cli.bench import MemoryLayer
 
     assert get_args(MemoryLayer) == tuple(MEMORY_LAYERS)

@@ -130,14 +130,15 @@ def test_cli_benchmarks_heads(
 
     from typer.testing import CliRunner
 
-    import bertetl.bench.systems as systems
+    import bertetl.bench.systems.run as systems_run
     from bertetl.cli import app
 
-    monkeypatch.setattr(systems, "_isolated", systems._in_process)
+    monkeypatch.setattr(systems_run, "_isolated", systems_run._in_process)
 
     out = tmp_path / "bench.json"
     args = [
         "bench",
+        "systems",
         "--models",
         f"ner:{tiny_token_classifier_dir},zero-shot:{tiny_embed_dir}",
         "--inputs",

@@ -37,7 +37,8 @@ def test_bench_long_documents_command(tmp_path: Path, tiny_embed_dir: Path) -> N
     from bertetl.cli import app
 
     out = tmp_path / "long.json"
-    args = ["bench", "--long-documents", "2", "--models", str(tiny_embed_dir), "--out", str(out)]
+    args = ["bench", "long-text", "--documents", "2", "--models", str(tiny_embed_dir)]
+    args += ["--out", str(out)]
     args += ["--repeats", "2", "--device", "cpu"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -54,17 +55,15 @@ def test_bench_long_documents_command(tmp_path: Path, tiny_embed_dir: Path) -> N
     assert report["repeats"] == 2 and report["device"] == "cpu"
 
 
-@pytest.mark.parametrize(
-    "args", [["--long-documents", "0"], ["--long-documents", "2", "--repeats", "0"]]
-)
+@pytest.mark.parametrize("args", [["--documents", "0"], ["--documents", "2", "--repeats", "0"]])
 def test_no_documents_or_no_rounds_is_one_line(args: list[str], tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from bertetl.cli import app
 
     out = tmp_path / "long.json"
-    result = CliRunner().invoke(app, ["bench", *args, "--out", str(out)])
+    result = CliRunner().invoke(app, ["bench", "long-text", *args, "--out", str(out)])
     assert result.exit_code == 1
     (line,) = result.output.strip().splitlines()
-    assert "--long-documents and --repeats are at least 1" in line
+    assert "--documents and --repeats are at least 1" in line
     assert not out.exists()

@@ -52,6 +52,7 @@ def test_cli_missing_bucket_is_one_line(tmp_path: Path, storage: dict[str, str])
         app,
         [
             "bench",
+            "systems",
             "--inputs",
             missing,
             "--models",

@@ -344,15 +344,15 @@ def test_summary_prints_the_drift_and_the_partitions_to_look_at(
     ],
 )
 def test_bench_memory_row_counts_are_checked_before_any_run(sizes: str, why: str) -> None:
-    run = bertetl("bench", "--memory", sizes)
+    run = bertetl("bench", "memory", "--rows", sizes)
     assert run.returncode == 2, run.stdout + run.stderr
     assert run.stderr.strip().splitlines() == [
-        f"error: --memory: row counts are positive integers, e.g. 20000,100000 ({why})"
+        f"error: --rows: row counts are positive integers, e.g. 20000,100000 ({why})"
     ]
 
 
 def test_bench_cores_beyond_this_machine_is_one_line() -> None:
-    run = bertetl("bench", "--systems", "host", "--cores", "1,4096")
+    run = bertetl("bench", "host", "--cores", "1,4096")
     assert run.returncode == 2, run.stdout + run.stderr
     assert run.stderr.strip().splitlines() == [
         f"error: --cores: 4096 cores asked, but this process may use only "

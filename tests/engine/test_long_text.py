@@ -104,6 +104,31 @@ def test_prefix_tokenization_equals_whole_text(
         assert row.total == len(whole)
 
 
+def test_ner_prefix_tokenization_keeps_the_whole_texts_offsets(
+    tiny_embed_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The NER tokenizer's encodings from a prefix: the whole text's ids and character
+    offsets (of the tokens the model sees) and whether it has more."""
+    from transformers import AutoTokenizer
+
+    from bertetl.engine.ner import NerTokenizeStage
+
+    stage = NerTokenizeStage(tiny_embed_dir, "text", "err", "k", 40)
+    stage.setup()
+    monkeypatch.setattr(tokenize, "CHARS_PER_TOKEN", 1)  # every text takes the prefix path
+    monkeypatch.setattr(tokenize, "PREFIX_SLACK", 0)
+    texts = [text[:cut] for text in TRICKY for cut in (len(text), 61, 173)]
+    reference = AutoTokenizer.from_pretrained(tiny_embed_dir)
+    limit = stage.rule.limit
+    encodings, truncated = stage.encodings(texts)
+    for text, encoding, more in zip(texts, encodings, truncated, strict=True):
+        whole = reference(text, add_special_tokens=False, return_offsets_mapping=True)
+        assert encoding.ids[:limit] == whole["input_ids"][:limit], text[:40]
+        assert encoding.offsets[:limit] == whole["offset_mapping"][:limit], text[:40]
+        assert more == (len(whole["input_ids"]) > limit)
+    assert truncated.any() and not truncated.all()
+
+
 # ---- window mode against plain transformers --------------------------------------------
 
 

@@ -233,3 +233,42 @@ def test_schema_and_counters(tiny_token_classifier_dir: Path) -> None:
     )
     assert out.schema.field("people_redacted").type == pa.string()
     assert out.num_rows == len(TEXTS)
+
+
+def test_out_of_memory_splits_batches_with_the_pipeline_entities(
+    tiny_token_classifier_dir: Path, reference, monkeypatch
+) -> None:
+    """A batch of more than one window runs out of memory: it is split down to single
+    windows (padded to different lengths), counted, and the entities stay the pipeline's."""
+    import warnings
+
+    import torch
+    from transformers import BertForTokenClassification, pipeline
+
+    model, tokenizer = reference
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = pipeline(
+            "token-classification", model=model, tokenizer=tokenizer, aggregation_strategy="simple"
+        )(TEXTS)
+    real_forward = BertForTokenClassification.forward
+
+    def forward_that_runs_out_of_memory(self, *args, **kwargs):
+        if kwargs["input_ids"].shape[0] > 1:
+            raise torch.OutOfMemoryError("simulated CUDA out of memory")
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(BertForTokenClassification, "forward", forward_that_runs_out_of_memory)
+    tokenize, ner = ner_stages(
+        tiny_token_classifier_dir,
+        "text",
+        runtime=ModelRuntime(device="cpu", batch_tokens=1024, max_batch_rows=4),
+    )
+    tokenize.setup()
+    ner.setup()
+    batches = pa.table({"text": TEXTS}).to_batches(max_chunksize=5)
+    out = pa.Table.from_batches(list(ner(tokenize(ValidateTextStage("text")(batches)))))
+    assert ner.oom_splits >= 3 and ner.token_budget < 1024
+    assert ner.counters.batches == len(TEXTS)  # only the forward passes that ran
+    for text, ours, theirs in zip(TEXTS, out.column("entities").to_pylist(), expected, strict=True):
+        assert_same(ours, theirs, text)
