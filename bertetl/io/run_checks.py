@@ -85,6 +85,11 @@ def materialize_partition(partition: Partition, folder: Path) -> tuple[Partition
     local = folder / f"{partition.column}={partition.value}" / name
     local.parent.mkdir(parents=True, exist_ok=True)
     rows = materialize(partition.table, partition.column, partition.value, local)
+    if partition.rows is not None and rows != partition.rows:  # every input row accounted for
+        raise InputError(
+            f"partition {partition.column}={partition.value} of {partition.table.ref.uri}: "
+            f"{rows:,} rows read but its table metadata counts {partition.rows:,}; not enriched"
+        )
     file = SourceFile(str(local), f"{partition.folder}/{name}", {partition.column: partition.value})
     return dataclasses.replace(partition, files=(file,)), rows
 

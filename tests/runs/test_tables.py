@@ -160,6 +160,70 @@ def test_a_table_source_is_read_from_one_version_and_skipped_from_metadata(
     assert (manifests["2026-01-03"].rows_inferred, manifests["2026-01-03"].rows_reused) == (1, 21)
 
 
+@pytest.mark.parametrize("source_format", ["delta", "iceberg"])
+def test_null_and_empty_partition_values_of_a_table_source_are_a_partition_like_any_other(
+    executor, source_format: str, iceberg_catalog: str, tmp_path: Path
+) -> None:
+    """Rows whose partition value is null (or, in Delta, empty) are read, enriched and
+    committed as the partition `__HIVE_DEFAULT_PARTITION__` (Hive's spelling, as Spark and
+    Delta name it), counted in `rows_in`, and a rerun finds them unchanged (they were read as
+    zero rows and never reached DEST)."""
+    days = ["2026-01-01", None, "2026-01-02", None, ""] * 6
+    rows = pa.table(
+        {
+            "id": pa.array(range(len(days)), pa.int64()),
+            "text": [f"row {i} of the day {d}" for i, d in enumerate(days)],
+            "date": pa.array(days, pa.string()),
+        }
+    )
+    if source_format == "delta":
+        from deltalake import write_deltalake
+
+        write_deltalake(tmp_path / "source", rows, partition_by=["date"])
+        source_uri = f"delta://{tmp_path / 'source'}"
+        nulls = 18  # Delta stores an empty partition value as null
+    else:
+        from pyiceberg.catalog import load_catalog
+
+        catalog = load_catalog(iceberg_catalog)
+        catalog.create_namespace_if_not_exists("src")
+        table = catalog.create_table("src.rows", schema=rows.schema)
+        with table.update_spec() as spec:
+            spec.add_identity("date")
+        table.append(rows)
+        source_uri = f"iceberg://{iceberg_catalog}/src.rows"
+        nulls = 12
+    manifests = run_all(executor, source_uri, tmp_path / "out")
+    null = "__HIVE_DEFAULT_PARTITION__"
+    assert manifests[null].rows_in == manifests[null].rows_out == nulls
+    assert sum(m.rows_out for m in manifests.values()) == rows.num_rows  # every row, once
+    written = pl.read_parquet(tmp_path / "out" / f"date={null}" / "**" / "*.parquet")
+    expected = {i for i, d in enumerate(days) if d is None or (d == "" and nulls == 18)}
+    assert set(written["id"].to_list()) == expected
+    assert run_all(executor, source_uri, tmp_path / "out") == {}  # unchanged: nothing to do
+
+
+def test_a_null_partition_commits_as_null_into_a_table_dest(
+    executor, table_uri: str, tmp_path: Path
+) -> None:
+    """A SOURCE folder `date=__HIVE_DEFAULT_PARTITION__` is the null partition: committed
+    into a table DEST as null values (read back as nulls by polars), replaced by a rerun."""
+    folder = tmp_path / "src" / "date=__HIVE_DEFAULT_PARTITION__"
+    folder.mkdir(parents=True)
+    texts = [f"text number {i}" for i in range(10)]
+    pq_table = pa.table({"id": list(range(10)), "text": texts})
+    import pyarrow.parquet as pq
+
+    pq.write_table(pq_table, folder / "part-0.parquet")
+    manifests = run_all(executor, tmp_path / "src", table_uri)
+    assert manifests["__HIVE_DEFAULT_PARTITION__"].rows_out == 10
+    rows = read_table(table_uri)
+    assert rows.height == 10 and rows["date"].null_count() == 10
+    run_all(executor, tmp_path / "src", table_uri)
+    assert run_all(executor, tmp_path / "src", table_uri) == {}
+    assert read_table(table_uri).height == 10
+
+
 def test_a_backfill_range_from_a_delta_source_into_an_iceberg_table(
     executor, partitioned_source, iceberg_catalog: str, tmp_path: Path
 ) -> None:

@@ -17,6 +17,10 @@ from bertetl.io.tables.registry import format_class
 
 #: The key of the manifest in a commit's metadata (Delta commit info, Iceberg summary).
 MANIFEST_KEY = "bertetl.manifest"
+#: How a null partition value is spelled where a name is needed (a partition's value, its
+#: folder under a DEST of files): Hive's, which Spark and Delta use too. Its rows are read with
+#: `IS NULL` and written back as null into a table.
+NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
 #: The sidecar beside a table that holds DEST's lock (`<table>.bertetl/.bertetl.lock`).
 SIDECAR_SUFFIX = ".bertetl"
 

@@ -30,6 +30,7 @@ from bertetl.io.storage import (
 from bertetl.io.tables.base import (
     AWS_OPTION_NAMES,
     MANIFEST_KEY,
+    NULL_PARTITION,
     SIDECAR_SUFFIX,
     TableCommit,
     TableFile,
@@ -39,6 +40,19 @@ from bertetl.io.tables.base import (
     location_options,
     missing_extra,
 )
+
+
+def _spelled(raw: object) -> str:
+    """A partition value as bertetl names it (`NULL_PARTITION` for a null; Delta stores an
+    empty string as null too)."""
+    return NULL_PARTITION if raw is None or raw == "" else str(raw)
+
+
+def _predicate(column: str, value: str) -> str:
+    """The rows of one partition, as a deltalake predicate."""
+    if value == NULL_PARTITION:
+        return f'"{column}" IS NULL'
+    return f'"{column}" = {_quote(value)}'
 
 
 def _quote(value: str) -> str:
@@ -118,8 +132,7 @@ class DeltaFormat:
         extra = sorted(n for n in names if n.startswith("deletionVector"))
         grouped: dict[str, list[TableFile]] = {}
         for row in actions.to_pylist():
-            value = row[f"partition.{column}"]
-            value = "__HIVE_DEFAULT_PARTITION__" if value is None else str(value)
+            value = _spelled(row[f"partition.{column}"])
             deletion = [row[n] for n in extra]
             rows = row.get("num_records")
             known = rows is not None and not any(v is not None for v in deletion)
@@ -141,6 +154,11 @@ class DeltaFormat:
         self, column: str, value: str, version: int | None, columns: list[str] | None
     ) -> pa.RecordBatchReader:
         table = self._require(version)
+        if value == NULL_PARTITION:  # null (or, in Delta, empty): no partition filter says so
+            import pyarrow.compute as pc
+
+            dataset = table.to_pyarrow_dataset()
+            return dataset.scanner(columns=columns, filter=pc.field(column).is_null()).to_reader()
         dataset = table.to_pyarrow_dataset(partitions=[(column, "=", value)])
         return dataset.scanner(columns=columns).to_reader()
 
@@ -223,7 +241,8 @@ class DeltaFormat:
         for line in data.splitlines():
             action = json.loads(line) if line.strip() else {}
             add = action.get("add")
-            if add and str((add.get("partitionValues") or {}).get(commit.column)) == commit.value:
+            values = (add or {}).get("partitionValues") or {}
+            if add and _spelled(values.get(commit.column)) == commit.value:
                 added.add(add["path"])
         return added
 
@@ -242,7 +261,7 @@ class DeltaFormat:
                     reader,
                     partition_by=[column],
                     mode="overwrite",
-                    predicate=f'"{column}" = {_quote(value)}',
+                    predicate=_predicate(column, value),
                     commit_properties=properties,
                     storage_options=options,
                 )

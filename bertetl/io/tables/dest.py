@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from bertetl.errors import CommitError
 from bertetl.io.storage import Location, TableRef
-from bertetl.io.tables.base import TableCommit, open_table
+from bertetl.io.tables.base import NULL_PARTITION, TableCommit, open_table
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,11 @@ def commit_partition(
         for file in files:
             for batch in pq.ParquetFile(file).iter_batches():
                 columns = [batch.column(f.name).cast(f.type) for f in fields]
-                constant = pa.array([value] * batch.num_rows, pa.string()).cast(partition_type)
+                constant = (
+                    pa.nulls(batch.num_rows, partition_type)
+                    if value == NULL_PARTITION
+                    else pa.array([value] * batch.num_rows, pa.string()).cast(partition_type)
+                )
                 yield pa.RecordBatch.from_arrays([*columns, constant], schema=target)
 
     reader = pa.RecordBatchReader.from_batches(target, batches())

@@ -24,6 +24,7 @@ from bertetl.errors import CommitError, InputError, TransientError
 from bertetl.io.storage import Location, StorageError, TableRef, parse_location, table_uri_parts
 from bertetl.io.tables.base import (
     MANIFEST_KEY,
+    NULL_PARTITION,
     TableCommit,
     TableFile,
     TableFormat,
@@ -59,9 +60,12 @@ def _with_metadata(schema: pa.Schema, properties: dict[str, str]) -> pa.Schema:
 
 
 def _equal_to(column: str, value: str) -> Any:
-    """pyiceberg's `EqualTo(column, value)` (its pydantic signature confuses type checkers)."""
-    from pyiceberg.expressions import EqualTo
+    """pyiceberg's `EqualTo(column, value)` (its pydantic signature confuses type checkers),
+    or `IsNull(column)` for the null partition (`NULL_PARTITION`)."""
+    from pyiceberg.expressions import EqualTo, IsNull
 
+    if value == NULL_PARTITION:
+        return IsNull(column)
     equal_to: Any = EqualTo
     return equal_to(column, value)
 
@@ -165,6 +169,8 @@ class IcebergFormat:
             source = schema.find_field(field.source_id)
             if source.name == column and isinstance(field.transform, IdentityTransform):
                 raw = task_file.partition[position]
+                if raw is None:
+                    return NULL_PARTITION
                 return str(field.transform.to_human_string(source.field_type, raw))
         raise InputError(f"{task_file.file_path} of {self.ref.uri} has no {column} partition")
 
