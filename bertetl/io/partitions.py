@@ -116,6 +116,17 @@ def _empty_range(
     )
 
 
+#: Characters a partition value cannot hold in a folder name (`/` would nest a folder, `=` and
+#: `%` would be read back as something else): percent-escaped as Hive does, and read back by
+#: `bertetl.io.read`'s `unquote` as the same value.
+_UNSAFE = {*"%/\\=:", *(chr(c) for c in range(32)), chr(127)}
+
+
+def folder_value(value: str) -> str:
+    """A partition value as it appears in a `COLUMN=VALUE` folder name."""
+    return "".join(f"%{ord(c):02X}" if c in _UNSAFE else c for c in value)
+
+
 def _table_partitions(
     source: TableRef, column: str, start: str | None, end: str | None
 ) -> list[Partition]:
@@ -129,7 +140,7 @@ def _table_partitions(
         Partition(
             column,
             p.value,
-            f"{column}={p.value}",
+            f"{column}={folder_value(p.value)}",
             (),
             table=snapshot,
             inputs=tuple(

@@ -35,9 +35,9 @@ from typing import Any
 
 import bertetl.engine.encoders as infer
 import bertetl.engine.pipeline as pipeline
-import bertetl.io.write as write
 import bertetl.io.commit as commits
 import bertetl.io.manifest as manifests
+import bertetl.io.write as write
 
 POINTS = ("read", "infer", "write", "file-commit", "manifest", "swap", "after-swap")
 #: Points only an object-store DEST reaches.

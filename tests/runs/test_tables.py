@@ -203,6 +203,39 @@ def test_null_and_empty_partition_values_of_a_table_source_are_a_partition_like_
     assert run_all(executor, source_uri, tmp_path / "out") == {}  # unchanged: nothing to do
 
 
+def test_partition_values_that_cannot_be_folder_names_are_escaped_and_read_back(
+    executor, tmp_path: Path
+) -> None:
+    """A table SOURCE's partition value holding `/`, `=`, `%`, `:` or a control character is
+    one folder under DEST, percent-escaped as Hive does (not a nested folder that readers
+    parse as another value), and reads back as the same value."""
+    from deltalake import write_deltalake
+
+    from bertetl.io.read import discover
+
+    values = ["a/b", "x=y", "50%", "10:30", "tab\there", "ünï 日本"]
+    days = values * 4
+    rows = pa.table(
+        {
+            "id": pa.array(range(len(days)), pa.int64()),
+            "text": [f"row {i}" for i in range(len(days))],
+            "date": pa.array(days, pa.string()),
+        }
+    )
+    write_deltalake(tmp_path / "source", rows, partition_by=["date"])
+    source_uri = f"delta://{tmp_path / 'source'}"
+    manifests = run_all(executor, source_uri, tmp_path / "out")
+    assert sorted(manifests) == sorted(values)
+    folders = sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith("."))
+    assert len(folders) == len(values)  # one folder per value, none nested
+    read_back = {}
+    for file in discover(tmp_path / "out"):
+        read_back.setdefault(file.partition["date"], 0)
+        read_back[file.partition["date"]] += pl.read_parquet(file.path).height
+    assert read_back == dict.fromkeys(values, 4)
+    assert run_all(executor, source_uri, tmp_path / "out") == {}
+
+
 def test_a_null_partition_commits_as_null_into_a_table_dest(
     executor, table_uri: str, tmp_path: Path
 ) -> None:
