@@ -320,6 +320,38 @@ def test_a_crash_between_partitions_then_a_rerun_loses_and_doubles_nothing(
     assert counts.height == 3 * 24 and counts["len"].max() == 1
 
 
+@pytest.mark.parametrize("kind", ["delta", "iceberg"])
+def test_a_table_bertetl_did_not_write_is_refused_and_kept(
+    executor, partitioned_source, kind: str, iceberg_catalog: str, tmp_path: Path
+) -> None:
+    """A user's own table as DEST (rows, no bertetl commit) is refused by name, by backfill and
+    by enrich, before any model work, and is left as it was (it was overwritten, with a new
+    schema, its rows kept only in its history)."""
+    src = partitioned_source(days=1)
+    theirs = pa.table({"order_id": [1, 2, 3], "amount": [9.5, 3.0, 7.25]})
+    if kind == "delta":
+        from deltalake import write_deltalake
+
+        write_deltalake(tmp_path / "theirs", theirs)
+        uri = f"delta://{tmp_path / 'theirs'}"
+    else:
+        from pyiceberg.catalog import load_catalog
+
+        catalog = load_catalog(iceberg_catalog)
+        catalog.create_namespace_if_not_exists("sales")
+        catalog.create_table("sales.orders", schema=theirs.schema).append(theirs)
+        uri = f"iceberg://{iceberg_catalog}/sales.orders"
+    commits = count_commits(resolve_run(src, uri)[1])
+    with pytest.raises(InputError, match=r"is a table bertetl did not write"):
+        run_all(executor, src, uri)
+    result = CliRunner().invoke(
+        app, ["enrich", str(src), uri, "--text-column", "text", "--embed-model", "x"]
+    )
+    assert result.exit_code != 0 and "is a table bertetl did not write" in result.output
+    assert count_commits(resolve_run(src, uri)[1]) == commits
+    assert read_table(uri).sort("order_id").to_arrow().equals(theirs)
+
+
 def test_one_run_per_table_and_no_table_is_its_own_dest(partitioned_source, tmp_path: Path) -> None:
     src = partitioned_source(days=1)
     _, dest = resolve_run(src, f"delta://{tmp_path / 't'}")

@@ -85,8 +85,22 @@ class TableDestination:
         return self.place  # one table transaction at commit; nothing on disk to check
 
     def check_foreign(self, partitions: list[Partition]) -> dict[str, frozenset[str]]:
-        """A table's commit replaces only the rows of its partition."""
+        """Refuse a table bertetl did not write (`refuse_foreign`); a commit of bertetl's
+        replaces only the rows of its partition, so nothing else is refused."""
+        self.refuse_foreign()
         return {partition.value: frozenset() for partition in partitions}
+
+    def refuse_foreign(self) -> None:
+        """Refuse (`InputError`, one line naming it) a table that holds rows and no commit of
+        bertetl's: a run would replace a user's table (its rows kept only in its history)."""
+        from bertetl.errors import InputError
+        from bertetl.io.tables import is_foreign
+
+        if is_foreign(self.place):
+            raise InputError(
+                f"DEST {self.uri} is a table bertetl did not write (it holds rows and no "
+                "bertetl commit); a run would replace it: pick a new table for DEST"
+            )
 
     def commit_partition(
         self,
@@ -118,6 +132,7 @@ class TableDestination:
         from bertetl.errors import InputError
         from bertetl.io.tables import partition_columns
 
+        self.refuse_foreign()
         if columns := partition_columns(self.place):
             raise InputError(
                 f"{self.uri} is partitioned by {', '.join(columns)}: bertetl enrich replaces a "

@@ -174,6 +174,10 @@ class TableFormat(Protocol):
 
     def count_commits(self) -> int: ...
 
+    def holds_rows(self) -> bool:
+        """Whether the table exists and holds data files (rows a commit could replace)."""
+        ...
+
 
 def format_of(ref: TableRef) -> type[TableFormat]:
     """The registered format of `ref`."""

@@ -108,6 +108,10 @@ class DeltaFormat:
         except OSError as e:
             raise StorageError(f"cannot open {self.ref.uri}: {e}") from e
 
+    def holds_rows(self) -> bool:
+        table = self.open()
+        return table is not None and bool(table.file_uris())
+
     def _require(self, version: int | None = None) -> Any:
         table = self.open(version)
         if table is None:

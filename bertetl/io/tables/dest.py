@@ -178,3 +178,10 @@ def replace_table(ref: TableRef, root: Path, files: list[Path], rows: int, recor
             )
 
     open_table(ref).replace_all(target, batches(), record)
+
+
+def is_foreign(ref: TableRef) -> bool:
+    """Whether the table holds rows and no commit of bertetl's (none carries its record under
+    `MANIFEST_KEY`): a table bertetl did not write, which a run must not replace."""
+    table = open_table(ref)
+    return table.holds_rows() and not table.records("")

@@ -126,6 +126,10 @@ class IcebergFormat:
         except (NoSuchTableError, NoSuchNamespaceError):
             return None
 
+    def holds_rows(self) -> bool:
+        table = self.open()
+        return table is not None and table.current_snapshot() is not None
+
     def _require(self) -> Any:
         table = self.open()
         if table is None:
