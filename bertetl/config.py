@@ -9,13 +9,18 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bertetl.errors import ConfigError
+from bertetl.executor_registry import (
+    ExecutorOptions,
+    default_options,
+    executor_help,
+    nest_flat_options,
+)
 from bertetl.labels import ZeroShotLabel, read_labels
 
 Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 Quantize = Literal["none", "int8"]
 Backend = Literal["torch", "onnx"]
-Executor = Literal["local", "ray"]
 LongText = Literal["truncate", "window"]
 
 
@@ -146,73 +151,6 @@ def _named_model_heads(value: Any, hint: str) -> Any:
         return {"name": name, "model": model}
 
     return _heads_from_strings(value, parse)
-
-
-class LocalOptions(BaseModel):
-    """Options of the local executor: this process, or a pool of worker processes."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    kind: Literal["local"] = "local"
-    workers: int | None = Field(
-        None,
-        gt=0,
-        description="Processes, each with its own model copy and a share of the files; "
-        "default one per visible GPU on CUDA, else 1.",
-    )
-    tokenizers: int | None = Field(
-        None,
-        ge=0,
-        description="Processes per model process that validate and tokenize windows ahead of "
-        "the models (0: a thread of the model's process, where the tokenizer's own threads "
-        "use every core). Default: 0 on the CPU, where the model needs every core; on CUDA the "
-        "cores left after each model process's model and writer threads, at most 8.",
-    )
-
-
-class RayOptions(BaseModel):
-    """Options of the Ray executor (`--executor ray`, needs the ray extra)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    kind: Literal["ray"] = "ray"
-    address: str | None = Field(
-        None,
-        description="Ray cluster to use with --executor ray; default: RAY_ADDRESS if set, "
-        "else a local Ray started for the run and stopped after.",
-    )
-    actors: int | None = Field(
-        None,
-        gt=0,
-        description="Model actors with --executor ray; default one per cluster GPU, "
-        "else one per node.",
-    )
-    tokenizers: int | None = Field(
-        None,
-        gt=0,
-        description="Tokenizer actors with --executor ray; default as many as model actors.",
-    )
-    group_rows: int = Field(
-        1_000_000,
-        gt=0,
-        description="With --executor ray, backfill and incremental send partitions to Ray in "
-        "groups of about this many rows, so the actor pools start once per group.",
-    )
-
-
-#: Each executor's options model, by `kind` (one line per executor).
-EXECUTOR_OPTIONS: dict[str, type[BaseModel]] = {"local": LocalOptions, "ray": RayOptions}
-ExecutorOptions = Annotated[LocalOptions | RayOptions, Field(discriminator="kind")]
-#: The CLI's flat option names (and older flow parameters') -> the executor kind and the
-#: field of its options.
-FLAT_EXECUTOR_OPTIONS = {
-    "workers": ("local", "workers"),
-    "tokenizers": ("local", "tokenizers"),
-    "ray_address": ("ray", "address"),
-    "ray_actors": ("ray", "actors"),
-    "ray_tokenizers": ("ray", "tokenizers"),
-    "ray_group_rows": ("ray", "group_rows"),
-}
 
 
 class EngineConfig(BaseModel):
@@ -368,41 +306,14 @@ class EngineConfig(BaseModel):
         description="Also load pickle (.bin) weights when a model has no safetensors. "
         "Unpickling can run code: only for models you trust.",
     )
-    executor: ExecutorOptions = Field(
-        default_factory=lambda: LocalOptions(),
-        description="local: this process (and --workers); ray: a Ray Data pipeline on a Ray "
-        "cluster (needs the ray extra).",
-    )
+    executor: ExecutorOptions = Field(default_factory=default_options, description=executor_help())
 
     @model_validator(mode="before")
     @classmethod
     def _flat_executor_options(cls, data: Any) -> Any:
         """Accept the CLI's flat spelling (`executor="ray"`, `workers`, `ray_actors`, ...),
         also used by older flow parameters, and nest it under `executor`."""
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        flat = {name: data.pop(name) for name in list(data) if name in FLAT_EXECUTOR_OPTIONS}
-        executor = data.get("executor")
-        if executor is None and not flat:
-            return data
-        if isinstance(executor, BaseModel):
-            executor = executor.model_dump()
-        nested = dict(executor) if isinstance(executor, dict) else {"kind": executor or "local"}
-        kind = nested.get("kind", "local")
-        given = {name: value for name, value in flat.items() if value is not None}
-        if kind == "ray" and given.get("workers"):
-            raise ValueError("--workers is for --executor local; with ray use --ray-actors")
-        if kind == "ray" and "tokenizers" in given:
-            raise ValueError("--tokenizers is for --executor local; with ray use --ray-tokenizers")
-        if kind == "local" and {"ray_address", "ray_actors", "ray_tokenizers"} & set(given):
-            raise ValueError("--ray-address, --ray-actors and --ray-tokenizers need --executor ray")
-        for name, value in given.items():
-            option_kind, field = FLAT_EXECUTOR_OPTIONS[name]
-            if option_kind == kind:
-                nested[field] = value
-        data["executor"] = nested
-        return data
+        return nest_flat_options(dict(data)) if isinstance(data, dict) else data
 
     @field_validator("classify", mode="before")
     @classmethod
