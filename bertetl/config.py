@@ -16,6 +16,7 @@ from bertetl.executor_registry import (
     nest_flat_options,
 )
 from bertetl.labels import ZeroShotLabel, read_labels
+from bertetl.output_options import MODEL, OUTPUT, SPEED, added_later, only_with
 
 Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
@@ -153,83 +154,101 @@ def _named_model_heads(value: Any, hint: str) -> Any:
     return _heads_from_strings(value, parse)
 
 
+def _head_names(heads: tuple[ClassifierHead | NerHead, ...]) -> list[str]:
+    """What the config hash keeps of classifier and NER heads (their models are hashed by
+    fingerprint)."""
+    return [head.name for head in heads]
+
+
+def _head_dumps(heads: tuple[ZeroShotHead, ...]) -> list[dict[str, Any]]:
+    """What the config hash keeps of zero-shot heads: all of them (labels and descriptions
+    are their output, so an edit re-labels)."""
+    return [head.model_dump(mode="json") for head in heads]
+
+
 class EngineConfig(BaseModel):
     """What to enrich and how: text column, models, device and batching limits."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    text_column: str = Field(description="Column holding the text to encode.")
-    embed_model: str | None = Field(
+    # Each field declares whether and how it changes the outputs (OUTPUT, added_later(...),
+    # only_with(...), MODEL or SPEED: `bertetl.output_options`); the config hash reads that.
+    # (A comment, not the docstring: the docstring is the flow parameters' description.)
+
+    text_column: Annotated[str, OUTPUT] = Field(description="Column holding the text to encode.")
+    embed_model: Annotated[str | None, MODEL] = Field(
         None, description="Embedding model: a local model dir or the alias 'minilm'."
     )
-    classify_model: str | None = Field(
+    classify_model: Annotated[str | None, MODEL] = Field(
         None, description="Sequence-classification model: a local model dir."
     )
-    classify: tuple[ClassifierHead, ...] = Field(
+    classify: Annotated[tuple[ClassifierHead, ...], added_later((), hashed=_head_names)] = Field(
         (),
         description="NAME=DIR: a sequence classifier writing NAME_label, NAME_score (and "
         "NAME_scores, NAME_labels); repeat for several in one pass.",
     )
-    zero_shot: tuple[ZeroShotHead, ...] = Field(
+    zero_shot: Annotated[tuple[ZeroShotHead, ...], added_later((), hashed=_head_dumps)] = Field(
         (),
         description="Zero-shot labels from the embedding model, no training: LABELS (a,b,c, "
         "or a .yaml/.json file mapping each label to one or more descriptions) writes label, "
         "score; NAME=LABELS writes NAME_label, NAME_score. Repeatable.",
     )
-    zero_shot_template: str | None = Field(
+    zero_shot_template: Annotated[str | None, only_with("zero_shot")] = Field(
         None,
         description="With --zero-shot: embed each label description through this template, "
         "e.g. 'a news article about {}'.",
     )
-    zero_shot_temperature: float = Field(
+    zero_shot_temperature: Annotated[float, only_with("zero_shot")] = Field(
         ZERO_SHOT_TEMPERATURE,
         gt=0,
         description="With --zero-shot: scores are the softmax of cosine similarities divided "
         "by this (0.05: the scale the all-* sentence-transformers models were trained with).",
     )
-    zero_shot_min_score: float | None = Field(
+    zero_shot_min_score: Annotated[float | None, only_with("zero_shot")] = Field(
         None,
         ge=0.0,
         le=1.0,
         description="With --zero-shot: leave the label null where the best score is below this.",
     )
-    zero_shot_model: str | None = Field(
+    zero_shot_model: Annotated[str | None, MODEL] = Field(
         None,
         description="With --zero-shot: the embedding model to label with (local dir or "
         "'minilm'); default --embed-model, whose embeddings are then reused (no second pass).",
     )
-    ner: tuple[NerHead, ...] = Field(
+    ner: Annotated[tuple[NerHead, ...], added_later((), hashed=_head_names)] = Field(
         (),
         description="NAME=DIR: a token-classification model writing NAME_entities "
         "(start, end, label, score, text per entity; character offsets). Repeatable.",
     )
-    ner_aggregation: NerAggregation = Field(
+    ner_aggregation: Annotated[NerAggregation, only_with("ner")] = Field(
         "simple",
         description="With --ner: how token predictions become entities, as transformers' "
         "token-classification pipeline does (simple, first, average, max).",
     )
-    ner_labels: tuple[str, ...] = Field(
+    ner_labels: Annotated[tuple[str, ...], only_with("ner")] = Field(
         (), description="With --ner: entity types to keep, e.g. PER,ORG (default all)."
     )
-    redact: bool = Field(
+    redact: Annotated[bool, only_with("ner")] = Field(
         False,
         description="With --ner: also write NAME_redacted, the text with each kept entity "
         "replaced by [LABEL].",
     )
-    device: Device = Field("auto", description="auto = cuda when present, else cpu.")
-    dtype: DType = Field(
+    device: Annotated[Device, SPEED] = Field(
+        "auto", description="auto = cuda when present, else cpu."
+    )
+    dtype: Annotated[DType, OUTPUT] = Field(
         "auto",
         description="auto = bfloat16 on GPUs that support it, float16 on others, fp32 on CPU.",
     )
-    quantize: Quantize = Field(
+    quantize: Annotated[Quantize, OUTPUT] = Field(
         "none", description="int8: dynamic int8 quantization of Linear layers (CPU only)."
     )
-    backend: Backend = Field(
+    backend: Annotated[Backend, added_later("torch")] = Field(
         "torch",
         description="onnx: run the models with ONNX Runtime (CPU only; exported once from the "
         "model folder and cached, int8 with --quantize int8; needs the 'onnx' extra).",
     )
-    unpadded: bool = Field(
+    unpadded: Annotated[bool, SPEED] = Field(
         False,
         description="Run embed and classify models on each batch's real tokens only, packed "
         "end to end with attention per text (torch nested tensors + SDPA; a varlen kernel on "
@@ -237,13 +256,13 @@ class EngineConfig(BaseModel):
         "default: no faster on the CPU, where batches are length-sorted already; not yet "
         "measured on a GPU (make gpu-check compares both).",
     )
-    compile: bool = Field(
+    compile: Annotated[bool, SPEED] = Field(
         False,
         description="torch.compile the models (dynamic shapes; the first batches of each new "
         "shape pay for compiling). Off by default: not yet measured on a GPU (make gpu-check "
         "compares both); on the CPU compiling costs more than it saves on a run.",
     )
-    cuda_graphs: bool = Field(
+    cuda_graphs: Annotated[bool, SPEED] = Field(
         False,
         description="Replay each embed and classify batch from a CUDA graph captured once per "
         "batch shape (batches padded to widths in steps of 32 tokens and power-of-two row "
@@ -251,62 +270,68 @@ class EngineConfig(BaseModel):
         "the padded, uncompiled torch path. Off by default: not yet measured on a GPU (make "
         "gpu-check compares both).",
     )
-    batch_tokens: int | None = Field(
+    batch_tokens: Annotated[int | None, SPEED] = Field(
         None,
         gt=0,
         description="Padded tokens per model batch (longest row x rows); "
         "default 4096 on CPU, 32768 on GPU.",
     )
-    max_batch_rows: int = Field(256, gt=0, description="Row cap per model batch.")
-    max_length: int | None = Field(
+    max_batch_rows: Annotated[int, SPEED] = Field(256, gt=0, description="Row cap per model batch.")
+    max_length: Annotated[int | None, OUTPUT] = Field(
         None,
         gt=1,
         description="Truncate texts to this many tokens (default: the model's max_seq_length).",
     )
-    long_text: LongText = Field(
+    long_text: Annotated[LongText, added_later("truncate")] = Field(
         "truncate",
         description="Texts longer than the model's limit: truncate = keep the first tokens; "
         "window = cover the text with overlapping token windows and average their outputs "
         "(weighted by each window's tokens).",
     )
-    window_overlap: int = Field(
+    window_overlap: Annotated[int, only_with("long_text")] = Field(
         32, ge=0, description="With --long-text window: tokens shared by consecutive windows."
     )
-    max_windows: int = Field(
+    max_windows: Annotated[int, only_with("long_text")] = Field(
         64,
         gt=0,
         description="With --long-text window: windows per row at most; a longer text keeps "
         "the first ones and is marked truncated.",
     )
-    token_stats: bool = Field(
+    token_stats: Annotated[bool, added_later(False)] = Field(
         False,
         description="Add 'tokens' (content tokens of the whole text), 'windows' (windows "
         "used) and 'truncated' (some text was not seen by the model) per row.",
     )
-    prefix: str = Field("", description="Prefix for every added column, e.g. 'minilm_'.")
-    window_rows: int = Field(
+    prefix: Annotated[str, OUTPUT] = Field(
+        "", description="Prefix for every added column, e.g. 'minilm_'."
+    )
+    window_rows: Annotated[int, SPEED] = Field(
         4096, gt=0, description="Rows read at a time; batches are length-sorted within it."
     )
-    prefetch_windows: int = Field(
+    prefetch_windows: Annotated[int, SPEED] = Field(
         2, ge=0, description="Windows read and tokenized ahead in a thread (0: no thread)."
     )
-    write_behind_windows: int = Field(
+    write_behind_windows: Annotated[int, SPEED] = Field(
         2,
         ge=0,
         description="Enriched windows the models may run ahead of the Parquet writer: the "
         "models run in a thread and the calling thread writes (0: models and writer take "
         "turns on one thread).",
     )
-    include_scores: bool = Field(False, description="Add 'scores': every label's probability.")
-    multi_label_threshold: float = Field(
+    include_scores: Annotated[bool, OUTPUT] = Field(
+        False, description="Add 'scores': every label's probability."
+    )
+    multi_label_threshold: Annotated[float, OUTPUT] = Field(
         0.5, ge=0.0, le=1.0, description="Probability above which a multi-label label is kept."
     )
-    allow_pickle: bool = Field(
+    allow_pickle: Annotated[bool, SPEED] = Field(
         False,
         description="Also load pickle (.bin) weights when a model has no safetensors. "
         "Unpickling can run code: only for models you trust.",
     )
-    executor: ExecutorOptions = Field(default_factory=default_options, description=executor_help())
+    executor: Annotated[ExecutorOptions, SPEED] = Field(
+        default_factory=default_options, description=executor_help()
+    )
 
     @model_validator(mode="before")
     @classmethod
