@@ -66,7 +66,7 @@ $(VENV)/.demo: pyproject.toml $(VENV)/.base
 # made the model tests up to 5x slower.
 # The Ray phase collects only the files that hold Ray tests (collecting all costs ~18 s);
 # tests/test_make_test.py fails when a Ray test lives outside RAY_TESTS.
-RAY_TESTS := tests/executors/ray tests/flows/test_ray_flows.py tests/faults/test_processes.py
+RAY_TESTS := tests/executors/ray tests/executors/test_contract.py tests/flows/test_ray_flows.py tests/faults/test_processes.py
 test: $(VENV)/.dev $(PEER_VENV)/.ok
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 3 --dist loadgroup -m "not ray" --durations=10
 	$(PY) -m pytest -q --durations=5 -m ray $(RAY_TESTS)
@@ -128,7 +128,8 @@ gpu-bundle: $(VENV)/.dev
 # ruff (style, complexity, argument counts) and mypy over the typed core.
 TYPED := bertetl/engine bertetl/io bertetl/executors/base.py bertetl/executors/local.py \
 	bertetl/executors/__init__.py bertetl/config.py bertetl/errors.py bertetl/report.py \
-	bertetl/schema.py bertetl/runs bertetl/evaluate
+	bertetl/schema.py bertetl/runs bertetl/evaluate bertetl/executor_registry.py \
+	bertetl/output_options.py bertetl/labels.py
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check bertetl flows tests demo
 	$(VENV)/bin/ruff format --check bertetl flows tests demo

@@ -2,28 +2,31 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bertetl.errors import ConfigError
+from bertetl.executor_registry import (
+    ExecutorOptions,
+    default_options,
+    executor_help,
+    nest_flat_options,
+)
+from bertetl.labels import ZeroShotLabel, read_labels
+from bertetl.output_options import MODEL, OUTPUT, SPEED, added_later, only_with
 
 Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 Quantize = Literal["none", "int8"]
 Backend = Literal["torch", "onnx"]
-Executor = Literal["local", "ray"]
 LongText = Literal["truncate", "window"]
 
 
 #: A head's name prefixes its columns (`NAME_label`): a letter or `_`, then letters, digits, `_`.
 HEAD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-#: Label files are read by their extension; any other value is a comma list of labels.
-LABEL_FILE_SUFFIXES = (".json", ".yaml", ".yml")
 #: The default softmax temperature of zero-shot scores: sentence-transformers' contrastive
 #: training (MultipleNegativesRankingLoss, the all-* models such as MiniLM) scales cosine
 #: similarities by 20, i.e. a temperature of 0.05.
@@ -50,15 +53,6 @@ class ClassifierHead(BaseModel):
     model: str = Field(description="Sequence-classification model: a local model dir.")
 
     _name = field_validator("name")(_check_head_name)
-
-
-class ZeroShotLabel(BaseModel):
-    """One zero-shot label and the descriptions whose mean embedding stands for it."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str
-    descriptions: tuple[str, ...]
 
 
 class ZeroShotHead(BaseModel):
@@ -160,164 +154,16 @@ def _named_model_heads(value: Any, hint: str) -> Any:
     return _heads_from_strings(value, parse)
 
 
-def read_labels(value: str) -> list[ZeroShotLabel]:
-    """A label set: a `.json`/`.yaml`/`.yml` file mapping each label to a description or a
-    list of them (or listing label names only), else a comma list of label names (each its
-    own description). Raises `ConfigError` naming the file for what cannot be used."""
-    path = Path(value).expanduser()
-    if path.suffix.lower() not in LABEL_FILE_SUFFIXES:
-        names = [name.strip() for name in value.split(",")]
-        if any(not name for name in names):
-            raise ConfigError(f"{value!r} has an empty label (a comma list: a,b,c)")
-        return [ZeroShotLabel(name=name, descriptions=(name,)) for name in names]
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"cannot read the label file {path}: {e.strerror or e}") from e
-    try:
-        pairs = _yaml_pairs(text) if path.suffix.lower() != ".json" else _json_pairs(text)
-    except ValueError as e:
-        raise ConfigError(f"label file {path}: {' '.join(str(e).split())}") from e
-    names = [name for name, _ in pairs]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise ConfigError(
-            f"label file {path} lists label(s) {', '.join(map(repr, duplicates))} twice; "
-            "give each label once, with a list of descriptions"
-        )
-    labels = []
-    for name, descriptions in pairs:
-        if not name.strip():
-            raise ConfigError(f"label file {path} has an empty label")
-        if not descriptions or any(not d.strip() for d in descriptions):
-            raise ConfigError(
-                f"label file {path}: label {name!r} has an empty description; give it text "
-                "(or list labels without descriptions as a list of names)"
-            )
-        labels.append(ZeroShotLabel(name=name, descriptions=tuple(descriptions)))
-    return labels
+def _head_names(heads: tuple[ClassifierHead | NerHead, ...]) -> list[str]:
+    """What the config hash keeps of classifier and NER heads (their models are hashed by
+    fingerprint)."""
+    return [head.name for head in heads]
 
 
-LabelPairs = list[tuple[str, list[str]]]
-
-
-def _descriptions(value: Any, label: str) -> list[str]:
-    if value is None:
-        return []
-    items = value if isinstance(value, list) else [value]
-    if not all(isinstance(item, str) for item in items):
-        raise ValueError(f"label {label!r}: descriptions must be text or a list of texts")
-    return items
-
-
-def _json_pairs(text: str) -> LabelPairs:
-    """(label, descriptions) from a JSON object (duplicate keys kept, to be refused) or a
-    list of label names."""
-    value = json.loads(text, object_pairs_hook=lambda pairs: ("object", pairs))
-    if isinstance(value, list) and all(isinstance(item, str) for item in value):
-        return [(item, [item]) for item in value]
-    if not (isinstance(value, tuple) and value[0] == "object"):
-        raise ValueError("expected an object {label: description(s)} or a list of labels")
-    return [(str(key), _descriptions(item, str(key))) for key, item in value[1]]
-
-
-def _yaml_pairs(text: str) -> LabelPairs:
-    """(label, descriptions) from a YAML mapping or list, every scalar read as the text it
-    is written as (`no:` is the label "no", not False; duplicate keys kept, to be refused)."""
-    import yaml
-
-    def scalar(node: Any, label: str) -> str:
-        if not isinstance(node, yaml.ScalarNode):
-            raise ValueError(f"label {label!r}: descriptions must be text or a list of texts")
-        return str(node.value)
-
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as e:
-        raise ValueError(f"not valid YAML ({e})") from e
-    if isinstance(root, yaml.SequenceNode):
-        names = [scalar(node, "?") for node in root.value]
-        return [(name, [name]) for name in names]
-    if not isinstance(root, yaml.MappingNode):
-        raise ValueError("expected a mapping {label: description(s)} or a list of labels")
-    pairs = []
-    for key_node, value_node in root.value:
-        label = scalar(key_node, "?")
-        if isinstance(value_node, yaml.SequenceNode):
-            descriptions = [scalar(node, label) for node in value_node.value]
-        elif isinstance(value_node, yaml.ScalarNode) and value_node.tag.endswith(":null"):
-            descriptions = []
-        else:
-            descriptions = [scalar(value_node, label)]
-        pairs.append((label, descriptions))
-    return pairs
-
-
-class LocalOptions(BaseModel):
-    """Options of the local executor: this process, or a pool of worker processes."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    kind: Literal["local"] = "local"
-    workers: int | None = Field(
-        None,
-        gt=0,
-        description="Processes, each with its own model copy and a share of the files; "
-        "default one per visible GPU on CUDA, else 1.",
-    )
-    tokenizers: int | None = Field(
-        None,
-        ge=0,
-        description="Processes per model process that validate and tokenize windows ahead of "
-        "the models (0: a thread of the model's process, where the tokenizer's own threads "
-        "use every core). Default: 0 on the CPU, where the model needs every core; on CUDA the "
-        "cores left after each model process's model and writer threads, at most 8.",
-    )
-
-
-class RayOptions(BaseModel):
-    """Options of the Ray executor (`--executor ray`, needs the ray extra)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    kind: Literal["ray"] = "ray"
-    address: str | None = Field(
-        None,
-        description="Ray cluster to use with --executor ray; default: RAY_ADDRESS if set, "
-        "else a local Ray started for the run and stopped after.",
-    )
-    actors: int | None = Field(
-        None,
-        gt=0,
-        description="Model actors with --executor ray; default one per cluster GPU, "
-        "else one per node.",
-    )
-    tokenizers: int | None = Field(
-        None,
-        gt=0,
-        description="Tokenizer actors with --executor ray; default as many as model actors.",
-    )
-    group_rows: int = Field(
-        1_000_000,
-        gt=0,
-        description="With --executor ray, backfill and incremental send partitions to Ray in "
-        "groups of about this many rows, so the actor pools start once per group.",
-    )
-
-
-#: Each executor's options model, by `kind` (one line per executor).
-EXECUTOR_OPTIONS: dict[str, type[BaseModel]] = {"local": LocalOptions, "ray": RayOptions}
-ExecutorOptions = Annotated[LocalOptions | RayOptions, Field(discriminator="kind")]
-#: The CLI's flat option names (and older flow parameters') -> the executor kind and the
-#: field of its options.
-FLAT_EXECUTOR_OPTIONS = {
-    "workers": ("local", "workers"),
-    "tokenizers": ("local", "tokenizers"),
-    "ray_address": ("ray", "address"),
-    "ray_actors": ("ray", "actors"),
-    "ray_tokenizers": ("ray", "tokenizers"),
-    "ray_group_rows": ("ray", "group_rows"),
-}
+def _head_dumps(heads: tuple[ZeroShotHead, ...]) -> list[dict[str, Any]]:
+    """What the config hash keeps of zero-shot heads: all of them (labels and descriptions
+    are their output, so an edit re-labels)."""
+    return [head.model_dump(mode="json") for head in heads]
 
 
 class EngineConfig(BaseModel):
@@ -325,78 +171,84 @@ class EngineConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    text_column: str = Field(description="Column holding the text to encode.")
-    embed_model: str | None = Field(
+    # Each field declares whether and how it changes the outputs (OUTPUT, added_later(...),
+    # only_with(...), MODEL or SPEED: `bertetl.output_options`); the config hash reads that.
+    # (A comment, not the docstring: the docstring is the flow parameters' description.)
+
+    text_column: Annotated[str, OUTPUT] = Field(description="Column holding the text to encode.")
+    embed_model: Annotated[str | None, MODEL] = Field(
         None, description="Embedding model: a local model dir or the alias 'minilm'."
     )
-    classify_model: str | None = Field(
+    classify_model: Annotated[str | None, MODEL] = Field(
         None, description="Sequence-classification model: a local model dir."
     )
-    classify: tuple[ClassifierHead, ...] = Field(
+    classify: Annotated[tuple[ClassifierHead, ...], added_later((), hashed=_head_names)] = Field(
         (),
         description="NAME=DIR: a sequence classifier writing NAME_label, NAME_score (and "
         "NAME_scores, NAME_labels); repeat for several in one pass.",
     )
-    zero_shot: tuple[ZeroShotHead, ...] = Field(
+    zero_shot: Annotated[tuple[ZeroShotHead, ...], added_later((), hashed=_head_dumps)] = Field(
         (),
         description="Zero-shot labels from the embedding model, no training: LABELS (a,b,c, "
         "or a .yaml/.json file mapping each label to one or more descriptions) writes label, "
         "score; NAME=LABELS writes NAME_label, NAME_score. Repeatable.",
     )
-    zero_shot_template: str | None = Field(
+    zero_shot_template: Annotated[str | None, only_with("zero_shot")] = Field(
         None,
         description="With --zero-shot: embed each label description through this template, "
         "e.g. 'a news article about {}'.",
     )
-    zero_shot_temperature: float = Field(
+    zero_shot_temperature: Annotated[float, only_with("zero_shot")] = Field(
         ZERO_SHOT_TEMPERATURE,
         gt=0,
         description="With --zero-shot: scores are the softmax of cosine similarities divided "
         "by this (0.05: the scale the all-* sentence-transformers models were trained with).",
     )
-    zero_shot_min_score: float | None = Field(
+    zero_shot_min_score: Annotated[float | None, only_with("zero_shot")] = Field(
         None,
         ge=0.0,
         le=1.0,
         description="With --zero-shot: leave the label null where the best score is below this.",
     )
-    zero_shot_model: str | None = Field(
+    zero_shot_model: Annotated[str | None, MODEL] = Field(
         None,
         description="With --zero-shot: the embedding model to label with (local dir or "
         "'minilm'); default --embed-model, whose embeddings are then reused (no second pass).",
     )
-    ner: tuple[NerHead, ...] = Field(
+    ner: Annotated[tuple[NerHead, ...], added_later((), hashed=_head_names)] = Field(
         (),
         description="NAME=DIR: a token-classification model writing NAME_entities "
         "(start, end, label, score, text per entity; character offsets). Repeatable.",
     )
-    ner_aggregation: NerAggregation = Field(
+    ner_aggregation: Annotated[NerAggregation, only_with("ner")] = Field(
         "simple",
         description="With --ner: how token predictions become entities, as transformers' "
         "token-classification pipeline does (simple, first, average, max).",
     )
-    ner_labels: tuple[str, ...] = Field(
+    ner_labels: Annotated[tuple[str, ...], only_with("ner")] = Field(
         (), description="With --ner: entity types to keep, e.g. PER,ORG (default all)."
     )
-    redact: bool = Field(
+    redact: Annotated[bool, only_with("ner")] = Field(
         False,
         description="With --ner: also write NAME_redacted, the text with each kept entity "
         "replaced by [LABEL].",
     )
-    device: Device = Field("auto", description="auto = cuda when present, else cpu.")
-    dtype: DType = Field(
+    device: Annotated[Device, SPEED] = Field(
+        "auto", description="auto = cuda when present, else cpu."
+    )
+    dtype: Annotated[DType, OUTPUT] = Field(
         "auto",
         description="auto = bfloat16 on GPUs that support it, float16 on others, fp32 on CPU.",
     )
-    quantize: Quantize = Field(
+    quantize: Annotated[Quantize, OUTPUT] = Field(
         "none", description="int8: dynamic int8 quantization of Linear layers (CPU only)."
     )
-    backend: Backend = Field(
+    backend: Annotated[Backend, added_later("torch")] = Field(
         "torch",
         description="onnx: run the models with ONNX Runtime (CPU only; exported once from the "
         "model folder and cached, int8 with --quantize int8; needs the 'onnx' extra).",
     )
-    unpadded: bool = Field(
+    unpadded: Annotated[bool, SPEED] = Field(
         False,
         description="Run embed and classify models on each batch's real tokens only, packed "
         "end to end with attention per text (torch nested tensors + SDPA; a varlen kernel on "
@@ -404,13 +256,13 @@ class EngineConfig(BaseModel):
         "default: no faster on the CPU, where batches are length-sorted already; not yet "
         "measured on a GPU (make gpu-check compares both).",
     )
-    compile: bool = Field(
+    compile: Annotated[bool, SPEED] = Field(
         False,
         description="torch.compile the models (dynamic shapes; the first batches of each new "
         "shape pay for compiling). Off by default: not yet measured on a GPU (make gpu-check "
         "compares both); on the CPU compiling costs more than it saves on a run.",
     )
-    cuda_graphs: bool = Field(
+    cuda_graphs: Annotated[bool, SPEED] = Field(
         False,
         description="Replay each embed and classify batch from a CUDA graph captured once per "
         "batch shape (batches padded to widths in steps of 32 tokens and power-of-two row "
@@ -418,65 +270,67 @@ class EngineConfig(BaseModel):
         "the padded, uncompiled torch path. Off by default: not yet measured on a GPU (make "
         "gpu-check compares both).",
     )
-    batch_tokens: int | None = Field(
+    batch_tokens: Annotated[int | None, SPEED] = Field(
         None,
         gt=0,
         description="Padded tokens per model batch (longest row x rows); "
         "default 4096 on CPU, 32768 on GPU.",
     )
-    max_batch_rows: int = Field(256, gt=0, description="Row cap per model batch.")
-    max_length: int | None = Field(
+    max_batch_rows: Annotated[int, SPEED] = Field(256, gt=0, description="Row cap per model batch.")
+    max_length: Annotated[int | None, OUTPUT] = Field(
         None,
         gt=1,
         description="Truncate texts to this many tokens (default: the model's max_seq_length).",
     )
-    long_text: LongText = Field(
+    long_text: Annotated[LongText, added_later("truncate")] = Field(
         "truncate",
         description="Texts longer than the model's limit: truncate = keep the first tokens; "
         "window = cover the text with overlapping token windows and average their outputs "
         "(weighted by each window's tokens).",
     )
-    window_overlap: int = Field(
+    window_overlap: Annotated[int, only_with("long_text")] = Field(
         32, ge=0, description="With --long-text window: tokens shared by consecutive windows."
     )
-    max_windows: int = Field(
+    max_windows: Annotated[int, only_with("long_text")] = Field(
         64,
         gt=0,
         description="With --long-text window: windows per row at most; a longer text keeps "
         "the first ones and is marked truncated.",
     )
-    token_stats: bool = Field(
+    token_stats: Annotated[bool, added_later(False)] = Field(
         False,
         description="Add 'tokens' (content tokens of the whole text), 'windows' (windows "
         "used) and 'truncated' (some text was not seen by the model) per row.",
     )
-    prefix: str = Field("", description="Prefix for every added column, e.g. 'minilm_'.")
-    window_rows: int = Field(
+    prefix: Annotated[str, OUTPUT] = Field(
+        "", description="Prefix for every added column, e.g. 'minilm_'."
+    )
+    window_rows: Annotated[int, SPEED] = Field(
         4096, gt=0, description="Rows read at a time; batches are length-sorted within it."
     )
-    prefetch_windows: int = Field(
+    prefetch_windows: Annotated[int, SPEED] = Field(
         2, ge=0, description="Windows read and tokenized ahead in a thread (0: no thread)."
     )
-    write_behind_windows: int = Field(
+    write_behind_windows: Annotated[int, SPEED] = Field(
         2,
         ge=0,
         description="Enriched windows the models may run ahead of the Parquet writer: the "
         "models run in a thread and the calling thread writes (0: models and writer take "
         "turns on one thread).",
     )
-    include_scores: bool = Field(False, description="Add 'scores': every label's probability.")
-    multi_label_threshold: float = Field(
+    include_scores: Annotated[bool, OUTPUT] = Field(
+        False, description="Add 'scores': every label's probability."
+    )
+    multi_label_threshold: Annotated[float, OUTPUT] = Field(
         0.5, ge=0.0, le=1.0, description="Probability above which a multi-label label is kept."
     )
-    allow_pickle: bool = Field(
+    allow_pickle: Annotated[bool, SPEED] = Field(
         False,
         description="Also load pickle (.bin) weights when a model has no safetensors. "
         "Unpickling can run code: only for models you trust.",
     )
-    executor: ExecutorOptions = Field(
-        default_factory=lambda: LocalOptions(),
-        description="local: this process (and --workers); ray: a Ray Data pipeline on a Ray "
-        "cluster (needs the ray extra).",
+    executor: Annotated[ExecutorOptions, SPEED] = Field(
+        default_factory=default_options, description=executor_help()
     )
 
     @model_validator(mode="before")
@@ -484,30 +338,7 @@ class EngineConfig(BaseModel):
     def _flat_executor_options(cls, data: Any) -> Any:
         """Accept the CLI's flat spelling (`executor="ray"`, `workers`, `ray_actors`, ...),
         also used by older flow parameters, and nest it under `executor`."""
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        flat = {name: data.pop(name) for name in list(data) if name in FLAT_EXECUTOR_OPTIONS}
-        executor = data.get("executor")
-        if executor is None and not flat:
-            return data
-        if isinstance(executor, BaseModel):
-            executor = executor.model_dump()
-        nested = dict(executor) if isinstance(executor, dict) else {"kind": executor or "local"}
-        kind = nested.get("kind", "local")
-        given = {name: value for name, value in flat.items() if value is not None}
-        if kind == "ray" and given.get("workers"):
-            raise ValueError("--workers is for --executor local; with ray use --ray-actors")
-        if kind == "ray" and "tokenizers" in given:
-            raise ValueError("--tokenizers is for --executor local; with ray use --ray-tokenizers")
-        if kind == "local" and {"ray_address", "ray_actors", "ray_tokenizers"} & set(given):
-            raise ValueError("--ray-address, --ray-actors and --ray-tokenizers need --executor ray")
-        for name, value in given.items():
-            option_kind, field = FLAT_EXECUTOR_OPTIONS[name]
-            if option_kind == kind:
-                nested[field] = value
-        data["executor"] = nested
-        return data
+        return nest_flat_options(dict(data)) if isinstance(data, dict) else data
 
     @field_validator("classify", mode="before")
     @classmethod

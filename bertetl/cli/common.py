@@ -12,8 +12,8 @@ import pyarrow as pa
 import typer
 from pydantic import BaseModel, ValidationError
 
-from bertetl.config import FLAT_EXECUTOR_OPTIONS
 from bertetl.errors import BertEtlError
+from bertetl.executor_registry import FLAT_EXECUTOR_OPTIONS
 
 #: Errors from libraries that reach the CLI as one line rather than a traceback.
 SYSTEM_ERRORS = (OSError, pa.ArrowException)

@@ -17,7 +17,13 @@ import typer
 from pydantic import BaseModel
 
 from bertetl.cli.common import build_config, help_of, user_errors
-from bertetl.config import EXECUTOR_OPTIONS, FLAT_EXECUTOR_OPTIONS, EngineConfig, Executor
+from bertetl.config import EngineConfig
+from bertetl.executor_registry import (
+    DEFAULT_EXECUTOR,
+    EXECUTORS,
+    FLAT_EXECUTOR_OPTIONS,
+    ExecutorName,
+)
 
 
 @dataclass(frozen=True)
@@ -57,11 +63,12 @@ def _repeatable(model: type[BaseModel], name: str) -> EngineOption:
 
 
 def _executor_options() -> list[EngineOption]:
-    """`--executor` and each executor's options under their flat CLI names."""
-    options = [EngineOption("executor", Executor, "local", help_of(EngineConfig, "executor"))]
+    """`--executor` (a registered executor's name) and each executor's options under their
+    flat CLI names, all from the registry (`bertetl.executor_registry.EXECUTORS`)."""
+    described = help_of(EngineConfig, "executor")
+    options = [EngineOption("executor", ExecutorName, DEFAULT_EXECUTOR, described)]
     for flat, (kind, field) in FLAT_EXECUTOR_OPTIONS.items():
-        model = EXECUTOR_OPTIONS[kind]
-        options.append(_from_model(model, field, key=flat))
+        options.append(_from_model(EXECUTORS[kind].options, field, key=flat))
     return options
 
 

@@ -9,9 +9,10 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing.connection import wait
 from pathlib import Path
 
-from bertetl.config import EngineConfig, LocalOptions
+from bertetl.config import EngineConfig
 from bertetl.engine.pipeline import Pipeline
 from bertetl.engine.reuse import ReuseIndex
+from bertetl.executor_registry import LocalOptions
 from bertetl.executors.base import Capabilities, Job
 from bertetl.processes import pool_worker
 from bertetl.report import EnrichReport, FileResult

@@ -31,6 +31,7 @@ from bertetl.config import EngineConfig
 from bertetl.errors import CommitError, InputError
 from bertetl.io.commit import LOCK_NAME
 from bertetl.io.storage import Location, TableRef, is_remote, is_table, storage_error
+from bertetl.output_options import output_payload
 from bertetl.report import ColumnSum
 
 if TYPE_CHECKING:
@@ -39,32 +40,6 @@ if TYPE_CHECKING:
 MANIFEST_NAME = "_manifest.json"
 #: 1: no output fingerprints; 2: `output_files` (size, mtime, SHA-256, rows of each output).
 MANIFEST_VERSION = 2
-
-#: Engine options that change what is written. Device, batch sizes, workers and prefetching
-#: only change speed (outputs agree to float rounding), so changing them does not re-enrich.
-OUTPUT_OPTIONS = (
-    "text_column",
-    "dtype",
-    "quantize",
-    "max_length",
-    "prefix",
-    "include_scores",
-    "multi_label_threshold",
-)
-#: Output options added later, with the value that gives the earlier outputs: they join the
-#: hash only when set otherwise, so a config that leaves them alone keeps its old hash (and
-#: a nightly run does not re-enrich every partition after an upgrade).
-LATER_OUTPUT_OPTIONS: dict[str, object] = {
-    "long_text": "truncate",
-    "token_stats": False,
-    "backend": "torch",
-}
-#: Options that shape the output only when another option is set (long_text = window).
-WINDOW_OPTIONS = ("window_overlap", "max_windows")
-#: Options that shape the output only when a zero-shot head is set.
-ZERO_SHOT_OPTIONS = ("zero_shot_template", "zero_shot_temperature", "zero_shot_min_score")
-#: Options that shape the output only when an NER head is set.
-NER_OPTIONS = ("ner_aggregation", "ner_labels", "redact")
 
 
 class FileFingerprint(BaseModel):
@@ -435,23 +410,9 @@ def model_fingerprint(model_dir: str | os.PathLike[str]) -> str:
 
 
 def config_hash(config: EngineConfig, models: dict[str, str]) -> str:
-    """Hash of the options that shape the output plus the models' fingerprints."""
-    payload = {name: getattr(config, name) for name in OUTPUT_OPTIONS}
-    for name, earlier in LATER_OUTPUT_OPTIONS.items():
-        if getattr(config, name) != earlier:
-            payload[name] = getattr(config, name)
-    if config.long_text == "window":
-        payload.update({name: getattr(config, name) for name in WINDOW_OPTIONS})
-    # Heads added later join only when present (classifier models are in `models`; a
-    # zero-shot head's labels and descriptions are its output, so an edit re-labels).
-    if config.classify:
-        payload["classify"] = [head.name for head in config.classify]
-    if config.zero_shot:
-        payload["zero_shot"] = [head.model_dump(mode="json") for head in config.zero_shot]
-        payload.update({name: getattr(config, name) for name in ZERO_SHOT_OPTIONS})
-    if config.ner:
-        payload["ner"] = [head.name for head in config.ner]
-        payload.update({name: getattr(config, name) for name in NER_OPTIONS})
+    """Hash of the options that shape the output (as each `EngineConfig` field declares it:
+    `bertetl.output_options`) plus the models' fingerprints."""
+    payload = output_payload(config)
     payload["models"] = dict(sorted(models.items()))
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 

@@ -10,8 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bertetl.config import EngineConfig, LocalOptions
+from bertetl.config import EngineConfig
 from bertetl.errors import ConfigError
+from bertetl.executor_registry import LocalOptions
 from bertetl.executors.local import resolve_tokenizers
 from bertetl.runs.enrich import enrich
 from tests.conftest import TEXTS

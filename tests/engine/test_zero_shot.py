@@ -12,8 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from bertetl.config import EngineConfig, read_labels
+from bertetl.config import EngineConfig
 from bertetl.errors import ConfigError
+from bertetl.labels import read_labels
 from bertetl.runs.enrich import enrich
 from tests.conftest import TEXTS
 

@@ -28,9 +28,10 @@ import pyarrow.parquet as pq
 import ray
 import ray.data
 
-from bertetl.config import EngineConfig, RayOptions
+from bertetl.config import EngineConfig
 from bertetl.engine.pipeline import Pipeline
 from bertetl.errors import CommitError, ExecutorError
+from bertetl.executor_registry import RayOptions
 from bertetl.executors.base import Capabilities, Job
 from bertetl.executors.ray.actors import ModelActor, TokenizeActor
 from bertetl.executors.ray.datasink import CommitOptions, FileTarget, PartsDatasink
