@@ -175,6 +175,9 @@ class ToyFormat:
     def count_commits(self) -> int:
         return len(self.commits)
 
+    def holds_rows(self) -> bool:
+        return bool(self.commits)
+
 
 def test_a_new_format_is_one_class_and_one_registry_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -132,13 +132,13 @@ class TableDestination:
         from bertetl.errors import InputError
         from bertetl.io.tables import partition_columns
 
-        self.refuse_foreign()
         if columns := partition_columns(self.place):
             raise InputError(
                 f"{self.uri} is partitioned by {', '.join(columns)}: bertetl enrich replaces a "
                 f"whole table; use bertetl backfill --partition-column {columns[0]}, which "
                 "commits it one partition at a time"
             )
+        self.refuse_foreign()
 
     def replace_all(self, staged: Path, files: list[Path], rows: int, record: str) -> None:
         """Replace every row of the table with the staged `files` (`rows` rows) in ONE
