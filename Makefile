@@ -127,7 +127,7 @@ gpu-bundle: $(VENV)/.dev
 
 # ruff (style, complexity, argument counts) and mypy over the typed core.
 TYPED := bertetl/engine bertetl/io bertetl/executors/base.py bertetl/executors/local.py \
-	bertetl/executors/__init__.py bertetl/config.py bertetl/errors.py bertetl/report.py \
+	bertetl/executors/__init__.py bertetl/config.py bertetl/errors.py bertetl/results.py \
 	bertetl/schema.py bertetl/runs bertetl/evaluate bertetl/executor_registry.py \
 	bertetl/output_options.py bertetl/labels.py
 lint: $(VENV)/.dev

@@ -12,7 +12,7 @@ from bertetl.config import EngineConfig, TrainConfig
 from bertetl.errors import BertEtlError, CommitError, FilesFailedError, InputError, ModelError
 
 if TYPE_CHECKING:
-    from bertetl.report import EnrichReport
+    from bertetl.results import EnrichReport
     from bertetl.training.train import TrainReport
 
 __all__ = [

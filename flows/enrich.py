@@ -27,7 +27,7 @@ from bertetl.io.destinations import Destination, parse_run
 from bertetl.io.paths import check_run_paths
 from bertetl.io.sink import SinkFactory
 from bertetl.io.sources import source_capabilities
-from bertetl.report import EnrichReport, FileResult, SummaryRow
+from bertetl.results import EnrichReport, FileResult, SummaryRow
 from bertetl.runs.enrich import check_storage, enrich
 
 

@@ -13,8 +13,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Failed, State
 
 from bertetl.errors import PartitionsFailedError
-from bertetl.report import SummaryRow
 from bertetl.reports.drift import DriftReport
+from bertetl.results import SummaryRow
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from bertetl.flows.params import RunOptions
 from bertetl.flows.progress import RunProgress
 from bertetl.io.chunks import Chunk
 from bertetl.io.manifest import Manifest
-from bertetl.report import FileResult
+from bertetl.results import FileResult
 from bertetl.runs.plan import PartitionPlan, Plan
 from bertetl.runs.staged import PartitionOutcome, enrich_partition, enrich_partitions
 

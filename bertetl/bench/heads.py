@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from bertetl.bench.e2e import engine_e2e_run
 from bertetl.engine.ner import ENTITIES, ner_column
-from bertetl.report import FileResult
+from bertetl.results import FileResult
 from bertetl.schema import LABEL, SCORE
 
 #: The head name the NER systems use (the engine writes `ner_entities`).

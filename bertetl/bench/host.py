@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 
 from bertetl.bench.child import ChildError, run_in_child
 from bertetl.io.write import ParquetSink
-from bertetl.report import StageCounters
+from bertetl.results import StageCounters
 
 #: Parquet codecs `--compression` compares (the engine writes zstd).
 CODECS = ("zstd", "lz4", "snappy", "none")

@@ -192,7 +192,7 @@ def host(
 
 def _bench_config(debug: bool, storage_option: list[str] | None, **values: Any) -> BenchConfig:
     """The systems bench's config from its options (one line and exit 2 when one is bad)."""
-    from bertetl.io.storage import parse_storage_options
+    from bertetl.io.stores.locations import parse_storage_options
 
     with user_errors(debug):
         storage_options = parse_storage_options(storage_option)

@@ -14,7 +14,7 @@ from bertetl.cli.common import Debug, StorageOption, setup_logging, user_errors
 from bertetl.cli.options import engine_options
 from bertetl.config import EngineConfig
 from bertetl.errors import FilesFailedError
-from bertetl.report import EnrichReport
+from bertetl.results import EnrichReport
 
 Source = Annotated[
     str,
@@ -52,7 +52,7 @@ def enrich(
     the model's limit are truncated. Each output file is committed atomically.
     """
     setup_logging(debug)
-    from bertetl.io.storage import parse_storage_options
+    from bertetl.io.stores.locations import parse_storage_options
     from bertetl.runs.enrich import enrich as run
 
     with user_errors(debug):
@@ -87,7 +87,7 @@ def check_report_path(report: Path, source: str, dest: str) -> None:
     """Refuse, before the run, a `--report` path that is a folder or lies in SOURCE or DEST
     (it would overwrite an input or an output, or land among them as a stray file)."""
     from bertetl.errors import InputError
-    from bertetl.io.storage import is_table_uri, is_uri
+    from bertetl.io.stores.locations import is_table_uri, is_uri
 
     path = report.resolve()
     if path.is_dir():

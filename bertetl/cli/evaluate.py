@@ -165,7 +165,7 @@ def evaluate(
         examples=examples,
     )
     from bertetl.evaluate.run import evaluate as run
-    from bertetl.io.storage import parse_storage_options
+    from bertetl.io.stores.locations import parse_storage_options
 
     with user_errors(debug):
         result = run(table, out, config, parse_storage_options(storage_option))

@@ -154,7 +154,7 @@ def incremental(
 
 def _storage_options(pairs: list[str] | None, debug: bool) -> dict[str, str]:
     """`--storage-option KEY=VALUE`s as a dict; a malformed one is one line, exit code 2."""
-    from bertetl.io.storage import StorageError, parse_storage_options
+    from bertetl.io.stores.locations import StorageError, parse_storage_options
 
     try:
         return parse_storage_options(pairs)
@@ -195,7 +195,7 @@ def _run(kind: str, params: Any, debug: bool) -> None:
         from bertetl.executors import make_executor
         from bertetl.flows.local import local_api
         from bertetl.io.commit import holding
-        from bertetl.io.storage import resolve_run
+        from bertetl.io.stores.locations import resolve_run
         from bertetl.runs.enrich import check_storage
         from bertetl.runs.staged import check_partitioned_run
 

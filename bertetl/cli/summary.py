@@ -48,7 +48,7 @@ def summary(
     """
     import polars as pl
 
-    from bertetl.io.storage import parse_storage_options, resolve_run
+    from bertetl.io.stores.locations import parse_storage_options, resolve_run
     from bertetl.reports.drift import drift_report
     from bertetl.reports.summary import summarize
 

@@ -130,7 +130,7 @@ def train(
         seed=seed,
         device=device,
     )
-    from bertetl.io.storage import parse_storage_options
+    from bertetl.io.stores.locations import parse_storage_options
     from bertetl.training.train import train as run
 
     with user_errors(debug):
@@ -147,7 +147,7 @@ def _train_tokens(
     table: str, model_out: str, debug: bool, storage_option: list[str] | None, **values: object
 ) -> None:
     """`--task token-classification`: fine-tune a token classifier and print its entity F1."""
-    from bertetl.io.storage import parse_storage_options
+    from bertetl.io.stores.locations import parse_storage_options
     from bertetl.training.token_classification import TokenTrainConfig, train_tokens
 
     config = build_config(TokenTrainConfig, debug, **values)

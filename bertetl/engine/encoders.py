@@ -26,7 +26,7 @@ from bertetl.engine.long_text import combine_windows
 from bertetl.engine.model_files import PoolingSpec, read_pooling
 from bertetl.engine.oom import forward_splitting
 from bertetl.errors import ModelError
-from bertetl.report import StageCounters
+from bertetl.results import StageCounters
 from bertetl.schema import embedding_field
 
 

@@ -64,7 +64,7 @@ from bertetl.engine.tokenize import (
     special_tokens,
 )
 from bertetl.errors import ModelError
-from bertetl.report import StageCounters
+from bertetl.results import StageCounters
 from bertetl.schema import ENRICH_ERROR, TOKENS_PREFIX
 
 log = logging.getLogger(__name__)

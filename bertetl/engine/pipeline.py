@@ -32,9 +32,9 @@ from bertetl.errors import InputError, is_transient
 from bertetl.io.output import OutputCounts, write_output
 from bertetl.io.read import SourceFile, check_text_column, read_schema, stream
 from bertetl.io.sink import SinkFactory
-from bertetl.io.storage import Location
+from bertetl.io.stores.locations import Location
 from bertetl.io.write import ParquetSink
-from bertetl.report import (
+from bertetl.results import (
     EnrichReport,
     FileResult,
     StageCounters,

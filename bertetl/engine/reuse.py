@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from bertetl.engine.tokenize import as_plain_text, without_invalid_utf8
 from bertetl.io.read import open_parquet
-from bertetl.io.storage import Location
+from bertetl.io.stores.locations import Location
 
 _TEXT = "__bertetl_text"
 

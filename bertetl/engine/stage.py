@@ -1,4 +1,4 @@
-"""The stage protocol (the counters every stage keeps live in `bertetl.report`)."""
+"""The stage protocol (the counters every stage keeps live in `bertetl.results`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Protocol, runtime_checkable
 
 import pyarrow as pa
 
-from bertetl.report import StageCounters
+from bertetl.results import StageCounters
 
 
 @runtime_checkable

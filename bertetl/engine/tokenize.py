@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from bertetl.engine.long_text import LongTextOptions, WindowRule, cut_windows
 from bertetl.engine.model_files import max_length_for
-from bertetl.report import StageCounters
+from bertetl.results import StageCounters
 from bertetl.schema import ENRICH_ERROR, STATS_PREFIX, TOKENS_PREFIX, token_stats_fields
 
 NULL_TEXT = "text is null"

@@ -34,7 +34,7 @@ from bertetl.config import EngineConfig
 from bertetl.engine.tokenize import TokenizerSnapshot
 from bertetl.errors import ModelError
 from bertetl.processes import pool_worker
-from bertetl.report import StageCounters
+from bertetl.results import StageCounters
 
 
 class CountingStage(Protocol):

@@ -22,7 +22,7 @@ from bertetl.engine.encoders import EmbedStage
 from bertetl.engine.heads import LabelColumns, head_prefix
 from bertetl.engine.long_text import LongTextOptions
 from bertetl.engine.tokenize import TokenizeStage
-from bertetl.report import StageCounters
+from bertetl.results import StageCounters
 
 
 def description_texts(head: ZeroShotHead, template: str | None) -> list[list[str]]:

@@ -37,7 +37,7 @@ from bertetl.evaluate.predictions import (
 from bertetl.io.inputs import resolve_inputs
 from bertetl.io.paths import check_replaceable_folder
 from bertetl.io.read import discover, source_root
-from bertetl.io.storage import Location, StorageError, is_uri
+from bertetl.io.stores.locations import Location, StorageError, is_uri
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ import pyarrow as pa
 from bertetl.config import EngineConfig
 from bertetl.io.read import SourceFile
 from bertetl.io.sink import SinkFactory
-from bertetl.io.storage import Location
+from bertetl.io.stores.locations import Location
 from bertetl.io.write import ParquetSink
-from bertetl.report import EnrichReport, FileResult
+from bertetl.results import EnrichReport, FileResult
 
 if TYPE_CHECKING:
     from bertetl.engine.pipeline import Pipeline

@@ -15,7 +15,7 @@ from bertetl.engine.reuse import ReuseIndex
 from bertetl.executor_registry import LocalOptions
 from bertetl.executors.base import Capabilities, Job
 from bertetl.processes import pool_worker
-from bertetl.report import EnrichReport, FileResult
+from bertetl.results import EnrichReport, FileResult
 
 
 def resolve_workers(config: EngineConfig) -> int:

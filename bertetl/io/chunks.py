@@ -19,7 +19,7 @@ from bertetl.errors import CommitError, InputError
 from bertetl.io.paths import dest_path
 from bertetl.io.read import SourceFile, read_metadata
 from bertetl.io.sink import SinkFactory
-from bertetl.io.storage import Location
+from bertetl.io.stores.locations import Location
 from bertetl.io.write import ParquetSink
 
 

@@ -31,7 +31,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from bertetl.errors import CommitError
-from bertetl.io.storage import LOCK_NAME, Location, TableRef, is_remote, is_table
+from bertetl.io.stores.locations import LOCK_NAME, Location, TableRef, is_remote, is_table
 from bertetl.io.write import TEMP_SUFFIX, fsync_dir
 
 STAGING_SUFFIX = ".bertetl-staging"
@@ -184,7 +184,7 @@ def _lock_key(dest: str | os.PathLike[str] | Location | TableRef) -> str:
 
 def destination_lock(dest: str | os.PathLike[str] | Location | TableRef) -> Any:
     """DEST's one-run lock: `flock` on a local folder (`DestinationLock`), a conditional
-    create with a lease on S3 (`bertetl.io.objectstore.ObjectStoreLock`); a store that
+    create with a lease on S3 (`bertetl.io.stores.objects.ObjectStoreLock`); a store that
     cannot be locked is refused there. Both are context managers with `acquire`/`release`.
     A table DEST is locked the same way at its lock place (`bertetl.io.tables.lock_place`:
     a sidecar folder beside a Delta table, the warehouse for Iceberg). Inside `holding(dest)`
@@ -197,7 +197,7 @@ def destination_lock(dest: str | os.PathLike[str] | Location | TableRef) -> Any:
     if _lock_key(dest) in _HELD.get():
         return HeldLock()
     if is_remote(dest):
-        from bertetl.io.objectstore import ObjectStoreLock
+        from bertetl.io.stores.objects import ObjectStoreLock
 
         assert isinstance(dest, Location)
         return ObjectStoreLock(dest)
@@ -211,12 +211,12 @@ def staging_for(
     the staged swap), or on this machine for an object-store DEST (uploaded at commit) or a
     table DEST (read back into one table transaction at commit)."""
     if is_table(dest):
-        from bertetl.io.objectstore import local_staged_folder
+        from bertetl.io.stores.objects import local_staged_folder
 
         assert isinstance(dest, TableRef)
         return local_staged_folder(_table_key(dest))
     if is_remote(dest):
-        from bertetl.io.objectstore import local_staged_folder
+        from bertetl.io.stores.objects import local_staged_folder
 
         assert isinstance(dest, Location)
         return local_staged_folder(dest)
@@ -230,12 +230,12 @@ def clean_leftovers(
     (nothing half-written can be left on the store: uploads are whole); for a table DEST,
     this machine's staging of it (a table commit is one transaction: nothing is left in it)."""
     if is_table(dest):
-        from bertetl.io.objectstore import clean_local_staging
+        from bertetl.io.stores.objects import clean_local_staging
 
         assert isinstance(dest, TableRef)
         return clean_local_staging(_table_key(dest))
     if is_remote(dest):
-        from bertetl.io.objectstore import clean_local_staging
+        from bertetl.io.stores.objects import clean_local_staging
 
         assert isinstance(dest, Location)
         return clean_local_staging(dest)

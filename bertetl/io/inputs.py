@@ -9,9 +9,16 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from bertetl.io import storage
 from bertetl.io.scratch import run_scratch
-from bertetl.io.storage import Location, StorageError, TableRef, is_remote, is_table_uri, is_uri
+from bertetl.io.stores import locations as storage
+from bertetl.io.stores.locations import (
+    Location,
+    StorageError,
+    TableRef,
+    is_remote,
+    is_table_uri,
+    is_uri,
+)
 
 
 def resolve_inputs(

@@ -30,9 +30,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from bertetl.config import EngineConfig
 from bertetl.errors import CommitError, InputError
 from bertetl.io.commit import LOCK_NAME
-from bertetl.io.storage import Location, TableRef, is_remote, is_table, storage_error
+from bertetl.io.stores.locations import Location, TableRef, is_remote, is_table, storage_error
 from bertetl.output_options import output_payload
-from bertetl.report import ColumnSum
+from bertetl.results import ColumnSum
 
 if TYPE_CHECKING:
     from bertetl.io.tables import TableCommit
@@ -535,7 +535,7 @@ def write_manifest(folder: str | os.PathLike[str] | Location, manifest: Manifest
     """Write and fsync the manifest (into a staged partition, before it is swapped in); on
     an object store, one `PutObject` into the live partition: its commit point."""
     if is_remote(folder):
-        from bertetl.io.objectstore import put_bytes
+        from bertetl.io.stores.objects import put_bytes
 
         assert isinstance(folder, Location)
         put_bytes(folder / MANIFEST_NAME, manifest.model_dump_json(indent=2).encode())

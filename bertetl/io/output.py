@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from bertetl.io.sink import OutputSink
-from bertetl.report import FileResult, MeanColumns, add_column_sums, count_labels
+from bertetl.results import FileResult, MeanColumns, add_column_sums, count_labels
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from bertetl.errors import InputError
 from bertetl.io.commit import strays
 from bertetl.io.manifest import MANIFEST_NAME, FileFingerprint, read_manifest
 from bertetl.io.read import SourceFile, discover, open_parquet
-from bertetl.io.storage import Location, TableRef, is_remote, is_table, storage_error
+from bertetl.io.stores.locations import Location, TableRef, is_remote, is_table, storage_error
 from bertetl.schema import ENRICH_ERROR
 
 #: What an object-store commit of a partition owns there, written before it deletes anything

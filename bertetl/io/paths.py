@@ -8,7 +8,7 @@ from typing import Any
 
 from bertetl.errors import InputError
 from bertetl.io.read import SourceFile, discover, remote_source_root, source_root
-from bertetl.io.storage import Location, is_remote
+from bertetl.io.stores.locations import Location, is_remote
 
 
 def _single_file(source: str | Location) -> bool:
@@ -104,7 +104,7 @@ def check_remote_paths(files: list[SourceFile], source: Location, dest: Location
     SOURCE's root, lies inside it, or holds it (compared as paths on one store; there are
     no links to follow), and check that DEST can be written (`objectstore.writable`)."""
     if is_remote(dest):
-        from bertetl.io.objectstore import writable
+        from bertetl.io.stores.objects import writable
 
         writable(dest)
     if source.store != dest.store:

@@ -16,7 +16,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from bertetl.errors import InputError
-from bertetl.io.storage import SCHEMES, Location, storage_error
+from bertetl.io.stores.locations import SCHEMES, Location, storage_error
 from bertetl.schema import is_text_type
 
 GLOB_CHARS = set("*?[")

@@ -14,7 +14,7 @@ from bertetl.io.partitions import Partition, list_partitions
 from bertetl.io.paths import check_paths, check_remote_paths, check_run_paths
 from bertetl.io.read import SourceFile, discover
 from bertetl.io.sources import check_source, source_capabilities
-from bertetl.io.storage import Location, TableRef, is_remote
+from bertetl.io.stores.locations import Location, TableRef, is_remote
 
 
 def check_partitioned_run(
@@ -36,7 +36,7 @@ def check_partitioned_run(
     destination = as_destination(dest)
     if source_capabilities(source).pinned or not destination.capabilities.files:
         return _check_table_run(source, destination, column, start, end)
-    files = check_run_paths(source, destination.place)
+    files = check_run_paths(source, destination.place)  # type: ignore[arg-type]  # no table
     partitions = list_partitions(source, column, start, end, files=files)
     destination.check_foreign(partitions)
     return partitions

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bertetl.io.storage import Location, TableRef
+from bertetl.io.stores.locations import Location, TableRef
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from bertetl.io.manifest import (
     verify_outputs,
 )
 from bertetl.io.read import SourceFile, discover
-from bertetl.io.storage import Location
+from bertetl.io.stores.locations import Location
 
 
 @dataclass(frozen=True)

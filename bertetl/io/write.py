@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from bertetl.errors import CommitError
 from bertetl.io.scratch import run_scratch
-from bertetl.io.storage import Location, is_remote
+from bertetl.io.stores.locations import Location, is_remote
 
 TEMP_SUFFIX = ".bertetl-tmp"
 
@@ -67,7 +67,7 @@ class ParquetSink:
     With an object-store `Location` as its path, the file is written to a local temp file
     (in a scratch folder of the system's temp folder, which the next run removes if this one
     is killed: `bertetl.io.scratch`) and `commit()` uploads it whole
-    (`bertetl.io.objectstore.upload_file`): the object is the old one or the whole new one.
+    (`bertetl.io.stores.objects.upload_file`): the object is the old one or the whole new one.
     """
 
     def __init__(
@@ -135,7 +135,7 @@ class ParquetSink:
             log.warning("committed %s but could not fsync its folder: %s", self.path, e)
 
     def _upload(self, target: Location) -> None:
-        from bertetl.io.objectstore import check_held, upload_file
+        from bertetl.io.stores.objects import check_held, upload_file
 
         assert self._writer is not None
         try:
@@ -183,7 +183,7 @@ def write_file(
     target, or None when nothing was written."""
     if not is_remote(target):
         return produce(Path(target))
-    from bertetl.io.objectstore import upload_file
+    from bertetl.io.stores.objects import upload_file
 
     assert isinstance(target, Location)
     with tempfile.TemporaryDirectory(prefix="bertetl-file-") as folder:

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bertetl.io.destinations import as_destination
 from bertetl.io.manifest import Manifest
-from bertetl.io.storage import Location
+from bertetl.io.stores.locations import Location
 from bertetl.io.write import write_file
 from bertetl.schema import EMBEDDING, LABEL, SCORE
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 from bertetl.errors import InputError
 from bertetl.io.destinations import as_destination
 from bertetl.io.read import SourceFile, open_parquet
-from bertetl.io.storage import Location, TableRef
+from bertetl.io.stores.locations import Location, TableRef
 from bertetl.io.verify import DamagedFile, _damaged_file, _first_line
 from bertetl.reports.sql import run_query
 from bertetl.schema import EMBEDDING, ENRICH_ERROR, LABEL

@@ -16,7 +16,7 @@ from bertetl.io.destinations import as_destination, parse_run
 from bertetl.io.paths import check_run_paths
 from bertetl.io.read import SourceFile, check_text_column, read_schema
 from bertetl.io.sources import source_capabilities
-from bertetl.report import EnrichReport, FileResult, merge_label_counts
+from bertetl.results import EnrichReport, FileResult, merge_label_counts
 
 
 def enrich(

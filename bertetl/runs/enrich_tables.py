@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,8 +27,8 @@ from bertetl.io.destinations import Destination
 from bertetl.io.manifest import config_hash
 from bertetl.io.scratch import run_scratch
 from bertetl.io.sources import check_source, source_capabilities
-from bertetl.io.storage import Location, TableRef
-from bertetl.report import EnrichReport, FileResult
+from bertetl.io.stores.locations import Location, TableRef
+from bertetl.results import EnrichReport, FileResult
 
 if TYPE_CHECKING:
     from bertetl.io.tables import TableSnapshot
@@ -40,7 +41,7 @@ RUN_KIND = "enrich"
 
 
 def enrich_with_tables(
-    source: Path | Location | TableRef,
+    source: str | os.PathLike[str] | Location | TableRef,
     dest: Destination,
     config: EngineConfig,
     run_files: Callable[..., EnrichReport],
@@ -51,7 +52,7 @@ def enrich_with_tables(
     on_file_done=..., raise_on_failure=...)` is the Parquet run it stages through."""
     _check(source, dest)
     with contextlib.ExitStack() as stack:
-        local_source: Path | Location | TableRef = source
+        local_source: str | os.PathLike[str] | Location | TableRef = source
         version = None
         if source_capabilities(source).pinned:
             from bertetl.io import tables

@@ -28,7 +28,7 @@ from bertetl.io.manifest import (
 )
 from bertetl.io.partitions import Partition, list_partitions
 from bertetl.io.read import read_metadata
-from bertetl.io.storage import Location, TableRef
+from bertetl.io.stores.locations import Location, TableRef
 from bertetl.reports.sql import run_query
 
 

@@ -31,7 +31,7 @@ from bertetl.io.run_checks import (
     check_partitioned_run,
     materialize_partition,
 )
-from bertetl.report import ColumnSum, FileResult, merge_column_sums, merge_label_counts
+from bertetl.results import ColumnSum, FileResult, merge_column_sums, merge_label_counts
 from bertetl.runs.plan import PartitionPlan, Plan
 
 log = logging.getLogger(__name__)

@@ -43,7 +43,7 @@ from bertetl.io.read import (
     read_schema,
     require_column,
 )
-from bertetl.io.storage import Location
+from bertetl.io.stores.locations import Location
 from bertetl.training.train import EVAL_DIR, _batches, _save, check_model_out
 
 log = logging.getLogger(__name__)

@@ -34,7 +34,7 @@ from bertetl.io.read import (
     read_schema,
     require_column,
 )
-from bertetl.io.storage import Location, StorageError, is_uri
+from bertetl.io.stores.locations import Location, StorageError, is_uri
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from bertetl.bench.systems import BenchConfig, check_inputs, input_texts, own_input
 from bertetl.cli.app import app
 from bertetl.errors import InputError
-from bertetl.io.storage import parse_location
+from bertetl.io.stores.locations import parse_location
 
 
 def test_own_inputs_from_s3_equal_local(

@@ -13,7 +13,7 @@ from bertetl.config import EngineConfig
 from bertetl.errors import InputError
 from bertetl.evaluate.config import EvaluateConfig
 from bertetl.evaluate.run import evaluate
-from bertetl.io.storage import parse_location
+from bertetl.io.stores.locations import parse_location
 from tests.cli.test_cli import bertetl
 from tests.cli.test_evaluate import one_line_error
 from tests.evaluate.tables import single_label_table
@@ -131,7 +131,7 @@ def test_a_delta_or_iceberg_table_evaluates_as_its_parquet_does(
     """A table TABLE (`delta://`, `iceberg://`) is read at one version into a local copy:
     the report equals the one of the Parquet it was written from (but for the file names
     of the examples: the copy's)."""
-    from bertetl.io.storage import resolve
+    from bertetl.io.stores.locations import resolve
     from bertetl.io.tables import replace_table
 
     truth = [SENTIMENT[(i * 5) % 3] for i in range(30)]

@@ -33,7 +33,7 @@ import pytest
 from bertetl.config import EngineConfig
 from bertetl.executors import EXECUTORS, Job, make_executor
 from bertetl.io.read import SourceFile
-from bertetl.report import EnrichReport, FileResult
+from bertetl.results import EnrichReport, FileResult
 from tests.conftest import TEXTS
 from tests.reference import cosine, reference_embeddings, reference_probabilities
 

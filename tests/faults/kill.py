@@ -85,7 +85,7 @@ def _then_sleep(real: Callable[..., Any], seconds: float) -> Callable[..., Any]:
 def _targets() -> dict[str, tuple[Any, str, bool]]:
     """Each counted point: the object whose attribute is wrapped, its name, and whether the
     process dies after the call (else before it)."""
-    import bertetl.io.objectstore as objectstore
+    import bertetl.io.stores.objects as objectstore
     import bertetl.io.tables as tables
 
     return {

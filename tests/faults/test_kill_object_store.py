@@ -20,8 +20,8 @@ import pytest
 from bertetl.config import EngineConfig
 from bertetl.flows.params import BackfillParams, RunOptions
 from bertetl.flows.partitioned import backfill_flow
-from bertetl.io.objectstore import clean_local_staging
-from bertetl.io.storage import LOCK_NAME
+from bertetl.io.stores.locations import LOCK_NAME
+from bertetl.io.stores.objects import clean_local_staging
 from bertetl.runs.enrich import enrich
 from tests.conftest import write_partitioned
 from tests.outputs import assert_equivalent

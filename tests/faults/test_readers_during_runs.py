@@ -12,7 +12,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from bertetl.io.storage import parse_location
+from bertetl.io.stores.locations import parse_location
 from tests.conftest import write_partitioned
 from tests.runs.test_object_store import read_by_manifests
 

@@ -69,7 +69,7 @@ def test_on_demand_deployment_has_a_parameter_form() -> None:
 def test_flow_evaluates_a_table_on_s3_as_it_does_a_local_one(
     write_table, tmp_path: Path, bucket: str, storage: dict[str, str]
 ) -> None:
-    from bertetl.io.storage import parse_location
+    from bertetl.io.stores.locations import parse_location
     from tests.runs.test_object_store import upload_tree
 
     write_table(single_label_table(["neg", "pos", "pos"] * 8, ["neg", "pos"], seed=3))

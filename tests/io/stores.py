@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bertetl.io.storage import Location, parse_location
+from bertetl.io.stores.locations import Location, parse_location
 
 
 @dataclass(frozen=True)

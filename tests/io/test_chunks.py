@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from bertetl.errors import CommitError, InputError
 from bertetl.io.chunks import Chunk, assemble, cut_row_groups, plan_chunks
 from bertetl.io.read import discover, read_schema
-from bertetl.io.storage import parse_location
+from bertetl.io.stores.locations import parse_location
 
 
 def _write_groups(path: Path, sizes: list[int]) -> pa.Table:

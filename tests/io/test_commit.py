@@ -172,7 +172,7 @@ def test_one_table_name_in_two_iceberg_warehouses_stages_apart(
     import pyiceberg.catalog
     from pyiceberg.utils.config import Config
 
-    from bertetl.io.storage import resolve
+    from bertetl.io.stores.locations import resolve
 
     uri = f"iceberg://{iceberg_catalog}/db.t"
     with commit.staging_for(resolve(uri)) as first:

@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from bertetl.errors import CommitError, InputError
-from bertetl.io.objectstore import LOCK_NAME, ObjectStoreLock
 from bertetl.io.read import discover, read_schema, stream
 from bertetl.io.scratch import HELD, scratch_root
-from bertetl.io.storage import StorageError, parse_location, parse_storage_options
+from bertetl.io.stores.locations import StorageError, parse_location, parse_storage_options
+from bertetl.io.stores.objects import LOCK_NAME, ObjectStoreLock
 from bertetl.io.write import ParquetSink
 
 
@@ -141,7 +141,7 @@ def test_a_lock_write_that_landed_before_its_retry_failed_is_still_ours(store, m
     """A client retries a conditional write whose answer was lost: the write landed, so the
     retry's precondition fails. The lock reads its holder: its own owner id means the lock is
     ours (taking it, and renewing it), not another run's."""
-    from bertetl.io import objectstore
+    from bertetl.io.stores import objects as objectstore
 
     dest = store.location("dest")
     real = objectstore.client(dest)
@@ -171,7 +171,7 @@ def test_a_lease_not_renewed_in_time_stops_the_commits(store, monkeypatch) -> No
     the lock is not deleted on release (it may be theirs)."""
     import types
 
-    from bertetl.io import objectstore
+    from bertetl.io.stores import objects as objectstore
 
     dest = store.location("dest")
     lock = ObjectStoreLock(dest)
@@ -197,7 +197,7 @@ def test_a_killed_runs_lock_on_this_machine_is_taken_over_before_its_lease_ends(
     import subprocess
     import sys
 
-    from bertetl.io.objectstore import _process_space
+    from bertetl.io.stores.objects import _process_space
 
     dest = parse_location(f"s3://{bucket}/dest", storage)
     s3 = boto3.client("s3", endpoint_url=storage["endpoint_url"])
@@ -233,7 +233,7 @@ def test_a_killed_runs_lock_on_this_machine_is_taken_over_before_its_lease_ends(
 def test_a_dest_on_a_store_without_a_lock_is_refused_by_name() -> None:
     """fsspec reaches more stores than bertetl can lock (here its in-memory one): they can be
     a SOURCE, and a DEST there is one line naming it and the stores that work."""
-    from bertetl.io.objectstore import writable
+    from bertetl.io.stores.objects import writable
 
     dest = parse_location("memory://bucket/x")
     assert dest.store == "memory" and not dest.local
@@ -246,8 +246,8 @@ def test_an_azure_dest_without_an_account_names_its_uri(monkeypatch) -> None:
     chain as adlfs), and without any account the DEST's error names it."""
     import pyarrow.fs as pafs
 
-    from bertetl.io import object_clients
-    from bertetl.io.storage import Location
+    from bertetl.io.stores import clients as object_clients
+    from bertetl.io.stores.locations import Location
 
     for name in ("CONNECTION_STRING", "ACCOUNT_NAME"):
         monkeypatch.delenv(f"AZURE_STORAGE_{name}", raising=False)
@@ -269,8 +269,8 @@ def test_an_adls_gen2_uri_names_its_container_and_account() -> None:
     write: the writer's container is CONTAINER and its account ACCOUNT."""
     import pyarrow.fs as pafs
 
-    from bertetl.io import object_clients
-    from bertetl.io.storage import Location
+    from bertetl.io.stores import clients as object_clients
+    from bertetl.io.stores.locations import Location
 
     path = "lake@myacct.dfs.core.windows.net/enriched/x.parquet"
     target = Location(f"abfss://{path}", path, pafs.LocalFileSystem(), "azure", (("anon", "1"),))

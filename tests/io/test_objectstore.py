@@ -1,4 +1,4 @@
-"""`bertetl.io.objectstore`'s own functions: whole-object uploads, small writes and deletes on
+"""`bertetl.io.stores.objects`'s own functions: whole-object uploads, small writes and deletes on
 each real test store (S3 on moto, GCS on fake-gcs-server, Azure on Azurite; the `store`
 fixture), the bucket check, this machine's local staging, and when a lock's holder is
 certainly dead. The lock's protocol (lease, take-over) is in tests/io/test_object_store.py.
@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from bertetl.errors import CommitError
-from bertetl.io.objectstore import (
+from bertetl.io.stores.locations import StorageError, parse_location
+from bertetl.io.stores.objects import (
     LOCAL_STAGING,
     check_bucket,
     clean_local_staging,
@@ -32,7 +33,6 @@ from bertetl.io.objectstore import (
     put_bytes,
     upload_file,
 )
-from bertetl.io.storage import StorageError, parse_location
 
 
 def test_an_upload_lands_whole_and_replaces_the_object(store, tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ from bertetl.io.partitions import (
     owned_files,
     remote_files,
 )
-from bertetl.io.storage import parse_location
+from bertetl.io.stores.locations import parse_location
 from bertetl.schema import ENRICH_ERROR
 
 

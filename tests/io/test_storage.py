@@ -1,4 +1,4 @@
-"""`bertetl.io.storage`: what a user's SOURCE or DEST text becomes (`parse_location`), the
+"""`bertetl.io.stores.locations`: what a user's SOURCE or DEST text becomes (`parse_location`), the
 path arithmetic of a `Location`, and `--storage-option` parsing and checking.
 
 References: `posixpath` and `pathlib` for the arithmetic, `urllib.parse.urlsplit` for
@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bertetl.io.storage import (
+from bertetl.io.stores.locations import (
     Location,
     StorageError,
     as_local,

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from bertetl.io.storage import (
+from bertetl.io.stores.locations import (
     StorageError,
     TableRef,
     is_table_uri,

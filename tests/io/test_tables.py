@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from bertetl.io.commit import destination_lock
-from bertetl.io.storage import StorageError, TableRef, parse_table, resolve_run
+from bertetl.io.stores.locations import StorageError, TableRef, parse_table, resolve_run
 from bertetl.io.tables import (
     commit_partition,
     commit_problem,

@@ -16,8 +16,8 @@ from scipy.spatial.distance import cosine, jensenshannon
 from bertetl.config import EngineConfig
 from bertetl.executors.local import LocalExecutor
 from bertetl.io.manifest import EmbeddingMean, Manifest, ScoreMean, read_manifest
-from bertetl.report import FileResult, MeanColumns, add_column_sums
 from bertetl.reports.drift import DriftOptions, drift_report, partition_drift
+from bertetl.results import FileResult, MeanColumns, add_column_sums
 from bertetl.runs.plan import plan_partitions
 from bertetl.runs.staged import enrich_partition
 from tests.conftest import TEXTS

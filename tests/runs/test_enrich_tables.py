@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from bertetl.cli.app import app
 from bertetl.config import EngineConfig
 from bertetl.errors import FilesFailedError, InputError
-from bertetl.io.storage import resolve_run
+from bertetl.io.stores.locations import resolve_run
 from bertetl.io.tables import MANIFEST_KEY, count_commits
 from bertetl.runs.enrich import enrich
 from tests.runs.test_tables import assert_same_rows, read_parquet, read_table

@@ -19,7 +19,7 @@ from bertetl.errors import CommitError, InputError
 from bertetl.executors.local import LocalExecutor
 from bertetl.io.commit import LOCK_NAME as LOCK
 from bertetl.io.manifest import MANIFEST_NAME
-from bertetl.io.storage import Location, parse_location
+from bertetl.io.stores.locations import Location, parse_location
 from bertetl.reports.summary import summarize
 from bertetl.runs.enrich import enrich
 from bertetl.runs.plan import plan_partitions
@@ -172,7 +172,7 @@ def test_a_crash_mid_commit_leaves_no_duplicates_and_the_rerun_cleans_up(
     (src / "date=2026-01-02" / "part-1.parquet").unlink()  # its output becomes stale
     edit_rows(src / "date=2026-01-02" / "part-0.parquet", [1])
 
-    import bertetl.io.objectstore as objectstore
+    import bertetl.io.stores.objects as objectstore
 
     real_upload = objectstore.upload_file
 
@@ -353,7 +353,7 @@ def test_a_dest_inside_the_source_is_refused_on_every_store(
 
 def test_a_lost_lock_stops_the_commit(executor, partitioned_source, store) -> None:
     """A run whose lease ran out and was taken over by another run commits nothing more."""
-    from bertetl.io.objectstore import ObjectStoreLock
+    from bertetl.io.stores.objects import ObjectStoreLock
 
     src = partitioned_source(days=1)
     dest = parse_location(store.uri("enriched"), store.options)
@@ -379,7 +379,7 @@ def test_backfill_and_incremental_flows_into_s3(
     re-infers only the edited rows; a second run while the lock is held is refused."""
     from bertetl.flows.params import BackfillParams, IncrementalParams, RunOptions
     from bertetl.flows.partitioned import backfill_flow, incremental_flow
-    from bertetl.io.objectstore import ObjectStoreLock
+    from bertetl.io.stores.objects import ObjectStoreLock
 
     config = EngineConfig(text_column="text", embed_model=str(tiny_embed_dir))
     src, uri = partitioned_source(days=3), f"s3://{bucket}/enriched"

@@ -19,7 +19,7 @@ from bertetl.config import EngineConfig
 from bertetl.errors import CommitError, InputError
 from bertetl.executors.local import LocalExecutor
 from bertetl.io.commit import destination_lock
-from bertetl.io.storage import TableRef, resolve_run
+from bertetl.io.stores.locations import TableRef, resolve_run
 from bertetl.io.tables import count_commits
 from bertetl.reports.summary import summarize
 from bertetl.runs.plan import plan_partitions

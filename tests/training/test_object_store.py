@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from bertetl.cli.app import app
 from bertetl.config import TrainConfig
 from bertetl.errors import InputError
-from bertetl.io.storage import parse_location
+from bertetl.io.stores.locations import parse_location
 from bertetl.training.token_classification import TokenTrainConfig, train_tokens
 from bertetl.training.train import train
 from tests.io.s3_server import dead_endpoint

@@ -9,7 +9,7 @@ from bertetl.bench.systems.config import BenchConfig
 from bertetl.errors import InputError
 from bertetl.io.inputs import resolve_inputs
 from bertetl.io.read import discover, read_columns
-from bertetl.io.storage import StorageError
+from bertetl.io.stores.locations import StorageError
 
 #: The input sets bertetl brings; any other is `PATH[:COLUMN]`.
 BUILT_IN_INPUTS = ("reviews", "synthetic")

@@ -34,9 +34,9 @@ from bertetl.errors import CommitError, is_transient
 from bertetl.executors.ray.datasource import FILE_COLUMN, ROW_COLUMN, read_errors, record_error
 from bertetl.io.output import OutputCounts, write_output
 from bertetl.io.sink import SinkFactory
-from bertetl.io.storage import Location
+from bertetl.io.stores.locations import Location
 from bertetl.io.write import ParquetSink
-from bertetl.report import FileResult
+from bertetl.results import FileResult
 
 
 @dataclass(frozen=True)

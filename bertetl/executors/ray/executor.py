@@ -37,11 +37,11 @@ from bertetl.executors.ray.actors import ModelActor, TokenizeActor
 from bertetl.executors.ray.datasink import CommitOptions, FileTarget, PartsDatasink
 from bertetl.executors.ray.datasource import ParquetFilesDatasource, ReadRange
 from bertetl.io.chunks import cut_row_groups
-from bertetl.io.objectstore import is_machine_staging
 from bertetl.io.paths import absolute_target
 from bertetl.io.read import SourceFile, read_metadata
+from bertetl.io.stores.objects import is_machine_staging
 from bertetl.processes import tagging, watch
-from bertetl.report import EnrichReport, FileResult
+from bertetl.results import EnrichReport, FileResult
 
 log = logging.getLogger(__name__)
 

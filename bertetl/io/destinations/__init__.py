@@ -19,7 +19,7 @@ from bertetl.io.destinations.iceberg import IcebergTable
 from bertetl.io.destinations.local import LocalFolder
 from bertetl.io.destinations.objectstore import ObjectStorePrefix
 from bertetl.io.destinations.overlap import overlaps
-from bertetl.io.storage import resolve, resolve_run
+from bertetl.io.stores.locations import resolve, resolve_run
 
 #: The kinds of destination, by name; the first that accepts a resolved DEST is its class.
 DESTINATIONS: dict[str, Any] = {
@@ -37,7 +37,8 @@ def as_destination(dest: object) -> Destination:
         return dest
     for kind in DESTINATIONS.values():
         if kind.accepts(dest):
-            return kind(dest)  # type: ignore[no-any-return]
+            found: Destination = kind(dest)
+            return found
     raise TypeError(f"no destination kind takes {dest!r}")
 
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from bertetl.io.manifest import Manifest, OutputDamage
 from bertetl.io.partitions import Partition
-from bertetl.io.sink import OutputSink
+from bertetl.io.sink import SinkFactory
 
 #: How a destination makes a commit atomic: a staged folder swapped in (`swap`), objects
 #: uploaded whole then the manifest written last (`manifest-last`), one table transaction
@@ -50,9 +50,19 @@ class Destination(Protocol):
     table). `place` is what the `bertetl.io` functions take (a `Path`, a `Location`, a
     `TableRef`); nothing above `bertetl.io` looks inside it."""
 
-    kind: str
     place: Any
-    capabilities: Capabilities
+
+    @property
+    def kind(self) -> str:
+        """Its name in `DESTINATIONS`."""
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What it can do."""
+
+    @property
+    def sink(self) -> SinkFactory:
+        """Makes the sink an output file at a target is written through (`OutputSink`)."""
 
     @property
     def uri(self) -> str:
@@ -82,9 +92,6 @@ class Destination(Protocol):
 
     def check_outputs_replaceable(self, targets: list[Any]) -> None:
         """Refuse files bertetl did not write at this run's output paths."""
-
-    def sink(self, target: Any, schema: pa.Schema) -> OutputSink:
-        """The sink an output file at `target` is written through."""
 
     def partition_target(self, partition: Partition) -> Any:
         """Where a partition is committed (its folder, or the table itself)."""
@@ -120,6 +127,22 @@ class Destination(Protocol):
     ) -> list[Any]:
         """The earlier outputs of a partition whose rows may be reused (files to read):
         `outputs` are those of its last commit that verified; `damaged`, whether any did not."""
+
+    def committed_outputs(self) -> tuple[list[Any], list[Any]]:
+        """The output files a reader may read and the damaged ones (`bertetl.io.verify`);
+        destinations with `capabilities.files`."""
+
+    @property
+    def shown_root(self) -> Any:
+        """What paths in reports are shown relative to (`capabilities.files`)."""
+
+    def check_replace_all(self) -> None:
+        """Refuse (one line) a DEST that cannot take a whole run in one commit
+        (`capabilities.files` false)."""
+
+    def replace_all(self, staged: Path, files: list[Path], rows: int, record: str) -> None:
+        """Replace everything in DEST with the staged `files` in one commit carrying the run's
+        `record` (`capabilities.files` false)."""
 
     def relative(self, folder: Any) -> str:
         """A partition folder's path below DEST (destinations with `capabilities.files`)."""

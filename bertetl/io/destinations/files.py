@@ -19,6 +19,7 @@ from bertetl.io import paths
 from bertetl.io.destinations.base import Capabilities, Destination
 from bertetl.io.manifest import Manifest, OutputDamage
 from bertetl.io.partitions import SHOWN_FILES, Partition
+from bertetl.io.sink import SinkFactory
 from bertetl.io.write import ParquetSink
 
 
@@ -28,8 +29,6 @@ class FileDestination:
 
     kind: ClassVar[str]
     capabilities: ClassVar[Capabilities]
-    #: Output files are Parquet, committed atomically by `ParquetSink`.
-    sink = ParquetSink
 
     def __init__(self, place: Any) -> None:
         self.place = place
@@ -45,6 +44,11 @@ class FileDestination:
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, self.uri))
+
+    @property
+    def sink(self) -> SinkFactory:
+        """Output files are Parquet, committed atomically by `ParquetSink`."""
+        return ParquetSink
 
     @property
     def uri(self) -> str:
@@ -79,6 +83,17 @@ class FileDestination:
 
     def foreign_outputs(self, targets: list[Any]) -> list[str]:
         """The targets holding a file bertetl did not write."""
+        raise NotImplementedError
+
+    def commit_partition(
+        self,
+        target: Any,
+        staged: Path,
+        manifest: Manifest,
+        owned: frozenset[str],
+        files: list[Path],
+    ) -> Manifest:
+        """Each kind commits its own way (a staged swap, uploads with the manifest last)."""
         raise NotImplementedError
 
     def check_outputs_replaceable(self, targets: list[Any]) -> None:
@@ -117,6 +132,19 @@ class FileDestination:
     ) -> list[Any]:
         """The outputs of the partition's last commit that verified, where they are."""
         return [target / name for name in outputs]
+
+    def committed_outputs(self) -> tuple[list[Any], list[Any]]:
+        raise NotImplementedError
+
+    @property
+    def shown_root(self) -> Any:
+        return None  # each kind's own (a property: isinstance checks read it)
+
+    def check_replace_all(self) -> None:
+        raise NotImplementedError(f"{self.uri}: a folder's outputs are committed file by file")
+
+    def replace_all(self, staged: Path, files: list[Path], rows: int, record: str) -> None:
+        raise NotImplementedError(f"{self.uri}: a folder's outputs are committed file by file")
 
     def relative(self, folder: Any) -> str:
         """A folder's path below DEST, as a POSIX path."""

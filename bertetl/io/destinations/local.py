@@ -13,7 +13,7 @@ from bertetl.io.destinations.base import Capabilities
 from bertetl.io.destinations.files import FileDestination
 from bertetl.io.manifest import Manifest
 from bertetl.io.partitions import is_output
-from bertetl.io.storage import Location
+from bertetl.io.stores.locations import Location
 
 
 class LocalFolder(FileDestination):

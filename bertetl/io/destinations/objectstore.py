@@ -1,6 +1,6 @@
 """An object-store prefix as DEST (`s3://`, `gs://`, `abfs://`): each output uploaded whole,
 a partition committed manifest last, the lock a conditional create with a lease
-(`bertetl.io.objectstore`)."""
+(`bertetl.io.stores.objects`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from bertetl.io.destinations.base import Capabilities
 from bertetl.io.destinations.files import FileDestination
 from bertetl.io.manifest import MANIFEST_NAME, Manifest
 from bertetl.io.partitions import COMMIT_INTENT, is_output, remote_files
-from bertetl.io.storage import Location
+from bertetl.io.stores.locations import Location
 
 
 class ObjectStorePrefix(FileDestination):
@@ -77,7 +77,7 @@ class ObjectStorePrefix(FileDestination):
            commit point; then the intent is deleted.
         A kill anywhere leaves no manifest or the old one over outputs it no longer
         matches; the next run redoes the partition and duplicates nothing."""
-        from bertetl.io.objectstore import check_held, delete_objects, put_bytes, upload_file
+        from bertetl.io.stores.objects import check_held, delete_objects, put_bytes, upload_file
 
         check_held(target)
         present = set(remote_files(target))

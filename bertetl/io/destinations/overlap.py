@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bertetl.io.storage import Location, TableRef
+from bertetl.io.stores.locations import Location, TableRef
 
 
 def overlaps(source: object, dest: object) -> bool:

@@ -16,7 +16,8 @@ from bertetl.io import manifest as manifests
 from bertetl.io.destinations.base import Capabilities, Destination
 from bertetl.io.manifest import Manifest, OutputDamage
 from bertetl.io.partitions import Partition
-from bertetl.io.storage import TableRef
+from bertetl.io.sink import SinkFactory
+from bertetl.io.stores.locations import TableRef
 from bertetl.io.write import ParquetSink
 
 
@@ -28,8 +29,6 @@ class TableDestination:
     capabilities = Capabilities(
         commit="transaction", files=False, object_storage=False, every_node=False
     )
-    #: Outputs are staged as local Parquet files, then read into the table's transaction.
-    sink = ParquetSink
 
     def __init__(self, place: TableRef) -> None:
         self.place = place
@@ -49,6 +48,11 @@ class TableDestination:
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, self.uri))
+
+    @property
+    def sink(self) -> SinkFactory:
+        """Outputs are staged as local Parquet files, then read into the table's transaction."""
+        return ParquetSink
 
     @property
     def uri(self) -> str:
@@ -173,6 +177,13 @@ class TableDestination:
             self.place, partition.column, partition.value, fields, scratch / "earlier.parquet"
         )
         return [] if path is None else [path]
+
+    def committed_outputs(self) -> tuple[list[Any], list[Any]]:
+        raise NotImplementedError(f"{self.uri}: a table's rows are read from the table")
+
+    @property
+    def shown_root(self) -> Any:
+        return None  # a table has no folders (a property: isinstance checks read it)
 
     def relative(self, folder: Any) -> str:
         raise NotImplementedError(f"{self.uri}: a table has no folders")

@@ -4,7 +4,7 @@ format behind one protocol (`base.TableFormat`), found by URI scheme in `registr
 A table is addressed as `SCHEME://ADDRESS`: `delta://PATH_OR_URI` (`delta:///data/t`,
 `delta://s3://bucket/t`; the `delta` extra, `deltalake`) or `iceberg://CATALOG/NAMESPACE.TABLE`
 (the `iceberg` extra, `pyiceberg`; the catalog from pyiceberg's own configuration).
-`bertetl.io.storage` parses the address into a `TableRef`, asking its format; this package
+`bertetl.io.stores.locations` parses the address into a `TableRef`, asking its format; this package
 reads and commits it.
 
 As SOURCE (`source`), a run reads one version or snapshot pinned at its start (`pin`). The

@@ -12,7 +12,7 @@ from typing import ClassVar, Protocol
 
 import pyarrow as pa
 
-from bertetl.io.storage import Location, StorageError, TableRef
+from bertetl.io.stores.locations import Location, StorageError, TableRef
 from bertetl.io.tables.registry import format_class
 
 #: The key of the manifest in a commit's metadata (Delta commit info, Iceberg summary).
@@ -88,10 +88,11 @@ class TableCommit:
 
 
 class TableFormat(Protocol):
-    """One table format: how its address parses (class methods, for `bertetl.io.storage`) and a
-    table of it opened on a `TableRef` (the constructor fails with `missing_extra` when the
-    format's package is not installed). The shared code in `source` and `dest` does the rest
-    (materializing, casting, manifests); a format only reads and commits its own metadata.
+    """One table format: how its address parses (class methods, for
+    `bertetl.io.stores.locations`) and a table of it opened on a `TableRef` (the constructor
+    fails with `missing_extra` when the format's package is not installed). The shared code in
+    `source` and `dest` does the rest (materializing, casting, manifests); a format only reads
+    and commits its own metadata.
 
     `version` is the format's pinned version or snapshot id (None: the current one); a
     commit's `commit_id` is what `records` returns and `commit_problem` takes."""

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 
 from bertetl.errors import CommitError, InputError, TransientError
-from bertetl.io.storage import (
+from bertetl.io.stores.locations import (
     SCHEMES,
     Location,
     StorageError,

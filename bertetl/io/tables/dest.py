@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bertetl.errors import CommitError
-from bertetl.io.storage import Location, TableRef
+from bertetl.io.stores.locations import Location, TableRef
 from bertetl.io.tables.base import NULL_PARTITION, TableCommit, open_table
 
 log = logging.getLogger(__name__)

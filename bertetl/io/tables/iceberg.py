@@ -21,7 +21,13 @@ from typing import Any, ClassVar
 import pyarrow as pa
 
 from bertetl.errors import CommitError, InputError, TransientError
-from bertetl.io.storage import Location, StorageError, TableRef, parse_location, table_uri_parts
+from bertetl.io.stores.locations import (
+    Location,
+    StorageError,
+    TableRef,
+    parse_location,
+    table_uri_parts,
+)
 from bertetl.io.tables.base import (
     MANIFEST_KEY,
     NULL_PARTITION,
@@ -65,7 +71,8 @@ def _equal_to(column: str, value: str) -> Any:
     from pyiceberg.expressions import EqualTo, IsNull
 
     if value == NULL_PARTITION:
-        return IsNull(column)
+        is_null: Any = IsNull
+        return is_null(column)
     equal_to: Any = EqualTo
     return equal_to(column, value)
 

@@ -2,13 +2,14 @@
 
 Adding a format is one module (a class that implements `bertetl.io.tables.base.TableFormat`)
 and one line in `FORMATS`. Everything else derives from it: which URIs are tables and how
-each is parsed (`bertetl.io.storage.is_table_uri`, `parse_table`), the extra a missing package
-names, and the shared reading and committing code (`bertetl.io.tables.source`, `.dest`).
+each is parsed (`bertetl.io.stores.locations.is_table_uri`, `parse_table`), the extra a
+missing package names, and the shared reading and committing code (`bertetl.io.tables.source`,
+`.dest`).
 
 The lines name each format's class as "module:class" (as `bertetl.executors.EXECUTORS` does),
-imported when a table of that scheme is first parsed or opened: `bertetl.io.storage` asks the
-registry how to parse an address, and the formats use `bertetl.io.storage` for their locations
-and errors, so the registry imports no format module at its top.
+imported when a table of that scheme is first parsed or opened: `bertetl.io.stores.locations`
+asks the registry how to parse an address, and the formats use it for their locations and
+errors, so the registry imports no format module at its top.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bertetl.io.storage import TableRef
+from bertetl.io.stores.locations import TableRef
 from bertetl.io.tables.base import TablePartition, TableSnapshot, open_table
 
 #: Rows per row group of a materialized source partition.

@@ -215,7 +215,7 @@ def test_ray_reads_an_s3_source_and_writes_an_s3_dest(
     each output whole through the DEST's (both pickled with their options to wherever they
     run): S3 to local, then S3 to S3, each equal to the local executor's output, with no
     object but the outputs (no part, no temp file) on the store."""
-    from bertetl.io.storage import parse_location
+    from bertetl.io.stores.locations import parse_location
     from tests.io.s3_server import ENVIRONMENT
     from tests.runs.test_object_store import download, objects, upload_tree
 
@@ -257,7 +257,7 @@ def test_parts_staged_on_this_machine_are_refused_on_a_cluster(tmp_path: Path) -
 
     from bertetl.errors import ExecutorError
     from bertetl.executors.ray.executor import check_shared_scratch
-    from bertetl.io.objectstore import LOCAL_STAGING
+    from bertetl.io.stores.objects import LOCAL_STAGING
 
     machine = Path(tempfile.gettempdir()) / LOCAL_STAGING / "abc" / "run"
     check_shared_scratch(machine, nodes=1)

@@ -1,8 +1,8 @@
 """The object-level calls bertetl writes with, one client per store: S3 through boto3,
 Google Cloud Storage through google-cloud-storage, Azure Blob Storage through
 azure-storage-blob. Reads go through pyarrow's filesystems
-(`bertetl.io.storage`); these clients do what a filesystem cannot: a whole-object upload,
-and conditional writes and deletes for the DEST lock (`bertetl.io.objectstore`).
+(`bertetl.io.stores.locations`); these clients do what a filesystem cannot: a whole-object upload,
+and conditional writes and deletes for the DEST lock (`bertetl.io.stores.objects`).
 
 Each store names an object's version its own way (S3 and Azure an ETag, GCS a generation);
 here it is an opaque `version` string. The conditional calls are the same on every store:
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bertetl.errors import CommitError
-from bertetl.io.storage import EXTRAS, Location, StorageError, storage_error
+from bertetl.io.stores.locations import EXTRAS, Location, StorageError, storage_error
 
 #: GCS calls give up on transient errors (an unreachable endpoint) after this long.
 GCS_RETRY_SECONDS = 60.0

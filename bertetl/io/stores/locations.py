@@ -4,7 +4,7 @@
 (pyarrow's own S3 and GCS filesystems; fsspec's for the rest, e.g. `adlfs` for `abfs://`)
 and the path on it. A plain path is a local `Location` (`filesystem` None), and every caller
 keeps its local code exactly as it was; only a `Location` whose `local` is false takes the
-object-store branches (`bertetl.io.objectstore`).
+object-store branches (`bertetl.io.stores.objects`).
 
 `--storage-option KEY=VALUE` (repeatable) passes endpoint, region and the like
 (`STORAGE_OPTIONS` lists the keys per store); credentials come from each store's standard

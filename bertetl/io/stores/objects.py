@@ -18,7 +18,7 @@ What holds instead (docs/STORAGE.md):
   gone (same host, kernel boot and pid namespace, no such pid) is taken over the same way at
   once (`holder_is_dead`).
 
-The calls themselves are each store's client (`bertetl.io.object_clients`: boto3,
+The calls themselves are each store's client (`bertetl.io.stores.clients`: boto3,
 google-cloud-storage, azure-storage-blob); reads go through pyarrow's filesystems (fsspec's
 adlfs for Azure). Credentials come from each store's standard chain. A store without a client
 there (another fsspec scheme) can be a SOURCE; a DEST there is refused (`writable`).
@@ -42,8 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from bertetl.errors import CommitError
-from bertetl.io.object_clients import client
-from bertetl.io.storage import LOCK_NAME, Location
+from bertetl.io.stores.clients import client
+from bertetl.io.stores.locations import LOCK_NAME, Location
 
 log = logging.getLogger(__name__)
 
