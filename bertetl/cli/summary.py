@@ -46,6 +46,8 @@ def summary(
     incremental` redoes those partitions, `bertetl enrich` rewrites its outputs); 1 on an
     error (one line on stderr); 2 for a bad option.
     """
+    import dataclasses
+
     import polars as pl
 
     from bertetl.io.stores.locations import parse_storage_options, resolve_run
@@ -53,6 +55,7 @@ def summary(
     from bertetl.reports.summary import summarize
 
     options = drift_options(drift_window, drift_js_threshold, drift_cosine_threshold, debug)
+    left_out = 0
     with user_errors(debug):
         storage = parse_storage_options(storage_option)
         where, _ = resolve_run(dest, dest, storage)
@@ -62,16 +65,24 @@ def summary(
             fail(f"cannot summarize {dest}: {type(e).__name__}: {e}", debug)
         drift = drift_report(where, partition_column, options, prefix)
     damaged = tables.pop("damaged", None)
+    foreign = tables.pop("foreign", None)
+    if damaged is not None and drift.partitions:  # a damaged partition's drift is not shown
+        folders = set(damaged["folder"].to_list())
+        kept = [p for p in drift.partitions if f"{drift.column}={p.partition}" not in folders]
+        left_out = len(drift.partitions) - len(kept)
+        drift = dataclasses.replace(drift, partitions=kept)
     for name, table in tables.items():
         typer.echo(f"{name}:")
         with pl_config():
             typer.echo(str(table))
-    if drift.partitions:
+    if drift.partitions or (damaged is not None and left_out):
         typer.echo(f"drift ({drift.describe()}):")
         with pl_config():
             typer.echo(
                 str(drift.frame().drop("reason").with_columns(pl.selectors.float().round(4)))
             )
+        if damaged is not None and left_out:
+            typer.echo(f"  {left_out} damaged partition(s) left out (their outputs do not verify)")
         flagged = drift.lines()
         if not flagged:
             typer.echo("look at: none (every partition is within the drift thresholds)")
@@ -79,6 +90,10 @@ def summary(
             typer.echo(f"look at: {len(flagged)} partition(s) over a drift threshold:")
             for line in flagged:
                 typer.echo(f"  {line}")
+    if foreign is not None:
+        typer.echo("not bertetl output (left out, not counted above):")
+        for file, problem in foreign.select("file", "problem").iter_rows():
+            typer.echo(f"  {file}: {problem}")
     if damaged is not None:
         typer.echo("damaged (not counted above):")
         for file, problem in damaged.select("file", "problem").iter_rows():

@@ -85,6 +85,15 @@ def _summarize_table(
 
     if not partition_column:
         raise InputError(f"{ref}: a table's summary needs --partition-column (its partitions)")
+    from bertetl.io.tables import count_commits, partition_columns
+
+    if not count_commits(ref):
+        raise InputError(f"DEST {ref} does not exist (no such table): nothing to summarize")
+    if (columns := partition_columns(ref)) and partition_column not in columns:
+        raise InputError(
+            f"--partition-column {partition_column}: {ref} is partitioned by "
+            f"{', '.join(columns)}; give one of those"
+        )
     error, label, embedding = prefix + ENRICH_ERROR, prefix + LABEL, prefix + EMBEDDING
     frames: list[pl.LazyFrame] = []
     damaged: list[tuple[str, str, str]] = []
@@ -139,6 +148,7 @@ def summarize(
         return _summarize_table(destination.place, partition_column, prefix)
     root = destination.shown_root
     files, damaged = destination.committed_outputs()
+    _check_partition_column(dest, files, partition_column)
     frames: dict[str, pl.LazyFrame] = {}
     foreign: list[DamagedFile] = []
     has_labels = False
@@ -152,7 +162,6 @@ def summarize(
         has_labels |= labels
     if not frames and not damaged and foreign:
         raise InputError(f"{dest}: {foreign[0].file} is {foreign[0].problem}")
-    damaged += foreign
     result: dict[str, pl.DataFrame] = {}
     if frames:
         try:
@@ -168,10 +177,23 @@ def summarize(
                     del frames[path]
             if frames:
                 result = _queries(list(frames.values()), has_labels)
-    if damaged:
-        result["damaged"] = pl.DataFrame(
-            [(d.folder, d.file, d.problem) for d in damaged],
-            schema={"folder": pl.String, "file": pl.String, "problem": pl.String},
-            orient="row",
-        ).sort("folder", "file")
+    for name, found in (("damaged", damaged), ("foreign", foreign)):
+        if found:
+            result[name] = pl.DataFrame(
+                [(d.folder, d.file, d.problem) for d in found],
+                schema={"folder": pl.String, "file": pl.String, "problem": pl.String},
+                orient="row",
+            ).sort("folder", "file")
     return result
+
+
+def _check_partition_column(dest: object, files: list[SourceFile], column: str | None) -> None:
+    """Refuse (`InputError`) a partition column that none of DEST's files is partitioned by
+    (their rows would all be summed under one empty partition), naming the ones they are."""
+    if not column or not files or any(column in file.partition for file in files):
+        return
+    known = sorted({name for file in files for name in file.partition})
+    raise InputError(
+        f"--partition-column {column}: no file of {dest} is in a {column}=VALUE folder "
+        f"(their partition columns: {', '.join(known) or 'none'})"
+    )

@@ -150,3 +150,54 @@ def test_with_every_output_gone_the_damage_is_the_report(
     assert tables["damaged"]["problem"].to_list() == ["missing", "missing"]
     result = summary_cli(str(dest))
     assert result.exit_code == 3 and "Traceback" not in result.output
+
+
+def test_a_missing_table_or_an_unknown_partition_column_is_one_line_and_exit_1(
+    config, partitioned_source, tmp_path: Path
+) -> None:
+    """Nothing to summarize is an error, not an empty exit 0: a table that does not exist,
+    or a partition column no file of DEST is partitioned by (its rows were all summed under
+    one empty partition)."""
+    missing = f"delta://{tmp_path / 'nothere'}"
+    with pytest.raises(InputError, match="does not exist"):
+        summarize(missing, "date")
+    result = summary_cli(missing, "--partition-column", "date")
+    assert result.exit_code == 1 and "does not exist" in result.stderr
+    src, dest = partitioned_source(days=2, rows=12), tmp_path / "dest"
+    committed(config, src, dest)
+    with pytest.raises(InputError, match=r"--partition-column day: .*partition columns: date"):
+        summarize(dest, "day")
+    result = summary_cli(str(dest), "--partition-column", "day")
+    assert result.exit_code == 1 and result.stderr.startswith("error: --partition-column day")
+
+
+def test_a_plain_file_beside_outputs_is_named_not_counted_and_not_damage(
+    config, partitioned_source, tmp_path: Path
+) -> None:
+    """A Parquet file of the user's own among `bertetl enrich`'s outputs is listed as not
+    bertetl output, left out of the counts, and is no damage (exit 0)."""
+    src, dest = partitioned_source(days=2, rows=12), tmp_path / "dest"
+    enrich(src, dest, config)
+    pq.write_table(
+        pq.read_table(src / "date=2026-01-01" / "part-0.parquet"), dest / "theirs.parquet"
+    )
+    tables = summarize(dest, "date")
+    assert "damaged" not in tables
+    assert tables["foreign"]["file"].to_list() == ["theirs.parquet"]
+    assert sum(tables["rows"]["rows"].to_list()) == 24  # theirs is not counted
+    result = summary_cli(str(dest), "--partition-column", "date")
+    assert result.exit_code == 0, result.output
+    assert "not bertetl output (left out, not counted above):\n  theirs.parquet" in result.stdout
+
+
+def test_a_damaged_partition_shows_no_drift(config, partitioned_source, tmp_path: Path) -> None:
+    """Drift is computed from manifests; a partition whose outputs no longer verify against
+    its manifest is left out of the drift table, and the summary says so."""
+    src, dest = partitioned_source(days=3, rows=12), tmp_path / "dest"
+    committed(config, src, dest)
+    truncate_half(dest / "date=2026-01-02" / "part-0.parquet")
+    result = summary_cli(str(dest), "--partition-column", "date")
+    assert result.exit_code == 3
+    drift = result.stdout.split("drift (", 1)[1].split("damaged (not counted above)", 1)[0]
+    assert "2026-01-01" in drift and "2026-01-03" in drift and "2026-01-02" not in drift
+    assert "1 damaged partition(s) left out" in drift
