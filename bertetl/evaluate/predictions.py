@@ -353,13 +353,31 @@ def _read_file(
         parts.truth.append(_strings(truth))
         parts.predicted.append(_strings(predicted))
     score = as_plain_text(data.column(prefix + SCORE)).take(take)
-    parts.score.append(score.to_numpy(zero_copy_only=False).astype(np.float32))
+    parts.score.append(
+        _finite(score.to_numpy(zero_copy_only=False).astype(np.float32), file, SCORE, kept_rows)
+    )
     if layout.has_scores:
         scores = as_plain_text(data.column(prefix + SCORES)).take(take)
-        parts.scores.append(_score_matrix(scores, file))
+        parts.scores.append(_finite(_score_matrix(scores, file), file, SCORES, kept_rows))
     parts.file_index.append(np.full(len(kept_rows), index, dtype=np.int32))
     parts.row.append(kept_rows.astype(np.int64))
     parts.kept += len(kept_rows)
+
+
+def _finite(values: np.ndarray, file: SourceFile, column: str, rows: np.ndarray) -> np.ndarray:
+    """`values` when every score is a number; else an `InputError` naming the file, the
+    column, the first rows and how many (NaN, infinite or null scores break every metric)."""
+    bad = ~np.isfinite(values)
+    if bad.ndim > 1:
+        bad = bad.any(axis=1)
+    if not bad.any():
+        return values
+    shown = ", ".join(str(int(r)) for r in rows[bad][:5])
+    raise InputError(
+        f"{file.path}: column {column!r} holds {int(bad.sum())} score(s) that are not numbers "
+        f"(NaN, infinite or null) on predicted rows, first at row(s) {shown}; every predicted "
+        "row needs a score: fix or drop those rows"
+    )
 
 
 def _score_matrix(scores: pa.Array, file: SourceFile) -> np.ndarray:

@@ -126,3 +126,27 @@ def test_a_label_column_named_like_a_prediction_column_is_refused(tmp_path: Path
     write(prefixed, tmp_path / "p" / "p.parquet")
     predictions = read_predictions("p", discover(tmp_path / "p"), "label", "p_", "text")
     assert predictions.labels == LABELS and predictions.rows == 2
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize("column", ["score", "scores"])
+def test_scores_that_are_not_numbers_are_one_line_naming_the_rows(
+    tmp_path: Path, bad: float, column: str
+) -> None:
+    """A NaN or infinite score on a predicted row (a hand-edited table) is an `InputError`
+    naming the file, column and row, not a 61-line traceback from scikit-learn."""
+    table = single_label_table(["neg", "pos", "pos", "neg"], LABELS, seed=3)
+    if column == "score":
+        values = table["score"].to_pylist()
+        values[2] = bad
+        table = table.set_column(table.schema.get_field_index("score"), "score", pa.array(values))
+    else:
+        rows = table["scores"].to_pylist()
+        rows[2] = [bad, 0.5]
+        index = table.schema.get_field_index("scores")
+        table = table.set_column(
+            index, table.schema.field(index), pa.array(rows, table["scores"].type)
+        )
+    path = write(table, tmp_path / "t" / "part-0.parquet")
+    with pytest.raises(InputError, match=rf"{path}: column '{column}' holds 1 score.*row\(s\) 2;"):
+        read(tmp_path / "t")
