@@ -6,8 +6,9 @@ import fnmatch
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote
 
@@ -141,6 +142,9 @@ def discover(source: str | os.PathLike[str] | Location) -> list[SourceFile]:
         first = seen.setdefault((stat.st_dev, stat.st_ino), path)
         if first != path:
             log.warning("%s is the same file as %s; read once, as %s", path, first, first)
+            continue
+        if not os.path.isfile(source) and not _is_data_file(path.name, partial(_head, path)):
+            log.warning("%s is not a Parquet file (no .parquet name, no PAR1 magic); skipped", path)
             continue
         files.append(SourceFile(str(path), relative, _hive_keys(relative)))
     if not files:
@@ -308,6 +312,34 @@ def remote_source_root(source: Location) -> Location:
     return root
 
 
+#: Names that say a file is Parquet; any other file in a SOURCE folder is read only when it
+#: starts with Parquet's magic bytes (a README or a CSV beside the data is skipped, with a
+#: warning), and a file named as Parquet that is not is still read, and fails by name.
+PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
+PARQUET_MAGIC = b"PAR1"
+
+
+def _is_data_file(name: str, head: Callable[[], bytes]) -> bool:
+    """Whether a file found under a SOURCE folder is read: named as Parquet, or starting with
+    Parquet's magic (`head()`: its first bytes, read only for other names)."""
+    if name.lower().endswith(PARQUET_SUFFIXES):
+        return True
+    try:
+        return head() == PARQUET_MAGIC
+    except OSError:
+        return True  # unreadable: read it, and let that fail by name
+
+
+def _head(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(len(PARQUET_MAGIC))
+
+
+def _remote_head(source: Location, path: str) -> bytes:
+    with source.fs.open_input_file(path) as handle:
+        return handle.read(len(PARQUET_MAGIC))
+
+
 def _discover_remote(source: Location) -> list[SourceFile]:
     """`discover` on an object store: one listing of the prefix (recursive), hidden names
     skipped; an object named exactly is taken as is. No links exist there to follow."""
@@ -342,6 +374,9 @@ def _discover_remote(source: Location) -> list[SourceFile]:
         if not explicit and any(_hidden(p) for p in PurePosixPath(relative).parts):
             continue
         uri = f"{source.uri.split('://', 1)[0]}://{path}"
+        if not explicit and not _is_data_file(path, partial(_remote_head, source, path)):
+            log.warning("%s is not a Parquet file (no .parquet name, no PAR1 magic); skipped", uri)
+            continue
         files.append(SourceFile(uri, relative, _hive_keys(relative), source.filesystem))
     if not files:
         raise InputError(f"source {source.uri} holds no data files")

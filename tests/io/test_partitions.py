@@ -8,6 +8,7 @@ loopback) for the object-store cases.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from urllib.parse import quote
@@ -22,6 +23,7 @@ from hypothesis import strategies as st
 
 from bertetl.errors import InputError
 from bertetl.io.partitions import (
+    COMMIT_INTENT,
     Partition,
     check_foreign_files,
     dest_folder,
@@ -213,12 +215,15 @@ def test_an_object_store_partition_owns_every_bertetl_object(
     }
     for key, path in objects.items():
         s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes() if path else b"")
+    # the killed commit had written what it owned before deleting anything
+    intent = json.dumps({"owned": ["part-0.parquet", "old/part-9.parquet"]}).encode()
+    s3.put_object(Bucket=bucket, Key=f"out/date=1/{COMMIT_INTENT}", Body=intent)
     dest = parse_location(f"s3://{bucket}/out", storage)
     listed = s3.list_objects_v2(Bucket=bucket, Prefix="out/date=1/")["Contents"]
     assert remote_files(dest / "date=1") == sorted(o["Key"][len("out/date=1/") :] for o in listed)
     assert remote_files(dest / "date=3") == []
     owned = owned_files(dest / "date=1", partitions[0])
-    assert owned == {"_manifest.json", "part-0.parquet", "old/part-9.parquet"}
+    assert owned == {"_manifest.json", COMMIT_INTENT, "part-0.parquet", "old/part-9.parquet"}
     with pytest.raises(InputError) as refused:
         check_foreign_files(dest, partitions)
     assert "holds 2 file(s)" in str(refused.value)

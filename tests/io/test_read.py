@@ -126,3 +126,22 @@ def test_stream_memory_does_not_grow_with_file_size(write_table, tmp_path: Path)
         )
         peaks.append(int(run.stdout))
     assert peaks[1] < 1.5 * peaks[0], peaks
+
+
+def test_files_that_are_not_parquet_are_skipped_with_a_warning(
+    write_table, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A README, a CSV or notes beside the data in a SOURCE folder are skipped, each named in
+    a warning; an extensionless file that is Parquet (by its magic) is read; a file named as
+    Parquet that is not is still read (and fails by name); a file named exactly is taken."""
+    write_table({"text": ["a"]}, "src/date=1/part-0.parquet")
+    write_table({"text": ["b"]}, "src/date=1/000000_0")  # Hive's extensionless data file
+    (tmp_path / "src" / "README.md").write_text("# what this table is")
+    (tmp_path / "src" / "date=1" / "notes.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "src" / "date=1" / "broken.parquet").write_bytes(b"not parquet at all")
+    found = [f.relative for f in discover(tmp_path / "src")]
+    assert found == ["date=1/000000_0", "date=1/broken.parquet", "date=1/part-0.parquet"]
+    assert "README.md is not a Parquet file" in caplog.text
+    assert "notes.csv is not a Parquet file" in caplog.text
+    (named,) = discover(tmp_path / "src" / "README.md")  # named by the user: taken, and fails
+    assert named.relative == "README.md"
