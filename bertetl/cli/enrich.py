@@ -87,6 +87,7 @@ def check_report_path(report: Path, source: str, dest: str) -> None:
     """Refuse, before the run, a `--report` path that is a folder or lies in SOURCE or DEST
     (it would overwrite an input or an output, or land among them as a stray file)."""
     from bertetl.errors import InputError
+    from bertetl.io.paths import check_output_file
     from bertetl.io.stores.locations import is_table_uri, is_uri
 
     path = report.resolve()
@@ -105,3 +106,4 @@ def check_report_path(report: Path, source: str, dest: str) -> None:
                 f"--report {report} lies in {label} {given}; a run writes neither into its "
                 "input nor among its outputs: give a path outside both"
             )
+    check_output_file(report, "--report")  # nor over a file that is no earlier report

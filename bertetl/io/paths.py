@@ -171,3 +171,41 @@ def absolute_target(target: Path | Location) -> Path | Location:
     """A job's target as every node names it: an object-store `Location` as it is, a path
     made absolute."""
     return target if is_remote(target) else Path(target).resolve()
+
+
+def is_json_object(path: Path) -> bool:
+    """Whether `path` holds a JSON object: what bertetl's reports and bench results are, so
+    an earlier one may be replaced (a Parquet file, a model or a CSV may not)."""
+    import json
+
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(1 << 20)
+        return isinstance(json.loads(head), dict)
+    except (OSError, ValueError):
+        return False
+
+
+def check_output_file(
+    given: str | os.PathLike[str], label: str, inputs: list[str] | None = None
+) -> Path:
+    """Refuse, before the work, a file a command writes beside its outputs (`--report`,
+    `bench --out`): a folder, one of the `inputs` (local files, or folders it must not lie
+    in), or an existing file that is not an earlier JSON result (`is_json_object`). Returns
+    the path resolved."""
+    path = Path(given).resolve()
+    if path.is_dir():
+        raise InputError(f"{label} {given} is a folder; give the path of a JSON file")
+    for entry in inputs or []:
+        root = Path(entry).resolve()
+        if path == root or root in path.parents:
+            raise InputError(
+                f"{label} {given} lies in or is the input {entry}; a command never writes over "
+                "its input: give another path"
+            )
+    if path.exists() and not is_json_object(path):
+        raise InputError(
+            f"{label} {given} exists and is not a JSON result of an earlier run; it would be "
+            "overwritten: give a new path (only an earlier report or result is replaced)"
+        )
+    return path

@@ -84,8 +84,17 @@ def check_model_out(model_out: str, files: list[SourceFile]) -> Path:
         )
     out = check_replaceable_folder(model_out, "MODEL_OUT", "model", "bertetl model", METRICS_FILE)
     for file in files:
-        if file.filesystem is None and Path(file.path).resolve().is_relative_to(out):
+        if file.filesystem is not None:
+            continue
+        if Path(file.path).resolve().is_relative_to(out):
             raise InputError(f"MODEL_OUT {model_out} holds the training table {file.path}")
+        depth = len(Path(file.relative).parts)
+        root = Path(file.path).resolve().parents[depth - 1]
+        if (len(files) > 1 or depth > 1) and out.is_relative_to(root):  # a folder TABLE
+            raise InputError(
+                f"MODEL_OUT {model_out} lies inside the training table {root}; its files would "
+                "become part of the table: give a folder outside it"
+            )
     return out
 
 

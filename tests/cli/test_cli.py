@@ -393,3 +393,27 @@ def test_a_report_path_in_source_or_dest_or_a_folder_is_refused_before_the_run(
     assert run.returncode == 0, run.stderr
     assert json.loads((tmp_path / "reports" / "run.json").read_text())["rows"] == 1
     assert [p.name for p in (tmp_path / "reports").iterdir()] == ["run.json"]  # no temp left
+
+
+def test_side_outputs_never_overwrite_what_is_not_an_earlier_result(
+    tiny_embed_dir: Path, write_table, tmp_path: Path
+) -> None:
+    """`--report` and `bench --out` are checked before any work: a Parquet file (another
+    DEST's output, or the bench's own input) is refused by name and left as it was; an earlier
+    JSON result is replaced."""
+    source = write_table({"text": ["a good film", "a bad one"]})
+    theirs = tmp_path / "theirs.parquet"
+    theirs.write_bytes(source.read_bytes())
+    before = theirs.read_bytes()
+    model = ("--embed-model", str(tiny_embed_dir))
+    run = enrich_cli(source, tmp_path / "out", *model, "--report", str(theirs))
+    assert run.returncode == 1 and "is not a JSON result of an earlier run" in run.stderr
+    assert theirs.read_bytes() == before and not (tmp_path / "out").exists()
+    run = bertetl("bench", "systems", "--inputs", f"{source}:text", "--out", str(source))
+    assert run.returncode == 1 and "lies in or is the input" in run.stderr
+    assert source.read_bytes() == before
+    earlier = tmp_path / "report.json"
+    earlier.write_text('{"rows": 1}')
+    run = enrich_cli(source, tmp_path / "out", *model, "--report", str(earlier))
+    assert run.returncode == 0, run.stderr
+    assert json.loads(earlier.read_text())["rows"] == 2

@@ -156,3 +156,18 @@ def test_list_label_column_is_refused(tiny_base_dir: Path, write_table, tmp_path
     )
     with pytest.raises(InputError, match="has type list<element: string>"):
         train(str(table), str(tmp_path / "model"), config)
+
+
+def test_a_model_out_inside_the_training_table_is_refused(
+    tiny_base_dir: Path, write_table, tmp_path
+) -> None:
+    """MODEL_OUT inside a TABLE folder would become part of the table (the next read of TABLE
+    sees its files): refused before any training, and nothing is written there."""
+    write_table(_reviews(40, seed=0), "data/date=1/part-0.parquet")
+    write_table(_reviews(40, seed=1), "data/date=2/part-0.parquet")
+    config = TrainConfig(
+        text_column="text", label_column="sentiment", base_model=str(tiny_base_dir)
+    )
+    with pytest.raises(InputError, match=r"MODEL_OUT .* lies inside the training table"):
+        train(str(tmp_path / "data"), str(tmp_path / "data" / "model"), config)
+    assert not (tmp_path / "data" / "model").exists()
