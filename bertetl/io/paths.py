@@ -196,6 +196,8 @@ def check_output_file(
     path = Path(given).resolve()
     if path.is_dir():
         raise InputError(f"{label} {given} is a folder; give the path of a JSON file")
+    if not path.parent.is_dir():
+        raise InputError(f"{label} {given}: folder {path.parent} does not exist; create it first")
     for entry in inputs or []:
         root = Path(entry).resolve()
         if path == root or root in path.parents:

@@ -127,3 +127,25 @@ def test_executors_runs_its_executors_on_its_table(
     result = invoke("bench", "executors", *args, "--out", str(tmp_path / "e.json"))
     assert result.exit_code == 0, result.output
     assert calls == [(str(tiny_embed_dir), "cpu", ["local"], 30, 2, 3, 1)]
+
+
+def test_mistakes_are_one_line_and_exit_non_zero_before_any_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unknown system, an input without its column and an --out in a missing folder are
+    refused before any system runs (they exited 0 with empty results, or failed after it)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bertetl.bench.systems.inputs import check_inputs
+
+    monkeypatch.chdir(tmp_path)
+    pq.write_table(pa.table({"id": [1], "body": ["a text"]}), tmp_path / "mine.parquet")
+    result = invoke("bench", "systems", "--systems", "nosuch")
+    assert result.exit_code == 2 and "unknown system(s) nosuch" in result.output
+    with pytest.raises(Exception, match=r"mine\.parquet has no column 'text'; its columns: id"):
+        check_inputs(BenchConfig(inputs=[str(tmp_path / "mine.parquet")]))
+    check_inputs(BenchConfig(inputs=[f"{tmp_path / 'mine.parquet'}:body"]))  # its column: fine
+    result = invoke("bench", "memory", "--out", str(tmp_path / "missing" / "x.json"))
+    assert result.exit_code == 1 and "does not exist; create it first" in result.output
+    assert not (tmp_path / "bench.json").exists()

@@ -117,6 +117,17 @@ class BenchConfig(BaseModel):
         "core count; the first is the baseline of the 'x tokenizers' ratios.",
     )
 
+    @field_validator("systems")
+    @classmethod
+    def _known_systems(cls, value: list[str]) -> list[str]:
+        unknown = [v for v in value if v not in SYSTEMS]
+        if unknown or not value:
+            raise ValueError(
+                f"unknown system(s) {', '.join(unknown) or '(none given)'}; known: "
+                f"{', '.join(SYSTEMS)}"
+            )
+        return value
+
     @field_validator("cores")
     @classmethod
     def _positive_cores(cls, value: list[int] | None) -> list[int] | None:

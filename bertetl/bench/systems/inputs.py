@@ -8,7 +8,7 @@ import os
 from bertetl.bench.systems.config import BenchConfig
 from bertetl.errors import InputError
 from bertetl.io.inputs import resolve_inputs
-from bertetl.io.read import discover, read_columns
+from bertetl.io.read import discover, read_columns, read_schema
 from bertetl.io.stores.locations import StorageError
 
 #: The input sets bertetl brings; any other is `PATH[:COLUMN]`.
@@ -34,11 +34,20 @@ def own_input(inputs: str) -> tuple[str, str]:
 def check_inputs(config: BenchConfig) -> None:
     """Find the Parquet files of each own input set (`PATH[:COLUMN]`) before any system
     runs: a missing file, bucket or endpoint is one error naming it, not one per system."""
-    paths = [own_input(i)[0] for i in config.inputs if i not in BUILT_IN_INPUTS]
+    own = [own_input(i) for i in config.inputs if i not in BUILT_IN_INPUTS]
+    paths = [path for path, _ in own]
     if config.storage_options and not paths:
         raise StorageError("--storage-option is for an s3://... input set (--inputs)")
-    for where in resolve_inputs(paths, config.storage_options):
-        discover(where)
+    for where, (path, column) in zip(
+        resolve_inputs(paths, config.storage_options), own, strict=True
+    ):
+        for file in discover(where):
+            names = read_schema(file).names
+            if column not in names:
+                raise InputError(
+                    f"--inputs {path}:{column}: {file.path} has no column {column!r}; its "
+                    f"columns: {', '.join(names)}"
+                )
 
 
 def input_texts(inputs: str, rows: int, storage_options: dict[str, str] | None = None) -> list[str]:
