@@ -34,6 +34,8 @@ EXPORT_VERSION = 1
 INPUTS = ("input_ids", "attention_mask")
 #: The output each kind of model is exported with, under its transformers name.
 OUTPUTS = {"embed": "last_hidden_state", "classify": "logits", "ner": "logits"}
+#: The SHA-256 of the exported model's file, written by the export beside it.
+CHECKSUM_FILE = "model.onnx.sha256"
 #: The exported model's file inside its cache folder.
 MODEL_FILE = "model.onnx"
 #: A staging folder older than this was left by a killed export and is removed.
@@ -184,6 +186,9 @@ def exported_model(
     """
     entry = cache_root() / cache_key(model_dir, kind, quantize)
     path = entry / MODEL_FILE
+    if entry.is_dir() and (problem := _cache_problem(path)) is not None:
+        log.warning("cached ONNX export %s is damaged (%s); exporting it again", entry, problem)
+        _drop_entry(entry)
     if path.is_file():
         from transformers import AutoConfig
 
@@ -204,7 +209,9 @@ def exported_model(
         if quantize == "int8":
             quantize_onnx(exported, staging / MODEL_FILE, config)
             exported.unlink()
+        (staging / CHECKSUM_FILE).write_text(_sha256(staging / MODEL_FILE))
         _fsync(staging / MODEL_FILE)
+        _fsync(staging / CHECKSUM_FILE)
         try:
             os.rename(staging, entry)
         except OSError:
@@ -214,6 +221,41 @@ def exported_model(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path, config
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _cache_problem(path: Path) -> str | None:
+    """Why a cache entry cannot be trusted (its model file missing, or not the file the export
+    wrote: its SHA-256 recorded beside it differs), or None: the cache is verified, never
+    trusted."""
+    checksum = path.parent / CHECKSUM_FILE
+    if not path.is_file():
+        return f"no {MODEL_FILE}"
+    try:
+        recorded = checksum.read_text().strip()
+    except OSError:
+        return f"no {CHECKSUM_FILE} (an export of an older bertetl, or cut short)"
+    if _sha256(path) != recorded:
+        return f"{MODEL_FILE} is not the file the export wrote (SHA-256 differs)"
+    return None
+
+
+def _drop_entry(entry: Path) -> None:
+    """Remove a cache entry: renamed aside first (another process then finds none, not half
+    of one), then deleted."""
+    aside = entry.with_name(f".{entry.name}-damaged-{os.getpid()}")
+    try:
+        os.rename(entry, aside)
+    except FileNotFoundError:  # another process dropped it first
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _drop_stale_staging(entry: Path) -> None:

@@ -224,9 +224,36 @@ def test_second_setup_reuses_the_export(
     assert first.model.path == second.model.path
     assert second.model.config.hidden_size == 32
     (entry,) = own_cache.glob("onnx/*")
-    assert [p.name for p in entry.iterdir()] == ["model.onnx"]
+    assert sorted(p.name for p in entry.iterdir()) == ["model.onnx", "model.onnx.sha256"]
     _setup_onnx(tiny_embed_dir, quantize="int8")  # another cache entry
     assert len(exports) == 2 and len(list(own_cache.glob("onnx/*"))) == 2
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped", "no-checksum"])
+def test_a_damaged_cached_export_is_exported_again(
+    own_cache: Path, tiny_embed_dir: Path, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    """The cache is verified, never trusted: a cached model.onnx cut short or changed (or an
+    entry without its recorded SHA-256) is exported again, with a warning, and the stage's
+    outputs are those of a fresh export (before, a traceback, and the cache was kept)."""
+    exports = _count(monkeypatch, onnx_backend, "export_onnx")
+    fresh = _setup_onnx(tiny_embed_dir)
+    (entry,) = own_cache.glob("onnx/*")
+    model = entry / "model.onnx"
+    good = model.read_bytes()
+    if damage == "truncated":
+        model.write_bytes(good[: len(good) // 2])
+    elif damage == "flipped":
+        model.write_bytes(good[:-64] + bytes(b ^ 0xFF for b in good[-64:]))
+    else:
+        (entry / "model.onnx.sha256").unlink()
+    again = _setup_onnx(tiny_embed_dir)
+    assert len(exports) == 2 and model.read_bytes() == good
+    ids = np.array([[2, 5, 6, 3]], dtype=np.int64)
+    mask = np.ones_like(ids)
+    a = fresh.model(ids, mask).last_hidden_state.numpy()
+    b = again.model(ids, mask).last_hidden_state.numpy()
+    assert np.allclose(a, b)
 
 
 def test_failed_export_leaves_nothing_to_read(
