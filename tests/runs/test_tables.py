@@ -352,6 +352,39 @@ def test_a_table_bertetl_did_not_write_is_refused_and_kept(
     assert read_table(uri).sort("order_id").to_arrow().equals(theirs)
 
 
+def test_a_new_source_column_evolves_the_table_dest(
+    executor, partitioned_source, table_uri: str, tmp_path: Path
+) -> None:
+    """A column added to SOURCE after the table was made is added to the table by the next
+    partition's commit (Delta's schema merge, Iceberg's union by name), null in the rows
+    before it; a later partition without it commits too. The commit failed after all the
+    model work, and left an Iceberg DEST stuck even with --force."""
+    import pyarrow.parquet as pq
+
+    src = partitioned_source(days=3)
+    for day in ("2026-01-02", "2026-01-03"):
+        (src / f"date={day}" / "part-0.parquet").rename(tmp_path / f"{day}.parquet")
+        (src / f"date={day}").rmdir()
+    run_all(executor, src, table_uri)
+    added = pq.read_table(tmp_path / "2026-01-02.parquet")
+    added = added.append_column("region", pa.array(["north"] * added.num_rows))
+    (src / "date=2026-01-02").mkdir()
+    pq.write_table(added, src / "date=2026-01-02" / "part-0.parquet")
+    assert list(run_all(executor, src, table_uri)) == ["2026-01-02"]
+    (src / "date=2026-01-03").mkdir()  # a partition without the new column, after it
+    (tmp_path / "2026-01-03.parquet").rename(src / "date=2026-01-03" / "part-0.parquet")
+    edit_rows(src / "date=2026-01-01" / "part-0.parquet", [0])
+    assert sorted(run_all(executor, src, table_uri)) == ["2026-01-01", "2026-01-03"]
+    rows = read_table(table_uri).with_columns(pl.col("date").cast(pl.String))
+    by_day = rows.group_by("date").agg(pl.col("region").drop_nulls().unique())
+    assert dict(by_day.iter_rows()) == {
+        "2026-01-01": [],
+        "2026-01-02": ["north"],
+        "2026-01-03": [],
+    }
+    assert rows.height == 3 * 24 and run_all(executor, src, table_uri) == {}
+
+
 def test_one_run_per_table_and_no_table_is_its_own_dest(partitioned_source, tmp_path: Path) -> None:
     src = partitioned_source(days=1)
     _, dest = resolve_run(src, f"delta://{tmp_path / 't'}")

@@ -266,6 +266,7 @@ class DeltaFormat:
                     partition_by=[column],
                     mode="overwrite",
                     predicate=_predicate(column, value),
+                    schema_mode="merge",  # a column new in SOURCE is added (nulls before it)
                     commit_properties=properties,
                     storage_options=options,
                 )

@@ -77,6 +77,13 @@ def _equal_to(column: str, value: str) -> Any:
     return equal_to(column, value)
 
 
+def _new_columns(current: Any, arrow: pa.Schema) -> list[str]:
+    """The columns of `arrow` that the Iceberg schema `current` lacks (a SOURCE column added
+    since the table was made: the commit adds them, `union_by_name`)."""
+    known = {field.name for field in current.fields}
+    return [name for name in arrow.names if name not in known]
+
+
 class IcebergFormat:
     """Apache Iceberg through `pyiceberg`, the catalog from its own configuration."""
 
@@ -332,6 +339,9 @@ class IcebergFormat:
                 with table.transaction() as transaction:
                     if metadata := _metadata_properties(reader.schema):
                         transaction.set_properties(metadata)
+                    if _new_columns(table.schema(), data.schema):  # one transaction with them
+                        with transaction.update_schema() as update:
+                            update.union_by_name(data.schema)
                     transaction.overwrite(
                         data,
                         overwrite_filter=_equal_to(column, value),
