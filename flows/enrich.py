@@ -87,6 +87,7 @@ def enrich_flow(params: EnrichParams) -> list[dict[str, Any]] | State:
     check_storage(executor, source, dest)
     pipeline = executor.pipeline
     lock_dir, only_file = dest.root_for(source)
+    lock_dir.check()  # not inside another run's DEST, nor holding one
     rows: list[dict[str, Any]] = []
     with lock_dir.lock():
         lock_dir.clean_leftovers(only_file)

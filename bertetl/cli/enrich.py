@@ -106,4 +106,4 @@ def check_report_path(report: Path, source: str, dest: str) -> None:
                 f"--report {report} lies in {label} {given}; a run writes neither into its "
                 "input nor among its outputs: give a path outside both"
             )
-    check_output_file(report, "--report")  # nor over a file that is no earlier report
+    check_output_file(report, "--report", makes_folder=True)  # nor over a non-report

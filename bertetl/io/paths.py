@@ -187,16 +187,20 @@ def is_json_object(path: Path) -> bool:
 
 
 def check_output_file(
-    given: str | os.PathLike[str], label: str, inputs: list[str] | None = None
+    given: str | os.PathLike[str],
+    label: str,
+    inputs: list[str] | None = None,
+    makes_folder: bool = False,
 ) -> Path:
     """Refuse, before the work, a file a command writes beside its outputs (`--report`,
     `bench --out`): a folder, one of the `inputs` (local files, or folders it must not lie
-    in), or an existing file that is not an earlier JSON result (`is_json_object`). Returns
-    the path resolved."""
+    in), an existing file that is not an earlier JSON result (`is_json_object`), or (unless
+    the command `makes_folder`) a path in a folder that does not exist. Returns the path
+    resolved."""
     path = Path(given).resolve()
     if path.is_dir():
         raise InputError(f"{label} {given} is a folder; give the path of a JSON file")
-    if not path.parent.is_dir():
+    if not makes_folder and not path.parent.is_dir():
         raise InputError(f"{label} {given}: folder {path.parent} does not exist; create it first")
     for entry in inputs or []:
         root = Path(entry).resolve()

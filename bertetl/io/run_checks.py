@@ -37,6 +37,7 @@ def check_partitioned_run(
     if source_capabilities(source).pinned or not destination.capabilities.files:
         return _check_table_run(source, destination, column, start, end)
     files = check_run_paths(source, destination.place)  # type: ignore[arg-type]  # no table
+    destination.check()  # not inside another run's DEST, nor holding one
     partitions = list_partitions(source, column, start, end, files=files)
     destination.check_foreign(partitions)
     return partitions

@@ -68,6 +68,7 @@ def enrich(
     ]
     destination.check_outputs_replaceable([job.target for job in jobs])
     root, only_file = destination.root_for(source)
+    root.check()  # not inside another run's DEST, nor holding one
     with root.lock():
         root.clean_leftovers(only_file)
         executor.setup()

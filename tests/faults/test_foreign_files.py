@@ -10,6 +10,7 @@ Cleaning up after a killed run stays inside what this run's lock covers.
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from pathlib import Path
 
@@ -157,8 +158,9 @@ def test_cleanup_stays_inside_what_this_runs_lock_covers(
     tmp_path: Path,
     request: pytest.FixtureRequest,
 ) -> None:
-    """A run on out/nest cleans its own leftovers, never the temp files of a run on
-    out/nest/a that is still writing, nor anything behind a link."""
+    """A run on out/nest while a run on out/nest/a is writing is refused (a DEST holding
+    another run's DEST), touching nothing of the other run; once that run is gone, a run on
+    out/nest cleans its own leftovers, never anything behind a link."""
     src, dest = partitioned_source(days=1), tmp_path / "out" / "nest"
     inner = dest / "a"
     own_leftover = dest / "date=2026-01-01" / temp_name("part-0.parquet")
@@ -174,8 +176,13 @@ def test_cleanup_stays_inside_what_this_runs_lock_covers(
     assert staging_root(inner).parent == dest  # the other run's staging lies inside DEST
     with DestinationLock(inner):  # the run on out/nest/a is still going
         result = run(command, src, dest, tiny_embed_dir)
+    assert result.exit_code == 1 and "holds another run's DEST" in result.output, result.output
+    for path in (own_leftover, inner_temp, inner_staged, elsewhere):
+        assert path.read_bytes() == b"in progress", path
+    shutil.rmtree(inner)  # that run is over and its DEST moved away
+    shutil.rmtree(staging_root(inner))
+    result = run(command, src, dest, tiny_embed_dir)
     assert result.exit_code == 0, result.output
     assert not own_leftover.exists()
-    for path in (inner_temp, inner_staged, elsewhere):
-        assert path.read_bytes() == b"in progress", path
+    assert elsewhere.read_bytes() == b"in progress"
     assert pq.read_table(dest / "date=2026-01-01" / "part-0.parquet").num_rows == 24

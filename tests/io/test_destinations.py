@@ -231,3 +231,23 @@ def test_leftovers_of_a_killed_run_are_cleaned(case: Case) -> None:
     with case.dest.lock():
         assert case.dest.clean_leftovers() >= 1
     assert not folder.exists()
+
+
+def test_a_dest_inside_or_holding_another_runs_dest_is_refused(case: Case) -> None:
+    """Readers of an outer DEST would see an inner DEST's rows as its own: a DEST inside
+    another run's DEST (its lock, or a committed partition's manifest, above it) or holding
+    one (a lock below it) is refused by name; a sibling is not."""
+    if not case.dest.capabilities.files:
+        pytest.skip("a table is one name in its catalog: nothing nests inside it")
+    dest = case.dest
+    _commit(dest, "2026-01-01", _rows("2026-01-01", 3))
+    dest.check()  # its own lock and manifests are no other run's
+    inside = as_destination(dest.place / "day=2026-01-01" / "more")
+    with pytest.raises(InputError, match="lies inside another run's DEST"):
+        inside.check()
+    sibling = as_destination(dest.place.parent / "sibling")
+    sibling.check()
+    inner = as_destination(dest.place / "inner")
+    with inner.lock():  # a run writing DEST/inner now
+        with pytest.raises(InputError, match=r"holds another run's DEST .*inner"):
+            dest.check()

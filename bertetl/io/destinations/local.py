@@ -50,6 +50,12 @@ class LocalFolder(FileDestination):
 
         return local_outputs(self.place)
 
+    def check(self) -> None:
+        """Refuse a DEST inside another run's DEST, or holding one (`nesting`)."""
+        from bertetl.io.destinations.nesting import local_nesting
+
+        local_nesting(self.place)
+
     def foreign_outputs(self, targets: list[Any]) -> list[str]:
         """The targets holding a file bertetl did not write (`is_output`)."""
         return [str(t) for t in targets if os.path.lexists(t) and not is_output(t)]

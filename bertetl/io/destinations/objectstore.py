@@ -40,6 +40,12 @@ class ObjectStorePrefix(FileDestination):
 
         return remote_outputs(self.place)
 
+    def check(self) -> None:
+        """Refuse a DEST inside another run's DEST, or holding one (`nesting`)."""
+        from bertetl.io.destinations.nesting import remote_nesting
+
+        remote_nesting(self.place)
+
     def foreign_outputs(self, targets: list[Any]) -> list[str]:
         """The targets holding an object bertetl did not write; DEST is listed once, not
         asked per output (a HEAD per file on a big run)."""
