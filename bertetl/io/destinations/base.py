@@ -13,10 +13,12 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import pyarrow as pa
 
+from bertetl.io import commit as commits
+from bertetl.io import manifest as manifests
 from bertetl.io.manifest import Manifest, OutputDamage
 from bertetl.io.partitions import Partition
 from bertetl.io.sink import SinkFactory
@@ -153,3 +155,56 @@ class Destination(Protocol):
 
     def overlaps(self, source: object) -> bool:
         """Whether SOURCE and this DEST are one place, or one holds the other."""
+
+
+class PlacedDestination:
+    """What every kind shares, around its `place`: its name and equality (by URI), the sink
+    of its staged output files (Parquet), and its lock, staging and cleaning, which
+    `bertetl.io.commit` does for every kind of place."""
+
+    kind: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+
+    def __init__(self, place: Any) -> None:
+        self.place = place
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.uri!r})"
+
+    def __str__(self) -> str:
+        return self.uri
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and str(other) == str(self)
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self.uri))
+
+    @property
+    def uri(self) -> str:
+        return str(self.place)
+
+    @property
+    def sink(self) -> SinkFactory:
+        """Output files are staged or written as Parquet, committed whole by `ParquetSink`."""
+        from bertetl.io.write import ParquetSink
+
+        return ParquetSink
+
+    def lock(self) -> Any:
+        return commits.destination_lock(self.place)
+
+    def holding(self) -> contextlib.AbstractContextManager[None]:
+        return commits.holding(self.place)
+
+    def staging(self) -> contextlib.AbstractContextManager[Path]:
+        return commits.staging_for(self.place)
+
+    def clean_leftovers(self, only_file: str | None = None) -> int:
+        return commits.clean_leftovers(self.place, only_file)
+
+    def committed_manifests(self, column: str | None = None) -> dict[str, tuple[Any, Manifest]]:
+        return manifests.committed_manifests(self.place, column)
+
+    def verify(self, where: Any, manifest: Manifest) -> list[OutputDamage]:
+        return manifests.verify_outputs(where, manifest)

@@ -4,67 +4,23 @@ one output file per input file at a deterministic path, a partition per folder w
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pyarrow as pa
 
 from bertetl.errors import InputError
-from bertetl.io import commit as commits
-from bertetl.io import manifest as manifests
 from bertetl.io import partitions as partitions_io
 from bertetl.io import paths
-from bertetl.io.destinations.base import Capabilities, Destination
-from bertetl.io.manifest import Manifest, OutputDamage
+from bertetl.io.destinations.base import Destination, PlacedDestination
+from bertetl.io.manifest import Manifest
 from bertetl.io.partitions import SHOWN_FILES, Partition
-from bertetl.io.sink import SinkFactory
-from bertetl.io.write import ParquetSink
 
 
-class FileDestination:
+class FileDestination(PlacedDestination):
     """The shared part of `LocalFolder` and `ObjectStorePrefix`; `place` is a `Path` or a
     `Location` on a store, which the `bertetl.io` functions below take either way."""
-
-    kind: ClassVar[str]
-    capabilities: ClassVar[Capabilities]
-
-    def __init__(self, place: Any) -> None:
-        self.place = place
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.uri!r})"
-
-    def __str__(self) -> str:
-        return self.uri
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and str(other) == str(self)
-
-    def __hash__(self) -> int:
-        return hash((type(self).__name__, self.uri))
-
-    @property
-    def sink(self) -> SinkFactory:
-        """Output files are Parquet, committed atomically by `ParquetSink`."""
-        return ParquetSink
-
-    @property
-    def uri(self) -> str:
-        return str(self.place)
-
-    def lock(self) -> Any:
-        return commits.destination_lock(self.place)
-
-    def holding(self) -> contextlib.AbstractContextManager[None]:
-        return commits.holding(self.place)
-
-    def staging(self) -> contextlib.AbstractContextManager[Path]:
-        return commits.staging_for(self.place)
-
-    def clean_leftovers(self, only_file: str | None = None) -> int:
-        return commits.clean_leftovers(self.place, only_file)
 
     def check(self) -> None:
         """Nothing to check before the run's path checks (`check_run_paths`)."""
@@ -114,12 +70,6 @@ class FileDestination:
 
     def check_foreign(self, partitions: list[Partition]) -> dict[str, frozenset[str]]:
         return partitions_io.check_foreign_files(self.place, partitions)
-
-    def committed_manifests(self, column: str | None = None) -> dict[str, tuple[Any, Manifest]]:
-        return manifests.committed_manifests(self.place, column)
-
-    def verify(self, where: Any, manifest: Manifest) -> list[OutputDamage]:
-        return manifests.verify_outputs(where, manifest)
 
     def earlier_outputs(
         self,

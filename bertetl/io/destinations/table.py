@@ -5,23 +5,19 @@ file of bertetl's own: a partition is checked against the commit that wrote it."
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pyarrow as pa
 
 from bertetl.io import commit as commits
-from bertetl.io import manifest as manifests
-from bertetl.io.destinations.base import Capabilities, Destination
-from bertetl.io.manifest import Manifest, OutputDamage
+from bertetl.io.destinations.base import Capabilities, Destination, PlacedDestination
+from bertetl.io.manifest import Manifest
 from bertetl.io.partitions import Partition
-from bertetl.io.sink import SinkFactory
 from bertetl.io.stores.locations import TableRef
-from bertetl.io.write import ParquetSink
 
 
-class TableDestination:
+class TableDestination(PlacedDestination):
     """A table (`place`: a `TableRef`); a format's destination sets `format`."""
 
     kind: ClassVar[str]
@@ -30,45 +26,18 @@ class TableDestination:
         commit="transaction", files=False, object_storage=False, every_node=False
     )
 
-    def __init__(self, place: TableRef) -> None:
-        self.place = place
+    place: TableRef
 
     @classmethod
     def accepts(cls, place: object) -> bool:
         return isinstance(place, TableRef) and place.format == cls.format
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.uri!r})"
-
-    def __str__(self) -> str:
-        return self.uri
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and str(other) == str(self)
-
-    def __hash__(self) -> int:
-        return hash((type(self).__name__, self.uri))
-
-    @property
-    def sink(self) -> SinkFactory:
-        """Outputs are staged as local Parquet files, then read into the table's transaction."""
-        return ParquetSink
-
     @property
     def uri(self) -> str:
         return self.place.uri
 
-    def lock(self) -> Any:
-        return commits.destination_lock(self.place)
-
-    def holding(self) -> contextlib.AbstractContextManager[None]:
-        return commits.holding(self.place)
-
-    def staging(self) -> contextlib.AbstractContextManager[Path]:
-        return commits.staging_for(self.place)
-
     def clean_leftovers(self, only_file: str | None = None) -> int:
-        return commits.clean_leftovers(self.place)
+        return commits.clean_leftovers(self.place)  # this machine's staging of the table
 
     def check(self) -> None:
         """The table's package and catalog load (`check_table`)."""
@@ -150,12 +119,6 @@ class TableDestination:
         from bertetl.io.tables import replace_table
 
         replace_table(self.place, staged, files, rows, record)
-
-    def committed_manifests(self, column: str | None = None) -> dict[str, tuple[Any, Manifest]]:
-        return manifests.committed_manifests(self.place, column)
-
-    def verify(self, where: Any, manifest: Manifest) -> list[OutputDamage]:
-        return manifests.verify_outputs(where, manifest)
 
     def earlier_outputs(
         self,
