@@ -39,11 +39,22 @@ def assemble_task(parts: list[Path], target: Path, schema: Any, sink: SinkFactor
 
 @task(name="enrich-table", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
 def enrich_table_task(
-    source: str, dest: str, engine: EngineConfig, storage_options: dict[str, str]
+    source: str,
+    dest: str,
+    engine: EngineConfig,
+    storage_options: dict[str, str],
+    overwrite_foreign: bool = False,
 ) -> EnrichReport:
     """The whole run where SOURCE or DEST is a table (`bertetl.runs.enrich_tables`): one
     task, as a table DEST is one commit; failed files are in the report, not raised."""
-    return enrich(source, dest, engine, raise_on_failure=False, storage_options=storage_options)
+    return enrich(
+        source,
+        dest,
+        engine,
+        raise_on_failure=False,
+        storage_options=storage_options,
+        overwrite_foreign=overwrite_foreign,
+    )
 
 
 def _row(name: str, status: str, results: Sequence[FileResult] = ()) -> dict[str, Any]:
@@ -68,10 +79,18 @@ def enrich_flow(params: EnrichParams) -> list[dict[str, Any]] | State:
     logger = get_run_logger()
     quiet_user_errors()
     title = f"enrich {params.source} -> {params.dest}"
-    source, dest = parse_run(params.source, params.dest, params.storage_options)
+    source, dest = parse_run(
+        params.source, params.dest, params.storage_options, params.overwrite_foreign
+    )
     if source_capabilities(source).pinned or not dest.capabilities.files:
         task_fn = with_retries(enrich_table_task, params.run)
-        report = task_fn(params.source, params.dest, params.engine, params.storage_options)
+        report = task_fn(
+            params.source,
+            params.dest,
+            params.engine,
+            params.storage_options,
+            params.overwrite_foreign,
+        )
         # a DEST committed whole: when a file failed, none was committed
         rows = [_row(f.source, "committed" if f.dest else "failed", [f]) for f in report.files]
         failures = report.failures

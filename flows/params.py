@@ -31,6 +31,14 @@ def storage_options_field() -> Field:  # type: ignore[valid-type]
     )
 
 
+def overwrite_foreign_field() -> Field:  # type: ignore[valid-type]
+    return Field(
+        False,
+        description="Replace a table DEST that bertetl did not write (it holds rows and no "
+        "bertetl commit; refused without this). Its rows stay only in the table's history.",
+    )
+
+
 class EnrichParams(BaseModel):
     """An analyst-triggered run: one SOURCE into one DEST."""
 
@@ -44,6 +52,7 @@ class EnrichParams(BaseModel):
     )
     run: RunOptions = RunOptions()
     storage_options: dict[str, str] = storage_options_field()
+    overwrite_foreign: bool = overwrite_foreign_field()
 
 
 class PartitionedParams(BaseModel):
@@ -67,6 +76,7 @@ class PartitionedParams(BaseModel):
         description="Drift per partition against the ones before it: a warning, never a failure.",
     )
     storage_options: dict[str, str] = storage_options_field()
+    overwrite_foreign: bool = overwrite_foreign_field()
 
 
 class BackfillParams(PartitionedParams):

@@ -42,6 +42,13 @@ def enrich(
     engine: EngineConfig,
     report: ReportPath = None,
     storage_option: StorageOption = None,
+    overwrite_foreign: Annotated[
+        bool,
+        typer.Option(
+            help="Replace a table DEST that bertetl did not write (it holds rows and no "
+            "bertetl commit; refused without this). Its rows stay only in the table's history."
+        ),
+    ] = False,
     debug: Debug = False,
 ) -> None:
     """Add embedding and/or classification columns to every row of SOURCE, written to DEST.
@@ -60,7 +67,9 @@ def enrich(
             check_report_path(report, source, dest)
         try:
             options = parse_storage_options(storage_option)
-            result = run(source, dest, engine, storage_options=options)
+            result = run(
+                source, dest, engine, storage_options=options, overwrite_foreign=overwrite_foreign
+            )
         except FilesFailedError as e:
             if e.report is not None:
                 print_report(e.report, dest, report)

@@ -50,6 +50,13 @@ Force = Annotated[
     typer.Option(help="Re-enrich partitions even when unchanged, every row through the model."),
 ]
 Retries = Annotated[int, typer.Option(help="Retries of a partition on transient I/O errors.")]
+OverwriteForeign = Annotated[
+    bool,
+    typer.Option(
+        help="Replace a table DEST that bertetl did not write (it holds rows and no bertetl "
+        "commit; refused without this). Its rows stay only in the table's history."
+    ),
+]
 
 #: The drift options (also `bertetl summary`'s): `--drift-` + the `DriftOptions` field, with
 #: its default and help.
@@ -92,6 +99,7 @@ def backfill(
     drift_js_threshold: DriftJsThreshold = DRIFT.js_threshold,
     drift_cosine_threshold: DriftCosineThreshold = DRIFT.cosine_threshold,
     storage_option: StorageOption = None,
+    overwrite_foreign: OverwriteForeign = False,
     debug: Debug = False,
 ) -> None:
     """Enrich the partitions of SOURCE between --start and --end into DEST (Prefect flow).
@@ -111,6 +119,7 @@ def backfill(
         **_common(source, dest, partition_column, engine, reuse, force, retries),
         drift=drift_options(drift_window, drift_js_threshold, drift_cosine_threshold, debug),
         storage_options=_storage_options(storage_option, debug),
+        overwrite_foreign=overwrite_foreign,
         start=start,
         end=end,
     )
@@ -130,6 +139,7 @@ def incremental(
     drift_js_threshold: DriftJsThreshold = DRIFT.js_threshold,
     drift_cosine_threshold: DriftCosineThreshold = DRIFT.cosine_threshold,
     storage_option: StorageOption = None,
+    overwrite_foreign: OverwriteForeign = False,
     debug: Debug = False,
 ) -> None:
     """Enrich every new or changed partition of SOURCE into DEST (the nightly run).
@@ -148,6 +158,7 @@ def incremental(
         **_common(source, dest, partition_column, engine, reuse, force, retries),
         drift=drift_options(drift_window, drift_js_threshold, drift_cosine_threshold, debug),
         storage_options=_storage_options(storage_option, debug),
+        overwrite_foreign=overwrite_foreign,
     )
     _run("incremental", params, debug)
 
@@ -194,12 +205,13 @@ def _run(kind: str, params: Any, debug: bool) -> None:
     with user_errors(debug):
         from bertetl.executors import make_executor
         from bertetl.flows.local import local_api
-        from bertetl.io.commit import holding
-        from bertetl.io.stores.locations import resolve_run
+        from bertetl.io.destinations import parse_run
         from bertetl.runs.enrich import check_storage
         from bertetl.runs.staged import check_partitioned_run
 
-        source, dest = resolve_run(params.source, params.dest, params.storage_options)
+        source, dest = parse_run(
+            params.source, params.dest, params.storage_options, params.overwrite_foreign
+        )
         check_partitioned_run(
             source,
             dest,
@@ -216,7 +228,7 @@ def _run(kind: str, params: Any, debug: bool) -> None:
             from bertetl.flows.partitioned import incremental_flow as flow_fn
         try:  # DEST's lock: refused at once, before any server starts, if another run holds
             # it; then held through the flow, so no run can start on DEST in between
-            with holding(dest), local_api():
+            with dest.holding(), local_api():
                 rows = flow_fn(params)
         except PartitionsFailedError as e:
             print_summary(kind, e.rows, params.dest)

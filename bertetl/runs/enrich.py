@@ -26,6 +26,7 @@ def enrich(
     on_file_done: Callable[[FileResult], None] | None = None,
     raise_on_failure: bool = True,
     storage_options: dict[str, str] | None = None,
+    overwrite_foreign: bool = False,
 ) -> EnrichReport:
     """Enrich every Parquet file under `source` into the same layout under `dest`.
 
@@ -37,7 +38,7 @@ def enrich(
     `storage_options` (docs/STORAGE.md): each output object is uploaded whole.
     """
     started = time.perf_counter()
-    source, destination = parse_run(source, dest, storage_options)
+    source, destination = parse_run(source, dest, storage_options, overwrite_foreign)
     if source_capabilities(source).pinned or not destination.capabilities.files:
         from bertetl.runs.enrich_tables import enrich_with_tables
 

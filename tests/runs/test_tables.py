@@ -19,6 +19,7 @@ from bertetl.config import EngineConfig
 from bertetl.errors import CommitError, InputError
 from bertetl.executors.local import LocalExecutor
 from bertetl.io.commit import destination_lock
+from bertetl.io.destinations import parse_run
 from bertetl.io.stores.locations import TableRef, resolve_run
 from bertetl.io.tables import count_commits
 from bertetl.reports.summary import summarize
@@ -350,6 +351,15 @@ def test_a_table_bertetl_did_not_write_is_refused_and_kept(
     assert result.exit_code != 0 and "is a table bertetl did not write" in result.output
     assert count_commits(resolve_run(src, uri)[1]) == commits
     assert read_table(uri).sort("order_id").to_arrow().equals(theirs)
+    source, dest = parse_run(src, uri, overwrite_foreign=True)  # the user knows
+    assert check_partitioned_run(source, dest, "date")
+    result = CliRunner().invoke(
+        app,
+        ["enrich", str(src), uri, "--text-column", "text", "--overwrite-foreign",
+         "--embed-model", executor.config.embed_model],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert read_table(uri).height == 24 and "order_id" not in read_table(uri).columns
 
 
 def test_a_new_source_column_evolves_the_table_dest(

@@ -56,13 +56,19 @@ def parse_run(
     source: str | os.PathLike[str] | object,
     dest: str | os.PathLike[str] | object,
     options: Mapping[str, str] | None = None,
+    overwrite_foreign: bool = False,
 ) -> tuple[Any, Destination]:
     """SOURCE resolved (a path, a `Location`, a `TableRef`) and DEST as a destination; storage
-    options that neither takes are refused (`resolve_run`)."""
+    options that neither takes are refused (`resolve_run`). `overwrite_foreign`: the user
+    knowingly lets the run replace a table bertetl did not write (`--overwrite-foreign`)."""
+    if isinstance(dest, Destination):
+        overwrite_foreign = overwrite_foreign or dest.overwrite_foreign
     source = getattr(source, "place", source)
     place = getattr(dest, "place", dest)
     run_source, run_dest = resolve_run(source, place, options)  # type: ignore[arg-type]
-    return run_source, as_destination(run_dest)
+    destination = as_destination(run_dest)
+    destination.overwrite_foreign = overwrite_foreign
+    return run_source, destination
 
 
 __all__ = [

@@ -53,6 +53,9 @@ class Destination(Protocol):
     `TableRef`); nothing above `bertetl.io` looks inside it."""
 
     place: Any
+    #: The user knowingly lets a run replace what bertetl did not write where a kind allows
+    #: it (`--overwrite-foreign`: a table with no bertetl commit).
+    overwrite_foreign: bool
 
     @property
     def kind(self) -> str:
@@ -167,6 +170,7 @@ class PlacedDestination:
 
     def __init__(self, place: Any) -> None:
         self.place = place
+        self.overwrite_foreign = False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.uri!r})"

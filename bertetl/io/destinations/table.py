@@ -5,6 +5,7 @@ file of bertetl's own: a partition is checked against the commit that wrote it."
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -15,6 +16,8 @@ from bertetl.io.destinations.base import Capabilities, Destination, PlacedDestin
 from bertetl.io.manifest import Manifest
 from bertetl.io.partitions import Partition
 from bertetl.io.stores.locations import TableRef
+
+log = logging.getLogger(__name__)
 
 
 class TableDestination(PlacedDestination):
@@ -69,11 +72,16 @@ class TableDestination(PlacedDestination):
         from bertetl.errors import InputError
         from bertetl.io.tables import is_foreign
 
-        if is_foreign(self.place):
-            raise InputError(
-                f"DEST {self.uri} is a table bertetl did not write (it holds rows and no "
-                "bertetl commit); a run would replace it: pick a new table for DEST"
-            )
+        if not is_foreign(self.place):
+            return
+        if self.overwrite_foreign:
+            log.warning("%s is a table bertetl did not write; replaced, as asked", self.uri)
+            return
+        raise InputError(
+            f"DEST {self.uri} is a table bertetl did not write (it holds rows and no bertetl "
+            "commit); a run would replace it: pick a new table for DEST, or pass "
+            "--overwrite-foreign to replace it knowingly"
+        )
 
     def commit_partition(
         self,
