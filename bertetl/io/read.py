@@ -156,15 +156,20 @@ class _Walk:
     """The files under `top` whose path below it matches `pattern` (glob components, `**`
     for any number of folders), hidden names skipped. Links to folders are followed, but
     each folder is entered at most once per place in the pattern (by device and inode), so
-    a link loop ends the walk there instead of repeating it forever."""
+    a link loop ends the walk there instead of repeating it forever; and a link to a folder
+    that lies in `top` itself (a loop, or two folders linked to each other) is not followed
+    at all, so each folder is read where it is, under its own name (and partition)."""
 
     def __init__(self, pattern: tuple[str, ...]) -> None:
         self.pattern = pattern
         self.found: list[Path] = []
         self.entered: dict[tuple[int, int, int], Path] = {}
+        self.real: dict[tuple[int, int], Path] = {}
+        self.top = Path()
 
     def files(self, top: Path) -> list[Path]:
         if self.pattern:
+            self.top, self.real = top, _real_folders(top)
             self.visit(top, 0)
         return self.found
 
@@ -172,6 +177,14 @@ class _Walk:
         try:
             stat = folder.stat()
         except OSError:  # vanished since it was listed
+            return
+        real = self.real.get((stat.st_dev, stat.st_ino))
+        if real is not None and folder != self.top and folder.is_symlink():
+            log.warning(
+                "%s links to %s, a folder of the source read where it is; not followed",
+                folder,
+                real,
+            )
             return
         first = self.entered.setdefault((stat.st_dev, stat.st_ino, at), folder)
         if first != folder:
@@ -199,6 +212,20 @@ class _Walk:
         for path, is_dir in entries:
             if is_dir:
                 self.visit(path, at)
+
+
+def _real_folders(top: Path) -> dict[tuple[int, int], Path]:
+    """Every folder under `top` (itself included) reached without following a link, by
+    device and inode, hidden ones skipped."""
+    found: dict[tuple[int, int], Path] = {}
+    for here, folders, _ in os.walk(top):
+        folders[:] = [name for name in folders if not _hidden(name)]
+        try:
+            stat = os.stat(here)
+        except OSError:
+            continue
+        found.setdefault((stat.st_dev, stat.st_ino), Path(here))
+    return found
 
 
 def _entries(folder: Path) -> list[tuple[Path, bool]]:

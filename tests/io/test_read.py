@@ -145,3 +145,27 @@ def test_files_that_are_not_parquet_are_skipped_with_a_warning(
     assert "notes.csv is not a Parquet file" in caplog.text
     (named,) = discover(tmp_path / "src" / "README.md")  # named by the user: taken, and fails
     assert named.relative == "README.md"
+
+
+def test_two_partition_folders_linked_to_each_other_are_each_read_once_where_they_are(
+    write_table, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A link cycle between two folders of SOURCE (date=1/sub -> date=2, date=2/sub -> date=1)
+    is not followed, each link named in a warning: every file is read once, in its own
+    partition (day 2's file was read through day 1's link, as a row of day 1). A partition
+    linked in from outside SOURCE is still followed, and a linked SOURCE itself is read."""
+    write_table({"text": ["one"]}, "src/date=1/part-0.parquet")
+    write_table({"text": ["two"]}, "src/date=2/part-0.parquet")
+    write_table({"text": ["three"]}, "archive/date=3/part-0.parquet")
+    (tmp_path / "src" / "date=1" / "sub").symlink_to(tmp_path / "src" / "date=2")
+    (tmp_path / "src" / "date=2" / "sub").symlink_to(tmp_path / "src" / "date=1")
+    (tmp_path / "src" / "date=3").symlink_to(tmp_path / "archive" / "date=3")
+    found = {f.relative: f.partition["date"] for f in discover(tmp_path / "src")}
+    assert found == {
+        "date=1/part-0.parquet": "1",
+        "date=2/part-0.parquet": "2",
+        "date=3/part-0.parquet": "3",
+    }
+    assert "date=1/sub links to" in caplog.text and "date=2/sub links to" in caplog.text
+    (tmp_path / "srclink").symlink_to(tmp_path / "src")
+    assert len(discover(tmp_path / "srclink")) == 3
