@@ -117,9 +117,10 @@ def _empty_range(
 
 
 #: Characters a partition value cannot hold in a folder name (`/` would nest a folder, `=` and
-#: `%` would be read back as something else): percent-escaped as Hive does, and read back by
+#: `%` would be read back as something else, `#` and `?` cut an object-store URL, `*`, `?` and
+#: `[` are glob characters): Hive's own list, percent-escaped as Hive does, and read back by
 #: `bertetl.io.read`'s `unquote` as the same value.
-_UNSAFE = {*"%/\\=:", *(chr(c) for c in range(32)), chr(127)}
+_UNSAFE = {*"\"#%'*/:=?\\{[]^", *(chr(c) for c in range(32)), chr(127)}
 
 
 def folder_value(value: str) -> str:

@@ -181,7 +181,8 @@ class _Walk:
         real = self.real.get((stat.st_dev, stat.st_ino))
         if real is not None and folder != self.top and folder.is_symlink():
             log.warning(
-                "%s links to %s, a folder of the source read where it is; not followed",
+                "%s is the same folder as %s, a folder of the source read where it is; "
+                "the link is not followed",
                 folder,
                 real,
             )
