@@ -114,7 +114,7 @@ def systems(
     """
     if "host" in split_list(systems):
         fail("--systems host: the host path is its own command, `bertetl bench host`", debug, 2)
-    _check_out(out, split_list(inputs) + split_list(models), debug)
+    _check_out(out, split_list(inputs) + split_list(models), debug, ("environment", "results"))
     config = _bench_config(
         debug,
         storage_option,
@@ -172,7 +172,7 @@ def host(
     Runs the real read, tokenize, batch and write path at each core count (each in a process
     pinned to that many CPUs) and prints seconds per stage, and the cores an H100 would need.
     """
-    _check_out(out, split_list(inputs) + split_list(models), debug)
+    _check_out(out, split_list(inputs) + split_list(models), debug, ("environment", "results"))
     config = _bench_config(
         debug,
         storage_option,
@@ -232,7 +232,7 @@ def memory(
     """Peak RSS of end-to-end runs against the table's size, each in a fresh process."""
     from bertetl.bench.memory import memory_check
 
-    _check_out(out, [], debug)
+    _check_out(out, [], debug, ("memory",))
     sizes = _row_counts(rows, debug)
     with user_errors(debug):
         result = memory_check(sizes, layer=memory_layer)
@@ -240,16 +240,18 @@ def memory(
     typer.echo(json.dumps(result, indent=2))
 
 
-def _check_out(out: Path, inputs: list[str], debug: bool) -> None:
+def _check_out(out: Path, inputs: list[str], debug: bool, keys: tuple[str, ...] = ()) -> None:
     """Refuse, before any work, an `--out` that is a folder, one of the bench's inputs (a
     table or model path named in `--inputs` or `--models`), or an existing file that is not
-    an earlier result (`check_output_file`)."""
+    an earlier result of this bench (a JSON object with its `keys`: `check_output_file`)."""
     from bertetl.io.paths import check_output_file
 
     paths = [item.split(":", 1)[-1] if ":" in item else item for item in inputs]
     paths += [item.split(":", 1)[0] for item in inputs if ":" in item]
     with user_errors(debug):
-        check_output_file(out, "--out", [p for p in paths if p and Path(p).exists()])
+        check_output_file(
+            out, "--out", [p for p in paths if p and Path(p).exists()], keys=frozenset(keys)
+        )
 
 
 def _row_counts(value: str, debug: bool) -> list[int]:
@@ -295,7 +297,7 @@ def executors(
     from bertetl.bench.executors import executor_bench
     from bertetl.bench.systems import engine_fields, split_task
 
-    _check_out(out, split_list(models), debug)
+    _check_out(out, split_list(models), debug, ("runs", "partitions"))
     bench_config = BenchConfig(
         models=split_list(models)[:1],
         rows=rows,
@@ -348,7 +350,7 @@ def long_text(
 
     from bertetl.bench.long_text import run_long_text_bench
 
-    _check_out(out, split_list(models), debug)
+    _check_out(out, split_list(models), debug, ("documents", "repeats"))
     with user_errors(debug), tempfile.TemporaryDirectory(prefix="bertetl-long-") as work:
         result = run_long_text_bench(Path(work), documents, split_list(models)[0], device, repeats)
     out.write_text(json.dumps(result, indent=2))

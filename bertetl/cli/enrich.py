@@ -92,6 +92,10 @@ def print_report(result: EnrichReport, dest: str, report_path: Path | None) -> N
         os.replace(temp, report_path)  # a reader sees the old report or the whole new one
 
 
+#: The keys at the top of every run report (`EnrichReport.to_dict`).
+REPORT_KEYS = frozenset({"rows", "files", "stages"})
+
+
 def check_report_path(report: Path, source: str, dest: str) -> None:
     """Refuse, before the run, a `--report` path that is a folder or lies in SOURCE or DEST
     (it would overwrite an input or an output, or land among them as a stray file)."""
@@ -115,4 +119,5 @@ def check_report_path(report: Path, source: str, dest: str) -> None:
                 f"--report {report} lies in {label} {given}; a run writes neither into its "
                 "input nor among its outputs: give a path outside both"
             )
-    check_output_file(report, "--report", makes_folder=True)  # nor over a non-report
+    # nor over anything but an earlier report (the keys `EnrichReport.to_dict` writes)
+    check_output_file(report, "--report", makes_folder=True, keys=REPORT_KEYS)

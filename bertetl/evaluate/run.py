@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 
 METRICS = "metrics.json"
 REPORT = "report.html"
+#: What an evaluation writes into OUT (an OUT holding anything else is refused: it is replaced
+#: whole).
+EVALUATION_FILES = (METRICS, REPORT, "*.png")
 
 
 @dataclass
@@ -75,7 +78,9 @@ def check_out(out: str | os.PathLike[str], table: str | Location) -> Path:
     evaluation, or one that holds a local table or lies inside it."""
     if is_uri(out):
         raise StorageError(f"--out {out}: the report is written to a local folder; give one")
-    path = check_replaceable_folder(out, "--out", "evaluation", "evaluation", METRICS)
+    path = check_replaceable_folder(
+        out, "--out", "evaluation", "evaluation", METRICS, owned=EVALUATION_FILES
+    )
     if isinstance(table, Location):  # on an object store: no local folder to overlap
         return path
     root = (Path(table) if os.path.isfile(table) else source_root(table)).resolve()

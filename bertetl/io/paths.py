@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from pathlib import Path
 from typing import Any
@@ -152,10 +153,18 @@ def check_run_paths(
 
 
 def check_replaceable_folder(
-    given: str | os.PathLike[str], label: str, kind: str, holds: str, marker: str
+    given: str | os.PathLike[str],
+    label: str,
+    kind: str,
+    holds: str,
+    marker: str,
+    owned: tuple[str, ...] = (),
 ) -> Path:
-    """The resolved folder a command replaces whole: refused when it is a file, or a non-empty
-    folder without `marker` (so only an earlier output of the same command is replaced)."""
+    """The resolved folder a command replaces whole: refused when it is a file, a non-empty
+    folder without `marker` (so only an earlier output of the same command is replaced), or
+    one that holds files the command does not write (a path matching none of the `owned`
+    glob patterns, e.g. a user's notes added to an earlier output: replacing the folder would
+    delete them)."""
     path = Path(given).resolve()
     if path.exists() and not path.is_dir():
         raise InputError(f"{label} {given} is a file; give a folder for the {kind}")
@@ -164,7 +173,31 @@ def check_replaceable_folder(
             f"{label} {given} is a non-empty folder that holds no {holds} (no {marker}); "
             "give a new or empty folder"
         )
+    if owned and path.is_dir():
+        foreign = [
+            relative
+            for relative in _files_below(path)
+            if not any(fnmatch.fnmatchcase(relative, pattern) for pattern in owned)
+        ]
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (
+                f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+            )
+            raise InputError(
+                f"{label} {given} holds {len(foreign)} file(s) an earlier {kind} does not: "
+                f"{shown}; the folder is replaced whole, so move them out (or give another "
+                "folder)"
+            )
     return path
+
+
+def _files_below(folder: Path) -> list[str]:
+    """Every file under `folder` (links not followed), relative to it, sorted."""
+    found = []
+    for here, _, names in os.walk(folder):
+        for name in names:
+            found.append((Path(here) / name).relative_to(folder).as_posix())
+    return sorted(found)
 
 
 def absolute_target(target: Path | Location) -> Path | Location:
@@ -173,17 +206,19 @@ def absolute_target(target: Path | Location) -> Path | Location:
     return target if is_remote(target) else Path(target).resolve()
 
 
-def is_json_object(path: Path) -> bool:
-    """Whether `path` holds a JSON object: what bertetl's reports and bench results are, so
-    an earlier one may be replaced (a Parquet file, a model or a CSV may not)."""
+def is_json_result(path: Path, keys: frozenset[str]) -> bool:
+    """Whether `path` holds a JSON object with every one of `keys` at its top: an earlier
+    result of the command that writes those (a run's report, a bench's results), which may be
+    replaced; anything else (a Parquet file, another tool's JSON, a table's metadata, another
+    DEST's manifest) may not."""
     import json
 
     try:
         with open(path, "rb") as handle:
-            head = handle.read(1 << 20)
-        return isinstance(json.loads(head), dict)
+            found = json.loads(handle.read(64 << 20))
     except (OSError, ValueError):
         return False
+    return isinstance(found, dict) and keys <= found.keys()
 
 
 def check_output_file(
@@ -191,10 +226,12 @@ def check_output_file(
     label: str,
     inputs: list[str] | None = None,
     makes_folder: bool = False,
+    keys: frozenset[str] = frozenset(),
 ) -> Path:
     """Refuse, before the work, a file a command writes beside its outputs (`--report`,
     `bench --out`): a folder, one of the `inputs` (local files, or folders it must not lie
-    in), an existing file that is not an earlier JSON result (`is_json_object`), or (unless
+    in), an existing file that is not an earlier JSON result with `keys` (`is_json_result`),
+    or (unless
     the command `makes_folder`) a path in a folder that does not exist. Returns the path
     resolved."""
     path = Path(given).resolve()
@@ -209,7 +246,7 @@ def check_output_file(
                 f"{label} {given} lies in or is the input {entry}; a command never writes over "
                 "its input: give another path"
             )
-    if path.exists() and not is_json_object(path):
+    if path.exists() and not is_json_result(path, keys):
         raise InputError(
             f"{label} {given} exists and is not a JSON result of an earlier run; it would be "
             "overwritten: give a new path (only an earlier report or result is replaced)"

@@ -39,6 +39,10 @@ from bertetl.io.stores.locations import Location, StorageError, is_uri
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "training_metrics.json"
+#: What `train` writes into MODEL_OUT: the model's and tokenizer's files (transformers'
+#: `save_pretrained`), its metrics, and the held-out evaluation in `eval/` (a MODEL_OUT
+#: holding anything else is refused: it is replaced whole).
+MODEL_FILES = ("*.json", "*.safetensors", "*.txt", "*.model", "*.bin", "eval/*")
 
 
 #: The held-out evaluation (`bertetl evaluate`'s report) inside MODEL_OUT.
@@ -82,7 +86,9 @@ def check_model_out(model_out: str, files: list[SourceFile]) -> Path:
             f"MODEL_OUT {model_out}: the model is written to a local folder; give one (and "
             "copy it to the store afterwards)"
         )
-    out = check_replaceable_folder(model_out, "MODEL_OUT", "model", "bertetl model", METRICS_FILE)
+    out = check_replaceable_folder(
+        model_out, "MODEL_OUT", "model", "bertetl model", METRICS_FILE, owned=MODEL_FILES
+    )
     for file in files:
         if file.filesystem is not None:
             continue

@@ -412,8 +412,17 @@ def test_side_outputs_never_overwrite_what_is_not_an_earlier_result(
     run = bertetl("bench", "systems", "--inputs", f"{source}:text", "--out", str(source))
     assert run.returncode == 1 and "lies in or is the input" in run.stderr
     assert source.read_bytes() == before
+    for foreign in ('{"compilerOptions": {"strict": true}}', '{"rows": 1}'):  # not a report
+        (tmp_path / "theirs.json").write_text(foreign)
+        run = enrich_cli(
+            source, tmp_path / "out", *model, "--report", str(tmp_path / "theirs.json")
+        )
+        assert run.returncode == 1 and "not a JSON result" in run.stderr
+        assert (tmp_path / "theirs.json").read_text() == foreign
     earlier = tmp_path / "report.json"
-    earlier.write_text('{"rows": 1}')
     run = enrich_cli(source, tmp_path / "out", *model, "--report", str(earlier))
     assert run.returncode == 0, run.stderr
+    earlier.write_text(earlier.read_text().replace('"rows": 2', '"rows": 7'))
+    run = enrich_cli(source, tmp_path / "out", *model, "--report", str(earlier))
+    assert run.returncode == 0, run.stderr  # an earlier report is replaced
     assert json.loads(earlier.read_text())["rows"] == 2

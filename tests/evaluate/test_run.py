@@ -106,3 +106,19 @@ def test_out_must_be_new_empty_or_an_earlier_evaluation(write_table, tmp_path) -
     again = evaluate(tmp_path / "src", tmp_path / "eval", config)  # replaced whole
     assert again.metrics == first.metrics
     assert not (tmp_path / "eval" / "stale.png").exists()
+
+
+def test_an_earlier_evaluation_holding_a_users_file_is_refused_not_deleted(
+    write_table, tmp_path
+) -> None:
+    """--out is replaced whole: an earlier evaluation to which a user added a file is refused,
+    naming it, and the file is kept (it was deleted with exit 0)."""
+    from tests.evaluate.tables import single_label_table
+
+    write_table(single_label_table(["neg", "pos"] * 5, ["neg", "pos"]))
+    config = EvaluateConfig(label_column="y", text_column="text")
+    evaluate(tmp_path / "src", tmp_path / "eval", config)
+    (tmp_path / "eval" / "my-notes.md").write_text("what I saw")
+    with pytest.raises(InputError, match=r"holds 1 file\(s\) an earlier evaluation does not"):
+        evaluate(tmp_path / "src", tmp_path / "eval", config)
+    assert (tmp_path / "eval" / "my-notes.md").read_text() == "what I saw"

@@ -171,3 +171,21 @@ def test_a_model_out_inside_the_training_table_is_refused(
     with pytest.raises(InputError, match=r"MODEL_OUT .* lies inside the training table"):
         train(str(tmp_path / "data"), str(tmp_path / "data" / "model"), config)
     assert not (tmp_path / "data" / "model").exists()
+
+
+def test_a_model_out_holding_a_users_files_is_refused_not_deleted(
+    tiny_base_dir: Path, write_table, tmp_path
+) -> None:
+    """MODEL_OUT is replaced whole: an earlier model to which a user added a file (a model
+    card) is refused, naming the file, which is kept (it was deleted with exit 0)."""
+    table = write_table(_reviews(40, seed=0), "data/t.parquet")
+    config = TrainConfig(
+        text_column="text", label_column="sentiment", base_model=str(tiny_base_dir), epochs=1
+    )
+    train(str(table), str(tmp_path / "model"), config)
+    (tmp_path / "model" / "MODEL_CARD.md").write_text("# ours")
+    with pytest.raises(
+        InputError, match=r"holds 1 file\(s\) an earlier model does not: MODEL_CARD"
+    ):
+        train(str(table), str(tmp_path / "model"), config)
+    assert (tmp_path / "model" / "MODEL_CARD.md").read_text() == "# ours"
