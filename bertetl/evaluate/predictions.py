@@ -367,16 +367,17 @@ def _read_file(
 def _finite(values: np.ndarray, file: SourceFile, column: str, rows: np.ndarray) -> np.ndarray:
     """`values` when every score is a number; else an `InputError` naming the file, the
     column, the first rows and how many (NaN, infinite or null scores break every metric)."""
-    bad = ~np.isfinite(values)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(values) | (values < 0) | (values > 1)
     if bad.ndim > 1:
         bad = bad.any(axis=1)
     if not bad.any():
         return values
     shown = ", ".join(str(int(r)) for r in rows[bad][:5])
     raise InputError(
-        f"{file.path}: column {column!r} holds {int(bad.sum())} score(s) that are not numbers "
-        f"(NaN, infinite or null) on predicted rows, first at row(s) {shown}; every predicted "
-        "row needs a score: fix or drop those rows"
+        f"{file.path}: column {column!r} holds {int(bad.sum())} score(s) that are not "
+        f"probabilities (NaN, infinite, null, or outside 0..1) on predicted rows, first at "
+        f"row(s) {shown}; every predicted row needs a score: fix or drop those rows"
     )
 
 

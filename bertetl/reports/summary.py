@@ -89,6 +89,10 @@ def _summarize_table(
 
     if not count_commits(ref):
         raise InputError(f"DEST {ref} does not exist (no such table): nothing to summarize")
+    from bertetl.io.tables import is_foreign
+
+    if is_foreign(ref):
+        raise InputError(f"{ref} holds no commit of bertetl's: nothing it wrote to summarize")
     if (columns := partition_columns(ref)) and partition_column not in columns:
         raise InputError(
             f"--partition-column {partition_column}: {ref} is partitioned by "

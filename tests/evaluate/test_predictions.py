@@ -128,7 +128,9 @@ def test_a_label_column_named_like_a_prediction_column_is_refused(tmp_path: Path
     assert predictions.labels == LABELS and predictions.rows == 2
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize(
+    "bad", [float("nan"), float("inf"), 2.0, -1.0], ids=["nan", "inf", "above-1", "below-0"]
+)
 @pytest.mark.parametrize("column", ["score", "scores"])
 def test_scores_that_are_not_numbers_are_one_line_naming_the_rows(
     tmp_path: Path, bad: float, column: str

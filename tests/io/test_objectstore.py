@@ -83,6 +83,7 @@ def test_local_staging_is_one_folder_per_dest_under_the_temp_folder() -> None:
         (first / "date=1").mkdir()
         (first / "date=1" / "part-0.parquet").write_bytes(b"staged")
     assert not first.exists() and not second.exists()  # removed on exit
+    assert not root.exists()  # and no empty folder per DEST is left behind
     assert not is_machine_staging(Path(tempfile.gettempdir()))
     assert not is_machine_staging(Path.cwd())
 

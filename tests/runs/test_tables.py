@@ -395,6 +395,35 @@ def test_a_new_source_column_evolves_the_table_dest(
     assert rows.height == 3 * 24 and run_all(executor, src, table_uri) == {}
 
 
+def test_table_edges_from_a_hostile_review(executor, partitioned_source, tmp_path: Path) -> None:
+    """A local Delta DEST inside another run's folder DEST is refused (readers of the folder
+    saw its rows twice); one table reached through a link has one lock; `delta://` on a file
+    is one line; `summary` of a table bertetl never wrote is an error, not an empty exit 0."""
+    from deltalake import write_deltalake
+
+    src = partitioned_source(days=1)
+    run_all(executor, src, tmp_path / "out")
+    with pytest.raises(InputError, match="lies inside another run's DEST"):
+        check_partitioned_run(*resolve_run(src, f"delta://{tmp_path / 'out' / 't'}"), "date")
+    run_all(executor, src, f"delta://{tmp_path / 'dd'}")
+    (tmp_path / "ddlink").symlink_to(tmp_path / "dd")
+    _, linked = resolve_run(src, f"delta://{tmp_path / 'ddlink'}")
+    _, real = resolve_run(src, f"delta://{tmp_path / 'dd'}")
+    with destination_lock(real), pytest.raises(CommitError, match="another bertetl run"):
+        destination_lock(linked).acquire()
+    (tmp_path / "stray.parquet").write_bytes(b"PAR1 not a table")
+    result = CliRunner().invoke(
+        app, ["summary", f"delta://{tmp_path / 'stray.parquet'}", "--partition-column", "date"]
+    )
+    assert result.exit_code == 1 and "as a Delta table" in result.output
+    assert "Traceback" not in result.output
+    write_deltalake(tmp_path / "theirs", pa.table({"date": ["x"], "n": [1]}), partition_by=["date"])
+    result = CliRunner().invoke(
+        app, ["summary", f"delta://{tmp_path / 'theirs'}", "--partition-column", "date"]
+    )
+    assert result.exit_code == 1 and "holds no commit of bertetl's" in result.output
+
+
 def test_one_run_per_table_and_no_table_is_its_own_dest(partitioned_source, tmp_path: Path) -> None:
     src = partitioned_source(days=1)
     _, dest = resolve_run(src, f"delta://{tmp_path / 't'}")

@@ -118,6 +118,8 @@ def local_staged_folder(dest: Location) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+        with contextlib.suppress(OSError):  # leave no empty folder per DEST behind
+            path.parent.rmdir()
 
 
 def clean_local_staging(dest: Location) -> int:

@@ -105,8 +105,9 @@ class DeltaFormat:
             )
         except TableNotFoundError:
             return None
-        except OSError as e:
-            raise StorageError(f"cannot open {self.ref.uri}: {e}") from e
+        except (OSError, self.deltalake.exceptions.DeltaError) as e:  # e.g. a file, not a table
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise StorageError(f"cannot open {self.ref.uri} as a Delta table: {first}") from e
 
     def holds_rows(self) -> bool:
         table = self.open()
@@ -293,7 +294,8 @@ class DeltaFormat:
 
     def lock_place(self) -> Path | Location:
         if self.ref.local:
-            return Path(os.path.abspath(self.ref.address) + SIDECAR_SUFFIX)
+            # the real path: one table reached through a link has one lock
+            return Path(os.path.realpath(self.ref.address) + SIDECAR_SUFFIX)
         return parse_location(
             self.ref.address.rstrip("/") + SIDECAR_SUFFIX, delta_location_options(self.ref)
         )
