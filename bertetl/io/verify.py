@@ -29,6 +29,11 @@ class DamagedFile:
     problem: str
 
 
+#: Why a file in a committed partition folder that its manifest does not list is left out of
+#: the counts (a copy of an output, a file dropped in): listed as not bertetl's, no damage.
+UNLISTED = "not bertetl output: not listed by its partition's manifest (readers see it)"
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
@@ -81,6 +86,7 @@ def remote_outputs(dest: Location) -> tuple[list[SourceFile], list[DamagedFile]]
     folders = _remote_manifests(dest)
     damaged: list[DamagedFile] = []
     claimed: set[str] = set()
+    listed: set[str] = set()
     for folder, manifest in folders.items():
         where = _relative(PurePosixPath(folder.path), root)
         if manifest is None:
@@ -92,6 +98,7 @@ def remote_outputs(dest: Location) -> tuple[list[SourceFile], list[DamagedFile]]
             name = PurePosixPath(folder.path) / item.relative
             damaged.append(DamagedFile(where, _relative(name, root), item.problem))
         claimed.update(f"{folder.path}/{name}" for name in verified_outputs(manifest, damage))
+        listed.update(f"{folder.path}/{name}" for name in manifest.outputs)
     committed = {PurePosixPath(f.path) for f, m in folders.items() if m is not None}
     try:
         found = discover(dest)
@@ -99,11 +106,12 @@ def remote_outputs(dest: Location) -> tuple[list[SourceFile], list[DamagedFile]]
         if not committed:
             raise
         found = []
-    files = [
-        file
-        for file in found
-        if file.fs_path in claimed or not committed & set(PurePosixPath(file.fs_path).parents)
-    ]
+    files = []
+    for file in found:
+        if file.fs_path in claimed or not committed & set(PurePosixPath(file.fs_path).parents):
+            files.append(file)
+        elif file.fs_path not in listed:  # readers see it; the counts leave it out, and say so
+            damaged.append(_damaged_file(PurePosixPath(file.fs_path), root, UNLISTED))
     return files, damaged
 
 
@@ -114,6 +122,7 @@ def local_outputs(root: Path) -> tuple[list[SourceFile], list[DamagedFile]]:
     folders = _manifests(root)
     damaged: list[DamagedFile] = []
     claimed: set[Path] = set()
+    listed: set[Path] = set()
     for folder, manifest in folders.items():
         where = _relative(folder, root)
         if manifest is None:
@@ -125,6 +134,7 @@ def local_outputs(root: Path) -> tuple[list[SourceFile], list[DamagedFile]]:
             name = (folder / item.relative) if item.relative else folder
             damaged.append(DamagedFile(where, _relative(name, root), item.problem))
         claimed.update((folder / name).resolve() for name in verified_outputs(manifest, damage))
+        listed.update((folder / name).resolve() for name in manifest.outputs)
     committed = {folder.resolve() for folder, manifest in folders.items() if manifest is not None}
     try:
         found = discover(dest)
@@ -137,4 +147,6 @@ def local_outputs(root: Path) -> tuple[list[SourceFile], list[DamagedFile]]:
         path = Path(file.path).resolve()
         if path in claimed or not committed & set(path.parents):
             files.append(file)
+        elif path not in listed:  # readers see it; the counts leave it out, and say so
+            damaged.append(_damaged_file(Path(file.path), root, UNLISTED))
     return files, damaged

@@ -151,10 +151,11 @@ def summarize(
     if not destination.capabilities.files:
         return _summarize_table(destination.place, partition_column, prefix)
     root = destination.shown_root
-    files, damaged = destination.committed_outputs()
+    files, found = destination.committed_outputs()
+    damaged = [d for d in found if not d.problem.startswith(NOT_OUTPUT)]
     _check_partition_column(dest, files, partition_column)
     frames: dict[str, pl.LazyFrame] = {}
-    foreign: list[DamagedFile] = []
+    foreign: list[DamagedFile] = [d for d in found if d.problem.startswith(NOT_OUTPUT)]
     has_labels = False
     for file in files:
         frame, problem, labels = _file_frame(file, partition_column, prefix)

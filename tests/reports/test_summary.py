@@ -201,3 +201,20 @@ def test_a_damaged_partition_shows_no_drift(config, partitioned_source, tmp_path
     drift = result.stdout.split("drift (", 1)[1].split("damaged (not counted above)", 1)[0]
     assert "2026-01-01" in drift and "2026-01-03" in drift and "2026-01-02" not in drift
     assert "1 damaged partition(s) left out" in drift
+
+
+def test_a_copy_in_a_committed_partition_is_named_and_left_out(
+    config, partitioned_source, tmp_path: Path
+) -> None:
+    """A copy of an output in a committed partition folder (not listed by its manifest) is
+    left out of the counts, as its manifest says, and now named as not bertetl output: readers
+    of the folder see its rows, and the summary said nothing while counting half of them."""
+    src, dest = partitioned_source(days=2, rows=12), tmp_path / "dest"
+    committed(config, src, dest)
+    folder = dest / "date=2026-01-01"
+    (folder / "backup-copy.parquet").write_bytes((folder / "part-0.parquet").read_bytes())
+    tables = summarize(dest, "date")
+    assert "damaged" not in tables and sum(tables["rows"]["rows"].to_list()) == 24
+    assert tables["foreign"]["file"].to_list() == ["date=2026-01-01/backup-copy.parquet"]
+    result = summary_cli(str(dest), "--partition-column", "date")
+    assert result.exit_code == 0 and "backup-copy.parquet: not bertetl output" in result.stdout
