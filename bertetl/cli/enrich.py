@@ -101,13 +101,18 @@ def check_report_path(report: Path, source: str, dest: str) -> None:
     (it would overwrite an input or an output, or land among them as a stray file)."""
     from bertetl.errors import InputError
     from bertetl.io.paths import check_output_file
-    from bertetl.io.stores.locations import is_table_uri, is_uri
+    from bertetl.io.stores.locations import is_table_uri, is_uri, parse_table
 
     path = report.resolve()
     if path.is_dir():
         raise InputError(f"--report {report} is a folder; give the path of a JSON file")
     for label, given in (("SOURCE", source), ("DEST", dest)):
-        if is_uri(given) or is_table_uri(given):
+        if is_table_uri(given):  # a local table's folder holds its log: not a report's place
+            table = parse_table(given)
+            if not table.local:
+                continue
+            given = table.address
+        elif is_uri(given):
             continue  # the report is a local file
         if glob.has_magic(given):  # a glob SOURCE: the report must not be one of its files
             inside = path in {Path(f).resolve() for f in glob.glob(given, recursive=True)}

@@ -419,6 +419,9 @@ def test_side_outputs_never_overwrite_what_is_not_an_earlier_result(
         )
         assert run.returncode == 1 and "not a JSON result" in run.stderr
         assert (tmp_path / "theirs.json").read_text() == foreign
+    log = tmp_path / "t" / "_delta_log" / "00000000000000000002.json"  # a table's next commit
+    run = enrich_cli(source, f"delta://{tmp_path / 't'}", *model, "--report", str(log))
+    assert run.returncode == 1 and "lies in DEST" in run.stderr and not log.exists()
     earlier = tmp_path / "report.json"
     run = enrich_cli(source, tmp_path / "out", *model, "--report", str(earlier))
     assert run.returncode == 0, run.stderr
