@@ -25,12 +25,12 @@ import re
 import shutil
 import socket
 import time
-import uuid
 from collections.abc import Collection, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from bertetl.errors import CommitError
+from bertetl.io.scratch import fresh_folder
 from bertetl.io.stores.locations import LOCK_NAME, Location, TableRef, is_remote, is_table
 from bertetl.io.write import TEMP_SUFFIX, fsync_dir
 
@@ -342,18 +342,10 @@ def strays(folder: Path, owned: Collection[str]) -> list[str]:
 
 @contextlib.contextmanager
 def staged_folder(dest: str | os.PathLike[str]) -> Iterator[Path]:
-    """A fresh hidden folder on DEST's filesystem; removed on exit unless swapped in."""
-    path = staging_root(dest) / uuid.uuid4().hex
-    try:
-        path.mkdir(parents=True)
-    except OSError as e:
-        raise CommitError(f"cannot create staging folder {path}: {e}") from e
-    try:
+    """A fresh hidden folder on DEST's filesystem; removed on exit unless swapped in (and the
+    staging root beside DEST with it, when left empty)."""
+    with fresh_folder(staging_root(dest)) as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-        with contextlib.suppress(OSError):  # leave no empty folder beside DEST
-            path.parent.rmdir()
 
 
 def _exchange(a: Path, b: Path) -> bool:

@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,26 @@ log = logging.getLogger(__name__)
 
 #: The file a live run keeps locked in each of its scratch folders.
 HELD = ".held"
+
+
+@contextlib.contextmanager
+def fresh_folder(root: Path) -> Iterator[Path]:
+    """A new folder of a random name under `root` (made with its parents), removed on exit,
+    and `root` too when nothing else is left in it; a folder that cannot be made is a
+    `CommitError` naming it."""
+    from bertetl.errors import CommitError
+
+    path = root / uuid.uuid4().hex
+    try:
+        path.mkdir(parents=True)
+    except OSError as e:
+        raise CommitError(f"cannot create staging folder {path}: {e}") from e
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        with contextlib.suppress(OSError):  # leave no empty folder behind
+            root.rmdir()
 
 
 def scratch_root() -> Path:

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from bertetl.errors import CommitError
+from bertetl.io.scratch import fresh_folder
 from bertetl.io.stores.clients import client
 from bertetl.io.stores.locations import LOCK_NAME, Location
 
@@ -108,18 +109,10 @@ def is_machine_staging(path: Path) -> bool:
 
 @contextlib.contextmanager
 def local_staged_folder(dest: Location) -> Iterator[Path]:
-    """A fresh local folder for one partition (or scratch) bound for `dest`; removed on exit."""
-    path = local_staging_root(dest) / uuid.uuid4().hex
-    try:
-        path.mkdir(parents=True)
-    except OSError as e:
-        raise CommitError(f"cannot create staging folder {path}: {e}") from e
-    try:
+    """A fresh local folder for one partition (or scratch) bound for `dest`; removed on exit,
+    with the folder per DEST when it is left empty."""
+    with fresh_folder(local_staging_root(dest)) as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-        with contextlib.suppress(OSError):  # leave no empty folder per DEST behind
-            path.parent.rmdir()
 
 
 def clean_local_staging(dest: Location) -> int:
