@@ -212,3 +212,8 @@ class PlacedDestination:
 
     def verify(self, where: Any, manifest: Manifest) -> list[OutputDamage]:
         return manifests.verify_outputs(where, manifest)
+
+    def overlaps(self, source: object) -> bool:
+        from bertetl.io.destinations.overlap import overlaps
+
+        return overlaps(getattr(source, "place", source), self.place)

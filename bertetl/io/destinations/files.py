@@ -97,18 +97,11 @@ class FileDestination(PlacedDestination):
         raise NotImplementedError(f"{self.uri}: a folder's outputs are committed file by file")
 
     def relative(self, folder: Any) -> str:
-        """A folder's path below DEST, as a POSIX path."""
-        if isinstance(self.place, Path):
-            return Path(folder).relative_to(self.place).as_posix()
-        return str(folder.relative_to(self.place))
+        """Each kind names its folders its own way (an OS path, a prefix of a bucket)."""
+        raise NotImplementedError
 
     def file_path(self, relative: str) -> Any:
         return self.place / relative
-
-    def overlaps(self, source: object) -> bool:
-        from bertetl.io.destinations.overlap import overlaps
-
-        return overlaps(_place(source), self.place)
 
 
 def _place(side: object) -> Any:

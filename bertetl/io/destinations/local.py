@@ -50,6 +50,10 @@ class LocalFolder(FileDestination):
 
         return local_outputs(self.place)
 
+    def relative(self, folder: Any) -> str:
+        """A folder's path below DEST, as a POSIX path."""
+        return Path(folder).relative_to(self.place).as_posix()
+
     def check(self) -> None:
         """Refuse a DEST inside another run's DEST, or holding one (`nesting`)."""
         from bertetl.io.destinations.nesting import local_nesting

@@ -40,6 +40,10 @@ class ObjectStorePrefix(FileDestination):
 
         return remote_outputs(self.place)
 
+    def relative(self, folder: Any) -> str:
+        """A prefix's path below DEST."""
+        return str(folder.relative_to(self.place))
+
     def check(self) -> None:
         """Refuse a DEST inside another run's DEST, or holding one (`nesting`)."""
         from bertetl.io.destinations.nesting import remote_nesting

@@ -30,6 +30,8 @@ class TableDestination(PlacedDestination):
     )
 
     place: TableRef
+    #: Whether `refuse_foreign` passed already (every partition of a run asks it).
+    _foreign_checked = False
 
     @classmethod
     def accepts(cls, place: object) -> bool:
@@ -72,10 +74,14 @@ class TableDestination(PlacedDestination):
         from bertetl.errors import InputError
         from bertetl.io.tables import is_foreign
 
+        if self._foreign_checked:  # once a run: it reads the table's whole history
+            return
         if not is_foreign(self.place):
+            self._foreign_checked = True
             return
         if self.overwrite_foreign:
             log.warning("%s is a table bertetl did not write; replaced, as asked", self.uri)
+            self._foreign_checked = True
             return
         raise InputError(
             f"DEST {self.uri} is a table bertetl did not write (it holds rows and no bertetl "
@@ -161,8 +167,3 @@ class TableDestination(PlacedDestination):
 
     def file_path(self, relative: str) -> Any:
         return None  # a table has no folder of its own to put a file in
-
-    def overlaps(self, source: object) -> bool:
-        from bertetl.io.destinations.overlap import overlaps
-
-        return overlaps(getattr(source, "place", source), self.place)
