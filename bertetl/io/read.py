@@ -164,22 +164,34 @@ class _Walk:
         self.pattern = pattern
         self.found: list[Path] = []
         self.entered: dict[tuple[int, int, int], Path] = {}
-        self.real: dict[tuple[int, int], Path] = {}
         self.top = Path()
+        self.real_top = ""
 
     def files(self, top: Path) -> list[Path]:
         if self.pattern:
-            self.top, self.real = top, _real_folders(top)
+            self.top, self.real_top = top, os.path.realpath(top)
             self.visit(top, 0)
         return self.found
+
+    def in_top(self, link: Path) -> Path | None:
+        """Where the folder a link leads to is read in `top` itself (named from `top` as
+        given), or None when it is not: it lies outside (a partition linked in from
+        elsewhere) or in a hidden folder, which the walk skips."""
+        real = os.path.realpath(link)
+        if real != self.real_top and not real.startswith(self.real_top.rstrip("/") + "/"):
+            return None
+        relative = os.path.relpath(real, self.real_top)
+        if any(_hidden(part) for part in Path(relative).parts):
+            return None
+        return self.top / relative
 
     def visit(self, folder: Path, at: int) -> None:
         try:
             stat = folder.stat()
         except OSError:  # vanished since it was listed
             return
-        real = self.real.get((stat.st_dev, stat.st_ino))
-        if real is not None and folder != self.top and folder.is_symlink():
+        real = self.in_top(folder) if folder != self.top and folder.is_symlink() else None
+        if real is not None:
             log.warning(
                 "%s is the same folder as %s, a folder of the source read where it is; "
                 "the link is not followed",
@@ -213,20 +225,6 @@ class _Walk:
         for path, is_dir in entries:
             if is_dir:
                 self.visit(path, at)
-
-
-def _real_folders(top: Path) -> dict[tuple[int, int], Path]:
-    """Every folder under `top` (itself included) reached without following a link, by
-    device and inode, hidden ones skipped."""
-    found: dict[tuple[int, int], Path] = {}
-    for here, folders, _ in os.walk(top):
-        folders[:] = [name for name in folders if not _hidden(name)]
-        try:
-            stat = os.stat(here)
-        except OSError:
-            continue
-        found.setdefault((stat.st_dev, stat.st_ino), Path(here))
-    return found
 
 
 def _entries(folder: Path) -> list[tuple[Path, bool]]:
