@@ -15,6 +15,8 @@ ENRICH_ERROR = "enrich_error"
 TOKENS = "tokens"
 WINDOWS = "windows"
 TRUNCATED = "truncated"
+#: A keyed run's (`--key`) fingerprint of each row's text (`bertetl.io.keys`).
+TEXT_FINGERPRINT = "text_fingerprint"
 
 #: Internal columns (never written out) start with this; input columns may not.
 INTERNAL_PREFIX = "__bertetl_"

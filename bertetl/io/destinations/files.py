@@ -103,6 +103,45 @@ class FileDestination(PlacedDestination):
     def file_path(self, relative: str) -> Any:
         return self.place / relative
 
+    # A keyed run (`--key`) rewrites the outputs of changed input files one by one, through
+    # `sink`, and records what it committed last (`bertetl.io.keys.KeyedRecord`).
+
+    def existing_outputs(self) -> list[Any]:
+        """bertetl's output files under DEST now (the files, not a manifest: the truth a
+        keyed run's index is built from), as paths or locations; none when DEST is new."""
+        from bertetl.errors import InputError
+        from bertetl.io.partitions import is_output
+        from bertetl.io.read import discover
+
+        if not self.exists():
+            return []
+        try:
+            files = discover(self.place)
+        except InputError:  # no data file yet (only the lock)
+            return []
+        found = []
+        for file in files:
+            place = file.location if file.filesystem is not None else Path(file.path)
+            if is_output(place):
+                found.append(place)
+        return found
+
+    def exists(self) -> bool:
+        """Whether DEST is there yet."""
+        raise NotImplementedError
+
+    def read_record(self, name: str) -> str | None:
+        """The text of DEST's file `name` (a keyed run's record), None when it is absent."""
+        raise NotImplementedError
+
+    def write_record(self, name: str, text: str) -> None:
+        """Write DEST's file `name` whole (a keyed run's record: its commit point)."""
+        raise NotImplementedError
+
+    def remove_outputs(self, targets: list[Any]) -> int:
+        """Delete output files bertetl wrote (a keyed run's outputs of removed inputs)."""
+        raise NotImplementedError
+
 
 def _place(side: object) -> Any:
     """A SOURCE or DEST as the `bertetl.io` functions take it (a destination's own place; a

@@ -64,6 +64,38 @@ class LocalFolder(FileDestination):
         """The targets holding a file bertetl did not write (`is_output`)."""
         return [str(t) for t in targets if os.path.lexists(t) and not is_output(t)]
 
+    def exists(self) -> bool:
+        return self.place.is_dir()
+
+    def read_record(self, name: str) -> str | None:
+        try:
+            return (self.place / name).read_text()
+        except FileNotFoundError:
+            return None
+
+    def write_record(self, name: str, text: str) -> None:
+        """Written to a hidden temp file, fsynced, then renamed over `name`."""
+        from bertetl.io.write import fsync_dir
+
+        path = self.place / name
+        temp = self.place / f".{name}.{os.getpid()}.bertetl-tmp"
+        with open(temp, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+        fsync_dir(self.place)
+
+    def remove_outputs(self, targets: list[Any]) -> int:
+        removed = 0
+        for target in targets:
+            try:
+                os.unlink(target)
+                removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
+
     def commit_partition(
         self,
         target: Any,

@@ -65,6 +65,27 @@ class ObjectStorePrefix(FileDestination):
                 foreign.append(str(target))
         return foreign
 
+    def exists(self) -> bool:
+        return bool(remote_files(self.place))
+
+    def read_record(self, name: str) -> str | None:
+        target = self.place / name
+        if not target.exists():
+            return None
+        return target.read_bytes().decode()
+
+    def write_record(self, name: str, text: str) -> None:
+        """One PUT: the object is the old record or the whole new one."""
+        from bertetl.io.stores.objects import check_held, put_bytes
+
+        check_held(self.place)
+        put_bytes(self.place / name, text.encode())
+
+    def remove_outputs(self, targets: list[Any]) -> int:
+        from bertetl.io.stores.objects import delete_objects
+
+        return delete_objects(targets)
+
     def commit_partition(
         self,
         target: Any,

@@ -26,7 +26,11 @@ class TableDestination(PlacedDestination):
     kind: ClassVar[str]
     format: ClassVar[str]
     capabilities = Capabilities(
-        commit="transaction", files=False, object_storage=False, every_node=False
+        commit="transaction",
+        files=False,
+        object_storage=False,
+        every_node=False,
+        merge_by_key=True,
     )
 
     place: TableRef
@@ -133,6 +137,35 @@ class TableDestination(PlacedDestination):
         from bertetl.io.tables import replace_table
 
         replace_table(self.place, staged, files, rows, record)
+
+    def merge_keyed(
+        self,
+        upserts: list[Path],
+        deletes: pa.Table | None,
+        key: list[str],
+        record: str,
+        partition: Partition | None = None,
+    ) -> bool:
+        """ONE transaction: the staged rows upserted by `key`, the keys in `deletes` removed,
+        `record` in the commit's metadata (`bertetl.io.tables.merge_rows`); False, and no
+        commit, when there is nothing to upsert or delete."""
+        from bertetl.io.tables import merge_rows
+
+        if not upserts and (deletes is None or not deletes.num_rows):
+            return False
+        merge_rows(self.place, upserts, deletes, key, record)
+        return True
+
+    def keyed_rows(self, key: list[str], columns: list[str]) -> Any:
+        """The committed rows' key columns and `columns` (those the table has), streamed."""
+        from bertetl.io.tables import keyed_rows
+
+        return keyed_rows(self.place, list(dict.fromkeys([*key, *columns])))
+
+    def last_record(self) -> str | None:
+        from bertetl.io.tables import last_record
+
+        return last_record(self.place)
 
     def earlier_outputs(
         self,

@@ -165,6 +165,27 @@ class TableFormat(Protocol):
         """(commit id, text under `MANIFEST_KEY`) of the commits that carry one, newest first."""
         ...
 
+    def merge_keyed(
+        self,
+        schema: pa.Schema,
+        batches: Iterator[pa.RecordBatch],
+        deletes: pa.Table | None,
+        key: list[str],
+        record: str,
+    ) -> None:
+        """In ONE transaction carrying `record`: rows of `batches` replace the rows of their
+        key or are added (new columns added to the table), and the rows whose key is in
+        `deletes` are removed; the table is created when there is none."""
+        ...
+
+    def keyed_batches(self, columns: list[str]) -> Iterator[pa.RecordBatch]:
+        """The current rows' `columns` (those the table has); nothing when there is no table."""
+        ...
+
+    def last_record(self) -> str | None:
+        """The text under `MANIFEST_KEY` of the newest commit that carries one."""
+        ...
+
     def commit_problem(self, commit: TableCommit, rows: int) -> str | None:
         """How the partition differs from what `commit` wrote; None when it is as committed."""
         ...

@@ -41,6 +41,41 @@ from bertetl.io.tables.base import (
     missing_extra,
 )
 
+#: The column that marks a MERGE source row as a delete (never written to the table).
+DELETE_MARK = "__bertetl_delete"
+
+
+def _merge_source(
+    schema: pa.Schema, batches: Iterator[pa.RecordBatch], deletes: pa.Table | None
+) -> pa.Table:
+    """The MERGE's source: the rows to upsert, then the keys to delete (other columns null),
+    each marked. Held in memory: the rows that changed in this run, not the table."""
+    marked = schema.append(pa.field(DELETE_MARK, pa.bool_()))
+    parts = [
+        pa.RecordBatch.from_arrays(
+            [*batch.columns, pa.array([False] * batch.num_rows)], schema=marked
+        )
+        for batch in batches
+    ]
+    if deletes is not None and deletes.num_rows:
+        n = deletes.num_rows
+        columns = [
+            deletes.column(f.name).cast(f.type)
+            if f.name in deletes.column_names
+            else pa.nulls(n, f.type)
+            for f in schema
+        ]
+        parts.append(
+            pa.RecordBatch.from_arrays(
+                [
+                    *(c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c for c in columns),
+                    pa.array([True] * n),
+                ],
+                schema=marked,
+            )
+        )
+    return pa.Table.from_batches(parts, schema=marked)
+
 
 def _spelled(raw: object) -> str:
     """A partition value as bertetl names it (`NULL_PARTITION` for a null; Delta stores an
@@ -284,6 +319,67 @@ class DeltaFormat:
             raise TransientError(f"{self.ref.uri}: commit of {column}={value} failed: {e}") from e
         except (self.deltalake.exceptions.DeltaError, OSError, pa.ArrowException) as e:
             raise CommitError(f"{self.ref.uri}: cannot commit {column}={value}: {e}") from e
+
+    def merge_keyed(
+        self,
+        schema: pa.Schema,
+        batches: Iterator[pa.RecordBatch],
+        deletes: pa.Table | None,
+        key: list[str],
+        record: str,
+    ) -> None:
+        """deltalake's MERGE: one commit that updates matched keys, inserts new ones and
+        deletes the keys in `deletes` (rows of the source marked `DELETE_MARK`)."""
+        from deltalake import CommitProperties
+
+        properties = CommitProperties(custom_metadata={MANIFEST_KEY: record})
+        options = self.storage_options or None
+        table = self.open()
+        try:
+            if table is None:  # the first commit creates the table (nothing to delete)
+                self.deltalake.write_deltalake(
+                    self.ref.address,
+                    pa.RecordBatchReader.from_batches(schema, batches),
+                    mode="append",
+                    commit_properties=properties,
+                    storage_options=options,
+                )
+                return
+            source = _merge_source(schema, batches, deletes)
+            on = " AND ".join(f"t.`{name}` = s.`{name}`" for name in key)
+            marked = f"s.`{DELETE_MARK}`"
+            (
+                table.merge(
+                    source,
+                    on,
+                    source_alias="s",
+                    target_alias="t",
+                    merge_schema=True,
+                    commit_properties=properties,
+                )
+                .when_matched_delete(predicate=f"{marked} = true")
+                .when_matched_update_all(predicate=f"{marked} = false", except_cols=[DELETE_MARK])
+                .when_not_matched_insert_all(
+                    predicate=f"{marked} = false", except_cols=[DELETE_MARK]
+                )
+                .execute()
+            )
+        except self.deltalake.exceptions.CommitFailedError as e:
+            raise TransientError(f"{self.ref.uri}: merge failed: {e}") from e
+        except (self.deltalake.exceptions.DeltaError, OSError, pa.ArrowException) as e:
+            raise CommitError(f"{self.ref.uri}: cannot merge: {e}") from e
+
+    def keyed_batches(self, columns: list[str]) -> Iterator[pa.RecordBatch]:
+        table = self.open()
+        if table is None:
+            return
+        dataset = table.to_pyarrow_dataset()
+        present = [name for name in columns if name in dataset.schema.names]
+        yield from dataset.to_batches(columns=present)
+
+    def last_record(self) -> str | None:
+        found = self.records("")
+        return max(found)[1] if found else None
 
     def field_type(self, column: str) -> pa.DataType | None:
         table = self.open()

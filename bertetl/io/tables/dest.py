@@ -180,6 +180,52 @@ def replace_table(ref: TableRef, root: Path, files: list[Path], rows: int, recor
     open_table(ref).replace_all(target, batches(), record)
 
 
+#: Tries of a MERGE that a concurrent writer's commit conflicted with.
+MERGE_TRIES = 3
+
+
+def merge_rows(
+    ref: TableRef, files: list[Path], deletes: pa.Table | None, key: list[str], record: str
+) -> None:
+    """Upsert the rows of the staged Parquet `files` by `key` and delete the keys in
+    `deletes`, in ONE table transaction carrying `record`. A conflict with a concurrent
+    writer is retried (the merge is recomputed against the new version), then one line."""
+    from bertetl.errors import TransientError
+
+    schema = pa.unify_schemas([pq.read_schema(f) for f in files]) if files else None
+    if schema is None:  # deletes only: the table's own columns
+        schema = open_table(ref).schema(None)
+    target = pa.schema([pa.field(f.name, table_type(f.type), metadata=f.metadata) for f in schema])
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for file in files:
+            for batch in pq.ParquetFile(file).iter_batches():
+                yield pa.RecordBatch.from_arrays(
+                    [batch.column(f.name).cast(f.type) for f in target], schema=target
+                )
+
+    for attempt in range(1, MERGE_TRIES + 1):
+        try:
+            open_table(ref).merge_keyed(target, batches(), deletes, key, record)
+            return
+        except TransientError as e:
+            if attempt == MERGE_TRIES:
+                raise TransientError(
+                    f"{ref.uri}: another writer's commits conflicted with this run's merge "
+                    f"{MERGE_TRIES} times; nothing of it was committed, rerun it ({e})"
+                ) from e
+
+
+def keyed_rows(ref: TableRef, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """The table's current rows, `columns` of them that it has (none: no table)."""
+    return open_table(ref).keyed_batches(columns)
+
+
+def last_record(ref: TableRef) -> str | None:
+    """The record of the table's newest bertetl commit."""
+    return open_table(ref).last_record()
+
+
 def is_foreign(ref: TableRef) -> bool:
     """Whether the table holds rows and no commit of bertetl's (none carries its record under
     `MANIFEST_KEY`): a table bertetl did not write, which a run must not replace."""

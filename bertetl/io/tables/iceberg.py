@@ -283,6 +283,78 @@ class IcebergFormat:
         except (ValueError, OSError, pa.ArrowException) as e:
             raise CommitError(f"{self.ref.uri}: cannot commit: {e}") from e
 
+    def merge_keyed(
+        self,
+        schema: pa.Schema,
+        batches: Iterator[pa.RecordBatch],
+        deletes: pa.Table | None,
+        key: list[str],
+        record: str,
+    ) -> None:
+        """ONE transaction (one catalog commit): new columns added, the rows of every key
+        upserted or deleted removed (pyiceberg's `create_match_filter`), the upserted rows
+        appended."""
+        from pyiceberg.exceptions import CommitFailedException
+        from pyiceberg.table.upsert_util import create_match_filter
+
+        properties = {MANIFEST_KEY: record}
+        rows = pa.Table.from_batches(list(batches), schema=schema)
+        try:
+            table = self.open()
+            if table is None:
+                namespace = self.identifier.rsplit(".", 1)[0]
+                self.catalog.create_namespace_if_not_exists(namespace)
+                create = self.catalog.create_table_transaction(
+                    self.identifier, schema=schema, properties=_metadata_properties(schema)
+                )
+                with create as transaction:
+                    transaction.append(rows, snapshot_properties=properties)
+                return
+            keys = rows.select(key)
+            if deletes is not None and deletes.num_rows:
+                keys = pa.concat_tables(
+                    [keys, deletes.select(key).cast(keys.schema)], promote_options="permissive"
+                )
+            with table.transaction() as transaction:
+                with transaction.update_schema() as update:
+                    update.union_by_name(schema)
+                if keys.num_rows:
+                    with warnings.catch_warnings():
+                        warnings.filterwarnings(
+                            "ignore", "Delete operation did not match any records"
+                        )
+                        transaction.delete(
+                            create_match_filter(keys, key), snapshot_properties=properties
+                        )
+                if rows.num_rows:
+                    transaction.append(rows, snapshot_properties=properties)
+        except CommitFailedException as e:
+            raise TransientError(f"{self.ref.uri}: merge failed: {e}") from e
+        except (ValueError, OSError, pa.ArrowException) as e:
+            raise CommitError(f"{self.ref.uri}: cannot merge: {e}") from e
+
+    def keyed_batches(self, columns: list[str]) -> Iterator[pa.RecordBatch]:
+        table = self.open()
+        if table is None or table.current_snapshot() is None:
+            return
+        names = table.schema().as_arrow().names
+        present = tuple(name for name in columns if name in names)
+        yield from table.scan(selected_fields=present).to_arrow_batch_reader()
+
+    def last_record(self) -> str | None:
+        """From the newest snapshot that carries one, whatever its operation (a merge of
+        deletes only makes no append)."""
+        from pyiceberg.table.snapshots import ancestors_of
+
+        table = self.open()
+        if table is None or table.current_snapshot() is None:
+            return None
+        for snapshot in ancestors_of(table.current_snapshot(), table.metadata):
+            text = None if snapshot.summary is None else snapshot.summary.get(MANIFEST_KEY)
+            if text is not None:
+                return str(text)
+        return None
+
     def records(self, column: str) -> list[tuple[int, str]]:
         from pyiceberg.table.snapshots import ancestors_of
 

@@ -1,0 +1,198 @@
+"""A keyed run (`--key` on enrich and incremental): check, lock, plan, infer, write, commit,
+report. `--dry-run` stops after the plan."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bertetl.config import EngineConfig
+from bertetl.errors import InputError
+from bertetl.executors import make_executor
+from bertetl.io.destinations import Destination, parse_run
+from bertetl.io.keys import RECORD_NAME
+from bertetl.io.manifest import config_hash
+from bertetl.io.read import SourceFile, discover
+from bertetl.io.sources import source_capabilities
+from bertetl.results import EnrichReport
+from bertetl.runs.keyed.plan import KeyedOptions, KeyedPlan, plan_keyed, source_files
+from bertetl.runs.keyed.run import (
+    Assembly,
+    build_index,
+    commit_files,
+    commit_table,
+    infer,
+    make_record,
+)
+
+
+@dataclass
+class KeyedReport:
+    """What a keyed run did (or, `dry_run`, would do): the totals and each input file's."""
+
+    dest: str
+    counts: dict[str, int] = field(default_factory=dict)
+    files: list[dict[str, Any]] = field(default_factory=list)
+    tokens: int = 0
+    seconds: float = 0.0
+    model_seconds: float = 0.0
+    committed: bool = False
+    dry_run: bool = False
+    #: The dry run's estimate of the model's seconds, and what it is from.
+    estimated_model_seconds: float | None = None
+    estimate_from: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as `--report FILE.json` writes it: the totals at the top level."""
+        return {
+            **self.counts,
+            "tokens": self.tokens,
+            "seconds": round(self.seconds, 3),
+            "model_seconds": round(self.model_seconds, 3),
+            "committed": self.committed,
+            "dry_run": self.dry_run,
+            "estimated_model_seconds": self.estimated_model_seconds,
+            "dest": self.dest,
+            "files": self.files,
+        }
+
+    def line(self, kind: str) -> str:
+        """The CLI's final line."""
+        c = self.counts
+        what = "would write" if self.dry_run else "wrote"
+        text = (
+            f"{kind} --key: {c.get('rows_in', 0):,} rows in; {c.get('rows_inferred', 0):,} "
+            f"inferred, {c.get('rows_reused', 0):,} reused, "
+            f"{c.get('rows_deduplicated', 0):,} deduplicated, {c.get('rows_deleted', 0):,} "
+            f"deleted; {what} {c.get('rows_written', 0):,} rows"
+        )
+        if not self.dry_run:
+            text += f" ({c.get('rows_failed', 0):,} with enrich_error) into {self.dest}"
+            if not self.committed:
+                text += " (nothing changed: no commit)"
+        elif self.estimated_model_seconds is not None:
+            text += (
+                f"; model time about {self.estimated_model_seconds:.1f} s ({self.estimate_from})"
+            )
+        return text
+
+    def write(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def _models(config: EngineConfig) -> dict[str, str]:
+    from bertetl.runs.plan import model_fingerprints
+
+    return model_fingerprints(config)
+
+
+def _input_files(source: Any, dest: Destination, work: Path) -> list[SourceFile]:
+    """SOURCE's files; a table SOURCE read at its current snapshot into local Parquet."""
+    if source_capabilities(source).pinned:
+        from bertetl.io import tables
+
+        snapshot = tables.pin(source)
+        folder = work / "source"
+        folder.mkdir()
+        tables.materialize_all(snapshot, folder, 1_000_000)
+        return discover(folder)
+    if dest.capabilities.files:
+        from bertetl.io.paths import check_run_paths
+
+        return check_run_paths(source, dest.place)
+    if dest.overlaps(source):
+        raise InputError(f"SOURCE {source} and DEST {dest} are one place")
+    return discover(source)
+
+
+def _estimate(plan: KeyedPlan) -> tuple[float | None, str]:
+    """The model's seconds for the rows to infer, at the last keyed run's measured rate."""
+    previous = plan.previous
+    inferred = plan.total("inferred")
+    if previous is None or not previous.counts.get("rows_inferred") or not previous.model_seconds:
+        return None, "no earlier keyed run to measure a rate from"
+    rate = previous.counts["rows_inferred"] / previous.model_seconds
+    return inferred / rate, f"at the last run's {rate:,.0f} rows/s"
+
+
+def run_keyed(
+    source: Any,
+    dest: Any,
+    config: EngineConfig,
+    options: KeyedOptions,
+    dry_run: bool = False,
+    storage_options: dict[str, str] | None = None,
+    overwrite_foreign: bool = False,
+) -> KeyedReport:
+    """Enrich SOURCE into DEST by key (see `bertetl.runs.keyed`)."""
+    started = time.perf_counter()
+    source, destination = parse_run(source, dest, storage_options, overwrite_foreign)
+    destination.check()
+    if not destination.capabilities.files and not destination.capabilities.merge_by_key:
+        raise InputError(f"{destination.uri}: this kind of DEST cannot merge rows by key")
+    executor = make_executor(config)
+    from bertetl.runs.enrich import check_storage
+
+    check_storage(executor, source, destination)
+    models = _models(config)
+    chash = config_hash(config, models)
+    report = KeyedReport(str(destination.uri), dry_run=dry_run)
+    with destination.lock():
+        destination.clean_leftovers()
+        with destination.staging() as scratch:
+            files = _input_files(source, destination, scratch)
+            listed = source_files(files, None)
+            schemas = {file.path: executor.pipeline.check_file(file) for file, _, _ in listed}
+            if not destination.capabilities.files:
+                destination.check_foreign([])  # type: ignore[arg-type]
+            plan = plan_keyed(
+                listed,
+                destination,
+                source,
+                options,
+                config.text_column,
+                config.prefix,
+                chash,
+                models,
+                scratch,
+            )
+            report.counts = plan.counts()
+            report.files = [item.counts() for item in plan.files]
+            if dry_run:
+                report.estimated_model_seconds, report.estimate_from = _estimate(plan)
+                report.seconds = time.perf_counter() - started
+                return report
+            run_report = EnrichReport()
+            model_started = time.perf_counter()
+            inferred = infer(plan, executor, scratch, run_report)
+            report.model_seconds = time.perf_counter() - model_started if inferred else 0.0
+            tokenize = run_report.stages.get("tokenize")
+            report.tokens = tokenize.real_tokens if tokenize is not None else 0
+            added = executor.pipeline.added_fields()
+            index = build_index(plan, destination, added, inferred, scratch)
+            assembly = Assembly(plan, destination, index, added)
+            if destination.capabilities.files:
+                if plan.changes or plan.previous is None:
+                    commit_files(plan, assembly, schemas)
+                    report.counts["rows_failed"] = assembly.failed
+                    record = make_record(plan, report.counts, report.model_seconds)
+                    destination.write_record(RECORD_NAME, record.model_dump_json())  # type: ignore[attr-defined]
+                    report.committed = True
+            else:
+                staged = scratch / "upserts"
+                staged.mkdir()
+
+                def record() -> str:
+                    report.counts["rows_failed"] = assembly.failed
+                    return make_record(plan, report.counts, report.model_seconds).model_dump_json()
+
+                report.committed = commit_table(plan, assembly, schemas, staged, record)
+            report.counts.setdefault("rows_failed", assembly.failed)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+__all__ = ["KeyedOptions", "KeyedReport", "run_keyed"]
