@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bertetl.config import EngineConfig
@@ -98,4 +100,30 @@ class BackfillParams(PartitionedParams):
 
 
 class IncrementalParams(PartitionedParams):
-    """Every partition that is new or whose input, model or config changed."""
+    """Every partition that is new or whose input, model or config changed; with `key`, every
+    row by key (`bertetl.runs.keyed`): new and changed text inferred, deleted keys removed."""
+
+    partition_column: str | None = Field(  # type: ignore[assignment]
+        None, description="Hive partition key, e.g. 'date' (not needed with a key)."
+    )
+    key: list[str] = Field(
+        default_factory=list,
+        description="Key columns: rows are matched by key across runs (a table that changes "
+        "in place); empty: by partition.",
+    )
+    keep_deleted: bool = Field(
+        False, description="With a key: keep rows whose key is no longer in SOURCE."
+    )
+    output_columns: Literal["all", "key"] = Field(
+        "all",
+        description="With a key: all input columns and the enrichments, or the key columns "
+        "and the enrichments only.",
+    )
+
+    @model_validator(mode="after")
+    def _partition_or_key(self) -> IncrementalParams:
+        if not self.key and not self.partition_column:
+            raise ValueError("give partition_column (--partition-column), or key (--key)")
+        if not self.key and (self.keep_deleted or self.output_columns != "all"):
+            raise ValueError("keep_deleted and output_columns need key (--key)")
+        return self

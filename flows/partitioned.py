@@ -234,5 +234,10 @@ def backfill_flow(params: BackfillParams) -> list[dict[str, Any]] | State:
 
 @flow(name="bertetl-incremental")
 def incremental_flow(params: IncrementalParams) -> list[dict[str, Any]] | State:
-    """Enrich every new or changed partition; unchanged rows reuse their earlier outputs."""
+    """Enrich every new or changed partition; unchanged rows reuse their earlier outputs.
+    With a key, every new or changed row (`run_keyed_flow`)."""
+    if params.key:
+        from bertetl.flows.keyed import run_keyed_flow
+
+        return run_keyed_flow(params, f"incremental --key {params.source} -> {params.dest}")
     return run_partitioned(params, f"incremental {params.source} -> {params.dest}")

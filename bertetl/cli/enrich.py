@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from bertetl.cli.common import Debug, StorageOption, setup_logging, user_errors
+from bertetl.cli.keyed import DryRun, KeepDeleted, Key, OutputColumns
 from bertetl.cli.options import engine_options
 from bertetl.config import EngineConfig
 from bertetl.errors import FilesFailedError
@@ -49,6 +50,10 @@ def enrich(
             "bertetl commit; refused without this). Its rows stay only in the table's history."
         ),
     ] = False,
+    key: Key = None,
+    keep_deleted: KeepDeleted = False,
+    output_columns: OutputColumns = "all",
+    dry_run: DryRun = False,
     debug: Debug = False,
 ) -> None:
     """Add embedding and/or classification columns to every row of SOURCE, written to DEST.
@@ -56,15 +61,32 @@ def enrich(
     Output keeps every input column (values, types, row order) and appends `embedding`,
     `label`, `score` (`scores`, `labels` when asked / multi-label) and `enrich_error`, which
     says why a row was not encoded (null, empty or whitespace-only text). Texts longer than
-    the model's limit are truncated. Each output file is committed atomically.
+    the model's limit are truncated. Each output file is committed atomically. With --key,
+    a rerun is incremental by key (see `bertetl incremental --key`).
     """
     setup_logging(debug)
+    from bertetl.cli.keyed import finish, keyed_options
     from bertetl.io.stores.locations import parse_storage_options
     from bertetl.runs.enrich import enrich as run
 
     with user_errors(debug):
         if report is not None:
             check_report_path(report, source, dest)
+        keyed = keyed_options(key, keep_deleted, output_columns)
+        if keyed is not None or dry_run:
+            from bertetl.runs.keyed import run_keyed
+
+            result = run_keyed(
+                source,
+                dest,
+                engine,
+                keyed,  # type: ignore[arg-type]
+                dry_run=dry_run,
+                storage_options=parse_storage_options(storage_option),
+                overwrite_foreign=overwrite_foreign,
+            )
+            finish("enrich", result, report)
+            return
         try:
             options = parse_storage_options(storage_option)
             result = run(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -16,6 +17,7 @@ from bertetl.cli.common import (
     setup_logging,
     user_errors,
 )
+from bertetl.cli.keyed import DryRun, KeepDeleted, Key, OutputColumns
 from bertetl.cli.options import engine_options
 from bertetl.config import EngineConfig
 from bertetl.errors import PartitionsFailedError
@@ -36,6 +38,13 @@ Dest = Annotated[
     ),
 ]
 PartitionColumn = Annotated[str, typer.Option(help="Hive partition key, e.g. date.")]
+OptionalPartitionColumn = Annotated[
+    str | None, typer.Option(help="Hive partition key, e.g. date (not needed with --key).")
+]
+ReportPath = Annotated[
+    Path | None,
+    typer.Option(help="Also write the run's counts (totals and per partition or file) as JSON."),
+]
 Start = Annotated[
     str | None, typer.Option(help="First partition value (inclusive; compared as strings).")
 ]
@@ -130,8 +139,13 @@ def backfill(
 def incremental(
     source: Source,
     dest: Dest,
-    partition_column: PartitionColumn,
     engine: EngineConfig,
+    partition_column: OptionalPartitionColumn = None,
+    key: Key = None,
+    keep_deleted: KeepDeleted = False,
+    output_columns: OutputColumns = "all",
+    dry_run: DryRun = False,
+    report: ReportPath = None,
     reuse: Reuse = True,
     force: Force = False,
     retries: Retries = 3,
@@ -148,10 +162,16 @@ def incremental(
     their earlier outputs, so editing 3 rows costs 3 inferences; each partition's manifest
     records rows_inferred and rows_reused. At the end, every partition is compared with the
     ones before it (drift), as `backfill` does.
+
+    With --key (no --partition-column needed), rows are matched by key instead: only new and
+    changed text is inferred (each distinct text once), unchanged rows keep their outputs
+    wherever they moved, and keys gone from SOURCE are deleted (docs/KEYED.md).
     """
     from bertetl.flows.params import IncrementalParams
 
     setup_logging(debug)
+    with user_errors(debug):
+        keyed = _keyed(key, keep_deleted, output_columns)
     params = build_config(
         IncrementalParams,
         debug,
@@ -159,8 +179,52 @@ def incremental(
         drift=drift_options(drift_window, drift_js_threshold, drift_cosine_threshold, debug),
         storage_options=_storage_options(storage_option, debug),
         overwrite_foreign=overwrite_foreign,
+        key=keyed.key if keyed is not None else None,
+        keep_deleted=keep_deleted,
+        output_columns=output_columns,
     )
+    if report is not None:
+        from bertetl.cli.enrich import check_report_path
+
+        with user_errors(debug):
+            check_report_path(report, source, dest)
+    if keyed is not None or dry_run:
+        _run_keyed(params, keyed, dry_run, report, debug)
+        return
     _run("incremental", params, debug)
+
+
+def _keyed(key: str | None, keep_deleted: bool, output_columns: str) -> Any:
+    from bertetl.cli.keyed import keyed_options
+
+    return keyed_options(key, keep_deleted, output_columns)
+
+
+def _run_keyed(params: Any, keyed: Any, dry_run: bool, report: Path | None, debug: bool) -> None:
+    """A keyed run (or a dry run): through the Prefect flow, or, for a dry run, at once."""
+    from bertetl.cli.keyed import finish
+
+    with user_errors(debug):
+        if dry_run:
+            from bertetl.runs.keyed import run_keyed
+
+            result = run_keyed(
+                params.source,
+                params.dest,
+                params.engine,
+                keyed,
+                dry_run=True,
+                storage_options=params.storage_options,
+                overwrite_foreign=params.overwrite_foreign,
+            )
+            finish("incremental", result, report)
+            return
+        from bertetl.flows.keyed import keyed_flow
+        from bertetl.flows.local import local_api
+
+        with local_api():
+            result = keyed_flow(params)
+        finish("incremental", result, report)
 
 
 def _storage_options(pairs: list[str] | None, debug: bool) -> dict[str, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +44,15 @@ class KeyedReport:
     #: The dry run's estimate of the model's seconds, and what it is from.
     estimated_model_seconds: float | None = None
     estimate_from: str = ""
+    stages: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """The report as `--report FILE.json` writes it: the totals at the top level."""
+        """The report as `--report FILE.json` writes it: the totals at the top level (`rows`:
+        rows written, and `stages`, as every run report has)."""
         return {
             **self.counts,
+            "rows": self.counts.get("rows_written", 0),
+            "stages": self.stages,
             "tokens": self.tokens,
             "seconds": round(self.seconds, 3),
             "model_seconds": round(self.model_seconds, 3),
@@ -118,16 +122,51 @@ def _estimate(plan: KeyedPlan) -> tuple[float | None, str]:
     return inferred / rate, f"at the last run's {rate:,.0f} rows/s"
 
 
+def dry_run_files(source: Any, dest: Any, storage_options: dict[str, str] | None) -> KeyedReport:
+    """A dry run without a key: every row of SOURCE is inferred (from the files' footers)."""
+    from bertetl.io.read import read_metadata
+
+    started = time.perf_counter()
+    source, destination = parse_run(source, dest, storage_options)
+    report = KeyedReport(str(destination.uri), dry_run=True)
+    if source_capabilities(source).pinned:
+        from bertetl.io import tables
+
+        snapshot = tables.pin(source)
+        reader = tables.open_table(snapshot.ref).all_batches(snapshot.version)
+        rows = sum(batch.num_rows for batch in reader)
+        report.files = [{"file": str(source), "rows_in": rows, "rows_inferred": rows}]
+    else:
+        for file in discover(source):
+            rows = read_metadata(file).num_rows
+            report.files.append({"file": file.relative, "rows_in": rows, "rows_inferred": rows})
+    total = sum(f["rows_in"] for f in report.files)
+    report.counts = {
+        "rows_in": total,
+        "rows_inferred": total,
+        "rows_reused": 0,
+        "rows_deduplicated": 0,
+        "rows_deleted": 0,
+        "rows_written": total,
+    }
+    report.estimate_from = "no key: every row is inferred"
+    report.seconds = time.perf_counter() - started
+    return report
+
+
 def run_keyed(
     source: Any,
     dest: Any,
     config: EngineConfig,
-    options: KeyedOptions,
+    options: KeyedOptions | None,
     dry_run: bool = False,
     storage_options: dict[str, str] | None = None,
     overwrite_foreign: bool = False,
 ) -> KeyedReport:
-    """Enrich SOURCE into DEST by key (see `bertetl.runs.keyed`)."""
+    """Enrich SOURCE into DEST by key (see `bertetl.runs.keyed`); `options` None: a dry run
+    without a key (`dry_run_files`)."""
+    if options is None:
+        return dry_run_files(source, dest, storage_options)
     started = time.perf_counter()
     source, destination = parse_run(source, dest, storage_options, overwrite_foreign)
     destination.check()
@@ -169,6 +208,7 @@ def run_keyed(
             model_started = time.perf_counter()
             inferred = infer(plan, executor, scratch, run_report)
             report.model_seconds = time.perf_counter() - model_started if inferred else 0.0
+            report.stages = {name: asdict(c) for name, c in run_report.stages.items()}
             tokenize = run_report.stages.get("tokenize")
             report.tokens = tokenize.real_tokens if tokenize is not None else 0
             added = executor.pipeline.added_fields()
