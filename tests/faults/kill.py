@@ -18,6 +18,9 @@ POINT is where the N-th call of a step kills the process (a real SIGKILL, no cle
     after-table-commit  right after it
     table-replace       before `enrich` replaces a whole Delta or Iceberg DEST (N = 1)
     after-table-replace right after it
+    table-merge         before a keyed run's MERGE into a Delta or Iceberg DEST (N = 1)
+    after-table-merge   right after it
+    keyed-record        before a keyed run writes its record into a folder DEST (N = 1)
 
 POINT `slow` kills nothing: each partition's commit (its manifest, or its table transaction)
 is followed by N tenths of a second of sleep, so a reader polling DEST meanwhile sees the run
@@ -43,7 +46,14 @@ POINTS = ("read", "infer", "write", "file-commit", "manifest", "swap", "after-sw
 #: Points only an object-store DEST reaches.
 STORE_POINTS = ("delete", "upload")
 #: Points only a table DEST reaches.
-TABLE_POINTS = ("table-commit", "after-table-commit", "table-replace", "after-table-replace")
+TABLE_POINTS = (
+    "table-commit",
+    "after-table-commit",
+    "table-replace",
+    "after-table-replace",
+    "table-merge",
+    "after-table-merge",
+)
 
 
 def _die() -> None:
@@ -87,6 +97,7 @@ def _targets() -> dict[str, tuple[Any, str, bool]]:
     process dies after the call (else before it)."""
     import bertetl.io.stores.objects as objectstore
     import bertetl.io.tables as tables
+    from bertetl.io.destinations.local import LocalFolder
 
     return {
         "infer": (infer.EncoderStage, "_run_rows", False),
@@ -101,6 +112,9 @@ def _targets() -> dict[str, tuple[Any, str, bool]]:
         "after-table-commit": (tables, "commit_partition", True),
         "table-replace": (tables, "replace_table", False),
         "after-table-replace": (tables, "replace_table", True),
+        "table-merge": (tables, "merge_rows", False),
+        "after-table-merge": (tables, "merge_rows", True),
+        "keyed-record": (LocalFolder, "write_record", False),
     }
 
 
@@ -126,7 +140,7 @@ def _install(point: str, count: int) -> None:
         owner, name, after = targets[point]
         setattr(owner, name, _counted(getattr(owner, name), count, after=after))
     else:
-        known = ", ".join(POINTS + STORE_POINTS + TABLE_POINTS)
+        known = ", ".join(POINTS + STORE_POINTS + TABLE_POINTS + ("keyed-record",))
         raise SystemExit(f"unknown kill point {point}; one of {known}")
 
 
