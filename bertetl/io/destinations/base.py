@@ -11,6 +11,7 @@ above `bertetl.io` never asks "is this remote, is this a table": it asks the des
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
@@ -159,6 +160,40 @@ class Destination(Protocol):
     def overlaps(self, source: object) -> bool:
         """Whether SOURCE and this DEST are one place, or one holds the other."""
 
+    # A keyed run (`--key`, `bertetl.runs.keyed`): a destination with `capabilities.files`
+    # has its output files rewritten one by one and a record written last; one with
+    # `capabilities.merge_by_key` merges the changed rows and deletes in one commit.
+
+    def existing_outputs(self) -> list[Any]:
+        """bertetl's output files under DEST now (`capabilities.files`)."""
+
+    def read_record(self, name: str) -> str | None:
+        """DEST's file `name`, None when absent (`capabilities.files`)."""
+
+    def write_record(self, name: str, text: str) -> None:
+        """Write DEST's file `name` whole: a keyed run's commit point (`capabilities.files`)."""
+
+    def remove_outputs(self, targets: list[Any]) -> int:
+        """Delete output files bertetl wrote (`capabilities.files`)."""
+
+    def merge_keyed(
+        self,
+        upserts: list[Path],
+        deletes: pa.Table | None,
+        key: list[str],
+        record: str,
+        partition: Partition | None = None,
+    ) -> bool:
+        """In ONE commit carrying `record`: the rows of the staged Parquet `upserts` replace
+        (by `key`) or add rows, and the rows whose key is in `deletes` are removed; False,
+        and no commit, when there is nothing to do (`capabilities.merge_by_key`)."""
+
+    def keyed_rows(self, key: list[str], columns: list[str]) -> Iterator[pa.RecordBatch]:
+        """The committed rows' key columns and `columns` (those there are), streamed."""
+
+    def last_record(self) -> str | None:
+        """The `record` of the last keyed commit (`capabilities.merge_by_key`)."""
+
 
 class PlacedDestination:
     """What every kind shares, around its `place`: its name and equality (by URI), the sink
@@ -217,3 +252,34 @@ class PlacedDestination:
         from bertetl.io.destinations.overlap import overlaps
 
         return overlaps(getattr(source, "place", source), self.place)
+
+    def _cannot(self, what: str) -> NotImplementedError:
+        return NotImplementedError(f"{self.uri}: a {self.kind} DEST cannot {what}")
+
+    def existing_outputs(self) -> list[Any]:
+        raise self._cannot("list output files")
+
+    def read_record(self, name: str) -> str | None:
+        raise self._cannot("hold a record file")
+
+    def write_record(self, name: str, text: str) -> None:
+        raise self._cannot("hold a record file")
+
+    def remove_outputs(self, targets: list[Any]) -> int:
+        raise self._cannot("remove output files")
+
+    def merge_keyed(
+        self,
+        upserts: list[Path],
+        deletes: pa.Table | None,
+        key: list[str],
+        record: str,
+        partition: Partition | None = None,
+    ) -> bool:
+        raise self._cannot("merge rows by key")
+
+    def keyed_rows(self, key: list[str], columns: list[str]) -> Iterator[pa.RecordBatch]:
+        raise self._cannot("merge rows by key")
+
+    def last_record(self) -> str | None:
+        raise self._cannot("merge rows by key")

@@ -6,6 +6,7 @@ file of bertetl's own: a partition is checked against the commit that wrote it."
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -156,7 +157,7 @@ class TableDestination(PlacedDestination):
         merge_rows(self.place, upserts, deletes, key, record)
         return True
 
-    def keyed_rows(self, key: list[str], columns: list[str]) -> Any:
+    def keyed_rows(self, key: list[str], columns: list[str]) -> Iterator[pa.RecordBatch]:
         """The committed rows' key columns and `columns` (those the table has), streamed."""
         from bertetl.io.tables import keyed_rows
 

@@ -18,7 +18,13 @@ from bertetl.io.manifest import config_hash
 from bertetl.io.read import SourceFile, discover
 from bertetl.io.sources import source_capabilities
 from bertetl.results import EnrichReport
-from bertetl.runs.keyed.plan import KeyedOptions, KeyedPlan, plan_keyed, source_files
+from bertetl.runs.keyed.plan import (
+    KeyedOptions,
+    KeyedPlan,
+    RunSettings,
+    plan_keyed,
+    source_files,
+)
 from bertetl.runs.keyed.run import (
     Assembly,
     build_index,
@@ -186,18 +192,9 @@ def run_keyed(
             listed = source_files(files, None)
             schemas = {file.path: executor.pipeline.check_file(file) for file, _, _ in listed}
             if not destination.capabilities.files:
-                destination.check_foreign([])  # type: ignore[arg-type]
-            plan = plan_keyed(
-                listed,
-                destination,
-                source,
-                options,
-                config.text_column,
-                config.prefix,
-                chash,
-                models,
-                scratch,
-            )
+                destination.check_foreign([])
+            settings = RunSettings(options, config.text_column, config.prefix, chash, models)
+            plan = plan_keyed(listed, destination, source, settings, scratch)
             report.counts = plan.counts()
             report.files = [item.counts() for item in plan.files]
             if dry_run:
@@ -218,8 +215,8 @@ def run_keyed(
                 if plan.changes or plan.previous is None:
                     commit_files(plan, assembly, schemas)
                     report.counts["rows_failed"] = assembly.failed
-                    record = make_record(plan, report.counts, report.model_seconds)
-                    destination.write_record(RECORD_NAME, record.model_dump_json())  # type: ignore[attr-defined]
+                    made = make_record(plan, report.counts, report.model_seconds)
+                    destination.write_record(RECORD_NAME, made.model_dump_json())
                     report.committed = True
             else:
                 staged = scratch / "upserts"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -216,12 +217,12 @@ def read_dest_rows(
                 continue  # an unreadable output: its file is rewritten
             names = parquet.schema_arrow.names
             wanted = [n for n in [*key, fingerprint, error, text_column] if n in names]
-            relative = dest.relative(output)  # type: ignore[attr-defined]
+            relative = dest.relative(output)
             for batch in parquet.iter_batches(columns=list(dict.fromkeys(wanted))):
                 add(batch, relative)
     else:
         extra = [fingerprint, error, *(carried or []), text_column]
-        for batch in dest.keyed_rows(key, list(dict.fromkeys(extra))):  # type: ignore[attr-defined]
+        for batch in dest.keyed_rows(key, list(dict.fromkeys(extra))):
             add(batch, "")
     if not parts:
         return _empty_dest(key_types)
@@ -313,135 +314,198 @@ def changed_rows(
     return joined.select(same.fill_null(False).alias("same")).get_column("same").not_()
 
 
+@dataclass(frozen=True)
+class RunSettings:
+    """What a keyed run is asked to do, and the config its outputs are made under."""
+
+    options: KeyedOptions
+    text_column: str
+    prefix: str
+    config_hash: str
+    models: dict[str, str]
+
+
+class NewTexts:
+    """The distinct texts no output exists for yet, written to a scratch Parquet file for the
+    model (each once); rows of a text already written there are deduplicated."""
+
+    def __init__(self, path: Path, text_column: str, fp_column: str, reusable: pl.Series):
+        self.path = path
+        self.text_column = text_column
+        self.schema = pa.schema([(text_column, pa.large_string()), (fp_column, FINGERPRINT_TYPE)])
+        self.writer = pq.ParquetWriter(path, self.schema)
+        self.reusable = reusable.implode()
+        self.has_reusable = len(reusable) > 0
+        self.seen: set[bytes] = set()
+
+    def take(self, item: FilePlan, batch: pa.RecordBatch, fps: pa.Array, need: pl.Series) -> None:
+        """Count the `need`ed rows of `batch` as reused, inferred or deduplicated, and write
+        the texts to infer."""
+        series = pl.Series(FP, fps.to_pylist(), pl.Binary)
+        if self.has_reusable:
+            found = series.is_in(self.reusable)
+        else:
+            found = pl.Series([False] * batch.num_rows)
+        item.reused += int((need & found).sum())
+        values = series.to_list()
+        new_rows = []
+        for i in np.flatnonzero((need & ~found).to_numpy()):
+            if values[i] in self.seen:
+                item.deduplicated += 1
+                continue
+            self.seen.add(values[i])
+            item.inferred += 1
+            new_rows.append(int(i))
+        if new_rows:
+            picked = pa.array(new_rows)
+            text = batch.column(self.text_column).take(picked)
+            if pa.types.is_dictionary(text.type):
+                text = text.dictionary_decode()
+            columns = [pc.cast(text, pa.large_string()), fps.take(picked)]
+            self.writer.write_batch(pa.record_batch(columns, schema=self.schema))
+
+    def close(self) -> Path | None:
+        self.writer.close()
+        return self.path if self.seen else None
+
+
+@dataclass
+class DestState:
+    """What DEST holds: its last keyed record, its rows, its output files."""
+
+    previous: KeyedRecord | None
+    reuse: bool
+    rows: pl.DataFrame
+    outputs: set[str]
+    carried: list[str] | None
+
+    def unchanged(self, item: FilePlan) -> bool:
+        """Whether a folder's output of this input file is as the last keyed run wrote it."""
+        previous = self.previous
+        return bool(
+            self.reuse
+            and previous is not None
+            and any(f == item.fingerprint for f in previous.inputs)
+            and previous.outputs.get(item.fingerprint.relative) == item.output
+            and item.output in self.outputs
+        )
+
+
+def read_dest_state(
+    dest: Destination,
+    settings: RunSettings,
+    listed: list[tuple[SourceFile, FileFingerprint, pa.Schema]],
+    key_types: dict[str, pa.DataType],
+) -> DestState:
+    options = settings.options
+    key = list(options.key)
+    files_dest = dest.capabilities.files
+    text = dest.read_record(RECORD_NAME) if files_dest else dest.last_record()
+    previous = KeyedRecord.parse(text)
+    reuse = previous is not None and previous.same_outputs(
+        key, options.output_columns, settings.config_hash
+    )
+    # a table's rows are compared whole (their carried columns); a folder's by input file
+    carried = None
+    if not files_dest and options.output_columns == "all":
+        carried = carried_columns(listed[0][2], options, settings.text_column)
+    outputs = dest.existing_outputs() if files_dest else []
+    rows = read_dest_rows(
+        dest,
+        outputs,
+        key,
+        key_types,
+        fingerprint_column(settings.prefix),
+        error_column(settings.prefix),
+        settings.text_column,
+        carried,
+    )
+    relative = {dest.relative(o) for o in outputs}
+    return DestState(previous, reuse, rows, relative, carried)
+
+
 def plan_keyed(
     listed: list[tuple[SourceFile, FileFingerprint, pa.Schema]],
     dest: Destination,
     source: object,
-    options: KeyedOptions,
-    text_column: str,
-    prefix: str,
-    config_hash: str,
-    models: dict[str, str],
+    settings: RunSettings,
     scratch: Path,
     batch_rows: int = 16384,
 ) -> KeyedPlan:
     """Decide the run (see the module's docstring); SOURCE's keys are checked first (null or
     repeated keys: one line, before any model work)."""
+    options = settings.options
     key = list(options.key)
     check_source_keys(listed, key)
-    fp_column, err_column = fingerprint_column(prefix), error_column(prefix)
-    files_dest = dest.capabilities.files
-    previous = KeyedRecord.parse(
-        dest.read_record(RECORD_NAME) if files_dest else dest.last_record()  # type: ignore[attr-defined]
-    )
-    reuse = previous is not None and previous.same_outputs(key, options.output_columns, config_hash)
     key_types = key_types_of([schema for _, _, schema in listed], key)
-    # a table's rows are compared whole (their carried columns); a folder's by input file
-    carried = None
-    if not files_dest and options.output_columns == "all":
-        carried = carried_columns(listed[0][2], options, text_column)
-    outputs = dest.existing_outputs() if files_dest else []  # type: ignore[attr-defined]
-    dest_rows = read_dest_rows(
-        dest, outputs, key, key_types, fp_column, err_column, text_column, carried
-    )
-    ok_fps = (
-        dest_rows.filter(pl.col(OK)).get_column(FP).unique()
-        if reuse
+    state = read_dest_state(dest, settings, listed, key_types)
+    reusable = (
+        state.rows.filter(pl.col(OK)).get_column(FP).unique()
+        if state.reuse
         else pl.Series(FP, [], pl.Binary)
     )
-    existing = {dest.relative(o) for o in outputs} if files_dest else set()  # type: ignore[attr-defined]
-    known = {f.relative: f.sha256 for f in previous.inputs} if reuse and previous else {}
-    seen: set[bytes] = set()
-    infer_path = scratch / "to_infer.parquet"
-    infer_schema = pa.schema([(text_column, pa.large_string()), (fp_column, FINGERPRINT_TYPE)])
-    writer = pq.ParquetWriter(infer_path, infer_schema)
+    fp_column = fingerprint_column(settings.prefix)
+    new = NewTexts(scratch / "to_infer.parquet", settings.text_column, fp_column, reusable)
     key_parts: list[pl.DataFrame] = []
     plans: list[FilePlan] = []
+    files_dest = dest.capabilities.files
     try:
         for file, fingerprint, _ in listed:
             item = FilePlan(file, fingerprint)
             if files_dest:
                 item.target = dest.output_target(file, source)
-                item.output = dest.relative(item.target)  # type: ignore[attr-defined]
-                item.write = not (
-                    known.get(fingerprint.relative) == fingerprint.sha256
-                    and previous is not None
-                    and previous.outputs.get(fingerprint.relative) == item.output
-                    and item.output in existing
-                )
-            for batch, fps in batches_with_fingerprints(file, text_column, batch_rows):
-                rows = batch.num_rows
-                item.rows += rows
+                item.output = dest.relative(item.target)
+                item.write = not state.unchanged(item)
+            for batch, fps in batches_with_fingerprints(file, settings.text_column, batch_rows):
+                item.rows += batch.num_rows
                 key_parts.append(
                     _frame({name: batch.column(name).cast(key_types[name]) for name in key})
                 )
                 if not item.write:
-                    item.reused += rows
+                    item.reused += batch.num_rows
                     continue
-                if files_dest or not reuse:
-                    need = pl.Series([True] * rows)
+                if files_dest or not state.reuse:
+                    need = pl.Series([True] * batch.num_rows)
                 else:
-                    need = changed_rows(batch, fps, dest_rows, key, key_types, carried)
+                    need = changed_rows(batch, fps, state.rows, key, key_types, state.carried)
                 needed = int(need.sum())
                 item.written += needed
-                item.reused += rows - needed  # a table's unchanged rows keep their outputs
-                if not needed:
-                    continue
-                series = pl.Series(FP, fps.to_pylist(), pl.Binary)
-                found = series.is_in(ok_fps.implode()) if len(ok_fps) else pl.Series([False] * rows)
-                fresh = (need & ~found).to_list()
-                item.reused += int((need & found).sum())
-                new_rows = []
-                values = series.to_list()
-                for i, is_new in enumerate(fresh):
-                    if not is_new:
-                        continue
-                    if values[i] in seen:
-                        item.deduplicated += 1
-                        continue
-                    seen.add(values[i])
-                    item.inferred += 1
-                    new_rows.append(i)
-                if new_rows:
-                    picked = pa.array(new_rows)
-                    text = batch.column(text_column).take(picked)
-                    if pa.types.is_dictionary(text.type):
-                        text = text.dictionary_decode()
-                    writer.write_batch(
-                        pa.record_batch(
-                            [pc.cast(text, pa.large_string()), fps.take(picked)],
-                            schema=infer_schema,
-                        )
-                    )
-            if item.write:
-                item.fingerprint = fingerprint
+                item.reused += batch.num_rows - needed  # a table's unchanged rows stay
+                if needed:
+                    new.take(item, batch, fps, need)
             plans.append(item)
     finally:
-        writer.close()
+        to_infer = new.close()
     source_keys = pl.concat(key_parts) if key_parts else _empty_dest(key_types).select(key)
-    gone = dest_rows.select(key).unique().join(source_keys, on=key, how="anti")
-    deletes = gone.head(0) if options.keep_deleted else gone
+    gone = state.rows.select(key).unique().join(source_keys, on=key, how="anti")
     plan = KeyedPlan(
         options,
-        text_column,
+        settings.text_column,
         fp_column,
-        err_column,
-        config_hash,
-        models,
-        previous,
-        reuse,
+        error_column(settings.prefix),
+        settings.config_hash,
+        settings.models,
+        state.previous,
+        state.reuse,
         plans,
-        dest_rows,
-        infer_path if seen else None,
-        deletes,
+        state.rows,
+        to_infer,
+        gone.head(0) if options.keep_deleted else gone,
         source_keys,
     )
     if files_dest:
-        current = {item.output for item in plans}
-        moved = dest_rows.join(source_keys, on=key, how="semi").get_column(OUTPUT).unique()
-        for relative in sorted(existing - current):
-            if not options.keep_deleted:
-                plan.orphans.append(dest.file_path(relative))
-            elif relative in set(moved.to_list()):
-                plan.orphan_rewrites.append(dest.file_path(relative))
+        _orphans(plan, dest, state)
     return plan
+
+
+def _orphans(plan: KeyedPlan, dest: Destination, state: DestState) -> None:
+    """A folder's outputs of inputs gone from SOURCE: removed; with `--keep-deleted`, kept,
+    rewritten without the keys SOURCE now has elsewhere."""
+    key = list(plan.options.key)
+    current = {item.output for item in plan.files}
+    moved = set(state.rows.join(plan.source_keys, on=key, how="semi").get_column(OUTPUT).to_list())
+    for relative in sorted(state.outputs - current):
+        if not plan.options.keep_deleted:
+            plan.orphans.append(dest.file_path(relative))
+        elif relative in moved:
+            plan.orphan_rewrites.append(dest.file_path(relative))

@@ -75,7 +75,7 @@ def _reusable(
     wanted = [plan.fingerprint_column, plan.text_column, *names]
     if dest.capabilities.files:
         sources = []
-        for output in dest.existing_outputs():  # type: ignore[attr-defined]
+        for output in dest.existing_outputs():
             try:
                 parquet = open_parquet(output)
             except (pa.ArrowException, OSError):
@@ -84,7 +84,7 @@ def _reusable(
             sources.append(parquet.iter_batches(columns=present, batch_size=BATCH_ROWS))
         batches: Any = (b for source in sources for b in source)
     else:
-        batches = dest.keyed_rows(plan.options.key, wanted)  # type: ignore[attr-defined]
+        batches = dest.keyed_rows(plan.options.key, wanted)
     error = plan.error_column
     for batch in batches:
         if any(n not in batch.schema.names for n in names):
@@ -235,7 +235,7 @@ def commit_files(plan: KeyedPlan, assembly: Assembly, schemas: dict[str, pa.Sche
             sink.abort()
             raise
     if plan.orphans:
-        dest.remove_outputs(plan.orphans)  # type: ignore[attr-defined]
+        dest.remove_outputs(plan.orphans)
 
 
 def commit_table(
@@ -259,9 +259,7 @@ def commit_table(
     deletes = plan.deletes.to_arrow() if plan.deletes.height else None
     if not files and deletes is None:
         return False
-    return bool(
-        assembly.dest.merge_keyed(files, deletes, list(plan.options.key), record())  # type: ignore[attr-defined]
-    )
+    return bool(assembly.dest.merge_keyed(files, deletes, list(plan.options.key), record()))
 
 
 def make_record(plan: KeyedPlan, counts: dict[str, int], model_seconds: float) -> KeyedRecord:
