@@ -14,7 +14,8 @@ Against a server (its UI then lists the deployments, with a parameter form for e
 
 The served process runs the flow runs itself (no work pool). The nightly run's default
 parameters come from the environment: BERTETL_SOURCE, BERTETL_DEST, BERTETL_PARTITION_COLUMN
-(default "date"), BERTETL_TEXT_COLUMN ("text"), BERTETL_EMBED_MODEL ("minilm"; empty for
+(default "date"; ignored with a key), BERTETL_KEY (key columns, COL[,COL...]: the run is then
+keyed, for a table that changes in place), BERTETL_TEXT_COLUMN ("text"), BERTETL_EMBED_MODEL ("minilm"; empty for
 none), BERTETL_CLASSIFY_MODEL (none), BERTETL_EXECUTOR ("local"; "ray" runs each partition on
 Ray), BERTETL_RAY_ADDRESS (RAY_ADDRESS, else a local Ray) and BERTETL_CRON ("0 2 * * *", UTC).
 Without SOURCE and DEST it points at the demo paths, relative to the serving process's working
@@ -52,11 +53,15 @@ def nightly_parameters(env: dict[str, str] | None = None) -> dict[str, Any]:
     ):
         if value := env.get(var, default):
             engine[key] = value
+    from bertetl.io.keys import parse_key
+
+    key = parse_key(env.get("BERTETL_KEY"))
     params = IncrementalParams(
         source=env.get("BERTETL_SOURCE", "demo-data/partitioned"),
         dest=env.get("BERTETL_DEST", "demo-data/enriched-nightly"),
-        partition_column=env.get("BERTETL_PARTITION_COLUMN", "date"),
+        partition_column=None if key else env.get("BERTETL_PARTITION_COLUMN", "date"),
         engine=engine,
+        **({"key": key} if key else {}),
     )
     return {"params": params.model_dump(mode="json", exclude_unset=True)}
 

@@ -21,6 +21,7 @@ from bertetl.flows.deployments import (
     build_deployments,
     nightly_parameters,
 )
+from bertetl.flows.params import IncrementalParams
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -72,6 +73,13 @@ def test_nightly_parameters_from_environment() -> None:
             "engine": {"text_column": "body", "classify_model": "/models/sentiment"},
         }
     }
+
+
+def test_nightly_parameters_with_a_key_make_a_keyed_run() -> None:
+    env = {"BERTETL_SOURCE": "/data/src", "BERTETL_DEST": "/data/out", "BERTETL_KEY": "id,lang"}
+    params = IncrementalParams.model_validate(nightly_parameters(env)["params"])
+    assert params.key == ["id", "lang"]
+    assert params.partition_column is None
 
 
 def _logs(paths: list[Path]) -> str:
