@@ -355,3 +355,32 @@ def long_text(
         result = run_long_text_bench(Path(work), documents, split_list(models)[0], device, repeats)
     out.write_text(json.dumps(result, indent=2))
     typer.echo(json.dumps(result, indent=2))
+
+
+@bench.command("keyed")
+def keyed(
+    rows: Annotated[int, typer.Option(help="Rows of the table (real reviews).")] = 20_000,
+    share: Annotated[float, typer.Option(help="Share of the rows edited before the rerun.")] = 0.01,
+    dry_run_rows: Annotated[
+        int, typer.Option(help="Rows of the table the dry run alone is timed on.")
+    ] = 1_000_000,
+    models: Annotated[str, typer.Option(help="The embedding model.")] = MODELS,
+    device: DeviceOption = BENCH["device"],
+    out: Out = OUT,
+    debug: Debug = False,
+) -> None:
+    """A keyed run (`--key`) over a table that changes in place: full run, then `--share` of
+    the rows edited and the rerun (the ratio of the two), a dry run, and the bytes of
+    `--output-columns key` against `all`; then a dry run alone on `--dry-run-rows` rows."""
+    import tempfile
+
+    from bertetl.bench.keyed import run_dry_run_bench, run_keyed_bench
+
+    _check_out(out, split_list(models), debug, ("rows", "incremental_over_full"))
+    model = split_list(models)[0]
+    with user_errors(debug), tempfile.TemporaryDirectory(prefix="bertetl-keyed-") as work:
+        result = run_keyed_bench(Path(work), rows, model, device, share)
+        if dry_run_rows:
+            result["dry_run_alone"] = run_dry_run_bench(Path(work), dry_run_rows, model)
+    out.write_text(json.dumps(result, indent=2))
+    typer.echo(json.dumps(result, indent=2))
