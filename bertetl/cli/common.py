@@ -6,6 +6,7 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import pyarrow as pa
@@ -98,3 +99,15 @@ def setup_logging(debug: bool) -> None:
 def split_list(value: str) -> list[str]:
     """`a, b,c` -> ["a", "b", "c"]."""
     return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def write_json(path: Path, content: Any) -> None:
+    """Write a report as JSON: to a temp file beside it, then renamed over it, so a reader
+    sees the old report or the whole new one."""
+    import json
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temp.write_text(json.dumps(content, indent=2, default=str))
+    os.replace(temp, path)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import glob
-import json
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -108,10 +106,9 @@ def print_report(result: EnrichReport, dest: str, report_path: Path | None) -> N
         f"{result.rows_failed} row(s) with enrich_error, {result.truncated_rows} truncated"
     )
     if report_path is not None:
-        report_path.parent.mkdir(parents=True, exist_ok=True)
-        temp = report_path.with_name(f".{report_path.name}.{os.getpid()}.tmp")
-        temp.write_text(json.dumps(result.to_dict(), indent=2))
-        os.replace(temp, report_path)  # a reader sees the old report or the whole new one
+        from bertetl.cli.common import write_json
+
+        write_json(report_path, result.to_dict())
 
 
 #: The keys at the top of every run report (`EnrichReport.to_dict`).

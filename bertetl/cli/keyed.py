@@ -63,12 +63,8 @@ def keyed_options(key: str | None, keep_deleted: bool, output_columns: str) -> o
 
 def finish(kind: str, report: object, report_path: Path | None) -> None:
     """The final line, and the report as JSON into `report_path` when given."""
-    import json
-    import os
+    from bertetl.cli.common import write_json
 
     typer.echo(report.line(kind))  # type: ignore[attr-defined]
     if report_path is not None:
-        report_path.parent.mkdir(parents=True, exist_ok=True)
-        temp = report_path.with_name(f".{report_path.name}.{os.getpid()}.tmp")
-        temp.write_text(json.dumps(report.to_dict(), indent=2))  # type: ignore[attr-defined]
-        os.replace(temp, report_path)
+        write_json(report_path, report.to_dict())  # type: ignore[attr-defined]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -109,6 +110,8 @@ def backfill(
     drift_cosine_threshold: DriftCosineThreshold = DRIFT.cosine_threshold,
     storage_option: StorageOption = None,
     overwrite_foreign: OverwriteForeign = False,
+    dry_run: DryRun = False,
+    report: ReportPath = None,
     debug: Debug = False,
 ) -> None:
     """Enrich the partitions of SOURCE between --start and --end into DEST (Prefect flow).
@@ -132,7 +135,11 @@ def backfill(
         start=start,
         end=end,
     )
-    _run("backfill", params, debug)
+    _check_report(report, source, dest, debug)
+    if dry_run:
+        _dry_run("backfill", params, report, debug)
+        return
+    _run("backfill", params, debug, report)
 
 
 @engine_options(exclude=("workers",))
@@ -183,15 +190,45 @@ def incremental(
         keep_deleted=keep_deleted,
         output_columns=output_columns,
     )
+    _check_report(report, source, dest, debug)
+    if keyed is not None:
+        _run_keyed(params, keyed, dry_run, report, debug)
+        return
+    if dry_run:
+        _dry_run("incremental", params, report, debug)
+        return
+    _run("incremental", params, debug, report)
+
+
+def _check_report(report: Path | None, source: str, dest: str, debug: bool) -> None:
     if report is not None:
         from bertetl.cli.enrich import check_report_path
 
         with user_errors(debug):
             check_report_path(report, source, dest)
-    if keyed is not None or dry_run:
-        _run_keyed(params, keyed, dry_run, report, debug)
-        return
-    _run("incremental", params, debug)
+
+
+def _dry_run(kind: str, params: Any, report: Path | None, debug: bool) -> None:
+    """The partitions the run would enrich and skip, no model work (`dry_run_partitions`)."""
+    from bertetl.cli.keyed import finish
+    from bertetl.runs.dry_run import dry_run_partitions
+
+    with user_errors(debug):
+        result = dry_run_partitions(
+            params.source,
+            params.dest,
+            params.partition_column,
+            params.engine,
+            getattr(params, "start", None),
+            getattr(params, "end", None),
+            params.force,
+            params.storage_options,
+        )
+        for row in result.files:
+            typer.echo(
+                f"  {row['partition']}: {row['action']} ({row['rows_in']:,} rows): {row['reason']}"
+            )
+        finish(kind, result, report)
 
 
 def _keyed(key: str | None, keep_deleted: bool, output_columns: str) -> Any:
@@ -259,7 +296,7 @@ def _common(
     }
 
 
-def _run(kind: str, params: Any, debug: bool) -> None:
+def _run(kind: str, params: Any, debug: bool, report: Path | None = None) -> None:
     """Run the flow in Prefect's local mode and print its summary.
 
     Every cheap check comes first, before any server starts or model loads, so a refused
@@ -290,6 +327,7 @@ def _run(kind: str, params: Any, debug: bool) -> None:
             from bertetl.flows.partitioned import backfill_flow as flow_fn
         else:
             from bertetl.flows.partitioned import incremental_flow as flow_fn
+        started = time.perf_counter()
         try:  # DEST's lock: refused at once, before any server starts, if another run holds
             # it; then held through the flow, so no run can start on DEST in between
             with dest.holding(), local_api():
@@ -297,9 +335,23 @@ def _run(kind: str, params: Any, debug: bool) -> None:
         except PartitionsFailedError as e:
             print_summary(kind, e.rows, params.dest)
             print_drift(e.rows, params.partition_column, dest)
+            _write_report(report, params.dest, e.rows, started)
             raise
         print_summary(kind, rows, params.dest)
         print_drift(rows, params.partition_column, dest)
+        _write_report(report, params.dest, rows, started)
+
+
+def _write_report(
+    report: Path | None, dest: str, rows: list[dict[str, Any]], started: float
+) -> None:
+    """`--report`: the run's totals and each partition's row, as JSON."""
+    if report is None:
+        return
+    from bertetl.cli.common import write_json
+    from bertetl.runs.dry_run import partition_report
+
+    write_json(report, partition_report(dest, rows, time.perf_counter() - started))
 
 
 def print_summary(kind: str, rows: list[dict[str, Any]], dest: str) -> None:

@@ -63,3 +63,30 @@ def test_enrich_with_a_key_is_incremental_and_options_need_it(tmp_path: Path, ti
                                   "--embed-model", str(tiny_embed_dir)])  # fmt: skip
     assert missing.exit_code == 2
     assert "partition_column" in missing.output or "--partition-column" in missing.output
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_backfill_dry_run_counts_what_the_run_then_does(
+    tmp_path: Path, tiny_embed_dir: Path, partitioned_source
+):
+    src, dest = partitioned_source(days=3, rows=10), tmp_path / "dest"
+    common = ["--partition-column", "date", "--text-column", "text", "--embed-model",
+              str(tiny_embed_dir)]  # fmt: skip
+    runner = CliRunner()
+    first = runner.invoke(app, ["backfill", str(src), str(dest), *common, "--end", "2026-01-02"])
+    assert first.exit_code == 0, first.output
+    dry = runner.invoke(
+        app, ["backfill", str(src), str(dest), *common, "--dry-run", "--report",
+              str(tmp_path / "dry.json")],
+    )  # fmt: skip
+    assert dry.exit_code == 0, dry.output
+    assert "2026-01-03: enrich (10 rows)" in dry.output
+    assert not (dest / "date=2026-01-03").exists()  # nothing written
+    run = runner.invoke(
+        app, ["backfill", str(src), str(dest), *common, "--report", str(tmp_path / "run.json")]
+    )
+    assert run.exit_code == 0, run.output
+    planned = json.loads((tmp_path / "dry.json").read_text())
+    done = json.loads((tmp_path / "run.json").read_text())
+    assert planned["rows_inferred"] == done["rows_written"] == 10
+    assert done["rows_in"] == planned["rows_in"] == 30
