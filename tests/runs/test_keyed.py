@@ -208,3 +208,22 @@ def test_outputs_of_an_unkeyed_run_are_replaced_not_trusted(
     assert report.counts["rows_inferred"] == _model_rows(report) == 60
     run_keyed(src, tmp_path / "fresh", config, KEY)
     assert_same_by_key(read_dest(str(tmp_path / "dest")), read_dest(str(tmp_path / "fresh")))
+
+
+def test_a_table_source_changed_in_place_is_followed_by_key(
+    tmp_path: Path, config: EngineConfig
+) -> None:
+    """A Delta SOURCE updated and deleted from in place (as CDC does), read at its version."""
+    import deltalake
+
+    src = write_source(tmp_path / "files")
+    table = str(tmp_path / "source-table")
+    deltalake.write_deltalake(table, pq.read_table(src))
+    run_keyed(f"delta://{table}", tmp_path / "dest", config, KEY)
+    source = deltalake.DeltaTable(table)
+    source.update(updates={"text": "'rewritten in place'"}, predicate="id = 5")
+    source.delete("id = 7")
+    report = run_keyed(f"delta://{table}", tmp_path / "dest", config, KEY)
+    assert (report.counts["rows_inferred"], report.counts["rows_deleted"]) == (1, 1)
+    run_keyed(f"delta://{table}", tmp_path / "fresh", config, KEY)
+    assert_same_by_key(read_dest(str(tmp_path / "dest")), read_dest(str(tmp_path / "fresh")))

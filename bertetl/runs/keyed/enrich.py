@@ -34,6 +34,9 @@ from bertetl.runs.keyed.run import (
     make_record,
 )
 
+#: Rows of each local file a table SOURCE is read into.
+STAGED_FILE_ROWS = 1_000_000
+
 
 @dataclass
 class KeyedReport:
@@ -99,23 +102,26 @@ def _models(config: EngineConfig) -> dict[str, str]:
     return model_fingerprints(config)
 
 
-def _input_files(source: Any, dest: Destination, work: Path) -> list[SourceFile]:
-    """SOURCE's files; a table SOURCE read at its current snapshot into local Parquet."""
+def _input_files(source: Any, dest: Destination, work: Path) -> tuple[list[SourceFile], Any]:
+    """SOURCE's files, and the root their outputs' names are taken from: a table SOURCE is
+    read at its current version into local Parquet files (the root is their folder)."""
     if source_capabilities(source).pinned:
         from bertetl.io import tables
 
+        if dest.overlaps(source):
+            raise InputError(f"SOURCE {source} and DEST {dest} are one place")
         snapshot = tables.pin(source)
         folder = work / "source"
         folder.mkdir()
-        tables.materialize_all(snapshot, folder, 1_000_000)
-        return discover(folder)
+        tables.materialize_all(snapshot, folder, STAGED_FILE_ROWS)
+        return discover(folder), folder
     if dest.capabilities.files:
         from bertetl.io.paths import check_run_paths
 
-        return check_run_paths(source, dest.place)
+        return check_run_paths(source, dest.place), source
     if dest.overlaps(source):
         raise InputError(f"SOURCE {source} and DEST {dest} are one place")
-    return discover(source)
+    return discover(source), source
 
 
 def _estimate(plan: KeyedPlan) -> tuple[float | None, str]:
@@ -188,13 +194,13 @@ def run_keyed(
     with destination.lock():
         destination.clean_leftovers()
         with destination.staging() as scratch:
-            files = _input_files(source, destination, scratch)
+            files, root = _input_files(source, destination, scratch)
             listed = source_files(files, None)
             schemas = {file.path: executor.pipeline.check_file(file) for file, _, _ in listed}
             if not destination.capabilities.files:
                 destination.check_foreign([])
             settings = RunSettings(options, config.text_column, config.prefix, chash, models)
-            plan = plan_keyed(listed, destination, source, settings, scratch)
+            plan = plan_keyed(listed, destination, root, settings, scratch)
             report.counts = plan.counts()
             report.files = [item.counts() for item in plan.files]
             if dry_run:
