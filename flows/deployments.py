@@ -15,11 +15,11 @@ Against a server (its UI then lists the deployments, with a parameter form for e
 The served process runs the flow runs itself (no work pool). The nightly run's default
 parameters come from the environment: BERTETL_SOURCE, BERTETL_DEST, BERTETL_PARTITION_COLUMN
 (default "date"; ignored with a key), BERTETL_KEY (key columns, COL[,COL...]: the run is then
-keyed, for a table that changes in place), BERTETL_TEXT_COLUMN ("text"), BERTETL_EMBED_MODEL ("minilm"; empty for
-none), BERTETL_CLASSIFY_MODEL (none), BERTETL_EXECUTOR ("local"; "ray" runs each partition on
-Ray), BERTETL_RAY_ADDRESS (RAY_ADDRESS, else a local Ray) and BERTETL_CRON ("0 2 * * *", UTC).
-Without SOURCE and DEST it points at the demo paths, relative to the serving process's working
-directory.
+keyed, for a table that changes in place), BERTETL_TEXT_COLUMN ("text"), BERTETL_EMBED_MODEL
+("minilm"; empty for none), BERTETL_CLASSIFY_MODEL (none), BERTETL_EXECUTOR ("local"; "ray"
+runs each partition on Ray), BERTETL_RAY_ADDRESS (RAY_ADDRESS, else a local Ray) and
+BERTETL_CRON ("0 2 * * *", UTC). Without SOURCE and DEST it points at the demo paths,
+relative to the serving process's working directory.
 """
 
 from __future__ import annotations

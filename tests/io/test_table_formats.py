@@ -166,6 +166,24 @@ class ToyFormat:
     def records(self, column: str) -> list[tuple[int, str]]:
         return [(i, text) for i, (_, text) in reversed(list(enumerate(self.commits)))]
 
+    def merge_keyed(
+        self,
+        schema: pa.Schema,
+        batches: Iterator[pa.RecordBatch],
+        deletes: pa.Table | None,
+        key: list[str],
+        record: str,
+    ) -> None:
+        raise NotImplementedError  # a format may refuse keyed runs
+
+    def keyed_batches(self, columns: list[str]) -> Iterator[pa.RecordBatch]:
+        if self.commits:
+            table = self.commits[-1][0]
+            yield from table.select([c for c in columns if c in table.column_names]).to_batches()
+
+    def last_record(self) -> str | None:
+        return self.commits[-1][1] if self.commits else None
+
     def commit_problem(self, commit: TableCommit, rows: int) -> str | None:
         return None
 
