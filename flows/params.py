@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bertetl.config import EngineConfig
+from bertetl.observe.options import ObserveOptions
 from bertetl.reports.drift import DriftOptions
 
 
@@ -77,6 +78,10 @@ class PartitionedParams(BaseModel):
     )
     storage_options: dict[str, str] = storage_options_field()
     overwrite_foreign: bool = overwrite_foreign_field()
+    observe: ObserveOptions = Field(
+        ObserveOptions(),
+        description="Metrics to a Pushgateway and the price of a device hour (cost estimate).",
+    )
 
 
 class BackfillParams(PartitionedParams):

@@ -46,6 +46,8 @@ def partition_row(value: str, status: str, reason: str, manifest: Any = None) ->
         failed=manifest.rows_failed,
         truncated=manifest.rows_truncated,
         seconds=manifest.seconds,
+        tokens=manifest.tokens,
+        device_seconds=manifest.device_seconds,
         labels=_labels(manifest.label_counts),
     ).to_dict()
 

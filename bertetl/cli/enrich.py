@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from bertetl.cli.common import Debug, StorageOption, setup_logging, user_errors
-from bertetl.cli.options import engine_options
+from bertetl.cli.options import CostPerHour, Pushgateway, engine_options, observe_options
 from bertetl.config import EngineConfig
 from bertetl.errors import FilesFailedError
 from bertetl.results import EnrichReport
@@ -49,6 +49,8 @@ def enrich(
             "bertetl commit; refused without this). Its rows stay only in the table's history."
         ),
     ] = False,
+    pushgateway: Pushgateway = None,
+    cost_per_hour: CostPerHour = None,
     debug: Debug = False,
 ) -> None:
     """Add embedding and/or classification columns to every row of SOURCE, written to DEST.
@@ -59,36 +61,56 @@ def enrich(
     the model's limit are truncated. Each output file is committed atomically.
     """
     setup_logging(debug)
-    from bertetl.io.stores.locations import parse_storage_options
+    from bertetl.io.stores.locations import parse_storage_options, resolve_run
+    from bertetl.observe import observe_run
     from bertetl.runs.enrich import enrich as run
 
+    observe = observe_options(pushgateway, cost_per_hour, debug)
     with user_errors(debug):
         if report is not None:
             check_report_path(report, source, dest)
-        try:
-            options = parse_storage_options(storage_option)
-            result = run(
-                source, dest, engine, storage_options=options, overwrite_foreign=overwrite_foreign
-            )
-        except FilesFailedError as e:
-            if e.report is not None:
-                print_report(e.report, dest, report)
-            raise
-        print_report(result, dest, report)
+        options = parse_storage_options(storage_option)
+        places = resolve_run(source, dest, options)
+        with observe_run("enrich", *places, engine, observe) as observer:
+            try:
+                result = run(
+                    source,
+                    dest,
+                    engine,
+                    storage_options=options,
+                    overwrite_foreign=overwrite_foreign,
+                )
+            except FilesFailedError as e:
+                if e.report is not None:
+                    observer.files(e.report)
+                    print_report(e.report, dest, report, observe.cost_per_hour)
+                raise
+            observer.files(result)
+        print_report(result, dest, report, observe.cost_per_hour)
 
 
-def print_report(result: EnrichReport, dest: str, report_path: Path | None) -> None:
-    """One line of totals; the whole report as JSON into `report_path` when given."""
+def print_report(
+    result: EnrichReport, dest: str, report_path: Path | None, cost_per_hour: float | None = None
+) -> None:
+    """One line of totals (and the estimated cost at `cost_per_hour`); the whole report as
+    JSON into `report_path` when given."""
+    from bertetl.observe import estimate_cost
+
     done = [f for f in result.files if f.error is None]
+    cost = estimate_cost(result.device_seconds, cost_per_hour)
     typer.echo(
         f"enriched {result.rows} rows from {len(done)} file(s) in {result.seconds:.1f}s "
         f"({result.rows_per_second:.0f} rows/s) into {dest}; "
         f"{result.rows_failed} row(s) with enrich_error, {result.truncated_rows} truncated"
+        + ("" if cost is None else f"; estimated cost {cost:.4f}")
     )
     if report_path is not None:
         report_path.parent.mkdir(parents=True, exist_ok=True)
         temp = report_path.with_name(f".{report_path.name}.{os.getpid()}.tmp")
-        temp.write_text(json.dumps(result.to_dict(), indent=2))
+        figures = result.to_dict()
+        if cost is not None:
+            figures["estimated_cost"] = cost
+        temp.write_text(json.dumps(figures, indent=2))
         os.replace(temp, report_path)  # a reader sees the old report or the whole new one
 
 

@@ -16,7 +16,7 @@ from bertetl.cli.common import (
     setup_logging,
     user_errors,
 )
-from bertetl.cli.options import engine_options
+from bertetl.cli.options import CostPerHour, Pushgateway, engine_options, observe_options
 from bertetl.config import EngineConfig
 from bertetl.errors import PartitionsFailedError
 from bertetl.reports.drift import DriftOptions, plot_path
@@ -100,6 +100,8 @@ def backfill(
     drift_cosine_threshold: DriftCosineThreshold = DRIFT.cosine_threshold,
     storage_option: StorageOption = None,
     overwrite_foreign: OverwriteForeign = False,
+    pushgateway: Pushgateway = None,
+    cost_per_hour: CostPerHour = None,
     debug: Debug = False,
 ) -> None:
     """Enrich the partitions of SOURCE between --start and --end into DEST (Prefect flow).
@@ -120,6 +122,7 @@ def backfill(
         drift=drift_options(drift_window, drift_js_threshold, drift_cosine_threshold, debug),
         storage_options=_storage_options(storage_option, debug),
         overwrite_foreign=overwrite_foreign,
+        observe=observe_options(pushgateway, cost_per_hour, debug),
         start=start,
         end=end,
     )
@@ -140,6 +143,8 @@ def incremental(
     drift_cosine_threshold: DriftCosineThreshold = DRIFT.cosine_threshold,
     storage_option: StorageOption = None,
     overwrite_foreign: OverwriteForeign = False,
+    pushgateway: Pushgateway = None,
+    cost_per_hour: CostPerHour = None,
     debug: Debug = False,
 ) -> None:
     """Enrich every new or changed partition of SOURCE into DEST (the nightly run).
@@ -159,6 +164,7 @@ def incremental(
         drift=drift_options(drift_window, drift_js_threshold, drift_cosine_threshold, debug),
         storage_options=_storage_options(storage_option, debug),
         overwrite_foreign=overwrite_foreign,
+        observe=observe_options(pushgateway, cost_per_hour, debug),
     )
     _run("incremental", params, debug)
 
