@@ -137,7 +137,7 @@ gpu-bundle: $(VENV)/.dev
 TYPED := bertetl/engine bertetl/io bertetl/executors/base.py bertetl/executors/local.py \
 	bertetl/executors/__init__.py bertetl/config.py bertetl/errors.py bertetl/results.py \
 	bertetl/schema.py bertetl/runs bertetl/evaluate bertetl/executor_registry.py \
-	bertetl/output_options.py bertetl/labels.py
+	bertetl/output_options.py bertetl/labels.py bertetl/observe
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check bertetl flows tests demo
 	$(VENV)/bin/ruff format --check bertetl flows tests demo

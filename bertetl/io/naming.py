@@ -94,7 +94,7 @@ def place_schema(place: object) -> pa.Schema | None:
         if isinstance(place, TableRef):
             from bertetl.io.tables.registry import format_class
 
-            return format_class(place.format)(place).schema(None)  # type: ignore[no-any-return]
+            return format_class(place.format)(place).schema(None)
         if isinstance(place, Location):
             path, filesystem = place.path, place.filesystem
         else:

@@ -194,7 +194,7 @@ def _model_facet_class() -> Any:
     from openlineage.client.facet_v2 import RunFacet
 
     @attr.define
-    class BertetlModelRunFacet(RunFacet):  # type: ignore[misc]
+    class BertetlModelRunFacet(RunFacet):
         """A model the run used: its name, fingerprint (a hash of its files) and task."""
 
         name: str

@@ -33,7 +33,8 @@ def test_enrich_pushes_its_rows_tokens_and_success(
     pq.write_table(pa.table({"id": range(len(TEXTS)), "text": TEXTS}), source)
     dest = tmp_path / "out"
     run = bertetl(
-        "enrich", str(source), str(dest), "--embed-model", str(tiny_embed_dir), "--text-column", "text",
+        "enrich", str(source), str(dest), "--embed-model", str(tiny_embed_dir),
+        "--text-column", "text",
         "--pushgateway", pushgateway,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
@@ -80,7 +81,8 @@ def test_an_unreachable_gateway_is_a_warning(
     gateway = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     with caplog.at_level(logging.WARNING):
         run = bertetl(
-            "enrich", str(source), str(tmp_path / "out"), "--embed-model", str(tiny_embed_dir), "--text-column", "text",
+            "enrich", str(source), str(tmp_path / "out"), "--embed-model", str(tiny_embed_dir),
+            "--text-column", "text",
             "--pushgateway", gateway,
         )  # fmt: skip
     assert run.returncode == 0, run.stderr
