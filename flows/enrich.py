@@ -70,6 +70,8 @@ def _row(name: str, status: str, results: Sequence[FileResult] = ()) -> dict[str
         failed=failed,
         truncated=sum(r.rows_truncated for r in results),
         seconds=round(sum(r.seconds for r in results), 3),
+        tokens=sum(r.tokens for r in results),
+        device_seconds=round(sum(r.device_seconds for r in results), 3),
     ).to_dict()
 
 

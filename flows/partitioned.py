@@ -87,7 +87,7 @@ def run_partitioned(
                 f"{name}: {cause}" for name, cause in failures.items()
             )
     rows.sort(key=lambda r: r["partition"])
-    return finish_run(title, rows, failures, damaged, drift)
+    return finish_run(title, rows, failures, damaged, drift, params.observe.cost_per_hour)
 
 
 def flow_run_parent() -> Parent | None:

@@ -58,6 +58,7 @@ def publish(
     failures: dict[str, str],
     damaged: dict[str, str] | None = None,
     drift: RunDrift | None = None,
+    cost_per_hour: float | None = None,
 ) -> None:
     """Create the summary table artifact and a markdown artifact naming any failures, any
     partitions whose committed outputs were found damaged (`damaged`: name -> files) and
@@ -73,6 +74,7 @@ def publish(
         *([f"- damaged outputs found: {len(damaged)}"] if damaged is not None else []),
         f"- rows written: {totals['rows']:,} (inferred {totals['inferred']:,}, "
         f"reused {totals['reused']:,}, with enrich_error {totals['failed']:,})",
+        _cost_line([r for r in rows if r["status"] == "committed"], cost_per_hour),
     ]
     if failures:
         lines += ["", "## Failures", ""]
@@ -85,6 +87,17 @@ def publish(
     create_markdown_artifact("\n".join(lines), key="bertetl-report", description=title)
     if drift is not None:
         publish_drift(title, drift)
+
+
+def _cost_line(rows: list[dict[str, Any]], cost_per_hour: float | None) -> str:
+    """What this run's work cost: tokens and device-seconds, and the estimate at a price."""
+    from bertetl.observe import estimate_cost
+
+    tokens = sum(r.get("tokens", 0) for r in rows)
+    seconds = sum(r.get("device_seconds", 0.0) for r in rows)
+    cost = estimate_cost(seconds, cost_per_hour)
+    estimate = "" if cost is None else f", estimated cost {cost:.4f}"
+    return f"- cost: {tokens:,} tokens, {seconds:.1f} device-seconds{estimate}"
 
 
 def _drift_lines(drift: RunDrift) -> list[str]:
@@ -129,10 +142,11 @@ def finish_run(
     failures: dict[str, str],
     damaged: dict[str, str] | None = None,
     drift: RunDrift | None = None,
+    cost_per_hour: float | None = None,
 ) -> list[dict[str, Any]] | State:
-    """Publish the summary (and the drift); the rows, or a Failed final state naming the
-    failures (callers get the error, logs get no traceback)."""
-    publish(title, rows, failures, damaged, drift)
+    """Publish the summary (and the drift, and the cost at `cost_per_hour`); the rows, or a
+    Failed final state naming the failures (callers get the error, logs get no traceback)."""
+    publish(title, rows, failures, damaged, drift, cost_per_hour)
     if failures:
         error = PartitionsFailedError(failures, rows)
         return Failed(message=str(error), data=error)

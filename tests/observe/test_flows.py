@@ -12,8 +12,10 @@ import pytest
 from bertetl.config import EngineConfig
 from bertetl.flows.params import BackfillParams, IncrementalParams, RunOptions
 from bertetl.flows.partitioned import backfill_flow, incremental_flow
+from bertetl.io.manifest import read_manifest
 from bertetl.observe import ObserveOptions
 from tests.conftest import write_partitioned
+from tests.flows.test_partitioned import artifacts
 from tests.observe.conftest import read_metrics
 from tests.observe.test_lineage import validate
 
@@ -34,7 +36,7 @@ def test_backfill_fails_then_incremental_completes(
     broken.write_bytes(b"not parquet at all")
     engine = EngineConfig(text_column="text", embed_model=str(tiny_embed_dir))
     common = {"source": str(src), "dest": str(dest), "partition_column": "date"}
-    observe = ObserveOptions(pushgateway=pushgateway)
+    observe = ObserveOptions(pushgateway=pushgateway, cost_per_hour=3600.0)
     state = backfill_flow(
         BackfillParams(**common, engine=engine, run=FAST, observe=observe), return_state=True
     )
@@ -77,3 +79,9 @@ def test_backfill_fails_then_incremental_completes(
     assert value("bertetl_partitions_total", outcome="skipped") == 3
     assert value("bertetl_rows_total", outcome="inferred") == 24 - 2  # a null and a blank
     assert value("bertetl_last_success_timestamp_seconds") > 0
+    # the run's cost in its Prefect report: its manifest's device-seconds at 1 per second
+    (report,) = artifacts(state.state_details.flow_run_id, "bertetl-report")
+    manifest = read_manifest(dest / "date=2026-01-02")
+    assert manifest.tokens > 0
+    assert f"- cost: {manifest.tokens:,} tokens" in report["data"]
+    assert f"estimated cost {manifest.device_seconds:.4f}" in report["data"]
