@@ -72,6 +72,9 @@ class LineageRun:
     inputs: list[tuple[str, str]]
     outputs: list[tuple[str, str]]
     input_schema: pa.Schema | None = None
+    #: DEST holds SOURCE's rows and the `added` columns (its schema follows from SOURCE's);
+    #: False for a report folder or a trained model.
+    enriches: bool = True
     added: list[pa.Field] = field(default_factory=list)
     text_column: str | None = None
     models: list[ModelInfo] = field(default_factory=list)
@@ -158,7 +161,7 @@ class LineageRun:
         from openlineage.client.event_v2 import OutputDataset
 
         facets: dict[str, Any] = {}
-        if self.input_schema is not None:
+        if self.input_schema is not None and self.enriches:
             kept = [f for f in self.input_schema if f.name not in {a.name for a in self.added}]
             facets["schema"] = _schema_facet([*kept, *self.added])
         if self.text_column is not None and self.added and self.inputs:

@@ -22,10 +22,12 @@ log = logging.getLogger(__name__)
 class RunObserver:
     """Counts what a run did (`RunFigures`) and reports it: metrics, lineage."""
 
-    def __init__(self, instance: str, options: ObserveOptions, lineage: LineageRun | None) -> None:
+    def __init__(
+        self, instance: str, options: ObserveOptions | None, lineage: LineageRun | None
+    ) -> None:
         self.figures = RunFigures()
-        self.options = options
-        self.pusher = make_pusher(options.gateway(), instance)
+        #: No options: a run without metrics (evaluate, train).
+        self.pusher = None if options is None else make_pusher(options.gateway(), instance)
         self.lineage = lineage
         #: Why the run failed, when it ends without raising (a flow's failed partitions).
         self.failure: str | None = None
@@ -87,22 +89,31 @@ def run_lineage(
     dest: Any,
     engine: EngineConfig | None,
     parent: Parent | None = None,
+    storage_options: dict[str, str] | None = None,
+    enriches: bool = True,
 ) -> LineageRun | None:
     """The run's lineage when the OpenLineage client is configured (else None): SOURCE and
-    DEST named by the naming spec, SOURCE's schema, the columns the engine adds and its
-    models."""
+    DEST (places, or what the user gave, resolved with `storage_options`) named by the
+    naming spec, SOURCE's schema, the engine's models and, where the run `enriches` (DEST
+    holds SOURCE's rows with the added columns), DEST's schema and column lineage."""
     if not lineage_configured():
         return None
     try:
         from bertetl.io.naming import dataset_name, place_schema
+        from bertetl.io.stores.locations import resolve
 
+        if isinstance(source, str):
+            source = resolve(source, storage_options)
+        if isinstance(dest, str):
+            dest = resolve(dest, storage_options)
         added, models, text_column = [], [], None
         if engine is not None:
             from bertetl.engine.pipeline import Pipeline
             from bertetl.runs.plan import model_fingerprints
 
-            added = Pipeline(engine).added_fields()
-            text_column = engine.text_column
+            if enriches:
+                added = Pipeline(engine).added_fields()
+                text_column = engine.text_column
             specs = engine.model_specs()
             models = [
                 ModelInfo(role, Path(str(specs[role])).name, fingerprint)
@@ -113,6 +124,7 @@ def run_lineage(
             inputs=[dataset_name(source)],
             outputs=[dataset_name(dest)],
             input_schema=place_schema(source),
+            enriches=enriches,
             added=added,
             text_column=text_column,
             models=models,
@@ -133,11 +145,15 @@ def observe_run(
     engine: EngineConfig | None,
     options: ObserveOptions | None = None,
     parent: Parent | None = None,
+    storage_options: dict[str, str] | None = None,
+    enriches: bool = True,
 ) -> Iterator[RunObserver]:
-    """Report the run inside to the platform: START, the metrics as the observer is told,
-    then COMPLETE (or FAIL with the one-line cause: what was raised, or `observer.failure`)."""
-    lineage = run_lineage(kind, source, dest, engine, parent)
-    observer = RunObserver(str(getattr(dest, "uri", dest)), options or ObserveOptions(), lineage)
+    """Report the run inside to the platform: START, the metrics as the observer is told
+    (where `options` are given: None for a run without metrics), then COMPLETE (or FAIL with
+    the one-line cause: what was raised, or `observer.failure`). `storage_options` and
+    `enriches`: as `run_lineage` takes them."""
+    lineage = run_lineage(kind, source, dest, engine, parent, storage_options, enriches)
+    observer = RunObserver(str(getattr(dest, "uri", dest)), options, lineage)
     if lineage is not None:
         lineage.start()
     try:

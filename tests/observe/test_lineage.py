@@ -120,3 +120,29 @@ def test_nothing_is_emitted_without_a_configuration(
     run = _enrich(source, tmp_path / "out", tiny_embed_dir)
     assert run.returncode == 0, run.stderr
     assert "OpenLineage" not in run.stderr
+
+
+def test_evaluate_names_its_table_report_folder_and_model(
+    tiny_classifier_dir: Path, tmp_path: Path, lineage_receiver: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    host, port = lineage_receiver.server_address
+    monkeypatch.setenv("OPENLINEAGE_URL", f"http://{host}:{port}")
+    table = tmp_path / "labelled.parquet"
+    pq.write_table(pa.table({"text": ["good film", "bad film"], "y": ["positive"] * 2}), table)
+    run = bertetl(
+        "evaluate", str(table), "--label-column", "y", "--text-column", "text",
+        "--out", str(tmp_path / "report"), "--classify-model", str(tiny_classifier_dir),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    events = lineage_receiver.events
+    assert [e["eventType"] for e in events] == ["START", "COMPLETE"]
+    for event in events:
+        validate(event)
+    done = events[1]
+    assert done["job"]["name"].startswith("evaluate:")
+    assert done["inputs"][0]["name"] == str(table.resolve())
+    assert [f["name"] for f in done["inputs"][0]["facets"]["schema"]["fields"]] == ["text", "y"]
+    assert done["outputs"][0]["name"] == str((tmp_path / "report").resolve())
+    assert "columnLineage" not in done["outputs"][0]["facets"]
+    assert done["run"]["facets"]["bertetl_model_classify"]["name"] == tiny_classifier_dir.name
