@@ -55,15 +55,18 @@ def pushgateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 class Receiver(ThreadingHTTPServer):
-    """Keeps the JSON bodies POSTed to it."""
+    """Keeps the JSON bodies POSTed to it as `events`, every body with its path as `bodies`."""
 
     events: list[dict[str, Any]]
+    bodies: list[tuple[str, bytes]]
 
 
 class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.events.append(json.loads(body))  # type: ignore[attr-defined]
+        self.server.bodies.append((self.path, body))  # type: ignore[attr-defined]
+        if "json" in self.headers.get("Content-Type", ""):
+            self.server.events.append(json.loads(body))  # type: ignore[attr-defined]
         self.send_response(200)
         self.end_headers()
 
@@ -76,6 +79,7 @@ def lineage_receiver() -> Iterator[Receiver]:
     """An HTTP server on loopback that keeps the OpenLineage events posted to it."""
     server = Receiver(("127.0.0.1", 0), _Handler)
     server.events = []
+    server.bodies = []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
