@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bertetl.config import EngineConfig
+from bertetl.errors import BertEtlError
 from bertetl.observe.lineage import LineageRun, ModelInfo, Parent, lineage_configured
 from bertetl.observe.metrics import RunFigures, make_pusher
 from bertetl.observe.options import ObserveOptions
@@ -83,6 +84,29 @@ class RunObserver:
             self.pusher.close()
 
 
+def _engine_lineage(
+    engine: EngineConfig | None, enriches: bool
+) -> tuple[list[Any], list[ModelInfo], str | None]:
+    """The columns the engine adds (where the run `enriches`), its models and the text
+    column; none where a model cannot be found (the run refuses it and FAIL says so)."""
+    if engine is None:
+        return [], [], None
+    from bertetl.engine.pipeline import Pipeline
+    from bertetl.runs.plan import model_fingerprints
+
+    try:
+        added = Pipeline(engine).added_fields() if enriches else []
+        specs = engine.model_specs()
+        models = [
+            ModelInfo(role, Path(str(specs[role])).name, fingerprint)
+            for role, fingerprint in model_fingerprints(engine).items()
+        ]
+    except BertEtlError as e:
+        log.debug("lineage without the models: %s", e)
+        return [], [], None
+    return added, models, engine.text_column if enriches else None
+
+
 def run_lineage(
     kind: str,
     source: Any,
@@ -106,19 +130,7 @@ def run_lineage(
             source = resolve(source, storage_options)
         if isinstance(dest, str):
             dest = resolve(dest, storage_options)
-        added, models, text_column = [], [], None
-        if engine is not None:
-            from bertetl.engine.pipeline import Pipeline
-            from bertetl.runs.plan import model_fingerprints
-
-            if enriches:
-                added = Pipeline(engine).added_fields()
-                text_column = engine.text_column
-            specs = engine.model_specs()
-            models = [
-                ModelInfo(role, Path(str(specs[role])).name, fingerprint)
-                for role, fingerprint in model_fingerprints(engine).items()
-            ]
+        added, models, text_column = _engine_lineage(engine, enriches)
         return LineageRun(
             job=f"{kind}:{getattr(dest, 'uri', dest)}",
             inputs=[dataset_name(source)],
@@ -130,6 +142,9 @@ def run_lineage(
             models=models,
             parent=parent,
         )
+    except BertEtlError as e:  # a place that cannot be named: the run says why itself
+        log.warning("OpenLineage: %s; no events for this run", e)
+        return None
     except ImportError as e:
         log.warning(
             "OpenLineage configured but not installed: %s (pip install 'bertetl[observe]')", e

@@ -4,6 +4,7 @@ small OpenLineage HTTP receiver (http.server in a thread)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -24,6 +25,17 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored() -> Iterator[None]:
+    """The OpenLineage client writes `OPENLINEAGE__TRANSPORT__*` aliases of `OPENLINEAGE_URL`
+    into `os.environ` (monkeypatch does not see them): every test here leaves the environment
+    as it found it, so no later test of the worker emits lineage."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")

@@ -146,3 +146,17 @@ def test_evaluate_names_its_table_report_folder_and_model(
     assert done["outputs"][0]["name"] == str((tmp_path / "report").resolve())
     assert "columnLineage" not in done["outputs"][0]["facets"]
     assert done["run"]["facets"]["bertetl_model_classify"]["name"] == tiny_classifier_dir.name
+
+
+def test_a_missing_model_still_gets_start_and_fail(
+    source: Path, tmp_path: Path, lineage_receiver: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host, port = lineage_receiver.server_address
+    monkeypatch.setenv("OPENLINEAGE_URL", f"http://{host}:{port}")
+    run = _enrich(source, tmp_path / "out", tmp_path / "no-such-model")
+    assert run.returncode != 0
+    events = lineage_receiver.events
+    assert [e["eventType"] for e in events] == ["START", "FAIL"]
+    for event in events:
+        validate(event)
+    assert "no-such-model" in events[1]["run"]["facets"]["errorMessage"]["message"]
