@@ -40,6 +40,13 @@ def overwrite_foreign_field() -> Field:  # type: ignore[valid-type]
     )
 
 
+def observe_field() -> Field:  # type: ignore[valid-type]
+    return Field(
+        ObserveOptions(),
+        description="Metrics to a Pushgateway and the price of a device hour (cost estimate).",
+    )
+
+
 class EnrichParams(BaseModel):
     """An analyst-triggered run: one SOURCE into one DEST."""
 
@@ -54,6 +61,7 @@ class EnrichParams(BaseModel):
     run: RunOptions = RunOptions()
     storage_options: dict[str, str] = storage_options_field()
     overwrite_foreign: bool = overwrite_foreign_field()
+    observe: ObserveOptions = observe_field()
 
 
 class PartitionedParams(BaseModel):
@@ -78,10 +86,7 @@ class PartitionedParams(BaseModel):
     )
     storage_options: dict[str, str] = storage_options_field()
     overwrite_foreign: bool = overwrite_foreign_field()
-    observe: ObserveOptions = Field(
-        ObserveOptions(),
-        description="Metrics to a Pushgateway and the price of a device hour (cost estimate).",
-    )
+    observe: ObserveOptions = observe_field()
 
 
 class BackfillParams(PartitionedParams):

@@ -11,7 +11,7 @@ from prefect.states import State
 from bertetl.executors import Executor, make_executor
 from bertetl.flows.params import BackfillParams, IncrementalParams, PartitionedParams
 from bertetl.flows.progress import RunProgress
-from bertetl.flows.publish import RunDrift, finish_run, partition_row
+from bertetl.flows.publish import RunDrift, finish_run, flow_run_parent, partition_row
 from bertetl.flows.tasks import (
     enrich_partition_task,
     enrich_partitions_task,
@@ -20,7 +20,6 @@ from bertetl.flows.tasks import (
 )
 from bertetl.io.destinations import parse_run
 from bertetl.observe import RunObserver, observe_run
-from bertetl.observe.lineage import Parent, job_namespace
 from bertetl.reports.drift import drift_report, plot_path
 from bertetl.runs.enrich import check_storage
 from bertetl.runs.plan import PartitionPlan, Plan, plan_partitions
@@ -88,16 +87,6 @@ def run_partitioned(
             )
     rows.sort(key=lambda r: r["partition"])
     return finish_run(title, rows, failures, damaged, drift, params.observe.cost_per_hour)
-
-
-def flow_run_parent() -> Parent | None:
-    """The Prefect flow run this run is part of, as its OpenLineage parent (None outside
-    a flow run)."""
-    from prefect.runtime import flow_run
-
-    if not flow_run.id:
-        return None
-    return Parent(job_namespace(), str(flow_run.flow_name), str(flow_run.id))
 
 
 def _drift(

@@ -13,6 +13,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Failed, State
 
 from bertetl.errors import PartitionsFailedError
+from bertetl.observe.lineage import Parent, job_namespace
 from bertetl.reports.drift import DriftReport
 from bertetl.results import SummaryRow
 
@@ -151,6 +152,16 @@ def finish_run(
         error = PartitionsFailedError(failures, rows)
         return Failed(message=str(error), data=error)
     return rows
+
+
+def flow_run_parent() -> Parent | None:
+    """The Prefect flow run this run is part of, as its OpenLineage parent (None outside
+    a flow run)."""
+    from prefect.runtime import flow_run
+
+    if not flow_run.id:
+        return None
+    return Parent(job_namespace(), str(flow_run.flow_name), str(flow_run.id))
 
 
 def _figure(value: float | None) -> str:

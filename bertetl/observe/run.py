@@ -65,6 +65,18 @@ class RunObserver:
         self.figures.tokens += report.tokens
         self.figures.device_seconds += report.device_seconds
 
+    def summary_rows(self, rows: list[dict[str, Any]]) -> None:
+        """A run's summary rows (`SummaryRow` dicts, one per file): rows by outcome, tokens
+        and device-seconds of those written."""
+        for row in rows:
+            if row["status"] != "committed":
+                continue
+            self.figures.add_rows(
+                row["inferred"], row["reused"], row["failed"], row.get("deduplicated", 0)
+            )
+            self.figures.tokens += row.get("tokens", 0)
+            self.figures.device_seconds += row.get("device_seconds", 0.0)
+
     def push(self) -> None:
         if self.pusher is not None:
             self.pusher.push(self.figures)

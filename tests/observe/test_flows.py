@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from bertetl.config import EngineConfig
-from bertetl.flows.params import BackfillParams, IncrementalParams, RunOptions
+from bertetl.flows.enrich import enrich_flow
+from bertetl.flows.params import BackfillParams, EnrichParams, IncrementalParams, RunOptions
 from bertetl.flows.partitioned import backfill_flow, incremental_flow
 from bertetl.io.manifest import read_manifest
 from bertetl.observe import ObserveOptions
@@ -85,3 +86,37 @@ def test_backfill_fails_then_incremental_completes(
     assert manifest.tokens > 0
     assert f"- cost: {manifest.tokens:,} tokens" in report["data"]
     assert f"estimated cost {manifest.device_seconds:.4f}" in report["data"]
+
+
+def test_enrich_flow_reports_lineage_metrics_and_cost(
+    tiny_embed_dir: Path, pushgateway: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = tmp_path / "lineage.jsonl"
+    monkeypatch.setenv("OPENLINEAGE__TRANSPORT__TYPE", "file")
+    monkeypatch.setenv("OPENLINEAGE__TRANSPORT__LOG_FILE_PATH", str(log))
+    monkeypatch.setenv("OPENLINEAGE__TRANSPORT__APPEND", "true")
+    src, dest = write_partitioned(tmp_path / "src", days=2, rows=12), tmp_path / "dest"
+    params = EnrichParams(
+        source=str(src),
+        dest=str(dest),
+        engine=EngineConfig(text_column="text", embed_model=str(tiny_embed_dir)),
+        run=FAST,
+        observe=ObserveOptions(pushgateway=pushgateway),
+    )
+    state = enrich_flow(params, return_state=True)
+    assert state.is_completed()
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [e["eventType"] for e in events] == ["START", "COMPLETE"]
+    for event in events:
+        validate(event)
+        assert event["job"]["name"] == f"enrich:{dest}"
+        parent = event["run"]["facets"]["parent"]
+        assert parent["run"]["runId"] == str(state.state_details.flow_run_id)
+    metrics = read_metrics(pushgateway)
+    group = frozenset({("job", "bertetl"), ("instance", str(dest))})
+    written = pq.read_table(dest).column("text").to_pylist()
+    blank = sum(1 for t in written if t is None or not t.strip())
+    assert len(written) == 24
+    assert metrics[("bertetl_rows_total", group | {("outcome", "failed")})] == blank
+    assert metrics[("bertetl_rows_total", group | {("outcome", "inferred")})] == 24 - blank
+    assert metrics[("bertetl_last_success_timestamp_seconds", group)] > 0
