@@ -26,6 +26,14 @@ $(CHROMIUM):
 		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; \
 	else echo "no apt-get: install Chromium for the report test, or it is skipped"; fi
 
+# The metrics test pushes to a real Prometheus Pushgateway: Debian's package, installed like
+# Chromium (without apt the test is skipped, saying why).
+PUSHGATEWAY := /usr/bin/prometheus-pushgateway
+$(PUSHGATEWAY):
+	if command -v apt-get >/dev/null; then \
+		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q prometheus-pushgateway; \
+	else echo "no apt-get: install prometheus-pushgateway for the metrics test, or it is skipped"; fi
+
 # The object-store tests run Azure Blob Storage on Azurite, Microsoft's emulator, from the npm
 # registry (into .azurite/; without npm those tests are skipped, saying why).
 AZURITE := .azurite/node_modules/.bin/azurite-blob
@@ -35,7 +43,7 @@ $(AZURITE):
 	else echo "no npm: install Node.js for the Azure tests, or they are skipped"; fi
 
 # dev includes the ray extra, so the tests cover --executor ray.
-$(VENV)/.dev: pyproject.toml $(VENV)/.base | $(CHROMIUM) $(AZURITE)
+$(VENV)/.dev: pyproject.toml $(VENV)/.base | $(CHROMIUM) $(PUSHGATEWAY) $(AZURITE)
 	$(PIP) install -q -e '.[dev,ray]'
 	$(PIP) install -q --no-deps $(ASSETS)
 	touch $@
@@ -129,7 +137,7 @@ gpu-bundle: $(VENV)/.dev
 TYPED := bertetl/engine bertetl/io bertetl/executors/base.py bertetl/executors/local.py \
 	bertetl/executors/__init__.py bertetl/config.py bertetl/errors.py bertetl/results.py \
 	bertetl/schema.py bertetl/runs bertetl/evaluate bertetl/executor_registry.py \
-	bertetl/output_options.py bertetl/labels.py
+	bertetl/output_options.py bertetl/labels.py bertetl/observe
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check bertetl flows tests demo
 	$(VENV)/bin/ruff format --check bertetl flows tests demo

@@ -48,6 +48,10 @@ class FileResult:
     rows_reused: int = 0
     rows_truncated: int = 0  # rows inferred whose text the model did not see whole
     seconds: float = 0.0
+    #: Real (unpadded) tokens the model stages saw, and the seconds they ran on the device
+    #: (GPU or CPU): what a run's cost is reckoned from.
+    tokens: int = 0
+    device_seconds: float = 0.0
     error: str | None = None
     retryable: bool = False  # the error may pass on a retry (an I/O error, not bad data)
     label_counts: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -90,6 +94,16 @@ class EnrichReport:
         return sum(f.rows_truncated for f in self.files if f.error is None)
 
     @property
+    def tokens(self) -> int:
+        """Real tokens the model stages saw (files that failed included: the work was done)."""
+        return sum(f.tokens for f in self.files)
+
+    @property
+    def device_seconds(self) -> float:
+        """Seconds the model stages ran on the device (GPU or CPU), failed files included."""
+        return sum(f.device_seconds for f in self.files)
+
+    @property
     def failures(self) -> dict[str, str]:
         return {f.source: f.error for f in self.files if f.error is not None}
 
@@ -110,6 +124,8 @@ class EnrichReport:
             "rows": self.rows,
             "rows_failed": self.rows_failed,
             "rows_truncated": self.truncated_rows,
+            "tokens": self.tokens,
+            "device_seconds": round(self.device_seconds, 3),
             "seconds": round(self.seconds, 3),
             "rows_per_second": round(self.rows_per_second, 1),
             "oom_splits": self.oom_splits,
@@ -136,6 +152,8 @@ class SummaryRow:
     failed: int = 0
     truncated: int = 0
     seconds: float = 0.0
+    tokens: int = 0
+    device_seconds: float = 0.0
     labels: str = ""
     #: Why the partition's drift is flagged (`bertetl.reports.drift`); empty when it is not,
     #: None when drift was not computed.

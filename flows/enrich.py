@@ -14,7 +14,7 @@ from bertetl.config import EngineConfig
 from bertetl.executors import Executor, Job, make_executor
 from bertetl.flows.params import EnrichParams
 from bertetl.flows.progress import RunProgress
-from bertetl.flows.publish import finish_run
+from bertetl.flows.publish import finish_run, flow_run_parent
 from bertetl.flows.tasks import (
     enrich_chunk_task,
     enrich_files_task,
@@ -27,6 +27,7 @@ from bertetl.io.destinations import Destination, parse_run
 from bertetl.io.paths import check_run_paths
 from bertetl.io.sink import SinkFactory
 from bertetl.io.sources import source_capabilities
+from bertetl.observe import observe_run
 from bertetl.results import EnrichReport, FileResult, SummaryRow
 from bertetl.runs.enrich import check_storage, enrich
 
@@ -70,18 +71,35 @@ def _row(name: str, status: str, results: Sequence[FileResult] = ()) -> dict[str
         failed=failed,
         truncated=sum(r.rows_truncated for r in results),
         seconds=round(sum(r.seconds for r in results), 3),
+        tokens=sum(r.tokens for r in results),
+        device_seconds=round(sum(r.device_seconds for r in results), 3),
     ).to_dict()
 
 
 @flow(name="bertetl-enrich")
 def enrich_flow(params: EnrichParams) -> list[dict[str, Any]] | State:
     """Enrich SOURCE into DEST; each file (or row-group range of a big file) is a task."""
-    logger = get_run_logger()
     quiet_user_errors()
     title = f"enrich {params.source} -> {params.dest}"
     source, dest = parse_run(
         params.source, params.dest, params.storage_options, params.overwrite_foreign
     )
+    parent = flow_run_parent()
+    with observe_run("enrich", source, dest, params.engine, params.observe, parent) as observer:
+        rows, failures = _enrich(params, source, dest, title)
+        observer.summary_rows(rows)
+        if failures:
+            observer.failure = f"{len(failures)} file(s) failed: " + "; ".join(
+                f"{name}: {cause}" for name, cause in failures.items()
+            )
+    return finish_run(title, rows, failures, cost_per_hour=params.observe.cost_per_hour)
+
+
+def _enrich(
+    params: EnrichParams, source: Any, dest: Destination, title: str
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The run: its summary rows and its failures (file -> cause)."""
+    logger = get_run_logger()
     if source_capabilities(source).pinned or not dest.capabilities.files:
         task_fn = with_retries(enrich_table_task, params.run)
         report = task_fn(
@@ -100,7 +118,7 @@ def enrich_flow(params: EnrichParams) -> list[dict[str, Any]] | State:
                 for f in report.files
                 if f.error is None
             }
-        return finish_run(title, rows, failures)
+        return rows, failures
     files = check_run_paths(source, dest.place)  # before DEST is locked or written
     executor = make_executor(params.engine)
     check_storage(executor, source, dest)
@@ -127,13 +145,13 @@ def enrich_flow(params: EnrichParams) -> list[dict[str, Any]] | State:
             finally:
                 executor.teardown()
             progress.finish()
-            return finish_run(title, rows, failures)
+            return rows, failures
         try:
             rows += _enrich_chunks(executor, chunks, lock_dir, params, progress, failures)
         finally:
             executor.teardown()
         progress.finish()
-    return finish_run(title, rows, failures)
+    return rows, failures
 
 
 def _enrich_chunks(

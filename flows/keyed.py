@@ -38,8 +38,19 @@ def run_keyed_flow(params: IncrementalParams, title: str) -> list[dict[str, Any]
 
 
 def keyed_report(params: IncrementalParams, title: str) -> KeyedReport:
+    """Run the keyed task, reported to the platform (`observe_run`) and as artifacts."""
+    from bertetl.flows.publish import flow_run_parent
+    from bertetl.io.destinations import parse_run
+    from bertetl.observe import observe_run
+
     quiet_user_errors()
-    report = with_retries(enrich_by_key_task, params.run)(params)
+    source, dest = parse_run(params.source, params.dest, params.storage_options)
+    observing = observe_run(
+        "incremental", source, dest, params.engine, params.observe, flow_run_parent()
+    )
+    with observing as observer:
+        report = with_retries(enrich_by_key_task, params.run)(params)
+        observer.keyed(report)
     get_run_logger().info(report.line("incremental"))
     publish_keyed(title, report)
     return report

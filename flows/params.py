@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bertetl.config import EngineConfig
+from bertetl.observe.options import ObserveOptions
 from bertetl.reports.drift import DriftOptions
 
 
@@ -41,6 +42,13 @@ def overwrite_foreign_field() -> Field:  # type: ignore[valid-type]
     )
 
 
+def observe_field() -> Field:  # type: ignore[valid-type]
+    return Field(
+        ObserveOptions(),
+        description="Metrics to a Pushgateway and the price of a device hour (cost estimate).",
+    )
+
+
 class EnrichParams(BaseModel):
     """An analyst-triggered run: one SOURCE into one DEST."""
 
@@ -55,6 +63,7 @@ class EnrichParams(BaseModel):
     run: RunOptions = RunOptions()
     storage_options: dict[str, str] = storage_options_field()
     overwrite_foreign: bool = overwrite_foreign_field()
+    observe: ObserveOptions = observe_field()
 
 
 class PartitionedParams(BaseModel):
@@ -79,6 +88,7 @@ class PartitionedParams(BaseModel):
     )
     storage_options: dict[str, str] = storage_options_field()
     overwrite_foreign: bool = overwrite_foreign_field()
+    observe: ObserveOptions = observe_field()
 
 
 class BackfillParams(PartitionedParams):

@@ -11,7 +11,7 @@ from prefect.states import State
 from bertetl.executors import Executor, make_executor
 from bertetl.flows.params import BackfillParams, IncrementalParams, PartitionedParams
 from bertetl.flows.progress import RunProgress
-from bertetl.flows.publish import RunDrift, finish_run, partition_row
+from bertetl.flows.publish import RunDrift, finish_run, flow_run_parent, partition_row
 from bertetl.flows.tasks import (
     enrich_partition_task,
     enrich_partitions_task,
@@ -19,6 +19,7 @@ from bertetl.flows.tasks import (
     with_retries,
 )
 from bertetl.io.destinations import parse_run
+from bertetl.observe import RunObserver, observe_run
 from bertetl.reports.drift import drift_report, plot_path
 from bertetl.runs.enrich import check_storage
 from bertetl.runs.plan import PartitionPlan, Plan, plan_partitions
@@ -42,7 +43,10 @@ def run_partitioned(
         params.source, params.dest, params.storage_options, params.overwrite_foreign
     )
     partitions = check_partitioned_run(source, dest, params.partition_column, start, end)
-    with dest.lock():
+    observing = observe_run(
+        title.split()[0], source, dest, params.engine, params.observe, flow_run_parent()
+    )
+    with observing as observer, dest.lock():
         removed = dest.clean_leftovers()
         if removed:
             logger.info("removed %d leftover(s) of an interrupted run", removed)
@@ -57,6 +61,8 @@ def run_partitioned(
             partitions=partitions,
         )
         rows, damaged = _planned_rows(plan)
+        for _ in plan.by_action("skip"):
+            observer.partition("skipped")
         todo = plan.by_action("enrich")
         logger.info(
             "%d partition(s) to enrich (%d damaged), %d unchanged",
@@ -72,11 +78,15 @@ def run_partitioned(
         )
         failures: dict[str, str] = {}
         if todo:
-            rows += _enrich_todo(todo, plan, params, progress, failures, source, dest)
+            rows += _enrich_todo(todo, plan, params, progress, failures, source, dest, observer)
         progress.finish()
         drift = _drift(params, dest, start, end, rows)
+        if failures:
+            observer.failure = f"{len(failures)} partition(s) failed: " + "; ".join(
+                f"{name}: {cause}" for name, cause in failures.items()
+            )
     rows.sort(key=lambda r: r["partition"])
-    return finish_run(title, rows, failures, damaged, drift)
+    return finish_run(title, rows, failures, damaged, drift, params.observe.cost_per_hour)
 
 
 def _drift(
@@ -147,10 +157,11 @@ def _enrich_todo(
     failures: dict[str, str],
     source: Any,
     dest: Any,
+    observer: RunObserver,
 ) -> list[dict[str, Any]]:
     """Enrich the planned partitions (each, or in groups for executors that start up per
     call) into `dest` (a path, or an object-store `Location`); summary rows, failed
-    partitions added to `failures`."""
+    partitions added to `failures`; each partition's figures go to `observer`."""
     logger = get_run_logger()
     rows: list[dict[str, Any]] = []
     executor = make_executor(params.engine)
@@ -170,6 +181,7 @@ def _enrich_todo(
                 failures[name] = str(outcome.error)
                 logger.error("%s failed: %s", name, outcome.error)
                 rows.append(partition_row(item.value, "failed", str(outcome.error)))
+                observer.partition("failed", planned_rows=item.rows)
                 continue
             logger.info(
                 "%s committed: %d rows (%d inferred, %d reused, %d with enrich_error)",
@@ -180,6 +192,7 @@ def _enrich_todo(
                 manifest.rows_failed,
             )
             rows.append(partition_row(item.value, "committed", item.reason, manifest))
+            observer.partition("committed", manifest)
     finally:
         executor.teardown()
     return rows

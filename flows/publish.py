@@ -13,6 +13,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Failed, State
 
 from bertetl.errors import PartitionsFailedError
+from bertetl.observe.lineage import Parent, job_namespace
 from bertetl.reports.drift import DriftReport
 from bertetl.results import SummaryRow
 
@@ -46,6 +47,8 @@ def partition_row(value: str, status: str, reason: str, manifest: Any = None) ->
         failed=manifest.rows_failed,
         truncated=manifest.rows_truncated,
         seconds=manifest.seconds,
+        tokens=manifest.tokens,
+        device_seconds=manifest.device_seconds,
         labels=_labels(manifest.label_counts),
     ).to_dict()
 
@@ -56,6 +59,7 @@ def publish(
     failures: dict[str, str],
     damaged: dict[str, str] | None = None,
     drift: RunDrift | None = None,
+    cost_per_hour: float | None = None,
 ) -> None:
     """Create the summary table artifact and a markdown artifact naming any failures, any
     partitions whose committed outputs were found damaged (`damaged`: name -> files) and
@@ -71,6 +75,7 @@ def publish(
         *([f"- damaged outputs found: {len(damaged)}"] if damaged is not None else []),
         f"- rows written: {totals['rows']:,} (inferred {totals['inferred']:,}, "
         f"reused {totals['reused']:,}, with enrich_error {totals['failed']:,})",
+        _cost_line([r for r in rows if r["status"] == "committed"], cost_per_hour),
     ]
     if failures:
         lines += ["", "## Failures", ""]
@@ -83,6 +88,17 @@ def publish(
     create_markdown_artifact("\n".join(lines), key="bertetl-report", description=title)
     if drift is not None:
         publish_drift(title, drift)
+
+
+def _cost_line(rows: list[dict[str, Any]], cost_per_hour: float | None) -> str:
+    """What this run's work cost: tokens and device-seconds, and the estimate at a price."""
+    from bertetl.observe import estimate_cost
+
+    tokens = sum(r.get("tokens", 0) for r in rows)
+    seconds = sum(r.get("device_seconds", 0.0) for r in rows)
+    cost = estimate_cost(seconds, cost_per_hour)
+    estimate = "" if cost is None else f", estimated cost {cost:.4f}"
+    return f"- cost: {tokens:,} tokens, {seconds:.1f} device-seconds{estimate}"
 
 
 def _drift_lines(drift: RunDrift) -> list[str]:
@@ -127,14 +143,25 @@ def finish_run(
     failures: dict[str, str],
     damaged: dict[str, str] | None = None,
     drift: RunDrift | None = None,
+    cost_per_hour: float | None = None,
 ) -> list[dict[str, Any]] | State:
-    """Publish the summary (and the drift); the rows, or a Failed final state naming the
-    failures (callers get the error, logs get no traceback)."""
-    publish(title, rows, failures, damaged, drift)
+    """Publish the summary (and the drift, and the cost at `cost_per_hour`); the rows, or a
+    Failed final state naming the failures (callers get the error, logs get no traceback)."""
+    publish(title, rows, failures, damaged, drift, cost_per_hour)
     if failures:
         error = PartitionsFailedError(failures, rows)
         return Failed(message=str(error), data=error)
     return rows
+
+
+def flow_run_parent() -> Parent | None:
+    """The Prefect flow run this run is part of, as its OpenLineage parent (None outside
+    a flow run)."""
+    from prefect.runtime import flow_run
+
+    if not flow_run.id:
+        return None
+    return Parent(job_namespace(), str(flow_run.flow_name), str(flow_run.id))
 
 
 def _figure(value: float | None) -> str:

@@ -363,6 +363,7 @@ def partitioned_source(tmp_path: Path) -> Callable[..., Path]:
 #: Fixtures that start a server: a test using one is `slow` (out of `make test-fast`).
 SERVER_FIXTURES = {
     "prefect_harness",
+    "pushgateway",
     "s3_endpoint",
     "gcs_endpoint",
     "azure_connection",

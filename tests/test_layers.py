@@ -25,6 +25,7 @@ LAYERS = {
     "bertetl.runs": 4,
     "bertetl.training": 4,
     "bertetl.evaluate": 4,
+    "bertetl.observe": 4,
     "bertetl.flows": 5,
     "bertetl.bench": 5,
     "bertetl.cli": 6,

@@ -10,7 +10,7 @@ import typer
 
 from bertetl.cli.common import Debug, StorageOption, setup_logging, user_errors
 from bertetl.cli.keyed import DryRun, KeepDeleted, Key, OutputColumns
-from bertetl.cli.options import engine_options
+from bertetl.cli.options import CostPerHour, Pushgateway, engine_options, observe_options
 from bertetl.config import EngineConfig
 from bertetl.errors import FilesFailedError
 from bertetl.results import EnrichReport
@@ -52,6 +52,8 @@ def enrich(
     keep_deleted: KeepDeleted = False,
     output_columns: OutputColumns = "all",
     dry_run: DryRun = False,
+    pushgateway: Pushgateway = None,
+    cost_per_hour: CostPerHour = None,
     debug: Debug = False,
 ) -> None:
     """Add embedding and/or classification columns to every row of SOURCE, written to DEST.
@@ -64,51 +66,84 @@ def enrich(
     """
     setup_logging(debug)
     from bertetl.cli.keyed import finish, keyed_options
-    from bertetl.io.stores.locations import parse_storage_options
+    from bertetl.io.stores.locations import parse_storage_options, resolve_run
+    from bertetl.observe import observe_run
     from bertetl.runs.enrich import enrich as run
 
+    observe = observe_options(pushgateway, cost_per_hour, debug)
     with user_errors(debug):
         if report is not None:
             check_report_path(report, source, dest)
         keyed = keyed_options(key, keep_deleted, output_columns)
-        if keyed is not None or dry_run:
+        options = parse_storage_options(storage_option)
+        if dry_run:
             from bertetl.runs.keyed import run_keyed
 
-            result = run_keyed(
+            planned = run_keyed(
                 source,
                 dest,
                 engine,
-                keyed,  # type: ignore[arg-type]
-                dry_run=dry_run,
-                storage_options=parse_storage_options(storage_option),
-                overwrite_foreign=overwrite_foreign,
+                keyed,
+                dry_run=True,
+                storage_options=options,  # type: ignore[arg-type]
             )
-            finish("enrich", result, report)
+            finish("enrich", planned, report)
             return
-        try:
-            options = parse_storage_options(storage_option)
-            result = run(
-                source, dest, engine, storage_options=options, overwrite_foreign=overwrite_foreign
-            )
-        except FilesFailedError as e:
-            if e.report is not None:
-                print_report(e.report, dest, report)
-            raise
-        print_report(result, dest, report)
+        places = resolve_run(source, dest, options)
+        with observe_run("enrich", *places, engine, observe) as observer:
+            if keyed is not None:
+                from bertetl.runs.keyed import run_keyed
+
+                by_key = run_keyed(
+                    source,
+                    dest,
+                    engine,
+                    keyed,  # type: ignore[arg-type]
+                    storage_options=options,
+                    overwrite_foreign=overwrite_foreign,
+                )
+                observer.keyed(by_key)
+                finish("enrich", by_key, report)
+                return
+            try:
+                result = run(
+                    source,
+                    dest,
+                    engine,
+                    storage_options=options,
+                    overwrite_foreign=overwrite_foreign,
+                )
+            except FilesFailedError as e:
+                if e.report is not None:
+                    observer.files(e.report)
+                    print_report(e.report, dest, report, observe.cost_per_hour)
+                raise
+            observer.files(result)
+        print_report(result, dest, report, observe.cost_per_hour)
 
 
-def print_report(result: EnrichReport, dest: str, report_path: Path | None) -> None:
-    """One line of totals; the whole report as JSON into `report_path` when given."""
+def print_report(
+    result: EnrichReport, dest: str, report_path: Path | None, cost_per_hour: float | None = None
+) -> None:
+    """One line of totals (and the estimated cost at `cost_per_hour`); the whole report as
+    JSON into `report_path` when given."""
+    from bertetl.observe import estimate_cost
+
     done = [f for f in result.files if f.error is None]
+    cost = estimate_cost(result.device_seconds, cost_per_hour)
     typer.echo(
         f"enriched {result.rows} rows from {len(done)} file(s) in {result.seconds:.1f}s "
         f"({result.rows_per_second:.0f} rows/s) into {dest}; "
         f"{result.rows_failed} row(s) with enrich_error, {result.truncated_rows} truncated"
+        + ("" if cost is None else f"; estimated cost {cost:.4f}")
     )
     if report_path is not None:
         from bertetl.cli.common import write_json
 
-        write_json(report_path, result.to_dict())
+        figures = result.to_dict()
+        if cost is not None:
+            figures["estimated_cost"] = cost
+        write_json(report_path, figures)
 
 
 #: The keys at the top of every run report (`EnrichReport.to_dict`).

@@ -166,9 +166,12 @@ def evaluate(
     )
     from bertetl.evaluate.run import evaluate as run
     from bertetl.io.stores.locations import parse_storage_options
+    from bertetl.observe import observe_run
 
     with user_errors(debug):
-        result = run(table, out, config, parse_storage_options(storage_option))
+        options = parse_storage_options(storage_option)
+        with observe_run("evaluate", table, out, engine, None, None, options, enriches=False):
+            result = run(table, out, config, options)
     print_summary(result.metrics, Path(out) / result.report.name)
 
 

@@ -24,6 +24,7 @@ from bertetl.executor_registry import (
     FLAT_EXECUTOR_OPTIONS,
     ExecutorName,
 )
+from bertetl.observe.options import ObserveOptions
 
 
 @dataclass(frozen=True)
@@ -146,3 +147,18 @@ def engine_options(
         return wrapper
 
     return decorate
+
+
+#: `--pushgateway` and `--cost-per-hour` (`bertetl.observe.ObserveOptions`), declared once for
+#: every command that enriches.
+Pushgateway = Annotated[
+    str | None, typer.Option(metavar="URL", help=help_of(ObserveOptions, "pushgateway"))
+]
+CostPerHour = Annotated[
+    float | None, typer.Option(metavar="PRICE", help=help_of(ObserveOptions, "cost_per_hour"))
+]
+
+
+def observe_options(pushgateway: str | None, cost_per_hour: float | None, debug: bool) -> Any:
+    """The validated `ObserveOptions` (a bad value: one line naming its option, exit 2)."""
+    return build_config(ObserveOptions, debug, pushgateway=pushgateway, cost_per_hour=cost_per_hour)

@@ -19,7 +19,7 @@ from bertetl.cli.common import (
     user_errors,
 )
 from bertetl.cli.keyed import DryRun, KeepDeleted, Key, OutputColumns
-from bertetl.cli.options import engine_options
+from bertetl.cli.options import CostPerHour, Pushgateway, engine_options, observe_options
 from bertetl.config import EngineConfig
 from bertetl.errors import PartitionsFailedError
 from bertetl.reports.drift import DriftOptions, plot_path
@@ -112,6 +112,8 @@ def backfill(
     overwrite_foreign: OverwriteForeign = False,
     dry_run: DryRun = False,
     report: ReportPath = None,
+    pushgateway: Pushgateway = None,
+    cost_per_hour: CostPerHour = None,
     debug: Debug = False,
 ) -> None:
     """Enrich the partitions of SOURCE between --start and --end into DEST (Prefect flow).
@@ -132,6 +134,7 @@ def backfill(
         drift=drift_options(drift_window, drift_js_threshold, drift_cosine_threshold, debug),
         storage_options=_storage_options(storage_option, debug),
         overwrite_foreign=overwrite_foreign,
+        observe=observe_options(pushgateway, cost_per_hour, debug),
         start=start,
         end=end,
     )
@@ -161,6 +164,8 @@ def incremental(
     drift_cosine_threshold: DriftCosineThreshold = DRIFT.cosine_threshold,
     storage_option: StorageOption = None,
     overwrite_foreign: OverwriteForeign = False,
+    pushgateway: Pushgateway = None,
+    cost_per_hour: CostPerHour = None,
     debug: Debug = False,
 ) -> None:
     """Enrich every new or changed partition of SOURCE into DEST (the nightly run).
@@ -189,6 +194,7 @@ def incremental(
         key=keyed.key if keyed is not None else None,
         keep_deleted=keep_deleted,
         output_columns=output_columns,
+        observe=observe_options(pushgateway, cost_per_hour, debug),
     )
     _check_report(report, source, dest, debug)
     if keyed is not None:

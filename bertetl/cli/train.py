@@ -131,10 +131,13 @@ def train(
         device=device,
     )
     from bertetl.io.stores.locations import parse_storage_options
+    from bertetl.observe import observe_run
     from bertetl.training.train import train as run
 
     with user_errors(debug):
-        result = run(table, model_out, config, parse_storage_options(storage_option))
+        options = parse_storage_options(storage_option)
+        with observe_run("train", table, model_out, None, None, None, options, enriches=False):
+            result = run(table, model_out, config, options)
     typer.echo(
         f"trained on {result.train_rows} rows in {result.seconds:.0f}s; held-out "
         f"({result.eval_rows} rows): accuracy {result.accuracy:.3f}, macro-F1 "
@@ -148,11 +151,14 @@ def _train_tokens(
 ) -> None:
     """`--task token-classification`: fine-tune a token classifier and print its entity F1."""
     from bertetl.io.stores.locations import parse_storage_options
+    from bertetl.observe import observe_run
     from bertetl.training.token_classification import TokenTrainConfig, train_tokens
 
     config = build_config(TokenTrainConfig, debug, **values)
     with user_errors(debug):
-        result = train_tokens(table, model_out, config, parse_storage_options(storage_option))
+        options = parse_storage_options(storage_option)
+        with observe_run("train", table, model_out, None, None, None, options, enriches=False):
+            result = train_tokens(table, model_out, config, options)
     typer.echo(
         f"trained on {result.train_rows} rows in {result.seconds:.0f}s; held-out "
         f"({result.eval_rows} rows): entity precision {result.precision:.3f}, recall "

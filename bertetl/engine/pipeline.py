@@ -438,6 +438,7 @@ class Pipeline:
         if self.config.write_behind_windows:  # the models run ahead; this thread writes
             enriched = prefetch(enriched, self.config.write_behind_windows)
         truncated_before = self.truncated_rows
+        tokens_before, seconds_before = self.model_work()
         try:
             write_output(enriched, sink, output_counts, result, on_batch)
         except InputError as e:
@@ -451,8 +452,19 @@ class Pipeline:
         result.rows = sink.rows
         result.rows_reused = counts.get("reused", 0)
         result.rows_truncated = self.truncated_rows - truncated_before
+        tokens_after, seconds_after = self.model_work()
+        result.tokens = tokens_after - tokens_before
+        result.device_seconds = seconds_after - seconds_before
         result.seconds = time.perf_counter() - started
         return result
+
+    def model_work(self) -> tuple[int, float]:
+        """The real tokens the model stages saw so far and the seconds they ran (on the
+        device: GPU or CPU), from their counters; a file's share is the difference."""
+        return (
+            sum(model.counters.real_tokens for model in self.models),
+            sum(model.counters.seconds for model in self.models),
+        )
 
     @property
     def truncated_rows(self) -> int:

@@ -130,6 +130,10 @@ class Manifest(BaseModel):
     started: str = ""
     finished: str = ""
     seconds: float = 0.0
+    #: What the partition cost: the real tokens its inferred rows took through the models and
+    #: the seconds the models ran on the device (GPU or CPU). 0 in manifests written before.
+    tokens: int = 0
+    device_seconds: float = 0.0
 
     @property
     def input_fingerprint(self) -> str:

@@ -29,7 +29,7 @@ def dry_run_partitions(
     resolved, destination = parse_run(source, dest, storage_options)
     partitions = check_partitioned_run(resolved, destination, column, start, end)
     plan = plan_partitions(
-        resolved, destination, column, config, start, end, force, partitions=partitions
+        resolved, destination.place, column, config, start, end, force, partitions=partitions
     )
     report = KeyedReport(str(destination.uri), dry_run=True)
     for item in plan.partitions:

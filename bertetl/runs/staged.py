@@ -119,6 +119,8 @@ class StagedPartition:
             manifest.rows_failed += result.rows_failed
             manifest.rows_reused += result.rows_reused
             manifest.rows_truncated += result.rows_truncated
+            manifest.tokens += result.tokens
+            manifest.device_seconds += result.device_seconds
             relative = partition.relative(job.file)
             try:
                 output = fingerprint_output(job.target, relative)
@@ -149,6 +151,7 @@ class StagedPartition:
         manifest.rows_inferred = manifest.rows_out - manifest.rows_reused - manifest.rows_failed
         manifest.finished = datetime.now(UTC).isoformat()
         manifest.seconds = round(time.perf_counter() - self.started, 3)
+        manifest.device_seconds = round(manifest.device_seconds, 3)
         files = [Path(job.target) for job in self.jobs]
         return self.destination.commit_partition(
             self.target, self.staged, manifest, self.owned, files
