@@ -1,4 +1,5 @@
-"""Local, safetensors-only model resolution and sentence-transformers pooling specs."""
+"""Safetensors-only model resolution (local folders, `minilm`, Hub names) and
+sentence-transformers pooling specs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bertetl.engine.hub import hub_snapshot, parse_hub_name, snapshot_commit
 from bertetl.errors import ModelError
+from bertetl.io.manifest import model_fingerprint
 
 MINILM_ALIAS = "minilm"
 #: A local copy of all-MiniLM-L6-v2 for the `minilm` alias where its package cannot be
@@ -34,13 +37,17 @@ def minilm_dir() -> Path:
 
 
 def resolve_model_dir(spec: str, allow_pickle: bool = False) -> Path:
-    """Turn `minilm` or a local directory into a checked model directory.
+    """Turn `minilm`, a local directory or a Hub name `ORG/NAME[@REVISION]` (its cached
+    snapshot, downloaded when missing: `engine.hub`) into a checked model directory.
 
-    Refuses anything that is not a local directory holding `config.json`, safetensors
-    weights (or, with `allow_pickle`, pickle `.bin` weights) and a fast tokenizer; never
-    downloads and never runs remote code.
+    Refuses anything that is not a directory holding `config.json`, safetensors weights (or,
+    with `allow_pickle`, pickle `.bin` weights) and a fast tokenizer; never runs remote code.
     """
-    path = minilm_dir() if spec == MINILM_ALIAS else Path(spec).expanduser()
+    hub = parse_hub_name(spec)
+    if hub is not None:
+        path = hub_snapshot(hub, allow_pickle)
+    else:
+        path = minilm_dir() if spec == MINILM_ALIAS else Path(spec).expanduser()
     if not path.exists():
         raise ModelError(f"model directory {path} does not exist (give a local model dir)")
     if not path.is_dir():
@@ -64,6 +71,24 @@ def resolve_model_dir(spec: str, allow_pickle: bool = False) -> Path:
     for weights in sorted(path.glob("*.safetensors")):
         check_safetensors(weights)
     return path
+
+
+def pinned_spec(spec: str, allow_pickle: bool = False) -> str:
+    """`spec` as every worker should load it: a Hub name pinned to the commit it resolves
+    to (`ORG/NAME@COMMIT`); any other spec as given."""
+    hub = parse_hub_name(spec)
+    return hub.pinned(snapshot_commit(hub_snapshot(hub, allow_pickle))) if hub else spec
+
+
+def model_identity(spec: str, allow_pickle: bool = False) -> str:
+    """What a run records of a model (manifests, the config hash): the fingerprint of its
+    files, and for a Hub name also `ORG/NAME@COMMIT` (`hub:ORG/NAME@COMMIT:FINGERPRINT`),
+    so a new upstream revision is a changed model; a local model's is its fingerprint."""
+    fingerprint = model_fingerprint(resolve_model_dir(spec, allow_pickle))
+    hub = parse_hub_name(spec)
+    if hub is None:
+        return fingerprint
+    return f"hub:{pinned_spec(spec, allow_pickle)}:{fingerprint}"
 
 
 def check_safetensors(path: Path) -> None:

@@ -19,8 +19,14 @@ from bertetl.config import ClassifierHead, EngineConfig, NerHead, ZeroShotHead
 from bertetl.engine.encoders import ClassifyStage, EmbedStage, EncoderStage, ModelRuntime
 from bertetl.engine.heads import check_sequence_classifier, head_prefix
 from bertetl.engine.heap import release_free_heap
+from bertetl.engine.hub import parse_hub_name
 from bertetl.engine.long_text import LongTextOptions
-from bertetl.engine.model_files import max_length_for, resolve_model_dir, tokenizer_key
+from bertetl.engine.model_files import (
+    max_length_for,
+    pinned_spec,
+    resolve_model_dir,
+    tokenizer_key,
+)
 from bertetl.engine.ner import NerOptions, NerStage, NerTokenizeStage, ner_stages
 from bertetl.engine.prefetch import prefetch
 from bertetl.engine.reuse import ReuseIndex, transform_with_reuse
@@ -81,6 +87,8 @@ class Pipeline:
         #: heads' (head names are unique across kinds).
         self.model_dirs: dict[str, Path] = {}
         self.head_dirs: dict[str, Path] = {}
+        #: Each Hub model's folder -> its name pinned to the commit it resolved to.
+        self.pinned: dict[Path, str] = {}
         self.runtime = ModelRuntime.from_config(config)
         self.embed: EmbedStage | None = None
         self._zero_shot_encoder: tuple[EmbedStage, str] | None = None
@@ -108,7 +116,15 @@ class Pipeline:
         self.tokenizer_pool: TokenizerPool | None = None
 
     def _resolve(self, spec: str) -> Path:
-        return resolve_model_dir(spec, self.config.allow_pickle)
+        path = resolve_model_dir(spec, self.config.allow_pickle)
+        if parse_hub_name(spec) is not None:  # workers load the commit resolved here
+            self.pinned[path] = pinned_spec(spec, self.config.allow_pickle)
+        return path
+
+    def _portable(self, path: Path) -> str:
+        """How a worker (another process or node) names the model at `path`: a Hub model
+        by `ORG/NAME@COMMIT`, a folder by its absolute path."""
+        return self.pinned.get(path) or str(path.resolve())
 
     def _encoder(
         self, stage_cls: type[EncoderT], model_dir: Path, prefix: str, **extra: Any
@@ -191,15 +207,15 @@ class Pipeline:
     def absolute_config(self) -> EngineConfig:
         """The config with every model directory absolute (for workers on other nodes, or
         in another working directory)."""
-        update: dict[str, Any] = {key: str(path.resolve()) for key, path in self.model_dirs.items()}
+        update: dict[str, Any] = {k: self._portable(path) for k, path in self.model_dirs.items()}
         if self.config.classify:
             update["classify"] = tuple(
-                head.model_copy(update={"model": str(self.head_dirs[head.name].resolve())})
+                head.model_copy(update={"model": self._portable(self.head_dirs[head.name])})
                 for head in self.config.classify
             )
         if self.config.ner:
             update["ner"] = tuple(
-                head.model_copy(update={"model": str(self.head_dirs[head.name].resolve())})
+                head.model_copy(update={"model": self._portable(self.head_dirs[head.name])})
                 for head in self.config.ner
             )
         return self.config.model_copy(update=update)

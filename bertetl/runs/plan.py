@@ -14,7 +14,7 @@ import polars as pl
 import pyarrow as pa
 
 from bertetl.config import EngineConfig
-from bertetl.engine.model_files import resolve_model_dir
+from bertetl.engine.model_files import model_identity
 from bertetl.io.destinations import Destination, as_destination
 from bertetl.io.manifest import (
     FileFingerprint,
@@ -23,7 +23,6 @@ from bertetl.io.manifest import (
     config_hash,
     fingerprint_source,
     inputs_fingerprint,
-    model_fingerprint,
     verified_outputs,
 )
 from bertetl.io.partitions import Partition, list_partitions
@@ -81,13 +80,10 @@ class Plan:
 
 
 def model_fingerprints(config: EngineConfig) -> dict[str, str]:
-    """Fingerprints of the configured models, by role (`embed`, `classify`)."""
+    """Fingerprints of the configured models, by role (`embed`, `classify`); a Hub model's
+    names the commit it resolved to (`engine.model_files.model_identity`)."""
     specs = config.model_specs()
-    return {
-        role: model_fingerprint(resolve_model_dir(spec, config.allow_pickle))
-        for role, spec in specs.items()
-        if spec
-    }
+    return {role: model_identity(spec, config.allow_pickle) for role, spec in specs.items() if spec}
 
 
 #: Damaged files named in a plan's reason; the flow's warning names them all.
