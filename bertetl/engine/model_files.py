@@ -6,11 +6,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bertetl.engine.hub import hub_snapshot, parse_hub_name, snapshot_commit
+from bertetl.engine.pooling import PoolingSpec, read_modules
 from bertetl.errors import ModelError
 from bertetl.io.manifest import model_fingerprint
 
@@ -19,7 +19,6 @@ MINILM_ALIAS = "minilm"
 #: installed (the offline GPU machine: `make gpu-bundle`); the package otherwise.
 MINILM_DIR_ENV = "BERTETL_MINILM_DIR"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
-SUPPORTED_POOLING = ("cls", "mean", "max", "mean_sqrt_len")
 
 
 def minilm_dir() -> Path:
@@ -121,51 +120,9 @@ def check_safetensors(path: Path) -> None:
         )
 
 
-@dataclass(frozen=True)
-class PoolingSpec:
-    """How token vectors become one sentence vector, as sentence-transformers configures it."""
-
-    mode: str = "mean"
-    normalize: bool = False
-    include_prompt: bool = True
-
-
 def read_pooling(model_dir: Path) -> PoolingSpec:
-    """Pooling from `modules.json`, `1_Pooling/config.json` and `Normalize`; else mean."""
-    modules_file = model_dir / "modules.json"
-    if not modules_file.is_file():
-        return PoolingSpec()
-    modules = _json(modules_file)
-    mode, normalize = "mean", False
-    for module in modules:
-        kind = module.get("type", "").rsplit(".", 1)[-1]
-        if kind == "Transformer":
-            continue
-        if kind == "Pooling":
-            cfg_file = model_dir / module.get("path", "") / "config.json"
-            cfg = _json(cfg_file)
-            if "pooling_mode" in cfg:
-                modes = [cfg["pooling_mode"]]
-            else:
-                modes = [
-                    key.removeprefix("pooling_mode_").removesuffix("_token").removesuffix("_tokens")
-                    for key, on in cfg.items()
-                    if key.startswith("pooling_mode_") and on
-                ]
-            if len(modes) != 1 or modes[0] not in SUPPORTED_POOLING:
-                raise ModelError(
-                    f"{cfg_file}: pooling {modes or 'none'} is not supported "
-                    f"(supported: exactly one of {', '.join(SUPPORTED_POOLING)})"
-                )
-            mode = modes[0]
-        elif kind == "Normalize":
-            normalize = True
-        else:
-            raise ModelError(
-                f"{modules_file}: module {module.get('type')} is not supported "
-                "(bertetl runs Transformer, Pooling and Normalize modules)"
-            )
-    return PoolingSpec(mode=mode, normalize=normalize)
+    """Pooling, Dense and Normalize from `modules.json` (`engine.pooling.read_modules`)."""
+    return read_modules(model_dir)
 
 
 def _json(path: Path) -> Any:
@@ -193,10 +150,13 @@ def max_length_for(model_dir: Path, requested: int | None = None) -> int:
     return min(length, limit)
 
 
-def tokenizer_key(model_dir: Path, max_length: int) -> str:
+def tokenizer_key(model_dir: Path, max_length: int, prompt: str = "") -> str:
     """Same key = same token ids: the parts of `tokenizer.json` that produce ids (vocab,
-    normalizer, pre-tokenizer, post-processor) and the max length; else the vocab files."""
+    normalizer, pre-tokenizer, post-processor), the max length and the prompt put before
+    each text (none: the key of earlier versions); else the vocab files."""
     digest = hashlib.sha1(str(max_length).encode())
+    if prompt:
+        digest.update(b"\0prompt\0" + prompt.encode())
     spec = _json(model_dir / "tokenizer.json")
     if spec:
         parts = {k: spec.get(k) for k in ("model", "normalizer", "pre_tokenizer", "post_processor")}

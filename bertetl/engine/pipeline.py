@@ -16,7 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bertetl.config import ClassifierHead, EngineConfig, NerHead, ZeroShotHead
-from bertetl.engine.encoders import ClassifyStage, EmbedStage, EncoderStage, ModelRuntime
+from bertetl.engine.embed import EmbedOptions, EmbedStage, resolve_prompt
+from bertetl.engine.encoders import ClassifyStage, EncoderStage, ModelRuntime
 from bertetl.engine.heads import check_sequence_classifier, head_prefix
 from bertetl.engine.heap import release_free_heap
 from bertetl.engine.hub import parse_hub_name
@@ -34,7 +35,7 @@ from bertetl.engine.stage import Stage
 from bertetl.engine.tokenize import TokenizerSnapshot, TokenizeStage, ValidateTextStage
 from bertetl.engine.tokenizer_pool import TokenizerPool
 from bertetl.engine.zero_shot import ZeroShotStage
-from bertetl.errors import InputError, is_transient
+from bertetl.errors import InputError, ModelError, is_transient
 from bertetl.io.output import OutputCounts, write_output
 from bertetl.io.read import SourceFile, check_text_column, read_schema, stream
 from bertetl.io.sink import SinkFactory
@@ -107,7 +108,14 @@ class Pipeline:
         if config.classify_model:
             check_sequence_classifier(self.model_dirs["classify_model"], "--classify-model")
         if config.embed_model:
-            self.embed = self._encoder(EmbedStage, self.model_dirs["embed_model"], config.prefix)
+            model_dir = self.model_dirs["embed_model"]
+            self.embed = self._encoder(
+                EmbedStage,
+                model_dir,
+                config.prefix,
+                prompt=self._prompt(model_dir, config.prompt, config.prompt_name),
+                options=EmbedOptions(config.embed_dim, config.embed_precision),
+            )
             self.models.append(self.embed)
         for each in config.heads():
             self.models.extend(getattr(self, self.HEAD_STAGES[each.kind])(each))
@@ -126,13 +134,30 @@ class Pipeline:
         by `ORG/NAME@COMMIT`, a folder by its absolute path."""
         return self.pinned.get(path) or str(path.resolve())
 
+    def _prompt(self, model_dir: Path, prompt: str | None, prompt_name: str | None) -> str:
+        """An embedding model's prompt (`engine.embed.resolve_prompt`), checked against the
+        long-text mode (a prompt would open only the first token window)."""
+        text = resolve_prompt(model_dir, prompt, prompt_name)
+        if text and self.config.long_text == "window":
+            raise ModelError(
+                f"{model_dir} puts the prompt {text!r} before each text (its "
+                "default_prompt_name): --long-text window is not supported with a prompt; "
+                "use --long-text truncate"
+            )
+        return text
+
     def _encoder(
-        self, stage_cls: type[EncoderT], model_dir: Path, prefix: str, **extra: Any
+        self,
+        stage_cls: type[EncoderT],
+        model_dir: Path,
+        prefix: str,
+        prompt: str = "",
+        **extra: Any,
     ) -> EncoderT:
-        """A model stage, fed by the tokenize stage of its tokenizer (models with the same
-        tokenizer share its tokens)."""
+        """A model stage, fed by the tokenize stage of its tokenizer and prompt (models with
+        the same tokenizer and prompt share its tokens)."""
         config = self.config
-        key = tokenizer_key(model_dir, max_length_for(model_dir, config.max_length))
+        key = tokenizer_key(model_dir, max_length_for(model_dir, config.max_length), prompt)
         if key not in self.tokenizers:
             self.tokenizers[key] = TokenizeStage(
                 model_dir,
@@ -141,6 +166,7 @@ class Pipeline:
                 key,
                 config.max_length,
                 LongTextOptions.from_config(config),
+                prompt=prompt,
             )
         return stage_cls(
             model_dir,
@@ -177,7 +203,8 @@ class Pipeline:
         else:
             if self._zero_shot_encoder is None:
                 assert model_dir is not None  # the config asks for one without --embed-model
-                stage = self._encoder(EmbedStage, model_dir, ZERO_SHOT_PREFIX)
+                prompt = self._prompt(model_dir, None, None)
+                stage = self._encoder(EmbedStage, model_dir, ZERO_SHOT_PREFIX, prompt=prompt)
                 stage.name = "zero_shot_embed"
                 self._zero_shot_encoder = (stage, stage.fields()[0].name)
                 stages.append(stage)
