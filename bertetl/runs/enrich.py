@@ -39,6 +39,8 @@ def enrich(
     """
     started = time.perf_counter()
     source, destination = parse_run(source, dest, storage_options, overwrite_foreign)
+    if storage_options and not config.model_storage_options:  # models on the same store
+        config = config.model_copy(update={"model_storage_options": dict(storage_options)})
     if source_capabilities(source).pinned or not destination.capabilities.files:
         from bertetl.runs.enrich_tables import enrich_with_tables
 

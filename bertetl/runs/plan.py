@@ -83,7 +83,12 @@ def model_fingerprints(config: EngineConfig) -> dict[str, str]:
     """Fingerprints of the configured models, by role (`embed`, `classify`); a Hub model's
     names the commit it resolved to (`engine.model_files.model_identity`)."""
     specs = config.model_specs()
-    return {role: model_identity(spec, config.allow_pickle) for role, spec in specs.items() if spec}
+    options = config.model_storage_options
+    return {
+        role: model_identity(spec, config.allow_pickle, options)
+        for role, spec in specs.items()
+        if spec
+    }
 
 
 #: Damaged files named in a plan's reason; the flow's warning names them all.
