@@ -133,3 +133,19 @@ def test_refusals_are_one_line(models: dict[str, Path], tmp_path: Path) -> None:
         bertetl_encode(models["prompts"], tmp_path / "a", prompt_name="nope")
     with pytest.raises(ModelError, match=r"default_prompt_name.*--long-text window"):
         bertetl_encode(models["prompts"], tmp_path / "b", long_text="window")
+
+
+@pytest.mark.parametrize("kind", ["qwen3", "modernbert", "dense", "no_prompt_pool"])
+def test_onnx_backend_runs_them_too(
+    models: dict[str, Path], tmp_path: Path, monkeypatch, kind: str
+) -> None:
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("BERTETL_CACHE", str(tmp_path / "cache"))
+    options = {"prompt_name": "passage"} if kind == "no_prompt_pool" else {}
+    ours = bertetl_encode(models[kind], tmp_path, backend="onnx", **options)
+    assert_same(ours, st_encode(models[kind], **options))
+
+
+def test_unpadded_refuses_what_it_cannot_pool(models: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match=r"--unpadded pools by mean.*without its prompt"):
+        bertetl_encode(models["no_prompt_pool"], tmp_path, unpadded=True)
