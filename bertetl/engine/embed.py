@@ -28,6 +28,8 @@ PRECISION_TYPES = {
     "binary": pa.int8(),
     "ubinary": pa.uint8(),
 }
+#: Precisions whose per-dimension ranges are calibrated on the first window of rows.
+CALIBRATED = ("int8", "uint8")
 #: sentence-transformers' prompts file in a model folder.
 PROMPTS_FILE = "config_sentence_transformers.json"
 
@@ -71,6 +73,17 @@ def resolve_prompt(model_dir: Path, prompt: str | None, prompt_name: str | None)
             f"{model_dir}: no prompt named {name!r} in {PROMPTS_FILE} (its prompts: {known})"
         )
     return prompts[name]
+
+
+def check_one_calibration(precision: str, model_processes: int | None) -> None:
+    """Refuse int8/uint8 where several model processes (None: a cluster's actors) would each
+    calibrate their own ranges, so rows of one run would be bucketed differently."""
+    if precision in CALIBRATED and (model_processes is None or model_processes > 1):
+        where = f"{model_processes} workers" if model_processes else "Ray actors"
+        raise ModelError(
+            f"--embed-precision {precision} calibrates its ranges in one model process; "
+            f"{where} would each calibrate their own: run it with one worker (--workers 1)"
+        )
 
 
 def quantization_ranges(embeddings: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 
 from bertetl.config import EngineConfig
+from bertetl.engine.embed import check_one_calibration
 from bertetl.engine.pipeline import Pipeline
 from bertetl.engine.reuse import ReuseIndex
 from bertetl.executor_registry import LocalOptions
@@ -103,6 +104,7 @@ class LocalExecutor:
         self.config = config
         self.pipeline = Pipeline(config)
         self.workers = resolve_workers(config)
+        check_one_calibration(config.embed_precision, self.workers)
         self.device = check_device(config)  # refused here, before DEST is locked
         self.tokenizers = resolve_tokenizers(config, self.workers, self.device)
         self.capabilities = Capabilities(reuses_rows=True, object_storage=True)

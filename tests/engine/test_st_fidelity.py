@@ -149,3 +149,13 @@ def test_onnx_backend_runs_them_too(
 def test_unpadded_refuses_what_it_cannot_pool(models: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(ModelError, match=r"--unpadded pools by mean.*without its prompt"):
         bertetl_encode(models["no_prompt_pool"], tmp_path, unpadded=True)
+
+
+def test_int8_is_calibrated_by_one_model_process(tiny_embed_dir: Path, tmp_path: Path) -> None:
+    from bertetl.executors.local import LocalExecutor
+
+    config = EngineConfig(
+        text_column="text", embed_model=str(tiny_embed_dir), embed_precision="int8", workers=2
+    )
+    with pytest.raises(ModelError, match="2 workers would each calibrate their own"):
+        LocalExecutor(config)
