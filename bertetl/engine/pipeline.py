@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -235,6 +236,19 @@ class Pipeline:
         self.ner_tokenizers.setdefault(tokenize.tokens_column, tokenize)
         stage.name = f"ner:{head.name}"
         return [stage]
+
+    def embedding_ranges(self) -> dict[str, list[list[float]]]:
+        """The int8/uint8 ranges the embedding stage calibrated (by column; empty before its
+        first window, or at other precisions), for the manifest."""
+        if self.embed is None or self.embed.ranges is None:
+            return {}
+        return {self.embed.fields()[0].name: self.embed.ranges.tolist()}
+
+    def use_embedding_ranges(self, ranges: Mapping[str, list[list[float]]]) -> None:
+        """Quantize with `ranges` (`embedding_ranges()` of an earlier run with this config)
+        instead of calibrating anew."""
+        if self.embed is not None and ranges.get(self.embed.fields()[0].name):
+            self.embed.ranges = np.array(ranges[self.embed.fields()[0].name], dtype=np.float32)
 
     def absolute_config(self) -> EngineConfig:
         """The config with every model directory absolute (for workers on other nodes, or

@@ -127,6 +127,12 @@ class Manifest(BaseModel):
     #: manifests written before they were kept, and for a column the run does not write.
     embedding_means: dict[str, EmbeddingMean] = Field(default_factory=dict)
     score_means: dict[str, ScoreMean] = Field(default_factory=dict)
+    #: `--embed-precision int8/uint8`: each embedding column's per-dimension [minimums,
+    #: maximums] the run calibrated, which later runs with the same config reuse. Left out
+    #: of the file when there are none (manifests of other runs are as they were).
+    embedding_ranges: dict[str, list[list[float]]] = Field(
+        default_factory=dict, exclude_if=lambda ranges: not ranges
+    )
     started: str = ""
     finished: str = ""
     seconds: float = 0.0

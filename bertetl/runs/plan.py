@@ -74,6 +74,8 @@ class Plan:
     models: dict[str, str]
     config_hash: str
     partitions: list[PartitionPlan] = field(default_factory=list)
+    #: int8/uint8 embedding ranges of earlier runs with this config (their manifests).
+    embedding_ranges: dict[str, list[list[float]]] = field(default_factory=dict)
 
     def by_action(self, action: str) -> list[PartitionPlan]:
         return [p for p in self.partitions if p.action == action]
@@ -177,6 +179,10 @@ def plan_partitions(
             folders[value], committed[value] = folder, manifest
             if value in by_value and destination.capabilities.files:  # where DEST holds it
                 by_value[value] = _at_dest_folder(by_value[value], destination, folder)
+    plan.embedding_ranges = next(
+        (m.embedding_ranges for m in committed.values() if m.config_hash == plan.config_hash),
+        {},
+    )
     damage = {
         value: tuple(destination.verify(folders[value], manifest))
         for value, manifest in committed.items()
