@@ -21,12 +21,21 @@ from collections.abc import Mapping
 from fnmatch import fnmatch
 from pathlib import Path
 
+from bertetl.config import EngineConfig
 from bertetl.engine.hub import ALLOW_PATTERNS, PICKLE_PATTERNS
 from bertetl.errors import ModelError
 from bertetl.io.manifest import model_fingerprint
 from bertetl.io.stores.locations import Location, is_uri, parse_location, storage_error
 
 _lock = threading.Lock()
+
+
+def with_storage_options(config: EngineConfig, options: Mapping[str, str] | None) -> EngineConfig:
+    """`config` with the run's storage options for its models on object stores too (unless
+    it names its own)."""
+    if not options or config.model_storage_options:
+        return config
+    return config.model_copy(update={"model_storage_options": dict(options)})
 
 
 def is_model_uri(spec: str) -> bool:
