@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from bertetl.config import EngineConfig
@@ -138,3 +139,31 @@ def test_local_paths_are_not_hub_names(tmp_path: Path, monkeypatch) -> None:
     assert hub.parse_hub_name("BAAI/bge-small-en-v1.5@v1.0") == hub.HubModel(
         "BAAI/bge-small-en-v1.5", "v1.0"
     )
+
+
+def test_hf_home_places_the_cache(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+    assert hub.hub_cache() == tmp_path / "home" / "hub"
+
+
+def test_the_cli_takes_hub_names_and_the_new_options(
+    fake_hub: FakeHub, write_table, tmp_path: Path
+) -> None:
+    import pyarrow.parquet as pq
+
+    from tests.cli.test_cli import enrich_cli
+
+    src = write_table({"text": ["hello world", "a movie that was good", "bad film"]})
+    run = enrich_cli(
+        src,
+        tmp_path / "out",
+        *("--embed-model", f"{REPO}@v1", "--embed-dim", "16", "--embed-precision", "ubinary"),
+        *("--prompt", "query: ", "--device", "cpu"),
+    )
+    assert run.returncode == 0, run.stderr
+    column = pq.read_table(tmp_path / "out").column("embedding")
+    assert column.type.value_type == pa.uint8() and column.type.list_size == 2  # 16 bits
+    run = enrich_cli(src, tmp_path / "again", "--embed-model", f"{REPO}@v9")
+    assert run.returncode != 0
+    assert run.stderr.strip().splitlines() == [f"error: Hub model {REPO} has no revision 'v9'"]
