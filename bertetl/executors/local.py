@@ -156,7 +156,7 @@ class LocalExecutor:
         self, jobs: list[Job], workers: int, on_rows: Callable[[int], None] | None
     ) -> list[FileResult]:
         context = multiprocessing.get_context("spawn")
-        config = self.pipeline.config
+        config = self.pipeline.absolute_config()  # Hub names pinned to the planned commit
         # the workers are started from, and waited for in, this thread: they die with it
         # (PR_SET_PDEATHSIG), so a killed run leaves no worker writing behind it
         pool = ProcessPoolExecutor(
