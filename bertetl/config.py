@@ -23,6 +23,7 @@ DType = Literal["auto", "float32", "bfloat16", "float16"]
 Quantize = Literal["none", "int8"]
 Backend = Literal["torch", "onnx"]
 LongText = Literal["truncate", "window"]
+EmbedPrecision = Literal["float32", "float16", "int8", "uint8", "binary", "ubinary"]
 
 
 #: A head's name prefixes its columns (`NAME_label`): a letter or `_`, then letters, digits, `_`.
@@ -177,10 +178,14 @@ class EngineConfig(BaseModel):
 
     text_column: Annotated[str, OUTPUT] = Field(description="Column holding the text to encode.")
     embed_model: Annotated[str | None, MODEL] = Field(
-        None, description="Embedding model: a local model dir or the alias 'minilm'."
+        None,
+        description="Embedding model: a local model dir, the alias 'minilm', or a Hugging Face "
+        "Hub name ORG/NAME[@REVISION] (docs/MODELS.md).",
     )
     classify_model: Annotated[str | None, MODEL] = Field(
-        None, description="Sequence-classification model: a local model dir."
+        None,
+        description="Sequence-classification model: a local model dir or a Hub name "
+        "ORG/NAME[@REVISION].",
     )
     classify: Annotated[tuple[ClassifierHead, ...], added_later((), hashed=_head_names)] = Field(
         (),
@@ -324,6 +329,28 @@ class EngineConfig(BaseModel):
     multi_label_threshold: Annotated[float, OUTPUT] = Field(
         0.5, ge=0.0, le=1.0, description="Probability above which a multi-label label is kept."
     )
+    prompt: Annotated[str | None, added_later(None)] = Field(
+        None,
+        description="Text put before each row for the embedding model, e.g. 'query: ' "
+        "(sentence-transformers' prompt; docs/MODELS.md lists each model family's).",
+    )
+    prompt_name: Annotated[str | None, added_later(None)] = Field(
+        None,
+        description="The embedding model's prompt of this name (its "
+        "config_sentence_transformers.json 'prompts'); default: its default_prompt_name.",
+    )
+    embed_dim: Annotated[int | None, added_later(None)] = Field(
+        None,
+        gt=0,
+        description="Keep the embedding's first N dimensions (Matryoshka models), "
+        "re-normalized when the model normalizes.",
+    )
+    embed_precision: Annotated[EmbedPrecision, added_later("float32")] = Field(
+        "float32",
+        description="Stored embedding values: float32, float16, int8/uint8 (per-dimension "
+        "ranges calibrated on the first window of rows), binary/ubinary (1 bit per dimension, "
+        "8 per byte), as sentence-transformers' quantize_embeddings.",
+    )
     allow_pickle: Annotated[bool, SPEED] = Field(
         False,
         description="Also load pickle (.bin) weights when a model has no safetensors. "
@@ -331,6 +358,13 @@ class EngineConfig(BaseModel):
     )
     executor: Annotated[ExecutorOptions, SPEED] = Field(
         default_factory=default_options, description=executor_help()
+    )
+    model_storage_options: Annotated[dict[str, str], SPEED] = Field(
+        default_factory=dict,
+        exclude=True,  # may hold credentials: never written out with the config
+        repr=False,
+        description="Storage options for models on object stores (s3://, gs://, abfs://): "
+        "a run's --storage-option fills them; else the store's standard credential chain.",
     )
 
     @model_validator(mode="before")
@@ -440,6 +474,7 @@ class EngineConfig(BaseModel):
                 "--token-stats counts the tokens of an embedding or classification model; "
                 "add --embed-model (or a classifier) beside --ner"
             )
+        self._check_embedding_options()
         if not self.ner and (self.ner_labels or self.redact or self.ner_aggregation != "simple"):
             raise ConfigError("--ner-aggregation, --ner-labels and --redact need --ner")
         if self.zero_shot_template is not None and "{}" not in self.zero_shot_template:
@@ -460,6 +495,28 @@ class EngineConfig(BaseModel):
                 )
             seen[head.name] = option
         return self
+
+    def _check_embedding_options(self) -> None:
+        """The prompt, dimension and precision options shape `--embed-model`'s column."""
+        given = [
+            "--" + name.replace("_", "-")
+            for name in ("prompt", "prompt_name", "embed_dim")
+            if getattr(self, name) is not None
+        ] + (["--embed-precision"] if self.embed_precision != "float32" else [])
+        if given and not self.embed_model:
+            raise ConfigError(f"{', '.join(given)} need(s) --embed-model")
+        if self.prompt is not None and self.prompt_name is not None:
+            raise ConfigError("give --prompt TEXT or --prompt-name NAME, not both")
+        if self.long_text == "window" and (self.prompt or self.prompt_name):
+            raise ConfigError(
+                "--prompt/--prompt-name with --long-text window is not supported (only the "
+                "first window would hold the prompt); use --long-text truncate"
+            )
+        if self.zero_shot and not self.zero_shot_model and self.embed_precision != "float32":
+            raise ConfigError(
+                f"--zero-shot scores the float embeddings; with --embed-precision "
+                f"{self.embed_precision} give it its own --zero-shot-model"
+            )
 
     def heads(self) -> tuple[ClassifierHead | ZeroShotHead | NerHead, ...]:
         """Every head in output order: `--classify-model` (unnamed), each `--classify`, each

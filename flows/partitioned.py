@@ -8,6 +8,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.states import State
 
+from bertetl.engine.remote_models import with_storage_options
 from bertetl.executors import Executor, make_executor
 from bertetl.flows.params import BackfillParams, IncrementalParams, PartitionedParams
 from bertetl.flows.progress import RunProgress
@@ -42,6 +43,8 @@ def run_partitioned(
     source, dest = parse_run(
         params.source, params.dest, params.storage_options, params.overwrite_foreign
     )
+    engine = with_storage_options(params.engine, params.storage_options)  # models on a store
+    params = params.model_copy(update={"engine": engine})
     partitions = check_partitioned_run(source, dest, params.partition_column, start, end)
     observing = observe_run(
         title.split()[0], source, dest, params.engine, params.observe, flow_run_parent()

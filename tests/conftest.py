@@ -258,6 +258,15 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _offline_hub(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No test reaches the real Hugging Face Hub: offline, with an empty cache of its own
+    (the Hub tests serve their own stand-in: tests/engine/hub_server.py)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path_factory.getbasetemp() / "hf-hub-cache"))
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+
+
+@pytest.fixture(autouse=True)
 def _xdist_group_holds(request: pytest.FixtureRequest) -> None:
     """Under `--dist loadgroup` a grouped test's id carries xdist's `@GROUP` tag (what keeps
     a group on one worker): fail where it is missing, as with pytest 9.2 and xdist 3.8, which

@@ -77,6 +77,10 @@ def _executor_options() -> list[EngineOption]:
 ENGINE_OPTIONS: list[EngineOption] = [
     _from_model(EngineConfig, "text_column"),
     _from_model(EngineConfig, "embed_model"),
+    _from_model(EngineConfig, "prompt"),
+    _from_model(EngineConfig, "prompt_name"),
+    _from_model(EngineConfig, "embed_dim"),
+    _from_model(EngineConfig, "embed_precision"),
     _from_model(EngineConfig, "classify_model"),
     _repeatable(EngineConfig, "classify"),
     _repeatable(EngineConfig, "zero_shot"),

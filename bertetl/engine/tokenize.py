@@ -152,8 +152,13 @@ class TokenizeStage:
         tokens_key: str,
         max_length: int | None = None,
         long_text: LongTextOptions | None = None,
+        prompt: str = "",
     ) -> None:
         self.model_dir = Path(model_dir)
+        #: Text put before each row's text (sentence-transformers' prompt), tokenized with it.
+        self.prompt = prompt
+        #: Content tokens the prompt alone has (not counted in a row's token stats).
+        self.prompt_tokens = 0
         self.text_column = text_column
         self.error_column = error_column
         self.tokens_column = TOKENS_PREFIX + tokens_key
@@ -192,6 +197,8 @@ class TokenizeStage:
         except ValueError as e:
             raise ModelError(f"{self.model_dir}: {e}") from e
         self._tokenizer = backend
+        if self.prompt:
+            self.prompt_tokens = len(backend.encode(self.prompt, add_special_tokens=False).ids)
 
     @property
     def loaded(self) -> bool:
@@ -217,6 +224,8 @@ class TokenizeStage:
         short ones through the Rust tokenizer's `encode_batch_fast` (no character offsets):
         the ids `tokenizer(texts)` gives, ~20% sooner on one core (BENCHMARKS.md, host path)."""
         limit = self._rule().limit
+        if self.prompt:  # as sentence-transformers' encode: the prompt and the text as one
+            texts = [self.prompt + text for text in texts]
         with_offsets = functools.partial(self._tokenizer.encode_batch, add_special_tokens=False)
         ids_only = functools.partial(ids_only_encoder(self._tokenizer), add_special_tokens=False)
         rows = []
@@ -226,6 +235,7 @@ class TokenizeStage:
             total = first.settled
             if not first.complete and self.long_text.token_stats:
                 total += self._count(text, first.encoding.offsets[first.settled][0])
+            total = max(total - self.prompt_tokens, 0)  # the text's own tokens
             rows.append(RowTokens(first.encoding.ids[:limit], total, first.truncated))
         return rows
 
@@ -297,6 +307,8 @@ class TokenizeStage:
                 errors = pc.if_else(pa.array(no_tokens), pa.scalar(NO_TOKENS), batch.column(error))
                 batch = batch.set_column(error, self.error_column, errors)
             special = {b"special_tokens": str(len(self.head) + len(self.tail)).encode()}
+            if self.prompt:  # the leading tokens that are the prompt's (its special ones too)
+                special[b"prompt_tokens"] = str(len(self.head) + self.prompt_tokens).encode()
             batch = batch.append_column(
                 pa.field(self.tokens_column, tokens.type, metadata=special), tokens
             )

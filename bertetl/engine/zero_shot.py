@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from bertetl.config import EngineConfig, ZeroShotHead
-from bertetl.engine.encoders import EmbedStage
+from bertetl.engine.embed import EmbedStage
 from bertetl.engine.heads import LabelColumns, head_prefix
 from bertetl.engine.long_text import LongTextOptions
 from bertetl.engine.tokenize import TokenizeStage

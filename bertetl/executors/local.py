@@ -10,6 +10,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 
 from bertetl.config import EngineConfig
+from bertetl.engine.embed import check_one_calibration
 from bertetl.engine.pipeline import Pipeline
 from bertetl.engine.reuse import ReuseIndex
 from bertetl.executor_registry import LocalOptions
@@ -103,6 +104,7 @@ class LocalExecutor:
         self.config = config
         self.pipeline = Pipeline(config)
         self.workers = resolve_workers(config)
+        check_one_calibration(config.embed_precision, self.workers)
         self.device = check_device(config)  # refused here, before DEST is locked
         self.tokenizers = resolve_tokenizers(config, self.workers, self.device)
         self.capabilities = Capabilities(reuses_rows=True, object_storage=True)
@@ -154,7 +156,7 @@ class LocalExecutor:
         self, jobs: list[Job], workers: int, on_rows: Callable[[int], None] | None
     ) -> list[FileResult]:
         context = multiprocessing.get_context("spawn")
-        config = self.pipeline.config
+        config = self.pipeline.absolute_config()  # Hub names pinned to the planned commit
         # the workers are started from, and waited for in, this thread: they die with it
         # (PR_SET_PDEATHSIG), so a killed run leaves no worker writing behind it
         pool = ProcessPoolExecutor(

@@ -25,7 +25,13 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 from bertetl.config import EngineConfig
 from bertetl.errors import CommitError, InputError
@@ -127,6 +133,10 @@ class Manifest(BaseModel):
     #: manifests written before they were kept, and for a column the run does not write.
     embedding_means: dict[str, EmbeddingMean] = Field(default_factory=dict)
     score_means: dict[str, ScoreMean] = Field(default_factory=dict)
+    #: `--embed-precision int8/uint8`: each embedding column's per-dimension [minimums,
+    #: maximums] the run calibrated, which later runs with the same config reuse. Left out
+    #: of the file when there are none (manifests of other runs are as they were).
+    embedding_ranges: dict[str, list[list[float]]] = Field(default_factory=dict)
     started: str = ""
     finished: str = ""
     seconds: float = 0.0
@@ -134,6 +144,14 @@ class Manifest(BaseModel):
     #: the seconds the models ran on the device (GPU or CPU). 0 in manifests written before.
     tokens: int = 0
     device_seconds: float = 0.0
+
+    @model_serializer(mode="wrap")
+    def _without_empty_ranges(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """`embedding_ranges` only where a run calibrated some."""
+        data: dict[str, Any] = handler(self)
+        if not data.get("embedding_ranges"):
+            data.pop("embedding_ranges", None)
+        return data
 
     @property
     def input_fingerprint(self) -> str:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import pyarrow as pa
 
 from bertetl.config import EngineConfig
+from bertetl.engine.remote_models import with_storage_options
 from bertetl.errors import ExecutorError, FilesFailedError, InputError
 from bertetl.executors import Executor, Job, make_executor
 from bertetl.io.destinations import as_destination, parse_run
@@ -39,6 +40,7 @@ def enrich(
     """
     started = time.perf_counter()
     source, destination = parse_run(source, dest, storage_options, overwrite_foreign)
+    config = with_storage_options(config, storage_options)  # for models on object stores
     if source_capabilities(source).pinned or not destination.capabilities.files:
         from bertetl.runs.enrich_tables import enrich_with_tables
 

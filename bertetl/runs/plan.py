@@ -14,7 +14,7 @@ import polars as pl
 import pyarrow as pa
 
 from bertetl.config import EngineConfig
-from bertetl.engine.model_files import resolve_model_dir
+from bertetl.engine.model_files import model_identity
 from bertetl.io.destinations import Destination, as_destination
 from bertetl.io.manifest import (
     FileFingerprint,
@@ -23,7 +23,6 @@ from bertetl.io.manifest import (
     config_hash,
     fingerprint_source,
     inputs_fingerprint,
-    model_fingerprint,
     verified_outputs,
 )
 from bertetl.io.partitions import Partition, list_partitions
@@ -75,16 +74,20 @@ class Plan:
     models: dict[str, str]
     config_hash: str
     partitions: list[PartitionPlan] = field(default_factory=list)
+    #: int8/uint8 embedding ranges of earlier runs with this config (their manifests).
+    embedding_ranges: dict[str, list[list[float]]] = field(default_factory=dict)
 
     def by_action(self, action: str) -> list[PartitionPlan]:
         return [p for p in self.partitions if p.action == action]
 
 
 def model_fingerprints(config: EngineConfig) -> dict[str, str]:
-    """Fingerprints of the configured models, by role (`embed`, `classify`)."""
+    """Fingerprints of the configured models, by role (`embed`, `classify`); a Hub model's
+    names the commit it resolved to (`engine.model_files.model_identity`)."""
     specs = config.model_specs()
+    options = config.model_storage_options
     return {
-        role: model_fingerprint(resolve_model_dir(spec, config.allow_pickle))
+        role: model_identity(spec, config.allow_pickle, options)
         for role, spec in specs.items()
         if spec
     }
@@ -176,6 +179,10 @@ def plan_partitions(
             folders[value], committed[value] = folder, manifest
             if value in by_value and destination.capabilities.files:  # where DEST holds it
                 by_value[value] = _at_dest_folder(by_value[value], destination, folder)
+    plan.embedding_ranges = next(
+        (m.embedding_ranges for m in committed.values() if m.config_hash == plan.config_hash),
+        {},
+    )
     damage = {
         value: tuple(destination.verify(folders[value], manifest))
         for value, manifest in committed.items()

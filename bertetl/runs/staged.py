@@ -199,9 +199,11 @@ def enrich_partition(
                 log.warning("%s: earlier outputs not reused: %s", work.partition.folder, e)
             if index is not None:
                 log.info("%s: %d earlier rows can be reused", work.partition.folder, len(index))
+        pipeline.use_embedding_ranges(plan.embedding_ranges)
         results = executor.run_jobs(
             work.jobs, reuse=index, on_rows=on_rows, stop_at_error=True, scratch=scratch
         )
+        work.manifest.embedding_ranges = plan.embedding_ranges = pipeline.embedding_ranges()
         return work.commit(results)
 
 

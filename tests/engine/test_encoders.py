@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from bertetl.config import EngineConfig
-from bertetl.engine.encoders import EmbedStage, pool, resolve_device, resolve_dtype
+from bertetl.engine.embed import EmbedStage
+from bertetl.engine.encoders import pool, resolve_device, resolve_dtype
 from bertetl.engine.model_files import PoolingSpec
 from bertetl.errors import ModelError
 from bertetl.runs.enrich import enrich

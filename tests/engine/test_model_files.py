@@ -71,9 +71,10 @@ def test_pooling_modes_are_read(tmp_path: Path, config: dict, mode: str) -> None
 
 
 def test_unsupported_module_is_named(tmp_path: Path) -> None:
-    modules = [{"path": "2_Dense", "type": "sentence_transformers.models.Dense"}]
+    # Dense modules are supported since issue 34 (tests/engine/test_st_fidelity.py); LSTM is not
+    modules = [{"path": "2_LSTM", "type": "sentence_transformers.models.LSTM"}]
     (tmp_path / "modules.json").write_text(json.dumps(modules))
-    with pytest.raises(ModelError, match="Dense is not supported"):
+    with pytest.raises(ModelError, match="LSTM is not supported"):
         read_pooling(tmp_path)
 
 

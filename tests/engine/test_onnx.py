@@ -18,7 +18,8 @@ import pytest
 
 from bertetl.config import EngineConfig
 from bertetl.engine import encoders, onnx_backend
-from bertetl.engine.encoders import EmbedStage, ModelRuntime, load_runtime_model
+from bertetl.engine.embed import EmbedStage
+from bertetl.engine.encoders import ModelRuntime, load_runtime_model
 from bertetl.errors import ModelError
 from bertetl.io.manifest import config_hash
 from bertetl.runs.enrich import enrich

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from bertetl.config import EngineConfig
-from bertetl.engine.encoders import EmbedStage
+from bertetl.engine.embed import EmbedStage
 from bertetl.errors import PartitionsFailedError
 from bertetl.flows.params import BackfillParams, IncrementalParams, RunOptions
 from bertetl.flows.partitioned import backfill_flow, incremental_flow

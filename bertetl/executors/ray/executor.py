@@ -29,6 +29,7 @@ import ray
 import ray.data
 
 from bertetl.config import EngineConfig
+from bertetl.engine.embed import check_one_calibration
 from bertetl.engine.pipeline import Pipeline
 from bertetl.errors import CommitError, ExecutorError
 from bertetl.executor_registry import RayOptions
@@ -119,6 +120,7 @@ class RayExecutor:
     """
 
     def __init__(self, config: EngineConfig) -> None:
+        check_one_calibration(config.embed_precision, None)
         self.pipeline = Pipeline(config)
         self.config = config
         self.capabilities = Capabilities(
