@@ -115,6 +115,9 @@ class KeyedRecord(BaseModel):
     counts: dict[str, int] = Field(default_factory=dict)
     #: Seconds the model took, and the rows it saw: the dry run's rate.
     model_seconds: float = 0.0
+    #: int8/uint8 embeddings: the ranges calibrated on the first run's first window, used by
+    #: every later run with the same config (so all rows are quantized alike).
+    embedding_ranges: dict[str, list[list[float]]] = Field(default_factory=dict)
     finished: str = ""
 
     def same_outputs(self, key: list[str], output_columns: str, config_hash: str) -> bool:

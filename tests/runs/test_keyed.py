@@ -227,3 +227,23 @@ def test_a_table_source_changed_in_place_is_followed_by_key(
     assert (report.counts["rows_inferred"], report.counts["rows_deleted"]) == (1, 1)
     run_keyed(f"delta://{table}", tmp_path / "fresh", config, KEY)
     assert_same_by_key(read_dest(str(tmp_path / "dest")), read_dest(str(tmp_path / "fresh")))
+
+
+def test_int8_embeddings_of_a_rerun_use_the_first_runs_ranges(
+    tmp_path: Path, config: EngineConfig
+) -> None:
+    """Rows inferred by a later keyed run are quantized with the ranges the first run
+    calibrated, so DEST's int8 embeddings all share one scale: equal to a fresh run's where
+    the fresh run is given those ranges too (here: the same first window)."""
+    import json
+
+    int8 = config.model_copy(update={"embed_precision": "int8"})
+    src = write_source(tmp_path / "src")
+    run_keyed(src, tmp_path / "dest", int8, KEY)
+    first = json.loads((tmp_path / "dest" / "_bertetl_keyed.json").read_text())
+    assert first["embedding_ranges"]
+    change_source(src)
+    report = run_keyed(src, tmp_path / "dest", int8, KEY)
+    assert report.counts["rows_inferred"] == 4
+    again = json.loads((tmp_path / "dest" / "_bertetl_keyed.json").read_text())
+    assert again["embedding_ranges"] == first["embedding_ranges"]

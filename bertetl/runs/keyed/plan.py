@@ -110,6 +110,8 @@ class KeyedPlan:
     #: `--keep-deleted`, rewritten without the keys SOURCE now has elsewhere).
     orphans: list[Any] = field(default_factory=list)
     orphan_rewrites: list[Any] = field(default_factory=list)
+    #: int8/uint8 embeddings: the ranges quantized with (the last keyed run's, with reuse).
+    embedding_ranges: dict[str, list[list[float]]] = field(default_factory=dict)
 
     def total(self, name: str) -> int:
         return sum(getattr(f, name) for f in self.files)
@@ -493,6 +495,8 @@ def plan_keyed(
         gone.head(0) if options.keep_deleted else gone,
         source_keys,
     )
+    if state.reuse and state.previous is not None:
+        plan.embedding_ranges = dict(state.previous.embedding_ranges)
     if files_dest:
         _orphans(plan, dest, state)
     return plan

@@ -49,9 +49,12 @@ def infer(plan: KeyedPlan, executor: Executor, scratch: Path, report: EnrichRepo
     target = scratch / "inferred.parquet"
     executor.setup()
     try:
+        if plan.embedding_ranges:  # int8/uint8: the ranges DEST's rows were quantized with
+            executor.pipeline.use_embedding_ranges(plan.embedding_ranges)
         schema = executor.pipeline.check_file(file)
         results = executor.run_jobs([Job(file, target, schema)], scratch=scratch)
         executor.collect(report)
+        plan.embedding_ranges = executor.pipeline.embedding_ranges() or plan.embedding_ranges
     finally:
         executor.teardown()
     (result,) = results
@@ -272,5 +275,6 @@ def make_record(plan: KeyedPlan, counts: dict[str, int], model_seconds: float) -
         outputs={item.fingerprint.relative: item.output for item in plan.files},
         counts=counts,
         model_seconds=round(model_seconds, 3),
+        embedding_ranges=plan.embedding_ranges,
         finished=datetime.now(UTC).isoformat(),
     )
