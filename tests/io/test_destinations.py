@@ -120,6 +120,15 @@ def _damage_file(dest: Destination, value: str) -> None:
 def _damage_table(dest: Destination, value: str) -> None:
     """Append a copy of a row to the table with the format's own package (another writer)."""
     ref = dest.place
+    if ref.format == "lance":
+        import lance
+
+        from bertetl.io.tables.lance import lance_storage_options
+
+        options = lance_storage_options(ref) or None
+        row = lance.dataset(ref.address, storage_options=options).to_table(limit=1)
+        lance.write_dataset(row, ref.address, mode="append", storage_options=options)
+        return
     if ref.format == "delta":
         from deltalake import DeltaTable, write_deltalake
 
@@ -136,7 +145,9 @@ def _damage_table(dest: Destination, value: str) -> None:
     table.append(table.scan(limit=1).to_arrow())
 
 
-@pytest.fixture(params=["folder", "s3", "gs", "abfs", "delta", "delta-s3", "iceberg"])
+@pytest.fixture(
+    params=["folder", "s3", "gs", "abfs", "delta", "delta-s3", "iceberg", "lance", "lance-s3"]
+)
 def case(request: pytest.FixtureRequest, tmp_path: Path) -> Case:
     kind = request.param
     if kind == "folder":
@@ -148,6 +159,12 @@ def case(request: pytest.FixtureRequest, tmp_path: Path) -> Case:
         return Case(parse_destination(store.uri("dest"), store.options), _damage_file)
     if kind == "delta":
         return Case(parse_destination(f"delta://{tmp_path / 'table'}"), _damage_table)
+    if kind == "lance":
+        return Case(parse_destination(f"lance://{tmp_path / 'dataset'}"), _damage_table)
+    if kind == "lance-s3":
+        bucket = request.getfixturevalue("bucket")
+        options = request.getfixturevalue("storage")
+        return Case(parse_destination(f"lance://s3://{bucket}/dataset", options), _damage_table)
     if kind == "delta-s3":
         bucket = request.getfixturevalue("bucket")
         options = request.getfixturevalue("storage")

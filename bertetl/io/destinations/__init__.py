@@ -16,6 +16,7 @@ from typing import Any
 from bertetl.io.destinations.base import Capabilities, Destination
 from bertetl.io.destinations.delta import DeltaTable
 from bertetl.io.destinations.iceberg import IcebergTable
+from bertetl.io.destinations.lance import LanceDataset
 from bertetl.io.destinations.local import LocalFolder
 from bertetl.io.destinations.objectstore import ObjectStorePrefix
 from bertetl.io.destinations.overlap import overlaps
@@ -27,6 +28,7 @@ DESTINATIONS: dict[str, Any] = {
     "object-store": ObjectStorePrefix,
     "delta": DeltaTable,
     "iceberg": IcebergTable,
+    "lance": LanceDataset,
 }
 
 
@@ -77,6 +79,7 @@ __all__ = [
     "DeltaTable",
     "Destination",
     "IcebergTable",
+    "LanceDataset",
     "LocalFolder",
     "ObjectStorePrefix",
     "as_destination",

@@ -11,6 +11,7 @@ above `bertetl.io` never asks "is this remote, is this a table": it asks the des
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
@@ -42,8 +43,53 @@ class Capabilities:
     object_storage: bool
     #: Its staging is reachable from every node of a cluster (workers could write into it).
     every_node: bool
-    #: It can merge rows by key (upsert and delete) in one commit.
+    #: It can merge rows by key (upsert and delete) in one commit: it has `merge_keyed`,
+    #: `keyed_rows` and `last_record` (`KeyedDestination`).
     merge_by_key: bool = False
+    #: A whole run must be merged by key (`--key`): it cannot replace every row in one commit.
+    requires_key: bool = False
+    #: The vector indexes it builds (`--index`); empty: none.
+    indexes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """A vector index a destination builds on `column` after each commit (`--index`), and keeps
+    up to date: `kind` one of its `capabilities.indexes`; `metric` the distance (cosine for
+    normalized embeddings); `params` the kind's own (`num_partitions`, `num_sub_vectors`, `m`,
+    `ef_construction`), as given."""
+
+    kind: str
+    column: str = "embedding"
+    metric: str = "cosine"
+    params: tuple[tuple[str, int], ...] = ()
+
+
+@runtime_checkable
+class KeyedDestination(Protocol):
+    """What a destination with `capabilities.merge_by_key` adds: one commit that upserts and
+    deletes rows by key, the committed rows' keys, and the record of the last commit."""
+
+    def merge_keyed(
+        self,
+        upserts: list[Path],
+        deletes: pa.Table | None,
+        key: list[str],
+        record: str,
+        partition: Partition | None = None,
+    ) -> bool:
+        """In ONE commit: the rows of the staged Parquet files `upserts` replace (by `key`) or
+        add rows; rows whose key is in `deletes` (a table of just the key columns) are removed;
+        the commit carries `record` (bertetl's manifest, a JSON string). `partition`: the
+        commit touches only that partition's rows (None: the whole table). Returns False and
+        commits nothing when upserts are empty and deletes empty/None."""
+
+    def keyed_rows(self, key: list[str], columns: list[str]) -> Iterator[pa.RecordBatch]:
+        """The committed rows' key columns plus `columns` (those that exist), streamed in
+        batches; nothing when the destination is empty or does not exist yet."""
+
+    def last_record(self) -> str | None:
+        """The `record` of the last bertetl commit, or None."""
 
 
 @runtime_checkable
@@ -56,6 +102,9 @@ class Destination(Protocol):
     #: The user knowingly lets a run replace what bertetl did not write where a kind allows
     #: it (`--overwrite-foreign`: a table with no bertetl commit).
     overwrite_foreign: bool
+    #: The vector index to build after each commit (`--index`; a kind of
+    #: `capabilities.indexes`), or None.
+    index: IndexSpec | None
 
     @property
     def kind(self) -> str:
@@ -171,6 +220,8 @@ class PlacedDestination:
     def __init__(self, place: Any) -> None:
         self.place = place
         self.overwrite_foreign = False
+        #: The vector index to build and keep up to date (`--index`); None: none.
+        self.index: IndexSpec | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.uri!r})"
