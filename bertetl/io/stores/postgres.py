@@ -1,0 +1,212 @@
+"""PostgreSQL with pgvector as DEST: `postgresql://USER@HOST:PORT/DB?table=[SCHEMA.]TABLE`.
+
+`parse_postgres` turns the URI into a `PostgresRef`: the connection string without `table`
+(credentials from it, or from libpq's environment, `PGPASSWORD`, and `.pgpass`, as libpq finds
+them) and the table. A password is never shown: `uri` masks it, and `masked` masks it in any
+message (every error a connection or statement raises goes through it). `psycopg` 3 and
+`pgvector` come with the `postgres` extra.
+
+Rows go in by COPY (binary) from Arrow batches; a vector column (a fixed-size list of floats)
+becomes `vector(N)`, of float16 `halfvec(N)`. See docs/VECTOR_STORES.md.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import numpy as np
+import pyarrow as pa
+
+from bertetl.io.stores.locations import StorageError
+
+#: URI schemes that name a PostgreSQL table.
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+#: bertetl's manifests, one row per commit, in the table's schema.
+RUNS_TABLE = "bertetl_runs"
+_MASK = "***"
+
+
+@dataclass(frozen=True)
+class PostgresRef:
+    """A PostgreSQL table as DEST: `conninfo` (libpq's URI, without `table`; it may hold a
+    password: never show it), `schema` and `table`; `uri` is DEST as shown (password masked)."""
+
+    conninfo: str
+    schema: str
+    table: str
+    uri: str
+
+    def __str__(self) -> str:
+        return self.uri
+
+    @property
+    def qualified(self) -> str:
+        """`"schema"."table"`, quoted for SQL."""
+        return f"{quote(self.schema)}.{quote(self.table)}"
+
+    @property
+    def runs(self) -> str:
+        return f"{quote(self.schema)}.{quote(RUNS_TABLE)}"
+
+    def masked(self, text: object) -> str:
+        """`text` with this DEST's password masked."""
+        return mask_password(str(text), self.conninfo)
+
+
+def is_postgres_uri(text: object) -> bool:
+    return isinstance(text, str) and text.split("://", 1)[0].lower() in POSTGRES_SCHEMES
+
+
+def quote(name: str) -> str:
+    """An SQL identifier, quoted."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def mask_password(text: str, conninfo: str) -> str:
+    """`text` with the password of `conninfo` (in its user-info or `password=`) masked."""
+    parts = urlsplit(conninfo)
+    secrets = [parts.password] if parts.password else []
+    secrets += [v for k, v in parse_qsl(parts.query) if k == "password" and v]
+    for secret in secrets:
+        text = text.replace(secret, _MASK)
+    return re.sub(r"(password=)[^&\s]+", r"\1" + _MASK, text)
+
+
+def parse_postgres(text: str) -> PostgresRef:
+    """`postgresql://USER@HOST:PORT/DB?table=[SCHEMA.]TABLE` as a `PostgresRef` (a
+    `StorageError` naming the form when `table` is missing)."""
+    parts = urlsplit(text)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    tables = [v for k, v in query if k == "table"]
+    conninfo = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query if k != "table"])))
+    shown = mask_password(text, text)
+    if len(tables) != 1 or not tables[0].strip():
+        raise StorageError(
+            f"{shown}: expected postgresql://USER@HOST:PORT/DB?table=[SCHEMA.]TABLE"
+        )
+    schema, _, table = tables[0].strip().rpartition(".")
+    return PostgresRef(conninfo, schema or "public", table, shown)
+
+
+def connect(ref: PostgresRef, autocommit: bool = False) -> Any:
+    """A connection to `ref`'s database (a one-line `StorageError`, password masked, when
+    there is none); pgvector's types registered when the extension is there."""
+    try:
+        import psycopg
+    except ImportError as e:
+        raise StorageError(f"{ref.uri} needs psycopg: pip install 'bertetl[postgres]' ({e})") from e
+    try:
+        connection = psycopg.connect(ref.conninfo, autocommit=autocommit)
+    except psycopg.Error as e:
+        raise StorageError(f"cannot connect to {ref.uri}: {ref.masked(first_line(e))}") from e
+    register_vector(connection)
+    return connection
+
+
+def register_vector(connection: Any) -> bool:
+    """pgvector's types on `connection`; False when the extension is not installed yet."""
+    from pgvector.psycopg import register_vector as register
+
+    try:
+        register(connection)
+    except Exception as e:  # psycopg.ProgrammingError: "vector type not found in the database"
+        if "not found" not in str(e):
+            raise
+        return False
+    return True
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+# -- Arrow <-> PostgreSQL -------------------------------------------------------------------
+
+_SCALARS = {
+    pa.string(): "text",
+    pa.large_string(): "text",
+    pa.int8(): "smallint",
+    pa.int16(): "smallint",
+    pa.int32(): "integer",
+    pa.int64(): "bigint",
+    pa.float16(): "real",
+    pa.float32(): "real",
+    pa.float64(): "double precision",
+    pa.bool_(): "boolean",
+    pa.date32(): "date",
+}
+
+
+def sql_type(data_type: pa.DataType) -> str:
+    """The column type a field gets: `vector(N)` for a fixed-size list of float32/64,
+    `halfvec(N)` of float16; lists become arrays; what has no type here is `text`."""
+    if pa.types.is_fixed_size_list(data_type) and pa.types.is_floating(data_type.value_type):
+        kind = "halfvec" if pa.types.is_float16(data_type.value_type) else "vector"
+        return f"{kind}({data_type.list_size})"
+    if pa.types.is_list(data_type) or pa.types.is_large_list(data_type):
+        return sql_type(data_type.value_type) + "[]"
+    if pa.types.is_timestamp(data_type):
+        return "timestamptz" if data_type.tz else "timestamp"
+    return _SCALARS.get(data_type, "text")
+
+
+def column_values(column: pa.Array) -> list[Any]:
+    """A column's values for COPY: vectors as NumPy arrays (pgvector's dumpers), the rest as
+    Python values (`text` columns of types with no SQL type here as their string)."""
+    data_type = column.type
+    if pa.types.is_fixed_size_list(data_type) and pa.types.is_floating(data_type.value_type):
+        from pgvector import HalfVector
+
+        flat = column.flatten().to_numpy(zero_copy_only=False)
+        matrix = flat.reshape(-1, data_type.list_size)
+        if column.null_count:
+            valid = column.is_valid().to_numpy(zero_copy_only=False)
+        else:
+            valid = np.ones(len(column), bool)
+        if pa.types.is_float16(data_type.value_type):
+            return [HalfVector(v) if ok else None for v, ok in zip(matrix, valid, strict=False)]
+        return [v.astype(np.float32) if ok else None for v, ok in zip(matrix, valid, strict=False)]
+    values = column.to_pylist()
+    if sql_type(data_type) == "text" and not pa.types.is_string(data_type):
+        if not pa.types.is_large_string(data_type):
+            return [None if v is None else str(v) for v in values]
+    return values
+
+
+def copy_rows(cursor: Any, target: str, schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> int:
+    """COPY (binary) the batches' rows into `target` (a quoted table name); returns the rows."""
+    names = ", ".join(quote(f.name) for f in schema)
+    types = [sql_type(f.type).split("(")[0] for f in schema]
+    rows = 0
+    with cursor.copy(f"COPY {target} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(types)
+        for batch in batches:
+            columns = [column_values(batch.column(f.name)) for f in schema]
+            for row in zip(*columns, strict=True):
+                copy.write_row(row)
+            rows += batch.num_rows
+    return rows
+
+
+def to_arrow(names: list[str], rows: list[tuple[Any, ...]]) -> pa.RecordBatch:
+    """Fetched rows as a record batch: vectors (NumPy arrays, pgvector's loaders) as
+    fixed-size lists of float32."""
+    arrays = []
+    for index, _name in enumerate(names):
+        values = [row[index] for row in rows]
+        sample = next((v for v in values if v is not None), None)
+        if sample is not None and hasattr(sample, "to_numpy"):  # HalfVector
+            values = [None if v is None else v.to_numpy() for v in values]
+            sample = values[0]
+        if isinstance(sample, np.ndarray):
+            size = len(sample)
+            flat = np.concatenate([np.asarray(v, np.float32) for v in values]) if values else []
+            arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), size))
+        else:
+            arrays.append(pa.array(values))
+    return pa.RecordBatch.from_arrays(arrays, names=names)
