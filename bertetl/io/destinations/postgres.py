@@ -396,7 +396,7 @@ class PostgresTable(PlacedDestination):
                 "install it: a superuser or the database owner must run CREATE EXTENSION vector "
                 f"({self.place.masked(first_line(e))})"
             ) from e
-        register_vector(cursor.connection)
+        register_vector(cursor.connection)  # cursors made from now on know its types
 
     def _ensure_index(self, cursor: Any, schema: pa.Schema) -> None:
         """`--index hnsw` (cosine) on the index's column, created when missing; PostgreSQL

@@ -179,11 +179,12 @@ def column_values(column: pa.Array) -> list[Any]:
 
 
 def copy_rows(cursor: Any, target: str, schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> int:
-    """COPY (binary) the batches' rows into `target` (a quoted table name); returns the rows."""
+    """COPY (binary) the batches' rows into `target` (a quoted table name), in `cursor`'s
+    transaction (through a new cursor: it knows the types registered since); returns the rows."""
     names = ", ".join(quote(f.name) for f in schema)
     types = [sql_type(f.type).split("(")[0] for f in schema]
     rows = 0
-    with cursor.copy(f"COPY {target} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
+    with cursor.connection.cursor() as fresh, fresh.copy(f"COPY {target} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
         copy.set_types(types)
         for batch in batches:
             columns = [column_values(batch.column(f.name)) for f in schema]
