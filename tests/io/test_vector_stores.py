@@ -80,7 +80,9 @@ def keyed(request: pytest.FixtureRequest, tmp_path: Path) -> Destination:
     return parse_destination(request.getfixturevalue("postgres_dest"))
 
 
-def test_a_keyed_merge_upserts_and_deletes_in_one_commit(keyed: Destination, tmp_path: Path) -> None:
+def test_a_keyed_merge_upserts_and_deletes_in_one_commit(
+    keyed: Destination, tmp_path: Path
+) -> None:
     assert keyed.capabilities.merge_by_key and isinstance(keyed, KeyedDestination)
     assert list(keyed.keyed_rows(["id"], ["text"])) == [] and keyed.last_record() is None
     assert not keyed.merge_keyed([], None, ["id"], "{}")  # nothing to do: no commit
@@ -228,5 +230,5 @@ def test_postgresql_needs_a_key_and_never_shows_its_password(postgres_dest: str)
 
 
 def test_a_postgres_uri_without_a_table_is_refused() -> None:
-    with pytest.raises(StorageError, match=r"\?table=\[SCHEMA\.\]TABLE"):
+    with pytest.raises(InputError, match=r"\?table=\[SCHEMA\.\]TABLE"):
         parse_destination("postgresql://me:pw@db:5432/x")

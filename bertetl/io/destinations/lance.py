@@ -88,9 +88,7 @@ class LanceDataset(TableDestination):
         on = [*key, partition.column] if partition is not None else list(key)
         if deleted is not None and partition is not None:
             deleted = f"({deleted}) AND {partition_filter(partition.column, partition.value)}"
-        builder = (
-            dataset.merge_insert(on).when_matched_update_all().when_not_matched_insert_all()
-        )
+        builder = dataset.merge_insert(on).when_matched_update_all().when_not_matched_insert_all()
         if deleted is not None:
             builder = builder.when_not_matched_by_source_delete(deleted)
         source = upserted.cast(_merge_schema(upserted.schema, dataset.schema))
@@ -155,6 +153,4 @@ def _staged_rows(files: list[Path], partition: Partition | None) -> pa.Table:
 
 def _merge_schema(source: pa.Schema, target: pa.Schema) -> pa.Schema:
     """The staged rows' schema with each column's type as the dataset has it."""
-    return pa.schema(
-        [target.field(f.name) if f.name in target.names else f for f in source]
-    )
+    return pa.schema([target.field(f.name) if f.name in target.names else f for f in source])

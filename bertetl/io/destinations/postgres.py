@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from bertetl.errors import CommitError, InputError
 from bertetl.io.destinations.base import Capabilities, Destination, PlacedDestination
@@ -264,9 +263,7 @@ class PostgresTable(PlacedDestination):
             present = self._columns(connection.cursor())
             names = [*key, *(c for c in columns if c in present and c not in key)]
             with connection.cursor(name="bertetl_keyed_rows") as cursor:
-                cursor.execute(
-                    f"SELECT {', '.join(map(quote, names))} FROM {self.place.qualified}"
-                )
+                cursor.execute(f"SELECT {', '.join(map(quote, names))} FROM {self.place.qualified}")
                 while fetched := cursor.fetchmany(FETCH_ROWS):
                     yield to_arrow(names, fetched)
 
@@ -295,7 +292,9 @@ class PostgresTable(PlacedDestination):
                 self._partition_args(partition),
             ).fetchone()[0]
         if counted != manifest.rows_out:
-            return [OutputDamage("", f"holds {counted:,} rows, the manifest says {manifest.rows_out:,}")]
+            return [
+                OutputDamage("", f"holds {counted:,} rows, the manifest says {manifest.rows_out:,}")
+            ]
         return []
 
     def earlier_outputs(
@@ -438,7 +437,10 @@ class PostgresTable(PlacedDestination):
         """(id, record) of bertetl's commits to the table, newest first (with `column`: of
         its partitions)."""
         with connect(self.place) as connection:
-            if connection.execute("SELECT to_regclass(%s)", (self.place.runs,)).fetchone()[0] is None:
+            if (
+                connection.execute("SELECT to_regclass(%s)", (self.place.runs,)).fetchone()[0]
+                is None
+            ):
                 return []
             where = " AND partition_column = %s" if column else ""
             args: tuple[Any, ...] = (self.place.table, column) if column else (self.place.table,)

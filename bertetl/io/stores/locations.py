@@ -384,8 +384,8 @@ def resolve(
     """A URI as a `Location` opened with `options`; a local path as given (so local code
     stays as it was). Options are checked for the URIs among a run's paths
     (`check_options_used`). A table URI (`delta://`, `iceberg://`) is a `TableRef`; a
-    PostgreSQL URI a `bertetl.io.stores.postgres.PostgresRef`."""
-    from bertetl.io.stores.postgres import PostgresRef, is_postgres_uri, parse_postgres
+    PostgreSQL URI a `bertetl.io.stores.pgref.PostgresRef`."""
+    from bertetl.io.stores.pgref import PostgresRef, is_postgres_uri, parse_postgres
 
     if isinstance(text, TableRef | PostgresRef):
         return text
@@ -418,7 +418,7 @@ def resolve_run(
 def _takes_options(text: object) -> bool:
     """Whether storage options apply to `text`: an object-store URI, a Delta table on one, an
     Iceberg table (its catalog's properties)."""
-    from bertetl.io.stores.postgres import PostgresRef, is_postgres_uri
+    from bertetl.io.stores.pgref import PostgresRef, is_postgres_uri
 
     if isinstance(text, TableRef):
         return not text.local

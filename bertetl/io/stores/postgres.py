@@ -12,84 +12,36 @@ becomes `vector(N)`, of float16 `halfvec(N)`. See docs/VECTOR_STORES.md.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 import pyarrow as pa
 
 from bertetl.io.stores.locations import StorageError
+from bertetl.io.stores.pgref import (
+    POSTGRES_SCHEMES,
+    RUNS_TABLE,
+    PostgresRef,
+    is_postgres_uri,
+    mask_password,
+    parse_postgres,
+    quote,
+)
 
-#: URI schemes that name a PostgreSQL table.
-POSTGRES_SCHEMES = ("postgresql", "postgres")
-#: bertetl's manifests, one row per commit, in the table's schema.
-RUNS_TABLE = "bertetl_runs"
-_MASK = "***"
-
-
-@dataclass(frozen=True)
-class PostgresRef:
-    """A PostgreSQL table as DEST: `conninfo` (libpq's URI, without `table`; it may hold a
-    password: never show it), `schema` and `table`; `uri` is DEST as shown (password masked)."""
-
-    conninfo: str
-    schema: str
-    table: str
-    uri: str
-
-    def __str__(self) -> str:
-        return self.uri
-
-    @property
-    def qualified(self) -> str:
-        """`"schema"."table"`, quoted for SQL."""
-        return f"{quote(self.schema)}.{quote(self.table)}"
-
-    @property
-    def runs(self) -> str:
-        return f"{quote(self.schema)}.{quote(RUNS_TABLE)}"
-
-    def masked(self, text: object) -> str:
-        """`text` with this DEST's password masked."""
-        return mask_password(str(text), self.conninfo)
-
-
-def is_postgres_uri(text: object) -> bool:
-    return isinstance(text, str) and text.split("://", 1)[0].lower() in POSTGRES_SCHEMES
-
-
-def quote(name: str) -> str:
-    """An SQL identifier, quoted."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def mask_password(text: str, conninfo: str) -> str:
-    """`text` with the password of `conninfo` (in its user-info or `password=`) masked."""
-    parts = urlsplit(conninfo)
-    secrets = [parts.password] if parts.password else []
-    secrets += [v for k, v in parse_qsl(parts.query) if k == "password" and v]
-    for secret in secrets:
-        text = text.replace(secret, _MASK)
-    return re.sub(r"(password=)[^&\s]+", r"\1" + _MASK, text)
-
-
-def parse_postgres(text: str) -> PostgresRef:
-    """`postgresql://USER@HOST:PORT/DB?table=[SCHEMA.]TABLE` as a `PostgresRef` (a
-    `StorageError` naming the form when `table` is missing)."""
-    parts = urlsplit(text)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    tables = [v for k, v in query if k == "table"]
-    conninfo = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query if k != "table"])))
-    shown = mask_password(text, text)
-    if len(tables) != 1 or not tables[0].strip():
-        raise StorageError(
-            f"{shown}: expected postgresql://USER@HOST:PORT/DB?table=[SCHEMA.]TABLE"
-        )
-    schema, _, table = tables[0].strip().rpartition(".")
-    return PostgresRef(conninfo, schema or "public", table, shown)
+__all__ = [
+    "POSTGRES_SCHEMES",
+    "RUNS_TABLE",
+    "PostgresRef",
+    "connect",
+    "copy_rows",
+    "is_postgres_uri",
+    "mask_password",
+    "parse_postgres",
+    "quote",
+    "sql_type",
+    "to_arrow",
+]
 
 
 def connect(ref: PostgresRef, autocommit: bool = False) -> Any:
@@ -178,13 +130,18 @@ def column_values(column: pa.Array) -> list[Any]:
     return values
 
 
-def copy_rows(cursor: Any, target: str, schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> int:
+def copy_rows(
+    cursor: Any, target: str, schema: pa.Schema, batches: Iterator[pa.RecordBatch]
+) -> int:
     """COPY (binary) the batches' rows into `target` (a quoted table name), in `cursor`'s
     transaction (through a new cursor: it knows the types registered since); returns the rows."""
     names = ", ".join(quote(f.name) for f in schema)
     types = [sql_type(f.type).split("(")[0] for f in schema]
     rows = 0
-    with cursor.connection.cursor() as fresh, fresh.copy(f"COPY {target} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
+    with (
+        cursor.connection.cursor() as fresh,
+        fresh.copy(f"COPY {target} ({names}) FROM STDIN (FORMAT BINARY)") as copy,
+    ):
         copy.set_types(types)
         for batch in batches:
             columns = [column_values(batch.column(f.name)) for f in schema]
@@ -206,7 +163,7 @@ def to_arrow(names: list[str], rows: list[tuple[Any, ...]]) -> pa.RecordBatch:
             sample = values[0]
         if isinstance(sample, np.ndarray):
             size = len(sample)
-            flat = np.concatenate([np.asarray(v, np.float32) for v in values]) if values else []
+            flat = np.concatenate([np.asarray(v, np.float32) for v in values])
             arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), size))
         else:
             arrays.append(pa.array(values))

@@ -232,9 +232,7 @@ class LanceFormat:
             else:
                 updated.append(left)
         try:
-            new = write_fragments(
-                reader, dataset, storage_options=self.storage_options or None
-            )
+            new = write_fragments(reader, dataset, storage_options=self.storage_options or None)
             operation = LanceOperation.Update(
                 removed_fragment_ids=removed, updated_fragments=updated, new_fragments=new
             )
@@ -250,7 +248,9 @@ class LanceFormat:
             )
         except OSError as e:
             if "conflict" in str(e).lower() or "retry" in str(e).lower():
-                raise TransientError(f"{self.ref.uri}: commit of {column}={value} failed: {e}")
+                raise TransientError(
+                    f"{self.ref.uri}: commit of {column}={value} failed: {e}"
+                ) from e
             raise CommitError(f"{self.ref.uri}: cannot commit {column}={value}: {e}") from e
 
     def commit_transaction(self, dataset: Any, transaction: Any, record: str) -> None:
