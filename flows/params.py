@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bertetl.config import EngineConfig
+from bertetl.io.vector_index import IndexSpec
 from bertetl.reports.drift import DriftOptions
 
 
@@ -31,6 +32,14 @@ def storage_options_field() -> Field:  # type: ignore[valid-type]
     )
 
 
+def index_field() -> Field:  # type: ignore[valid-type]
+    return Field(
+        None,
+        description="The vector index DEST builds and keeps up to date after each run "
+        "(lance://, postgresql://; docs/VECTOR_STORES.md); none when unset.",
+    )
+
+
 def overwrite_foreign_field() -> Field:  # type: ignore[valid-type]
     return Field(
         False,
@@ -53,6 +62,7 @@ class EnrichParams(BaseModel):
     run: RunOptions = RunOptions()
     storage_options: dict[str, str] = storage_options_field()
     overwrite_foreign: bool = overwrite_foreign_field()
+    index: IndexSpec | None = index_field()
 
 
 class PartitionedParams(BaseModel):
@@ -77,6 +87,7 @@ class PartitionedParams(BaseModel):
     )
     storage_options: dict[str, str] = storage_options_field()
     overwrite_foreign: bool = overwrite_foreign_field()
+    index: IndexSpec | None = index_field()
 
 
 class BackfillParams(PartitionedParams):

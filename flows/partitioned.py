@@ -39,7 +39,7 @@ def run_partitioned(
     logger = get_run_logger()
     quiet_user_errors()
     source, dest = parse_run(
-        params.source, params.dest, params.storage_options, params.overwrite_foreign
+        params.source, params.dest, params.storage_options, params.overwrite_foreign, params.index
     )
     partitions = check_partitioned_run(source, dest, params.partition_column, start, end)
     with dest.lock():

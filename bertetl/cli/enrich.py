@@ -11,7 +11,14 @@ from typing import Annotated
 import typer
 
 from bertetl.cli.common import Debug, StorageOption, setup_logging, user_errors
-from bertetl.cli.options import engine_options
+from bertetl.cli.options import (
+    INDEX_METRIC,
+    Index,
+    IndexMetric,
+    IndexParam,
+    engine_options,
+    index_spec,
+)
 from bertetl.config import EngineConfig
 from bertetl.errors import FilesFailedError
 from bertetl.results import EnrichReport
@@ -49,6 +56,9 @@ def enrich(
             "bertetl commit; refused without this). Its rows stay only in the table's history."
         ),
     ] = False,
+    index: Index = None,
+    index_param: IndexParam = None,
+    index_metric: IndexMetric = INDEX_METRIC,
     debug: Debug = False,
 ) -> None:
     """Add embedding and/or classification columns to every row of SOURCE, written to DEST.
@@ -62,13 +72,20 @@ def enrich(
     from bertetl.io.stores.locations import parse_storage_options
     from bertetl.runs.enrich import enrich as run
 
+    spec = index_spec(index, index_param, index_metric, debug)
+
     with user_errors(debug):
         if report is not None:
             check_report_path(report, source, dest)
         try:
             options = parse_storage_options(storage_option)
             result = run(
-                source, dest, engine, storage_options=options, overwrite_foreign=overwrite_foreign
+                source,
+                dest,
+                engine,
+                storage_options=options,
+                overwrite_foreign=overwrite_foreign,
+                index=spec,
             )
         except FilesFailedError as e:
             if e.report is not None:

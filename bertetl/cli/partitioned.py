@@ -16,7 +16,14 @@ from bertetl.cli.common import (
     setup_logging,
     user_errors,
 )
-from bertetl.cli.options import engine_options
+from bertetl.cli.options import (
+    INDEX_METRIC,
+    Index,
+    IndexMetric,
+    IndexParam,
+    engine_options,
+    index_spec,
+)
 from bertetl.config import EngineConfig
 from bertetl.errors import PartitionsFailedError
 from bertetl.reports.drift import DriftOptions, plot_path
@@ -100,6 +107,9 @@ def backfill(
     drift_cosine_threshold: DriftCosineThreshold = DRIFT.cosine_threshold,
     storage_option: StorageOption = None,
     overwrite_foreign: OverwriteForeign = False,
+    index: Index = None,
+    index_param: IndexParam = None,
+    index_metric: IndexMetric = INDEX_METRIC,
     debug: Debug = False,
 ) -> None:
     """Enrich the partitions of SOURCE between --start and --end into DEST (Prefect flow).
@@ -120,6 +130,7 @@ def backfill(
         drift=drift_options(drift_window, drift_js_threshold, drift_cosine_threshold, debug),
         storage_options=_storage_options(storage_option, debug),
         overwrite_foreign=overwrite_foreign,
+        index=index_spec(index, index_param, index_metric, debug),
         start=start,
         end=end,
     )
@@ -140,6 +151,9 @@ def incremental(
     drift_cosine_threshold: DriftCosineThreshold = DRIFT.cosine_threshold,
     storage_option: StorageOption = None,
     overwrite_foreign: OverwriteForeign = False,
+    index: Index = None,
+    index_param: IndexParam = None,
+    index_metric: IndexMetric = INDEX_METRIC,
     debug: Debug = False,
 ) -> None:
     """Enrich every new or changed partition of SOURCE into DEST (the nightly run).
@@ -159,6 +173,7 @@ def incremental(
         drift=drift_options(drift_window, drift_js_threshold, drift_cosine_threshold, debug),
         storage_options=_storage_options(storage_option, debug),
         overwrite_foreign=overwrite_foreign,
+        index=index_spec(index, index_param, index_metric, debug),
     )
     _run("incremental", params, debug)
 
@@ -210,7 +225,11 @@ def _run(kind: str, params: Any, debug: bool) -> None:
         from bertetl.runs.staged import check_partitioned_run
 
         source, dest = parse_run(
-            params.source, params.dest, params.storage_options, params.overwrite_foreign
+            params.source,
+            params.dest,
+            params.storage_options,
+            params.overwrite_foreign,
+            params.index,
         )
         check_partitioned_run(
             source,

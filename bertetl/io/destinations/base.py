@@ -23,6 +23,7 @@ from bertetl.io import manifest as manifests
 from bertetl.io.manifest import Manifest, OutputDamage
 from bertetl.io.partitions import Partition
 from bertetl.io.sink import SinkFactory
+from bertetl.io.vector_index import IndexSpec
 
 #: How a destination makes a commit atomic: a staged folder swapped in (`swap`), objects
 #: uploaded whole then the manifest written last (`manifest-last`), one table transaction
@@ -50,19 +51,6 @@ class Capabilities:
     requires_key: bool = False
     #: The vector indexes it builds (`--index`); empty: none.
     indexes: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class IndexSpec:
-    """A vector index a destination builds on `column` after each commit (`--index`), and keeps
-    up to date: `kind` one of its `capabilities.indexes`; `metric` the distance (cosine for
-    normalized embeddings); `params` the kind's own (`num_partitions`, `num_sub_vectors`, `m`,
-    `ef_construction`), as given."""
-
-    kind: str
-    column: str = "embedding"
-    metric: str = "cosine"
-    params: tuple[tuple[str, int], ...] = ()
 
 
 @runtime_checkable

@@ -129,7 +129,7 @@ class LanceDataset(TableDestination):
                 spec.column,
                 index_type=INDEX_TYPES[spec.kind],
                 metric=spec.metric,
-                **dict(spec.params),
+                **spec.params,
             )
             return
         stats = dataset.stats.index_stats(existing[0]["name"])

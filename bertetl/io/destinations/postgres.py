@@ -406,7 +406,7 @@ class PostgresTable(PlacedDestination):
         half = "halfvec" in sql_type(schema.field(spec.column).type)
         metric = {"cosine": "cosine", "l2": "l2", "dot": "ip"}[spec.metric]
         ops = f"{'halfvec' if half else 'vector'}_{metric}_ops"
-        params = ", ".join(f"{k} = {int(v)}" for k, v in spec.params)
+        params = ", ".join(f"{k} = {int(v)}" for k, v in spec.params.items())
         name = quote(f"{self.place.table}_{spec.column}_hnsw")
         cursor.execute(
             f"CREATE INDEX IF NOT EXISTS {name} ON {self.place.qualified} "
