@@ -46,4 +46,4 @@ def parse_index(
         if not sep or not value.strip().isdigit():
             raise ValueError(f"--index-param {pair!r}: expected KEY=INTEGER (e.g. m=16)")
         values[key.strip()] = int(value)
-    return IndexSpec(kind=kind, metric=metric, params=values)  # type: ignore[arg-type]
+    return IndexSpec(kind=kind, metric=metric, params=values)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401  (pa.compute)
+import pyarrow.compute as pc
 import pytest
 from typer.testing import CliRunner
 
@@ -77,7 +77,7 @@ def test_enrich_into_lance_is_one_version_per_run_and_searchable(
             columns=["id", "_distance"],
             nearest={"column": "embedding", "q": vectors[row], "k": 24},
         )
-        nearest = hits.filter(pa.compute.less_equal(hits["_distance"], 1e-6))
+        nearest = hits.filter(pc.less_equal(hits["_distance"], 1e-6))
         assert first["id"][row] in nearest["id"].to_pylist()
         assert all(
             np.array_equal(vectors[row], vectors[first["id"].to_list().index(i)])
