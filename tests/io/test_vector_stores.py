@@ -232,3 +232,24 @@ def test_postgresql_needs_a_key_and_never_shows_its_password(postgres_dest: str)
 def test_a_postgres_uri_without_a_table_is_refused() -> None:
     with pytest.raises(InputError, match=r"\?table=\[SCHEMA\.\]TABLE"):
         parse_destination("postgresql://me:pw@db:5432/x")
+
+
+def test_float16_embeddings_are_a_halfvec_column(postgres_dest: str, tmp_path: Path) -> None:
+    import psycopg
+
+    dest = parse_destination(postgres_dest)
+    vectors = _vectors([1, 2], 5).astype(np.float16)
+    staged = tmp_path / "half.parquet"
+    embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), pa.float16()), DIM)
+    pq.write_table(pa.table({"id": pa.array([1, 2], pa.int64()), "embedding": embedding}), staged)
+    assert dest.merge_keyed([staged], None, ["id"], "{}")
+    with psycopg.connect(dest.place.conninfo) as connection:
+        (kind,) = connection.execute(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = %s::regclass AND attname = 'embedding'",
+            (dest.place.qualified,),
+        ).fetchone()
+    assert kind == f"halfvec({DIM})"
+    (batch,) = dest.keyed_rows(["id"], ["embedding"])
+    back = np.stack(batch.column(1).to_pylist())
+    assert np.array_equal(back.astype(np.float16), vectors)

@@ -362,7 +362,7 @@ class PostgresTable(PlacedDestination):
     def _ensure_table(self, cursor: Any, schema: pa.Schema, key: list[str]) -> None:
         """The vector extension, `bertetl_runs`, and the table (created from `schema`, the
         key as its primary key) with the columns of `schema` it lacks; the index asked for."""
-        if any("vector(" in sql_type(f.type) for f in schema):
+        if any(sql_type(f.type).startswith(("vector(", "halfvec(")) for f in schema):
             self._ensure_vector(cursor)
         cursor.execute(
             f"CREATE TABLE IF NOT EXISTS {self.place.runs} (id bigserial PRIMARY KEY, "
