@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from bertetl.errors import CommitError, InputError
 from bertetl.io.destinations.base import Capabilities, Destination, PlacedDestination
@@ -306,7 +307,29 @@ class PostgresTable(PlacedDestination):
         fields: list[pa.Field],
         scratch: Path,
     ) -> list[Any]:
-        return []  # rows are not read back for reuse: a changed partition is enriched again
+        """The partition's rows in the table now (`fields`, converted back to their types),
+        read into a local Parquet file for row reuse; none when damaged or unreadable."""
+        if damaged:
+            return []
+        names = [f.name for f in fields]
+        with connect(self.place) as connection:
+            if not set(names) <= self._columns(connection.cursor()):
+                return []
+            fetched = connection.execute(
+                f"SELECT {', '.join(map(quote, names))} FROM {self.place.qualified} "
+                f"WHERE {self._partition_sql(partition)}",
+                self._partition_args(partition),
+            ).fetchall()
+        path = scratch / "earlier.parquet"
+        try:
+            batch = to_arrow(names, fetched)
+            schema = pa.schema(fields)
+            columns = [batch.column(i).cast(f.type) for i, f in enumerate(fields)]
+            pq.write_table(pa.Table.from_arrays(columns, schema=schema), path)
+        except (pa.ArrowException, ValueError) as e:
+            log.warning("%s %s: earlier rows not reused: %s", self.uri, partition.value, e)
+            return []
+        return [path]
 
     def committed_outputs(self) -> tuple[list[Any], list[Any]]:
         raise NotImplementedError(f"{self.uri}: a table's rows are read from the table")

@@ -114,15 +114,14 @@ def column_values(column: pa.Array) -> list[Any]:
     if pa.types.is_fixed_size_list(data_type) and pa.types.is_floating(data_type.value_type):
         from pgvector import HalfVector
 
-        flat = column.flatten().to_numpy(zero_copy_only=False)
-        matrix = flat.reshape(-1, data_type.list_size)
-        if column.null_count:
-            valid = column.is_valid().to_numpy(zero_copy_only=False)
-        else:
-            valid = np.ones(len(column), bool)
-        if pa.types.is_float16(data_type.value_type):
-            return [HalfVector(v) if ok else None for v, ok in zip(matrix, valid, strict=False)]
-        return [v.astype(np.float32) if ok else None for v, ok in zip(matrix, valid, strict=False)]
+        flat = column.flatten().to_numpy(zero_copy_only=False)  # the valid rows' values
+        rows = iter(flat.reshape(-1, data_type.list_size))
+        valid = column.is_valid().to_numpy(zero_copy_only=False)
+        half = pa.types.is_float16(data_type.value_type)
+        return [
+            (HalfVector(next(rows)) if half else next(rows).astype(np.float32)) if ok else None
+            for ok in valid
+        ]
     values = column.to_pylist()
     if sql_type(data_type) == "text" and not pa.types.is_string(data_type):
         if not pa.types.is_large_string(data_type):
@@ -163,8 +162,14 @@ def to_arrow(names: list[str], rows: list[tuple[Any, ...]]) -> pa.RecordBatch:
             sample = values[0]
         if isinstance(sample, np.ndarray):
             size = len(sample)
-            flat = np.concatenate([np.asarray(v, np.float32) for v in values])
-            arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), size))
+            blank = np.zeros(size, np.float32)
+            flat = np.concatenate(
+                [blank if v is None else np.asarray(v, np.float32) for v in values]
+            )
+            mask = pa.array([v is None for v in values])
+            arrays.append(
+                pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), size, mask=mask)
+            )
         else:
             arrays.append(pa.array(values))
     return pa.RecordBatch.from_arrays(arrays, names=names)
