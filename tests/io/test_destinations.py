@@ -150,7 +150,7 @@ def _damage_table(dest: Destination, value: str) -> None:
     if ref.format == "lance":
         import lance
 
-        from bertetl.io.tables.lance import lance_storage_options
+        from bertetl.io.tables import lance_storage_options
 
         options = lance_storage_options(ref) or None
         row = lance.dataset(ref.address, storage_options=options).to_table(limit=1)

@@ -70,7 +70,11 @@ def _versions(dest: Destination) -> int:
     with psycopg.connect(dest.place.conninfo) as connection:
         if connection.execute("SELECT to_regclass('bertetl_runs')").fetchone()[0] is None:
             return 0
-        return int(connection.execute("SELECT count(*) FROM bertetl_runs").fetchone()[0])
+        return int(
+            connection.execute(
+                "SELECT count(*) FROM bertetl_runs WHERE table_name = %s", (dest.place.table,)
+            ).fetchone()[0]
+        )
 
 
 @pytest.fixture(params=["lance", "postgresql"])
@@ -164,10 +168,10 @@ def test_the_ann_index_agrees_with_exact_search(index: str, request, tmp_path: P
     this 2-core machine), 50 queries."""
     if index == "hnsw":
         dest = parse_destination(request.getfixturevalue("postgres_dest"))
-        dest.index = IndexSpec("hnsw", params={"m": 16, "ef_construction": 64})
+        dest.index = IndexSpec(kind="hnsw", params={"m": 16, "ef_construction": 64})
     else:
         dest = parse_destination(f"lance://{tmp_path / 'dataset'}")
-        dest.index = IndexSpec(index, params={"num_partitions": 8})
+        dest.index = IndexSpec(kind=index, params={"num_partitions": 8})
     ids = list(range(10_000))
     staged = _stage(tmp_path, "a.parquet", ids, 3, dim=32)
     assert dest.merge_keyed([staged], None, ["id"], "{}")
@@ -200,7 +204,7 @@ def test_a_lance_index_is_kept_up_to_date(tmp_path: Path) -> None:
     import lance
 
     dest = parse_destination(f"lance://{tmp_path / 'dataset'}")
-    dest.index = IndexSpec("ivf_pq", params={"num_partitions": 2, "num_sub_vectors": 2})
+    dest.index = IndexSpec(kind="ivf_pq", params={"num_partitions": 2, "num_sub_vectors": 2})
     dest.merge_keyed([_stage(tmp_path, "a.parquet", list(range(300)), 1)], None, ["id"], "{}")
     dataset = lance.dataset(dest.place.address)
     (name,) = [i["name"] for i in dataset.list_indices()]

@@ -74,11 +74,12 @@ def test_backfill_into_postgres_then_incremental_commits_only_the_edit(
     assert sorted(manifests) == DAYS
     run_all(executor, src, tmp_path / "reference")
     assert_same_rows(read_postgres(postgres_dest), read_parquet(tmp_path / "reference"), False)
-    runs = read_postgres(postgres_dest, "SELECT * FROM bertetl_runs").height
+    mine = "SELECT * FROM bertetl_runs WHERE table_name = '" + postgres_dest.rsplit(".", 1)[1] + "'"
+    runs = read_postgres(postgres_dest, mine).height
     assert runs == 3  # one transaction (and record) per partition
 
     assert run_all(executor, src, postgres_dest) == {}  # nothing changed: nothing committed
-    assert read_postgres(postgres_dest, "SELECT * FROM bertetl_runs").height == runs
+    assert read_postgres(postgres_dest, mine).height == runs
 
     edit_rows(src / "date=2026-01-02" / "part-0.parquet", [0, 5, 20])
     manifests = run_all(executor, src, postgres_dest)

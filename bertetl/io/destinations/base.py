@@ -197,6 +197,21 @@ class Destination(Protocol):
         """Whether SOURCE and this DEST are one place, or one holds the other."""
 
 
+def staged_rows(files: list[Path], partition: Partition | None) -> pa.Table:
+    """The staged Parquet files' rows (the partition column added, as a string, when
+    `partition` is given and they lack it: a partition's staged files do)."""
+    import pyarrow.parquet as pq
+
+    from bertetl.io.tables.base import NULL_PARTITION
+
+    tables = [pq.read_table(f) for f in files]
+    rows = pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
+    if partition is not None and partition.column not in rows.column_names:
+        value = None if partition.value == NULL_PARTITION else partition.value
+        rows = rows.append_column(partition.column, pa.array([value] * rows.num_rows, pa.string()))
+    return rows
+
+
 class PlacedDestination:
     """What every kind shares, around its `place`: its name and equality (by URI), the sink
     of its staged output files (Parquet), and its lock, staging and cleaning, which

@@ -20,7 +20,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bertetl.errors import CommitError, InputError
-from bertetl.io.destinations.base import Capabilities, Destination, PlacedDestination
+from bertetl.io.destinations.base import (
+    Capabilities,
+    Destination,
+    PlacedDestination,
+    staged_rows,
+)
 from bertetl.io.manifest import Manifest, OutputDamage
 from bertetl.io.partitions import Partition
 from bertetl.io.stores.locations import Location, StorageError
@@ -188,10 +193,8 @@ class PostgresTable(PlacedDestination):
     ) -> Manifest:
         """ONE transaction: the partition's rows deleted, the staged rows COPY'd in (the
         partition column added), the manifest into `bertetl_runs`."""
-        from bertetl.io.destinations.lance import _staged_rows
-
         partition = Partition(manifest.partition_column, manifest.partition, "", ())
-        rows = _staged_rows(files, partition)
+        rows = staged_rows(files, partition)
         manifest.outputs, manifest.output_files = [], []
         with self._transaction() as cursor:
             self._ensure_table(cursor, rows.schema, [])
@@ -214,9 +217,7 @@ class PostgresTable(PlacedDestination):
         """ONE transaction: the staged rows COPY'd into a temporary table and upserted by
         `key`, the `deletes` keys removed (with `partition`: only its rows), `record` into
         `bertetl_runs`."""
-        from bertetl.io.destinations.lance import _staged_rows
-
-        rows = _staged_rows(upserts, partition)
+        rows = staged_rows(upserts, partition)
         if not rows.num_rows and (deletes is None or not deletes.num_rows):
             return False
         table = self.place.qualified

@@ -53,6 +53,7 @@ from bertetl.io.tables.dest import (
     table_type,
 )
 from bertetl.io.tables.iceberg import FIELD_METADATA_PREFIX
+from bertetl.io.tables.lance import lance_storage_options
 from bertetl.io.tables.registry import FORMATS
 from bertetl.io.tables.source import (
     ROW_GROUP_ROWS,
@@ -84,6 +85,7 @@ __all__ = [
     "delta_location_options",
     "delta_storage_options",
     "is_foreign",
+    "lance_storage_options",
     "lock_place",
     "materialize",
     "materialize_all",

@@ -88,7 +88,7 @@ class LanceFormat:
     """Lance datasets through `pylance`."""
 
     extra: ClassVar[str] = "lance"
-    package: ClassVar[str] = "pylance"
+    package: ClassVar[str] = "lance"  # the module; pip's name is pylance
     examples: ClassVar[tuple[str, ...]] = ("lance:///data/d", "lance://s3://bucket/d")
     #: Vector columns stay fixed-size lists (`bertetl.io.tables.dest.column_type`).
     fixed_size_lists: ClassVar[bool] = True
@@ -267,6 +267,68 @@ class LanceFormat:
             )
         except OSError as e:
             raise CommitError(f"{self.ref.uri}: cannot commit: {e}") from e
+
+    def merge_keyed(
+        self,
+        rows: pa.Table,
+        deletes: pa.Table | None,
+        key: list[str],
+        record: str,
+        partition: tuple[str, str] | None = None,
+    ) -> bool:
+        """One `merge_insert` version: matched keys updated, new keys inserted, and the rows
+        whose key is in `deletes` removed (`when_not_matched_by_source_delete` with a filter
+        naming those keys, so the upsert and the delete are one version), carrying `record`.
+        With `partition` (column, value), the column joins the key and bounds the delete, so
+        only that partition's rows are touched. False, and no version, for nothing to do."""
+        deleted = None if deletes is None else keys_filter(deletes.select(key))
+        if not rows.num_rows and deleted is None:
+            return False
+        dataset = self.open()
+        if dataset is None:
+            if not rows.num_rows:
+                return False  # nothing to delete from, nothing to add
+            self._write(rows.to_reader(), record, "create")
+            return True
+        on = [*key, partition[0]] if partition is not None else list(key)
+        if deleted is not None and partition is not None:
+            deleted = f"({deleted}) AND {partition_filter(*partition)}"
+        builder = dataset.merge_insert(on).when_matched_update_all().when_not_matched_insert_all()
+        if deleted is not None:
+            builder = builder.when_not_matched_by_source_delete(deleted)
+        target = dataset.schema
+        schema = pa.schema(
+            [target.field(f.name) if f.name in target.names else f for f in rows.schema]
+        )
+        try:
+            transaction, _ = builder.execute_uncommitted(rows.cast(schema))
+        except (OSError, ValueError) as e:
+            raise CommitError(f"{self.ref.uri}: cannot merge by {', '.join(key)}: {e}") from e
+        self.commit_transaction(dataset, transaction, record)
+        return True
+
+    def keyed_batches(self, key: list[str], columns: list[str]) -> Iterator[pa.RecordBatch]:
+        """The rows' `key` and `columns` (those that exist); nothing without a dataset."""
+        dataset = self.open()
+        if dataset is None:
+            return
+        names = dataset.schema.names
+        wanted = [*key, *(c for c in columns if c in names and c not in key)]
+        yield from dataset.scanner(columns=wanted).to_batches()
+
+    def refresh_index(self, kind: str, column: str, metric: str, params: dict[str, int]) -> None:
+        """Build a vector index of `kind` (`ivf_pq`, `ivf_hnsw_sq`) on `column` when there is
+        none, or add the rows it does not cover yet (`optimize_indices`); nothing (no new
+        version) when it covers every row."""
+        dataset = self.open()
+        if dataset is None or column not in dataset.schema.names:
+            return
+        existing = [i for i in dataset.list_indices() if column in i["fields"]]
+        if not existing:
+            dataset.create_index(column, index_type=kind.upper(), metric=metric, **params)
+            return
+        if dataset.stats.index_stats(existing[0]["name"]).get("num_unindexed_rows", 0):
+            dataset.optimize.optimize_indices()
 
     def history(self) -> list[tuple[int, Any]]:
         """(version, transaction) of every version, newest first."""
