@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import hashlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +30,7 @@ from bertetl.io.partitions import Partition
 from bertetl.io.stores.locations import Location, StorageError
 from bertetl.io.stores.postgres import (
     RUNS_TABLE,
+    AdvisoryLock,
     PostgresRef,
     connect,
     copy_rows,
@@ -49,43 +49,6 @@ _HELD: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
 )
 #: Rows fetched per batch by `keyed_rows`.
 FETCH_ROWS = 10_000
-
-
-class AdvisoryLock:
-    """DEST's one-run lock: `pg_try_advisory_lock` on a key of the table's name, held by a
-    connection of its own for the run (released when it closes, or dies)."""
-
-    def __init__(self, ref: PostgresRef) -> None:
-        self.ref = ref
-        self._connection: Any = None
-
-    @property
-    def key(self) -> int:
-        digest = hashlib.sha256(f"bertetl:{self.ref.qualified}".encode()).digest()
-        return int.from_bytes(digest[:8], "big", signed=True)
-
-    def acquire(self) -> None:
-        connection = connect(self.ref, autocommit=True)
-        taken = connection.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()[0]
-        if not taken:
-            connection.close()
-            raise CommitError(
-                f"another bertetl run is writing {self.ref.uri} (it holds the table's advisory "
-                "lock); wait for it to finish, or pick another DEST"
-            )
-        self._connection = connection
-
-    def release(self) -> None:
-        if self._connection is not None:
-            self._connection.close()  # the session's advisory locks go with it
-            self._connection = None
-
-    def __enter__(self) -> AdvisoryLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
 
 
 class PostgresTable(PlacedDestination):

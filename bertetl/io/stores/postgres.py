@@ -12,12 +12,14 @@ becomes `vector(N)`, of float16 `halfvec(N)`. See docs/VECTOR_STORES.md.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from bertetl.errors import CommitError
 from bertetl.io.stores.locations import StorageError
 from bertetl.io.stores.pgref import (
     POSTGRES_SCHEMES,
@@ -32,6 +34,7 @@ from bertetl.io.stores.pgref import (
 __all__ = [
     "POSTGRES_SCHEMES",
     "RUNS_TABLE",
+    "AdvisoryLock",
     "PostgresRef",
     "connect",
     "copy_rows",
@@ -57,6 +60,43 @@ def connect(ref: PostgresRef, autocommit: bool = False) -> Any:
         raise StorageError(f"cannot connect to {ref.uri}: {ref.masked(first_line(e))}") from e
     register_vector(connection)
     return connection
+
+
+class AdvisoryLock:
+    """DEST's one-run lock: `pg_try_advisory_lock` on a key of the table's name, held by a
+    connection of its own for the run (released when it closes, or dies)."""
+
+    def __init__(self, ref: PostgresRef) -> None:
+        self.ref = ref
+        self._connection: Any = None
+
+    @property
+    def key(self) -> int:
+        digest = hashlib.sha256(f"bertetl:{self.ref.qualified}".encode()).digest()
+        return int.from_bytes(digest[:8], "big", signed=True)
+
+    def acquire(self) -> None:
+        connection = connect(self.ref, autocommit=True)
+        taken = connection.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()[0]
+        if not taken:
+            connection.close()
+            raise CommitError(
+                f"another bertetl run is writing {self.ref.uri} (it holds the table's advisory "
+                "lock); wait for it to finish, or pick another DEST"
+            )
+        self._connection = connection
+
+    def release(self) -> None:
+        if self._connection is not None:
+            self._connection.close()  # the session's advisory locks go with it
+            self._connection = None
+
+    def __enter__(self) -> AdvisoryLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def register_vector(connection: Any) -> bool:
