@@ -88,8 +88,11 @@ class AdvisoryLock:
 
     def release(self) -> None:
         if self._connection is not None:
-            self._connection.close()  # the session's advisory locks go with it
-            self._connection = None
+            try:  # unlocked now: a closed connection's backend may hold it a moment longer
+                self._connection.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
+            finally:
+                self._connection.close()  # the session's advisory locks go with it anyway
+                self._connection = None
 
     def __enter__(self) -> AdvisoryLock:
         self.acquire()
