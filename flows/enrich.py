@@ -27,6 +27,7 @@ from bertetl.io.destinations import Destination, parse_run
 from bertetl.io.paths import check_run_paths
 from bertetl.io.sink import SinkFactory
 from bertetl.io.sources import source_capabilities
+from bertetl.io.vector_index import IndexSpec
 from bertetl.observe import observe_run
 from bertetl.results import EnrichReport, FileResult, SummaryRow
 from bertetl.runs.enrich import check_storage, enrich
@@ -45,6 +46,7 @@ def enrich_table_task(
     engine: EngineConfig,
     storage_options: dict[str, str],
     overwrite_foreign: bool = False,
+    index: IndexSpec | None = None,
 ) -> EnrichReport:
     """The whole run where SOURCE or DEST is a table (`bertetl.runs.enrich_tables`): one
     task, as a table DEST is one commit; failed files are in the report, not raised."""
@@ -55,6 +57,7 @@ def enrich_table_task(
         raise_on_failure=False,
         storage_options=storage_options,
         overwrite_foreign=overwrite_foreign,
+        index=index,
     )
 
 
@@ -82,7 +85,7 @@ def enrich_flow(params: EnrichParams) -> list[dict[str, Any]] | State:
     quiet_user_errors()
     title = f"enrich {params.source} -> {params.dest}"
     source, dest = parse_run(
-        params.source, params.dest, params.storage_options, params.overwrite_foreign
+        params.source, params.dest, params.storage_options, params.overwrite_foreign, params.index
     )
     parent = flow_run_parent()
     with observe_run("enrich", source, dest, params.engine, params.observe, parent) as observer:
@@ -108,6 +111,7 @@ def _enrich(
             params.engine,
             params.storage_options,
             params.overwrite_foreign,
+            params.index,
         )
         # a DEST committed whole: when a file failed, none was committed
         rows = [_row(f.source, "committed" if f.dest else "failed", [f]) for f in report.files]

@@ -28,6 +28,7 @@ def enrich_by_key_task(params: IncrementalParams, dry_run: bool = False) -> Keye
         dry_run=dry_run,
         storage_options=params.storage_options,
         overwrite_foreign=params.overwrite_foreign,
+        index=params.index,
     )
 
 

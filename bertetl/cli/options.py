@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import BaseModel
 
-from bertetl.cli.common import build_config, help_of, user_errors
+from bertetl.cli.common import build_config, fail, help_of, user_errors
 from bertetl.config import EngineConfig
 from bertetl.executor_registry import (
     DEFAULT_EXECUTOR,
@@ -24,6 +24,7 @@ from bertetl.executor_registry import (
     FLAT_EXECUTOR_OPTIONS,
     ExecutorName,
 )
+from bertetl.io.vector_index import IndexSpec, parse_index
 from bertetl.observe.options import ObserveOptions
 
 
@@ -166,3 +167,33 @@ CostPerHour = Annotated[
 def observe_options(pushgateway: str | None, cost_per_hour: float | None, debug: bool) -> Any:
     """The validated `ObserveOptions` (a bad value: one line naming its option, exit 2)."""
     return build_config(ObserveOptions, debug, pushgateway=pushgateway, cost_per_hour=cost_per_hour)
+
+
+# -- the vector index DEST builds (lance://, postgresql://), from `IndexSpec`'s fields ---------
+
+Index = Annotated[str | None, typer.Option("--index", help=help_of(IndexSpec, "kind"))]
+IndexParam = Annotated[
+    list[str] | None,
+    typer.Option("--index-param", help=help_of(IndexSpec, "params") + " KEY=N [repeatable]"),
+]
+IndexMetric = Annotated[str, typer.Option("--index-metric", help=help_of(IndexSpec, "metric"))]
+#: `--index-metric`'s default, from the model.
+INDEX_METRIC: str = IndexSpec.model_fields["metric"].default
+
+
+def index_spec(
+    kind: str | None, params: list[str] | None, metric: str, debug: bool
+) -> IndexSpec | None:
+    """`--index`, `--index-param`s and `--index-metric` as an `IndexSpec` (None without
+    `--index`); a bad one is one line, exit code 2."""
+    from pydantic import ValidationError
+
+    try:
+        return parse_index(kind, params, metric)
+    except (ValueError, ValidationError) as e:
+        fail(str(e).splitlines()[0] if not isinstance(e, ValidationError) else _first(e), debug, 2)
+
+
+def _first(error: Any) -> str:
+    problem = error.errors()[0]
+    return f"--index-{problem['loc'][0]}: {problem['msg']}"

@@ -19,7 +19,17 @@ from bertetl.cli.common import (
     user_errors,
 )
 from bertetl.cli.keyed import DryRun, KeepDeleted, Key, OutputColumns
-from bertetl.cli.options import CostPerHour, Pushgateway, engine_options, observe_options
+from bertetl.cli.options import (
+    INDEX_METRIC,
+    CostPerHour,
+    Index,
+    IndexMetric,
+    IndexParam,
+    Pushgateway,
+    engine_options,
+    index_spec,
+    observe_options,
+)
 from bertetl.config import EngineConfig
 from bertetl.errors import PartitionsFailedError
 from bertetl.reports.drift import DriftOptions, plot_path
@@ -114,6 +124,9 @@ def backfill(
     report: ReportPath = None,
     pushgateway: Pushgateway = None,
     cost_per_hour: CostPerHour = None,
+    index: Index = None,
+    index_param: IndexParam = None,
+    index_metric: IndexMetric = INDEX_METRIC,
     debug: Debug = False,
 ) -> None:
     """Enrich the partitions of SOURCE between --start and --end into DEST (Prefect flow).
@@ -135,6 +148,7 @@ def backfill(
         storage_options=_storage_options(storage_option, debug),
         overwrite_foreign=overwrite_foreign,
         observe=observe_options(pushgateway, cost_per_hour, debug),
+        index=index_spec(index, index_param, index_metric, debug),
         start=start,
         end=end,
     )
@@ -166,6 +180,9 @@ def incremental(
     overwrite_foreign: OverwriteForeign = False,
     pushgateway: Pushgateway = None,
     cost_per_hour: CostPerHour = None,
+    index: Index = None,
+    index_param: IndexParam = None,
+    index_metric: IndexMetric = INDEX_METRIC,
     debug: Debug = False,
 ) -> None:
     """Enrich every new or changed partition of SOURCE into DEST (the nightly run).
@@ -195,6 +212,7 @@ def incremental(
         keep_deleted=keep_deleted,
         output_columns=output_columns,
         observe=observe_options(pushgateway, cost_per_hour, debug),
+        index=index_spec(index, index_param, index_metric, debug),
     )
     _check_report(report, source, dest, debug)
     if keyed is not None:
@@ -317,7 +335,11 @@ def _run(kind: str, params: Any, debug: bool, report: Path | None = None) -> Non
         from bertetl.runs.staged import check_partitioned_run
 
         source, dest = parse_run(
-            params.source, params.dest, params.storage_options, params.overwrite_foreign
+            params.source,
+            params.dest,
+            params.storage_options,
+            params.overwrite_foreign,
+            params.index,
         )
         check_partitioned_run(
             source,

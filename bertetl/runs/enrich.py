@@ -17,6 +17,7 @@ from bertetl.io.destinations import as_destination, parse_run
 from bertetl.io.paths import check_run_paths
 from bertetl.io.read import SourceFile, check_text_column, read_schema
 from bertetl.io.sources import source_capabilities
+from bertetl.io.vector_index import IndexSpec
 from bertetl.results import EnrichReport, FileResult, merge_label_counts
 
 
@@ -28,6 +29,7 @@ def enrich(
     raise_on_failure: bool = True,
     storage_options: dict[str, str] | None = None,
     overwrite_foreign: bool = False,
+    index: IndexSpec | None = None,
 ) -> EnrichReport:
     """Enrich every Parquet file under `source` into the same layout under `dest`.
 
@@ -36,10 +38,11 @@ def enrich(
     and `FilesFailedError` is raised at the end (unless `raise_on_failure` is false).
 
     SOURCE and DEST may be object-store URIs (`s3://bucket/prefix`), opened with
-    `storage_options` (docs/STORAGE.md): each output object is uploaded whole.
+    `storage_options` (docs/STORAGE.md): each output object is uploaded whole. `index`: the
+    vector index DEST builds (`--index`, docs/VECTOR_STORES.md).
     """
     started = time.perf_counter()
-    source, destination = parse_run(source, dest, storage_options, overwrite_foreign)
+    source, destination = parse_run(source, dest, storage_options, overwrite_foreign, index)
     config = with_storage_options(config, storage_options)  # for models on object stores
     if source_capabilities(source).pinned or not destination.capabilities.files:
         from bertetl.runs.enrich_tables import enrich_with_tables

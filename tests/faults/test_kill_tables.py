@@ -107,3 +107,51 @@ def test_kill_an_enrich_into_a_delta_table_then_rerun(setup, zygote, tmp_path, p
 
     enrich(src, uri, config)  # the rerun
     assert_same_rows(_rows(uri), reference)
+
+
+def _lance_rows(uri: str) -> pl.DataFrame:
+    import lance
+
+    path = uri.removeprefix("lance://")
+    if not Path(path).exists():
+        return pl.DataFrame({"date": [], "id": []})
+    table = pl.from_arrow(lance.dataset(path).to_table())
+    assert isinstance(table, pl.DataFrame)
+    return table.with_columns(pl.col("date").cast(pl.String))
+
+
+@pytest.mark.parametrize(
+    ("point", "count"),
+    [("table-commit", 2), ("after-table-commit", 2)],
+    ids=["before-2nd-commit", "after-2nd-commit"],
+)
+def test_kill_into_a_lance_dataset_then_rerun(setup, zygote, tmp_path, point, count):
+    """As for Delta: each partition is one Lance version, so a kill before or after the second
+    leaves whole partitions only, and the rerun ends equal to a clean run."""
+    pytest.importorskip("lance")
+    src, reference, config = setup
+    uri = f"lance://{tmp_path / 'enriched'}"
+    args = [
+        "backfill", str(src), uri, "--partition-column", "date", "--text-column", "text",
+        "--embed-model", config.embed_model, "--classify-model", config.classify_model,
+        "--window-rows", "4", "--retries", "0",
+    ]  # fmt: skip
+    run = zygote.run(point, count, args)
+    assert run.returncode == -9, f"{point} {count}: not killed; {run.stderr[-3000:]}"
+
+    seen = _lance_rows(uri)
+    per_date = Counter(seen["date"].to_list())
+    assert set(per_date.values()) <= {ROWS}
+    assert seen.group_by("date", "id").len()["len"].max() in (None, 1)
+    committed = set(per_date)
+    expected = {"2026-01-01"} if point == "table-commit" else {"2026-01-01", "2026-01-02"}
+    assert committed == expected
+
+    params = BackfillParams(
+        source=str(src), dest=uri, partition_column="date", engine=config, run=RunOptions(retries=0)
+    )
+    state = backfill_flow(params, return_state=True)  # the rerun
+    assert state.is_completed()
+    statuses = {row["partition"]: row["status"] for row in state.result()}
+    assert {value for value, status in statuses.items() if status == "skipped"} == committed
+    assert_same_rows(_lance_rows(uri), reference, table=False)

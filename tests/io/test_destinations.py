@@ -83,6 +83,8 @@ def _commit(dest: Destination, value: str, table: pa.Table) -> Manifest:
 def _read_back(dest: Destination, value: str) -> pa.Table:
     """What a reader of DEST sees of the partition: the files its manifest lists, or the
     table's rows (read with the format's own package)."""
+    if dest.kind == "postgresql":
+        return _postgres_rows(dest, f'WHERE "{COLUMN}" = %s', (value,))
     if not dest.capabilities.files:
         from bertetl.io.tables import read_partition
 
@@ -97,6 +99,31 @@ def _read_back(dest: Destination, value: str) -> pa.Table:
         else:
             tables.append(pq.read_table(where, columns=["id", "text"]))
     return pa.concat_tables(tables)
+
+
+def _postgres_rows(dest: Destination, where: str, args: tuple[str, ...]) -> pa.Table:
+    """The table's `id` and `text` (rows matching `where`), read with psycopg itself."""
+    import psycopg
+
+    place = dest.place
+    with psycopg.connect(place.conninfo) as connection:
+        rows = connection.execute(
+            f"SELECT id, text FROM {place.qualified} {where}", args
+        ).fetchall()
+    return pa.table({"id": [r[0] for r in rows], "text": [r[1] for r in rows]})
+
+
+def _damage_postgres(dest: Destination, value: str) -> None:
+    """Insert a copy of one of the partition's rows with psycopg (another writer)."""
+    import psycopg
+
+    place = dest.place
+    with psycopg.connect(place.conninfo) as connection:
+        connection.execute(
+            f"INSERT INTO {place.qualified} SELECT * FROM {place.qualified} "
+            f'WHERE "{COLUMN}" = %s LIMIT 1',
+            (value,),
+        )
 
 
 def _sorted_ids(table: pa.Table) -> list[str]:
@@ -120,6 +147,15 @@ def _damage_file(dest: Destination, value: str) -> None:
 def _damage_table(dest: Destination, value: str) -> None:
     """Append a copy of a row to the table with the format's own package (another writer)."""
     ref = dest.place
+    if ref.format == "lance":
+        import lance
+
+        from bertetl.io.tables import lance_storage_options
+
+        options = lance_storage_options(ref) or None
+        row = lance.dataset(ref.address, storage_options=options).to_table(limit=1)
+        lance.write_dataset(row, ref.address, mode="append", storage_options=options)
+        return
     if ref.format == "delta":
         from deltalake import DeltaTable, write_deltalake
 
@@ -136,7 +172,20 @@ def _damage_table(dest: Destination, value: str) -> None:
     table.append(table.scan(limit=1).to_arrow())
 
 
-@pytest.fixture(params=["folder", "s3", "gs", "abfs", "delta", "delta-s3", "iceberg"])
+@pytest.fixture(
+    params=[
+        "folder",
+        "s3",
+        "gs",
+        "abfs",
+        "delta",
+        "delta-s3",
+        "iceberg",
+        "lance",
+        "lance-s3",
+        "postgresql",
+    ]
+)
 def case(request: pytest.FixtureRequest, tmp_path: Path) -> Case:
     kind = request.param
     if kind == "folder":
@@ -148,6 +197,14 @@ def case(request: pytest.FixtureRequest, tmp_path: Path) -> Case:
         return Case(parse_destination(store.uri("dest"), store.options), _damage_file)
     if kind == "delta":
         return Case(parse_destination(f"delta://{tmp_path / 'table'}"), _damage_table)
+    if kind == "postgresql":
+        return Case(parse_destination(request.getfixturevalue("postgres_dest")), _damage_postgres)
+    if kind == "lance":
+        return Case(parse_destination(f"lance://{tmp_path / 'dataset'}"), _damage_table)
+    if kind == "lance-s3":
+        bucket = request.getfixturevalue("bucket")
+        options = request.getfixturevalue("storage")
+        return Case(parse_destination(f"lance://s3://{bucket}/dataset", options), _damage_table)
     if kind == "delta-s3":
         bucket = request.getfixturevalue("bucket")
         options = request.getfixturevalue("storage")

@@ -83,6 +83,19 @@ def read_dest(uri: str, options: dict[str, str] | None = None) -> pl.DataFrame:
         table = deltalake.DeltaTable(
             ref.address, storage_options=delta_storage_options(ref) or None
         ).to_pyarrow_table()
+    elif uri.startswith("lance://"):
+        import lance
+
+        from bertetl.io.stores.locations import resolve
+        from bertetl.io.tables import lance_storage_options
+
+        ref = resolve(uri, options)
+        storage = lance_storage_options(ref) or None
+        table = lance.dataset(ref.address, storage_options=storage).to_table()
+    elif uri.startswith("postgresql://"):
+        from tests.runs.test_postgres import read_postgres
+
+        return read_postgres(uri)
     elif uri.startswith("iceberg://"):
         from pyiceberg.catalog import load_catalog
 

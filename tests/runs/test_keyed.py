@@ -35,7 +35,7 @@ def _model_rows(report) -> int:
     return report.stages.get("tokenize", {}).get("rows", 0)
 
 
-@pytest.fixture(params=["folder", "s3", "delta", "delta-s3", "iceberg"])
+@pytest.fixture(params=["folder", "s3", "delta", "delta-s3", "iceberg", "lance", "postgresql"])
 def place(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str, dict[str, str]]:
     """A DEST of each kind and a second one of the same kind for the fresh run."""
     kind = request.param
@@ -46,8 +46,15 @@ def place(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str, dic
         options = request.getfixturevalue("storage")
         prefix = "delta://" if kind == "delta-s3" else ""
         return f"{prefix}s3://{bucket}/dest", f"{prefix}s3://{bucket}/fresh", options
-    if kind == "delta":
-        return f"delta://{tmp_path / 'dest'}", f"delta://{tmp_path / 'fresh'}", {}
+    if kind in ("delta", "lance"):
+        return f"{kind}://{tmp_path / 'dest'}", f"{kind}://{tmp_path / 'fresh'}", {}
+    if kind == "postgresql":
+        pytest.importorskip("psycopg")
+        return (
+            request.getfixturevalue("postgres_dest"),
+            request.getfixturevalue("postgres_dest"),
+            {},
+        )
     catalog = request.getfixturevalue("iceberg_catalog")
     return f"iceberg://{catalog}/db.dest", f"iceberg://{catalog}/db.fresh", {}
 

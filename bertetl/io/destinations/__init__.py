@@ -13,12 +13,14 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from bertetl.io.destinations.base import Capabilities, Destination
+from bertetl.io.destinations.base import Capabilities, Destination, IndexSpec
 from bertetl.io.destinations.delta import DeltaTable
 from bertetl.io.destinations.iceberg import IcebergTable
+from bertetl.io.destinations.lance import LanceDataset
 from bertetl.io.destinations.local import LocalFolder
 from bertetl.io.destinations.objectstore import ObjectStorePrefix
 from bertetl.io.destinations.overlap import overlaps
+from bertetl.io.destinations.postgres import PostgresTable
 from bertetl.io.stores.locations import resolve, resolve_run
 
 #: The kinds of destination, by name; the first that accepts a resolved DEST is its class.
@@ -27,6 +29,8 @@ DESTINATIONS: dict[str, Any] = {
     "object-store": ObjectStorePrefix,
     "delta": DeltaTable,
     "iceberg": IcebergTable,
+    "lance": LanceDataset,
+    "postgresql": PostgresTable,
 }
 
 
@@ -57,10 +61,13 @@ def parse_run(
     dest: str | os.PathLike[str] | object,
     options: Mapping[str, str] | None = None,
     overwrite_foreign: bool = False,
+    index: IndexSpec | None = None,
 ) -> tuple[Any, Destination]:
     """SOURCE resolved (a path, a `Location`, a `TableRef`) and DEST as a destination; storage
     options that neither takes are refused (`resolve_run`). `overwrite_foreign`: the user
-    knowingly lets the run replace a table bertetl did not write (`--overwrite-foreign`)."""
+    knowingly lets the run replace a table bertetl did not write (`--overwrite-foreign`).
+    `index`: the vector index DEST builds and keeps up to date (`--index`; refused in one line
+    where DEST builds no index of that kind)."""
     if isinstance(dest, Destination):
         overwrite_foreign = overwrite_foreign or dest.overwrite_foreign
     source = getattr(source, "place", source)
@@ -68,6 +75,14 @@ def parse_run(
     run_source, run_dest = resolve_run(source, place, options)  # type: ignore[arg-type]
     destination = as_destination(run_dest)
     destination.overwrite_foreign = overwrite_foreign
+    if isinstance(dest, Destination) and index is None:
+        index = dest.index
+    if index is not None and index.kind not in destination.capabilities.indexes:
+        from bertetl.errors import InputError
+
+        built = ", ".join(destination.capabilities.indexes) or "no vector index"
+        raise InputError(f"--index {index.kind}: DEST {destination.uri} builds {built}")
+    destination.index = index
     return run_source, destination
 
 
@@ -77,8 +92,11 @@ __all__ = [
     "DeltaTable",
     "Destination",
     "IcebergTable",
+    "IndexSpec",
+    "LanceDataset",
     "LocalFolder",
     "ObjectStorePrefix",
+    "PostgresTable",
     "as_destination",
     "overlaps",
     "parse_destination",

@@ -23,6 +23,7 @@ from bertetl.io import manifest as manifests
 from bertetl.io.manifest import Manifest, OutputDamage
 from bertetl.io.partitions import Partition
 from bertetl.io.sink import SinkFactory
+from bertetl.io.vector_index import IndexSpec
 
 #: How a destination makes a commit atomic: a staged folder swapped in (`swap`), objects
 #: uploaded whole then the manifest written last (`manifest-last`), one table transaction
@@ -43,8 +44,40 @@ class Capabilities:
     object_storage: bool
     #: Its staging is reachable from every node of a cluster (workers could write into it).
     every_node: bool
-    #: It can merge rows by key (upsert and delete) in one commit.
+    #: It can merge rows by key (upsert and delete) in one commit: it has `merge_keyed`,
+    #: `keyed_rows` and `last_record` (`KeyedDestination`).
     merge_by_key: bool = False
+    #: A whole run must be merged by key (`--key`): it cannot replace every row in one commit.
+    requires_key: bool = False
+    #: The vector indexes it builds (`--index`); empty: none.
+    indexes: tuple[str, ...] = ()
+
+
+@runtime_checkable
+class KeyedDestination(Protocol):
+    """What a destination with `capabilities.merge_by_key` adds: one commit that upserts and
+    deletes rows by key, the committed rows' keys, and the record of the last commit."""
+
+    def merge_keyed(
+        self,
+        upserts: list[Path],
+        deletes: pa.Table | None,
+        key: list[str],
+        record: str,
+        partition: Partition | None = None,
+    ) -> bool:
+        """In ONE commit: the rows of the staged Parquet files `upserts` replace (by `key`) or
+        add rows; rows whose key is in `deletes` (a table of just the key columns) are removed;
+        the commit carries `record` (bertetl's manifest, a JSON string). `partition`: the
+        commit touches only that partition's rows (None: the whole table). Returns False and
+        commits nothing when upserts are empty and deletes empty/None."""
+
+    def keyed_rows(self, key: list[str], columns: list[str]) -> Iterator[pa.RecordBatch]:
+        """The committed rows' key columns plus `columns` (those that exist), streamed in
+        batches; nothing when the destination is empty or does not exist yet."""
+
+    def last_record(self) -> str | None:
+        """The `record` of the last bertetl commit, or None."""
 
 
 @runtime_checkable
@@ -57,6 +90,9 @@ class Destination(Protocol):
     #: The user knowingly lets a run replace what bertetl did not write where a kind allows
     #: it (`--overwrite-foreign`: a table with no bertetl commit).
     overwrite_foreign: bool
+    #: The vector index to build after each commit (`--index`; a kind of
+    #: `capabilities.indexes`), or None.
+    index: IndexSpec | None
 
     @property
     def kind(self) -> str:
@@ -195,6 +231,21 @@ class Destination(Protocol):
         """The `record` of the last keyed commit (`capabilities.merge_by_key`)."""
 
 
+def staged_rows(files: list[Path], partition: Partition | None) -> pa.Table:
+    """The staged Parquet files' rows (the partition column added, as a string, when
+    `partition` is given and they lack it: a partition's staged files do)."""
+    import pyarrow.parquet as pq
+
+    from bertetl.io.tables.base import NULL_PARTITION
+
+    tables = [pq.read_table(f) for f in files]
+    rows = pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
+    if partition is not None and partition.column not in rows.column_names:
+        value = None if partition.value == NULL_PARTITION else partition.value
+        rows = rows.append_column(partition.column, pa.array([value] * rows.num_rows, pa.string()))
+    return rows
+
+
 class PlacedDestination:
     """What every kind shares, around its `place`: its name and equality (by URI), the sink
     of its staged output files (Parquet), and its lock, staging and cleaning, which
@@ -206,6 +257,8 @@ class PlacedDestination:
     def __init__(self, place: Any) -> None:
         self.place = place
         self.overwrite_foreign = False
+        #: The vector index to build and keep up to date (`--index`); None: none.
+        self.index: IndexSpec | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.uri!r})"

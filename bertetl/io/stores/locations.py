@@ -383,9 +383,15 @@ def resolve(
 ) -> Any:
     """A URI as a `Location` opened with `options`; a local path as given (so local code
     stays as it was). Options are checked for the URIs among a run's paths
-    (`check_options_used`). A table URI (`delta://`, `iceberg://`) is a `TableRef`."""
-    if isinstance(text, TableRef):
+    (`check_options_used`). A table URI (`delta://`, `iceberg://`) is a `TableRef`; a
+    PostgreSQL URI a `bertetl.io.stores.pgref.PostgresRef`."""
+    from bertetl.io.stores.pgref import PostgresRef, is_postgres_uri, parse_postgres
+
+    if isinstance(text, TableRef | PostgresRef):
         return text
+    if is_postgres_uri(text):
+        assert isinstance(text, str)
+        return parse_postgres(text)
     if is_table_uri(text):
         assert isinstance(text, str)
         return parse_table(text, options)
@@ -412,8 +418,12 @@ def resolve_run(
 def _takes_options(text: object) -> bool:
     """Whether storage options apply to `text`: an object-store URI, a Delta table on one, an
     Iceberg table (its catalog's properties)."""
+    from bertetl.io.stores.pgref import PostgresRef, is_postgres_uri
+
     if isinstance(text, TableRef):
         return not text.local
+    if isinstance(text, PostgresRef) or is_postgres_uri(text):
+        return False  # its connection string says everything
     if is_table_uri(text):
         assert isinstance(text, str)
         return not parse_table(text).local

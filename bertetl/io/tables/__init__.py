@@ -56,6 +56,7 @@ from bertetl.io.tables.dest import (
     table_type,
 )
 from bertetl.io.tables.iceberg import FIELD_METADATA_PREFIX
+from bertetl.io.tables.lance import lance_storage_options
 from bertetl.io.tables.registry import FORMATS
 from bertetl.io.tables.source import (
     ROW_GROUP_ROWS,
@@ -88,6 +89,7 @@ __all__ = [
     "delta_storage_options",
     "is_foreign",
     "keyed_rows",
+    "lance_storage_options",
     "last_record",
     "lock_place",
     "materialize",

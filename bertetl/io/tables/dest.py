@@ -85,6 +85,12 @@ def table_type(data_type: pa.DataType) -> pa.DataType:
     return data_type
 
 
+def column_type(table: object, data_type: pa.DataType) -> pa.DataType:
+    """The type a column gets in `table`'s format: `table_type`, unless the format keeps
+    fixed-size lists (`fixed_size_lists`: Lance, whose vector indexes need them)."""
+    return data_type if getattr(table, "fixed_size_lists", False) else table_type(data_type)
+
+
 def commit_partition(
     ref: TableRef, column: str, value: str, files: list[Path], manifest_json: str
 ) -> None:
@@ -97,7 +103,7 @@ def commit_partition(
         raise CommitError(f"{ref.uri}: partition {column}={value} has no staged output")
     partition_type = table.field_type(column) or pa.string()
     fields = [
-        pa.field(f.name, table_type(f.type), metadata=f.metadata)
+        pa.field(f.name, column_type(table, f.type), metadata=f.metadata)
         for f in schema
         if f.name != column
     ]
@@ -167,8 +173,9 @@ def replace_table(ref: TableRef, root: Path, files: list[Path], rows: int, recor
         partition_base_dir=str(root),
         schema=pa.schema([*columns, *added]),
     )
+    table = open_table(ref)
     target = pa.schema(
-        [pa.field(f.name, table_type(f.type), metadata=f.metadata) for f in dataset.schema]
+        [pa.field(f.name, column_type(table, f.type), metadata=f.metadata) for f in dataset.schema]
     )
 
     def batches() -> Iterator[pa.RecordBatch]:
@@ -177,7 +184,7 @@ def replace_table(ref: TableRef, root: Path, files: list[Path], rows: int, recor
                 [batch.column(f.name).cast(f.type) for f in target], schema=target
             )
 
-    open_table(ref).replace_all(target, batches(), record)
+    table.replace_all(target, batches(), record)
 
 
 #: Tries of a MERGE that a concurrent writer's commit conflicted with.

@@ -21,6 +21,7 @@ from typing import Any
 FORMATS: dict[str, str] = {
     "delta": "bertetl.io.tables.delta:DeltaFormat",
     "iceberg": "bertetl.io.tables.iceberg:IcebergFormat",
+    "lance": "bertetl.io.tables.lance:LanceFormat",
 }
 
 

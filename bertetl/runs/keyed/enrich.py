@@ -174,13 +174,14 @@ def run_keyed(
     dry_run: bool = False,
     storage_options: dict[str, str] | None = None,
     overwrite_foreign: bool = False,
+    index: Any = None,
 ) -> KeyedReport:
     """Enrich SOURCE into DEST by key (see `bertetl.runs.keyed`); `options` None: a dry run
     without a key (`dry_run_files`)."""
     if options is None:
         return dry_run_files(source, dest, storage_options)
     started = time.perf_counter()
-    source, destination = parse_run(source, dest, storage_options, overwrite_foreign)
+    source, destination = parse_run(source, dest, storage_options, overwrite_foreign, index)
     destination.check()
     if not destination.capabilities.files and not destination.capabilities.merge_by_key:
         raise InputError(f"{destination.uri}: this kind of DEST cannot merge rows by key")
