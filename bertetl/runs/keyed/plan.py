@@ -292,6 +292,18 @@ def batches_with_fingerprints(file: SourceFile, text_column: str, batch_rows: in
         yield batch, text_fingerprints(batch.column(text_column))
 
 
+def fingerprint_series(fps: pa.Array) -> pl.Series:
+    """Fingerprints as a polars binary series (no Python objects)."""
+    series = pl.from_arrow(fps.cast(pa.binary()))
+    assert isinstance(series, pl.Series)
+    return series.alias(FP)
+
+
+def latest_by_key(rows: pl.DataFrame, key: list[str]) -> pl.DataFrame:
+    """DEST's rows, one per key (a key twice, after a killed run: its last row)."""
+    return rows.unique(subset=key, keep="last", maintain_order=True)
+
+
 def changed_rows(
     batch: pa.RecordBatch,
     fps: pa.Array,
@@ -303,12 +315,12 @@ def changed_rows(
     """Which rows of `batch` differ from DEST's row of the same key (a table DEST): a new
     key, another text, or (`carried`) another value in a carried column."""
     frame = _frame({name: batch.column(name).cast(key_types[name]) for name in key})
-    frame = frame.with_columns(pl.Series(FP, fps.to_pylist(), pl.Binary))
+    frame = frame.with_columns(fingerprint_series(fps))
     columns = [*key, FP]
     if carried is not None:
         frame = frame.with_columns(row_hashes(batch, carried).alias(ROW))
         columns.append(ROW)
-    known = dest_rows.select(columns).unique(subset=key, keep="last")
+    known = dest_rows.select(columns)  # one row per key (`latest_by_key`)
     joined = frame.join(known, on=key, how="left", suffix="_dest", maintain_order="left")
     same = pl.col(FP + "_dest").is_not_null() & (pl.col(FP) == pl.col(FP + "_dest"))
     if carried is not None:
@@ -343,7 +355,7 @@ class NewTexts:
     def take(self, item: FilePlan, batch: pa.RecordBatch, fps: pa.Array, need: pl.Series) -> None:
         """Count the `need`ed rows of `batch` as reused, inferred or deduplicated, and write
         the texts to infer."""
-        series = pl.Series(FP, fps.to_pylist(), pl.Binary)
+        series = fingerprint_series(fps)
         if self.has_reusable:
             found = series.is_in(self.reusable)
         else:
@@ -380,6 +392,8 @@ class DestState:
     rows: pl.DataFrame
     outputs: set[str]
     carried: list[str] | None
+    #: `rows`, one per key: what a table's rows are compared with.
+    by_key: pl.DataFrame
 
     def unchanged(self, item: FilePlan) -> bool:
         """Whether a folder's output of this input file is as the last keyed run wrote it."""
@@ -423,7 +437,7 @@ def read_dest_state(
         carried,
     )
     relative = {dest.relative(o) for o in outputs}
-    return DestState(previous, reuse, rows, relative, carried)
+    return DestState(previous, reuse, rows, relative, carried, latest_by_key(rows, key))
 
 
 def plan_keyed(
@@ -469,7 +483,7 @@ def plan_keyed(
                 if files_dest or not state.reuse:
                     need = pl.Series([True] * batch.num_rows)
                 else:
-                    need = changed_rows(batch, fps, state.rows, key, key_types, state.carried)
+                    need = changed_rows(batch, fps, state.by_key, key, key_types, state.carried)
                 needed = int(need.sum())
                 item.written += needed
                 item.reused += batch.num_rows - needed  # a table's unchanged rows stay
@@ -490,7 +504,7 @@ def plan_keyed(
         state.previous,
         state.reuse,
         plans,
-        state.rows,
+        state.by_key,
         to_infer,
         gone.head(0) if options.keep_deleted else gone,
         source_keys,
