@@ -120,6 +120,13 @@ class BackfillParams(PartitionedParams):
         return self
 
 
+def _keyed_help(name: str) -> str:
+    """A keyed option's description, declared once (`KeyedOptions`)."""
+    from bertetl.runs.keyed.plan import KeyedOptions
+
+    return KeyedOptions.model_fields[name].description or ""
+
+
 class IncrementalParams(PartitionedParams):
     """Every partition that is new or whose input, model or config changed; with `key`, every
     row by key (`bertetl.runs.keyed`): new and changed text inferred, deleted keys removed."""
@@ -132,13 +139,9 @@ class IncrementalParams(PartitionedParams):
         description="Key columns: rows are matched by key across runs (a table that changes "
         "in place); empty: by partition.",
     )
-    keep_deleted: bool = Field(
-        False, description="With a key: keep rows whose key is no longer in SOURCE."
-    )
+    keep_deleted: bool = Field(False, description="With a key: " + _keyed_help("keep_deleted"))
     output_columns: Literal["all", "key"] = Field(
-        "all",
-        description="With a key: all input columns and the enrichments, or the key columns "
-        "and the enrichments only.",
+        "all", description="With a key: " + _keyed_help("output_columns")
     )
 
     @model_validator(mode="after")

@@ -266,19 +266,10 @@ def _run_keyed(params: Any, keyed: Any, dry_run: bool, report: Path | None, debu
     from bertetl.cli.keyed import finish
 
     with user_errors(debug):
-        if dry_run:
-            from bertetl.runs.keyed import run_keyed
+        if dry_run:  # the flow's task itself, without Prefect: no model work to track
+            from bertetl.flows.keyed import enrich_by_key_task
 
-            result = run_keyed(
-                params.source,
-                params.dest,
-                params.engine,
-                keyed,
-                dry_run=True,
-                storage_options=params.storage_options,
-                overwrite_foreign=params.overwrite_foreign,
-            )
-            finish("incremental", result, report)
+            finish("incremental", enrich_by_key_task.fn(params, dry_run=True), report)
             return
         from bertetl.flows.keyed import keyed_flow
         from bertetl.flows.local import local_api

@@ -43,16 +43,7 @@ def dry_run_partitions(
                 "rows_inferred": rows,
             }
         )
-    todo = sum(f["rows_inferred"] for f in report.files)
-    total = sum(f["rows_in"] for f in report.files)
-    report.counts = {
-        "rows_in": total,
-        "rows_inferred": todo,
-        "rows_reused": total - todo,
-        "rows_deduplicated": 0,
-        "rows_deleted": 0,
-        "rows_written": todo,
-    }
+    report.count_planned()
     report.estimate_from = "rows of the partitions to enrich (rows reused inside them not known)"
     report.seconds = time.perf_counter() - started
     return report

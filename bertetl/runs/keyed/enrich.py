@@ -92,6 +92,20 @@ class KeyedReport:
             )
         return text
 
+    def count_planned(self) -> None:
+        """The totals of a dry run without a key, from its `files` (`rows_in`, and
+        `rows_inferred`: the rest is reused; no row deduplicated or deleted)."""
+        total = sum(f["rows_in"] for f in self.files)
+        todo = sum(f["rows_inferred"] for f in self.files)
+        self.counts = {
+            "rows_in": total,
+            "rows_inferred": todo,
+            "rows_reused": total - todo,
+            "rows_deduplicated": 0,
+            "rows_deleted": 0,
+            "rows_written": todo,
+        }
+
     def write(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
@@ -152,15 +166,7 @@ def dry_run_files(source: Any, dest: Any, storage_options: dict[str, str] | None
         for file in discover(source):
             rows = read_metadata(file).num_rows
             report.files.append({"file": file.relative, "rows_in": rows, "rows_inferred": rows})
-    total = sum(f["rows_in"] for f in report.files)
-    report.counts = {
-        "rows_in": total,
-        "rows_inferred": total,
-        "rows_reused": 0,
-        "rows_deduplicated": 0,
-        "rows_deleted": 0,
-        "rows_written": total,
-    }
+    report.count_planned()
     report.estimate_from = "no key: every row is inferred"
     report.seconds = time.perf_counter() - started
     return report
