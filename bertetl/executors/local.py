@@ -107,7 +107,10 @@ class LocalExecutor:
         check_one_calibration(config.embed_precision, self.workers)
         self.device = check_device(config)  # refused here, before DEST is locked
         self.tokenizers = resolve_tokenizers(config, self.workers, self.device)
-        self.capabilities = Capabilities(reuses_rows=True, object_storage=True)
+        # window rows are not reused: the reuse index holds one output row per text
+        self.capabilities = Capabilities(
+            reuses_rows=not config.emits_windows, object_storage=True, emits_windows=True
+        )
         self._worker_reports: list[EnrichReport] = []
 
     def setup(self) -> None:
