@@ -89,6 +89,7 @@ class StagedPartition:
             models=plan.models,
             config_hash=plan.config_hash,
             started=datetime.now(UTC).isoformat(),
+            emit=pipeline.config.emit,
         )
         jobs = [
             Job(
