@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from bertetl.schema import EMBEDDING, ROW_EMBEDDING, window_fields
+from bertetl.schema import EMBEDDING, ROW_EMBEDDING, WINDOW, window_fields
 
 
 def window_rows(
@@ -60,3 +61,10 @@ def window_rows(
     fields = [*schema][:at] + added_fields + [*schema][at + 1 :]
     columns = [*taken.columns[:at], *added, *taken.columns[at + 1 :]]
     return pa.RecordBatch.from_arrays(columns, schema=pa.schema(fields, schema.metadata))
+
+
+def rows_read(batch: pa.RecordBatch, prefix: str) -> int:
+    """The input rows a batch of window rows holds: its rows of window 0, and those without
+    a window (for progress, which counts input rows)."""
+    first = pc.fill_null(pc.equal(batch.column(prefix + WINDOW), 0), True)
+    return int(pc.sum(first).as_py() or 0)

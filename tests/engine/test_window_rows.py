@@ -137,3 +137,15 @@ def test_emit_windows_is_refused_where_it_cannot_apply(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         EngineConfig(text_column="text", embed_model=str(tiny_embed_dir), emit="windows", **options)
+
+
+@pytest.mark.slow  # worker processes
+def test_window_rows_are_the_same_through_worker_processes(
+    tmp_path: Path, tiny_embed_dir: Path
+) -> None:
+    """The spans and window embeddings cross the tokenizer pool and the worker pool."""
+    texts = [words(n, n) for n in (5, 90, 200, 12)]
+    options = dict(embed_model=str(tiny_embed_dir), emit="rows,windows", window_rows=2)
+    here = _run(tmp_path, texts, **options)
+    pooled = _run(tmp_path, texts, tokenizers=2, **options)
+    assert pooled.to_pylist() == here.to_pylist()

@@ -130,3 +130,15 @@ def test_keyed_runs_and_ray_refuse_window_rows(config: EngineConfig, tmp_path: P
     ray_config = EngineConfig(**{**config.model_dump(), "executor": "ray"})
     with pytest.raises(ExecutorError, match="does not write window rows"):
         make_executor(ray_config)
+
+
+def test_progress_counts_rows_read_not_window_rows(executor: LocalExecutor, tmp_path: Path) -> None:
+    from bertetl.executors import Job
+    from bertetl.io.read import SourceFile
+
+    path = write_source(tmp_path / "src") / f"date={DAYS[0]}" / "part-0.parquet"
+    seen: list[int] = []
+    job = Job(SourceFile(str(path), path.name), tmp_path / "out.parquet", pq.read_schema(path))
+    (result,) = executor.run_jobs([job], scratch=tmp_path / "scratch", on_rows=seen.append)
+    assert sum(seen) == result.rows_in == 5 and result.rows > 10
+    assert result.rows == pq.read_metadata(tmp_path / "out.parquet").num_rows
