@@ -23,6 +23,8 @@ DType = Literal["auto", "float32", "bfloat16", "float16"]
 Quantize = Literal["none", "int8"]
 Backend = Literal["torch", "onnx"]
 LongText = Literal["truncate", "window"]
+#: What one output row is: an input row, or one of its token windows (`--emit`).
+Emit = Literal["rows", "windows", "rows,windows"]
 EmbedPrecision = Literal["float32", "float16", "int8", "uint8", "binary", "ubinary"]
 
 
@@ -302,6 +304,14 @@ class EngineConfig(BaseModel):
         description="With --long-text window: windows per row at most; a longer text keeps "
         "the first ones and is marked truncated.",
     )
+    emit: Annotated[Emit, added_later("rows")] = Field(
+        "rows",
+        description="What one output row is: rows = one per input row; windows = one per "
+        "token window of --long-text window (the chunks retrieval indexes), with the row's "
+        "columns, 'window', 'char_start', 'char_end' and the window's own embedding; "
+        "rows,windows = window rows that also carry the row's pooled 'row_embedding' "
+        "(docs/LONG_TEXT.md).",
+    )
     token_stats: Annotated[bool, added_later(False)] = Field(
         False,
         description="Add 'tokens' (content tokens of the whole text), 'windows' (windows "
@@ -475,6 +485,7 @@ class EngineConfig(BaseModel):
                 "add --embed-model (or a classifier) beside --ner"
             )
         self._check_embedding_options()
+        self._check_emit()
         if not self.ner and (self.ner_labels or self.redact or self.ner_aggregation != "simple"):
             raise ConfigError("--ner-aggregation, --ner-labels and --redact need --ner")
         if self.zero_shot_template is not None and "{}" not in self.zero_shot_template:
@@ -517,6 +528,23 @@ class EngineConfig(BaseModel):
                 f"--zero-shot scores the float embeddings; with --embed-precision "
                 f"{self.embed_precision} give it its own --zero-shot-model"
             )
+
+    def _check_emit(self) -> None:
+        """`--emit windows` writes the embedding model's token windows, one row each."""
+        if self.emit == "rows":
+            return
+        if not self.embed_model or self.heads():
+            raise ConfigError(
+                f"--emit {self.emit} writes one row per token window of --embed-model; it takes "
+                "no other model (--classify-model/--classify/--zero-shot/--ner)"
+            )
+        if self.long_text != "window":
+            raise ConfigError(f"--emit {self.emit} needs --long-text window (its token windows)")
+
+    @property
+    def emits_windows(self) -> bool:
+        """Whether each output row is a token window (`--emit windows` or `rows,windows`)."""
+        return self.emit != "rows"
 
     def heads(self) -> tuple[ClassifierHead | ZeroShotHead | NerHead, ...]:
         """Every head in output order: `--classify-model` (unnamed), each `--classify`, each

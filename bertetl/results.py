@@ -47,6 +47,9 @@ class FileResult:
     rows_failed: int = 0
     rows_reused: int = 0
     rows_truncated: int = 0  # rows inferred whose text the model did not see whole
+    #: Input rows read, where output rows are not input rows (`--emit windows`: `rows`
+    #: counts the window rows written); None: the same as `rows`.
+    rows_in: int | None = None
     seconds: float = 0.0
     #: Real (unpadded) tokens the model stages saw, and the seconds they ran on the device
     #: (GPU or CPU): what a run's cost is reckoned from.
@@ -66,7 +69,13 @@ class FileResult:
             f.name: getattr(self, f.name)
             for f in fields(self)
             if f.name not in ("embedding_sums", "score_sums")
+            and not (f.name == "rows_in" and self.rows_in is None)
         }
+
+    @property
+    def rows_read(self) -> int:
+        """Input rows this file's output accounts for."""
+        return self.rows if self.rows_in is None else self.rows_in
 
 
 @dataclass

@@ -108,6 +108,7 @@ ENGINE_OPTIONS: list[EngineOption] = [
     _from_model(EngineConfig, "long_text"),
     _from_model(EngineConfig, "window_overlap"),
     _from_model(EngineConfig, "max_windows"),
+    _from_model(EngineConfig, "emit"),
     _from_model(EngineConfig, "token_stats"),
     _from_model(EngineConfig, "prefix"),
     _from_model(EngineConfig, "window_rows"),

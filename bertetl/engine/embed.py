@@ -15,7 +15,7 @@ import pyarrow as pa
 from bertetl.engine.encoders import EncoderStage
 from bertetl.engine.pooling import EmbeddingHead, PoolingSpec, pool, read_modules
 from bertetl.errors import ModelError
-from bertetl.schema import EMBEDDING
+from bertetl.schema import EMBEDDING, WINDOW_OUTPUTS_PREFIX
 
 #: Each `--embed-precision` and the Arrow type of one value of its vectors. The binary ones
 #: pack 8 dimensions per byte (numpy's `packbits`, big-endian bit order); int8 and binary are
@@ -43,6 +43,8 @@ class EmbedOptions:
     #: int8/uint8 ranges (2 x dim: per-dimension minimum, maximum); None: calibrated on the
     #: first window of rows.
     ranges: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    #: `--emit windows`: also each token window's own embedding (`window_outputs_column`).
+    windows: bool = False
 
 
 def model_prompts(model_dir: Path) -> tuple[dict[str, str], str | None]:
@@ -227,6 +229,26 @@ class EmbedStage(EncoderStage):
         import torch
 
         return torch.nn.functional.normalize(torch.from_numpy(outputs), p=2, dim=1).numpy()
+
+    @property
+    def window_outputs_column(self) -> str:
+        """The internal column of each row's windows' own embeddings (`--emit windows`)."""
+        return WINDOW_OUTPUTS_PREFIX + self.fields()[0].name
+
+    def _append_window_outputs(
+        self, batch: pa.RecordBatch, outputs: np.ndarray, windows: np.ndarray
+    ) -> pa.RecordBatch:
+        """With `options.windows`: each window's embedding as a sentence-transformers model
+        embeds that window alone (pooled, Dense, Normalize, `--embed-dim`, precision), as
+        `list<embedding>` per row; quantized with the rows' ranges."""
+        if not self.options.windows:
+            return batch
+        vectors = self._finish_rows(outputs)  # windowed: each normalized as a row would be
+        (column,) = self._columns(vectors, np.zeros(len(vectors), dtype=bool))
+        first = np.zeros(len(windows) + 1, dtype=np.int32)
+        np.cumsum(windows, out=first[1:])
+        lists = pa.ListArray.from_arrays(pa.array(first), column)
+        return batch.append_column(self.window_outputs_column, lists)
 
     def _columns(self, outputs: np.ndarray, missing: np.ndarray) -> list[pa.Array]:
         precision = self.options.precision

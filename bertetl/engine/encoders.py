@@ -379,6 +379,7 @@ class EncoderStage:
             self.prompt_length = self._token_metadata(batch, b"prompt_tokens")
             for batch_rows in self._plan(lengths):
                 outputs[batch_rows] = self._run_rows(offsets, values, batch_rows + first)
+            window_outputs = outputs
             if windows.max(initial=0) > 1:
                 outputs = combine_windows(outputs, windows, lengths - self._special(batch))
             else:
@@ -390,9 +391,17 @@ class EncoderStage:
                 self.fields(), self._columns(outputs, windows == 0), strict=True
             ):
                 batch = batch.append_column(field, column)
+            batch = self._append_window_outputs(batch, window_outputs, windows)
             self.counters.rows += batch.num_rows
             self.counters.seconds += time.perf_counter() - started
             yield batch
+
+    def _append_window_outputs(
+        self, batch: pa.RecordBatch, outputs: np.ndarray, windows: np.ndarray
+    ) -> pa.RecordBatch:
+        """`batch`, plus each token window's own output where the stage writes window rows
+        (`outputs`: one per window, before they are combined per row); none here."""
+        return batch
 
     def _special(self, batch: pa.RecordBatch) -> int:
         """Special tokens per window (the tokenize stage notes them on its column)."""

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
+from bertetl.schema import SPAN_TYPE
+
 if TYPE_CHECKING:
     from bertetl.config import EngineConfig
 
@@ -88,13 +90,8 @@ def cut_windows(
     most `rule.limit` of them); `windows[row]` is the row's window count (0 for rows that get
     no output). Each window is `head + t[k*S : k*S + W] + tail`.
     """
-    windows = np.asarray(windows, dtype=np.int64)
-    rows = np.repeat(np.arange(len(windows)), windows)
-    first = np.zeros(len(windows) + 1, dtype=np.int64)
-    np.cumsum(windows, out=first[1:])
-    index = np.arange(len(rows), dtype=np.int64) - first[rows]  # k of each window
-    starts = content_offsets[rows].astype(np.int64) + index * rule.stride
-    ends = np.minimum(starts + rule.width, content_offsets[rows + 1].astype(np.int64))
+    first, starts, ends = _window_bounds(content_offsets, windows, rule)
+    rows = np.repeat(np.arange(len(first) - 1), np.diff(first))
     content = np.maximum(ends - starts, 0)
     special = len(head) + len(tail)
     sizes = content + special
@@ -114,6 +111,41 @@ def cut_windows(
         values[target] = content_values[source]
     inner = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values))
     return pa.ListArray.from_arrays(pa.array(first.astype(np.int32)), inner)
+
+
+def _window_bounds(
+    content_offsets: np.ndarray, windows: np.ndarray, rule: WindowRule
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's first window (row -> offset into the windows, `len(windows) + 1` of them)
+    and each window's content tokens `[start, end)` (positions in the content values)."""
+    windows = np.asarray(windows, dtype=np.int64)
+    rows = np.repeat(np.arange(len(windows)), windows)
+    first = np.zeros(len(windows) + 1, dtype=np.int64)
+    np.cumsum(windows, out=first[1:])
+    index = np.arange(len(rows), dtype=np.int64) - first[rows]  # k of each window
+    starts = content_offsets[rows].astype(np.int64) + index * rule.stride
+    ends = np.minimum(starts + rule.width, content_offsets[rows + 1].astype(np.int64))
+    return first, starts, ends
+
+
+def window_spans(
+    content_offsets: np.ndarray,
+    char_starts: np.ndarray,
+    char_ends: np.ndarray,
+    windows: np.ndarray,
+    rule: WindowRule,
+) -> pa.ListArray:
+    """Each window's character span in its row's text as `list<struct<char_start,
+    char_end>>` (row -> windows), windows cut as `cut_windows` cuts them: from its first
+    content token's start to its last one's end (`char_starts`/`char_ends`: each content
+    token's, from the tokenizer's offsets, aligned with the content values)."""
+    first, starts, ends = _window_bounds(content_offsets, windows, rule)
+    last = np.maximum(ends - 1, starts)  # a window holds at least one content token
+    spans = pa.StructArray.from_arrays(
+        [pa.array(char_starts[starts], pa.int64()), pa.array(char_ends[last], pa.int64())],
+        fields=list(SPAN_TYPE),
+    )
+    return pa.ListArray.from_arrays(pa.array(first.astype(np.int32)), spans)
 
 
 def combine_windows(outputs: np.ndarray, windows: np.ndarray, weights: np.ndarray) -> np.ndarray:

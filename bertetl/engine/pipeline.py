@@ -36,6 +36,7 @@ from bertetl.engine.reuse import ReuseIndex, transform_with_reuse
 from bertetl.engine.stage import Stage
 from bertetl.engine.tokenize import TokenizerSnapshot, TokenizeStage, ValidateTextStage
 from bertetl.engine.tokenizer_pool import TokenizerPool
+from bertetl.engine.window_rows import window_rows
 from bertetl.engine.zero_shot import ZeroShotStage
 from bertetl.errors import InputError, ModelError, is_transient
 from bertetl.io.output import OutputCounts, write_output
@@ -51,6 +52,7 @@ from bertetl.results import (
 from bertetl.schema import (
     INTERNAL_PREFIX,
     LABEL,
+    SPANS_PREFIX,
     STAGE_PREFIXES,
     STATS_PREFIX,
     TOKENS_PREFIX,
@@ -58,6 +60,7 @@ from bertetl.schema import (
     error_field,
     output_schema,
     token_stats_fields,
+    window_row_fields,
 )
 
 log = logging.getLogger(__name__)
@@ -116,7 +119,9 @@ class Pipeline:
                 model_dir,
                 config.prefix,
                 prompt=self._prompt(model_dir, config.prompt, config.prompt_name),
-                options=EmbedOptions(config.embed_dim, config.embed_precision),
+                options=EmbedOptions(
+                    config.embed_dim, config.embed_precision, windows=config.emits_windows
+                ),
             )
             self.models.append(self.embed)
         for each in config.heads():
@@ -173,6 +178,7 @@ class Pipeline:
                 config.max_length,
                 LongTextOptions.from_config(config),
                 prompt=prompt,
+                spans=config.emits_windows,
             )
         return stage_cls(
             model_dir,
@@ -282,9 +288,16 @@ class Pipeline:
             for f in model.fields()
             if not f.name.startswith(INTERNAL_PREFIX)
         ]
+        if self.config.emits_windows:
+            fields = window_row_fields(self.config.prefix, fields, self._keeps_row_embedding)
         if self.config.token_stats:
             fields += token_stats_fields(self.config.prefix)
         return [*fields, error_field(self.config.prefix)]
+
+    @property
+    def _keeps_row_embedding(self) -> bool:
+        """`--emit rows,windows`: window rows carry the row's pooled embedding too."""
+        return self.config.emit == "rows,windows"
 
     def setup(self) -> None:
         """Load tokenizers and models (local files only)."""
@@ -421,7 +434,18 @@ class Pipeline:
                 token_stats_fields(self.config.prefix), stats.flatten(), strict=True
             ):
                 out = out.append_column(field, column)
-        return out.append_column(error_field(self.config.prefix), batch.column(error_column))
+        out = out.append_column(error_field(self.config.prefix), batch.column(error_column))
+        if not self.config.emits_windows:
+            return out
+        assert self.embed is not None  # the config allows --emit windows with it alone
+        spans = self.embed.tokens_column.replace(TOKENS_PREFIX, SPANS_PREFIX, 1)
+        return window_rows(
+            out,
+            self.config.prefix,
+            batch.column(spans),
+            batch.column(self.embed.window_outputs_column),
+            self._keeps_row_embedding,
+        )
 
     @property
     def _output_names(self) -> list[str]:
@@ -491,6 +515,9 @@ class Pipeline:
         batches = stream(
             file, self.config.window_rows, list(row_groups) if row_groups is not None else None
         )
+        read = [0]
+        if self.config.emits_windows:  # rows out are windows: count the rows in apart
+            batches = _counted(batches, read)
         if reuse is None:
             enriched = self.transform(batches)
         else:
@@ -512,6 +539,8 @@ class Pipeline:
             if close is not None:
                 close()
         result.rows = sink.rows
+        if self.config.emits_windows:
+            result.rows_in = read[0]
         result.rows_reused = counts.get("reused", 0)
         result.rows_truncated = self.truncated_rows - truncated_before
         tokens_after, seconds_after = self.model_work()
@@ -549,6 +578,13 @@ class Pipeline:
             report.stages.setdefault(stage.name, StageCounters()).add(stage.counters)
         for model in self.models:
             report.oom_splits += getattr(model, "oom_splits", 0)
+
+
+def _counted(batches: Iterable[pa.RecordBatch], total: list[int]) -> Iterator[pa.RecordBatch]:
+    """`batches`, their rows added up in `total[0]` as they pass."""
+    for batch in batches:
+        total[0] += batch.num_rows
+        yield batch
 
 
 def _null_where(batch: pa.RecordBatch, mask: pa.Array, names: list[str]) -> pa.RecordBatch:

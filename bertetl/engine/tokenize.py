@@ -14,10 +14,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bertetl.engine.long_text import LongTextOptions, WindowRule, cut_windows
+from bertetl.engine.long_text import LongTextOptions, WindowRule, cut_windows, window_spans
 from bertetl.engine.model_files import max_length_for
 from bertetl.results import StageCounters
-from bertetl.schema import ENRICH_ERROR, STATS_PREFIX, TOKENS_PREFIX, token_stats_fields
+from bertetl.schema import (
+    ENRICH_ERROR,
+    SPANS_PREFIX,
+    STATS_PREFIX,
+    TOKENS_PREFIX,
+    token_stats_fields,
+)
 
 NULL_TEXT = "text is null"
 EMPTY_TEXT = "text is empty"
@@ -131,6 +137,8 @@ class RowTokens:
     ids: list[int]
     total: int  # content tokens of the whole text (or of `ids` when not counted)
     truncated: bool
+    #: Each of `ids`' character span in the text (with `spans`), else None.
+    offsets: list[tuple[int, int]] | None = None
 
 
 class TokenizeStage:
@@ -139,7 +147,8 @@ class TokenizeStage:
     Appends a `list<list<int32>>` token column (row -> token windows -> ids with the model's
     special tokens; no windows for rows that `ValidateTextStage` rejected), which the infer
     stage consumes and drops, and a per-row stats column (content tokens, windows, truncated)
-    that the pipeline turns into `--token-stats` columns or drops.
+    that the pipeline turns into `--token-stats` columns or drops. With `spans`
+    (`--emit windows`), also each window's character span in the text (`SPANS_PREFIX`).
     """
 
     name = "tokenize"
@@ -153,8 +162,11 @@ class TokenizeStage:
         max_length: int | None = None,
         long_text: LongTextOptions | None = None,
         prompt: str = "",
+        spans: bool = False,
     ) -> None:
         self.model_dir = Path(model_dir)
+        self.spans = spans
+        self.spans_column = SPANS_PREFIX + tokens_key
         #: Text put before each row's text (sentence-transformers' prompt), tokenized with it.
         self.prompt = prompt
         #: Content tokens the prompt alone has (not counted in a row's token stats).
@@ -178,7 +190,8 @@ class TokenizeStage:
 
     @property
     def produces(self) -> tuple[str, ...]:
-        return (self.tokens_column, self.stats_column)
+        spans = (self.spans_column,) if self.spans else ()
+        return (self.tokens_column, self.stats_column, *spans)
 
     def setup(self, snapshot: TokenizerSnapshot | None = None) -> None:
         """Load the tokenizer from the model folder, or build it from `snapshot` (what
@@ -227,7 +240,11 @@ class TokenizeStage:
         if self.prompt:  # as sentence-transformers' encode: the prompt and the text as one
             texts = [self.prompt + text for text in texts]
         with_offsets = functools.partial(self._tokenizer.encode_batch, add_special_tokens=False)
-        ids_only = functools.partial(ids_only_encoder(self._tokenizer), add_special_tokens=False)
+        ids_only = (
+            with_offsets  # the spans need the offsets of short texts too
+            if self.spans
+            else functools.partial(ids_only_encoder(self._tokenizer), add_special_tokens=False)
+        )
         rows = []
         for text, first in zip(
             texts, first_tokens(texts, limit, with_offsets, ids_only), strict=True
@@ -236,7 +253,8 @@ class TokenizeStage:
             if not first.complete and self.long_text.token_stats:
                 total += self._count(text, first.encoding.offsets[first.settled][0])
             total = max(total - self.prompt_tokens, 0)  # the text's own tokens
-            rows.append(RowTokens(first.encoding.ids[:limit], total, first.truncated))
+            offsets = first.encoding.offsets[:limit] if self.spans else None
+            rows.append(RowTokens(first.encoding.ids[:limit], total, first.truncated, offsets))
         return rows
 
     def _count(self, text: str, start: int) -> int:
@@ -312,7 +330,21 @@ class TokenizeStage:
             batch = batch.append_column(
                 pa.field(self.tokens_column, tokens.type, metadata=special), tokens
             )
+            if self.spans:
+                spans = self._spans(rows, offsets, windows, rule)
+                batch = batch.append_column(self.spans_column, spans)
             yield batch.append_column(self.stats_column, stats)
+
+    def _spans(
+        self, rows: list[RowTokens], offsets: np.ndarray, windows: np.ndarray, rule: WindowRule
+    ) -> pa.ListArray:
+        """Each window's character span (`long_text.window_spans`), from the rows' token
+        offsets (`offsets`: the content tokens' offsets per row of the batch)."""
+        count = int(offsets[-1])
+        spans = chain.from_iterable(row.offsets or () for row in rows)
+        pairs = np.fromiter(chain.from_iterable(spans), dtype=np.int64, count=2 * count)
+        pairs = pairs.reshape(count, 2)
+        return window_spans(offsets, pairs[:, 0], pairs[:, 1], windows, rule)
 
 
 @dataclass(frozen=True)

@@ -36,4 +36,9 @@ def make_executor(config: EngineConfig) -> Executor:
         needs = f"the '{extra}' extra: pip install 'bertetl[{extra}]'" if extra else "its modules"
         raise ExecutorError(f"--executor {kind} needs {needs} ({e})") from e
     executor: Executor = getattr(module, class_name)(config)
+    if config.emits_windows and not executor.capabilities.emits_windows:
+        raise ExecutorError(
+            f"--executor {kind} does not write window rows yet (--emit {config.emit}); "
+            "use --executor local (the default)"
+        )
     return executor

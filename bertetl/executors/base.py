@@ -50,11 +50,15 @@ class Capabilities:
     - `object_storage`: it reads `SourceFile`s on an object store and writes to a `Job`
       target that is an object-store `Location` (docs/STORAGE.md); runs refuse an
       object-store SOURCE or DEST for an executor without it.
+    - `emits_windows`: it writes more rows than it reads (`--emit windows`: one per token
+      window) and accounts the rows read apart (`FileResult.rows_in`); `make_executor`
+      refuses `--emit windows` for an executor without it.
     """
 
     reuses_rows: bool
     group_rows: int | None = None
     object_storage: bool = False
+    emits_windows: bool = False
 
 
 class Executor(Protocol):

@@ -9,10 +9,13 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing.connection import wait
 from pathlib import Path
 
+import pyarrow as pa
+
 from bertetl.config import EngineConfig
 from bertetl.engine.embed import check_one_calibration
 from bertetl.engine.pipeline import Pipeline
 from bertetl.engine.reuse import ReuseIndex
+from bertetl.engine.window_rows import rows_read
 from bertetl.executor_registry import LocalOptions
 from bertetl.executors.base import Capabilities, Job
 from bertetl.processes import pool_worker
@@ -107,7 +110,10 @@ class LocalExecutor:
         check_one_calibration(config.embed_precision, self.workers)
         self.device = check_device(config)  # refused here, before DEST is locked
         self.tokenizers = resolve_tokenizers(config, self.workers, self.device)
-        self.capabilities = Capabilities(reuses_rows=True, object_storage=True)
+        # window rows are not reused: the reuse index holds one output row per text
+        self.capabilities = Capabilities(
+            reuses_rows=not config.emits_windows, object_storage=True, emits_windows=True
+        )
         self._worker_reports: list[EnrichReport] = []
 
     def setup(self) -> None:
@@ -135,7 +141,7 @@ class LocalExecutor:
             return self._run_in_pool(jobs, workers, on_rows)
         self._setup_here()
         results: list[FileResult] = []
-        on_batch = None if on_rows is None else (lambda batch: on_rows(batch.num_rows))
+        on_batch = None if on_rows is None else (lambda batch: on_rows(self._rows_read(batch)))
         for job in jobs:
             if stop_at_error and any(r.error is not None for r in results):
                 break
@@ -151,6 +157,12 @@ class LocalExecutor:
                 )
             )
         return results
+
+    def _rows_read(self, batch: pa.RecordBatch) -> int:
+        """Input rows an output batch accounts for (progress counts rows read)."""
+        if self.config.emits_windows:
+            return rows_read(batch, self.config.prefix)
+        return batch.num_rows
 
     def _run_in_pool(
         self, jobs: list[Job], workers: int, on_rows: Callable[[int], None] | None
@@ -172,7 +184,7 @@ class LocalExecutor:
                 part = future.result()
                 by_source.update((result.source, result) for result in part.files)
                 if on_rows is not None:
-                    on_rows(sum(result.rows for result in part.files))
+                    on_rows(sum(result.rows_read for result in part.files))
                 part.files = []  # the counters stay, for collect()
                 self._worker_reports.append(part)
         except BaseException:  # Ctrl-C, or a failure: stop the workers now, not after their files

@@ -89,6 +89,7 @@ class StagedPartition:
             models=plan.models,
             config_hash=plan.config_hash,
             started=datetime.now(UTC).isoformat(),
+            emit=pipeline.config.emit,
         )
         jobs = [
             Job(
@@ -111,11 +112,13 @@ class StagedPartition:
         partition, manifest = self.partition, self.manifest
         embedding_sums: dict[str, ColumnSum] = {}
         score_sums: dict[str, ColumnSum] = {}
+        rows_read = 0  # input rows the outputs account for (= rows_out unless --emit windows)
         for job, result in zip(self.jobs, results, strict=False):
             if result.error is not None:
                 error = TransientError if result.retryable else InputError
                 raise error(f"partition {partition.folder} failed: {result.error}")
             manifest.rows_out += result.rows
+            rows_read += result.rows_read
             manifest.rows_failed += result.rows_failed
             manifest.rows_reused += result.rows_reused
             manifest.rows_truncated += result.rows_truncated
@@ -143,12 +146,15 @@ class StagedPartition:
             name: ScoreMean.of(total) for name, total in score_sums.items() if total.count
         }
         manifest.rows_in = self.item.rows if self.rows_in is None else self.rows_in
-        if manifest.rows_out != manifest.rows_in:
-            raise CommitError(
-                f"partition {partition.folder}: {manifest.rows_in} rows in but "
-                f"{manifest.rows_out} written; not committed"
+        if rows_read != manifest.rows_in or manifest.rows_out < rows_read:
+            written = f"{manifest.rows_out} written" + (
+                f" for {rows_read} read" if rows_read != manifest.rows_out else ""
             )
-        manifest.rows_inferred = manifest.rows_out - manifest.rows_reused - manifest.rows_failed
+            raise CommitError(
+                f"partition {partition.folder}: {manifest.rows_in} rows in but {written}; "
+                "not committed"
+            )
+        manifest.rows_inferred = rows_read - manifest.rows_reused - manifest.rows_failed
         manifest.finished = datetime.now(UTC).isoformat()
         manifest.seconds = round(time.perf_counter() - self.started, 3)
         manifest.device_seconds = round(manifest.device_seconds, 3)

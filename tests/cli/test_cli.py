@@ -200,6 +200,7 @@ def test_failed_file_exits_non_zero_and_names_it(tiny_embed_dir, write_table, tm
                 "--window-overlap",
                 "--max-windows",
                 "--token-stats",
+                "--emit",
                 "--prefix",
             ],
         ),
@@ -429,3 +430,22 @@ def test_side_outputs_never_overwrite_what_is_not_an_earlier_result(
     run = enrich_cli(source, tmp_path / "out", *model, "--report", str(earlier))
     assert run.returncode == 0, run.stderr  # an earlier report is replaced
     assert json.loads(earlier.read_text())["rows"] == 2
+
+
+def test_emit_windows_via_cli(tiny_embed_dir, write_table, tmp_path) -> None:
+    long = " ".join(["the film was long"] * 60)
+    src = write_table({"id": [1, 2, 3], "text": ["short one", long, None]})
+    options = ("--embed-model", str(tiny_embed_dir), "--device", "cpu", "--long-text", "window")
+    run = enrich_cli(src, tmp_path / "w", *options, "--token-stats", "--emit", "windows")
+    assert run.returncode == 0, run.stderr
+    out = pq.read_table(tmp_path / "w" / src.name)
+    windows = out.column("windows")[1].as_py()
+    assert windows > 3
+    assert out.column("id").to_pylist() == [1, *[2] * windows, 3]
+    assert out.column("window").to_pylist() == [0, *range(windows), None]
+    assert (out.column("char_start")[0].as_py(), out.column("char_end")[0].as_py()) == (0, 9)
+    assert out.column("char_end")[windows].as_py() == len(long)
+    refused = enrich_cli(src, tmp_path / "r", *options[:-2], "--emit", "windows")
+    assert refused.returncode != 0
+    assert "--emit windows needs --long-text window" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1

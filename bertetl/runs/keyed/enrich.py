@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bertetl.config import EngineConfig
-from bertetl.errors import InputError
+from bertetl.errors import ConfigError, InputError
 from bertetl.executors import make_executor
 from bertetl.io.destinations import Destination, parse_run
 from bertetl.io.keys import RECORD_NAME
@@ -186,6 +186,8 @@ def run_keyed(
     without a key (`dry_run_files`)."""
     if options is None:
         return dry_run_files(source, dest, storage_options)
+    if config.emits_windows:  # its outputs are assembled per row, by text fingerprint
+        raise ConfigError(f"--emit {config.emit} with --key is not supported yet; leave --key out")
     started = time.perf_counter()
     source, destination = parse_run(source, dest, storage_options, overwrite_foreign, index)
     destination.check()
