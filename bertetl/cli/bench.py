@@ -224,8 +224,8 @@ def memory(
     memory_layer: Annotated[
         MemoryLayer,
         typer.Option(
-            help="The one-layer model: a 32-wide toy (what the engine holds) or one layer of "
-            "MiniLM's width (its activations too)."
+            help="The one-layer model of --memory-model layer: a 32-wide toy (what the "
+            "engine holds) or one layer of MiniLM's width (its activations too)."
         ),
     ] = "toy",
     memory_model: Annotated[
