@@ -25,6 +25,8 @@ from bertetl.config import Device, DType, EngineConfig, LongText, NerAggregation
 BENCH = {name: info.default for name, info in BenchConfig.model_fields.items()}
 #: `--memory-layer`: the keys of `bertetl.bench.memory.MEMORY_LAYERS` (imported lazily there).
 MemoryLayer = Literal["toy", "minilm"]
+#: `--memory-model`: `bertetl.bench.memory.MEMORY_MODELS`.
+MemoryModel = Literal["layer", "minilm", "null"]
 
 # Options several benchmarks share, declared once.
 Rows = Annotated[int, typer.Option(help=help_of(BenchConfig, "rows"))]
@@ -222,20 +224,30 @@ def memory(
     memory_layer: Annotated[
         MemoryLayer,
         typer.Option(
-            help="The one-layer model: a 32-wide toy (what the engine holds) or one layer of "
-            "MiniLM's width (its activations too)."
+            help="The one-layer model of --memory-model layer: a 32-wide toy (what the "
+            "engine holds) or one layer of MiniLM's width (its activations too)."
         ),
     ] = "toy",
+    memory_model: Annotated[
+        MemoryModel,
+        typer.Option(
+            help="layer = the one-layer model of --memory-layer; minilm = the real MiniLM, "
+            "as a user runs it; null = the real MiniLM's tokenizer and output with the "
+            "forward pass nulled (the host path at full speed)."
+        ),
+    ] = "layer",
     out: Out = OUT,
     debug: Debug = False,
 ) -> None:
-    """Peak RSS of end-to-end runs against the table's size, each in a fresh process."""
+    """Peak RSS of end-to-end runs against the table's size, each in a fresh process with
+    default settings, and each size's ratio to the first. Under `taskset -c 0` the runs
+    are slowed to one core."""
     from bertetl.bench.memory import memory_check
 
     _check_out(out, [], debug, ("memory",))
     sizes = _row_counts(rows, debug)
     with user_errors(debug):
-        result = memory_check(sizes, layer=memory_layer)
+        result = memory_check(sizes, layer=memory_layer, model=memory_model)
         out.write_text(json.dumps(result, indent=2))
     typer.echo(json.dumps(result, indent=2))
 

@@ -14,11 +14,18 @@ buffers, Python's larger objects) to the arenas of several threads, where free g
 growing: at 256 KiB the arenas grew 186 -> 193 MB from 20k to 100k rows (at 1 MiB, 212 -> 237
 MB), and `release_free_heap` hands their free pages back (BENCHMARKS.md, "Memory").
 
+Both are bounded by construction, not by time: the threshold is pinned on every device, and
+`HeapTrim` trims after a fixed amount of work (rows and bytes of windows), so the free pages
+held between two trims come from the same number of rows whether the run is slow (one core)
+or fast (a GPU). A timer ("at most every 5 s") trimmed less often per row the faster the run
+went. Without the pin, on the CPU, one layer of MiniLM's width peaked at 1,400 MB at 5k rows
+and 1,840 MB at 40k (1.31x; trimming each window unpinned: 1.22x); pinned and trimmed, 674 and
+744 MB (1.10x).
+
 The price is a page fault per fresh page of every large block: with the model on the CPU
-that measured about 25% slower end to end (MiniLM, 1,500 real reviews, 2 cores: 27 against
-36 rows/s, system time 24 s against 2.4 s), so it is the default only where the activations
-live on the GPU and the host's blocks are few. On the CPU it is a choice:
-`BERTETL_MMAP_THRESHOLD=262144` pins it, `BERTETL_MMAP_THRESHOLD=0` never pins it.
+that measured about 20-25% slower end to end (MiniLM, 1,500 real reviews, 2 cores: 27 against
+36 rows/s, system time 24 s against 2.4 s). `BERTETL_MMAP_THRESHOLD=0` never pins (for speed,
+with a peak that grows with the table); `BERTETL_MMAP_THRESHOLD=BYTES` pins another size.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import functools
 import logging
 import os
 import platform
-import time
+from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +48,12 @@ _M_MMAP_THRESHOLD = -3
 #: 256 KiB 186 -> 193 MB (32 -> 36 MB free), for about the same page faults (+1%).
 DEFAULT_MMAP_THRESHOLD = 1 << 18
 ENV = "BERTETL_MMAP_THRESHOLD"
+#: `HeapTrim` trims once this many rows have passed since its last trim (one default window)...
+TRIM_EVERY_ROWS = 4096
+#: ...or this many bytes of windows (long texts: fewer rows, more tokens each).
+TRIM_EVERY_BYTES = 64 << 20
 
 _applied: int | None = None
-#: When `release_free_heap` last trimmed (time.monotonic()).
-_last_trim: float | None = None
-#: Seconds between two trims of the heap.
-TRIM_INTERVAL_S = 5.0
 
 
 @functools.cache
@@ -63,14 +70,13 @@ def _libc() -> ctypes.CDLL | None:
 
 
 def pin_mmap_threshold(device_type: str = "cuda") -> int | None:
-    """Pin glibc's mmap threshold for this process, once: by default when the model runs on
-    a GPU; `BERTETL_MMAP_THRESHOLD` (bytes) decides for any device, 0 never pins. Returns the
-    threshold set, or None where nothing was changed."""
+    """Pin glibc's mmap threshold for this process, once, whatever the device (`device_type`
+    is kept for callers; the choice no longer depends on it): `BERTETL_MMAP_THRESHOLD` (bytes)
+    sets another size, 0 never pins. Returns the threshold set, or None where nothing was
+    changed."""
     global _applied
     if _applied is not None:
         return _applied
-    if ENV not in os.environ and device_type != "cuda":
-        return None
     try:
         threshold = int(os.environ.get(ENV, DEFAULT_MMAP_THRESHOLD))
     except ValueError:
@@ -83,26 +89,48 @@ def pin_mmap_threshold(device_type: str = "cuda") -> int | None:
     return threshold
 
 
-def release_free_heap(min_interval_s: float = TRIM_INTERVAL_S) -> bool:
+def release_free_heap() -> bool:
     """Hand the free pages inside malloc's arenas back to the kernel (`malloc_trim(0)`), where
-    `pin_mmap_threshold` pinned the threshold and `min_interval_s` has passed since the last
-    trim in this process. `Pipeline.infer` calls it after each window. Returns whether it trimmed.
+    `pin_mmap_threshold` pinned the threshold. Returns whether it trimmed. `HeapTrim` decides
+    when (after so much work); this trims whenever it is called.
 
     With the threshold pinned, blocks under it (Python's larger objects, tokenizer buffers,
     torch's smaller tensors) still come from the arenas of several threads, and the free space
     between live blocks grows slowly with the windows. `malloc_trim(0)` returns every whole
-    free page of every arena (`MADV_DONTNEED`); it took about 14 ms with ~50 MB free, so it
-    runs at most every `min_interval_s` (a GPU's model thread must not wait on it per window).
+    free page of every arena (`MADV_DONTNEED`); it took about 14 ms with ~50 MB free.
     """
-    global _last_trim
     if _applied is None:
-        return False
-    now = time.monotonic()
-    if _last_trim is not None and now - _last_trim < min_interval_s:
         return False
     libc = _libc()
     if libc is None:
         return False
-    _last_trim = now  # before the call, which releases the GIL: one trim per interval
     libc.malloc_trim(0)
     return True
+
+
+@dataclass
+class HeapTrim:
+    """When to trim the heap: after every `every_rows` rows or `every_bytes` bytes of windows
+    (whichever comes first) since the last trim, never by elapsed time, so the free pages the
+    arenas gather between two trims come from a bounded amount of work at any speed.
+    `Pipeline.infer` calls `after_window` for each window it finishes."""
+
+    every_rows: int = TRIM_EVERY_ROWS
+    every_bytes: int = TRIM_EVERY_BYTES
+    #: Rows and bytes since the last trim.
+    rows: int = 0
+    nbytes: int = 0
+    #: Trims done (where the threshold is pinned; `release_free_heap` is a no-op otherwise).
+    trims: int = 0
+
+    def after_window(self, rows: int, nbytes: int) -> bool:
+        """Count a finished window; trim once enough work has passed. Returns whether it
+        trimmed."""
+        self.rows += rows
+        self.nbytes += nbytes
+        if self.rows < self.every_rows and self.nbytes < self.every_bytes:
+            return False
+        self.rows = self.nbytes = 0
+        trimmed = release_free_heap()
+        self.trims += trimmed
+        return trimmed

@@ -20,7 +20,7 @@ from bertetl.config import ClassifierHead, EngineConfig, NerHead, ZeroShotHead
 from bertetl.engine.embed import EmbedOptions, EmbedStage, resolve_prompt
 from bertetl.engine.encoders import ClassifyStage, EncoderStage, ModelRuntime
 from bertetl.engine.heads import check_sequence_classifier, head_prefix
-from bertetl.engine.heap import release_free_heap
+from bertetl.engine.heap import HeapTrim
 from bertetl.engine.hub import parse_hub_name
 from bertetl.engine.long_text import LongTextOptions
 from bertetl.engine.model_files import (
@@ -129,6 +129,8 @@ class Pipeline:
         self._ready = False
         #: Worker processes that run `prepare` (`start_tokenizer_pool`); None: in-process.
         self.tokenizer_pool: TokenizerPool | None = None
+        #: Trims the heap after so many rows or bytes of windows (`engine.heap`), not by time.
+        self.heap_trim = HeapTrim()
 
     def _resolve(self, spec: str) -> Path:
         config = self.config
@@ -406,13 +408,14 @@ class Pipeline:
 
     def infer(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         """The model stages, on prepared batches; then `finish` each batch. After each window
-        the heap's free pages go back to the OS (`release_free_heap`: every 5 s at most, and
-        only where a model stage pinned the mmap threshold)."""
+        the heap's free pages go back to the OS once enough rows or bytes have passed since
+        the last trim (`HeapTrim`: work done, not time; only where the mmap threshold is
+        pinned)."""
         stream_: Iterable[pa.RecordBatch] = batches
         for stage in self.models:
             stream_ = stage(stream_)
         for batch in stream_:
-            release_free_heap()
+            self.heap_trim.after_window(batch.num_rows, batch.nbytes)
             yield self.finish(batch)
 
     def finish(self, batch: pa.RecordBatch) -> pa.RecordBatch:

@@ -84,6 +84,34 @@ def test_memory_check_runs_with_the_chosen_layer(tmp_path: Path) -> None:
     assert (config["hidden_size"], config["num_hidden_layers"]) == (384, 1)
 
 
+@pytest.mark.slow  # a spawned end-to-end run
+def test_memory_check_runs_the_null_model_with_a_ratio_per_size(tmp_path: Path) -> None:
+    from bertetl.bench.memory import memory_check
+
+    result = memory_check([40, 80], workdir=str(tmp_path), model="null")
+    assert result["model"] == "null" and result["layer"] is None
+    first, second = result["memory"]
+    assert (first["rows"], second["rows"]) == (40, 80) and first["vs_first"] == 1.0
+    assert second["vs_first"] == round(second["peak_rss_mb"] / first["peak_rss_mb"], 3)
+    assert not (tmp_path / "one-layer-minilm").exists()  # the real MiniLM's files, nulled
+
+
+def test_memory_check_refuses_an_unknown_model() -> None:
+    from bertetl.bench.memory import memory_check
+
+    with pytest.raises(ValueError, match="one of layer, minilm, null"):
+        memory_check([10], model="bert")
+
+
+def test_memory_model_choices_are_the_bench_models() -> None:
+    from typing import get_args
+
+    from bertetl.bench.memory import MEMORY_MODELS
+    from bertetl.cli.bench import MemoryModel
+
+    assert get_args(MemoryModel) == MEMORY_MODELS
+
+
 def test_memory_layer_choices_are_the_bench_layers() -> None:
     from typing import get_args
 

@@ -100,7 +100,7 @@ def test_memory_runs_its_row_counts(monkeypatch: pytest.MonkeyPatch, tmp_path: P
 
     calls = []
     monkeypatch.setattr(
-        memory, "memory_check", lambda sizes, layer: calls.append((sizes, layer)) or {}
+        memory, "memory_check", lambda sizes, layer, model: calls.append((sizes, layer)) or {}
     )
     out = tmp_path / "m.json"
     result = invoke(
