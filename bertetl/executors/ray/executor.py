@@ -37,6 +37,7 @@ from bertetl.executors.base import Capabilities, Job
 from bertetl.executors.ray.actors import ModelActor, TokenizeActor
 from bertetl.executors.ray.datasink import CommitOptions, FileTarget, PartsDatasink
 from bertetl.executors.ray.datasource import ParquetFilesDatasource, ReadRange
+from bertetl.executors.ray.nodes import check_every_node_sees, on_this_node
 from bertetl.io.chunks import cut_row_groups
 from bertetl.io.paths import absolute_target
 from bertetl.io.read import SourceFile, read_metadata
@@ -76,15 +77,6 @@ def _alive_nodes(with_cpus: bool = False) -> int:
         for node in ray.nodes()
         if node.get("Alive") and (not with_cpus or node.get("Resources", {}).get("CPU", 0) > 0)
     )
-
-
-def _on_this_node() -> Any:
-    """A scheduling strategy that keeps an actor on the driver's node, so losing a worker
-    node never loses it."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    node = ray.get_runtime_context().get_node_id()
-    return NodeAffinitySchedulingStrategy(node_id=node, soft=True)
 
 
 def _absolute(file: SourceFile) -> SourceFile:
@@ -229,10 +221,13 @@ class RayExecutor:
         """
         if not jobs:
             return []
-        check_shared_scratch(scratch, _alive_nodes())
+        nodes = _alive_nodes()
+        check_shared_scratch(scratch, nodes)
         if any(job.row_groups is not None for job in jobs):
             raise ValueError("RayExecutor reads whole files: cut big files with READ_RANGE_ROWS")
         scratch = absolute_target(scratch)
+        if nodes > 1:
+            check_every_node_sees(scratch)
         started = time.perf_counter()
         jobs = [
             job._replace(file=_absolute(job.file), target=absolute_target(job.target))
@@ -243,7 +238,7 @@ class RayExecutor:
         options = CommitOptions(self.pipeline.validate.error_column, self.pipeline.label_columns())
         with _data_context(_window_bytes(footers, self.config.window_rows)):
             errors_dir, parts_dir = scratch / "ray-errors", scratch / "ray-parts"
-            counters = RunCounters.options(scheduling_strategy=_on_this_node()).remote()
+            counters = RunCounters.options(scheduling_strategy=on_this_node()).remote()
             try:
                 sink = PartsDatasink(targets, parts_dir, errors_dir, options, counters)
                 source = ParquetFilesDatasource(ranges, self.config.window_rows, errors_dir)

@@ -258,3 +258,21 @@ def test_worker_node_killed_mid_run_then_a_rerun_completes(
     output, _ = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, output[-4000:]
     check_complete(dest, reference, tmp_path / "from-s3")
+
+
+def test_a_local_dest_the_worker_cannot_see_is_refused_in_one_line(
+    cluster, source, model_outside_tmp, bucket, storage, tmp_path: Path
+) -> None:
+    """A local DEST's folder is on the driver's disk only: refused before any work."""
+    src, _ = source
+    command = [sys.executable, "-m", "bertetl", "enrich", _upload(src, bucket, storage)]
+    command += [str(tmp_path / "dest"), "--text-column", "text", "--embed-model"]
+    command += [str(model_outside_tmp), "--executor", "ray", "--ray-address", cluster.address]
+    command += ["--storage-option", f"endpoint_url={storage['endpoint_url']}"]
+    done = subprocess.run(command, capture_output=True, text=True, env=cluster.env, timeout=300)
+    assert done.returncode == 1, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: --executor ray: 1 of the cluster's 1 node(s) cannot read")
+    assert "every node needs DEST's filesystem mounted at the same path" in last
+    assert "Traceback" not in done.stderr
+    assert not list((tmp_path / "dest").rglob("*.parquet"))
