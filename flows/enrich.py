@@ -31,6 +31,7 @@ from bertetl.io.vector_index import IndexSpec
 from bertetl.observe import observe_run
 from bertetl.results import EnrichReport, FileResult, SummaryRow
 from bertetl.runs.enrich import check_storage, enrich
+from bertetl.runs.staging import run_staging
 
 
 @task(name="assemble-file", cache_policy=NO_CACHE)
@@ -210,7 +211,7 @@ def _enrich_files(
     if not jobs:
         return []
     task_fn = with_retries(enrich_files_task, params.run)
-    with lock_dir.staging() as scratch:
+    with run_staging(executor, lock_dir) as scratch:
         results = task_fn(executor, jobs, scratch, progress)
     rows = []
     for result in results:

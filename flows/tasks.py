@@ -132,7 +132,7 @@ def enrich_chunk_task(
 
 @task(name="enrich-files", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
 def enrich_files_task(
-    executor: Executor, jobs: list[Job], scratch: Path, progress: RunProgress
+    executor: Executor, jobs: list[Job], scratch: Any, progress: RunProgress
 ) -> list[FileResult]:
     """Enrich every file in one call (executors that start up per call); failed files are
     in the results, the others committed."""

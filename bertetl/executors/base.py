@@ -53,12 +53,16 @@ class Capabilities:
     - `emits_windows`: it writes more rows than it reads (`--emit windows`: one per token
       window) and accounts the rows read apart (`FileResult.rows_in`); `make_executor`
       refuses `--emit windows` for an executor without it.
+    - `spans_nodes`: its workers run on machines other than the driver's (known once
+      `setup()` connected), which may share no disk with it: runs give it a staging every
+      node reaches where the destination has one (`Destination.node_staging`).
     """
 
     reuses_rows: bool
     group_rows: int | None = None
     object_storage: bool = False
     emits_windows: bool = False
+    spans_nodes: bool = False
 
 
 class Executor(Protocol):
@@ -78,7 +82,7 @@ class Executor(Protocol):
         self,
         jobs: list[Job],
         *,
-        scratch: Path,
+        scratch: Path | Location,
         reuse: ReuseIndex | None = None,
         on_rows: Callable[[int], None] | None = None,
         stop_at_error: bool = False,
@@ -86,7 +90,8 @@ class Executor(Protocol):
         """Enrich every job into its target atomically; results in job order.
 
         `scratch` is a fresh folder on DEST's filesystem the executor may use (the caller
-        removes it); `reuse` is applied only when `capabilities.reuses_rows`; `on_rows(n)`
+        removes it; with `capabilities.spans_nodes`, a prefix on the store every node reaches
+        where DEST has one); `reuse` is applied only when `capabilities.reuses_rows`; `on_rows(n)`
         reports progress; `stop_at_error`: no job after the first failed one need run.
         """
         ...

@@ -41,6 +41,7 @@ from bertetl.output_options import output_payload
 from bertetl.results import ColumnSum
 
 if TYPE_CHECKING:
+    from bertetl.io.stores.locations import Location
     from bertetl.io.tables import TableCommit
 
 MANIFEST_NAME = "_manifest.json"
@@ -215,11 +216,16 @@ def _remote_sha256(location: Location) -> str:
     return digest.hexdigest()
 
 
-def fingerprint_output(path: str | os.PathLike[str], relative: str) -> OutputFingerprint:
-    """Size, mtime, SHA-256 and row count (from the Parquet footer) of a written output file.
-    Raises `OSError` or `pyarrow.ArrowException` when it cannot be read."""
+def fingerprint_output(path: str | os.PathLike[str] | Location, relative: str) -> OutputFingerprint:
+    """Size, mtime, SHA-256 and row count (from the Parquet footer) of a written output file
+    (local, or an object staged on a store: read through its filesystem). Raises `OSError` or
+    `pyarrow.ArrowException` when it cannot be read."""
     import pyarrow.parquet as pq
 
+    from bertetl.io.stores.locations import is_remote
+
+    if is_remote(path):
+        return _fingerprint_object(path, relative)  # type: ignore[arg-type]
     info = os.stat(path)
     rows = pq.read_metadata(path).num_rows
     return OutputFingerprint(
@@ -227,6 +233,27 @@ def fingerprint_output(path: str | os.PathLike[str], relative: str) -> OutputFin
         size=info.st_size,
         mtime_ns=info.st_mtime_ns,
         sha256=file_sha256(path),
+        rows=rows,
+    )
+
+
+def _fingerprint_object(location: Location, relative: str) -> OutputFingerprint:
+    """`fingerprint_output` of an object on a store: one read of it for the hash, and its
+    footer."""
+    import pyarrow.parquet as pq
+
+    info = location.fs.get_file_info(location.path)
+    digest = hashlib.sha256()
+    with location.fs.open_input_stream(location.path) as handle:
+        while chunk := handle.read(8 << 20):
+            digest.update(chunk)
+    with location.fs.open_input_file(location.path) as handle:
+        rows = pq.read_metadata(handle).num_rows
+    return OutputFingerprint(
+        relative=relative,
+        size=int(info.size or 0),
+        mtime_ns=int(info.mtime_ns or 0),
+        sha256=digest.hexdigest(),
         rows=rows,
     )
 

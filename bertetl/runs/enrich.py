@@ -19,6 +19,7 @@ from bertetl.io.read import SourceFile, check_text_column, read_schema
 from bertetl.io.sources import source_capabilities
 from bertetl.io.vector_index import IndexSpec
 from bertetl.results import EnrichReport, FileResult, merge_label_counts
+from bertetl.runs.staging import run_staging
 
 
 def enrich(
@@ -80,7 +81,7 @@ def enrich(
         executor.setup()
         stopped = True
         try:
-            with root.staging() as scratch:
+            with run_staging(executor, root) as scratch:
                 results = executor.run_jobs(jobs, scratch=scratch)
             executor.collect(report)
             stopped = False

@@ -33,6 +33,7 @@ from bertetl.io.run_checks import (
 )
 from bertetl.results import ColumnSum, FileResult, merge_column_sums, merge_label_counts
 from bertetl.runs.plan import PartitionPlan, Plan
+from bertetl.runs.staging import on_every_node, run_staging
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class StagedPartition:
         item: PartitionPlan,
         dest: Any,
         plan: Plan,
-        staged: Path,
+        staged: Any,
         inputs: Path | None = None,
     ) -> StagedPartition:
         """Check the partition's paths (its DEST folder is outside its SOURCE and holds
@@ -158,7 +159,7 @@ class StagedPartition:
         manifest.finished = datetime.now(UTC).isoformat()
         manifest.seconds = round(time.perf_counter() - self.started, 3)
         manifest.device_seconds = round(manifest.device_seconds, 3)
-        files = [Path(job.target) for job in self.jobs]
+        files = [job.target for job in self.jobs]
         return self.destination.commit_partition(
             self.target, self.staged, manifest, self.owned, files
         )
@@ -181,7 +182,12 @@ def enrich_partition(
     pipeline = executor.pipeline
     config = pipeline.config
     destination = as_destination(dest)
-    with destination.staging() as staged, destination.staging() as scratch:
+    with contextlib.ExitStack() as stack:
+        staged = stack.enter_context(run_staging(executor, destination))
+        scratch = stack.enter_context(destination.staging())
+        parts = scratch  # where the executor stages its parts: beside the inputs, unless
+        if on_every_node(executor, destination):  # nodes that share no disk write them
+            parts = stack.enter_context(destination.node_staging())
         work = StagedPartition.prepare(
             pipeline, item, destination, plan, staged, inputs=_inputs_folder(scratch)
         )
@@ -207,7 +213,7 @@ def enrich_partition(
                 log.info("%s: %d earlier rows can be reused", work.partition.folder, len(index))
         pipeline.use_embedding_ranges(plan.embedding_ranges)
         results = executor.run_jobs(
-            work.jobs, reuse=index, on_rows=on_rows, stop_at_error=True, scratch=scratch
+            work.jobs, reuse=index, on_rows=on_rows, stop_at_error=True, scratch=parts
         )
         work.manifest.embedding_ranges = plan.embedding_ranges = pipeline.embedding_ranges()
         return work.commit(results)
@@ -235,10 +241,10 @@ def enrich_partitions(
     outcomes = {item.value: PartitionOutcome(item) for item in items}
     destination = as_destination(dest)
     with contextlib.ExitStack() as stack:
-        scratch = stack.enter_context(destination.staging())
+        scratch = stack.enter_context(run_staging(executor, destination))
         staged: list[StagedPartition] = []
         for item in items:
-            folder = stack.enter_context(destination.staging())
+            folder = stack.enter_context(run_staging(executor, destination))
             inputs = _inputs_folder(stack.enter_context(destination.staging()))
             try:
                 staged.append(

@@ -28,13 +28,14 @@ from bertetl.engine.pipeline import Pipeline
 from bertetl.engine.tokenize import TokenizerSnapshot
 from bertetl.errors import is_transient
 from bertetl.executors.ray.datasource import FILE_COLUMN, record_error
+from bertetl.io.stores.node_staging import Folder
 
 
 def _apply(
     table: pa.Table,
     stage: Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]],
     name: str,
-    errors_dir: str,
+    errors_dir: str | Folder,
 ) -> pa.Table:
     if not table.num_rows:  # nothing to enrich; the sink writes nothing for it
         return table
@@ -55,7 +56,7 @@ class TokenizeActor:
     def __init__(
         self,
         config: EngineConfig,
-        errors_dir: str,
+        errors_dir: str | Folder,
         counters: Any = None,
         snapshots: Mapping[str, TokenizerSnapshot] | None = None,
     ) -> None:
@@ -87,7 +88,9 @@ class ModelActor:
     would leave a CPU actor on one core.
     """
 
-    def __init__(self, config: EngineConfig, errors_dir: str, threads: int | None = None) -> None:
+    def __init__(
+        self, config: EngineConfig, errors_dir: str | Folder, threads: int | None = None
+    ) -> None:
         import torch
 
         if threads:

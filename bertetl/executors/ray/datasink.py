@@ -3,8 +3,9 @@
 Write tasks see blocks, not files: a block holds a window of one file (or slices of two),
 and one file's windows reach different write tasks, in any order. So `write()` splits each
 block by input file into runs of consecutive row positions and writes each run to a hidden
-Arrow IPC part under the run's staging folder, named by file, first row and write task
-(deterministic: a retried write task overwrites its own parts). `on_write_complete()` then
+Arrow IPC part under the run's scratch (a folder every node shares, or on a cluster whose
+nodes share no disk a prefix of the store's node staging), named by file, first row and write
+task (deterministic: a retried write task overwrites its own parts). `on_write_complete()` then
 commits each file: its parts, sorted by first row, must cover rows 0..n-1 (a part that
 repeats rows, from a re-executed block, is trimmed; a gap fails the file), and are streamed
 into the target through the destination's sink by `write_output` (for Parquet: temp file,
@@ -15,9 +16,7 @@ reported failed and not committed; every other file is.
 
 from __future__ import annotations
 
-import os
 import time
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from bertetl.executors.ray.datasource import FILE_COLUMN, ROW_COLUMN, read_error
 from bertetl.io.output import OutputCounts, write_output
 from bertetl.io.sink import SinkFactory
 from bertetl.io.stores.locations import Location
+from bertetl.io.stores.node_staging import Folder, as_folder, read_ipc, write_ipc
 from bertetl.io.write import ParquetSink
 from bertetl.results import FileResult
 
@@ -46,7 +46,7 @@ class Part:
     index: int
     first: int
     rows: int
-    path: str
+    path: Folder
 
 
 @dataclass(frozen=True)
@@ -79,13 +79,10 @@ def runs(positions: np.ndarray) -> list[np.ndarray]:
     return np.split(order, cuts)
 
 
-def write_part(table: pa.Table, path: Path) -> None:
-    """Write `table` as an Arrow IPC file at `path`, atomically (temp name, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with pa.OSFile(str(temp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
-    os.replace(temp, path)
+def write_part(table: pa.Table, path: Folder) -> None:
+    """Write `table` as an Arrow IPC file at `path`, whole: a local file under a temp name,
+    then renamed; an object on the store (node staging) in one piece."""
+    write_ipc(table, path)
 
 
 class PartsDatasink(Datasink[list[Part]]):
@@ -94,13 +91,13 @@ class PartsDatasink(Datasink[list[Part]]):
     def __init__(
         self,
         targets: dict[int, FileTarget],
-        parts_dir: str,
-        errors_dir: str,
+        parts_dir: str | Folder,
+        errors_dir: str | Folder,
         options: CommitOptions,
         counters: Any = None,
     ) -> None:
         self.targets = targets
-        self.parts_dir = parts_dir
+        self.parts_dir = as_folder(parts_dir)
         self.errors_dir = errors_dir
         self.options = options
         self.counters = counters
@@ -129,14 +126,14 @@ class PartsDatasink(Datasink[list[Part]]):
                     first = int(positions[take[0]])
                     part = block.take(pa.array(take)).select(target.schema.names)
                     name = f"{first:012d}-{ctx.task_idx}-{block_number}-{run_number}.arrow"
-                    path = Path(self.parts_dir) / str(int(index)) / name
+                    path = self.parts_dir / str(int(index)) / name
                     try:
                         write_part(part.cast(target.schema), path)
-                    except OSError as e:
+                    except (OSError, CommitError) as e:
                         message = f"{target.source}: cannot write a part of its output: {e}"
                         record_error(self.errors_dir, target.index, message, is_transient(e))
                         raise
-                    written.append(Part(int(index), first, len(take), str(path)))
+                    written.append(Part(int(index), first, len(take), path))
                     rows += len(take)
         if self.counters is not None:  # counted before this task ends: the driver's last
             ray.get(self.counters.add.remote(rows))  # read, after the dataset, sees it
@@ -153,7 +150,7 @@ class PartsDatasink(Datasink[list[Part]]):
 def commit_files(
     targets: dict[int, FileTarget],
     parts: dict[int, list[Part]],
-    errors_dir: str,
+    errors_dir: str | Folder,
     options: CommitOptions,
 ) -> list[FileResult]:
     """Commit every file whose parts are whole, as Ray tasks; results in file order."""
@@ -205,9 +202,7 @@ def commit_file(target: FileTarget, parts: list[Part], options: CommitOptions) -
 
     def batches() -> Iterable[pa.RecordBatch]:
         for part, skip in ordered:
-            with pa.memory_map(part.path) as source:
-                table = pa.ipc.open_file(source).read_all().slice(skip)
-            yield from table.to_batches()
+            yield from read_ipc(part.path).slice(skip).to_batches()
 
     try:
         write_output(batches(), target.sink(target.target, target.schema), counts, result)

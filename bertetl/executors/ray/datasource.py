@@ -18,7 +18,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +27,7 @@ from ray.data.datasource import Datasource, ReadTask
 
 from bertetl.errors import InputError, is_transient
 from bertetl.io.read import SourceFile, stream
+from bertetl.io.stores.node_staging import Folder, as_folder, listing, read_text, write_whole
 from bertetl.schema import INTERNAL_PREFIX
 
 #: Internal columns carried from the read stage to the sink (never written out).
@@ -47,27 +47,29 @@ class ReadRange:
     row_groups: tuple[int, ...] | None = None
 
 
-def record_error(errors_dir: str, index: int, message: str, retryable: bool = False) -> None:
-    """Leave a file's failure where the driver reads it after the run (shared filesystem);
-    `retryable`: an I/O error that may pass on a retry."""
-    folder = Path(errors_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+def record_error(
+    errors_dir: str | Folder, index: int, message: str, retryable: bool = False
+) -> None:
+    """Leave a file's failure where the driver reads it after the run (a shared folder, or a
+    prefix on the store every node reaches); `retryable`: an I/O error that may pass on a
+    retry."""
     kind = "retryable" if retryable else "permanent"
-    (folder / f"{index}.{kind}.{uuid.uuid4().hex}.txt").write_text(message)
+    write_whole(as_folder(errors_dir) / f"{index}.{kind}.{uuid.uuid4().hex}.txt", message.encode())
 
 
-def read_errors(errors_dir: str) -> dict[int, tuple[str, bool]]:
+def read_errors(errors_dir: str | Folder) -> dict[int, tuple[str, bool]]:
     """The first recorded failure of each file, by file index: (message, retryable)."""
     found: dict[int, tuple[str, bool]] = {}
-    folder = Path(errors_dir)
-    if folder.is_dir():
-        for path in sorted(folder.glob("*.txt"), key=lambda p: p.stat().st_mtime_ns):
-            index, kind, _ = path.name.split(".", 2)
-            found.setdefault(int(index), (path.read_text(), kind == "retryable"))
+    errors_dir = as_folder(errors_dir)
+    for name, _ in sorted(listing(errors_dir), key=lambda item: (item[1], item[0])):
+        if name.endswith(".txt") and "/" not in name:
+            index, kind, _ = name.split(".", 2)
+            if int(index) not in found:
+                found[int(index)] = (read_text(errors_dir / name), kind == "retryable")
     return found
 
 
-def read_range(part: ReadRange, window_rows: int, errors_dir: str) -> Iterator[pa.Table]:
+def read_range(part: ReadRange, window_rows: int, errors_dir: str | Folder) -> Iterator[pa.Table]:
     """Stream one range as tables of at most `window_rows` rows, tagged with file and row.
 
     A read failure is recorded for the driver and ends this range: the rows already sent
@@ -91,7 +93,7 @@ def read_range(part: ReadRange, window_rows: int, errors_dir: str) -> Iterator[p
 class ParquetFilesDatasource(Datasource):
     """One read task per range, so a failing file never takes another file's rows with it."""
 
-    def __init__(self, ranges: list[ReadRange], window_rows: int, errors_dir: str) -> None:
+    def __init__(self, ranges: list[ReadRange], window_rows: int, errors_dir: str | Folder) -> None:
         super().__init__()
         self.ranges = ranges
         self.window_rows = window_rows

@@ -37,9 +37,11 @@ from bertetl.executors.base import Capabilities, Job
 from bertetl.executors.ray.actors import ModelActor, TokenizeActor
 from bertetl.executors.ray.datasink import CommitOptions, FileTarget, PartsDatasink
 from bertetl.executors.ray.datasource import ParquetFilesDatasource, ReadRange
+from bertetl.executors.ray.nodes import check_every_node_sees, on_this_node
 from bertetl.io.chunks import cut_row_groups
 from bertetl.io.paths import absolute_target
 from bertetl.io.read import SourceFile, read_metadata
+from bertetl.io.stores.locations import Location
 from bertetl.io.stores.objects import is_machine_staging
 from bertetl.processes import tagging, watch
 from bertetl.results import EnrichReport, FileResult
@@ -52,22 +54,29 @@ READ_RANGE_ROWS = 262_144
 PROGRESS_EVERY_S = 0.5
 
 
-def check_shared_scratch(scratch: Path, nodes: int) -> None:
+def check_shared_scratch(scratch: Path | Location, nodes: int) -> None:
     """Refuse (`ExecutorError`) a run whose parts would be staged in this machine's own
-    staging (an object-store or table DEST: `is_machine_staging`) on a cluster of several
-    nodes, whose other nodes could neither write nor read them."""
+    staging (a table DEST: `is_machine_staging`) on a cluster of several nodes, whose other
+    nodes could neither write nor read them. An object-store DEST is staged on the store
+    there (`Destination.node_staging`), a local DEST beside it on the filesystem every node
+    shares."""
     if nodes > 1 and is_machine_staging(scratch):
         raise ExecutorError(
-            f"--executor ray stages an object-store or table DEST's parts on this machine "
+            f"--executor ray stages a table DEST's parts on this machine "
             f"({scratch}), which the cluster's other {nodes - 1} node(s) cannot reach: run "
-            "on a single-node Ray (or a local one, the default), or write to a DEST on a "
-            "filesystem every node shares"
+            "on a single-node Ray (or a local one, the default), or write to an object-store "
+            "DEST or a DEST on a filesystem every node shares"
         )
 
 
-def _alive_nodes() -> int:
-    """How many nodes of the connected Ray cluster are alive."""
-    return sum(1 for node in ray.nodes() if node.get("Alive"))
+def _alive_nodes(with_cpus: bool = False) -> int:
+    """How many nodes of the connected Ray cluster are alive (`with_cpus`: and offer CPUs
+    for tasks: a head started with `--num-cpus 0` runs none)."""
+    return sum(
+        1
+        for node in ray.nodes()
+        if node.get("Alive") and (not with_cpus or node.get("Resources", {}).get("CPU", 0) > 0)
+    )
 
 
 def _absolute(file: SourceFile) -> SourceFile:
@@ -132,6 +141,7 @@ class RayExecutor:
     def setup(self) -> None:
         """Connect to the Ray cluster (`ray_address`, else RAY_ADDRESS, else a local Ray)."""
         if ray.is_initialized():
+            self._count_nodes()
             return
         # "local": a new Ray for this run, never a stale `ray start` cluster on this machine
         address = ray_options(self.config).address or os.environ.get("RAY_ADDRESS") or "local"
@@ -153,6 +163,11 @@ class RayExecutor:
             self._stop_watchdog()
             raise
         self._started_ray = True
+        self._count_nodes()
+
+    def _count_nodes(self) -> None:
+        """`capabilities.spans_nodes`: whether the cluster has nodes besides this one."""
+        self.capabilities = replace(self.capabilities, spans_nodes=_alive_nodes() > 1)
 
     def teardown(self) -> None:
         """Stop the local Ray this pipeline started (a cluster it joined keeps running)."""
@@ -181,7 +196,8 @@ class RayExecutor:
 
     def plan(self) -> RayPlan:
         """Actor counts and resources for the cluster this pipeline is connected to."""
-        plan = RayPlan.for_cluster(self.config, ray.cluster_resources(), _alive_nodes())
+        nodes = _alive_nodes(with_cpus=True)
+        plan = RayPlan.for_cluster(self.config, ray.cluster_resources(), nodes)
         log.info("ray: %s", plan)
         return plan
 
@@ -189,25 +205,29 @@ class RayExecutor:
         self,
         jobs: list[Job],
         *,
-        scratch: Path,
+        scratch: Path | Location,
         reuse: Any = None,
         on_rows: Callable[[int], None] | None = None,
         stop_at_error: bool = False,
     ) -> list[FileResult]:
         """Enrich every job in one Ray Data pipeline; results in job order.
 
-        `scratch` (a fresh folder on a filesystem every node shares, or this machine's staging
-        on a single-node Ray: `check_shared_scratch`; the caller removes it) holds the parts
-        and error records until the files are committed, into local paths or, uploaded whole,
+        `scratch` (a fresh folder on a filesystem every node shares, a prefix on the store
+        every node reaches, or this machine's staging on a single-node Ray:
+        `check_shared_scratch`; the caller removes it) holds the parts and error records
+        until the files are committed, into local paths or, uploaded whole,
         object-store `Location`s. `reuse` is ignored
         (`capabilities.reuses_rows` is false) and every job runs (`stop_at_error` too).
         """
         if not jobs:
             return []
-        check_shared_scratch(scratch, _alive_nodes())
+        nodes = _alive_nodes()
+        check_shared_scratch(scratch, nodes)
         if any(job.row_groups is not None for job in jobs):
             raise ValueError("RayExecutor reads whole files: cut big files with READ_RANGE_ROWS")
-        scratch = Path(scratch).resolve()
+        scratch = absolute_target(scratch)
+        if nodes > 1:
+            check_every_node_sees(scratch)
         started = time.perf_counter()
         jobs = [
             job._replace(file=_absolute(job.file), target=absolute_target(job.target))
@@ -217,8 +237,8 @@ class RayExecutor:
         plan = self.plan()
         options = CommitOptions(self.pipeline.validate.error_column, self.pipeline.label_columns())
         with _data_context(_window_bytes(footers, self.config.window_rows)):
-            errors_dir, parts_dir = str(scratch / "ray-errors"), str(scratch / "ray-parts")
-            counters = RunCounters.remote()
+            errors_dir, parts_dir = scratch / "ray-errors", scratch / "ray-parts"
+            counters = RunCounters.options(scheduling_strategy=on_this_node()).remote()
             try:
                 sink = PartsDatasink(targets, parts_dir, errors_dir, options, counters)
                 source = ParquetFilesDatasource(ranges, self.config.window_rows, errors_dir)
@@ -268,7 +288,7 @@ class RayExecutor:
         source: ParquetFilesDatasource,
         blocks: int,
         plan: RayPlan,
-        errors_dir: str,
+        errors_dir: Path | Location,
         counters: Any,
     ) -> Any:
         """read -> tokenize actors -> model actors, as a lazy Ray dataset. The tokenize actors

@@ -119,6 +119,11 @@ class Destination(Protocol):
     def staging(self) -> contextlib.AbstractContextManager[Path]:
         """A fresh local staging folder for this DEST, removed on exit."""
 
+    def node_staging(self) -> contextlib.AbstractContextManager[Any]:
+        """A fresh staging place every node of a cluster reaches (`capabilities.every_node`):
+        workers write parts and outputs there, the driver commits from it; removed on exit,
+        and by `clean_leftovers` after a killed run. Others refuse in one line."""
+
     def clean_leftovers(self, only_file: str | None = None) -> int:
         """Remove what a killed run left (call holding the lock); how many were removed."""
 
@@ -145,12 +150,13 @@ class Destination(Protocol):
     def commit_partition(
         self,
         target: Any,
-        staged: Path,
+        staged: Any,
         manifest: Manifest,
         owned: frozenset[str],
-        files: list[Path],
+        files: list[Any],
     ) -> Manifest:
-        """Commit a staged partition (`files`, under `staged`) with its manifest, atomically."""
+        """Commit a staged partition (`files`, under `staged`: a local folder, or where
+        `node_staging` put it) with its manifest, atomically."""
 
     def committed_manifests(self, column: str | None = None) -> dict[str, tuple[Any, Manifest]]:
         """The committed manifests by partition value, with where each was read from."""
@@ -291,6 +297,15 @@ class PlacedDestination:
 
     def staging(self) -> contextlib.AbstractContextManager[Path]:
         return commits.staging_for(self.place)
+
+    def node_staging(self) -> contextlib.AbstractContextManager[Any]:
+        from bertetl.errors import ExecutorError
+
+        raise ExecutorError(
+            f"{self.uri}: a {self.kind} DEST is staged on the driver's machine, which the "
+            "cluster's other nodes cannot reach; run on a single-node Ray (or the local "
+            "executor), or write to an object-store DEST"
+        )
 
     def clean_leftovers(self, only_file: str | None = None) -> int:
         return commits.clean_leftovers(self.place, only_file)

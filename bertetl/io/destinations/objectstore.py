@@ -4,6 +4,7 @@ a partition committed manifest last, the lock a conditional create with a lease
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -86,13 +87,25 @@ class ObjectStorePrefix(FileDestination):
 
         return delete_objects(targets)
 
+    def node_staging(self) -> contextlib.AbstractContextManager[Location]:
+        """A fresh prefix under `DEST/.bertetl-staging/`, deleted on exit."""
+        from bertetl.io.stores.node_staging import node_staged_prefix
+
+        return node_staged_prefix(self.place)
+
+    def clean_leftovers(self, only_file: str | None = None) -> int:
+        """This machine's staging of DEST, and what killed runs staged on the store."""
+        from bertetl.io.stores.node_staging import clean_node_staging
+
+        return super().clean_leftovers(only_file) + clean_node_staging(self.place)
+
     def commit_partition(
         self,
         target: Any,
-        staged: Path,
+        staged: Path | Location,
         manifest: Manifest,
         owned: frozenset[str],
-        files: list[Path],
+        files: list[Any],
     ) -> Manifest:
         """Commit the staged partition to its object-store folder, where nothing renames:
 
@@ -103,12 +116,19 @@ class ObjectStorePrefix(FileDestination):
         3. bertetl's own objects there that the new manifest does not list (outputs of
            files gone from the source, of a killed attempt) are deleted;
         4. each staged output is uploaded whole to its deterministic name (replacing an
-           earlier version of the same file; see `upload_file`);
+           earlier version of the same file; see `upload_file`), or copied there on the store
+           when it was staged on it (`node_staging`: `copy_object`);
         5. the new manifest is written (one PUT), fingerprints taken from the store: the
            commit point; then the intent is deleted.
         A kill anywhere leaves no manifest or the old one over outputs it no longer
         matches; the next run redoes the partition and duplicates nothing."""
-        from bertetl.io.stores.objects import check_held, delete_objects, put_bytes, upload_file
+        from bertetl.io.stores.objects import (
+            check_held,
+            copy_object,
+            delete_objects,
+            put_bytes,
+            upload_file,
+        )
 
         check_held(target)
         present = set(remote_files(target))
@@ -119,7 +139,10 @@ class ObjectStorePrefix(FileDestination):
         stale = sorted((owned & present) - set(manifest.outputs) - {MANIFEST_NAME, COMMIT_INTENT})
         delete_objects(target / name for name in stale)
         for name in manifest.outputs:
-            upload_file(staged / name, target / name)
+            if isinstance(staged, Location) and not staged.local:
+                copy_object(staged / name, target / name)
+            else:
+                upload_file(Path(staged) / name, target / name)
         listed = _listing(target)
         manifest.output_files = [
             output.model_copy(update={"mtime_ns": listed[output.relative]})

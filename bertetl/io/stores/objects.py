@@ -76,6 +76,22 @@ def upload_file(local: Path, target: Location) -> None:
     client(target).upload_file(local, target)
 
 
+def copy_object(source: Location, target: Location) -> None:
+    """Copy an object whole on its store (no download), then check the size the store
+    reports: a reader sees the old object at `target` or the whole copy."""
+    import pyarrow as pa
+
+    try:
+        target.fs.copy_file(source.path, target.path)
+        copied, size = target.fs.get_file_info([source.path, target.path])
+    except (OSError, pa.ArrowException) as e:
+        raise CommitError(f"{target.uri}: cannot copy {source.uri} there: {e}") from e
+    if copied.size != size.size:
+        raise CommitError(
+            f"{target.uri}: the store holds {size.size} bytes after copying {copied.size}"
+        )
+
+
 def put_bytes(target: Location, data: bytes) -> None:
     """Write a small object (a manifest) in one request."""
     if client(target).put(target, data) is None:  # no condition was sent: cannot happen
@@ -100,9 +116,13 @@ def local_staging_root(dest: Location) -> Path:
     return Path(tempfile.gettempdir()) / LOCAL_STAGING / digest
 
 
-def is_machine_staging(path: Path) -> bool:
+def is_machine_staging(path: Path | Location) -> bool:
     """Whether `path` is in this machine's staging for object-store and table DESTs
-    (`local_staging_root`): a folder other machines cannot see."""
+    (`local_staging_root`): a folder other machines cannot see (a prefix on a store is not)."""
+    if isinstance(path, Location):
+        if not path.local:
+            return False
+        path = Path(path.path)
     root = Path(tempfile.gettempdir()).resolve() / LOCAL_STAGING
     return root in Path(path).resolve().parents
 
