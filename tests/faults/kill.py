@@ -21,6 +21,8 @@ POINT is where the N-th call of a step kills the process (a real SIGKILL, no cle
     table-merge         before a keyed run's MERGE into a Delta or Iceberg DEST (N = 1)
     after-table-merge   right after it
     keyed-record        before a keyed run writes its record into a folder DEST (N = 1)
+    pg-merge            before a keyed run's transaction into a PostgreSQL DEST (N = 1)
+    after-pg-merge      right after it
 
 POINT `slow` kills nothing: each partition's commit (its manifest, or its table transaction)
 is followed by N tenths of a second of sleep, so a reader polling DEST meanwhile sees the run
@@ -98,6 +100,7 @@ def _targets() -> dict[str, tuple[Any, str, bool]]:
     import bertetl.io.stores.objects as objectstore
     import bertetl.io.tables as tables
     from bertetl.io.destinations.local import LocalFolder
+    from bertetl.io.destinations.postgres import PostgresTable
 
     return {
         "infer": (infer.EncoderStage, "_run_rows", False),
@@ -115,6 +118,8 @@ def _targets() -> dict[str, tuple[Any, str, bool]]:
         "table-merge": (tables, "merge_rows", False),
         "after-table-merge": (tables, "merge_rows", True),
         "keyed-record": (LocalFolder, "write_record", False),
+        "pg-merge": (PostgresTable, "merge_keyed", False),
+        "after-pg-merge": (PostgresTable, "merge_keyed", True),
     }
 
 
@@ -140,7 +145,8 @@ def _install(point: str, count: int) -> None:
         owner, name, after = targets[point]
         setattr(owner, name, _counted(getattr(owner, name), count, after=after))
     else:
-        known = ", ".join(POINTS + STORE_POINTS + TABLE_POINTS + ("keyed-record",))
+        extra = ("keyed-record", "pg-merge", "after-pg-merge")
+        known = ", ".join(POINTS + STORE_POINTS + TABLE_POINTS + extra)
         raise SystemExit(f"unknown kill point {point}; one of {known}")
 
 

@@ -79,3 +79,27 @@ def test_kill_around_a_keyed_merge_into_delta_then_rerun(
     assert rerun.committed == (point == "table-merge")  # after it: nothing left to do
     assert deltalake.DeltaTable(str(tmp_path / "dest")).version() == version + rerun.committed
     assert_same_by_key(read_dest(dest), fresh)
+
+
+@pytest.mark.parametrize("point", ["pg-merge", "after-pg-merge"])
+def test_kill_around_a_keyed_transaction_into_postgresql_then_rerun(
+    zygote, tmp_path: Path, config: EngineConfig, point: str, postgres_dest: str
+) -> None:
+    """PostgreSQL: the table before the transaction or after it, never a part; the rerun
+    ends equal to a fresh run, each key once."""
+    pytest.importorskip("psycopg")
+    src = write_source(tmp_path / "src")
+    run_keyed(src, postgres_dest, config, KEY)
+    before = read_dest(postgres_dest)
+    change_source(src)
+    fresh_uri = postgres_dest + "_fresh"
+    run_keyed(src, fresh_uri, config, KEY)
+    fresh = read_dest(fresh_uri)
+
+    run = zygote.run(point, 1, _args(src, postgres_dest, config))
+    assert run.returncode == -9, f"{point}: not killed; {run.stderr[-3000:]}"
+    assert_same_by_key(read_dest(postgres_dest), fresh if point == "after-pg-merge" else before)
+
+    rerun = run_keyed(src, postgres_dest, config, KEY)
+    assert rerun.committed == (point == "pg-merge")  # after it: nothing left to do
+    assert_same_by_key(read_dest(postgres_dest), fresh)
