@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bertetl.errors import CommitError, InputError
@@ -84,6 +84,10 @@ def _read_back(dest: Destination, value: str) -> pa.Table:
     """What a reader of DEST sees of the partition: the files its manifest lists, or the
     table's rows (read with the format's own package)."""
     if dest.kind == "postgresql":
+        from bertetl.io.tables.base import NULL_PARTITION
+
+        if value == NULL_PARTITION:  # the null partition, as every table kind stores it
+            return _postgres_rows(dest, f'WHERE "{COLUMN}" IS NULL', ())
         return _postgres_rows(dest, f'WHERE "{COLUMN}" = %s', (value,))
     if not dest.capabilities.files:
         from bertetl.io.tables import read_partition
@@ -344,6 +348,7 @@ PARTITION_VALUES = st.one_of(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(values=st.lists(PARTITION_VALUES, min_size=1, max_size=3, unique=True))
+@example(values=["__HIVE_DEFAULT_PARTITION__"])  # the null partition: found once by search
 def test_partition_values_read_back_and_every_row_is_accounted_for(
     case: Case, values: list[str]
 ) -> None:
