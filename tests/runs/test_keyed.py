@@ -254,3 +254,17 @@ def test_int8_embeddings_of_a_rerun_use_the_first_runs_ranges(
     assert report.counts["rows_inferred"] == 4
     again = json.loads((tmp_path / "dest" / "_bertetl_keyed.json").read_text())
     assert again["embedding_ranges"] == first["embedding_ranges"]
+
+
+def test_a_file_bertetl_did_not_write_is_never_replaced(
+    tmp_path: Path, config: EngineConfig
+) -> None:
+    src = write_source(tmp_path / "src")
+    (tmp_path / "dest").mkdir()
+    foreign = tmp_path / "dest" / "part-1.parquet"
+    pq.write_table(pa.table({"mine": [1, 2]}), foreign)
+    before = foreign.read_bytes()
+    with pytest.raises(InputError, match="bertetl did not write"):
+        run_keyed(src, tmp_path / "dest", config, KEY)
+    assert foreign.read_bytes() == before
+    assert not (tmp_path / "dest" / "part-0.parquet").exists()

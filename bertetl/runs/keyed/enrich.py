@@ -210,6 +210,8 @@ def run_keyed(
                 destination.check_foreign([])
             settings = RunSettings(options, config.text_column, config.prefix, chash, models)
             plan = plan_keyed(listed, destination, root, settings, scratch)
+            if destination.capabilities.files:  # a run replaces only what bertetl wrote
+                destination.check_outputs_replaceable([f.target for f in plan.files if f.write])
             report.counts = plan.counts()
             report.files = [item.counts() for item in plan.files]
             if dry_run:
