@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -161,21 +162,41 @@ def test_killed_model_actor_is_restarted_and_no_row_is_lost(local_config, tmp_pa
     executor = make_executor(config)
     executor.setup()
     written, killed, seen = [0], [], set()
+    running = threading.Event()
 
-    def on_rows(rows: int) -> None:  # the driver's progress poll: kill the actor mid-run
+    def kill_first_actor() -> None:
+        """Watch for the model actor and SIGKILL it once it has run a moment: a watcher of
+        its own, so a busy machine's late progress polls cannot let the run end first."""
+        first_seen: float | None = None
+        while running.is_set() and not killed:
+            pids = model_actor_pids()
+            seen.update(pids)
+            if pids and first_seen is None:
+                first_seen = time.monotonic()
+            if pids and first_seen is not None and time.monotonic() - first_seen >= 0.5:
+                pid = min(pids)
+                os.kill(pid, signal.SIGKILL)
+                killed.append((pid, written[0]))
+            time.sleep(0.1)
+
+    def on_rows(rows: int) -> None:  # the driver's progress poll
         written[0] += rows
-        pids = model_actor_pids()
-        seen.update(pids)
-        if not killed and pids:
-            pid = min(pids)
-            os.kill(pid, signal.SIGKILL)
-            killed.append((pid, written[0]))
+        seen.update(model_actor_pids())
 
     (tmp_path / "scratch").mkdir()
-    results = executor.run_jobs(jobs, on_rows=on_rows, scratch=tmp_path / "scratch")
+    running.set()
+    watcher = threading.Thread(target=kill_first_actor, daemon=True)
+    watcher.start()
+    try:
+        results = executor.run_jobs(jobs, on_rows=on_rows, scratch=tmp_path / "scratch")
+        finished_with = written[0]
+    finally:
+        running.clear()
+        watcher.join()
+    seen.update(model_actor_pids())
     assert killed, "the model actor was never seen running"
     pid, rows_at_kill = killed[0]
-    assert rows_at_kill < total  # killed mid-run
+    assert rows_at_kill < finished_with == total  # killed mid-run, before the last rows
     assert seen - {pid}, "no restarted model actor was seen"
     assert [r.error for r in results] == [None] * len(jobs)
     assert sum(r.rows for r in results) == total

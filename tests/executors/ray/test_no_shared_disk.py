@@ -53,6 +53,20 @@ HEALTH = {
 }
 
 
+def _private_tmp() -> str:
+    """Shell commands (run in the worker's own mount namespace) that put a fresh tmpfs over
+    /tmp, so the worker sees none of the driver's scratch, but keep the checkout visible at
+    its own path when it lies under /tmp (a CI clone there: its venv runs `ray`)."""
+    repo = Path(__file__).resolve().parents[3]
+    if Path("/tmp") not in repo.parents:
+        return "mount -t tmpfs tmpfs /tmp"
+    top = Path("/tmp") / repo.relative_to("/tmp").parts[0]  # the folder under /tmp holding it
+    return (
+        f"mount --bind {top} /mnt && mount -t tmpfs tmpfs /tmp && mkdir -p {top} "
+        f"&& mount --bind /mnt {top}"
+    )
+
+
 class Cluster:
     """The head (no CPU for tasks) and one worker node in a private mount namespace."""
 
@@ -94,7 +108,7 @@ class Cluster:
         self.starts += 1
         ray = f"{RAY} start --address={self.address} --node-ip-address=127.0.0.2 "
         ray += "--num-cpus=2 --disable-usage-stats --block"
-        private = f"mount -t tmpfs tmpfs /tmp && exec {ray}"
+        private = f"{_private_tmp()} && exec {ray}"
         command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", private]
         self.worker = self._start(f"worker-{self.starts}", command)
 
