@@ -51,8 +51,11 @@ def _bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*.parquet"))
 
 
-def run_keyed_bench(work: Path, rows: int, model: str, device: str, share: float) -> dict[str, Any]:
-    """Time each step (seconds) and report the ratios."""
+def run_keyed_bench(
+    work: Path, rows: int, model: str, device: str, share: float, side: bool = True
+) -> dict[str, Any]:
+    """Time each step (seconds) and report the ratios (`side`: also a full run with
+    `--output-columns key`, for its bytes)."""
     from bertetl.runs.keyed import KeyedOptions, run_keyed
 
     config = EngineConfig(text_column="text", embed_model=model, device=device)
@@ -68,8 +71,7 @@ def run_keyed_bench(work: Path, rows: int, model: str, device: str, share: float
     edited = edit_share(src, share)
     dry_seconds, dry = timed(work / "all", key, dry_run=True)
     incremental_seconds, report = timed(work / "all", key)
-    side_seconds, _ = timed(work / "side", KeyedOptions(key=["id"], output_columns="key"))
-    return {
+    result = {
         "rows": rows,
         "model": model,
         "device": device,
@@ -81,10 +83,13 @@ def run_keyed_bench(work: Path, rows: int, model: str, device: str, share: float
         "dry_run_seconds": round(dry_seconds, 2),
         "dry_run_rows_inferred": dry.counts["rows_inferred"],
         "output_bytes_all": _bytes(work / "all"),
-        "output_bytes_key": _bytes(work / "side"),
-        "key_over_all_bytes": round(_bytes(work / "side") / _bytes(work / "all"), 4),
-        "side_table_seconds": round(side_seconds, 2),
     }
+    if side:
+        side_seconds, _ = timed(work / "side", KeyedOptions(key=["id"], output_columns="key"))
+        result["output_bytes_key"] = _bytes(work / "side")
+        result["key_over_all_bytes"] = round(_bytes(work / "side") / _bytes(work / "all"), 4)
+        result["side_table_seconds"] = round(side_seconds, 2)
+    return result
 
 
 def run_dry_run_bench(work: Path, rows: int, model: str) -> dict[str, Any]:

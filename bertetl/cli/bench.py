@@ -376,6 +376,9 @@ def keyed(
     dry_run_rows: Annotated[
         int, typer.Option(help="Rows of the table the dry run alone is timed on.")
     ] = 1_000_000,
+    side: Annotated[
+        bool, typer.Option(help="Also a full run with --output-columns key, for its bytes.")
+    ] = True,
     models: Annotated[str, typer.Option(help="The embedding model.")] = MODELS,
     device: DeviceOption = BENCH["device"],
     out: Out = OUT,
@@ -391,7 +394,7 @@ def keyed(
     _check_out(out, split_list(models), debug, ("rows", "incremental_over_full"))
     model = split_list(models)[0]
     with user_errors(debug), tempfile.TemporaryDirectory(prefix="bertetl-keyed-") as work:
-        result = run_keyed_bench(Path(work), rows, model, device, share)
+        result = run_keyed_bench(Path(work), rows, model, device, share, side)
         if dry_run_rows:
             result["dry_run_alone"] = run_dry_run_bench(Path(work), dry_run_rows, model)
     out.write_text(json.dumps(result, indent=2))
