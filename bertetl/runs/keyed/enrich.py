@@ -23,6 +23,7 @@ from bertetl.runs.keyed.plan import (
     KeyedPlan,
     RunSettings,
     plan_keyed,
+    previous_record,
     source_files,
 )
 from bertetl.runs.keyed.run import (
@@ -204,7 +205,8 @@ def run_keyed(
         destination.clean_leftovers()
         with destination.staging() as scratch:
             files, root = _input_files(source, destination, scratch)
-            listed = source_files(files, None)
+            # unchanged inputs (size and mtime as recorded) are not hashed again
+            listed = source_files(files, previous_record(destination))
             schemas = {file.path: executor.pipeline.check_file(file) for file, _, _ in listed}
             if not destination.capabilities.files:
                 destination.check_foreign([])

@@ -407,6 +407,12 @@ class DestState:
         )
 
 
+def previous_record(dest: Destination) -> KeyedRecord | None:
+    """The last keyed commit's record in DEST (None: none, or not a keyed record)."""
+    files_dest = dest.capabilities.files
+    return KeyedRecord.parse(dest.read_record(RECORD_NAME) if files_dest else dest.last_record())
+
+
 def read_dest_state(
     dest: Destination,
     settings: RunSettings,
@@ -416,8 +422,7 @@ def read_dest_state(
     options = settings.options
     key = list(options.key)
     files_dest = dest.capabilities.files
-    text = dest.read_record(RECORD_NAME) if files_dest else dest.last_record()
-    previous = KeyedRecord.parse(text)
+    previous = previous_record(dest)
     reuse = previous is not None and previous.same_outputs(
         key, options.output_columns, settings.config_hash
     )
